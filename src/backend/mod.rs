@@ -1,0 +1,88 @@
+//! Backends: where a job's sandbox lives. `native` (Linux namespaces, the default) is
+//! built in; the container backends plug in here.
+
+pub mod native;
+
+use crate::plan::PlannedJob;
+use crate::report::model::{JobReport, Phase, Status};
+use crate::spec::types::BackendKind;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// What every backend needs from the runner.
+#[derive(Debug, Clone)]
+pub struct RunCtx {
+    /// This run's private, owner-labelled temporary directory.
+    pub run_dir: PathBuf,
+    /// Where artifacts go: `<artifacts_root>/<job name>/…`.
+    pub artifacts_root: PathBuf,
+    pub cancel: CancellationToken,
+}
+
+/// Runs one job on its backend and returns its report (never panics, never errs: what
+/// goes wrong becomes status `error` with a message that says how to fix it).
+pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+    match job.backend {
+        BackendKind::Native => native::run_job(job, ctx).await,
+        other => error_report(
+            job,
+            Phase::Prepare,
+            format!(
+                "the {other} backend is not available in this version of llm-sandbox yet; run this job with `backend = \"native\"` (or `--backend native`)"
+            ),
+        ),
+    }
+}
+
+/// A report for a job that could not run.
+pub fn error_report(job: &PlannedJob, phase: Phase, message: String) -> JobReport {
+    JobReport {
+        name: job.name.clone(),
+        file: job.file.display().to_string(),
+        lang: job.lang,
+        backend: job.backend,
+        image: job.image.clone(),
+        status: Status::Error,
+        phase: Some(phase),
+        exit_code: None,
+        duration_ms: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        message: Some(message),
+        checks: vec![],
+        artifacts: vec![],
+        group: job.group.clone(),
+        tags: job.tags.clone(),
+        signal: None,
+    }
+}
+
+/// A file-system-safe directory name for a job's artifacts.
+pub fn sanitize_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+' | '=') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match s.as_str() {
+        "" | "." | ".." => "_".to_string(),
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sanitize() {
+        assert_eq!(super::sanitize_name("a/b c"), "a_b_c");
+        assert_eq!(super::sanitize_name(".."), "_");
+        assert_eq!(super::sanitize_name("x-1.py"), "x-1.py");
+    }
+}

@@ -1,0 +1,572 @@
+//! The native backend: one fresh namespace sandbox per job (see [`crate::sandbox`]).
+
+use super::{error_report, sanitize_name, RunCtx};
+use crate::checks;
+use crate::lang::{self, HostToolchain};
+use crate::plan::PlannedJob;
+use crate::report::model::{JobReport, Phase, Status};
+use crate::sandbox::host::{self, Outcome};
+use crate::sandbox::proto::{LimitEvents, Msg, StepResult};
+use crate::sandbox::{Bind, SandboxConfig, SandboxLimits, Step, StepKind};
+use crate::spec::types::{FileSpec, Lang};
+use crate::spec::units::{format_duration, format_size};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Wall-clock limit of the compile step (and of each setup command).
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Base PATH inside the sandbox.
+pub const BASE_PATH: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A unique, owner-labelled id for one sandbox.
+pub fn sandbox_id() -> String {
+    format!(
+        "{}-{}",
+        crate::run::owner::prefix(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The environment of every step: nothing of the runner's environment leaks in.
+pub fn base_env(
+    lang: Lang,
+    tc: &HostToolchain,
+    job_env: &[(String, String)],
+) -> (Vec<(String, String)>, Vec<String>) {
+    let mut path: Vec<String> = tc.path.iter().map(|p| p.display().to_string()).collect();
+    path.extend(BASE_PATH.iter().map(|s| s.to_string()));
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), path.join(":")),
+        ("HOME".into(), "/sandbox".into()),
+        ("TMPDIR".into(), "/tmp".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("USER".into(), "sandbox".into()),
+        ("LOGNAME".into(), "sandbox".into()),
+        ("SHELL".into(), "/bin/sh".into()),
+    ];
+    for (k, v) in lang::spec(lang).env {
+        env.push((k.to_string(), v.to_string()));
+    }
+    for (k, v) in job_env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    if let Some((_, p)) = env.iter().find(|(k, _)| k == "PATH") {
+        path = p.split(':').map(String::from).collect();
+    }
+    (env, path)
+}
+
+fn native_binds(job: &PlannedJob, tc: &HostToolchain) -> Vec<Bind> {
+    let mut binds: Vec<Bind> = tc
+        .binds
+        .iter()
+        .map(|b| Bind {
+            src: b.clone(),
+            dest: b.clone(),
+            writable: false,
+        })
+        .collect();
+    if let Some(native) = &job.backends.native {
+        let base = job.file.parent().unwrap_or(Path::new("."));
+        for b in native.bind.iter().flatten() {
+            let (src, dest) = match b {
+                FileSpec::Path(p) => (base.join(p), PathBuf::from(p)),
+                FileSpec::Mapped(m) => (base.join(&m.src), PathBuf::from(&m.dest)),
+            };
+            let dest = if dest.is_absolute() {
+                dest
+            } else {
+                Path::new("/").join(dest)
+            };
+            binds.push(Bind {
+                src,
+                dest,
+                writable: false,
+            });
+        }
+    }
+    binds
+}
+
+/// Writes the code and the input files into `in_dir`.
+pub fn stage_inputs(job: &PlannedJob, in_dir: &Path, source: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(in_dir)?;
+    for f in &job.files {
+        let dest = in_dir.join(&f.dest);
+        if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::copy(&f.src, &dest)?;
+    }
+    std::fs::write(in_dir.join(source), &job.code)?;
+    Ok(())
+}
+
+pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+    let tc = match lang::probe_cached(job.lang) {
+        Ok(tc) => tc,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    if !job.libraries.is_empty() {
+        return error_report(
+            job,
+            Phase::Prepare,
+            "`libraries` are not supported on the native backend yet: install them on the host, or run the job on a container backend".into(),
+        );
+    }
+    let id = sandbox_id();
+    let dir = ctx.run_dir.join(&id);
+    let report = run_in(job, ctx, &tc, &id, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+/// Stages the job's files under `dir` and writes the sandbox config; returns it and its path.
+pub fn prepare(
+    job: &PlannedJob,
+    tc: &HostToolchain,
+    id: &str,
+    dir: &Path,
+) -> Result<(SandboxConfig, PathBuf), String> {
+    let spec = lang::spec(job.lang);
+    let source = lang::source_file(job.lang, &job.code);
+    let class = lang::java_main_class(&job.code);
+    let mem_mb = (job.limits.memory >> 20).max(16);
+    let (in_dir, out_dir, root) = (dir.join("in"), dir.join("out"), dir.join("root"));
+    let staged = stage_inputs(job, &in_dir, &source)
+        .and_then(|_| std::fs::create_dir_all(&out_dir))
+        .and_then(|_| std::fs::create_dir_all(&root));
+    if let Err(e) = staged {
+        return Err(format!(
+            "cannot stage the job's files in {}: {e}",
+            dir.display()
+        ));
+    }
+    let cap = job.limits.output;
+    let mut steps = Vec::new();
+    for cmd in &job.setup {
+        steps.push(Step {
+            kind: StepKind::Setup,
+            argv: vec!["/bin/sh".into(), "-c".into(), cmd.clone()],
+            timeout_ms: COMPILE_TIMEOUT.as_millis() as u64,
+            capture_cap: cap,
+            as_root: false,
+            limited: false,
+        });
+    }
+    if let Some(compile) = spec.compile {
+        let mut argv = lang::expand_command(compile, &source, &class, mem_mb);
+        argv[0] = tc.programs[0].display().to_string();
+        steps.push(Step {
+            kind: StepKind::Compile,
+            argv,
+            timeout_ms: COMPILE_TIMEOUT.as_millis() as u64,
+            capture_cap: cap,
+            as_root: false,
+            limited: false,
+        });
+    }
+    let mut argv = lang::expand_command(spec.run, &source, &class, mem_mb);
+    if !argv[0].starts_with("./") {
+        if let Some(p) = spec
+            .tools
+            .iter()
+            .position(|t| *t == argv[0])
+            .and_then(|i| tc.programs.get(i))
+        {
+            argv[0] = p.display().to_string();
+        }
+    }
+    argv.extend(job.args.iter().cloned());
+    steps.push(Step {
+        kind: StepKind::Run,
+        argv,
+        timeout_ms: job.timeout.as_millis() as u64,
+        capture_cap: cap,
+        as_root: false,
+        limited: true,
+    });
+    let (env, path) = base_env(job.lang, tc, &job.env);
+    let rootfs = job
+        .backends
+        .native
+        .as_ref()
+        .and_then(|n| n.rootfs.as_ref())
+        .map(|r| job.file.parent().unwrap_or(Path::new(".")).join(r));
+    let cfg = SandboxConfig {
+        id: id.to_string(),
+        root_mount: root,
+        inputs_dir: Some(in_dir),
+        out_dir: out_dir.clone(),
+        persistent_workdir: None,
+        binds: native_binds(job, tc),
+        rootfs,
+        path,
+        env,
+        steps,
+        limits: SandboxLimits {
+            memory: job.limits.memory,
+            cpus: job.limits.cpus,
+            pids: job.limits.pids,
+            disk: job.limits.disk,
+            open_files: job.limits.open_files,
+            address_space_fallback: spec.address_space_limit_ok,
+        },
+        network: job.network,
+        collect_globs: job.artifacts.clone(),
+        collect_paths: job.expect.files.iter().map(|f| f.path.clone()).collect(),
+        collect_cap: job.limits.disk,
+    };
+    let cfg_path = dir.join("config.json");
+    if let Err(e) = std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap_or_default()) {
+        return Err(format!("cannot write {}: {e}", cfg_path.display()));
+    }
+    Ok((cfg, cfg_path))
+}
+
+async fn run_in(
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    tc: &HostToolchain,
+    id: &str,
+    dir: &Path,
+) -> JobReport {
+    let (cfg, cfg_path) = match prepare(job, tc, id, dir) {
+        Ok(c) => c,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    let out_dir = cfg.out_dir.clone();
+    let cap = job.limits.output;
+    let stdin = job.stdin.as_ref().map(|s| s.as_bytes().to_vec());
+    let outcome = match host::run(&cfg, &cfg_path, stdin, cap, &ctx.cancel).await {
+        Ok(o) => o,
+        Err(e) => {
+            return error_report(
+                job,
+                Phase::Prepare,
+                format!(
+                    "cannot start the sandbox helper {}: {e}",
+                    host::helper_path().display()
+                ),
+            )
+        }
+    };
+    let mut report = to_report(job, &outcome);
+    if !job.artifacts.is_empty() && report.status != Status::Error {
+        match copy_artifacts(job, &out_dir, &ctx.artifacts_root) {
+            Ok(a) => report.artifacts = a,
+            Err(e) => {
+                report.status = Status::Error;
+                report.message = Some(format!("cannot copy the artifacts out: {e}"));
+            }
+        }
+    }
+    report
+}
+
+/// Turns what the sandbox said into a job report (statuses of SPEC §2).
+pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
+    let mut r = error_report(job, Phase::Prepare, String::new());
+    r.image = Some("host".into());
+    r.message = None;
+    r.duration_ms = o.wall.as_millis() as u64;
+    let steps: Vec<&StepResult> = o
+        .msgs
+        .iter()
+        .filter_map(|m| if let Msg::Step(s) = m { Some(s) } else { None })
+        .collect();
+    let limits: LimitEvents = o
+        .msgs
+        .iter()
+        .find_map(|m| {
+            if let Msg::Limits(l) = m {
+                Some(l.clone())
+            } else {
+                None
+            }
+        })
+        .unwrap_or_default();
+    let error = o.msgs.iter().find_map(|m| match m {
+        Msg::Error { message, hint } => Some(match hint {
+            Some(h) => format!("{message}: {h}"),
+            None => message.clone(),
+        }),
+        _ => None,
+    });
+    let refused: Vec<String> = o
+        .msgs
+        .iter()
+        .filter_map(|m| {
+            if let Msg::Collected { refused, .. } = m {
+                Some(refused.clone())
+            } else {
+                None
+            }
+        })
+        .flatten()
+        .map(|(p, why)| format!("{p}: {why}"))
+        .collect();
+    if o.cancelled {
+        r.status = Status::Error;
+        r.message = Some("interrupted: the run was cancelled before this job finished".into());
+        r.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        r.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        return r;
+    }
+    let Some(last) = steps.last() else {
+        r.status = Status::Error;
+        r.message = Some(error.unwrap_or_else(|| {
+            format!(
+                "the sandbox helper ended without a result ({}); stderr: {}",
+                o.helper_status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "no status".into()),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )
+        }));
+        return r;
+    };
+    r.exit_code = last.exit_code;
+    r.signal = last.signal;
+    match last.kind {
+        Some(StepKind::Setup) | Some(StepKind::Compile) if last.spawn_error.is_some() => {
+            r.status = Status::Error;
+            r.phase = Some(if last.kind == Some(StepKind::Setup) {
+                Phase::Prepare
+            } else {
+                Phase::Compile
+            });
+            r.message = last.spawn_error.clone();
+            return r;
+        }
+        Some(StepKind::Setup) if last.exit_code != Some(0) || last.timed_out => {
+            r.phase = Some(Phase::Prepare);
+            r.status = if last.timed_out {
+                Status::Timeout
+            } else {
+                Status::Error
+            };
+            r.stderr = last.output.clone();
+            r.stderr_truncated = last.output_truncated;
+            r.message = Some(if last.timed_out {
+                format!(
+                    "a setup command timed out after {}",
+                    format_duration(COMPILE_TIMEOUT)
+                )
+            } else {
+                format!("a setup command failed ({})", describe_exit(last))
+            });
+            return r;
+        }
+        Some(StepKind::Compile) if last.exit_code != Some(0) || last.timed_out => {
+            r.phase = Some(Phase::Compile);
+            r.stderr = last.output.clone();
+            r.stderr_truncated = last.output_truncated;
+            if last.timed_out {
+                r.status = Status::Timeout;
+                r.message = Some(format!(
+                    "compilation timed out after {}",
+                    format_duration(COMPILE_TIMEOUT)
+                ));
+            } else {
+                r.status = Status::Failed;
+                r.message = Some(format!("compilation failed ({})", describe_exit(last)));
+            }
+            return r;
+        }
+        _ => {}
+    }
+    r.phase = Some(Phase::Run);
+    r.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    r.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    r.stdout_truncated = o.stdout_truncated;
+    r.stderr_truncated = o.stderr_truncated;
+    if let Some(e) = &last.spawn_error {
+        r.status = Status::Error;
+        r.message = Some(format!("the program could not start: {e}"));
+        return r;
+    }
+    let cpu_limit_ms = (job.timeout.as_millis() as u64).div_ceil(1000) * 1000 + 1000;
+    if last.timed_out {
+        r.status = Status::Timeout;
+        r.message = Some(format!(
+            "timed out after {} (wall clock); every process of the job was killed",
+            format_duration(job.timeout)
+        ));
+        return r;
+    }
+    if last.signal == Some(libc::SIGXCPU)
+        || (last.signal == Some(libc::SIGKILL) && last.cpu_ms >= cpu_limit_ms && !limits.oom_killed)
+    {
+        r.status = Status::Timeout;
+        r.message = Some(format!(
+            "CPU time limit exceeded ({} of CPU time)",
+            format_duration(Duration::from_millis(cpu_limit_ms))
+        ));
+        return r;
+    }
+    let files_dir = o.msgs.iter().any(|m| matches!(m, Msg::Collected { .. }));
+    r.checks = checks::evaluate(
+        &job.expect,
+        last.exit_code,
+        &r.stdout,
+        &r.stderr,
+        if files_dir {
+            o.out_dir.as_deref()
+        } else {
+            None
+        },
+    );
+    let mut notes = Vec::new();
+    if o.output_limit_hit {
+        notes.push(format!(
+            "output limit exceeded: the program wrote more than {} to {}; it was stopped",
+            format_size(job.limits.output),
+            if o.stdout_truncated {
+                "stdout"
+            } else {
+                "stderr"
+            }
+        ));
+    }
+    if limits.oom_killed {
+        notes.push(format!(
+            "memory limit exceeded ({}): the program was killed",
+            format_size(job.limits.memory)
+        ));
+    }
+    if limits.pids_limit_hit {
+        notes.push(format!(
+            "process limit reached ({} processes and threads)",
+            job.limits.pids
+        ));
+    }
+    if let Some(sig) = last.signal {
+        if !limits.oom_killed {
+            notes.push(format!(
+                "the program was killed by signal {sig} ({})",
+                signal_name(sig)
+            ));
+        }
+    }
+    if !refused.is_empty() {
+        notes.push(format!("files not copied out: {}", refused.join("; ")));
+    }
+    let all_ok = r.checks.iter().all(|c| c.passed);
+    r.status = if all_ok && !o.output_limit_hit && !limits.oom_killed {
+        Status::Passed
+    } else {
+        Status::Failed
+    };
+    if r.status == Status::Failed && notes.is_empty() {
+        let failed: Vec<&str> = r
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.message.as_str())
+            .collect();
+        notes.push(failed.join("; "));
+    }
+    if !notes.is_empty() {
+        r.message = Some(notes.join("; "));
+    }
+    r
+}
+
+fn describe_exit(s: &StepResult) -> String {
+    match (s.exit_code, s.signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
+        _ => "no exit status".into(),
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGINT => "SIGINT",
+        _ => "signal",
+    }
+}
+
+/// Copies the artifacts from the job's out dir (regular files only, written by the
+/// sandbox's init with O_NOFOLLOW) to `<root>/<job name>/`.
+fn copy_artifacts(job: &PlannedJob, out_dir: &Path, root: &Path) -> std::io::Result<Vec<String>> {
+    let mut set = globset::GlobSetBuilder::new();
+    for g in &job.artifacts {
+        if let Ok(glob) = globset::GlobBuilder::new(g).literal_separator(true).build() {
+            set.add(glob);
+        }
+    }
+    let set = set.build().map_err(std::io::Error::other)?;
+    let dest_root = root.join(sanitize_name(&job.name));
+    let mut copied = Vec::new();
+    let mut stack = vec![(out_dir.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = std::fs::symlink_metadata(e.path())?;
+            if meta.is_dir() {
+                stack.push((e.path(), rel));
+            } else if meta.is_file() && set.is_match(&rel) {
+                if copied.is_empty() && dest_root.exists() {
+                    // A previous run's artifacts of the same job: replace them.
+                    std::fs::remove_dir_all(&dest_root)?;
+                }
+                let dest = dest_root.join(&rel);
+                std::fs::create_dir_all(dest.parent().unwrap_or(&dest_root))?;
+                std::fs::copy(e.path(), &dest)?;
+                copied.push(dest.display().to_string());
+            }
+        }
+    }
+    copied.sort();
+    Ok(copied)
+}
+
+/// Runs one job with the runner's own stdio (`exec`): output streams as it comes.
+pub async fn exec_inherit(
+    job: &PlannedJob,
+    dir: &Path,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Outcome, String> {
+    let tc = lang::probe_cached(job.lang)?;
+    let (cfg, cfg_path) = prepare(job, &tc, &sandbox_id(), dir)?;
+    host::run_with(&cfg, &cfg_path, host::Io::Inherit, cancel)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot start the sandbox helper {}: {e}",
+                host::helper_path().display()
+            )
+        })
+}

@@ -1,0 +1,110 @@
+//! `llm-sandbox doctor`: which backends and languages work here, and why not.
+
+use llm_sandbox::lang;
+use llm_sandbox::sandbox::cgroup;
+use llm_sandbox::spec::types::{BackendKind, Lang};
+use llm_sandbox::Session;
+use serde_json::json;
+
+/// Tries a real sandbox: `/bin/true` through the whole native path.
+fn native_check() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut s = Session::builder()
+            .lang(Lang::Bash)
+            .open()
+            .await
+            .map_err(|e| e.to_string())?;
+        let out = s
+            .execute_command("echo ok")
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = s.close().await;
+        if out.stdout.trim() == "ok" {
+            Ok(())
+        } else {
+            Err(format!(
+                "a test sandbox printed {:?} (stderr {:?})",
+                out.stdout, out.stderr
+            ))
+        }
+    })
+}
+
+pub fn run(as_json: bool) -> i32 {
+    let native = std::thread::spawn(native_check)
+        .join()
+        .unwrap_or_else(|_| Err("the check panicked".into()));
+    let limits = cgroup::detect();
+    let langs: Vec<(Lang, Result<lang::HostToolchain, String>)> = Lang::ALL
+        .iter()
+        .map(|l| (*l, lang::probe_host(*l)))
+        .collect();
+    if as_json {
+        let v = json!({
+            "backends": {
+                "native": {
+                    "ok": native.is_ok(),
+                    "detail": native.as_ref().err(),
+                    "limits": match &limits { Ok(m) => m.describe(), Err(e) => format!("rlimits only: {e}") },
+                },
+                "docker": {"ok": false, "detail": "not available in this version"},
+                "podman": {"ok": false, "detail": "not available in this version"},
+                "kubernetes": {"ok": false, "detail": "not available in this version"},
+            },
+            "languages": langs.iter().map(|(l, r)| json!({
+                "lang": l,
+                "native": r.is_ok(),
+                "programs": r.as_ref().ok().map(|t| t.programs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()),
+                "detail": r.as_ref().err(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return if native.is_ok() { 0 } else { 1 };
+    }
+    println!("Backends");
+    match &native {
+        Ok(()) => println!("  ok    native      Linux namespaces (user, mount, pid, net, ipc, uts, cgroup), seccomp"),
+        Err(e) => println!("  FAIL  native      {e}"),
+    }
+    match &limits {
+        Ok(m) => println!(
+            "        limits      memory, pids and CPU enforced by {}",
+            m.describe()
+        ),
+        Err(e) => println!("        limits      rlimits only (address space, processes): {e}"),
+    }
+    for b in [
+        BackendKind::Docker,
+        BackendKind::Podman,
+        BackendKind::Kubernetes,
+    ] {
+        println!(
+            "  --    {:<11} not available in this version of llm-sandbox yet",
+            b.as_str()
+        );
+    }
+    println!("\nLanguages (native backend)");
+    for (l, r) in &langs {
+        match r {
+            Ok(t) => println!(
+                "  ok    {:<11} {}",
+                l.as_str(),
+                t.programs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => println!("  --    {:<11} {e}", l.as_str()),
+        }
+    }
+    if native.is_ok() {
+        0
+    } else {
+        1
+    }
+}

@@ -1,0 +1,600 @@
+//! clap definitions and the commands. The only place that knows about terminals and exit
+//! codes.
+
+mod doctor;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use llm_sandbox::exit_codes;
+use llm_sandbox::plan::{Plan, PlanOptions, PlannedJob};
+use llm_sandbox::report::model::Event;
+use llm_sandbox::report::terminal::TerminalReporter;
+use llm_sandbox::run::{RunDir, RunOptions};
+use llm_sandbox::spec::types::{BackendKind, Lang};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "llm-sandbox",
+    version,
+    about = "Run untrusted (LLM-written) code in sandboxes, driven by TOML/YAML job files"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct SelectArgs {
+    /// Job files or directories (default: ./jobs).
+    paths: Vec<PathBuf>,
+    /// Override every job's backend.
+    #[arg(long, value_parser = parse_backend)]
+    backend: Option<BackendKind>,
+    /// Select jobs: a name glob, or tag:NAME (repeatable; any match selects).
+    #[arg(long = "filter", value_name = "EXPR")]
+    filters: Vec<String>,
+    /// Override a template variable (repeatable).
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run jobs and report.
+    Run {
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Parallel jobs (default: the number of cores).
+        #[arg(short = 'j', long = "jobs")]
+        jobs: Option<usize>,
+        /// Write the JSON report to FILE (- for stdout).
+        #[arg(long, value_name = "FILE")]
+        json: Option<String>,
+        /// Write the JUnit XML report to FILE (- for stdout).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<String>,
+        /// Artifacts directory (default .llm-sandbox/artifacts).
+        #[arg(long, value_name = "DIR")]
+        artifacts: Option<PathBuf>,
+        /// pass@k values over groups, e.g. 1,10.
+        #[arg(long = "pass-at", value_delimiter = ',', value_parser = parse_k)]
+        pass_at: Option<Vec<usize>>,
+        /// Stop scheduling after the first job that does not pass.
+        #[arg(long)]
+        fail_fast: bool,
+        /// Print only failures and the summary.
+        #[arg(short, long)]
+        quiet: bool,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Parse, check and render every job; runs nothing.
+    Validate {
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Show the expanded jobs and their batches.
+    Plan {
+        #[command(flatten)]
+        select: SelectArgs,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Parallel jobs the plan assumes (default: the number of cores).
+        #[arg(short = 'j', long = "jobs")]
+        jobs: Option<usize>,
+    },
+    /// Run, then rerun the jobs whose inputs change.
+    Watch {
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Run one program; its output streams as it comes.
+    Exec {
+        /// Language of the program.
+        #[arg(long, value_parser = parse_lang)]
+        lang: Lang,
+        #[arg(long, value_parser = parse_backend)]
+        backend: Option<BackendKind>,
+        /// The program's code.
+        #[arg(short = 'c', long = "code", conflicts_with = "file")]
+        code: Option<String>,
+        /// A file with the program, or - for standard input.
+        file: Option<PathBuf>,
+        /// Wall-clock limit (e.g. 10s).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        /// Allow network access.
+        #[arg(long)]
+        network: bool,
+        /// Arguments of the program (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Print a JSON Schema.
+    Schema {
+        #[arg(value_enum, default_value_t = SchemaKind::Job)]
+        kind: SchemaKind,
+    },
+    /// Which backends and languages work here, and why not.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Model Context Protocol server on stdio.
+    Mcp,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum SchemaKind {
+    Job,
+    Report,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    BackendKind::parse(s)
+        .ok_or_else(|| format!("unknown backend {s:?}; valid: native, docker, podman, kubernetes"))
+}
+
+fn parse_lang(s: &str) -> Result<Lang, String> {
+    Lang::parse(s).ok_or_else(|| {
+        format!(
+            "unknown language {s:?}; valid: {}",
+            Lang::ALL
+                .iter()
+                .map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    if k.is_empty() {
+        return Err(format!("empty variable name in {s:?}"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_k(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(k) if k >= 1 => Ok(k),
+        _ => Err(format!("pass@k needs positive integers, got {s:?}")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    llm_sandbox::spec::units::parse_duration(s)
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit_codes::BAD_INPUT
+            } else {
+                exit_codes::OK
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit_codes::JOBS_FAILED;
+        }
+    };
+    rt.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(cmd: Command) -> i32 {
+    match cmd {
+        Command::Run {
+            select,
+            jobs,
+            json,
+            junit,
+            artifacts,
+            pass_at,
+            fail_fast,
+            quiet,
+            no_progress,
+        } => {
+            let Some(plan) = load_plan(&select) else {
+                return exit_codes::BAD_INPUT;
+            };
+            let opts = RunOptions {
+                jobs: jobs
+                    .unwrap_or_else(llm_sandbox::run::default_parallelism)
+                    .max(1),
+                fail_fast,
+                artifacts_dir: artifacts.unwrap_or_else(|| PathBuf::from(".llm-sandbox/artifacts")),
+            };
+            run(plan, opts, json, junit, pass_at, quiet, no_progress).await
+        }
+        Command::Validate { select } => {
+            let Some(plan) = load_plan(&select) else {
+                return exit_codes::BAD_INPUT;
+            };
+            eprintln!(
+                "{} job file(s), {} job(s) valid{}",
+                plan.files.len(),
+                plan.total_before_filter,
+                if plan.jobs.len() != plan.total_before_filter {
+                    format!(" ({} selected)", plan.jobs.len())
+                } else {
+                    String::new()
+                }
+            );
+            exit_codes::OK
+        }
+        Command::Plan {
+            select,
+            format,
+            jobs,
+        } => {
+            let Some(plan) = load_plan(&select) else {
+                return exit_codes::BAD_INPUT;
+            };
+            print_plan(
+                &plan,
+                format,
+                jobs.unwrap_or_else(llm_sandbox::run::default_parallelism),
+            );
+            exit_codes::OK
+        }
+        Command::Watch { .. } => {
+            eprintln!("error: `watch` is not available in this version of llm-sandbox yet; use `llm-sandbox run`");
+            exit_codes::BAD_INPUT
+        }
+        Command::Mcp => {
+            eprintln!("error: `mcp` is not available in this version of llm-sandbox yet");
+            exit_codes::BAD_INPUT
+        }
+        Command::Exec {
+            lang,
+            backend,
+            code,
+            file,
+            timeout,
+            network,
+            args,
+        } => exec(lang, backend, code, file, timeout, network, args).await,
+        Command::Schema { kind } => {
+            let v = match kind {
+                SchemaKind::Job => llm_sandbox::schema::job_schema(),
+                SchemaKind::Report => llm_sandbox::schema::report_schema(),
+            };
+            print!("{}", llm_sandbox::schema::to_pretty(&v));
+            exit_codes::OK
+        }
+        Command::Doctor { json } => doctor::run(json),
+    }
+}
+
+fn load_plan(select: &SelectArgs) -> Option<Plan> {
+    let paths = if select.paths.is_empty() {
+        vec![PathBuf::from("jobs")]
+    } else {
+        select.paths.clone()
+    };
+    let opts = PlanOptions {
+        vars: select.vars.clone(),
+        backend_override: select.backend,
+        filters: select.filters.clone(),
+    };
+    match llm_sandbox::plan::plan_paths(&paths, &opts) {
+        Ok(p) => Some(p),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e:?}");
+            }
+            eprintln!("error: {} problem(s) found; nothing was run", errors.len());
+            None
+        }
+    }
+}
+
+/// Batches: jobs sharing a prepared environment (backend, image, libraries, setup).
+fn batches(plan: &Plan) -> Vec<(String, Vec<&PlannedJob>)> {
+    let mut out: Vec<(String, Vec<&PlannedJob>)> = Vec::new();
+    for j in &plan.jobs {
+        let env = match j.backend {
+            BackendKind::Native => format!("native/{}", j.lang),
+            b => format!(
+                "{b}/{}",
+                j.dockerfile
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .or_else(|| j.image.clone())
+                    .unwrap_or_else(|| llm_sandbox::lang::spec(j.lang).default_image.to_string())
+            ),
+        };
+        let mut key = env;
+        if !j.libraries.is_empty() {
+            key.push_str(&format!(" +libraries[{}]", j.libraries.join(",")));
+        }
+        if !j.setup.is_empty() {
+            key.push_str(&format!(" +setup[{}]", j.setup.len()));
+        }
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(j),
+            None => out.push((key, vec![j])),
+        }
+    }
+    out
+}
+
+fn print_plan(plan: &Plan, format: Format, jobs: usize) {
+    let batches = batches(plan);
+    if format == Format::Json {
+        let v = serde_json::json!({
+            "files": plan.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "total": plan.jobs.len(),
+            "concurrency": { "native": jobs },
+            "batches": batches.iter().map(|(k, js)| serde_json::json!({
+                "key": k,
+                "backend": js[0].backend,
+                "jobs": js.iter().map(|j| j.name.clone()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "jobs": plan.jobs.iter().map(|j| serde_json::json!({
+                "id": j.id,
+                "name": j.name,
+                "file": j.file.display().to_string(),
+                "lang": j.lang,
+                "backend": j.backend,
+                "image": j.image,
+                "timeout_ms": j.timeout.as_millis() as u64,
+                "limits": j.limits,
+                "network": j.network,
+                "group": j.group,
+                "tags": j.tags,
+                "skip": j.skip,
+                "args": j.args,
+                "stdin": j.stdin,
+                "env": j.env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+                "files": j.files.iter().map(|f| f.dest.clone()).collect::<Vec<_>>(),
+                "artifacts": j.artifacts,
+                "code": j.code,
+                "expect": j.expect,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{} job(s) from {} file(s), {} batch(es); native runs {} at a time",
+        plan.jobs.len(),
+        plan.files.len(),
+        batches.len(),
+        jobs
+    );
+    for (key, js) in &batches {
+        println!("\nbatch {key} ({} job(s))", js.len());
+        for j in js {
+            let mut extra = String::new();
+            if let Some(g) = &j.group {
+                extra.push_str(&format!(" group={g}"));
+            }
+            if let Some(s) = &j.skip {
+                extra.push_str(&format!(" skip={s:?}"));
+            }
+            println!(
+                "  {:<40} {:<10} {} timeout={}{}",
+                j.name,
+                j.lang.as_str(),
+                j.file.display(),
+                llm_sandbox::spec::units::format_duration(j.timeout),
+                extra
+            );
+        }
+    }
+}
+
+async fn run(
+    plan: Plan,
+    opts: RunOptions,
+    json: Option<String>,
+    junit: Option<String>,
+    pass_at: Option<Vec<usize>>,
+    quiet: bool,
+    no_progress: bool,
+) -> i32 {
+    let started_at = chrono::Utc::now();
+    let t0 = Instant::now();
+    let cancel = CancellationToken::new();
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (c1, i1) = (cancel.clone(), interrupted.clone());
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                i1.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!("\ninterrupted: stopping the running sandboxes and writing the reports of what finished");
+                c1.cancel();
+            }
+        });
+        let (cancel, interrupted) = (cancel.clone(), interrupted.clone());
+        tokio::spawn(async move {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                if s.recv().await.is_some() {
+                    interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    cancel.cancel();
+                }
+            }
+        });
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let mut reporter = TerminalReporter::stderr(quiet, no_progress, pass_at.clone());
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            reporter.handle(&ev);
+        }
+        reporter
+    });
+    let result = llm_sandbox::run::run_plan(&plan, &opts, tx.clone(), cancel.clone()).await;
+    let reports = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit_codes::JOBS_FAILED;
+        }
+    };
+    let duration_ms = t0.elapsed().as_millis() as u64;
+    let was_interrupted = interrupted.load(std::sync::atomic::Ordering::SeqCst);
+    let report = llm_sandbox::report::json::build_report(
+        started_at,
+        duration_ms,
+        reports,
+        pass_at.as_deref(),
+    );
+    let _ = tx.send(Event::RunFinished {
+        duration_ms,
+        interrupted: was_interrupted,
+    });
+    drop(tx);
+    let _ = printer.await;
+    let mut code = if report.jobs.iter().all(|j| j.status.is_ok()) {
+        exit_codes::OK
+    } else {
+        exit_codes::JOBS_FAILED
+    };
+    if let Some(dest) = &json {
+        if let Err(e) = llm_sandbox::report::json::write_json(&report, dest) {
+            eprintln!("error: cannot write the JSON report to {dest}: {e}");
+            code = exit_codes::JOBS_FAILED;
+        }
+    }
+    if let Some(dest) = &junit {
+        if let Err(e) = llm_sandbox::report::junit::write_junit(&report, dest) {
+            eprintln!("error: cannot write the JUnit report to {dest}: {e}");
+            code = exit_codes::JOBS_FAILED;
+        }
+    }
+    if was_interrupted {
+        return exit_codes::INTERRUPTED;
+    }
+    code
+}
+
+async fn exec(
+    lang: Lang,
+    backend: Option<BackendKind>,
+    code: Option<String>,
+    file: Option<PathBuf>,
+    timeout: std::time::Duration,
+    network: bool,
+    args: Vec<String>,
+) -> i32 {
+    let code = match (code, file) {
+        (Some(c), _) => c,
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut s = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+                eprintln!("error: cannot read the program from standard input: {e}");
+                return exit_codes::BAD_INPUT;
+            }
+            s
+        }
+        (None, Some(f)) => match std::fs::read_to_string(&f) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", f.display());
+                return exit_codes::BAD_INPUT;
+            }
+        },
+        (None, None) => {
+            eprintln!("error: give the program with -c CODE, a FILE, or - for standard input");
+            return exit_codes::BAD_INPUT;
+        }
+    };
+    let backend = backend.unwrap_or_default();
+    if backend != BackendKind::Native {
+        eprintln!("error: the {backend} backend is not available in this version of llm-sandbox yet; use --backend native");
+        return exit_codes::JOBS_FAILED;
+    }
+    let job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
+    let dir = match RunDir::create() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: cannot create a temporary directory: {e}");
+            return exit_codes::JOBS_FAILED;
+        }
+    };
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    let outcome =
+        llm_sandbox::backend::native::exec_inherit(&job, &dir.path.join("exec"), &cancel).await;
+    drop(dir);
+    match outcome {
+        Err(e) => {
+            eprintln!("error: {e}");
+            125
+        }
+        Ok(o) => {
+            let report = llm_sandbox::backend::native::to_report(&job, &o);
+            use llm_sandbox::Status;
+            match report.status {
+                Status::Passed | Status::Failed
+                    if report.phase == Some(llm_sandbox::report::model::Phase::Run) =>
+                {
+                    if let Some(m) = report
+                        .message
+                        .as_ref()
+                        .filter(|_| report.signal.is_some() || o.output_limit_hit)
+                    {
+                        eprintln!("llm-sandbox: {m}");
+                    }
+                    report.exit_code.unwrap_or(128 + report.signal.unwrap_or(9))
+                }
+                Status::Timeout => {
+                    eprintln!("llm-sandbox: {}", report.message.unwrap_or_default());
+                    124
+                }
+                _ => {
+                    if !report.stderr.is_empty() {
+                        eprint!("{}", report.stderr);
+                    }
+                    eprintln!(
+                        "llm-sandbox: {}",
+                        report
+                            .message
+                            .unwrap_or_else(|| "the program could not run".into())
+                    );
+                    if report.phase == Some(llm_sandbox::report::model::Phase::Compile) {
+                        1
+                    } else {
+                        125
+                    }
+                }
+            }
+        }
+    }
+}

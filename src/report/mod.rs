@@ -1,0 +1,119 @@
+//! Reporters: they consume [`model::Event`]s and [`model::JobReport`]s; they never run anything.
+//!
+//! * [`json`]: the JSON report (SPEC §4), built once at the end of a run.
+//! * [`junit`]: JUnit XML for CI consumers (Jenkins, GitLab, GitHub).
+//! * [`passk`]: pass@k over groups (Chen et al. 2021).
+//! * [`terminal`]: the human output of `run` on stderr (progress bar, one line per job,
+//!   summary).
+
+pub mod json;
+pub mod junit;
+pub mod model;
+pub mod passk;
+pub mod terminal;
+
+pub use json::{build_report, write_json};
+pub use junit::{to_junit, write_junit};
+pub use passk::{default_ks, group_reports, pass_at_k};
+pub use terminal::{TerminalOptions, TerminalReporter};
+
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `contents` to `dest`: `-` is standard output; anything else is a file path,
+/// written atomically (a temporary file in the same directory, then renamed), parent
+/// directories created as needed.
+pub fn write_dest(dest: &str, contents: &[u8]) -> std::io::Result<()> {
+    if dest == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        lock.write_all(contents)?;
+        return lock.flush();
+    }
+    let path = Path::new(dest);
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".llm-sandbox-report-")
+        .tempfile_in(&parent)?;
+    #[cfg(unix)]
+    {
+        // tempfile creates 0600; a report is an ordinary file (0644, minus the umask below).
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    tmp.write_all(contents)?;
+    tmp.flush()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::model::{CheckResult, JobReport, Status};
+    use crate::spec::types::{BackendKind, Lang};
+
+    /// A minimal job report for tests.
+    pub fn job(name: &str, status: Status) -> JobReport {
+        JobReport {
+            name: name.to_string(),
+            file: "jobs/basic.toml".to_string(),
+            lang: Lang::Python,
+            backend: BackendKind::Native,
+            image: Some("host".to_string()),
+            status,
+            phase: if status == Status::Skipped {
+                None
+            } else {
+                Some(super::model::Phase::Run)
+            },
+            exit_code: match status {
+                Status::Passed => Some(0),
+                Status::Failed => Some(1),
+                _ => None,
+            },
+            duration_ms: 123,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            message: None,
+            checks: vec![],
+            artifacts: vec![],
+            group: None,
+            tags: vec![],
+            signal: None,
+        }
+    }
+
+    pub fn check(kind: &str, passed: bool, message: &str) -> CheckResult {
+        CheckResult {
+            kind: kind.to_string(),
+            passed,
+            message: message.to_string(),
+            expected: None,
+            actual: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn write_dest_creates_parents_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/report.json");
+        super::write_dest(p.to_str().unwrap(), b"one").unwrap();
+        super::write_dest(p.to_str().unwrap(), b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary files left: {names:?}");
+    }
+}

@@ -1,0 +1,224 @@
+//! pass@k over groups of samples: the unbiased estimator of Chen et al. 2021,
+//! "Evaluating Large Language Models Trained on Code", §2.1.
+
+use super::model::{GroupReport, JobReport, Status};
+use indexmap::IndexMap;
+
+/// pass@k = 1 - C(n-c, k) / C(n, k) for `n` samples of which `c` passed.
+///
+/// Computed in the numerically stable product form
+/// `1 - prod_{i=n-c+1}^{n} (1 - k/i)`; 1.0 when `n - c < k` (every k-subset holds a pass).
+/// Returns NaN when `k == 0` or `k > n` (undefined), and 0.0 when `c == 0`.
+pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
+    if k == 0 || k > n {
+        return f64::NAN;
+    }
+    let c = c.min(n);
+    if n - c < k {
+        return 1.0;
+    }
+    let mut prod = 1.0f64;
+    for i in (n - c + 1)..=n {
+        prod *= 1.0 - k as f64 / i as f64;
+    }
+    1.0 - prod
+}
+
+/// Groups jobs by [`JobReport::group`] (first-appearance order; jobs without a group are
+/// in no group; skipped jobs are not samples) and computes pass@k for every `k` in `ks`
+/// that is ≤ the group's size. The second value maps each `k` to the mean over the groups
+/// that have it; a `k` no group supports is left out. Keys are `k` as decimal strings.
+pub fn group_reports(
+    jobs: &[JobReport],
+    ks: &[usize],
+) -> (Vec<GroupReport>, IndexMap<String, f64>) {
+    let ks = normalize_ks(ks);
+    let mut counts: IndexMap<&str, (usize, usize)> = IndexMap::new();
+    for job in jobs {
+        let Some(key) = job.group.as_deref() else {
+            continue;
+        };
+        let entry = counts.entry(key).or_insert((0, 0));
+        if job.status == Status::Skipped {
+            continue;
+        }
+        entry.0 += 1;
+        if job.status == Status::Passed {
+            entry.1 += 1;
+        }
+    }
+
+    let groups: Vec<GroupReport> = counts
+        .into_iter()
+        .map(|(key, (n, c))| GroupReport {
+            key: key.to_string(),
+            n,
+            passed: c,
+            pass_at: ks
+                .iter()
+                .filter(|&&k| k <= n)
+                .map(|&k| (k.to_string(), pass_at_k(n, c, k)))
+                .collect(),
+        })
+        .collect();
+
+    let mut mean = IndexMap::new();
+    for k in &ks {
+        let key = k.to_string();
+        let values: Vec<f64> = groups
+            .iter()
+            .filter_map(|g| g.pass_at.get(&key).copied())
+            .collect();
+        if !values.is_empty() {
+            mean.insert(key, values.iter().sum::<f64>() / values.len() as f64);
+        }
+    }
+    (groups, mean)
+}
+
+/// The default `--pass-at`: 1, plus 10 when every group (with at least one sample) has at
+/// least 10 samples.
+pub fn default_ks(jobs: &[JobReport]) -> Vec<usize> {
+    let (groups, _) = group_reports(jobs, &[]);
+    let sized: Vec<&GroupReport> = groups.iter().filter(|g| g.n > 0).collect();
+    if !sized.is_empty() && sized.iter().all(|g| g.n >= 10) {
+        vec![1, 10]
+    } else {
+        vec![1]
+    }
+}
+
+/// Sorted, de-duplicated, without 0.
+fn normalize_ks(ks: &[usize]) -> Vec<usize> {
+    let mut v: Vec<usize> = ks.iter().copied().filter(|&k| k > 0).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::test_support::job;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    /// 1 - C(n-c,k)/C(n,k) computed with exact integers, for cross-checking.
+    fn naive(n: u64, c: u64, k: u64) -> f64 {
+        fn binom(n: u64, k: u64) -> u128 {
+            if k > n {
+                return 0;
+            }
+            let mut r: u128 = 1;
+            for i in 0..k {
+                r = r * (n - i) as u128 / (i + 1) as u128;
+            }
+            r
+        }
+        1.0 - binom(n - c, k) as f64 / binom(n, k) as f64
+    }
+
+    #[test]
+    fn hand_computed_values() {
+        assert!(close(pass_at_k(5, 2, 1), 0.4));
+        assert!(close(pass_at_k(10, 3, 5), 1.0 - 21.0 / 252.0));
+        assert_eq!(pass_at_k(10, 0, 1), 0.0);
+        assert_eq!(pass_at_k(10, 0, 10), 0.0);
+        assert_eq!(pass_at_k(3, 3, 2), 1.0);
+        assert_eq!(pass_at_k(10, 1, 10), 1.0);
+        assert!(close(pass_at_k(1, 1, 1), 1.0));
+        assert!(close(pass_at_k(4, 1, 2), 0.5));
+        assert!(pass_at_k(3, 1, 4).is_nan());
+        assert!(pass_at_k(3, 1, 0).is_nan());
+    }
+
+    #[test]
+    fn matches_the_binomial_form() {
+        for n in 1..=30u64 {
+            for c in 0..=n {
+                for k in 1..=n {
+                    let a = pass_at_k(n as usize, c as usize, k as usize);
+                    let b = naive(n, c, k);
+                    assert!((a - b).abs() < 1e-9, "n={n} c={c} k={k}: {a} vs {b}");
+                }
+            }
+        }
+        // Large n stays finite and in range.
+        let v = pass_at_k(100_000, 3, 100);
+        assert!(v > 0.0 && v < 1.0);
+    }
+
+    #[test]
+    fn groups() {
+        let mut jobs = vec![];
+        for (g, st) in [
+            ("a", Status::Passed),
+            ("b", Status::Failed),
+            ("a", Status::Failed),
+            ("a", Status::Skipped),
+            ("b", Status::Passed),
+            ("a", Status::Timeout),
+            ("b", Status::Failed),
+        ] {
+            let mut j = job("x", st);
+            j.group = Some(g.into());
+            jobs.push(j);
+        }
+        jobs.push(job("ungrouped", Status::Passed));
+        let (groups, mean) = group_reports(&jobs, &[3, 1, 1, 0, 5]);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].key, "a");
+        assert_eq!((groups[0].n, groups[0].passed), (3, 1));
+        assert_eq!(groups[1].key, "b");
+        assert_eq!((groups[1].n, groups[1].passed), (3, 1));
+        let keys: Vec<&String> = groups[0].pass_at.keys().collect();
+        assert_eq!(keys, ["1", "3"]);
+        assert!(close(groups[0].pass_at["1"], 1.0 / 3.0));
+        assert_eq!(groups[0].pass_at["3"], 1.0);
+        assert!(close(mean["1"], 1.0 / 3.0));
+        assert_eq!(mean["3"], 1.0);
+        assert!(!mean.contains_key("5"));
+    }
+
+    #[test]
+    fn mean_only_over_groups_supporting_k() {
+        let mut jobs = vec![];
+        for i in 0..4 {
+            let mut j = job(
+                "big",
+                if i == 0 {
+                    Status::Passed
+                } else {
+                    Status::Failed
+                },
+            );
+            j.group = Some("big".into());
+            jobs.push(j);
+        }
+        let mut j = job("small", Status::Passed);
+        j.group = Some("small".into());
+        jobs.push(j);
+        let (_, mean) = group_reports(&jobs, &[1, 2]);
+        assert!(close(mean["1"], (0.25 + 1.0) / 2.0));
+        assert!(close(mean["2"], 0.5));
+    }
+
+    #[test]
+    fn default_ks_rule() {
+        assert_eq!(default_ks(&[]), vec![1]);
+        let mut jobs: Vec<JobReport> = (0..10)
+            .map(|_| {
+                let mut j = job("x", Status::Passed);
+                j.group = Some("g".into());
+                j
+            })
+            .collect();
+        assert_eq!(default_ks(&jobs), vec![1, 10]);
+        let mut j = job("y", Status::Passed);
+        j.group = Some("h".into());
+        jobs.push(j);
+        assert_eq!(default_ks(&jobs), vec![1]);
+    }
+}

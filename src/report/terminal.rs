@@ -1,0 +1,514 @@
+//! The human output of `run`, on stderr (stdout is reserved for `--json -` / `--junit -`).
+//!
+//! One line per finished job, in the style of nextest:
+//!
+//! ```text
+//!    PASS [  0.123s] jobs/basic.toml hello
+//!    FAIL [  0.456s] jobs/basic.toml sum
+//!     stdout differs at line 1: expected `5`, got `6`
+//!       --- expected
+//!       +++ actual
+//!       ...
+//! Summary [  1.234s] 10 jobs run: 8 passed, 1 failed, 1 timeout, 0 error, 0 skipped
+//! ```
+//!
+//! With `progress`, an indicatif bar is drawn on stderr while jobs run (lines are printed
+//! above it). With `quiet`, only non-passing jobs and the summary are printed. Colours only
+//! when asked for ([`TerminalOptions::detect`]: stderr is a terminal, `NO_COLOR` unset).
+
+use super::model::{Event, JobReport, Phase, Status};
+use super::passk::{default_ks, group_reports};
+use crate::checks::unified_diff;
+use indexmap::IndexMap;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+/// Diff lines shown under a failed check.
+const DIFF_LINES: usize = 20;
+/// Lines of stderr shown under a compile failure.
+const STDERR_TAIL: usize = 15;
+
+const RESET: &str = "\x1b[0m";
+const BOLD: &str = "\x1b[1m";
+const GREEN: &str = "\x1b[32m";
+const RED: &str = "\x1b[31m";
+const BOLD_RED: &str = "\x1b[1;31m";
+const BOLD_MAGENTA: &str = "\x1b[1;35m";
+const YELLOW: &str = "\x1b[33m";
+const DIM: &str = "\x1b[2m";
+
+/// How the terminal reporter behaves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TerminalOptions {
+    /// ANSI colours.
+    pub color: bool,
+    /// An indicatif progress bar on stderr (only meaningful when stderr is a terminal).
+    pub progress: bool,
+    /// Only non-passing jobs and the summary.
+    pub quiet: bool,
+    /// `--pass-at`; None: the default (1, plus 10 when every group has ≥ 10 samples).
+    pub pass_at: Option<Vec<usize>>,
+}
+
+impl TerminalOptions {
+    /// Options for stderr: colour when stderr is a terminal, `NO_COLOR` is unset or empty
+    /// and `TERM` is not `dumb`; progress when stderr is a terminal and neither `--quiet`
+    /// nor `--no-progress` was given.
+    pub fn detect(quiet: bool, no_progress: bool) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+        TerminalOptions {
+            color: tty && !no_color && !dumb,
+            progress: tty && !quiet && !no_progress,
+            quiet,
+            pass_at: None,
+        }
+    }
+}
+
+/// Consumes [`Event`]s and writes the human output.
+pub struct TerminalReporter {
+    out: Box<dyn Write + Send>,
+    opts: TerminalOptions,
+    bar: Option<ProgressBar>,
+    running: IndexMap<usize, String>,
+    reports: Vec<JobReport>,
+    total: usize,
+}
+
+impl TerminalReporter {
+    /// A reporter writing to `out`. The progress bar (when `opts.progress`) always draws on
+    /// stderr, so `out` should be stderr then.
+    pub fn new(out: Box<dyn Write + Send>, opts: TerminalOptions) -> Self {
+        TerminalReporter {
+            out,
+            opts,
+            bar: None,
+            running: IndexMap::new(),
+            reports: Vec::new(),
+            total: 0,
+        }
+    }
+
+    /// A reporter on stderr with [`TerminalOptions::detect`].
+    pub fn stderr(quiet: bool, no_progress: bool, pass_at: Option<Vec<usize>>) -> Self {
+        let mut opts = TerminalOptions::detect(quiet, no_progress);
+        opts.pass_at = pass_at;
+        TerminalReporter::new(Box::new(std::io::stderr()), opts)
+    }
+
+    /// The reports of the jobs finished so far, in finishing order.
+    pub fn reports(&self) -> &[JobReport] {
+        &self.reports
+    }
+
+    /// Handles one event. Write errors (a closed stderr) are ignored.
+    pub fn handle(&mut self, event: &Event) {
+        match event {
+            Event::RunStarted { total } => {
+                self.total = *total;
+                if self.opts.progress && !self.opts.quiet {
+                    let bar = ProgressBar::with_draw_target(
+                        Some(*total as u64),
+                        ProgressDrawTarget::stderr(),
+                    );
+                    let template = if self.opts.color {
+                        "{spinner:.green} [{elapsed_precise}] [{bar:30.cyan/blue}] {pos}/{len} {wide_msg}"
+                    } else {
+                        "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} {wide_msg}"
+                    };
+                    if let Ok(style) = ProgressStyle::with_template(template) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.enable_steady_tick(Duration::from_millis(100));
+                    self.bar = Some(bar);
+                }
+            }
+            Event::JobStarted { id, name } => {
+                self.running.insert(*id, name.clone());
+                self.update_message();
+            }
+            Event::JobFinished { id, report } => {
+                self.running.shift_remove(id);
+                let text = if self.opts.quiet && report.status.is_ok() {
+                    String::new()
+                } else {
+                    self.job_text(report)
+                };
+                self.emit(&text);
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+                self.update_message();
+                self.reports.push((**report).clone());
+            }
+            Event::RunFinished {
+                duration_ms,
+                interrupted,
+            } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                let text = self.summary_text(*duration_ms, *interrupted);
+                self.emit(&text);
+            }
+        }
+    }
+
+    fn update_message(&self) {
+        let Some(bar) = &self.bar else { return };
+        let mut names = self.running.values();
+        let msg = match (names.next(), self.running.len()) {
+            (None, _) => String::new(),
+            (Some(n), 1) => n.clone(),
+            (Some(n), k) => format!("{n} (+{} running)", k - 1),
+        };
+        bar.set_message(msg);
+    }
+
+    fn emit(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let out = &mut self.out;
+        let mut write = || {
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+
+    fn paint(&self, color: &str, text: &str) -> String {
+        if self.opts.color {
+            format!("{color}{text}{RESET}")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn status_label(&self, status: Status) -> String {
+        let (label, color) = match status {
+            Status::Passed => ("PASS", GREEN),
+            Status::Failed => ("FAIL", BOLD_RED),
+            Status::Timeout => ("TIMEOUT", BOLD_RED),
+            Status::Error => ("ERROR", BOLD_MAGENTA),
+            Status::Skipped => ("SKIP", YELLOW),
+        };
+        self.paint(color, &format!("{label:>7}"))
+    }
+
+    /// `   PASS [  0.123s] file name`, without details.
+    fn job_line(&self, job: &JobReport) -> String {
+        let mut line = format!(
+            "{} [{:>8.3}s] {} {}",
+            self.status_label(job.status),
+            job.duration_ms as f64 / 1000.0,
+            self.paint(DIM, &job.file),
+            self.paint(BOLD, &job.name)
+        );
+        if job.status == Status::Skipped {
+            if let Some(reason) = &job.message {
+                line.push_str(&format!(": {reason}"));
+            }
+        }
+        line.push('\n');
+        line
+    }
+
+    /// The job line plus, for jobs that did not pass, why.
+    fn job_text(&self, job: &JobReport) -> String {
+        let mut text = self.job_line(job);
+        let indent = "        ";
+        match job.status {
+            Status::Passed | Status::Skipped => {}
+            Status::Timeout | Status::Error => {
+                let msg = job.message.as_deref().unwrap_or(job.status.as_str());
+                for l in msg.lines() {
+                    text.push_str(&format!("{indent}{l}\n"));
+                }
+            }
+            Status::Failed => {
+                if let Some(msg) = &job.message {
+                    for l in msg.lines() {
+                        text.push_str(&format!("{indent}{l}\n"));
+                    }
+                }
+                for c in job.checks.iter().filter(|c| !c.passed) {
+                    text.push_str(&format!("{indent}{}\n", c.message));
+                    if let (Some(e), Some(a)) = (&c.expected, &c.actual) {
+                        let diff = unified_diff(e, a);
+                        let lines: Vec<&str> = diff.lines().collect();
+                        for l in lines.iter().take(DIFF_LINES) {
+                            let painted = if l.starts_with("---") || l.starts_with("+++") {
+                                self.paint(BOLD, l)
+                            } else if l.starts_with('-') {
+                                self.paint(RED, l)
+                            } else if l.starts_with('+') {
+                                self.paint(GREEN, l)
+                            } else {
+                                l.to_string()
+                            };
+                            text.push_str(&format!("{indent}  {painted}\n"));
+                        }
+                        if lines.len() > DIFF_LINES {
+                            text.push_str(&format!(
+                                "{indent}  ... ({} more diff lines)\n",
+                                lines.len() - DIFF_LINES
+                            ));
+                        }
+                    }
+                }
+                if job.phase == Some(Phase::Compile) && !job.stderr.trim().is_empty() {
+                    let lines: Vec<&str> = job.stderr.trim_end().lines().collect();
+                    let skip = lines.len().saturating_sub(STDERR_TAIL);
+                    if skip > 0 {
+                        text.push_str(&format!("{indent}| ... ({skip} earlier lines)\n"));
+                    }
+                    for l in &lines[skip..] {
+                        text.push_str(&format!("{indent}| {l}\n"));
+                    }
+                }
+            }
+        }
+        text
+    }
+
+    fn summary_text(&self, duration_ms: u64, interrupted: bool) -> String {
+        let mut counts = [0usize; 5];
+        for r in &self.reports {
+            counts[match r.status {
+                Status::Passed => 0,
+                Status::Failed => 1,
+                Status::Timeout => 2,
+                Status::Error => 3,
+                Status::Skipped => 4,
+            }] += 1;
+        }
+        let n = self.reports.len();
+        let count = |k: usize, label: &str, color: &str| {
+            let s = format!("{} {label}", counts[k]);
+            if counts[k] > 0 {
+                self.paint(color, &s)
+            } else {
+                s
+            }
+        };
+        let mut text = String::new();
+        let not_ok: Vec<&JobReport> = self.reports.iter().filter(|r| !r.status.is_ok()).collect();
+        // The failures again, so they are visible after a long scroll (quiet output is
+        // already just the failures).
+        if !not_ok.is_empty() && n > 1 && !self.opts.quiet {
+            text.push_str(&format!("{}\n", self.paint(BOLD, "Not passed:")));
+            for r in &not_ok {
+                text.push_str(&self.job_line(r));
+            }
+        }
+        text.push_str(&format!(
+            "{} [{:>8.3}s] {n} {} run: {}, {}, {}, {}, {}",
+            self.paint(BOLD, "Summary"),
+            duration_ms as f64 / 1000.0,
+            if n == 1 { "job" } else { "jobs" },
+            count(0, "passed", GREEN),
+            count(1, "failed", BOLD_RED),
+            count(2, "timeout", BOLD_RED),
+            count(3, "error", BOLD_MAGENTA),
+            count(4, "skipped", YELLOW),
+        ));
+        if interrupted {
+            let left = self.total.saturating_sub(n);
+            text.push_str(&self.paint(BOLD_RED, &format!(" (interrupted; {left} not run)")));
+        }
+        text.push('\n');
+
+        if self.reports.iter().any(|r| r.group.is_some()) {
+            let ks = match &self.opts.pass_at {
+                Some(ks) => ks.clone(),
+                None => default_ks(&self.reports),
+            };
+            let (groups, mean) = group_reports(&self.reports, &ks);
+            for (k, v) in &mean {
+                let supporting = groups.iter().filter(|g| g.pass_at.contains_key(k)).count();
+                text.push_str(&format!(
+                    "{} {v:.3} (mean over {supporting} {})\n",
+                    self.paint(BOLD, &format!("{:>7}", format!("pass@{k}"))),
+                    if supporting == 1 { "group" } else { "groups" }
+                ));
+            }
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::model::CheckResult;
+    use crate::report::test_support::job;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn run(opts: TerminalOptions, jobs: Vec<JobReport>) -> String {
+        let buf = Buf::default();
+        let mut r = TerminalReporter::new(Box::new(buf.clone()), opts);
+        r.handle(&Event::RunStarted { total: jobs.len() });
+        for (id, j) in jobs.into_iter().enumerate() {
+            r.handle(&Event::JobStarted {
+                id,
+                name: j.name.clone(),
+            });
+            r.handle(&Event::JobFinished {
+                id,
+                report: Box::new(j),
+            });
+        }
+        r.handle(&Event::RunFinished {
+            duration_ms: 1234,
+            interrupted: false,
+        });
+        buf.text()
+    }
+
+    fn jobs() -> Vec<JobReport> {
+        let a = job("hello", Status::Passed);
+        let mut b = job("sum", Status::Failed);
+        b.checks = vec![CheckResult {
+            kind: "stdout".into(),
+            passed: false,
+            message: "stdout differs at line 1: expected `5`, got `6`".into(),
+            expected: Some("5".into()),
+            actual: Some("6".into()),
+        }];
+        let mut c = job("slow", Status::Timeout);
+        c.message = Some("timed out after 1s".into());
+        vec![a, b, c]
+    }
+
+    #[test]
+    fn plain_output() {
+        let out = run(TerminalOptions::default(), jobs());
+        let expected = "   PASS [   0.123s] jobs/basic.toml hello\n\
+                        \x20  FAIL [   0.123s] jobs/basic.toml sum\n\
+                        \x20       stdout differs at line 1: expected `5`, got `6`\n\
+                        \x20         --- expected\n\
+                        \x20         +++ actual\n\
+                        \x20         @@ -1 +1 @@\n\
+                        \x20         -5\n\
+                        \x20         +6\n\
+                        TIMEOUT [   0.123s] jobs/basic.toml slow\n\
+                        \x20       timed out after 1s\n\
+                        Not passed:\n\
+                        \x20  FAIL [   0.123s] jobs/basic.toml sum\n\
+                        TIMEOUT [   0.123s] jobs/basic.toml slow\n\
+                        Summary [   1.234s] 3 jobs run: 1 passed, 1 failed, 1 timeout, 0 error, 0 skipped\n";
+        assert_eq!(out, expected);
+        assert!(!out.contains('\x1b'));
+    }
+
+    #[test]
+    fn quiet_prints_only_failures_and_summary() {
+        let mut js = jobs();
+        js.remove(2);
+        let out = run(
+            TerminalOptions {
+                quiet: true,
+                ..Default::default()
+            },
+            js,
+        );
+        assert!(!out.contains("PASS"));
+        assert!(out.contains("FAIL [   0.123s] jobs/basic.toml sum\n"));
+        assert!(out.contains("Summary [   1.234s] 2 jobs run: 1 passed, 1 failed"));
+    }
+
+    #[test]
+    fn colors_only_when_asked() {
+        let out = run(
+            TerminalOptions {
+                color: true,
+                ..Default::default()
+            },
+            jobs(),
+        );
+        assert!(out.contains("\x1b[32m   PASS\x1b[0m"));
+        assert!(out.contains("\x1b[1;31m   FAIL\x1b[0m"));
+    }
+
+    #[test]
+    fn pass_at_lines() {
+        let mut js = vec![];
+        for (g, st) in [
+            ("a", Status::Passed),
+            ("a", Status::Failed),
+            ("b", Status::Failed),
+        ] {
+            let mut j = job(g, st);
+            j.group = Some(g.into());
+            js.push(j);
+        }
+        let out = run(TerminalOptions::default(), js);
+        assert!(
+            out.ends_with(" pass@1 0.250 (mean over 2 groups)\n"),
+            "{out}"
+        );
+        let opts = TerminalOptions {
+            pass_at: Some(vec![1, 2]),
+            ..Default::default()
+        };
+        let mut js = vec![];
+        for st in [Status::Passed, Status::Failed] {
+            let mut j = job("x", st);
+            j.group = Some("g".into());
+            js.push(j);
+        }
+        let out = run(opts, js);
+        assert!(out.contains(" pass@1 0.500 (mean over 1 group)\n"), "{out}");
+        assert!(out.contains(" pass@2 1.000 (mean over 1 group)\n"), "{out}");
+    }
+
+    #[test]
+    fn interrupted_and_compile_stderr() {
+        let buf = Buf::default();
+        let mut r = TerminalReporter::new(Box::new(buf.clone()), TerminalOptions::default());
+        r.handle(&Event::RunStarted { total: 5 });
+        let mut j = job("c", Status::Failed);
+        j.phase = Some(Phase::Compile);
+        j.message = Some("compilation failed".into());
+        j.stderr = "main.c:1:1: error: expected ';'\n".into();
+        r.handle(&Event::JobFinished {
+            id: 0,
+            report: Box::new(j),
+        });
+        r.handle(&Event::RunFinished {
+            duration_ms: 10,
+            interrupted: true,
+        });
+        let out = buf.text();
+        assert!(
+            out.contains("        compilation failed\n        | main.c:1:1: error: expected ';'\n"),
+            "{out}"
+        );
+        assert!(out.contains("1 job run: 0 passed, 1 failed, 0 timeout, 0 error, 0 skipped (interrupted; 4 not run)"), "{out}");
+        assert_eq!(r.reports().len(), 1);
+    }
+}

@@ -1,0 +1,172 @@
+//! The scheduler and executor: runs a plan's jobs concurrently on their backends and
+//! emits [`Event`]s. It never prints; reporters consume the events.
+
+pub mod owner;
+
+use crate::backend::{self, RunCtx};
+use crate::plan::{Plan, PlannedJob};
+use crate::report::model::{Event, JobReport, Phase, Status};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Parallel jobs (default: the number of cores).
+    pub jobs: usize,
+    pub fail_fast: bool,
+    /// `--artifacts DIR`.
+    pub artifacts_dir: PathBuf,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: default_parallelism(),
+            fail_fast: false,
+            artifacts_dir: PathBuf::from(".llm-sandbox/artifacts"),
+        }
+    }
+}
+
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The private temporary directory of one run, removed when dropped.
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn create() -> std::io::Result<RunDir> {
+        let root = owner::runs_root();
+        std::fs::create_dir_all(&root)?;
+        let nonce: u32 = rand_u32();
+        let path = root.join(format!("{}-{nonce:08x}", owner::prefix()));
+        std::fs::create_dir_all(&path)?;
+        let o = owner::Owner {
+            tool: "llm-sandbox".into(),
+            run_id: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            host: owner::hostname(),
+            pid: std::process::id(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+        };
+        std::fs::write(
+            path.join("owner.json"),
+            serde_json::to_vec_pretty(&o).unwrap_or_default(),
+        )?;
+        Ok(RunDir { path })
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish() as u32
+}
+
+/// A skipped job's report.
+pub fn skipped_report(job: &PlannedJob, reason: &str) -> JobReport {
+    let mut r = backend::error_report(job, Phase::Prepare, reason.to_string());
+    r.status = Status::Skipped;
+    r.phase = None;
+    r
+}
+
+/// Runs every job of the plan; returns the reports in plan order. Events go to `events`
+/// as jobs start and finish. Cancelling `cancel` (Ctrl-C) stops scheduling and tears down
+/// the running sandboxes; their jobs are reported as errors, the unstarted ones as skipped.
+pub async fn run_plan(
+    plan: &Plan,
+    opts: &RunOptions,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
+) -> std::io::Result<Vec<JobReport>> {
+    owner::sweep_stale();
+    let run_dir = RunDir::create()?;
+    let ctx = RunCtx {
+        run_dir: run_dir.path.clone(),
+        artifacts_root: opts.artifacts_dir.clone(),
+        cancel: cancel.clone(),
+    };
+    let _ = events.send(Event::RunStarted {
+        total: plan.jobs.len(),
+    });
+    let sem = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    let stop_scheduling = CancellationToken::new();
+    let mut set = tokio::task::JoinSet::new();
+    for job in plan.jobs.iter().cloned() {
+        let sem = sem.clone();
+        let ctx = ctx.clone();
+        let events = events.clone();
+        let stop = stop_scheduling.clone();
+        let cancel = cancel.clone();
+        let fail_fast = opts.fail_fast;
+        set.spawn(async move {
+            let id = job.id;
+            if let Some(reason) = &job.skip {
+                let r = skipped_report(&job, reason);
+                let _ = events.send(Event::JobFinished {
+                    id,
+                    report: Box::new(r.clone()),
+                });
+                return (id, r);
+            }
+            let permit = tokio::select! {
+                p = sem.acquire_owned() => p.ok(),
+                _ = stop.cancelled() => None,
+                _ = cancel.cancelled() => None,
+            };
+            let report = match permit {
+                Some(_permit) if !stop.is_cancelled() && !cancel.is_cancelled() => {
+                    let _ = events.send(Event::JobStarted {
+                        id,
+                        name: job.name.clone(),
+                    });
+                    let r = backend::run_job(&job, &ctx).await;
+                    if fail_fast && !r.status.is_ok() {
+                        stop.cancel();
+                    }
+                    r
+                }
+                _ => skipped_report(
+                    &job,
+                    if cancel.is_cancelled() {
+                        "not run: the run was interrupted"
+                    } else {
+                        "not run: --fail-fast stopped the run"
+                    },
+                ),
+            };
+            let _ = events.send(Event::JobFinished {
+                id,
+                report: Box::new(report.clone()),
+            });
+            (id, report)
+        });
+    }
+    let mut reports: Vec<Option<JobReport>> = vec![None; plan.jobs.len()];
+    while let Some(res) = set.join_next().await {
+        match res {
+            Ok((id, r)) => reports[id] = Some(r),
+            Err(e) => return Err(std::io::Error::other(format!("a job task failed: {e}"))),
+        }
+    }
+    drop(run_dir);
+    Ok(reports.into_iter().flatten().collect())
+}

@@ -1,0 +1,892 @@
+//! The sandbox's init: pid 1 of the new pid namespace, root of the new user namespace.
+//! Builds the root filesystem, runs each step as the unprivileged sandbox user, reaps,
+//! kills what a step leaves behind, and copies the requested files out.
+
+use super::proto::{self, Msg, StepResult};
+use super::{seccomp, SandboxConfig, Step, StepKind, CONTROL_FD, SANDBOX_UID};
+use crate::lang::SYSTEM_DIRS;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Entries of the host's `/etc` shown read-only (exact names, or prefixes ending in `*`).
+/// Everything else of `/etc` (shadow, sudoers, ssh keys, …) does not exist inside.
+pub const ETC_ALLOW: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "java-*",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "localtime",
+    "timezone",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "R",
+    "fonts",
+    "python3*",
+    "perl",
+    "mime.types",
+    "protocols",
+    "services",
+    "os-release",
+    "debian_version",
+    "gemrc",
+    "terminfo",
+    "inputrc",
+    "pip.conf",
+    "npmrc",
+    "matplotlibrc",
+    "ImageMagick-6",
+    "profile",
+];
+
+struct State {
+    out_dir: OwnedFd,
+    sfd: SignalFd,
+    filters: Vec<seccompiler::BpfProgram>,
+    rlimit_nproc: Option<u64>,
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn err<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+pub fn run(cfg: &SandboxConfig, sync: OwnedFd, rlimit_nproc: Option<u64>) -> isize {
+    // Wait for the helper to write our id maps and cgroup.
+    let mut b = [0u8; 1];
+    let mut f = std::fs::File::from(sync);
+    if !matches!(f.read(&mut b), Ok(1)) {
+        return 1;
+    }
+    drop(f);
+    let t0 = Instant::now();
+    let mut state = match setup(cfg, rlimit_nproc) {
+        Ok(s) => s,
+        Err(message) => {
+            proto::send(
+                CONTROL_FD,
+                &Msg::Error {
+                    message: format!("sandbox setup failed: {message}"),
+                    hint: None,
+                },
+            );
+            return 1;
+        }
+    };
+    proto::send(
+        CONTROL_FD,
+        &Msg::Ready {
+            setup_us: t0.elapsed().as_micros() as u64,
+        },
+    );
+    for step in &cfg.steps {
+        let r = run_step(cfg, step, &mut state);
+        let ok = r.exit_code == Some(0) && !r.timed_out && r.spawn_error.is_none();
+        proto::send(CONTROL_FD, &Msg::Step(r));
+        if !ok && step.kind != StepKind::Run {
+            break;
+        }
+    }
+    let (files, refused) = collect(cfg, &state);
+    proto::send(CONTROL_FD, &Msg::Collected { files, refused });
+    0
+}
+
+fn bind_ro(src: &Path, dest: &Path, writable: bool) -> Result<(), String> {
+    mount(
+        Some(src),
+        dest,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err(format!("bind {}", src.display())))?;
+    if writable {
+        return Ok(());
+    }
+    // A remount inside a user namespace must keep the flags the source mount has locked.
+    let st =
+        nix::sys::statvfs::statvfs(dest).map_err(err(format!("statvfs {}", dest.display())))?;
+    let f = st.flags();
+    use nix::sys::statvfs::FsFlags;
+    let mut flags =
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+    if f.contains(FsFlags::ST_NODEV) {
+        flags |= MsFlags::MS_NODEV;
+    }
+    if f.contains(FsFlags::ST_NOEXEC) {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    if f.contains(FsFlags::ST_NOATIME) {
+        flags |= MsFlags::MS_NOATIME;
+    }
+    if f.contains(FsFlags::ST_NODIRATIME) {
+        flags |= MsFlags::MS_NODIRATIME;
+    }
+    if f.contains(FsFlags::ST_RELATIME) {
+        flags |= MsFlags::MS_RELATIME;
+    }
+    mount(None::<&str>, dest, None::<&str>, flags, None::<&str>)
+        .map_err(err(format!("remount {} read-only", dest.display())))
+}
+
+/// Recreates `host` (a directory, file or symlink) at `root/host` and binds it.
+fn replicate(root: &Path, host: &Path, dest: &Path, writable: bool) -> Result<(), String> {
+    let target = root.join(dest.strip_prefix("/").unwrap_or(dest));
+    let Ok(meta) = std::fs::symlink_metadata(host) else {
+        return Ok(());
+    };
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(err(format!("mkdir {}", parent.display())))?;
+    }
+    if meta.file_type().is_symlink() {
+        let link = std::fs::read_link(host).map_err(err(format!("readlink {}", host.display())))?;
+        return symlink(&link, &target)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(err(format!("symlink {}", target.display())));
+    }
+    if meta.is_dir() {
+        std::fs::create_dir_all(&target).map_err(err(format!("mkdir {}", target.display())))?;
+    } else if !target.exists() {
+        std::fs::write(&target, b"").map_err(err(format!("create {}", target.display())))?;
+    }
+    bind_ro(host, &target, writable)
+}
+
+fn tmpfs(dest: &Path, opts: &str, extra: MsFlags) -> Result<(), String> {
+    std::fs::create_dir_all(dest).map_err(err(format!("mkdir {}", dest.display())))?;
+    mount(
+        Some("tmpfs"),
+        dest,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra,
+        Some(opts),
+    )
+    .map_err(err(format!("mount tmpfs on {}", dest.display())))
+}
+
+fn etc_allowed(name: &str) -> bool {
+    ETC_ALLOW.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == *a,
+    })
+}
+
+fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String> {
+    nix::unistd::setsid().map_err(err("setsid"))?;
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block().map_err(err("sigprocmask"))?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(err("signalfd"))?;
+
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(err("make / private"))?;
+    let root = cfg.root_mount.as_path();
+    match &cfg.rootfs {
+        Some(rootfs) => {
+            bind_ro(rootfs, root, false)?;
+            // A read-only rootfs still needs mount points: they must exist in it.
+        }
+        None => {
+            tmpfs(root, "size=4m,nr_inodes=4096,mode=0755", MsFlags::empty())?;
+            for d in SYSTEM_DIRS {
+                replicate(root, Path::new(d), Path::new(d), false)?;
+            }
+            build_etc(root, cfg)?;
+        }
+    }
+    for b in &cfg.binds {
+        if b.src.exists() {
+            replicate(root, &b.src, &b.dest, b.writable)?;
+        }
+    }
+    let disk = cfg.limits.disk;
+    let inodes = (disk / 4096).clamp(1024, 1 << 20);
+    let sandbox = root.join("sandbox");
+    match &cfg.persistent_workdir {
+        Some(dir) => {
+            std::fs::create_dir_all(&sandbox).map_err(err("mkdir /sandbox"))?;
+            bind_ro(dir, &sandbox, true)?;
+        }
+        None => tmpfs(
+            &sandbox,
+            &format!(
+                "size={disk},nr_inodes={inodes},mode=0755,uid={SANDBOX_UID},gid={SANDBOX_UID}"
+            ),
+            MsFlags::empty(),
+        )?,
+    }
+    tmpfs(
+        &root.join("tmp"),
+        &format!("size={disk},nr_inodes={inodes},mode=1777"),
+        MsFlags::empty(),
+    )?;
+    build_dev(root, disk, inodes)?;
+    let proc_dir = root.join("proc");
+    std::fs::create_dir_all(&proc_dir).map_err(err("mkdir /proc"))?;
+    mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(err("mount /proc"))?;
+
+    if let Some(inputs) = &cfg.inputs_dir {
+        copy_tree(inputs, &sandbox).map_err(err("copy input files into /sandbox"))?;
+    }
+    let out_dir = nix::fcntl::open(
+        &cfg.out_dir,
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(err(format!("open {}", cfg.out_dir.display())))?;
+    // SAFETY: `open` returned a new fd that nothing else owns.
+    let out_dir = unsafe { OwnedFd::from_raw_fd(out_dir) };
+
+    nix::unistd::chdir(root).map_err(err("chdir new root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detach the host's root"))?;
+    nix::unistd::chdir("/").map_err(err("chdir /"))?;
+    if cfg.rootfs.is_none() {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(err("remount / read-only"))?;
+    }
+    let _ = nix::unistd::sethostname("sandbox");
+    if !cfg.network {
+        loopback_up();
+    }
+    let filters = seccomp::programs()?;
+    Ok(State {
+        out_dir,
+        sfd,
+        filters,
+        rlimit_nproc,
+    })
+}
+
+fn build_etc(root: &Path, cfg: &SandboxConfig) -> Result<(), String> {
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc).map_err(err("mkdir /etc"))?;
+    if let Ok(rd) = std::fs::read_dir("/etc") {
+        let mut names: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        for name in names {
+            let n = name.to_string_lossy();
+            if !etc_allowed(&n) {
+                continue;
+            }
+            let host = Path::new("/etc").join(&name);
+            replicate(root, &host, &host, false)?;
+        }
+    }
+    if cfg.network {
+        for n in ["resolv.conf", "hosts"] {
+            let host = Path::new("/etc").join(n);
+            if host.exists() {
+                replicate(root, &host, &host, false)?;
+            }
+        }
+    }
+    let write = |name: &str, content: &str| -> Result<(), String> {
+        let p = etc.join(name);
+        if p.exists() {
+            return Ok(());
+        }
+        std::fs::write(&p, content).map_err(err(format!("write /etc/{name}")))
+    };
+    write(
+        "passwd",
+        &format!("root:x:0:0:root:/root:/bin/sh\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:/sandbox:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+    )?;
+    write(
+        "group",
+        &format!("root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n"),
+    )?;
+    write("hostname", "sandbox\n")?;
+    write(
+        "hosts",
+        "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost ip6-loopback\n",
+    )?;
+    Ok(())
+}
+
+fn build_dev(root: &Path, disk: u64, inodes: u64) -> Result<(), String> {
+    let dev = root.join("dev");
+    tmpfs(&dev, "size=64k,nr_inodes=64,mode=0755", MsFlags::MS_NOEXEC)?;
+    for node in ["null", "zero", "full", "random", "urandom"] {
+        let target = dev.join(node);
+        std::fs::write(&target, b"").map_err(err(format!("create /dev/{node}")))?;
+        mount(
+            Some(&Path::new("/dev").join(node)),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err(format!("bind /dev/{node}")))?;
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(name)).map_err(err(format!("symlink /dev/{name}")))?;
+    }
+    tmpfs(
+        &dev.join("shm"),
+        &format!("size={disk},nr_inodes={inodes},mode=1777"),
+        MsFlags::MS_NOEXEC,
+    )?;
+    // /dev/mqueue and /dev/pts are not provided.
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let to = dest.join(entry.file_name());
+        if ft.is_dir() {
+            std::fs::create_dir_all(&to)?;
+            std::os::unix::fs::chown(&to, Some(SANDBOX_UID), Some(SANDBOX_UID))?;
+            copy_tree(&entry.path(), &to)?;
+        } else if ft.is_file() {
+            std::fs::copy(entry.path(), &to)?;
+            std::os::unix::fs::chown(&to, Some(SANDBOX_UID), Some(SANDBOX_UID))?;
+            let mode = entry.metadata()?.permissions().mode() & 0o755 | 0o644;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+fn loopback_up() {
+    // SAFETY: plain ioctls on a socket we own, with a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        ifr.ifr_name[0] = b'l' as libc::c_char;
+        ifr.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr);
+        }
+        libc::close(fd);
+    }
+}
+
+fn set_rlimit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) {
+    let r = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    unsafe {
+        libc::setrlimit(res, &r);
+    }
+}
+
+/// In the forked child: become the sandbox user and exec. Never returns.
+fn exec_child(
+    cfg: &SandboxConfig,
+    step: &Step,
+    state: &State,
+    out: Option<RawFd>,
+    err_pipe: RawFd,
+) -> ! {
+    let fail = |what: &str, e: i32| -> ! {
+        let msg = format!("{what}: {}", std::io::Error::from_raw_os_error(e));
+        // SAFETY: write to our own pipe, then exit without running destructors.
+        unsafe {
+            libc::write(err_pipe, msg.as_ptr() as *const _, msg.len());
+            libc::_exit(127);
+        }
+    };
+    // SAFETY: we are a freshly forked, single-threaded child; every call below is a plain
+    // syscall wrapper.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        libc::setpgid(0, 0);
+        // stdio
+        if let Some(o) = out {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            libc::dup2(null, 0);
+            libc::dup2(o, 1);
+            libc::dup2(o, 2);
+        }
+        libc::syscall(libc::SYS_close_range, 3u32, err_pipe as u32 - 1, 0u32);
+        libc::syscall(libc::SYS_close_range, err_pipe as u32 + 1, u32::MAX, 0u32);
+        let l = &cfg.limits;
+        set_rlimit(libc::RLIMIT_CORE, 0, 0);
+        set_rlimit(libc::RLIMIT_NOFILE, l.open_files, l.open_files);
+        set_rlimit(libc::RLIMIT_FSIZE, l.disk, l.disk);
+        set_rlimit(libc::RLIMIT_MSGQUEUE, 0, 0);
+        if step.limited {
+            let cpu = step.timeout_ms.div_ceil(1000) + 1;
+            set_rlimit(libc::RLIMIT_CPU, cpu, cpu + 1);
+            if l.address_space_fallback {
+                set_rlimit(
+                    libc::RLIMIT_AS,
+                    l.memory.saturating_mul(2),
+                    l.memory.saturating_mul(2),
+                );
+            }
+            if let Some(n) = state.rlimit_nproc {
+                set_rlimit(libc::RLIMIT_NPROC, n, n);
+            }
+        }
+        if libc::chdir(c"/sandbox".as_ptr()) != 0 {
+            fail("chdir /sandbox", *libc::__errno_location());
+        }
+        if !step.as_root {
+            // Capabilities: drop the bounding set while we still may, then the rest.
+            for cap in 0..64 {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
+            libc::setgroups(0, std::ptr::null());
+            if libc::setresgid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID) != 0 {
+                fail("setresgid", *libc::__errno_location());
+            }
+            if libc::setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID) != 0 {
+                fail("setresuid", *libc::__errno_location());
+            }
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+            #[repr(C)]
+            struct Hdr {
+                version: u32,
+                pid: i32,
+            }
+            #[repr(C)]
+            #[derive(Clone, Copy)]
+            struct Data {
+                effective: u32,
+                permitted: u32,
+                inheritable: u32,
+            }
+            let hdr = Hdr {
+                version: 0x2008_0522,
+                pid: 0,
+            };
+            let data = [Data {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            }; 2];
+            libc::syscall(libc::SYS_capset, &hdr, data.as_ptr());
+        }
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    }
+    let argv: Vec<CString> = step
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()).unwrap_or_default())
+        .collect();
+    let env: Vec<CString> = cfg
+        .env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default())
+        .collect();
+    let program = resolve(&step.argv[0], &cfg.path);
+    if let Err(e) = seccomp::apply(&state.filters) {
+        // SAFETY: as above.
+        unsafe {
+            libc::write(err_pipe, e.as_ptr() as *const _, e.len());
+            libc::_exit(127);
+        }
+    }
+    let e = nix::unistd::execve(&program, &argv, &env).unwrap_err();
+    fail(&format!("cannot execute {}", step.argv[0]), e as i32)
+}
+
+fn resolve(prog: &str, path: &[String]) -> CString {
+    if prog.contains('/') {
+        return CString::new(prog).unwrap_or_default();
+    }
+    for dir in path {
+        let p = Path::new(dir).join(prog);
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.is_file() && m.mode() & 0o111 != 0 {
+                return cstr(&p);
+            }
+        }
+    }
+    CString::new(prog).unwrap_or_default()
+}
+
+fn cpu_ms_children() -> u64 {
+    // SAFETY: getrusage into a zeroed struct.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        (ru.ru_utime.tv_sec as u64 + ru.ru_stime.tv_sec as u64) * 1000
+            + (ru.ru_utime.tv_usec as u64 + ru.ru_stime.tv_usec as u64) / 1000
+    }
+}
+
+/// Kills every process of the namespace but us, and reaps them all.
+fn kill_all_and_reap() {
+    // SAFETY: kill(-1) from pid 1 signals every other process of the namespace.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+    }
+    loop {
+        match waitpid(None, None) {
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+fn run_step(cfg: &SandboxConfig, step: &Step, state: &mut State) -> StepResult {
+    let mut res = StepResult {
+        kind: Some(step.kind),
+        ..Default::default()
+    };
+    let capture = step.kind != StepKind::Run;
+    let pipe = if capture {
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                res.spawn_error = Some(format!("pipe: {e}"));
+                return res;
+            }
+        }
+    } else {
+        None
+    };
+    let (err_r, err_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            res.spawn_error = Some(format!("pipe: {e}"));
+            return res;
+        }
+    };
+    let cpu_before = cpu_ms_children();
+    let start = Instant::now();
+    // SAFETY: init is single-threaded.
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let out = pipe.as_ref().map(|(_, w)| w.as_raw_fd());
+            exec_child(cfg, step, state, out, err_w.as_raw_fd())
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+        Err(e) => {
+            res.spawn_error = Some(format!("fork: {e}"));
+            return res;
+        }
+    };
+    drop(err_w);
+    let (mut out_r, out_w) = match pipe {
+        Some((r, w)) => (Some(std::fs::File::from(r)), Some(w)),
+        None => (None, None),
+    };
+    drop(out_w);
+    let mut spawn_err = String::new();
+    let _ = std::fs::File::from(err_r).read_to_string(&mut spawn_err);
+    if !spawn_err.is_empty() {
+        res.spawn_error = Some(spawn_err);
+    }
+    if let Some(r) = &out_r {
+        let _ = nix::fcntl::fcntl(
+            r.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+    }
+    let deadline = start + Duration::from_millis(step.timeout_ms);
+    let mut output = Vec::new();
+    let mut status = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    while status.is_none() {
+        let now = Instant::now();
+        if now >= deadline {
+            res.timed_out = true;
+            break;
+        }
+        let left = (deadline - now).as_millis().min(u16::MAX as u128) as u16;
+        {
+            let mut fds = vec![nix::poll::PollFd::new(
+                state.sfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if let Some(r) = &out_r {
+                fds.push(nix::poll::PollFd::new(
+                    r.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                ));
+            }
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(left));
+        }
+        while let Ok(Some(_)) = state.sfd.read_signal() {}
+        if let Some(r) = out_r.as_mut() {
+            drain(
+                r,
+                &mut output,
+                &mut buf,
+                step.capture_cap,
+                &mut res.output_truncated,
+            );
+        }
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                    status = Some((Some(code), None))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                    status = Some((None, Some(sig as i32)))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+    res.duration_ms = start.elapsed().as_millis() as u64;
+    // The step is over: nothing it started may outlive it.
+    kill_all_and_reap();
+    if let Some(r) = out_r.as_mut() {
+        drain(
+            r,
+            &mut output,
+            &mut buf,
+            step.capture_cap,
+            &mut res.output_truncated,
+        );
+    }
+    if let Some((code, sig)) = status {
+        res.exit_code = code;
+        res.signal = sig;
+    }
+    res.cpu_ms = cpu_ms_children().saturating_sub(cpu_before);
+    res.output = String::from_utf8_lossy(&output).into_owned();
+    res
+}
+
+fn drain(r: &mut std::fs::File, out: &mut Vec<u8>, buf: &mut [u8], cap: u64, truncated: &mut bool) {
+    loop {
+        match r.read(buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let room = (cap as usize).saturating_sub(out.len());
+                if n > room {
+                    *truncated = true;
+                }
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Copies the requested files of `/sandbox` to the host's out dir. Every process of the
+/// sandbox is dead by now; symlinks are never followed, only regular files are copied.
+fn collect(cfg: &SandboxConfig, state: &State) -> (Vec<String>, Vec<(String, String)>) {
+    let mut files = Vec::new();
+    let mut refused = Vec::new();
+    if cfg.collect_globs.is_empty() && cfg.collect_paths.is_empty() {
+        return (files, refused);
+    }
+    let set = {
+        let mut b = globset::GlobSetBuilder::new();
+        for g in &cfg.collect_globs {
+            if let Ok(glob) = globset::GlobBuilder::new(g).literal_separator(true).build() {
+                b.add(glob);
+            }
+        }
+        b.build().unwrap_or_else(|_| globset::GlobSet::empty())
+    };
+    let mut wanted: Vec<String> = Vec::new();
+    walk(Path::new("/sandbox"), "", &mut |rel, meta| {
+        if meta.file_type().is_symlink() {
+            if set.is_match(rel) || cfg.collect_paths.iter().any(|p| p == rel) {
+                refused.push((rel.to_string(), "is a symbolic link".to_string()));
+            }
+            return;
+        }
+        if meta.is_file() && (set.is_match(rel) || cfg.collect_paths.iter().any(|p| p == rel)) {
+            wanted.push(rel.to_string());
+        }
+    });
+    let mut total = 0u64;
+    for rel in wanted {
+        match copy_out(
+            &rel,
+            state.out_dir.as_raw_fd(),
+            cfg.collect_cap.saturating_sub(total),
+        ) {
+            Ok(n) => {
+                total += n;
+                files.push(rel);
+            }
+            Err(e) => refused.push((rel, e)),
+        }
+    }
+    (files, refused)
+}
+
+fn walk(dir: &Path, prefix: &str, f: &mut dyn FnMut(&str, &std::fs::Metadata)) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = rd.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().to_string();
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        f(&rel, &meta);
+        if meta.is_dir() {
+            walk(&e.path(), &rel, f);
+        }
+    }
+}
+
+fn copy_out(rel: &str, out_dir: RawFd, room: u64) -> Result<u64, String> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let src = nix::fcntl::open(
+        &Path::new("/sandbox").join(rel),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| e.to_string())?;
+    // SAFETY: fresh fd from open.
+    let mut src = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(src) });
+    let meta = src.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > room {
+        return Err("the artifacts exceed the size limit".into());
+    }
+    // Create parent directories under the out dir, never following links.
+    let mut dir: OwnedFd = nix::unistd::dup(out_dir)
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .map_err(|e| e.to_string())?;
+    let parts: Vec<&str> = rel.split('/').collect();
+    for comp in &parts[..parts.len() - 1] {
+        let _ = nix::sys::stat::mkdirat(
+            Some(dir.as_raw_fd()),
+            *comp,
+            Mode::from_bits_truncate(0o755),
+        );
+        let next = openat(
+            Some(dir.as_raw_fd()),
+            *comp,
+            OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| e.to_string())?;
+        dir = unsafe { OwnedFd::from_raw_fd(next) };
+    }
+    let dst = openat(
+        Some(dir.as_raw_fd()),
+        parts[parts.len() - 1],
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut dst = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(dst) });
+    let n = std::io::copy(&mut (&mut src).take(room), &mut dst).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn etc_allowlist_excludes_secrets() {
+        for bad in [
+            "shadow",
+            "gshadow",
+            "sudoers",
+            "ssh",
+            "passwd",
+            "group",
+            "docker",
+            "machine-id",
+        ] {
+            assert!(!super::etc_allowed(bad), "{bad}");
+        }
+        for good in [
+            "ld.so.cache",
+            "java-17-openjdk",
+            "python3.11",
+            "alternatives",
+            "ssl",
+        ] {
+            assert!(super::etc_allowed(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn resolve_uses_path() {
+        let p = super::resolve("sh", &["/nonexistent".into(), "/bin".into()]);
+        assert_eq!(p.to_str().unwrap(), "/bin/sh");
+        assert_eq!(super::resolve("./main", &[]).to_str().unwrap(), "./main");
+    }
+}

@@ -1,0 +1,121 @@
+//! The native sandbox: Linux namespaces, no daemon.
+//!
+//! The tokio process never forks a sandbox itself. [`host::run`] spawns this same binary
+//! with the hidden subcommand `__sandbox CONFIG` (see [`helper`]): a single-threaded helper
+//! that clones the sandbox's init into new user, mount, pid, net, ipc, uts and cgroup
+//! namespaces, writes its id maps, puts it in a cgroup, and waits. The init ([`init`])
+//! builds a minimal root (toolchain directories read-only, fresh tmpfs `/sandbox`, `/tmp`,
+//! `/dev/shm`), pivots into it, runs each step (compile, run) as an unprivileged user with a
+//! seccomp filter and rlimits, kills every process of the namespace after each step,
+//! and finally copies the requested files out without following symlinks.
+//!
+//! Results travel on a control pipe (fd 3) as JSON lines ([`proto::Msg`]); stdout and stderr
+//! of the run step are the helper's own fds 1 and 2, read by the host side with caps.
+
+pub mod cgroup;
+pub mod helper;
+pub mod host;
+pub mod init;
+pub mod proto;
+pub mod seccomp;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The fd number of the control pipe in the helper and the init.
+pub const CONTROL_FD: i32 = 3;
+/// The uid and gid the program runs as inside the sandbox.
+pub const SANDBOX_UID: u32 = 1000;
+/// Name of the hidden subcommand.
+pub const HELPER_SUBCOMMAND: &str = "__sandbox";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Compile,
+    Run,
+    /// Setup / prepare commands (output captured like compile).
+    Setup,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub kind: StepKind,
+    /// argv; argv[0] is an absolute path or a name looked up in `path`.
+    pub argv: Vec<String>,
+    pub timeout_ms: u64,
+    /// For `Run`: stdin, stdout and stderr are the helper's fds 0, 1, 2. Other steps get
+    /// /dev/null as stdin and their merged output captured (capped) into the step message.
+    pub capture_cap: u64,
+    /// Run as root inside the sandbox (prepare steps only); default false.
+    #[serde(default)]
+    pub as_root: bool,
+    /// Apply the run limits (address space, CPU time) to this step.
+    #[serde(default = "yes")]
+    pub limited: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Bind {
+    pub src: PathBuf,
+    pub dest: PathBuf,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxLimits {
+    pub memory: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    pub disk: u64,
+    pub open_files: u64,
+    /// Use RLIMIT_AS = memory × 2 when no memory cgroup is available.
+    pub address_space_fallback: bool,
+}
+
+/// Everything the helper needs; written by the host as JSON into the job's directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    /// Owner-labelled id of this sandbox (also its cgroup name).
+    pub id: String,
+    /// An empty host directory the init mounts its new root on.
+    pub root_mount: PathBuf,
+    /// Host directory whose contents are copied into `/sandbox` before the first step.
+    pub inputs_dir: Option<PathBuf>,
+    /// Host directory the requested files are copied to after the last step.
+    pub out_dir: PathBuf,
+    /// Host directory bind-mounted as `/sandbox` instead of a fresh tmpfs (sessions).
+    #[serde(default)]
+    pub persistent_workdir: Option<PathBuf>,
+    /// Read-only binds besides the system directories (toolchains, `backends.native.bind`).
+    pub binds: Vec<Bind>,
+    /// Use this directory as `/` instead of the host's system directories.
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
+    pub path: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub steps: Vec<Step>,
+    pub limits: SandboxLimits,
+    pub network: bool,
+    /// Glob patterns (relative to `/sandbox`) of files to copy out.
+    pub collect_globs: Vec<String>,
+    /// Exact relative paths to copy out (files named by `expect.files`).
+    pub collect_paths: Vec<String>,
+    /// Cap of the bytes copied out in total.
+    pub collect_cap: u64,
+}
+
+/// Entry used by `main`: if argv is `__sandbox CONFIG`, run the helper and never return.
+pub fn maybe_run_helper() {
+    let mut args = std::env::args_os();
+    let _exe = args.next();
+    if args.next().as_deref() == Some(std::ffi::OsStr::new(HELPER_SUBCOMMAND)) {
+        let code = helper::main(args.next().map(PathBuf::from));
+        std::process::exit(code);
+    }
+}

@@ -1,0 +1,373 @@
+//! A tree of source spans of a job file (TOML or YAML), parallel to its data, so that
+//! errors found after deserialization (missing `name`, conflicting fields, bad template)
+//! point at the right line.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+
+/// One node: the byte span of its value (and of its key, when known).
+#[derive(Debug, Clone, Default)]
+pub struct SpanNode {
+    pub span: Range<usize>,
+    pub key_span: Option<Range<usize>>,
+    pub children: Children,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum Children {
+    #[default]
+    Leaf,
+    Map(Vec<(String, SpanNode)>),
+    Seq(Vec<SpanNode>),
+}
+
+/// A step of a path into the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Idx(usize),
+}
+
+impl From<&str> for Seg {
+    fn from(s: &str) -> Seg {
+        Seg::Key(s.to_string())
+    }
+}
+
+impl From<usize> for Seg {
+    fn from(i: usize) -> Seg {
+        Seg::Idx(i)
+    }
+}
+
+/// `jobs[3].expect.stdout`.
+pub fn path_string(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Idx(i) => {
+                s.push_str(&format!("[{i}]"));
+            }
+        }
+    }
+    s
+}
+
+impl SpanNode {
+    pub fn get(&self, key: &str) -> Option<&SpanNode> {
+        match &self.children {
+            Children::Map(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn idx(&self, i: usize) -> Option<&SpanNode> {
+        match &self.children {
+            Children::Seq(v) => v.get(i),
+            _ => None,
+        }
+    }
+
+    pub fn lookup(&self, path: &[Seg]) -> Option<&SpanNode> {
+        let mut n = self;
+        for seg in path {
+            n = match seg {
+                Seg::Key(k) => n.get(k)?,
+                Seg::Idx(i) => n.idx(*i)?,
+            };
+        }
+        Some(n)
+    }
+
+    /// The deepest path whose node starts closest before (or at) `offset`.
+    pub fn path_at(&self, offset: usize) -> Vec<Seg> {
+        let mut best: (usize, Vec<Seg>) = (0, vec![]);
+        let mut cur = vec![];
+        self.walk(offset, &mut cur, &mut best);
+        best.1
+    }
+
+    fn walk(&self, offset: usize, cur: &mut Vec<Seg>, best: &mut (usize, Vec<Seg>)) {
+        let start = match &self.key_span {
+            Some(k) => k.start.min(self.span.start),
+            None => self.span.start,
+        };
+        if !cur.is_empty() && start <= offset && start >= best.0 {
+            *best = (start, cur.clone());
+        }
+        match &self.children {
+            Children::Leaf => {}
+            Children::Map(m) => {
+                for (k, v) in m {
+                    cur.push(Seg::Key(k.clone()));
+                    v.walk(offset, cur, best);
+                    cur.pop();
+                }
+            }
+            Children::Seq(v) => {
+                for (i, n) in v.iter().enumerate() {
+                    cur.push(Seg::Idx(i));
+                    n.walk(offset, cur, best);
+                    cur.pop();
+                }
+            }
+        }
+    }
+}
+
+/// How a format wraps a value with its span.
+pub trait Flavor: Sized {
+    fn next_value<'de, A: MapAccess<'de>>(map: &mut A) -> Result<SpanNode, A::Error>;
+    fn next_key<'de, A: MapAccess<'de>>(
+        map: &mut A,
+    ) -> Result<Option<(String, Option<Range<usize>>)>, A::Error>;
+    fn next_element<'de, A: SeqAccess<'de>>(seq: &mut A) -> Result<Option<SpanNode>, A::Error>;
+}
+
+/// Children of a node (the node's own span comes from the enclosing spanned wrapper).
+pub struct Raw<F>(pub Children, PhantomData<F>);
+
+impl<'de, F: Flavor> Deserialize<'de> for Raw<F> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RawVisitor::<F>(PhantomData))
+    }
+}
+
+struct RawVisitor<F>(PhantomData<F>);
+
+macro_rules! leaf {
+    ($name:ident, $t:ty) => {
+        fn $name<E: de::Error>(self, _v: $t) -> Result<Self::Value, E> {
+            Ok(Raw(Children::Leaf, PhantomData))
+        }
+    };
+}
+
+impl<'de, F: Flavor> Visitor<'de> for RawVisitor<F> {
+    type Value = Raw<F>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    leaf!(visit_bool, bool);
+    leaf!(visit_i64, i64);
+    leaf!(visit_u64, u64);
+    leaf!(visit_i128, i128);
+    leaf!(visit_u128, u128);
+    leaf!(visit_f64, f64);
+    leaf!(visit_str, &str);
+    leaf!(visit_bytes, &[u8]);
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Raw(Children::Leaf, PhantomData))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Raw(Children::Leaf, PhantomData))
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        Raw::<F>::deserialize(d)
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        Raw::<F>::deserialize(d)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = vec![];
+        while let Some((k, key_span)) = F::next_key(&mut map)? {
+            let mut v = F::next_value(&mut map)?;
+            v.key_span = key_span;
+            out.push((k, v));
+        }
+        Ok(Raw(Children::Map(out), PhantomData))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = vec![];
+        while let Some(v) = F::next_element(&mut seq)? {
+            out.push(v);
+        }
+        Ok(Raw(Children::Seq(out), PhantomData))
+    }
+}
+
+/// A map key of any scalar type, as a string.
+struct AnyKey(String);
+
+impl<'de> Deserialize<'de> for AnyKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = AnyKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AnyKey, E> {
+                Ok(AnyKey(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<AnyKey, E> {
+                Ok(AnyKey(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<AnyKey, E> {
+                Ok(AnyKey(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<AnyKey, E> {
+                Ok(AnyKey(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<AnyKey, E> {
+                Ok(AnyKey(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<AnyKey, E> {
+                Ok(AnyKey("null".into()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// TOML (`toml` crate, via `serde_spanned`).
+pub struct Toml;
+
+impl Flavor for Toml {
+    fn next_value<'de, A: MapAccess<'de>>(map: &mut A) -> Result<SpanNode, A::Error> {
+        let v: toml::Spanned<Raw<Toml>> = map.next_value()?;
+        let span = v.span();
+        Ok(SpanNode {
+            span,
+            key_span: None,
+            children: v.into_inner().0,
+        })
+    }
+
+    fn next_key<'de, A: MapAccess<'de>>(
+        map: &mut A,
+    ) -> Result<Option<(String, Option<Range<usize>>)>, A::Error> {
+        Ok(map.next_key::<toml::Spanned<String>>()?.map(|k| {
+            let span = k.span();
+            (k.into_inner(), Some(span))
+        }))
+    }
+
+    fn next_element<'de, A: SeqAccess<'de>>(seq: &mut A) -> Result<Option<SpanNode>, A::Error> {
+        Ok(seq
+            .next_element::<toml::Spanned<Raw<Toml>>>()?
+            .map(|v| SpanNode {
+                span: v.span(),
+                key_span: None,
+                children: v.into_inner().0,
+            }))
+    }
+}
+
+/// YAML (`serde-saphyr`, via its `Spanned`).
+pub struct Yaml;
+
+fn yaml_span(loc: &serde_saphyr::Location) -> Range<usize> {
+    let s = loc.span();
+    s.offset()..s.offset() + s.len()
+}
+
+impl Flavor for Yaml {
+    fn next_value<'de, A: MapAccess<'de>>(map: &mut A) -> Result<SpanNode, A::Error> {
+        let v: serde_saphyr::Spanned<Raw<Yaml>> = map.next_value()?;
+        Ok(SpanNode {
+            span: yaml_span(&v.referenced),
+            key_span: None,
+            children: v.value.0,
+        })
+    }
+
+    fn next_key<'de, A: MapAccess<'de>>(
+        map: &mut A,
+    ) -> Result<Option<(String, Option<Range<usize>>)>, A::Error> {
+        Ok(map
+            .next_key::<serde_saphyr::Spanned<AnyKey>>()?
+            .map(|k| (k.value.0, Some(yaml_span(&k.referenced)))))
+    }
+
+    fn next_element<'de, A: SeqAccess<'de>>(seq: &mut A) -> Result<Option<SpanNode>, A::Error> {
+        Ok(seq
+            .next_element::<serde_saphyr::Spanned<Raw<Yaml>>>()?
+            .map(|v| SpanNode {
+                span: yaml_span(&v.referenced),
+                key_span: None,
+                children: v.value.0,
+            }))
+    }
+}
+
+/// The span tree of a TOML document (None when it does not parse).
+pub fn toml_spans(text: &str) -> Option<SpanNode> {
+    let raw: Raw<Toml> = toml::from_str(text).ok()?;
+    Some(SpanNode {
+        span: 0..text.len(),
+        key_span: None,
+        children: raw.0,
+    })
+}
+
+/// The span tree of a YAML document (None when it does not parse).
+pub fn yaml_spans(text: &str) -> Option<SpanNode> {
+    let opts = serde_saphyr::Options {
+        with_snippet: false,
+        ..Default::default()
+    };
+    let raw: Raw<Yaml> = serde_saphyr::from_str_with_options(text, opts).ok()?;
+    Some(SpanNode {
+        span: 0..text.len(),
+        key_span: None,
+        children: raw.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(p: &[Seg]) -> String {
+        path_string(p)
+    }
+
+    #[test]
+    fn toml_tree() {
+        let text = "[defaults]\nlang = \"python\"\n\n[[jobs]]\nname = \"a\"\ncode = \"x\"\n\n[[jobs]]\nname = \"b\"\nexpect = { stdout = \"hi\" }\n";
+        let t = toml_spans(text).unwrap();
+        let n = t.lookup(&["jobs".into(), 1.into(), "name".into()]).unwrap();
+        assert_eq!(&text[n.span.clone()], "\"b\"");
+        let k = n.key_span.clone().unwrap();
+        assert_eq!(&text[k], "name");
+        let e = t
+            .lookup(&["jobs".into(), 1.into(), "expect".into(), "stdout".into()])
+            .unwrap();
+        assert_eq!(&text[e.span.clone()], "\"hi\"");
+        assert_eq!(seg(&t.path_at(e.span.start)), "jobs[1].expect.stdout");
+        let j = t.lookup(&["jobs".into(), 1.into()]).unwrap();
+        assert!(j.span.start <= n.span.start, "{:?}", j.span);
+    }
+
+    #[test]
+    fn yaml_tree() {
+        let text = "defaults:\n  lang: python\njobs:\n  - name: a\n    code: x\n  - name: b\n    expect:\n      stdout: hi\n";
+        let t = yaml_spans(text).unwrap();
+        let n = t.lookup(&["jobs".into(), 1.into(), "name".into()]).unwrap();
+        assert_eq!(&text[n.span.start..n.span.start + 1], "b");
+        let k = n.key_span.clone().unwrap();
+        assert_eq!(&text[k.start..k.start + 4], "name");
+        let e = t
+            .lookup(&["jobs".into(), 1.into(), "expect".into(), "stdout".into()])
+            .unwrap();
+        assert_eq!(&text[e.span.start..e.span.start + 2], "hi");
+        assert_eq!(seg(&t.path_at(e.span.start)), "jobs[1].expect.stdout");
+    }
+}

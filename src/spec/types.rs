@@ -1,0 +1,406 @@
+//! The job-file data model (SPEC §1). One model for TOML and YAML.
+//!
+//! Every job field is optional here because `[defaults]` uses the same type and a job
+//! inherits what it does not set. `plan` turns these raw specs into [`crate::plan::PlannedJob`].
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub use super::units::{ByteSize, DurationSpec};
+
+/// A whole job file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "llm-sandbox job file")]
+pub struct JobFile {
+    /// Any job field; a job's own value wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<JobSpec>,
+    /// Template variables for every job of this file.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub vars: IndexMap<String, serde_json::Value>,
+    /// Connection settings, per backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<BackendsConfig>,
+    /// The jobs.
+    #[serde(default)]
+    pub jobs: Vec<JobSpec>,
+}
+
+/// Languages (SPEC §1).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    Python,
+    Javascript,
+    Typescript,
+    Java,
+    Cpp,
+    C,
+    Go,
+    Ruby,
+    Rust,
+    R,
+    Bash,
+}
+
+/// Backends (SPEC §1).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Deserialize,
+    Serialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Linux namespaces, no daemon (default).
+    #[default]
+    Native,
+    Docker,
+    Podman,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub podman: Option<PodmanConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// `unix:///path` or `tcp://host:port`; default `$DOCKER_HOST`, then the local socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PodmanConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_manifest: Option<PodManifest>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NativeConfig {
+    /// A root filesystem directory to use instead of the host's toolchain directories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+    /// Extra host paths bind-mounted read-only: `"/opt/tool"` or `{ src, dest }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<Vec<FileSpec>>,
+}
+
+/// A Pod manifest: a path to a YAML/JSON file, or the manifest inline.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum PodManifest {
+    Path(String),
+    Inline(serde_json::Map<String, serde_json::Value>),
+}
+
+/// An input file: `"path"` (glob allowed, copied under its relative path) or `{ src, dest }`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum FileSpec {
+    Path(String),
+    Mapped(MappedFile),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MappedFile {
+    pub src: String,
+    /// Destination relative to `/sandbox` (or absolute under `/sandbox`).
+    pub dest: String,
+}
+
+/// One string or a list of strings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `skip = true` or `skip = "reason"`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum Skip {
+    Flag(bool),
+    Reason(String),
+}
+
+/// `setup`: one shell command or a list.
+pub type Setup = OneOrMany;
+
+/// Resource limits of the run step.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory, e.g. "512MiB" (default 512MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    /// CPUs, e.g. 1.0 (default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// Cap of captured stdout and of stderr, each (default 1MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<ByteSize>,
+    /// Size of the writable workdir `/sandbox` (default 64MiB); `/tmp` gets the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<ByteSize>,
+    /// Open files per process (default 256). Extension of SPEC §1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+}
+
+/// Checks on one file of the workdir after the run.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileExpect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// The file parses as JSON equal to this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<serde_json::Value>,
+    /// Lower-case hex SHA-256 of the file's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Checks; all must hold.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Equal after trimming trailing whitespace of each line and trailing blank lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// Byte-for-byte equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_contains: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_contains: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<IndexMap<String, FileExpect>>,
+}
+
+/// One job, or the `[defaults]` of a file (SPEC §1).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Required (for jobs); may be a template; unique after expansion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<Lang>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendKind>,
+    /// Container image; default per language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Path to a Dockerfile, relative to the job file; excludes `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_template: Option<bool>,
+    /// Packages installed with the language's package manager before the code runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libraries: Option<Vec<String>>,
+    /// Shell commands run in the sandbox before the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<Setup>,
+    /// Input files copied into the workdir (globs allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileSpec>>,
+    /// The program, literal (never rendered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_file: Option<String>,
+    /// The program, rendered with minijinja.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<IndexMap<String, String>>,
+    /// Wall-clock limit of the run step ("500ms", "10s", "2m"); default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Network during the run step; default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<bool>,
+    /// Glob patterns relative to the workdir, copied out after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+    /// Table of lists: one job per combination, as `{{ matrix.KEY }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<IndexMap<String, Vec<serde_json::Value>>>,
+    /// JSONL, JSON array or CSV file: one job per row, as `{{ row.FIELD }}` and `{{ index }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// Template; jobs with the same group key form one group for pass@k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// `true` or a reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<Skip>,
+    /// Kubernetes: a Pod manifest (inline or path) used as the sandbox pod's base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_manifest: Option<PodManifest>,
+}
+
+impl Lang {
+    pub const ALL: [Lang; 11] = [
+        Lang::Python,
+        Lang::Javascript,
+        Lang::Typescript,
+        Lang::Java,
+        Lang::Cpp,
+        Lang::C,
+        Lang::Go,
+        Lang::Ruby,
+        Lang::Rust,
+        Lang::R,
+        Lang::Bash,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lang::Python => "python",
+            Lang::Javascript => "javascript",
+            Lang::Typescript => "typescript",
+            Lang::Java => "java",
+            Lang::Cpp => "cpp",
+            Lang::C => "c",
+            Lang::Go => "go",
+            Lang::Ruby => "ruby",
+            Lang::Rust => "rust",
+            Lang::R => "r",
+            Lang::Bash => "bash",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Lang> {
+        Lang::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Lang {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Native,
+        BackendKind::Docker,
+        BackendKind::Podman,
+        BackendKind::Kubernetes,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Native => "native",
+            BackendKind::Docker => "docker",
+            BackendKind::Podman => "podman",
+            BackendKind::Kubernetes => "kubernetes",
+        }
+    }
+    pub fn parse(s: &str) -> Option<BackendKind> {
+        BackendKind::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Unused alias kept for readers: env maps are ordered.
+pub type EnvMap = BTreeMap<String, String>;
