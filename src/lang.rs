@@ -229,6 +229,8 @@ pub struct HostToolchain {
     pub binds: Vec<PathBuf>,
     /// Extra PATH entries inside the sandbox.
     pub path: Vec<PathBuf>,
+    /// Extra arguments of the compile command found by the probe (TypeScript's typeRoots).
+    pub compile_extra: Vec<String>,
 }
 
 /// Directories the native sandbox always mounts read-only.
@@ -315,10 +317,26 @@ pub fn probe_host(lang: Lang) -> Result<HostToolchain, String> {
         }
         programs.push(program);
     }
+    let mut compile_extra = Vec::new();
+    if lang == Lang::Typescript {
+        // tsc lives in <node_modules>/typescript/bin/tsc; @types/node beside it.
+        let real = std::fs::canonicalize(&programs[0]).unwrap_or(programs[0].clone());
+        let types = real.ancestors().nth(3).map(|nm| nm.join("@types"));
+        match types.filter(|t| t.join("node").is_dir()) {
+            Some(t) => compile_extra = vec!["--typeRoots".into(), t.display().to_string()],
+            None => {
+                return Err(format!(
+                    "the Node.js type definitions were not found next to {} (needed for typescript on the native backend): install them with `npm install -g @types/node`",
+                    real.display()
+                ))
+            }
+        }
+    }
     Ok(HostToolchain {
         programs,
         binds,
         path,
+        compile_extra,
     })
 }
 

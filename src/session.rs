@@ -296,6 +296,7 @@ impl Session {
         if let Some(compile) = spec.compile {
             let mut argv = lang::expand_command(compile, &source, &class, mem_mb);
             argv[0] = self.tc.programs[0].display().to_string();
+            argv.extend(self.tc.compile_extra.iter().cloned());
             steps.push(Step {
                 kind: StepKind::Compile,
                 argv,

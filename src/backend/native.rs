@@ -169,6 +169,7 @@ pub fn prepare(
     if let Some(compile) = spec.compile {
         let mut argv = lang::expand_command(compile, &source, &class, mem_mb);
         argv[0] = tc.programs[0].display().to_string();
+        argv.extend(tc.compile_extra.iter().cloned());
         steps.push(Step {
             kind: StepKind::Compile,
             argv,
@@ -323,6 +324,24 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
         r.message = Some("interrupted: the run was cancelled before this job finished".into());
         r.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
         r.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        return r;
+    }
+    if o.output_limit_hit && steps.last().is_none_or(|s| s.kind == Some(StepKind::Run)) {
+        r.status = Status::Failed;
+        r.phase = Some(Phase::Run);
+        r.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        r.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        r.stdout_truncated = o.stdout_truncated;
+        r.stderr_truncated = o.stderr_truncated;
+        r.message = Some(format!(
+            "output limit exceeded: the program wrote more than {} to {}; it was stopped",
+            format_size(job.limits.output),
+            if o.stdout_truncated {
+                "stdout"
+            } else {
+                "stderr"
+            }
+        ));
         return r;
     }
     let Some(last) = steps.last() else {

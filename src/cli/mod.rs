@@ -559,6 +559,9 @@ async fn exec(
             125
         }
         Ok(o) => {
+            if std::env::var_os("LLM_SANDBOX_DEBUG").is_some() {
+                eprintln!("llm-sandbox: wall {:?}; {:?}", o.wall, o.msgs);
+            }
             let report = llm_sandbox::backend::native::to_report(&job, &o);
             use llm_sandbox::Status;
             match report.status {

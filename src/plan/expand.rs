@@ -263,10 +263,22 @@ fn duplicate_names(
                 None => flf.path.display().to_string(),
             };
             let more = if count > 1 {
-                format!(" ({} more duplicates from this job)", count - 1)
+                format!(" ({} more duplicate names from this job)", count - 1)
             } else {
                 String::new()
             };
+            if of.file == fi && of.job == ji {
+                return SpecError::at(
+                    &lf.source,
+                    span,
+                    format!(
+                        "duplicate job name `{}`: jobs[{ji}] expands to it more than once{more}",
+                        jobs[i].name
+                    ),
+                    Some("not unique across rows/combinations".into()),
+                )
+                .with_help("job names must be unique after expansion; put {{ index }} or every matrix key in the name");
+            }
             let related = SpecError::at(
                 &flf.source,
                 fspan,
@@ -673,13 +685,14 @@ impl<'a> FileCx<'a> {
         }
         let jp = [key("jobs"), Seg::Idx(ji)];
         let node = self.lf.spans.lookup(&jp)?;
-        // The first key of the job table is a better anchor than the table itself.
-        match &node.children {
-            crate::spec::span::Children::Map(m) if !m.is_empty() => {
-                m[0].1.key_span.clone().or_else(|| Some(node.span.clone()))
-            }
-            _ => Some(node.span.clone()),
-        }
+        // The job's first line (`[[jobs]]` or `- name: ...`), not the whole table.
+        let text = self.lf.source.text();
+        let start = node.span.start.min(text.len());
+        let eol = text[start..]
+            .find('\n')
+            .map(|i| start + i)
+            .unwrap_or(text.len());
+        Some(start..node.span.end.clamp(start, eol))
     }
 
     fn err(
@@ -933,7 +946,10 @@ impl<'a> FileCx<'a> {
                         ));
                         None
                     }
-                    Ok(text) => match serde_saphyr::from_str::<serde_json::Value>(&text) {
+                    Ok(text) => match serde_saphyr::from_str_with_options::<serde_json::Value>(
+                        &text,
+                        crate::spec::load::yaml_options(),
+                    ) {
                         Ok(v @ serde_json::Value::Object(_)) => Some(v),
                         Ok(_) => {
                             errors.push(self.err(
@@ -1536,19 +1552,18 @@ impl<'a> FileCx<'a> {
                         o..o
                     })
                 });
-                SpecError::at(source, span, msg, Some(what.clone()))
+                SpecError::at(source, span, msg, Some(what.clone())).with_related(self.err(
+                    job,
+                    &[key("template_file")],
+                    "the template file is used here",
+                    "template_file",
+                ))
             }
             TplLoc::Field(sub) => {
                 let vs = self.span(job.ji, sub);
                 let span = match (&vs, e.range()) {
                     (Some(vs), Some(r)) => {
-                        let bad = &src[r.clone()];
-                        let text = self.lf.source.text();
-                        let window_end = (vs.start + src.len() * 2 + 16).min(text.len());
-                        let (line_in_src, _) = line_of(src, r.start);
-                        // Find the failing expression near where the template sits.
-                        find_nth_line_occurrence(text, vs.start, window_end, bad, line_in_src)
-                            .map(|o| o..o + bad.len())
+                        map_template_range(self.lf.source.text(), vs.start, src, r)
                             .or_else(|| Some(vs.clone()))
                     }
                     (vs, _) => vs.clone(),
@@ -1573,7 +1588,9 @@ impl<'a> FileCx<'a> {
         if kind == minijinja::ErrorKind::UndefinedError {
             let mut help = format!("available variables: {}", avail.join(", "));
             if let Some(s) = &snippet {
-                if let Some(sug) = did_you_mean(s, avail.iter().map(String::as_str)) {
+                if avail.iter().any(|a| a == s) {
+                    help = format!("`{s}` is missing in some rows; {help}");
+                } else if let Some(sug) = did_you_mean(s, avail.iter().map(String::as_str)) {
                     help = format!("did you mean `{sug}`? {help}");
                 }
                 if !rows.expanded()
@@ -1785,28 +1802,47 @@ fn line_of(s: &str, off: usize) -> (usize, usize) {
     )
 }
 
-/// The offset of `needle` in `text[start..end]`, preferring an occurrence on the
-/// `line`-th line after `start` (0-based), else the first one.
-fn find_nth_line_occurrence(
+/// Maps a byte range `r` of a template's text `src` into the job file's `text`, where
+/// the template is the string value starting at `value_start` (basic or multi-line
+/// string, YAML plain or block scalar). None when the mapping is not certain.
+fn map_template_range(
     text: &str,
-    start: usize,
-    end: usize,
-    needle: &str,
-    line: usize,
-) -> Option<usize> {
-    if needle.is_empty() {
+    value_start: usize,
+    src: &str,
+    r: Range<usize>,
+) -> Option<Range<usize>> {
+    let bad = src.get(r.clone())?;
+    if bad.trim().is_empty() {
         return None;
     }
-    let hay = text.get(start..end)?;
-    let mut first = None;
-    for (i, _) in hay.match_indices(needle) {
-        first.get_or_insert(i);
-        let (l, _) = line_of(hay, i);
-        if l >= line {
-            return Some(start + i);
-        }
+    let (line, col) = line_of(src, r.start);
+    // Anchor: the template's first non-empty line, found after the value's start.
+    let (first_idx, first_line) = src
+        .lines()
+        .enumerate()
+        .find(|(_, l)| !l.trim().is_empty())?;
+    if line < first_idx {
+        return None;
     }
-    first.map(|i| start + i)
+    let first_trim = first_line.trim();
+    let first_col = first_line.len() - first_line.trim_start().len();
+    let window = text.get(value_start..(value_start + src.len() * 2 + 64).min(text.len()))?;
+    let anchor = value_start + window.find(first_trim)?;
+    let anchor_line_start = text[..anchor].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let mut ls = anchor_line_start;
+    for _ in 0..(line - first_idx) {
+        ls += text[ls..].find('\n')? + 1;
+    }
+    let le = text[ls..].find('\n').map(|i| ls + i).unwrap_or(text.len());
+    // Where the token should be: same column, shifted by the block's indentation.
+    let indent_delta = (anchor - anchor_line_start) as isize - first_col as isize;
+    let expected = ls as isize + col as isize + indent_delta;
+    let from = if line == first_idx { anchor } else { ls };
+    text.get(from..le)?
+        .match_indices(bad)
+        .map(|(i, _)| from + i)
+        .min_by_key(|o| (*o as isize - expected).abs())
+        .map(|o| o..o + bad.len())
 }
 
 fn collect_dir(dir: &Path, dest: &str, out: &mut Vec<InputFile>) -> std::io::Result<()> {

@@ -138,7 +138,9 @@ pub fn main(config: Option<PathBuf>) -> i32 {
     let child_cfg = cfg.clone();
     let cb = Box::new(move || -> isize {
         // SAFETY: in the child (a copy of this single-threaded process); these fds are ours.
+        // The init dies with the helper (and so every process of the sandbox with it).
         unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             libc::close(sfd_raw);
             libc::close(sync_w_raw);
         }

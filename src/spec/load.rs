@@ -126,6 +126,16 @@ fn parse_toml(source: &Source, text: &str) -> Result<(JobFile, SpanNode), SpecEr
     }
 }
 
+/// YAML 1.2 semantics (only `true`/`false` are booleans: `y`, `no`, `on` stay strings),
+/// duplicate keys rejected, errors without pre-rendered snippets (miette renders them).
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::Options {
+        with_snippet: false,
+        strict_booleans: true,
+        ..Default::default()
+    }
+}
+
 fn yaml_is_empty(text: &str) -> bool {
     text.lines().all(|l| {
         let t = l.trim();
@@ -137,11 +147,7 @@ fn parse_yaml(source: &Source, text: &str) -> Result<(JobFile, SpanNode), SpecEr
     if yaml_is_empty(text) {
         return Ok((JobFile::default(), SpanNode::default()));
     }
-    let opts = serde_saphyr::Options {
-        with_snippet: false,
-        ..Default::default()
-    };
-    match serde_saphyr::from_str_with_options::<JobFile>(text, opts) {
+    match serde_saphyr::from_str_with_options::<JobFile>(text, yaml_options()) {
         Ok(spec) => {
             let spans = yaml_spans(text).unwrap_or_default();
             Ok((spec, spans))
@@ -279,6 +285,9 @@ pub fn field_help(field: &str) -> Option<String> {
         "memory" | "output" | "disk" => "a size such as \"512MiB\", \"64MB\" or a number of bytes".into(),
         "pod_manifest" => "a path to a YAML/JSON Pod manifest, or the manifest inline".into(),
         "exit_code" => "an integer exit code".into(),
+        "network" | "keep_template" | "exists" => format!("`{field}` is true or false"),
+        "cpus" => "a number of CPUs, e.g. 1.0 or 0.5".into(),
+        "pids" | "open_files" => format!("`{field}` is a positive integer"),
         "vars" => "`vars` is a table of template variables".into(),
         "jobs" => "`jobs` is a list of tables: [[jobs]] in TOML, `jobs:` with `- name: ...` items in YAML".into(),
         _ => return None,
@@ -376,7 +385,15 @@ fn data_error(
         source,
         span,
         format!("invalid value for {}: {text}", where_(path)),
-        Some(text.lines().next().unwrap_or("").to_string()),
+        Some(
+            text.lines()
+                .next()
+                .unwrap_or("")
+                .split("; expected")
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ),
     );
     if let Some(h) = field_help(field) {
         err = err.with_help(h);

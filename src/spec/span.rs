@@ -236,18 +236,112 @@ impl<'de> Deserialize<'de> for AnyKey {
     }
 }
 
-/// TOML (`toml` crate, via `serde_spanned`).
+/// TOML (`toml` crate, via the `serde_spanned` protocol). Implicit tables (dotted keys,
+/// `[a.b]` parents) have no span: they take the span of their first key.
 pub struct Toml;
+
+const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_START: &str = "$__serde_spanned_private_start";
+const SPANNED_END: &str = "$__serde_spanned_private_end";
+const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
+const SPANNED_FIELDS: [&str; 3] = [SPANNED_START, SPANNED_END, SPANNED_VALUE];
+
+/// A TOML value with its span when the parser has one.
+struct TomlNode(SpanNode);
+
+impl<'de> Deserialize<'de> for TomlNode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct(SPANNED_NAME, &SPANNED_FIELDS, TomlNodeVisitor)
+    }
+}
+
+struct TomlNodeVisitor;
+
+fn leaf_node() -> TomlNode {
+    TomlNode(SpanNode::default())
+}
+
+macro_rules! toml_leaf {
+    ($name:ident, $t:ty) => {
+        fn $name<E: de::Error>(self, _v: $t) -> Result<TomlNode, E> {
+            Ok(leaf_node())
+        }
+    };
+}
+
+impl<'de> Visitor<'de> for TomlNodeVisitor {
+    type Value = TomlNode;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    toml_leaf!(visit_bool, bool);
+    toml_leaf!(visit_i64, i64);
+    toml_leaf!(visit_u64, u64);
+    toml_leaf!(visit_f64, f64);
+    toml_leaf!(visit_str, &str);
+
+    fn visit_unit<E: de::Error>(self) -> Result<TomlNode, E> {
+        Ok(leaf_node())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TomlNode, A::Error> {
+        let raw = RawVisitor::<Toml>(PhantomData).visit_seq(seq)?;
+        Ok(TomlNode(SpanNode {
+            children: raw.0,
+            ..Default::default()
+        }))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TomlNode, A::Error> {
+        let Some(first) = map.next_key::<String>()? else {
+            return Ok(TomlNode(SpanNode {
+                children: Children::Map(vec![]),
+                ..Default::default()
+            }));
+        };
+        if first == SPANNED_START {
+            let start: usize = map.next_value()?;
+            let mut end = start;
+            let mut children = Children::Leaf;
+            while let Some(k) = map.next_key::<String>()? {
+                if k == SPANNED_END {
+                    end = map.next_value()?;
+                } else {
+                    children = map.next_value::<Raw<Toml>>()?.0;
+                }
+            }
+            return Ok(TomlNode(SpanNode {
+                span: start..end,
+                key_span: None,
+                children,
+            }));
+        }
+        // A table without a span: its keys, the first one without a key span.
+        let mut out = vec![];
+        let v = Toml::next_value(&mut map)?;
+        out.push((first, v));
+        while let Some((k, key_span)) = Toml::next_key(&mut map)? {
+            let mut v = Toml::next_value(&mut map)?;
+            v.key_span = key_span;
+            out.push((k, v));
+        }
+        let span = out
+            .iter()
+            .find_map(|(_, v)| v.key_span.clone().or(Some(v.span.clone())))
+            .unwrap_or_default();
+        Ok(TomlNode(SpanNode {
+            span,
+            key_span: None,
+            children: Children::Map(out),
+        }))
+    }
+}
 
 impl Flavor for Toml {
     fn next_value<'de, A: MapAccess<'de>>(map: &mut A) -> Result<SpanNode, A::Error> {
-        let v: toml::Spanned<Raw<Toml>> = map.next_value()?;
-        let span = v.span();
-        Ok(SpanNode {
-            span,
-            key_span: None,
-            children: v.into_inner().0,
-        })
+        Ok(map.next_value::<TomlNode>()?.0)
     }
 
     fn next_key<'de, A: MapAccess<'de>>(
@@ -260,13 +354,7 @@ impl Flavor for Toml {
     }
 
     fn next_element<'de, A: SeqAccess<'de>>(seq: &mut A) -> Result<Option<SpanNode>, A::Error> {
-        Ok(seq
-            .next_element::<toml::Spanned<Raw<Toml>>>()?
-            .map(|v| SpanNode {
-                span: v.span(),
-                key_span: None,
-                children: v.into_inner().0,
-            }))
+        Ok(seq.next_element::<TomlNode>()?.map(|n| n.0))
     }
 }
 
@@ -319,11 +407,8 @@ pub fn toml_spans(text: &str) -> Option<SpanNode> {
 
 /// The span tree of a YAML document (None when it does not parse).
 pub fn yaml_spans(text: &str) -> Option<SpanNode> {
-    let opts = serde_saphyr::Options {
-        with_snippet: false,
-        ..Default::default()
-    };
-    let raw: Raw<Yaml> = serde_saphyr::from_str_with_options(text, opts).ok()?;
+    let raw: Raw<Yaml> =
+        serde_saphyr::from_str_with_options(text, super::load::yaml_options()).ok()?;
     Some(SpanNode {
         span: 0..text.len(),
         key_span: None,
@@ -354,6 +439,22 @@ mod tests {
         assert_eq!(seg(&t.path_at(e.span.start)), "jobs[1].expect.stdout");
         let j = t.lookup(&["jobs".into(), 1.into()]).unwrap();
         assert!(j.span.start <= n.span.start, "{:?}", j.span);
+    }
+
+    #[test]
+    fn toml_implicit_tables() {
+        let text = "[[jobs]]\nname = \"a\"\nexpect.stdout = \"1\"\n[jobs.limits]\npids = 3\n";
+        let t = toml_spans(text).unwrap();
+        let e = t
+            .lookup(&["jobs".into(), 0.into(), "expect".into(), "stdout".into()])
+            .unwrap();
+        assert_eq!(&text[e.span.clone()], "\"1\"");
+        let j = t.lookup(&["jobs".into(), 0.into()]).unwrap();
+        assert_eq!(&text[j.span.start..j.span.start + 8], "[[jobs]]");
+        let p = t
+            .lookup(&["jobs".into(), 0.into(), "limits".into(), "pids".into()])
+            .unwrap();
+        assert_eq!(&text[p.span.clone()], "3");
     }
 
     #[test]

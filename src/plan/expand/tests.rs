@@ -300,7 +300,7 @@ fn parse_source_spans_for_jobs() {
     let (plan, errs) = expand_file(&lf, &PlanOptions::default());
     assert!(plan.is_empty());
     let out = render(&errs);
-    assert!(out.contains("x.toml:5:1"), "{out}");
+    assert!(out.contains("x.toml:4:1: jobs[1]: missing `name`"), "{out}");
     assert!(out.contains("missing `name`"), "{out}");
 }
 
