@@ -1,0 +1,376 @@
+//! The adversarial suite: hostile programs, each contained, reported with the right status,
+//! and the runner goes on with the next job. Written once, run against every backend in
+//! [`BACKENDS`] (the container backends join this list when they exist).
+//!
+//! Every case runs through the CLI with a secret in the runner's environment and a TCP
+//! listener on 127.0.0.1 that must never be reached.
+
+use serde_json::Value;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BACKENDS: &[&str] = &["native"];
+const SECRET: &str = "s3cr3t-value-that-must-not-leak";
+
+fn bin() -> String {
+    env!("CARGO_BIN_EXE_llm-sandbox").to_string()
+}
+
+struct Listener {
+    port: u16,
+    hit: Arc<AtomicBool>,
+}
+
+fn listener() -> Listener {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let hit = Arc::new(AtomicBool::new(false));
+    let h = hit.clone();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if l.accept().is_ok() {
+                h.store(true, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    Listener { port, hit }
+}
+
+/// Runs `yaml` (a job file) on `backend`; returns the JSON report's jobs by name.
+fn run(backend: &str, yaml: &str, dir: &Path) -> (i32, std::collections::HashMap<String, Value>) {
+    let file = dir.join("adv.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--no-progress", "-j", "2", "--backend", backend, "--json", "-"])
+        .arg("--artifacts")
+        .arg(dir.join("artifacts"))
+        .arg(&file)
+        .env("LLM_SANDBOX_TEST_SECRET", SECRET)
+        .output()
+        .expect("run llm-sandbox");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let jobs = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["name"].as_str().unwrap().to_string(), j.clone()))
+        .collect();
+    (out.status.code().unwrap_or(-1), jobs)
+}
+
+fn status(j: &Value) -> &str {
+    j["status"].as_str().unwrap()
+}
+
+fn text(j: &Value) -> String {
+    format!("{}\n{}\n{}", j["stdout"].as_str().unwrap_or(""), j["stderr"].as_str().unwrap_or(""), j["message"].as_str().unwrap_or(""))
+}
+
+fn cases(port: u16) -> String {
+    format!(
+        r#"
+defaults:
+  timeout: 10s
+  limits: {{ memory: 256MiB, pids: 64, output: 64KiB, disk: 16MiB }}
+jobs:
+  - name: fork-bomb
+    lang: bash
+    timeout: 5s
+    code: |
+      bomb() {{ bomb | bomb & }}; bomb; sleep 2; echo survived
+  - name: thread-bomb
+    lang: python
+    timeout: 5s
+    code: |
+      import threading, time
+      n = 0
+      try:
+          while True:
+              threading.Thread(target=time.sleep, args=(3,), daemon=True).start(); n += 1
+      except RuntimeError as e:
+          print("thread limit after", n)
+  - name: memory-bomb
+    lang: python
+    code: |
+      x = []
+      while True: x.append(bytearray(16 * 1024 * 1024))
+  - name: stdout-flood
+    lang: python
+    code: |
+      import sys
+      b = b"x" * (1 << 20)
+      for _ in range(1024): sys.stdout.buffer.write(b)
+  - name: stderr-flood
+    lang: python
+    code: |
+      import sys
+      b = b"e" * (1 << 20)
+      for _ in range(1024): sys.stderr.buffer.write(b)
+  - name: disk-fill
+    lang: bash
+    code: |
+      dd if=/dev/zero of=/sandbox/big bs=1M count=100 2>/dev/null; echo "rc=$?"
+      dd if=/dev/zero of=/tmp/big bs=1M count=100 2>/dev/null; echo "tmp rc=$?"
+  - name: inode-fill
+    lang: python
+    code: |
+      n = 0
+      try:
+          while n < 10**6:
+              open(f"/sandbox/f{{n}}", "w").close(); n += 1
+      except OSError as e:
+          print("inodes stopped at", n)
+  - name: write-outside
+    lang: bash
+    code: |
+      for p in /etc/x /usr/x /x /bin/x /proc/x; do echo hi > $p 2>/dev/null && echo "WROTE $p"; done
+      ln -s /etc/hostname /sandbox/link; echo hi > /sandbox/link 2>/dev/null && echo "WROTE through symlink"
+      ln /etc/hostname /sandbox/hard 2>/dev/null && echo "HARDLINKED"
+      echo done
+  - name: read-secrets
+    lang: bash
+    code: |
+      cat /etc/shadow /etc/gshadow 2>/dev/null && echo "READ shadow"
+      ls /root /home 2>/dev/null && echo "SAW home"
+      cat /proc/*/environ 2>/dev/null | tr '\0' '\n'
+      env
+      ls /var/run/docker.sock /run/docker.sock /run/podman/podman.sock 2>/dev/null && echo "SAW socket"
+      echo done
+  - name: network
+    lang: python
+    code: |
+      import socket, os
+      print("interfaces:", sorted(os.listdir("/sys/class/net")) if os.path.exists("/sys/class/net") else open("/proc/net/dev").read())
+      s = socket.socket(); s.settimeout(2)
+      try:
+          s.connect(("127.0.0.1", {port})); print("CONNECTED")
+      except OSError as e:
+          print("refused", e)
+  - name: mount-and-ptrace
+    lang: python
+    code: |
+      import ctypes
+      libc = ctypes.CDLL(None, use_errno=True)
+      print("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+      print("ptrace", libc.ptrace(16, 1, 0, 0))
+      print("unshare", libc.unshare(0x10000000))
+  - name: kill-all
+    lang: bash
+    code: |
+      kill -9 -1; echo after
+  - name: daemon
+    lang: bash
+    code: |
+      (setsid sleep 1000 &); nohup sleep 1001 >/dev/null 2>&1 &
+      echo x > /tmp/left-behind; echo y > /dev/shm/left-behind; echo started
+  - name: zombie
+    lang: python
+    code: |
+      import os
+      for _ in range(20):
+          if os.fork() == 0: os._exit(0)
+      print("zombies made")
+  - name: include-shadow
+    lang: c
+    code: |
+      #include "/etc/shadow"
+      int main(void) {{ return 0; }}
+  - name: symlink-artifacts
+    lang: bash
+    artifacts: ["*.txt"]
+    code: |
+      ln -s /etc/hostname host.txt; ln -s / root.txt; echo ok > real.txt
+  - name: busy-timeout
+    lang: python
+    timeout: 1s
+    code: |
+      while True: pass
+  - name: sleep-timeout
+    lang: bash
+    timeout: 1s
+    code: |
+      sleep 100
+  - name: after-all
+    lang: bash
+    code: |
+      ls -A /tmp /dev/shm; ps -eo pid,comm --no-headers | grep -v -e ps -e bash -e grep -e __sandbox -e 'exe$' || true; echo clean
+"#
+    )
+}
+
+#[test]
+fn adversarial_suite() {
+    for backend in BACKENDS {
+        let l = listener();
+        let dir = tempfile::tempdir().unwrap();
+        let (code, jobs) = run(backend, &cases(l.port), dir.path());
+        assert_eq!(code, 1, "some cases fail by design");
+        let get = |n: &str| jobs.get(n).unwrap_or_else(|| panic!("{backend}: job {n} missing from the report"));
+        // Nothing of the runner's environment, host secrets or host processes is visible.
+        for (name, j) in &jobs {
+            assert!(!text(j).contains(SECRET), "{backend}/{name}: the runner's secret leaked: {}", text(j));
+        }
+        let j = get("fork-bomb");
+        assert!(matches!(status(j), "passed" | "failed" | "timeout"), "{backend}: fork-bomb {j}");
+        let j = get("thread-bomb");
+        assert!(text(j).contains("thread limit after") || status(j) == "timeout", "{backend}: thread-bomb {j}");
+        let j = get("memory-bomb");
+        assert_eq!(status(j), "failed", "{backend}: {j}");
+        assert!(text(j).contains("memory limit"), "{backend}: memory-bomb message: {j}");
+        for flood in ["stdout-flood", "stderr-flood"] {
+            let j = get(flood);
+            assert_eq!(status(j), "failed", "{backend}: {j}");
+            assert!(text(j).contains("output limit"), "{backend}: {flood}: {j}");
+            let stream = if flood == "stdout-flood" { "stdout" } else { "stderr" };
+            assert!(j[stream].as_str().unwrap().len() <= 64 * 1024, "{backend}: {flood} kept more than the cap");
+            assert_eq!(j[format!("{stream}_truncated")], Value::Bool(true), "{backend}: {flood}");
+        }
+        let j = get("disk-fill");
+        assert_eq!(status(j), "passed", "{j}");
+        assert!(!text(j).contains("rc=0") && !text(j).contains("tmp rc=0"), "{backend}: the disk limit did not hold: {j}");
+        let j = get("inode-fill");
+        assert!(text(j).contains("inodes stopped at"), "{backend}: inode limit: {j}");
+        let j = get("write-outside");
+        assert!(text(j).contains("done") && !text(j).contains("WROTE") && !text(j).contains("HARDLINKED"), "{backend}: {j}");
+        let j = get("read-secrets");
+        let t = text(j);
+        assert!(t.contains("done") && !t.contains("READ shadow") && !t.contains("SAW home") && !t.contains("SAW socket"), "{backend}: {t}");
+        let j = get("network");
+        assert!(!text(j).contains("CONNECTED"), "{backend}: the sandbox reached the host's loopback: {j}");
+        assert!(!text(j).contains("eth"), "{backend}: the sandbox sees a network interface: {j}");
+        let j = get("mount-and-ptrace");
+        assert!(text(j).contains("mount -1") && text(j).contains("ptrace -1") && text(j).contains("unshare -1"), "{backend}: {j}");
+        let j = get("kill-all");
+        assert!(matches!(status(j), "passed" | "failed"), "{backend}: kill-all {j}");
+        assert_eq!(status(get("daemon")), "passed", "{backend}");
+        assert_eq!(status(get("zombie")), "passed", "{backend}");
+        let j = get("include-shadow");
+        assert_eq!(status(j), "failed", "{backend}: {j}");
+        assert_eq!(j["phase"], "compile");
+        let j = get("symlink-artifacts");
+        let arts: Vec<&str> = j["artifacts"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(arts.len(), 1, "{backend}: only the regular file is copied: {arts:?}");
+        assert!(arts[0].ends_with("real.txt"));
+        let host_copy = dir.path().join("artifacts/symlink-artifacts");
+        for entry in std::fs::read_dir(&host_copy).unwrap() {
+            let m = std::fs::symlink_metadata(entry.unwrap().path()).unwrap();
+            assert!(m.is_file(), "{backend}: an artifact is not a regular file");
+        }
+        for t in ["busy-timeout", "sleep-timeout"] {
+            let j = get(t);
+            assert_eq!(status(j), "timeout", "{backend}: {j}");
+            assert!(j["duration_ms"].as_u64().unwrap() < 6000, "{backend}: {t} took too long: {j}");
+        }
+        // Nothing of an earlier job survives into a later one.
+        let j = get("after-all");
+        let out = j["stdout"].as_str().unwrap();
+        assert!(out.contains("clean") && !out.contains("left-behind") && !out.contains("sleep"), "{backend}: {out}");
+        assert!(!l.hit.load(Ordering::SeqCst), "{backend}: the host's loopback listener was reached");
+        // No process of the run survives it.
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        assert!(!ps.contains("sleep 1000") && !ps.contains("sleep 1001"), "{backend}: a daemon outlived its job:\n{ps}");
+    }
+}
+
+fn long_job(dir: &Path, tag: u32) -> std::path::PathBuf {
+    let f = dir.join("long.toml");
+    std::fs::write(
+        &f,
+        r#"
+[[jobs]]
+name = "quick"
+lang = "bash"
+code = "echo done"
+
+[[jobs]]
+name = "long"
+lang = "bash"
+timeout = "5m"
+code = "sleep TAG1 & sleep TAG2"
+"#
+        .replace("TAG1", &tag.to_string())
+        .replace("TAG2", &(tag + 1).to_string()),
+    )
+    .unwrap();
+    f
+}
+
+fn sleepers(tag: u32) -> bool {
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let want = format!("sleep {tag}");
+    String::from_utf8_lossy(&ps.stdout).lines().any(|l| l.starts_with(&want))
+}
+
+fn wait_for_sleepers(tag: u32, want: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if sleepers(tag) == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn sigint_tears_down_and_writes_partial_reports() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let f = long_job(dir.path(), 4242);
+        let json = dir.path().join("r.json");
+        let junit = dir.path().join("r.xml");
+        let mut child = Command::new(bin())
+            .args(["run", "--no-progress", "--backend", backend, "--json"])
+            .arg(&json)
+            .arg("--junit")
+            .arg(&junit)
+            .arg(&f)
+            .spawn()
+            .unwrap();
+        assert!(wait_for_sleepers(4242, true), "{backend}: the long job never started");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+        let t0 = Instant::now();
+        let status = child.wait().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(10), "{backend}: Ctrl-C took {:?}", t0.elapsed());
+        assert_eq!(status.code(), Some(130), "{backend}");
+        assert!(wait_for_sleepers(4242, false), "{backend}: the job's processes survived Ctrl-C");
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let jobs = r["jobs"].as_array().unwrap();
+        let quick = jobs.iter().find(|j| j["name"] == "quick").unwrap();
+        assert_eq!(quick["status"], "passed", "{backend}: the finished job is reported");
+        let mut s = String::new();
+        std::fs::File::open(&junit).unwrap().read_to_string(&mut s).unwrap();
+        assert!(s.contains("<testsuites"), "{backend}: JUnit written");
+    }
+}
+
+#[test]
+fn sigkill_of_the_runner_leaves_nothing_running() {
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let f = long_job(dir.path(), 4252);
+        let mut child = Command::new(bin()).args(["run", "--no-progress", "--backend", backend]).arg(&f).spawn().unwrap();
+        assert!(wait_for_sleepers(4252, true), "{backend}: the long job never started");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(wait_for_sleepers(4252, false), "{backend}: the sandbox outlived a SIGKILLed runner");
+        // The next run removes what the killed run left (its temporary directory).
+        let out = Command::new(bin()).args(["run", "--no-progress", "--filter", "quick", "--backend", backend]).arg(&f).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir().join("llm-sandbox"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let killed = format!("ls-{}-", child.id());
+        assert!(!leftovers.iter().any(|n| n.starts_with(&killed)), "{backend}: left behind: {leftovers:?}");
+    }
+}
