@@ -6,9 +6,10 @@ use serde_json::Value;
 
 const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
 
-fn generate<T: schemars::JsonSchema>(id: &str) -> Value {
+fn generate<T: schemars::JsonSchema>(id: &str, nullable_options: bool) -> Value {
     let mut settings = SchemaSettings::draft2019_09();
-    settings.option_add_null_type = false;
+    // Job files never write `null`; reports do, for absent values.
+    settings.option_add_null_type = nullable_options;
     let gen = settings.into_generator();
     let schema = gen.into_root_schema_for::<T>();
     let mut v = serde_json::to_value(schema).expect("schemas serialize");
@@ -21,12 +22,12 @@ fn generate<T: schemars::JsonSchema>(id: &str) -> Value {
 
 /// The job-file schema (`schemas/job.schema.json`).
 pub fn job_schema() -> Value {
-    generate::<crate::spec::types::JobFile>("https://llm-sandbox.dev/schemas/job.schema.json")
+    generate::<crate::spec::types::JobFile>("https://llm-sandbox.dev/schemas/job.schema.json", false)
 }
 
 /// The JSON report schema (`schemas/report.schema.json`).
 pub fn report_schema() -> Value {
-    generate::<crate::report::model::Report>("https://llm-sandbox.dev/schemas/report.schema.json")
+    generate::<crate::report::model::Report>("https://llm-sandbox.dev/schemas/report.schema.json", true)
 }
 
 /// Pretty JSON with a final newline, as checked in.

@@ -335,7 +335,7 @@ fn missing_paths_and_empty_dirs() {
 #[test]
 fn good_fixtures_plan() {
     let good = fixtures().join("good");
-    let plan = match plan_paths(&[good.clone()], &PlanOptions::default()) {
+    let plan = match plan_paths(std::slice::from_ref(&good), &PlanOptions::default()) {
         Ok(p) => p,
         Err(e) => panic!("{}", render(&e)),
     };

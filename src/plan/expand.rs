@@ -161,10 +161,14 @@ pub fn plan_loaded(files: &[LoadedFile], opts: &PlanOptions) -> Result<Plan, Vec
         }
     };
     for (fi, lf) in files.iter().enumerate() {
-        let (mut js, mut errs) = expand_file(lf, opts);
+        let (mut js, jis, mut errs) = expand_file(lf, opts);
         errors.append(&mut errs);
-        origins.extend(js.iter().map(|(_, ji)| Origin { file: fi, job: *ji }));
-        jobs.extend(js.drain(..).map(|(j, _)| j));
+        origins.extend(jis.into_iter().map(|ji| Origin { file: fi, job: ji }));
+        if jobs.is_empty() {
+            jobs = js;
+        } else {
+            jobs.append(&mut js);
+        }
     }
     errors.extend(duplicate_names(files, &jobs, &origins));
     if !errors.is_empty() {
@@ -318,14 +322,15 @@ fn name_span(lf: &LoadedFile, ji: usize) -> (Option<Range<usize>>, bool) {
     (lf.span_of(&jp[..2], false), false)
 }
 
-/// Expands one file: each planned job with the index of its `[[jobs]]` entry, and errors.
+/// Expands one file: its planned jobs, the index of each one's `[[jobs]]` entry, and errors.
 pub fn expand_file(
     lf: &LoadedFile,
     opts: &PlanOptions,
-) -> (Vec<(PlannedJob, usize)>, Vec<SpecError>) {
+) -> (Vec<PlannedJob>, Vec<usize>, Vec<SpecError>) {
     let cx = FileCx::new(lf, opts);
     let mut errors = vec![];
-    let mut out = vec![];
+    let mut out: Vec<PlannedJob> = vec![];
+    let mut origins = vec![];
     if lf.spec.jobs.is_empty() {
         errors.push(
             SpecError::at(&lf.source, None, "no jobs in this file", None).with_help(
@@ -336,11 +341,16 @@ pub fn expand_file(
     let defaults = lf.spec.defaults.clone().unwrap_or_default();
     for (ji, job) in lf.spec.jobs.iter().enumerate() {
         let merged = merge(&defaults, job);
-        let (jobs, mut errs) = cx.expand_job(ji, &merged);
+        let (mut jobs, mut errs) = cx.expand_job(ji, &merged);
         errors.append(&mut errs);
-        out.extend(jobs.into_iter().map(|j| (j, ji)));
+        origins.extend(std::iter::repeat(ji).take(jobs.len()));
+        if out.is_empty() {
+            out = jobs;
+        } else {
+            out.append(&mut jobs);
+        }
     }
-    (out, errors)
+    (out, origins, errors)
 }
 
 /// `[defaults]` merged into a job, field by field; `env`, `limits`, `expect` one level deep.
@@ -547,6 +557,9 @@ struct JobT {
     expect: ExpectT,
 }
 
+/// `(index, (combination, matrix), (row number, row))` of one expanded job.
+type RowVars = (usize, Option<(usize, Value)>, Option<(usize, Value)>);
+
 /// Per-row variables.
 struct Rows {
     matrix_keys: Vec<String>,
@@ -566,7 +579,7 @@ impl Rows {
     fn total(&self) -> usize {
         match (self.combos(), &self.dataset) {
             (None, None) => 1,
-            (c, d) => c.unwrap_or(1) * d.as_ref().map(|d| d.rows.len()).unwrap_or(1),
+            (c, d) => c.unwrap_or(1) * d.as_ref().map(|d| d.len()).unwrap_or(1),
         }
     }
 
@@ -576,7 +589,7 @@ impl Rows {
 
     /// (index, matrix value, row value) of expanded position `k`; dataset rows outer,
     /// matrix combinations inner (last key fastest).
-    fn at(&self, k: usize) -> (usize, Option<(usize, Value)>, Option<(usize, Value)>) {
+    fn at(&self, k: usize) -> RowVars {
         let combos = self.combos();
         let m = combos.unwrap_or(1);
         let (r, c) = (k / m, k % m);
@@ -596,7 +609,7 @@ impl Rows {
                 .collect();
             (c, v)
         });
-        let row = self.dataset.as_ref().map(|d| (r, d.rows[r].clone()));
+        let row = self.dataset.as_ref().map(|d| (r, d.row(r)));
         let index = if self.dataset.is_some() { r } else { c };
         (index, matrix, row)
     }
@@ -1197,7 +1210,7 @@ impl<'a> FileCx<'a> {
             let p = self.resolve(d);
             match load_dataset(&p, &self.display_rel(d)) {
                 Ok(ds) => {
-                    if ds.rows.is_empty() {
+                    if ds.is_empty() {
                         errors.push(self.err(
                             job,
                             &[key("dataset")],
@@ -1681,8 +1694,9 @@ impl<'a> FileCx<'a> {
                             sub: Vec<Seg>|
              -> Result<Option<String>, Fail> {
                 if let (Some(TStr::Tpl(_)), Some(s)) = (x, &v) {
-                    if let Err(err) = regex::Regex::new(s) {
-                        return Err(Fail::Regex(sub, s.clone(), regex_msg(&err)));
+                    // Syntax only (per row; compiling 100k regexes would dominate planning).
+                    if let Err(err) = regex_syntax::Parser::new().parse(s) {
+                        return Err(Fail::Regex(sub, s.clone(), regex_syntax_msg(&err)));
                     }
                 }
                 Ok(v)
@@ -1729,29 +1743,34 @@ impl<'a> FileCx<'a> {
             Ok(j)
         };
         let total = rows.total();
-        let results: Vec<Result<PlannedJob, Fail>> = if total > 64 {
+        let par = total > 64;
+        let all: Result<Vec<PlannedJob>, Fail> = if par {
             (0..total).into_par_iter().map(render_row).collect()
         } else {
             (0..total).map(render_row).collect()
         };
         job_obj.clear();
-        let mut out = Vec::with_capacity(total);
-        // First failure per template/field, with a count of the others.
+        let failures: Vec<(usize, Fail)> = match all {
+            Ok(jobs) => return jobs,
+            // Again, to report the first failure of each kind and count the others.
+            Err(_) if par => (0..total)
+                .into_par_iter()
+                .filter_map(|k| render_row(k).err().map(|f| (k, f)))
+                .collect(),
+            Err(_) => (0..total)
+                .filter_map(|k| render_row(k).err().map(|f| (k, f)))
+                .collect(),
+        };
         let mut fails: indexmap::IndexMap<String, (usize, Fail, usize)> = Default::default();
-        for (k, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(j) => out.push(j),
-                Err(f) => {
-                    let id = match &f {
-                        Fail::Tpl(i, e) => format!("t{i}{:?}", e.kind()),
-                        Fail::Regex(s, _, _) | Fail::Path(s, _, _) => path_string(s),
-                    };
-                    fails
-                        .entry(id)
-                        .and_modify(|e| e.2 += 1)
-                        .or_insert((k, f, 0));
-                }
-            }
+        for (k, f) in failures {
+            let id = match &f {
+                Fail::Tpl(i, e) => format!("t{i}{:?}", e.kind()),
+                Fail::Regex(s, _, _) | Fail::Path(s, _, _) => path_string(s),
+            };
+            fails
+                .entry(id)
+                .and_modify(|e| e.2 += 1)
+                .or_insert((k, f, 0));
         }
         for (_, (k, f, more)) in fails {
             let row_desc = || {
@@ -1777,16 +1796,22 @@ impl<'a> FileCx<'a> {
                 Fail::Path(sub, p, why) => self.err(job, &sub, format!("checked file `{p}`{} {why}", row_desc()), "outside the workdir"),
             });
         }
-        if !errors.is_empty() {
-            return vec![];
-        }
-        out
+        vec![]
     }
 }
 
 fn regex_msg(e: &regex::Error) -> String {
     let s = e.to_string();
     // The regex crate's message is multi-line with its own caret drawing; keep the gist.
+    s.lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .map(|l| l.trim_start_matches("error:").trim().to_string())
+        .unwrap_or(s)
+}
+
+fn regex_syntax_msg(e: &regex_syntax::Error) -> String {
+    let s = e.to_string();
     s.lines()
         .rev()
         .find(|l| l.starts_with("error:"))

@@ -54,7 +54,7 @@ pub struct FileCheck {
 }
 
 /// `expect`, rendered; regexes already validated at plan time.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct ResolvedExpect {
     pub exit_code: i32,
     pub stdout: Option<String>,
@@ -67,21 +67,6 @@ pub struct ResolvedExpect {
     pub files: Vec<FileCheck>,
 }
 
-impl Default for ResolvedExpect {
-    fn default() -> Self {
-        ResolvedExpect {
-            exit_code: 0,
-            stdout: None,
-            stderr: None,
-            stdout_exact: None,
-            stdout_contains: vec![],
-            stderr_contains: vec![],
-            stdout_regex: None,
-            stderr_regex: None,
-            files: vec![],
-        }
-    }
-}
 
 /// Per-file backend settings, shared by all jobs of a file.
 pub type SharedBackends = Arc<crate::spec::types::BackendsConfig>;

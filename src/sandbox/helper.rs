@@ -92,19 +92,9 @@ pub fn main(config: Option<PathBuf>) -> i32 {
     };
 
     // Limits: a cgroup when we can have one, rlimits otherwise.
-    let cg = match cgroup::detect() {
-        Ok(mode) => match Cgroup::create(
-            &mode,
-            &cfg.id,
-            cfg.limits.memory,
-            cfg.limits.pids,
-            cfg.limits.cpus,
-        ) {
-            Ok(cg) => Some(cg),
-            Err(_) => None,
-        },
-        Err(_) => None,
-    };
+    let cg = cgroup::detect().ok().and_then(|mode| {
+        Cgroup::create(&mode, &cfg.id, cfg.limits.memory, cfg.limits.pids, cfg.limits.cpus).ok()
+    });
     if cg.is_some() {
         cfg.limits.address_space_fallback = false;
     }

@@ -123,12 +123,13 @@ impl SpanNode {
     }
 }
 
+/// A map key and its span, when known.
+pub type KeyWithSpan = (String, Option<Range<usize>>);
+
 /// How a format wraps a value with its span.
 pub trait Flavor: Sized {
     fn next_value<'de, A: MapAccess<'de>>(map: &mut A) -> Result<SpanNode, A::Error>;
-    fn next_key<'de, A: MapAccess<'de>>(
-        map: &mut A,
-    ) -> Result<Option<(String, Option<Range<usize>>)>, A::Error>;
+    fn next_key<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<KeyWithSpan>, A::Error>;
     fn next_element<'de, A: SeqAccess<'de>>(seq: &mut A) -> Result<Option<SpanNode>, A::Error>;
 }
 
@@ -344,9 +345,7 @@ impl Flavor for Toml {
         Ok(map.next_value::<TomlNode>()?.0)
     }
 
-    fn next_key<'de, A: MapAccess<'de>>(
-        map: &mut A,
-    ) -> Result<Option<(String, Option<Range<usize>>)>, A::Error> {
+    fn next_key<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<KeyWithSpan>, A::Error> {
         Ok(map.next_key::<toml::Spanned<String>>()?.map(|k| {
             let span = k.span();
             (k.into_inner(), Some(span))
@@ -376,9 +375,7 @@ impl Flavor for Yaml {
         })
     }
 
-    fn next_key<'de, A: MapAccess<'de>>(
-        map: &mut A,
-    ) -> Result<Option<(String, Option<Range<usize>>)>, A::Error> {
+    fn next_key<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<KeyWithSpan>, A::Error> {
         Ok(map
             .next_key::<serde_saphyr::Spanned<AnyKey>>()?
             .map(|k| (k.value.0, Some(yaml_span(&k.referenced)))))

@@ -7,14 +7,54 @@ use minijinja::value::{Value, ValueKind};
 use rayon::prelude::*;
 use std::path::Path;
 
-/// A parsed dataset.
+/// A parsed dataset. Rows are kept compact (JSONL lines as text, CSV records) and turned
+/// into template values one at a time while rendering, so a 100k-row dataset costs
+/// little more than its file size.
 #[derive(Debug)]
 pub struct Dataset {
     /// As shown in messages.
     pub name: String,
-    pub rows: Vec<Value>,
+    rows: RowStore,
     /// Field names of the first row (for help messages).
     pub fields: Vec<String>,
+}
+
+#[derive(Debug)]
+enum RowStore {
+    /// Validated JSON objects, as byte ranges of the text.
+    Lines(Source, Vec<(usize, usize)>),
+    Csv(Vec<Value>, Vec<csv::StringRecord>),
+    Values(Vec<Value>),
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        match &self.rows {
+            RowStore::Lines(_, l) => l.len(),
+            RowStore::Csv(_, r) => r.len(),
+            RowStore::Values(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `i` as a template value (a map).
+    pub fn row(&self, i: usize) -> Value {
+        match &self.rows {
+            RowStore::Lines(src, lines) => {
+                let (a, b) = lines[i];
+                serde_json::from_str::<Value>(&src.text()[a..b]).unwrap_or_default()
+            }
+            RowStore::Csv(headers, records) => headers
+                .iter()
+                .cloned()
+                .zip(records[i].iter().map(Value::from))
+                .collect(),
+            RowStore::Values(v) => v[i].clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -46,7 +86,7 @@ pub fn load_dataset(path: &Path, display: &Path) -> Result<Dataset, DatasetError
         "jsonl" | "ndjson" => jsonl(&source)?,
         "json" => {
             if source.text().trim_start().starts_with('[') {
-                json_array(&source)?
+                RowStore::Values(json_array(&source)?)
             } else {
                 jsonl(&source)?
             }
@@ -54,12 +94,19 @@ pub fn load_dataset(path: &Path, display: &Path) -> Result<Dataset, DatasetError
         "csv" => csv_rows(&source, b',')?,
         _ => csv_rows(&source, b'\t')?,
     };
-    let fields = rows
-        .first()
-        .and_then(|r| r.try_iter().ok())
-        .map(|it| it.map(|k| k.to_string()).collect())
-        .unwrap_or_default();
-    Ok(Dataset { name, rows, fields })
+    let mut ds = Dataset {
+        name,
+        rows,
+        fields: vec![],
+    };
+    if !ds.is_empty() {
+        ds.fields = ds
+            .row(0)
+            .try_iter()
+            .map(|it| it.map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+    }
+    Ok(ds)
 }
 
 fn bad(source: &Source, offset: usize, len: usize, msg: String, label: &str) -> DatasetError {
@@ -70,7 +117,7 @@ fn bad(source: &Source, offset: usize, len: usize, msg: String, label: &str) -> 
     )
 }
 
-fn jsonl(source: &Source) -> Result<Vec<Value>, DatasetError> {
+fn jsonl(source: &Source) -> Result<RowStore, DatasetError> {
     let text = source.text();
     let mut lines = vec![];
     let mut off = 0;
@@ -80,17 +127,18 @@ fn jsonl(source: &Source) -> Result<Vec<Value>, DatasetError> {
         }
         off += line.len();
     }
-    let parsed: Vec<Result<Value, (usize, usize, String)>> = lines
+    // Validate every line (in parallel, without building values).
+    let bad_lines: Vec<(usize, usize, String)> = lines
         .par_iter()
-        .map(
-            |&(n, off, line)| match serde_json::from_str::<Value>(line) {
-                Ok(v) if v.kind() == ValueKind::Map => Ok(v),
-                Ok(v) => Err((
+        .filter_map(
+            |&(n, off, line)| match serde_json::from_str::<serde::de::IgnoredAny>(line) {
+                Ok(_) if line.trim_start().starts_with('{') => None,
+                Ok(_) => Some((
                     off,
                     line.trim_end().len(),
-                    format!("line {n} is a {}, not a JSON object", v.kind()),
+                    format!("line {n} is not a JSON object"),
                 )),
-                Err(e) => Err((
+                Err(e) => Some((
                     off + e.column().saturating_sub(1),
                     1,
                     format!("line {n} is not valid JSON: {e}"),
@@ -98,28 +146,27 @@ fn jsonl(source: &Source) -> Result<Vec<Value>, DatasetError> {
             },
         )
         .collect();
-    let nbad = parsed.iter().filter(|r| r.is_err()).count();
-    let mut rows = Vec::with_capacity(parsed.len());
-    for r in parsed {
-        match r {
-            Ok(v) => rows.push(v),
-            Err((off, len, msg)) => {
-                let more = if nbad > 1 {
-                    format!(" ({} more bad lines)", nbad - 1)
-                } else {
-                    String::new()
-                };
-                return Err(bad(
-                    source,
-                    off,
-                    len,
-                    format!("malformed dataset: {msg}{more}"),
-                    "bad row",
-                ));
-            }
-        }
+    if let Some((off, len, msg)) = bad_lines.first() {
+        let more = if bad_lines.len() > 1 {
+            format!(" ({} more bad lines)", bad_lines.len() - 1)
+        } else {
+            String::new()
+        };
+        return Err(bad(
+            source,
+            *off,
+            *len,
+            format!("malformed dataset: {msg}{more}"),
+            "bad row",
+        ));
     }
-    Ok(rows)
+    Ok(RowStore::Lines(
+        source.clone(),
+        lines
+            .into_iter()
+            .map(|(_, off, line)| (off, off + line.len()))
+            .collect(),
+    ))
 }
 
 fn json_array(source: &Source) -> Result<Vec<Value>, DatasetError> {
@@ -154,7 +201,7 @@ fn json_array(source: &Source) -> Result<Vec<Value>, DatasetError> {
     Ok(rows)
 }
 
-fn csv_rows(source: &Source, delim: u8) -> Result<Vec<Value>, DatasetError> {
+fn csv_rows(source: &Source, delim: u8) -> Result<RowStore, DatasetError> {
     let mut rd = csv::ReaderBuilder::new()
         .delimiter(delim)
         .has_headers(true)
@@ -196,12 +243,7 @@ fn csv_rows(source: &Source, delim: u8) -> Result<Vec<Value>, DatasetError> {
     let mut rows = vec![];
     for rec in rd.records() {
         let rec = rec.map_err(csv_err)?;
-        let v: Value = headers
-            .iter()
-            .cloned()
-            .zip(rec.iter().map(Value::from))
-            .collect();
-        rows.push(v);
+        rows.push(rec);
     }
-    Ok(rows)
+    Ok(RowStore::Csv(headers, rows))
 }

@@ -297,7 +297,7 @@ fn parse_source_spans_for_jobs() {
         "[[jobs]]\nname = \"a\"\n\n[[jobs]]\nlang = \"python\"\n".into(),
     )
     .unwrap();
-    let (plan, errs) = expand_file(&lf, &PlanOptions::default());
+    let (plan, _, errs) = expand_file(&lf, &PlanOptions::default());
     assert!(plan.is_empty());
     let out = render(&errs);
     assert!(out.contains("x.toml:4:1: jobs[1]: missing `name`"), "{out}");

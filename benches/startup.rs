@@ -1,0 +1,96 @@
+//! Start-up cost of a native sandbox, against the bare host process (issue: "started in
+//! milliseconds"). Run with `bench/startup` (or `cargo bench --bench startup -- N`).
+//!
+//! Measures, N times each, medians in milliseconds:
+//! - bare `/bin/true` and bare `/usr/bin/python3 -c pass` (fork + exec from this process);
+//! - `/bin/true` and `python3 -c pass` in a fresh native sandbox, through the same path the
+//!   runner uses (helper spawn, namespaces, root, cgroup, step, teardown), timed from spawn
+//!   to the last result.
+
+use llm_sandbox::sandbox::host;
+use llm_sandbox::sandbox::{SandboxConfig, SandboxLimits, Step, StepKind};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
+fn bare(argv: &[&str], n: usize) -> f64 {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let st = std::process::Command::new(argv[0]).args(&argv[1..]).status().expect("spawn");
+        assert!(st.success());
+        v.push(t.elapsed());
+    }
+    median(v)
+}
+
+fn config(dir: &Path, i: usize, argv: &[&str]) -> SandboxConfig {
+    let d = dir.join(format!("s{i}"));
+    std::fs::create_dir_all(d.join("root")).unwrap();
+    std::fs::create_dir_all(d.join("out")).unwrap();
+    SandboxConfig {
+        id: format!("{}-bench-{i}", llm_sandbox::run::owner::prefix()),
+        root_mount: d.join("root"),
+        inputs_dir: None,
+        out_dir: d.join("out"),
+        persistent_workdir: None,
+        binds: vec![],
+        rootfs: None,
+        path: vec!["/usr/bin".into(), "/bin".into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        steps: vec![Step {
+            kind: StepKind::Run,
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            timeout_ms: 10_000,
+            capture_cap: 1 << 20,
+            as_root: false,
+            limited: true,
+        }],
+        limits: SandboxLimits { memory: 512 << 20, cpus: 1.0, pids: 128, disk: 64 << 20, open_files: 256, address_space_fallback: true },
+        network: false,
+        collect_globs: vec![],
+        collect_paths: vec![],
+        collect_cap: 0,
+    }
+}
+
+fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) -> f64 {
+    let cancel = CancellationToken::new();
+    let mut v = Vec::new();
+    for i in 0..n {
+        let cfg = config(dir, i, argv);
+        let p = dir.join(format!("s{i}/config.json"));
+        std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let t = Instant::now();
+        let o = rt.block_on(host::run(&cfg, &p, None, 1 << 20, &cancel)).expect("sandbox");
+        v.push(t.elapsed());
+        let ok = o.msgs.iter().any(|m| matches!(m, llm_sandbox::sandbox::proto::Msg::Step(s) if s.exit_code == Some(0)));
+        assert!(ok, "sandboxed {argv:?} failed: {:?}", o.msgs);
+    }
+    median(v)
+}
+
+fn main() {
+    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(50);
+    let exe = env!("CARGO_BIN_EXE_llm-sandbox");
+    std::env::set_var("LLM_SANDBOX_HELPER", exe);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let python = "/usr/bin/python3";
+    // Warm up the page cache.
+    bare(&["/bin/true"], 3);
+    bare(&[python, "-c", "pass"], 3);
+    sandboxed(&rt, dir.path(), &["/bin/true"], 3);
+    let bare_true = bare(&["/bin/true"], n);
+    let bare_py = bare(&[python, "-c", "pass"], n);
+    let sb_true = sandboxed(&rt, dir.path(), &["/bin/true"], n);
+    let sb_py = sandboxed(&rt, dir.path(), &[python, "-c", "pass"], n);
+    println!("native sandbox start-up, median of {n} runs (ms)");
+    println!("  /bin/true        bare {bare_true:7.2}   sandboxed {sb_true:7.2}   (target: sandboxed <= 5.00 ms)   {}", if sb_true <= 5.0 { "MET" } else { "NOT MET" });
+    println!("  python3 -c pass  bare {bare_py:7.2}   sandboxed {sb_py:7.2}   ratio {:.2}x   (target <= 1.20x)   {}", sb_py / bare_py, if sb_py / bare_py <= 1.2 { "MET" } else { "NOT MET" });
+}

@@ -1,0 +1,207 @@
+//! CLI-level bad input: exit code 2, reported before anything runs, with the file name and
+//! line:column of the problem. (Deeper spec-error tests live in tests/spec_errors.rs.)
+//! Also: `validate` accepts the shipped jobs/ and `plan --format json` lists the jobs.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::Path;
+use tempfile::TempDir;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn bin() -> Command {
+    let mut c = Command::cargo_bin("llm-sandbox").expect("the llm-sandbox binary is built");
+    c.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    c
+}
+
+/// Writes `content` to `dir/name`, runs `run <name> --json - <extra>` there, expects exit
+/// code 2 and an empty stdout (nothing ran, no report), returns stderr.
+fn bad_input(name: &str, content: &str, extra: &[&str]) -> String {
+    let dir = TempDir::new().unwrap();
+    std::fs::write(dir.path().join(name), content).unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["run", name, "--json", "-", "--no-progress"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code for {name}:\n{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "bad input must not produce a report:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !dir.path().join(".llm-sandbox").exists(),
+        "nothing may run on bad input"
+    );
+    stderr
+}
+
+fn assert_mentions(stderr: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(stderr.contains(n), "stderr should mention {n:?}:\n{stderr}");
+    }
+}
+
+#[test]
+fn toml_syntax_error() {
+    let err = bad_input(
+        "syntax.toml",
+        "[[jobs]]\nname = \"x\"\nlang = \"python\"\ncode = \"print(1)\n",
+        &[],
+    );
+    assert_mentions(&err, &["syntax.toml:4:", "TOML"]);
+}
+
+#[test]
+fn unknown_key_with_suggestion() {
+    let err = bad_input(
+        "unknown.toml",
+        "[[jobs]]\nname = \"x\"\nlang = \"python\"\ncode = \"print(1)\"\nexpcet.stdout = \"1\"\n",
+        &[],
+    );
+    assert_mentions(
+        &err,
+        &["unknown.toml:5:1", "expcet", "did you mean `expect`"],
+    );
+}
+
+#[test]
+fn unknown_language_in_yaml() {
+    let err = bad_input(
+        "lang.yaml",
+        "jobs:\n  - name: x\n    lang: cobol\n    code: \"print(1)\"\n",
+        &[],
+    );
+    assert_mentions(&err, &["lang.yaml:3:", "cobol", "python", "javascript"]);
+}
+
+#[test]
+fn bad_duration() {
+    let err = bad_input(
+        "dur.toml",
+        "[[jobs]]\nname = \"x\"\nlang = \"bash\"\ncode = \"true\"\ntimeout = \"10 parsecs\"\n",
+        &[],
+    );
+    assert_mentions(&err, &["dur.toml:5:", "timeout", "10 parsecs", "500ms"]);
+}
+
+#[test]
+fn missing_code() {
+    let err = bad_input(
+        "nocode.toml",
+        "[[jobs]]\nname = \"x\"\nlang = \"python\"\nexpect.stdout = \"1\"\n",
+        &[],
+    );
+    assert_mentions(&err, &["nocode.toml:", "code", "template"]);
+}
+
+#[test]
+fn var_without_equals() {
+    let err = bad_input(
+        "ok.toml",
+        "[[jobs]]\nname = \"x\"\nlang = \"bash\"\ncode = \"true\"\n",
+        &["--var", "novalue"],
+    );
+    assert_mentions(&err, &["--var", "novalue", "KEY=VALUE"]);
+}
+
+#[test]
+fn nonexistent_path() {
+    let dir = TempDir::new().unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["run", "does/not/exist.toml", "--json", "-"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_mentions(&stderr, &["does/not/exist.toml", "no such file"]);
+}
+
+#[test]
+fn validate_accepts_the_shipped_jobs() {
+    let out = bin()
+        .current_dir(ROOT)
+        .args(["validate", "jobs"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("valid"), "{stderr}");
+    // validate runs nothing: no artifacts, and no report.
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn validate_rejects_a_broken_file_among_good_ones() {
+    let dir = TempDir::new().unwrap();
+    std::fs::write(
+        dir.path().join("a-good.toml"),
+        "[[jobs]]\nname = \"good\"\nlang = \"bash\"\ncode = \"true\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b-bad.yaml"),
+        "jobs:\n  - name: bad\n    lang: bash\n    template: \"echo {{ nope }}\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["validate", "."])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_mentions(&stderr, &["b-bad.yaml", "nope"]);
+}
+
+#[test]
+fn plan_json_lists_the_jobs() {
+    let out = bin()
+        .current_dir(ROOT)
+        .args(["plan", "--format", "json", "jobs"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan --format json is JSON");
+    let jobs = plan["jobs"].as_array().expect("jobs[]");
+    let names: Vec<&str> = jobs.iter().map(|j| j["name"].as_str().unwrap()).collect();
+    for want in ["hello-python", "hello-java", "hello-rust", "sales-report"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    // The eval dataset expands to 5 problems x 3 samples.
+    let eval: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| j["file"].as_str().unwrap().ends_with("eval.toml"))
+        .collect();
+    assert_eq!(eval.len(), 15);
+    assert!(eval.iter().all(|j| j["group"].is_string()));
+    assert_eq!(plan["total"].as_u64(), Some(jobs.len() as u64));
+    // Every job file under jobs/ is listed.
+    let files: Vec<&str> = plan["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(files
+        .iter()
+        .any(|f| Path::new(f).ends_with("files/sales-report.yaml")));
+    assert!(files
+        .iter()
+        .any(|f| Path::new(f).ends_with("hello/python.toml")));
+}
