@@ -389,12 +389,12 @@ fn pass_at_defaults_to_1_without_enough_samples_for_10() {
     let r = run_json(&s, &["plain.toml"]);
     assert_eq!(r.code, 0);
     assert!(
-        r.report.get("groups").map_or(true, Value::is_null),
+        r.report.get("groups").is_none_or(Value::is_null),
         "{}",
         r.pretty()
     );
     assert!(
-        r.report.get("pass_at").map_or(true, Value::is_null),
+        r.report.get("pass_at").is_none_or(Value::is_null),
         "{}",
         r.pretty()
     );
