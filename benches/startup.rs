@@ -22,7 +22,10 @@ fn bare(argv: &[&str], n: usize) -> f64 {
     let mut v = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        let st = std::process::Command::new(argv[0]).args(&argv[1..]).status().expect("spawn");
+        let st = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .status()
+            .expect("spawn");
         assert!(st.success());
         v.push(t.elapsed());
     }
@@ -51,7 +54,14 @@ fn config(dir: &Path, i: usize, argv: &[&str]) -> SandboxConfig {
             as_root: false,
             limited: true,
         }],
-        limits: SandboxLimits { memory: 512 << 20, cpus: 1.0, pids: 128, disk: 64 << 20, open_files: 256, address_space_fallback: true },
+        limits: SandboxLimits {
+            memory: 512 << 20,
+            cpus: 1.0,
+            pids: 128,
+            disk: 64 << 20,
+            open_files: 256,
+            address_space_fallback: true,
+        },
         network: false,
         collect_globs: vec![],
         collect_paths: vec![],
@@ -67,19 +77,29 @@ fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) 
         let p = dir.join(format!("s{i}/config.json"));
         std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
         let t = Instant::now();
-        let o = rt.block_on(host::run(&cfg, &p, None, 1 << 20, &cancel)).expect("sandbox");
+        let o = rt
+            .block_on(host::run(&cfg, &p, None, 1 << 20, &cancel))
+            .expect("sandbox");
         v.push(t.elapsed());
-        let ok = o.msgs.iter().any(|m| matches!(m, llm_sandbox::sandbox::proto::Msg::Step(s) if s.exit_code == Some(0)));
+        let ok = o.msgs.iter().any(
+            |m| matches!(m, llm_sandbox::sandbox::proto::Msg::Step(s) if s.exit_code == Some(0)),
+        );
         assert!(ok, "sandboxed {argv:?} failed: {:?}", o.msgs);
     }
     median(v)
 }
 
 fn main() {
-    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(50);
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(50);
     let exe = env!("CARGO_BIN_EXE_llm-sandbox");
     std::env::set_var("LLM_SANDBOX_HELPER", exe);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let python = "/usr/bin/python3";
     // Warm up the page cache.

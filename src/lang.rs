@@ -273,6 +273,16 @@ fn under_system_dirs(p: &Path) -> bool {
     SYSTEM_DIRS.iter().any(|d| p.starts_with(d))
 }
 
+/// The error of a toolchain program missing on the host: names the package to install.
+pub fn missing_tool(lang: Lang, tool: &str) -> String {
+    let spec = spec(lang);
+    format!(
+        "`{tool}` was not found on this host (needed for {lang} on the native backend): install {} (e.g. `apt-get install {}`), or run the job with `backend = \"docker\"`",
+        spec.debian_packages,
+        spec.debian_packages.split_whitespace().next().unwrap_or(spec.debian_packages)
+    )
+}
+
 /// Finds the toolchain of `lang` on this host. `Err` names the missing program and the
 /// package to install.
 pub fn probe_host(lang: Lang) -> Result<HostToolchain, String> {
@@ -282,11 +292,7 @@ pub fn probe_host(lang: Lang) -> Result<HostToolchain, String> {
     let mut path = Vec::new();
     for tool in spec.tools {
         let Some(found) = which(tool) else {
-            return Err(format!(
-                "`{tool}` was not found on this host (needed for {lang} on the native backend): install {} (e.g. `apt-get install {}`), or run the job with `backend = \"docker\"`",
-                spec.debian_packages,
-                spec.debian_packages.split_whitespace().next().unwrap_or(spec.debian_packages)
-            ));
+            return Err(missing_tool(lang, tool));
         };
         let mut program = found.clone();
         // rustup proxies (~/.cargo/bin/rustc) need rustup's home: use the real toolchain.
@@ -401,6 +407,18 @@ mod tests {
         assert_eq!(java_main_class("interface X {}"), "Main");
         assert_eq!(source_file(Lang::Java, "public final class A {}"), "A.java");
         assert_eq!(source_file(Lang::Python, ""), "main.py");
+    }
+
+    #[test]
+    fn missing_toolchain_names_the_package() {
+        let m = missing_tool(Lang::Go, "go");
+        assert!(
+            m.contains("`go` was not found") && m.contains("apt-get install golang-go"),
+            "{m}"
+        );
+        let m = missing_tool(Lang::R, "Rscript");
+        assert!(m.contains("apt-get install r-base-core"), "{m}");
+        assert!(which("definitely-not-a-real-tool-xyz").is_none());
     }
 
     #[test]

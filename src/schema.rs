@@ -22,12 +22,18 @@ fn generate<T: schemars::JsonSchema>(id: &str, nullable_options: bool) -> Value 
 
 /// The job-file schema (`schemas/job.schema.json`).
 pub fn job_schema() -> Value {
-    generate::<crate::spec::types::JobFile>("https://llm-sandbox.dev/schemas/job.schema.json", false)
+    generate::<crate::spec::types::JobFile>(
+        "https://llm-sandbox.dev/schemas/job.schema.json",
+        false,
+    )
 }
 
 /// The JSON report schema (`schemas/report.schema.json`).
 pub fn report_schema() -> Value {
-    generate::<crate::report::model::Report>("https://llm-sandbox.dev/schemas/report.schema.json", true)
+    generate::<crate::report::model::Report>(
+        "https://llm-sandbox.dev/schemas/report.schema.json",
+        true,
+    )
 }
 
 /// Pretty JSON with a final newline, as checked in.

@@ -49,15 +49,28 @@ fn run(backend: &str, yaml: &str, dir: &Path) -> (i32, std::collections::HashMap
     let file = dir.join("adv.yaml");
     std::fs::write(&file, yaml).unwrap();
     let out = Command::new(bin())
-        .args(["run", "--no-progress", "-j", "2", "--backend", backend, "--json", "-"])
+        .args([
+            "run",
+            "--no-progress",
+            "-j",
+            "2",
+            "--backend",
+            backend,
+            "--json",
+            "-",
+        ])
         .arg("--artifacts")
         .arg(dir.join("artifacts"))
         .arg(&file)
         .env("LLM_SANDBOX_TEST_SECRET", SECRET)
         .output()
         .expect("run llm-sandbox");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON report ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     let jobs = report["jobs"]
         .as_array()
         .unwrap()
@@ -72,7 +85,12 @@ fn status(j: &Value) -> &str {
 }
 
 fn text(j: &Value) -> String {
-    format!("{}\n{}\n{}", j["stdout"].as_str().unwrap_or(""), j["stderr"].as_str().unwrap_or(""), j["message"].as_str().unwrap_or(""))
+    format!(
+        "{}\n{}\n{}",
+        j["stdout"].as_str().unwrap_or(""),
+        j["stderr"].as_str().unwrap_or(""),
+        j["message"].as_str().unwrap_or("")
+    )
 }
 
 fn cases(port: u16) -> String {
@@ -214,51 +232,118 @@ fn adversarial_suite() {
         let dir = tempfile::tempdir().unwrap();
         let (code, jobs) = run(backend, &cases(l.port), dir.path());
         assert_eq!(code, 1, "some cases fail by design");
-        let get = |n: &str| jobs.get(n).unwrap_or_else(|| panic!("{backend}: job {n} missing from the report"));
+        let get = |n: &str| {
+            jobs.get(n)
+                .unwrap_or_else(|| panic!("{backend}: job {n} missing from the report"))
+        };
         // Nothing of the runner's environment, host secrets or host processes is visible.
         for (name, j) in &jobs {
-            assert!(!text(j).contains(SECRET), "{backend}/{name}: the runner's secret leaked: {}", text(j));
+            assert!(
+                !text(j).contains(SECRET),
+                "{backend}/{name}: the runner's secret leaked: {}",
+                text(j)
+            );
         }
         let j = get("fork-bomb");
-        assert!(matches!(status(j), "passed" | "failed" | "timeout"), "{backend}: fork-bomb {j}");
+        assert!(
+            matches!(status(j), "passed" | "failed" | "timeout"),
+            "{backend}: fork-bomb {j}"
+        );
         let j = get("thread-bomb");
-        assert!(text(j).contains("thread limit after") || status(j) == "timeout", "{backend}: thread-bomb {j}");
+        assert!(
+            text(j).contains("thread limit after") || status(j) == "timeout",
+            "{backend}: thread-bomb {j}"
+        );
         let j = get("memory-bomb");
         assert_eq!(status(j), "failed", "{backend}: {j}");
-        assert!(text(j).contains("memory limit"), "{backend}: memory-bomb message: {j}");
+        assert!(
+            text(j).contains("memory limit"),
+            "{backend}: memory-bomb message: {j}"
+        );
         for flood in ["stdout-flood", "stderr-flood"] {
             let j = get(flood);
             assert_eq!(status(j), "failed", "{backend}: {j}");
             assert!(text(j).contains("output limit"), "{backend}: {flood}: {j}");
-            let stream = if flood == "stdout-flood" { "stdout" } else { "stderr" };
-            assert!(j[stream].as_str().unwrap().len() <= 64 * 1024, "{backend}: {flood} kept more than the cap");
-            assert_eq!(j[format!("{stream}_truncated")], Value::Bool(true), "{backend}: {flood}");
+            let stream = if flood == "stdout-flood" {
+                "stdout"
+            } else {
+                "stderr"
+            };
+            assert!(
+                j[stream].as_str().unwrap().len() <= 64 * 1024,
+                "{backend}: {flood} kept more than the cap"
+            );
+            assert_eq!(
+                j[format!("{stream}_truncated")],
+                Value::Bool(true),
+                "{backend}: {flood}"
+            );
         }
         let j = get("disk-fill");
         assert_eq!(status(j), "passed", "{j}");
-        assert!(!text(j).contains("rc=0") && !text(j).contains("tmp rc=0"), "{backend}: the disk limit did not hold: {j}");
+        assert!(
+            !text(j).contains("rc=0") && !text(j).contains("tmp rc=0"),
+            "{backend}: the disk limit did not hold: {j}"
+        );
         let j = get("inode-fill");
-        assert!(text(j).contains("inodes stopped at"), "{backend}: inode limit: {j}");
+        assert!(
+            text(j).contains("inodes stopped at"),
+            "{backend}: inode limit: {j}"
+        );
         let j = get("write-outside");
-        assert!(text(j).contains("done") && !text(j).contains("WROTE") && !text(j).contains("HARDLINKED"), "{backend}: {j}");
+        assert!(
+            text(j).contains("done")
+                && !text(j).contains("WROTE")
+                && !text(j).contains("HARDLINKED"),
+            "{backend}: {j}"
+        );
         let j = get("read-secrets");
         let t = text(j);
-        assert!(t.contains("done") && !t.contains("READ shadow") && !t.contains("SAW home") && !t.contains("SAW socket"), "{backend}: {t}");
+        assert!(
+            t.contains("done")
+                && !t.contains("READ shadow")
+                && !t.contains("SAW home")
+                && !t.contains("SAW socket"),
+            "{backend}: {t}"
+        );
         let j = get("network");
-        assert!(!text(j).contains("CONNECTED"), "{backend}: the sandbox reached the host's loopback: {j}");
-        assert!(!text(j).contains("eth"), "{backend}: the sandbox sees a network interface: {j}");
+        assert!(
+            !text(j).contains("CONNECTED"),
+            "{backend}: the sandbox reached the host's loopback: {j}"
+        );
+        assert!(
+            !text(j).contains("eth"),
+            "{backend}: the sandbox sees a network interface: {j}"
+        );
         let j = get("mount-and-ptrace");
-        assert!(text(j).contains("mount -1") && text(j).contains("ptrace -1") && text(j).contains("unshare -1"), "{backend}: {j}");
+        assert!(
+            text(j).contains("mount -1")
+                && text(j).contains("ptrace -1")
+                && text(j).contains("unshare -1"),
+            "{backend}: {j}"
+        );
         let j = get("kill-all");
-        assert!(matches!(status(j), "passed" | "failed"), "{backend}: kill-all {j}");
+        assert!(
+            matches!(status(j), "passed" | "failed"),
+            "{backend}: kill-all {j}"
+        );
         assert_eq!(status(get("daemon")), "passed", "{backend}");
         assert_eq!(status(get("zombie")), "passed", "{backend}");
         let j = get("include-shadow");
         assert_eq!(status(j), "failed", "{backend}: {j}");
         assert_eq!(j["phase"], "compile");
         let j = get("symlink-artifacts");
-        let arts: Vec<&str> = j["artifacts"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-        assert_eq!(arts.len(), 1, "{backend}: only the regular file is copied: {arts:?}");
+        let arts: Vec<&str> = j["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            arts.len(),
+            1,
+            "{backend}: only the regular file is copied: {arts:?}"
+        );
         assert!(arts[0].ends_with("real.txt"));
         let host_copy = dir.path().join("artifacts/symlink-artifacts");
         for entry in std::fs::read_dir(&host_copy).unwrap() {
@@ -268,17 +353,29 @@ fn adversarial_suite() {
         for t in ["busy-timeout", "sleep-timeout"] {
             let j = get(t);
             assert_eq!(status(j), "timeout", "{backend}: {j}");
-            assert!(j["duration_ms"].as_u64().unwrap() < 6000, "{backend}: {t} took too long: {j}");
+            assert!(
+                j["duration_ms"].as_u64().unwrap() < 6000,
+                "{backend}: {t} took too long: {j}"
+            );
         }
         // Nothing of an earlier job survives into a later one.
         let j = get("after-all");
         let out = j["stdout"].as_str().unwrap();
-        assert!(out.contains("clean") && !out.contains("left-behind") && !out.contains("sleep"), "{backend}: {out}");
-        assert!(!l.hit.load(Ordering::SeqCst), "{backend}: the host's loopback listener was reached");
+        assert!(
+            out.contains("clean") && !out.contains("left-behind") && !out.contains("sleep"),
+            "{backend}: {out}"
+        );
+        assert!(
+            !l.hit.load(Ordering::SeqCst),
+            "{backend}: the host's loopback listener was reached"
+        );
         // No process of the run survives it.
         let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
         let ps = String::from_utf8_lossy(&ps.stdout);
-        assert!(!ps.contains("sleep 1000") && !ps.contains("sleep 1001"), "{backend}: a daemon outlived its job:\n{ps}");
+        assert!(
+            !ps.contains("sleep 1000") && !ps.contains("sleep 1001"),
+            "{backend}: a daemon outlived its job:\n{ps}"
+        );
     }
 }
 
@@ -308,7 +405,9 @@ code = "sleep TAG1 & sleep TAG2"
 fn sleepers(tag: u32) -> bool {
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     let want = format!("sleep {tag}");
-    String::from_utf8_lossy(&ps.stdout).lines().any(|l| l.starts_with(&want))
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .any(|l| l.starts_with(&want))
 }
 
 fn wait_for_sleepers(tag: u32, want: bool) -> bool {
@@ -337,19 +436,39 @@ fn sigint_tears_down_and_writes_partial_reports() {
             .arg(&f)
             .spawn()
             .unwrap();
-        assert!(wait_for_sleepers(4242, true), "{backend}: the long job never started");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+        assert!(
+            wait_for_sleepers(4242, true),
+            "{backend}: the long job never started"
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
         let t0 = Instant::now();
         let status = child.wait().unwrap();
-        assert!(t0.elapsed() < Duration::from_secs(10), "{backend}: Ctrl-C took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{backend}: Ctrl-C took {:?}",
+            t0.elapsed()
+        );
         assert_eq!(status.code(), Some(130), "{backend}");
-        assert!(wait_for_sleepers(4242, false), "{backend}: the job's processes survived Ctrl-C");
+        assert!(
+            wait_for_sleepers(4242, false),
+            "{backend}: the job's processes survived Ctrl-C"
+        );
         let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let jobs = r["jobs"].as_array().unwrap();
         let quick = jobs.iter().find(|j| j["name"] == "quick").unwrap();
-        assert_eq!(quick["status"], "passed", "{backend}: the finished job is reported");
+        assert_eq!(
+            quick["status"], "passed",
+            "{backend}: the finished job is reported"
+        );
         let mut s = String::new();
-        std::fs::File::open(&junit).unwrap().read_to_string(&mut s).unwrap();
+        std::fs::File::open(&junit)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert!(s.contains("<testsuites"), "{backend}: JUnit written");
     }
 }
@@ -359,18 +478,50 @@ fn sigkill_of_the_runner_leaves_nothing_running() {
     for backend in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let f = long_job(dir.path(), 4252);
-        let mut child = Command::new(bin()).args(["run", "--no-progress", "--backend", backend]).arg(&f).spawn().unwrap();
-        assert!(wait_for_sleepers(4252, true), "{backend}: the long job never started");
+        let mut child = Command::new(bin())
+            .args(["run", "--no-progress", "--backend", backend])
+            .arg(&f)
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for_sleepers(4252, true),
+            "{backend}: the long job never started"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(wait_for_sleepers(4252, false), "{backend}: the sandbox outlived a SIGKILLed runner");
+        assert!(
+            wait_for_sleepers(4252, false),
+            "{backend}: the sandbox outlived a SIGKILLed runner"
+        );
         // The next run removes what the killed run left (its temporary directory).
-        let out = Command::new(bin()).args(["run", "--no-progress", "--filter", "quick", "--backend", backend]).arg(&f).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin())
+            .args([
+                "run",
+                "--no-progress",
+                "--filter",
+                "quick",
+                "--backend",
+                backend,
+            ])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir().join("llm-sandbox"))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         let killed = format!("ls-{}-", child.id());
-        assert!(!leftovers.iter().any(|n| n.starts_with(&killed)), "{backend}: left behind: {leftovers:?}");
+        assert!(
+            !leftovers.iter().any(|n| n.starts_with(&killed)),
+            "{backend}: left behind: {leftovers:?}"
+        );
     }
 }

@@ -343,7 +343,7 @@ pub fn expand_file(
         let merged = merge(&defaults, job);
         let (mut jobs, mut errs) = cx.expand_job(ji, &merged);
         errors.append(&mut errs);
-        origins.extend(std::iter::repeat(ji).take(jobs.len()));
+        origins.resize(origins.len() + jobs.len(), ji);
         if out.is_empty() {
             out = jobs;
         } else {

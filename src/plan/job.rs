@@ -67,7 +67,6 @@ pub struct ResolvedExpect {
     pub files: Vec<FileCheck>,
 }
 
-
 /// Per-file backend settings, shared by all jobs of a file.
 pub type SharedBackends = Arc<crate::spec::types::BackendsConfig>;
 

@@ -93,7 +93,14 @@ pub fn main(config: Option<PathBuf>) -> i32 {
 
     // Limits: a cgroup when we can have one, rlimits otherwise.
     let cg = cgroup::detect().ok().and_then(|mode| {
-        Cgroup::create(&mode, &cfg.id, cfg.limits.memory, cfg.limits.pids, cfg.limits.cpus).ok()
+        Cgroup::create(
+            &mode,
+            &cfg.id,
+            cfg.limits.memory,
+            cfg.limits.pids,
+            cfg.limits.cpus,
+        )
+        .ok()
     });
     if cg.is_some() {
         cfg.limits.address_space_fallback = false;
