@@ -511,7 +511,7 @@ fn sigkill_of_the_runner_leaves_nothing_running() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir().join("llm-sandbox"))
+        let leftovers: Vec<_> = std::fs::read_dir(llm_sandbox::run::owner::runs_root())
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())

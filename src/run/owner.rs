@@ -55,9 +55,10 @@ pub fn stale_owner_pid(name: &str, _host: &str) -> Option<u32> {
     }
 }
 
-/// Root of the run directories: `$TMPDIR/llm-sandbox`.
+/// Root of the run directories: `$TMPDIR/llm-sandbox-<uid>` (one per user: another
+/// user's directory is neither writable nor ours to clean).
 pub fn runs_root() -> PathBuf {
-    std::env::temp_dir().join("llm-sandbox")
+    std::env::temp_dir().join(format!("llm-sandbox-{}", nix::unistd::geteuid()))
 }
 
 /// Removes run directories left by dead runners on this host.

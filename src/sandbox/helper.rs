@@ -51,6 +51,13 @@ pub fn userns_hint() -> String {
 }
 
 pub fn main(config: Option<PathBuf>) -> i32 {
+    let t0 = Instant::now();
+    let mut phases: Vec<(String, u64)> = Vec::new();
+    macro_rules! mark {
+        ($name:expr) => {
+            phases.push(($name.to_string(), t0.elapsed().as_micros() as u64))
+        };
+    }
     // Die with the runner, and refuse to run orphaned.
     let parent = nix::unistd::getppid();
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
@@ -102,6 +109,7 @@ pub fn main(config: Option<PathBuf>) -> i32 {
         )
         .ok()
     });
+    mark!("cgroup");
     if cg.is_some() {
         cfg.limits.address_space_fallback = false;
     }
@@ -164,9 +172,11 @@ pub fn main(config: Option<PathBuf>) -> i32 {
         }
     };
     drop(sync_r);
+    mark!("clone");
 
     let setup = (|| -> Result<(), String> {
         write_id_maps(child, euid, egid)?;
+        phases.push(("idmaps".into(), t0.elapsed().as_micros() as u64));
         if let Some(cg) = &cg {
             cg.add(child.as_raw())
                 .map_err(|e| format!("cannot move the sandbox into its cgroup: {e}"))?;
@@ -175,6 +185,7 @@ pub fn main(config: Option<PathBuf>) -> i32 {
         Ok(())
     })();
     drop(sync_w);
+    mark!("maps");
     if let Err(e) = setup {
         let _ = signal::kill(child, Signal::SIGKILL);
         let _ = waitpid(child, None);
@@ -226,7 +237,9 @@ pub fn main(config: Option<PathBuf>) -> i32 {
         limits.memory_peak = cg.memory_peak();
         cg.destroy();
     }
+    mark!("cgroup-removed");
     proto::send(CONTROL_FD, &Msg::Limits(limits));
+    proto::send(CONTROL_FD, &Msg::Timing { phases });
     if let Some(why) = killed_for {
         proto::send(
             CONTROL_FD,

@@ -19,6 +19,8 @@ pub enum Msg {
     },
     /// What the cgroup saw (sent by the helper after the init is gone).
     Limits(LimitEvents),
+    /// Where the helper's time went (µs since the helper started), for `bench/` and debugging.
+    Timing { phases: Vec<(String, u64)> },
     /// The sandbox could not be set up or run; `hint` says how to fix it.
     Error {
         message: String,

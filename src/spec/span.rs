@@ -340,16 +340,43 @@ impl<'de> Visitor<'de> for TomlNodeVisitor {
     }
 }
 
+/// A TOML key with its span (plain string keys, e.g. of datetimes, have none).
+struct TomlKey(String, Option<Range<usize>>);
+
+impl<'de> Deserialize<'de> for TomlKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TomlKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TomlKey, E> {
+                Ok(TomlKey(v.to_string(), None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TomlKey, A::Error> {
+                let (mut start, mut end, mut key) = (0, 0, String::new());
+                while let Some(k) = map.next_key::<String>()? {
+                    match k.as_str() {
+                        SPANNED_START => start = map.next_value()?,
+                        SPANNED_END => end = map.next_value()?,
+                        _ => key = map.next_value::<AnyKey>()?.0,
+                    }
+                }
+                Ok(TomlKey(key, Some(start..end)))
+            }
+        }
+        d.deserialize_struct(SPANNED_NAME, &SPANNED_FIELDS, V)
+    }
+}
+
 impl Flavor for Toml {
     fn next_value<'de, A: MapAccess<'de>>(map: &mut A) -> Result<SpanNode, A::Error> {
         Ok(map.next_value::<TomlNode>()?.0)
     }
 
     fn next_key<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<KeyWithSpan>, A::Error> {
-        Ok(map.next_key::<toml::Spanned<String>>()?.map(|k| {
-            let span = k.span();
-            (k.into_inner(), Some(span))
-        }))
+        Ok(map.next_key::<TomlKey>()?.map(|k| (k.0, k.1)))
     }
 
     fn next_element<'de, A: SeqAccess<'de>>(seq: &mut A) -> Result<Option<SpanNode>, A::Error> {
@@ -452,6 +479,14 @@ mod tests {
             .lookup(&["jobs".into(), 0.into(), "limits".into(), "pids".into()])
             .unwrap();
         assert_eq!(&text[p.span.clone()], "3");
+    }
+
+    #[test]
+    fn toml_datetimes_keep_the_tree() {
+        let text = "[vars]\nwhen = 1979-05-27T07:32:00Z\n[[jobs]]\nname = \"a\"\n";
+        let t = toml_spans(text).unwrap();
+        let n = t.lookup(&["jobs".into(), 0.into(), "name".into()]).unwrap();
+        assert_eq!(&text[n.span.clone()], "\"a\"");
     }
 
     #[test]
