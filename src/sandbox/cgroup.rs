@@ -102,25 +102,29 @@ fn detect_v2() -> Result<Mode, String> {
     Err("cgroup v2 is mounted but no delegated subtree with the memory and pids controllers is writable (on systemd: run under `systemd-run --user --scope -p Delegate=yes`)".into())
 }
 
-/// One sandbox's cgroup.
+/// The cgroup of one sandbox slot: a sandbox server lives in it and forks each of its
+/// sandboxes inside it, so no process is ever moved per job (moving one costs a
+/// `synchronize_rcu`, up to tens of milliseconds on cgroup v1).
 #[derive(Debug)]
 pub struct Cgroup {
     pub mode: Mode,
     dirs: Vec<PathBuf>,
     mem_dir: PathBuf,
     pids_dir: PathBuf,
+    cpu_dir: Option<PathBuf>,
+}
+
+/// Counters of a cgroup, compared before and after a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub oom_kills: u64,
+    pub pids_max: u64,
 }
 
 impl Cgroup {
-    /// Creates the cgroup and writes its limits.
-    pub fn create(
-        mode: &Mode,
-        name: &str,
-        memory: u64,
-        pids: u64,
-        cpus: f64,
-    ) -> io::Result<Cgroup> {
-        let (dirs, mem_dir, pids_dir) = match mode {
+    /// Creates the cgroup (no limits yet).
+    pub fn create(mode: &Mode, name: &str) -> io::Result<Cgroup> {
+        let cg = match mode {
             Mode::V1 {
                 memory: m,
                 pids: p,
@@ -130,49 +134,63 @@ impl Cgroup {
                 if let Some(c) = cpu {
                     dirs.push(c.join(name));
                 }
-                (dirs, m.join(name), p.join(name))
+                Cgroup {
+                    mode: mode.clone(),
+                    dirs,
+                    mem_dir: m.join(name),
+                    pids_dir: p.join(name),
+                    cpu_dir: cpu.as_ref().map(|c| c.join(name)),
+                }
             }
             Mode::V2 { parent } => {
                 let d = parent.join(name);
-                (vec![d.clone()], d.clone(), d)
+                Cgroup {
+                    mode: mode.clone(),
+                    dirs: vec![d.clone()],
+                    mem_dir: d.clone(),
+                    pids_dir: d.clone(),
+                    cpu_dir: Some(d),
+                }
             }
         };
-        for d in &dirs {
+        for d in &cg.dirs {
             fs::create_dir_all(d)?;
         }
-        let cg = Cgroup {
-            mode: mode.clone(),
-            dirs,
-            mem_dir,
-            pids_dir,
-        };
-        match mode {
-            Mode::V1 { cpu, .. } => {
-                fs::write(cg.mem_dir.join("memory.limit_in_bytes"), memory.to_string())?;
+        Ok(cg)
+    }
+
+    /// Writes the limits of the next job; `extra_pids` are the slot's own processes.
+    pub fn set_limits(&self, memory: u64, pids: u64, cpus: f64) -> io::Result<()> {
+        let period = 100_000u64;
+        let quota = (cpus.max(0.01) * period as f64) as u64;
+        match self.mode {
+            Mode::V1 { .. } => {
+                let _ = fs::write(self.mem_dir.join("memory.memsw.limit_in_bytes"), "-1");
+                fs::write(
+                    self.mem_dir.join("memory.limit_in_bytes"),
+                    memory.to_string(),
+                )?;
                 let _ = fs::write(
-                    cg.mem_dir.join("memory.memsw.limit_in_bytes"),
+                    self.mem_dir.join("memory.memsw.limit_in_bytes"),
                     memory.to_string(),
                 );
-                let _ = fs::write(cg.mem_dir.join("memory.swappiness"), "0");
-                fs::write(cg.pids_dir.join("pids.max"), pids.to_string())?;
-                if let Some(c) = cpu {
-                    let d = c.join(name);
-                    let period = 100_000u64;
-                    let quota = ((cpus.max(0.01)) * period as f64) as u64;
+                let _ = fs::write(self.mem_dir.join("memory.swappiness"), "0");
+                let _ = fs::write(self.mem_dir.join("memory.max_usage_in_bytes"), "0");
+                fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
+                if let Some(d) = &self.cpu_dir {
                     let _ = fs::write(d.join("cpu.cfs_period_us"), period.to_string());
                     let _ = fs::write(d.join("cpu.cfs_quota_us"), quota.to_string());
                 }
             }
             Mode::V2 { .. } => {
-                fs::write(cg.mem_dir.join("memory.max"), memory.to_string())?;
-                let _ = fs::write(cg.mem_dir.join("memory.swap.max"), "0");
-                fs::write(cg.pids_dir.join("pids.max"), pids.to_string())?;
-                let period = 100_000u64;
-                let quota = ((cpus.max(0.01)) * period as f64) as u64;
-                let _ = fs::write(cg.mem_dir.join("cpu.max"), format!("{quota} {period}"));
+                fs::write(self.mem_dir.join("memory.max"), memory.to_string())?;
+                let _ = fs::write(self.mem_dir.join("memory.swap.max"), "0");
+                let _ = fs::write(self.mem_dir.join("memory.peak"), "0");
+                fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
+                let _ = fs::write(self.mem_dir.join("cpu.max"), format!("{quota} {period}"));
             }
         }
-        Ok(cg)
+        Ok(())
     }
 
     /// Moves a process into the cgroup.
@@ -183,28 +201,27 @@ impl Cgroup {
         Ok(())
     }
 
-    pub fn oom_killed(&self) -> bool {
-        match self.mode {
-            Mode::V1 { .. } => {
-                let s =
-                    fs::read_to_string(self.mem_dir.join("memory.oom_control")).unwrap_or_default();
-                let kills = field(&s, "oom_kill").unwrap_or(0);
-                let fail = fs::read_to_string(self.mem_dir.join("memory.failcnt"))
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
-                kills > 0 || (fail > 0 && field(&s, "under_oom").unwrap_or(0) > 0)
-            }
-            Mode::V2 { .. } => {
-                let s = fs::read_to_string(self.mem_dir.join("memory.events")).unwrap_or_default();
-                field(&s, "oom_kill").unwrap_or(0) > 0
-            }
+    pub fn counters(&self) -> Counters {
+        let oom_kills = match self.mode {
+            Mode::V1 { .. } => field(
+                &fs::read_to_string(self.mem_dir.join("memory.oom_control")).unwrap_or_default(),
+                "oom_kill",
+            ),
+            Mode::V2 { .. } => field(
+                &fs::read_to_string(self.mem_dir.join("memory.events")).unwrap_or_default(),
+                "oom_kill",
+            ),
         }
-    }
-
-    pub fn pids_limit_hit(&self) -> bool {
-        let s = fs::read_to_string(self.pids_dir.join("pids.events")).unwrap_or_default();
-        field(&s, "max").unwrap_or(0) > 0
+        .unwrap_or(0);
+        let pids_max = field(
+            &fs::read_to_string(self.pids_dir.join("pids.events")).unwrap_or_default(),
+            "max",
+        )
+        .unwrap_or(0);
+        Counters {
+            oom_kills,
+            pids_max,
+        }
     }
 
     pub fn memory_peak(&self) -> Option<u64> {
@@ -219,14 +236,24 @@ impl Cgroup {
             .ok()
     }
 
+    /// Moves the calling process out (to the parent) and removes the cgroup, killing
+    /// whatever else is still in it.
+    pub fn leave_and_destroy(&self) {
+        let me = std::process::id().to_string();
+        for d in &self.dirs {
+            if let Some(parent) = d.parent() {
+                let _ = fs::write(parent.join("cgroup.procs"), &me);
+            }
+        }
+        self.destroy();
+    }
+
     /// Kills whatever is still in the cgroup and removes it.
     pub fn destroy(&self) {
         for _ in 0..200 {
-            let mut busy = false;
             for d in &self.dirs {
                 if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
                     for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                        busy = true;
                         let _ = nix::sys::signal::kill(
                             nix::unistd::Pid::from_raw(pid),
                             nix::sys::signal::Signal::SIGKILL,
@@ -243,7 +270,6 @@ impl Cgroup {
             if all_gone {
                 return;
             }
-            let _ = busy;
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
@@ -280,6 +306,7 @@ pub fn sweep_stale(mode: &Mode, host: &str) {
                     dirs: vec![e.path()],
                     mem_dir: e.path(),
                     pids_dir: e.path(),
+                    cpu_dir: None,
                 };
                 cg.destroy();
             }

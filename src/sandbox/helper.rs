@@ -1,5 +1,9 @@
-//! The single-threaded helper (`llm-sandbox __sandbox CONFIG`): clones the init into new
-//! namespaces, writes its id maps, applies the cgroup, waits, and reports.
+//! The sandbox server (`llm-sandbox __sandbox`): a single-threaded process, one per
+//! concurrency slot, re-executed from the runner's binary. It receives requests on its
+//! socket (fd 3: a config path and the job's stdin, stdout, stderr and control fds),
+//! clones each sandbox's init into new namespaces inside the slot's cgroup, writes the id
+//! maps, waits (a `K` on the socket kills the sandbox), and reports on the control fd.
+//! It dies with the runner (parent-death signal, or its socket closing).
 
 use super::cgroup::{self, Cgroup};
 use super::proto::{self, LimitEvents, Msg};
@@ -7,8 +11,11 @@ use super::{SandboxConfig, CONTROL_FD, SANDBOX_UID};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{self, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use std::io::IoSliceMut;
+use std::os::fd::RawFd;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,15 +23,14 @@ use std::time::{Duration, Instant};
 /// Host uid/gid the program runs as when the runner is root.
 pub const UNPRIVILEGED_HOST_ID: u32 = 65534;
 
-fn error(message: impl Into<String>, hint: Option<String>) -> i32 {
+fn error(ctl: RawFd, message: impl Into<String>, hint: Option<String>) {
     proto::send(
-        CONTROL_FD,
+        ctl,
         &Msg::Error {
             message: message.into(),
             hint,
         },
     );
-    1
 }
 
 /// Hint for a failed user-namespace clone.
@@ -50,37 +56,16 @@ pub fn userns_hint() -> String {
     hint
 }
 
-pub fn main(config: Option<PathBuf>) -> i32 {
-    let t0 = Instant::now();
-    let mut phases: Vec<(String, u64)> = Vec::new();
-    macro_rules! mark {
-        ($name:expr) => {
-            phases.push(($name.to_string(), t0.elapsed().as_micros() as u64))
-        };
-    }
+/// The server's main loop. Returns the process exit code.
+pub fn main() -> i32 {
     // Die with the runner, and refuse to run orphaned.
     let parent = nix::unistd::getppid();
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if nix::unistd::getppid() != parent {
         return 1;
     }
-    let Some(config) = config else {
-        return error("usage: __sandbox CONFIG", None);
-    };
-    let mut cfg: SandboxConfig = match std::fs::read(&config)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return error(
-                format!("cannot read sandbox config {}: {e}", config.display()),
-                None,
-            )
-        }
-    };
-
-    // Signals arrive on a signalfd; the init inherits the mask and sets its own up.
+    // SAFETY: fd 3 is the socket the runner gave us.
+    let sock = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
     let mut mask = SigSet::empty();
     for s in [
         Signal::SIGCHLD,
@@ -90,26 +75,118 @@ pub fn main(config: Option<PathBuf>) -> i32 {
     ] {
         mask.add(s);
     }
-    if let Err(e) = mask.thread_block() {
-        return error(format!("sigprocmask: {e}"), None);
+    if mask.thread_block().is_err() {
+        return 1;
     }
-    let sfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
-        Ok(s) => s,
-        Err(e) => return error(format!("signalfd: {e}"), None),
+    let Ok(sfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    else {
+        return 1;
     };
-
-    // Limits: a cgroup when we can have one, rlimits otherwise.
-    let cg = cgroup::detect().ok().and_then(|mode| {
-        Cgroup::create(
-            &mode,
-            &cfg.id,
-            cfg.limits.memory,
-            cfg.limits.pids,
-            cfg.limits.cpus,
-        )
+    // The slot's cgroup: created and joined once; every sandbox is forked inside it.
+    let slot_name = format!(
+        "{}-slot-{}",
+        std::env::args().nth(2).unwrap_or_else(|| "ls-0-0".into()),
+        std::process::id()
+    );
+    let cg = cgroup::detect()
         .ok()
+        .and_then(|mode| Cgroup::create(&mode, &slot_name).ok())
+        .filter(|cg| {
+            let ok = cg.add(std::process::id() as i32).is_ok();
+            if !ok {
+                cg.destroy();
+            }
+            ok
+        });
+    let mut code = 0;
+    loop {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let (n, fds) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            match recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => {
+                    let mut fds = Vec::new();
+                    if let Ok(cmsgs) = m.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmRights(f) = c {
+                                fds.extend(f);
+                            }
+                        }
+                    }
+                    (m.bytes, fds)
+                }
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => break,
+            }
+        };
+        // SAFETY: the fds arrived with the message and are ours now.
+        let fds: Vec<OwnedFd> = fds
+            .into_iter()
+            .map(|f| unsafe { OwnedFd::from_raw_fd(f) })
+            .collect();
+        if n == 0 {
+            break;
+        }
+        if fds.len() != 4 {
+            continue;
+        }
+        let config = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
+        let stop = serve_one(&config, &fds, cg.as_ref(), &sock, &sfd);
+        drop(fds);
+        if stop {
+            code = 1;
+            break;
+        }
+    }
+    if let Some(cg) = &cg {
+        cg.leave_and_destroy();
+    }
+    code
+}
+
+/// Runs one sandbox. Returns true when the server must stop (runner gone).
+fn serve_one(
+    config: &std::path::Path,
+    fds: &[OwnedFd],
+    cg: Option<&Cgroup>,
+    sock: &OwnedFd,
+    sfd: &SignalFd,
+) -> bool {
+    let t0 = Instant::now();
+    let ctl = fds[3].as_raw_fd();
+    let mut phases: Vec<(String, u64)> = Vec::new();
+    macro_rules! mark {
+        ($name:expr) => {
+            phases.push(($name.to_string(), t0.elapsed().as_micros() as u64))
+        };
+    }
+    let mut cfg: SandboxConfig = match std::fs::read(config)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            error(
+                ctl,
+                format!("cannot read sandbox config {}: {e}", config.display()),
+                None,
+            );
+            return false;
+        }
+    };
+    // Limits: the slot's cgroup when there is one (the server itself is one of its pids),
+    // rlimits otherwise.
+    let before = cg.map(|c| c.counters()).unwrap_or_default();
+    let cg = cg.filter(|c| {
+        c.set_limits(cfg.limits.memory, cfg.limits.pids + 1, cfg.limits.cpus)
+            .is_ok()
     });
-    mark!("cgroup");
     if cg.is_some() {
         cfg.limits.address_space_fallback = false;
     }
@@ -118,14 +195,16 @@ pub fn main(config: Option<PathBuf>) -> i32 {
     } else {
         None
     };
-
+    mark!("limits");
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
     let (sync_r, sync_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return error(format!("pipe: {e}"), None),
+        Err(e) => {
+            error(ctl, format!("pipe: {e}"), None);
+            return false;
+        }
     };
-
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -135,90 +214,115 @@ pub fn main(config: Option<PathBuf>) -> i32 {
     if !cfg.network {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    let started = Instant::now();
     let mut stack = vec![0u8; 256 * 1024];
-    let sfd_raw = sfd.as_fd().as_raw_fd();
-    let sync_r_raw = sync_r.as_raw_fd();
-    let sync_w_raw = sync_w.as_raw_fd();
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let (sfd_raw, sock_raw, sync_r_raw, sync_w_raw) = (
+        sfd.as_fd().as_raw_fd(),
+        sock.as_raw_fd(),
+        sync_r.as_raw_fd(),
+        sync_w.as_raw_fd(),
+    );
     let child_cfg = cfg.clone();
     let cb = Box::new(move || -> isize {
-        // SAFETY: in the child (a copy of this single-threaded process); these fds are ours.
-        // The init dies with the helper (and so every process of the sandbox with it).
+        // SAFETY: in the child (a copy of this single-threaded process): put the job's fds
+        // in place as 0-3 (fd 3 was the server's socket: replaced), close the rest.
+        // The init dies with the server (and so every process of the sandbox with it).
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             libc::close(sfd_raw);
             libc::close(sync_w_raw);
+            for (i, fd) in raw.iter().enumerate() {
+                libc::dup2(*fd, i as i32);
+            }
+            for fd in &raw {
+                if *fd > 3 {
+                    libc::close(*fd);
+                }
+            }
+            if sock_raw > 3 {
+                libc::close(sock_raw);
+            }
         }
         let sync = unsafe { OwnedFd::from_raw_fd(sync_r_raw) };
         super::init::run(&child_cfg, sync, rlimit_nproc)
     });
-    // SAFETY: this process is single-threaded; the callback only uses async-signal-safe
-    // operations until it has become the sandbox's own init.
+    // SAFETY: this process is single-threaded.
     let child = match unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) } {
         Ok(pid) => pid,
         Err(e) => {
-            if let Some(cg) = &cg {
-                cg.destroy();
-            }
             let hint = matches!(
                 e,
                 nix::Error::EPERM | nix::Error::ENOSPC | nix::Error::EACCES | nix::Error::EINVAL
             )
             .then(userns_hint);
-            return error(
+            error(
+                ctl,
                 format!("cannot create the sandbox's namespaces: clone: {e}"),
                 hint,
             );
+            return false;
         }
     };
     drop(sync_r);
     mark!("clone");
-
-    let setup = (|| -> Result<(), String> {
-        write_id_maps(child, euid, egid)?;
-        phases.push(("idmaps".into(), t0.elapsed().as_micros() as u64));
-        if let Some(cg) = &cg {
-            cg.add(child.as_raw())
-                .map_err(|e| format!("cannot move the sandbox into its cgroup: {e}"))?;
-        }
-        nix::unistd::write(&sync_w, b"1").map_err(|e| format!("sync: {e}"))?;
-        Ok(())
-    })();
+    let setup = write_id_maps(child, euid, egid).and_then(|_| {
+        nix::unistd::write(&sync_w, b"1")
+            .map(|_| ())
+            .map_err(|e| format!("sync: {e}"))
+    });
     drop(sync_w);
     mark!("maps");
     if let Err(e) = setup {
         let _ = signal::kill(child, Signal::SIGKILL);
         let _ = waitpid(child, None);
-        if let Some(cg) = &cg {
-            cg.destroy();
-        }
-        return error(e, Some(userns_hint()));
+        error(ctl, e, Some(userns_hint()));
+        return false;
     }
 
     // Wait for the init; a backstop beyond the steps' own timeouts.
     let total: u64 = cfg.steps.iter().map(|s| s.timeout_ms).sum();
     let backstop = Duration::from_millis(total + 15_000);
     let mut killed_for = None;
+    let mut stop_server = false;
     loop {
-        let left = backstop.saturating_sub(started.elapsed());
-        if left.is_zero() {
+        let left = backstop.saturating_sub(t0.elapsed());
+        if left.is_zero() && killed_for.is_none() {
             let _ = signal::kill(child, Signal::SIGKILL);
-            killed_for.get_or_insert("the sandbox did not finish in time and was killed");
+            killed_for = Some("the sandbox did not finish in time and was killed");
         }
-        let mut fds = [nix::poll::PollFd::new(
-            sfd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let ms = left
-            .as_millis()
-            .min(60_000)
-            .max(if left.is_zero() { 100 } else { 0 }) as u16;
-        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+        let ms = if left.is_zero() {
+            100
+        } else {
+            left.as_millis().min(60_000) as u16
+        };
+        let mut pfds = [
+            nix::poll::PollFd::new(sfd.as_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::POLLIN),
+        ];
+        let _ = nix::poll::poll(&mut pfds, nix::poll::PollTimeout::from(ms));
+        let sock_ready = pfds[1].revents().is_some_and(|r| !r.is_empty());
         while let Ok(Some(si)) = sfd.read_signal() {
             let sig = si.ssi_signo as i32;
             if sig == libc::SIGTERM || sig == libc::SIGINT || sig == libc::SIGHUP {
                 let _ = signal::kill(child, Signal::SIGKILL);
                 killed_for.get_or_insert("the sandbox was stopped by the runner");
+                stop_server = true;
+            }
+        }
+        if sock_ready {
+            let mut b = [0u8; 16];
+            match nix::sys::socket::recv(sock.as_raw_fd(), &mut b, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) | Err(nix::Error::ECONNRESET) => {
+                    // The runner is gone.
+                    let _ = signal::kill(child, Signal::SIGKILL);
+                    killed_for.get_or_insert("the sandbox was stopped by the runner");
+                    stop_server = true;
+                }
+                Ok(_) => {
+                    let _ = signal::kill(child, Signal::SIGKILL);
+                    killed_for.get_or_insert("the sandbox was stopped by the runner");
+                }
+                Err(_) => {}
             }
         }
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
@@ -226,30 +330,31 @@ pub fn main(config: Option<PathBuf>) -> i32 {
             Ok(_) | Err(_) => break,
         }
     }
+    mark!("init-exited");
     let mut limits = LimitEvents {
         enforcement: "rlimits".into(),
         ..Default::default()
     };
-    if let Some(cg) = &cg {
+    if let Some(cg) = cg {
+        let after = cg.counters();
         limits.enforcement = cg.mode.short().into();
-        limits.oom_killed = cg.oom_killed();
-        limits.pids_limit_hit = cg.pids_limit_hit();
+        limits.oom_killed = after.oom_kills > before.oom_kills;
+        limits.pids_limit_hit = after.pids_max > before.pids_max;
         limits.memory_peak = cg.memory_peak();
-        cg.destroy();
     }
-    mark!("cgroup-removed");
-    proto::send(CONTROL_FD, &Msg::Limits(limits));
-    proto::send(CONTROL_FD, &Msg::Timing { phases });
+    proto::send(ctl, &Msg::Limits(limits));
     if let Some(why) = killed_for {
         proto::send(
-            CONTROL_FD,
+            ctl,
             &Msg::Error {
                 message: why.into(),
                 hint: None,
             },
         );
     }
-    0
+    mark!("done");
+    proto::send(ctl, &Msg::Timing { phases });
+    stop_server
 }
 
 fn write_id_maps(child: Pid, euid: u32, egid: u32) -> Result<(), String> {

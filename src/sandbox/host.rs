@@ -3,7 +3,7 @@
 
 use super::proto::{self, Msg};
 use super::{SandboxConfig, CONTROL_FD, HELPER_SUBCOMMAND};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -109,6 +109,89 @@ pub async fn run(
     .await
 }
 
+/// A sandbox server (see [`super::helper`]): one per concurrency slot, reused job after
+/// job, so a job pays neither an exec of the helper nor a cgroup move.
+struct Server {
+    child: tokio::process::Child,
+    sock: OwnedFd,
+}
+
+/// Idle servers of this process.
+static POOL: std::sync::Mutex<Vec<Server>> = std::sync::Mutex::new(Vec::new());
+
+fn spawn_server() -> std::io::Result<Server> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let theirs_raw = theirs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(helper_path());
+    cmd.arg(HELPER_SUBCOMMAND)
+        .arg(crate::run::owner::prefix())
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if theirs_raw == CONTROL_FD {
+                let flags = libc::fcntl(CONTROL_FD, libc::F_GETFD);
+                libc::fcntl(CONTROL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(theirs_raw, CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(theirs);
+    Ok(Server { child, sock: ours })
+}
+
+fn take_server() -> std::io::Result<Server> {
+    loop {
+        let s = POOL.lock().map(|mut p| p.pop()).unwrap_or(None);
+        match s {
+            Some(mut s) => {
+                if matches!(s.child.try_wait(), Ok(None)) {
+                    return Ok(s);
+                }
+            }
+            None => return spawn_server(),
+        }
+    }
+}
+
+fn give_back(mut s: Server) {
+    if matches!(s.child.try_wait(), Ok(None)) {
+        if let Ok(mut p) = POOL.lock() {
+            p.push(s);
+        }
+    }
+}
+
+/// Stops every idle sandbox server of this process (they also stop by themselves when
+/// this process exits).
+pub fn shutdown_servers() {
+    if let Ok(mut p) = POOL.lock() {
+        p.clear();
+    }
+}
+
+fn send_request(s: &Server, cfg_path: &Path, fds: [RawFd; 4]) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let path = cfg_path.as_os_str().as_encoded_bytes();
+    let iov = [std::io::IoSlice::new(path)];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(s.sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
 /// Runs one sandbox with the given stdio.
 pub async fn run_with(
     cfg: &SandboxConfig,
@@ -116,103 +199,134 @@ pub async fn run_with(
     io: Io,
     cancel: &CancellationToken,
 ) -> std::io::Result<Outcome> {
-    let (stdin, output_cap, inherit) = match io {
-        Io::Capture { stdin, cap } => (stdin, cap, false),
-        Io::Inherit => (None, u64::MAX, true),
-    };
+    use tokio::net::unix::pipe;
     let started = Instant::now();
-    let (ctl_r, ctl_w): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let ctl_w_raw = ctl_w.as_raw_fd();
-    let mut cmd = tokio::process::Command::new(helper_path());
-    cmd.arg(HELPER_SUBCOMMAND)
-        .arg(cfg_path)
-        .env_clear()
-        .stdin(if inherit {
-            Stdio::inherit()
-        } else if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(if inherit {
-            Stdio::inherit()
-        } else {
-            Stdio::piped()
-        })
-        .stderr(if inherit {
-            Stdio::inherit()
-        } else {
-            Stdio::piped()
-        })
-        .kill_on_drop(true);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if ctl_w_raw == CONTROL_FD {
-                let flags = libc::fcntl(CONTROL_FD, libc::F_GETFD);
-                libc::fcntl(CONTROL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(ctl_w_raw, CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+    let (ctl_r, ctl_w) = nix::unistd::pipe2(cloexec)?;
+    // (stdin for the sandbox, its stdout, its stderr, our stdout reader, our stderr reader,
+    //  our stdin writer with its data, the output cap)
+    type Fds = (
+        OwnedFd,
+        OwnedFd,
+        OwnedFd,
+        Option<OwnedFd>,
+        Option<OwnedFd>,
+        Option<(OwnedFd, Vec<u8>)>,
+        u64,
+    );
+    let (stdin_fd, stdout_fd, stderr_fd, out_r, err_r, stdin_writer, output_cap): Fds = match io {
+        Io::Capture { stdin, cap } => {
+            let (or, ow) = nix::unistd::pipe2(cloexec)?;
+            let (er, ew) = nix::unistd::pipe2(cloexec)?;
+            match stdin {
+                Some(data) => {
+                    let (sr, sw) = nix::unistd::pipe2(cloexec)?;
+                    (sr, ow, ew, Some(or), Some(er), Some((sw, data)), cap)
+                }
+                None => (
+                    std::fs::File::open("/dev/null")?.into(),
+                    ow,
+                    ew,
+                    Some(or),
+                    Some(er),
+                    None,
+                    cap,
+                ),
             }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    drop(ctl_w);
-    let pid = child.id().map(|p| p as i32);
+        }
+        Io::Inherit => {
+            let dup = |fd: i32| -> std::io::Result<OwnedFd> {
+                // SAFETY: duplicating our own standard fds.
+                let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: a new fd nothing else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(n) })
+            };
+            (dup(0)?, dup(1)?, dup(2)?, None, None, None, u64::MAX)
+        }
+    };
 
-    let stdin_task = match (child.stdin.take(), stdin) {
-        (Some(mut w), Some(data)) => Some(tokio::spawn(async move {
-            let _ = w.write_all(&data).await;
-            let _ = w.shutdown().await;
-        })),
-        _ => None,
+    let mut server = take_server()?;
+    let fds = [
+        stdin_fd.as_raw_fd(),
+        stdout_fd.as_raw_fd(),
+        stderr_fd.as_raw_fd(),
+        ctl_w.as_raw_fd(),
+    ];
+    if let Err(e) = send_request(&server, cfg_path, fds) {
+        // A server that cannot take requests is replaced once.
+        drop(server);
+        server = spawn_server()?;
+        send_request(&server, cfg_path, fds).map_err(|_| e)?;
+    }
+    // The sandbox holds its own copies now.
+    drop((stdin_fd, stdout_fd, stderr_fd, ctl_w));
+
+    let stdin_task = match stdin_writer {
+        Some((w, data)) => {
+            let mut w = pipe::Sender::from_owned_fd(w)?;
+            Some(tokio::spawn(async move {
+                let _ = w.write_all(&data).await;
+            }))
+        }
+        None => None,
     };
     let (over_tx, mut over_rx) = tokio::sync::mpsc::channel::<()>(2);
-    let out_task = child
-        .stdout
-        .take()
-        .map(|o| tokio::spawn(read_capped(o, output_cap, over_tx.clone())));
-    let err_task = child
-        .stderr
-        .take()
-        .map(|e| tokio::spawn(read_capped(e, output_cap, over_tx)));
-    let ctl = tokio::net::unix::pipe::Receiver::from_owned_fd(ctl_r)?;
-    let ctl_task = tokio::spawn(async move {
-        let mut v = Vec::new();
-        let mut ctl = ctl;
-        let _ = ctl.read_to_end(&mut v).await;
-        v
-    });
-
+    let out_task = match out_r {
+        Some(fd) => Some(tokio::spawn(read_capped(
+            pipe::Receiver::from_owned_fd(fd)?,
+            output_cap,
+            over_tx.clone(),
+        ))),
+        None => None,
+    };
+    let err_task = match err_r {
+        Some(fd) => Some(tokio::spawn(read_capped(
+            pipe::Receiver::from_owned_fd(fd)?,
+            output_cap,
+            over_tx,
+        ))),
+        None => None,
+    };
+    let mut ctl = pipe::Receiver::from_owned_fd(ctl_r)?;
     let total: u64 = cfg.steps.iter().map(|s| s.timeout_ms).sum();
     let backstop = tokio::time::sleep(Duration::from_millis(total + 30_000));
     tokio::pin!(backstop);
-    let term = |pid: Option<i32>| {
-        if let Some(p) = pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+    let kill = |s: &Server| {
+        let _ = nix::sys::socket::send(
+            s.sock.as_raw_fd(),
+            b"K",
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        );
     };
     let mut outcome = Outcome::default();
-    let status = loop {
+    let mut ctl_bytes = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut healthy = true;
+    loop {
         tokio::select! {
-            st = child.wait() => break st.ok(),
+            r = ctl.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => ctl_bytes.extend_from_slice(&buf[..n]),
+            },
             Some(()) = over_rx.recv(), if !outcome.output_limit_hit => {
                 outcome.output_limit_hit = true;
-                term(pid);
+                kill(&server);
             }
             _ = cancel.cancelled(), if !outcome.cancelled => {
                 outcome.cancelled = true;
-                term(pid);
+                kill(&server);
             }
             _ = &mut backstop => {
-                let _ = child.start_kill();
+                // The server itself is stuck: stop it (its sandbox dies with it).
+                let _ = server.child.start_kill();
+                healthy = false;
+                break;
             }
         }
-    };
+    }
     if let Some(t) = stdin_task {
         t.abort();
     }
@@ -224,14 +338,20 @@ pub async fn run_with(
         Some(t) => t.await.unwrap_or_default(),
         None => Default::default(),
     };
-    let ctl = ctl_task.await.unwrap_or_default();
-    outcome.msgs = proto::parse_all(&ctl);
+    outcome.msgs = proto::parse_all(&ctl_bytes);
+    if !outcome.msgs.iter().any(|m| matches!(m, Msg::Timing { .. })) {
+        // The server died mid-job.
+        healthy = false;
+        outcome.helper_status = server.child.try_wait().ok().flatten();
+    }
     outcome.stdout = stdout;
     outcome.stderr = stderr;
     outcome.stdout_truncated = so_t;
     outcome.stderr_truncated = se_t;
     outcome.wall = started.elapsed();
-    outcome.helper_status = status;
     outcome.out_dir = Some(cfg.out_dir.clone());
+    if healthy {
+        give_back(server);
+    }
     Ok(outcome)
 }

@@ -59,6 +59,63 @@ struct State {
     rlimit_nproc: Option<u64>,
 }
 
+/// Read-only binds are made read-only all at once with `mount_setattr(AT_RECURSIVE)`
+/// (Linux 5.12+) instead of one statvfs + remount each: set when the kernel has it.
+static DEFER_RO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+fn mount_setattr_ro(path: &Path) -> std::io::Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let p = cstr(path);
+    // SAFETY: a valid path and attribute struct of the size we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn have_mount_setattr() -> bool {
+    // An invalid fd: EBADF when the syscall exists, ENOSYS when it does not.
+    // SAFETY: no pointer is dereferenced with a NULL attr and size 0.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            0,
+            std::ptr::null::<MountAttr>(),
+            0usize,
+        )
+    };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
 fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
@@ -117,7 +174,7 @@ fn bind_ro(src: &Path, dest: &Path, writable: bool) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(err(format!("bind {}", src.display())))?;
-    if writable {
+    if writable || DEFER_RO.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
     // A remount inside a user namespace must keep the flags the source mount has locked.
@@ -195,6 +252,13 @@ fn etc_allowed(name: &str) -> bool {
 }
 
 fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String> {
+    let t0 = Instant::now();
+    let mut ph: Vec<(String, u64)> = vec![];
+    macro_rules! m {
+        ($n:expr) => {
+            ph.push(($n.to_string(), t0.elapsed().as_micros() as u64))
+        };
+    }
     nix::unistd::setsid().map_err(err("setsid"))?;
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -211,6 +275,7 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
     )
     .map_err(err("make / private"))?;
     let root = cfg.root_mount.as_path();
+    DEFER_RO.store(have_mount_setattr(), std::sync::atomic::Ordering::Relaxed);
     match &cfg.rootfs {
         Some(rootfs) => {
             bind_ro(rootfs, root, false)?;
@@ -224,11 +289,24 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
             build_etc(root, cfg)?;
         }
     }
-    for b in &cfg.binds {
+    m!("base-root");
+    for b in cfg.binds.iter().filter(|b| !b.writable) {
         if b.src.exists() {
-            replicate(root, &b.src, &b.dest, b.writable)?;
+            replicate(root, &b.src, &b.dest, false)?;
         }
     }
+    for d in ["sandbox", "tmp", "dev", "proc"] {
+        std::fs::create_dir_all(root.join(d)).map_err(err(format!("mkdir /{d}")))?;
+    }
+    if DEFER_RO.load(std::sync::atomic::Ordering::Relaxed) {
+        mount_setattr_ro(root).map_err(err("make the root read-only"))?;
+    }
+    for b in cfg.binds.iter().filter(|b| b.writable) {
+        if b.src.exists() {
+            replicate(root, &b.src, &b.dest, true)?;
+        }
+    }
+    m!("binds");
     let disk = cfg.limits.disk;
     let inodes = (disk / 4096).clamp(1024, 1 << 20);
     let sandbox = root.join("sandbox");
@@ -250,7 +328,9 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
         &format!("size={disk},nr_inodes={inodes},mode=1777"),
         MsFlags::empty(),
     )?;
+    m!("tmpfs");
     build_dev(root, disk, inodes)?;
+    m!("dev");
     let proc_dir = root.join("proc");
     std::fs::create_dir_all(&proc_dir).map_err(err("mkdir /proc"))?;
     mount(
@@ -262,6 +342,7 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
     )
     .map_err(err("mount /proc"))?;
 
+    m!("proc");
     if let Some(inputs) = &cfg.inputs_dir {
         copy_tree(inputs, &sandbox).map_err(err("copy input files into /sandbox"))?;
     }
@@ -274,11 +355,12 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
     // SAFETY: `open` returned a new fd that nothing else owns.
     let out_dir = unsafe { OwnedFd::from_raw_fd(out_dir) };
 
+    m!("inputs");
     nix::unistd::chdir(root).map_err(err("chdir new root"))?;
     nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(err("detach the host's root"))?;
     nix::unistd::chdir("/").map_err(err("chdir /"))?;
-    if cfg.rootfs.is_none() {
+    if cfg.rootfs.is_none() && !DEFER_RO.load(std::sync::atomic::Ordering::Relaxed) {
         mount(
             None::<&str>,
             "/",
@@ -292,11 +374,15 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
         )
         .map_err(err("remount / read-only"))?;
     }
+    m!("pivot");
     let _ = nix::unistd::sethostname("sandbox");
     if !cfg.network {
         loopback_up();
     }
+    m!("net");
     let filters = seccomp::programs()?;
+    m!("seccomp");
+    proto::send(CONTROL_FD, &Msg::Timing { phases: ph });
     Ok(State {
         out_dir,
         sfd,
@@ -374,6 +460,19 @@ fn build_dev(root: &Path, disk: u64, inodes: u64) -> Result<(), String> {
     ] {
         symlink(target, dev.join(name)).map_err(err(format!("symlink /dev/{name}")))?;
     }
+    std::fs::create_dir_all(dev.join("shm")).map_err(err("mkdir /dev/shm"))?;
+    mount(
+        None::<&str>,
+        &dev,
+        None::<&str>,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(err("remount /dev read-only"))?;
     tmpfs(
         &dev.join("shm"),
         &format!("size={disk},nr_inodes={inodes},mode=1777"),

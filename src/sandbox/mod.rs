@@ -115,7 +115,7 @@ pub fn maybe_run_helper() {
     let mut args = std::env::args_os();
     let _exe = args.next();
     if args.next().as_deref() == Some(std::ffi::OsStr::new(HELPER_SUBCOMMAND)) {
-        let code = helper::main(args.next().map(PathBuf::from));
+        let code = helper::main();
         std::process::exit(code);
     }
 }
