@@ -403,7 +403,16 @@ fn build_etc(root: &Path, cfg: &SandboxConfig) -> Result<(), String> {
                 continue;
             }
             let host = Path::new("/etc").join(&name);
-            replicate(root, &host, &host, false)?;
+            // Small regular files are copied (cheaper than a bind mount each); the root is
+            // made read-only afterwards all the same.
+            match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.is_file() && m.len() <= 256 * 1024 => {
+                    let target = etc.join(&name);
+                    std::fs::copy(&host, &target)
+                        .map_err(err(format!("copy {}", host.display())))?;
+                }
+                _ => replicate(root, &host, &host, false)?,
+            }
         }
     }
     if cfg.network {
