@@ -136,8 +136,10 @@ jobs:
   - name: disk-fill
     lang: bash
     code: |
-      dd if=/dev/zero of=/sandbox/big bs=1M count=100 2>/dev/null; echo "rc=$?"
-      dd if=/dev/zero of=/tmp/big bs=1M count=100 2>/dev/null; echo "tmp rc=$?"
+      dd if=/dev/zero of=/sandbox/big bs=1M count=100 2>/dev/null; echo "rc=$? size=$(stat -c %s /sandbox/big)"
+      rm -f /sandbox/big
+      dd if=/dev/zero of=/tmp/big bs=1M count=100 2>/dev/null; echo "tmp rc=$? size=$(stat -c %s /tmp/big)"
+      echo x > /dev/null && echo devnull-ok
   - name: inode-fill
     lang: python
     code: |
@@ -281,9 +283,27 @@ fn adversarial_suite() {
         }
         let j = get("disk-fill");
         assert_eq!(status(j), "passed", "{j}");
+        let out = j["stdout"].as_str().unwrap();
         assert!(
-            !text(j).contains("rc=0") && !text(j).contains("tmp rc=0"),
-            "{backend}: the disk limit did not hold: {j}"
+            out.contains("devnull-ok"),
+            "{backend}: /dev/null is not writable: {j}"
+        );
+        let sizes: Vec<u64> = out
+            .lines()
+            .filter_map(|l| l.split("size=").nth(1))
+            .map(|n| n.trim().parse().unwrap())
+            .collect();
+        assert_eq!(sizes.len(), 2, "{backend}: {out}");
+        for size in sizes {
+            // dd ran (wrote something) and stopped at the 16MiB disk limit.
+            assert!(
+                size > 1 << 20 && size <= 16 << 20,
+                "{backend}: the disk limit did not hold: {out}"
+            );
+        }
+        assert!(
+            !out.contains("rc=0"),
+            "{backend}: dd did not fail at the limit: {out}"
         );
         let j = get("inode-fill");
         assert!(

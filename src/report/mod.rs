@@ -31,6 +31,15 @@ pub fn write_dest(dest: &str, contents: &[u8]) -> std::io::Result<()> {
         return lock.flush();
     }
     let path = Path::new(dest);
+    // Something that exists and is not a regular file (/dev/null, /dev/stdout, a FIFO) is
+    // written to in place: replacing it by rename would destroy it.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+            f.write_all(contents)?;
+            return f.flush();
+        }
+    }
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -103,6 +112,25 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn write_dest_never_replaces_a_special_file() {
+        // A FIFO stands in for /dev/null: it must still be a FIFO afterwards.
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(&fifo).unwrap())
+        };
+        super::write_dest(fifo.to_str().unwrap(), b"report").unwrap();
+        assert_eq!(reader.join().unwrap(), b"report");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
+
     #[test]
     fn write_dest_creates_parents_atomically() {
         let d = tempfile::tempdir().unwrap();

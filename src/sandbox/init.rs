@@ -654,6 +654,13 @@ fn exec_child(
         .map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default())
         .collect();
     let program = resolve(&step.argv[0], &cfg.path);
+    if let Err(e) = super::landlock::restrict(&["/sandbox", "/tmp", "/dev/shm"]) {
+        // SAFETY: as above.
+        unsafe {
+            libc::write(err_pipe, e.as_ptr() as *const _, e.len());
+            libc::_exit(127);
+        }
+    }
     if let Err(e) = seccomp::apply(&state.filters) {
         // SAFETY: as above.
         unsafe {

@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod helper;
 pub mod host;
 pub mod init;
+pub mod landlock;
 pub mod proto;
 pub mod seccomp;
 
