@@ -545,3 +545,56 @@ fn sigkill_of_the_runner_leaves_nothing_running() {
         );
     }
 }
+
+/// The native sandbox as an ordinary user (no cgroups: rlimits enforce the limits).
+#[test]
+fn native_works_for_an_ordinary_user() {
+    if !nix::unistd::geteuid().is_root()
+        || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        eprintln!("SKIPPED native_works_for_an_ordinary_user: needs root (to become another user) and setpriv");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let f = dir.path().join("user.yaml");
+    std::fs::write(
+        &f,
+        r#"
+jobs:
+  - name: who
+    lang: bash
+    code: |
+      id -u; cat /etc/shadow 2>/dev/null || echo no-shadow
+    expect: { stdout: "1000\nno-shadow" }
+  - name: memory
+    lang: python
+    limits: { memory: 128MiB }
+    code: |
+      x = bytearray(1 << 30)
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin())
+        .args(["run", "--no-progress", "--json", "-"])
+        .arg(&f)
+        .env("TMPDIR", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let jobs = report["jobs"].as_array().unwrap();
+    let who = jobs.iter().find(|j| j["name"] == "who").unwrap();
+    assert_eq!(who["status"], "passed", "{who}");
+    let mem = jobs.iter().find(|j| j["name"] == "memory").unwrap();
+    assert_eq!(mem["status"], "failed", "{mem}");
+    assert!(
+        mem["message"].as_str().unwrap_or("").contains("memory"),
+        "{mem}"
+    );
+}

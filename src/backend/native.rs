@@ -465,6 +465,11 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
             "memory limit exceeded ({}): the program was killed",
             format_size(job.limits.memory)
         ));
+    } else if last.exit_code != Some(0) && ran_out_of_memory(&r.stderr) {
+        notes.push(format!(
+            "the program ran out of memory (memory limit {})",
+            format_size(job.limits.memory)
+        ));
     }
     if limits.pids_limit_hit {
         notes.push(format!(
@@ -502,6 +507,24 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
         r.message = Some(notes.join("; "));
     }
     r
+}
+
+/// The runtimes' own out-of-memory reports (the limit was hit inside the runtime, before
+/// the kernel had to kill anything: the JVM's -Xmx, an address-space rlimit).
+fn ran_out_of_memory(stderr: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        "java.lang.OutOfMemoryError",
+        "MemoryError",
+        "std::bad_alloc",
+        "fatal error: runtime: out of memory",
+        "JavaScript heap out of memory",
+        "failed to allocate memory",
+        "memory allocation of",
+        "Cannot allocate memory",
+        "cannot allocate vector of size",
+        "NoMemoryError",
+    ];
+    SIGNS.iter().any(|s| stderr.contains(s))
 }
 
 fn describe_exit(s: &StepResult) -> String {
