@@ -29,6 +29,229 @@ pub const BASE_PATH: &[&str] = &[
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Where a job's `libraries` appear inside the sandbox (read-only).
+pub const LIBS_DIR: &str = "/.llm-sandbox/libs";
+const LIBS_PREFIX: &str = "native-libs-";
+
+/// Variables of the host's package-manager configuration that the prepare step sees
+/// (index, certificates, proxies): read from the machine at run time, never the run step.
+fn package_env() -> Vec<(String, String)> {
+    const EXACT: &[&str] = &[
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    ];
+    std::env::vars()
+        .filter(|(k, _)| {
+            EXACT.contains(&k.as_str())
+                || ["PIP_", "npm_config_", "NPM_CONFIG_"]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+        })
+        .collect()
+}
+
+/// One install at a time per set of libraries (jobs of a run share it).
+static INSTALLS: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The prepare phase of the native backend: installs `libraries` with the language's package
+/// manager into a directory (network on, as the sandbox user), which later sandboxes see
+/// read-only at [`LIBS_DIR`]. Keyed by a hash of the language and the libraries; kept in
+/// `~/.cache/llm-sandbox` when `keep_template` is set, else removed with the run.
+async fn install_libraries(
+    job: &PlannedJob,
+    tc: &HostToolchain,
+    ctx: &RunCtx,
+) -> Result<PathBuf, Box<JobReport>> {
+    use sha2::Digest;
+    let fail = |m: String| Box::new(error_report(job, Phase::Prepare, m));
+    let (argv, env_var, env_val): (Vec<String>, &str, String) = match job.lang {
+        Lang::Python => (
+            [tc.programs[0].display().to_string(), "-m".into(), "pip".into(), "install".into(), "--no-cache-dir".into(), "--disable-pip-version-check".into(), "--no-warn-script-location".into(), "--target".into(), LIBS_DIR.into(), "--".into()]
+                .into_iter()
+                .chain(job.libraries.iter().cloned())
+                .collect(),
+            "PYTHONPATH",
+            LIBS_DIR.to_string(),
+        ),
+        Lang::Javascript | Lang::Typescript => {
+            let Some(npm) = lang::which("npm") else {
+                return Err(fail("`npm` was not found on this host (needed to install `libraries` for javascript): install npm (e.g. `apt-get install npm`)".into()));
+            };
+            (
+                [npm.display().to_string(), "install".into(), "--no-audit".into(), "--no-fund".into(), "--no-save".into(), "--prefix".into(), LIBS_DIR.into()]
+                    .into_iter()
+                    .chain(job.libraries.iter().cloned())
+                    .collect(),
+                "NODE_PATH",
+                format!("{LIBS_DIR}/node_modules"),
+            )
+        }
+        other => {
+            return Err(fail(format!(
+                "`libraries` on the native backend are installed for python (pip) and javascript/typescript (npm); for {other}, install them on the host or use a container backend"
+            )))
+        }
+    };
+    let mut h = sha2::Sha256::new();
+    h.update(job.lang.as_str());
+    for l in &job.libraries {
+        h.update([0]);
+        h.update(l);
+    }
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let base = if job.keep_template {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("llm-sandbox")
+    } else {
+        ctx.run_dir.clone()
+    };
+    let dir = base.join(format!("{LIBS_PREFIX}{key}"));
+    let lock = {
+        let mut all = INSTALLS
+            .lock()
+            .map_err(|_| fail("install lock poisoned".into()))?;
+        match all.iter().find(|(d, _)| *d == dir) {
+            Some((_, l)) => l.clone(),
+            None => {
+                let l = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                all.push((dir.clone(), l.clone()));
+                l
+            }
+        }
+    };
+    let _guard = lock.lock().await;
+    let done = dir.join(".llm-sandbox-complete");
+    if done.exists() {
+        return Ok(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    if nix::unistd::geteuid().is_root() {
+        let id = crate::sandbox::helper::UNPRIVILEGED_HOST_ID;
+        std::os::unix::fs::chown(&dir, Some(id), Some(id))
+            .map_err(|e| fail(format!("chown {}: {e}", dir.display())))?;
+    }
+    let id = sandbox_id();
+    let sdir = ctx.run_dir.join(&id);
+    let (root, out) = (sdir.join("root"), sdir.join("out"));
+    for d in [&root, &out] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| fail(format!("cannot create {}: {e}", d.display())))?;
+    }
+    let (mut env, path) = base_env(job.lang, tc, &[]);
+    env.extend(package_env());
+    env.push(("npm_config_cache".into(), "/tmp/.npm".into()));
+    let mut binds: Vec<Bind> = tc
+        .binds
+        .iter()
+        .map(|b| Bind {
+            src: b.clone(),
+            dest: b.clone(),
+            writable: false,
+        })
+        .collect();
+    binds.push(Bind {
+        src: dir.clone(),
+        dest: PathBuf::from(LIBS_DIR),
+        writable: true,
+    });
+    let cfg = SandboxConfig {
+        id: id.clone(),
+        root_mount: root,
+        inputs_dir: None,
+        out_dir: out,
+        persistent_workdir: None,
+        binds,
+        rootfs: None,
+        path,
+        env,
+        steps: vec![Step {
+            kind: StepKind::Setup,
+            argv,
+            timeout_ms: 600_000,
+            capture_cap: job.limits.output,
+            as_root: false,
+            limited: false,
+        }],
+        limits: SandboxLimits {
+            memory: job.limits.memory.max(1 << 30),
+            cpus: 2.0,
+            pids: 512,
+            disk: 1 << 30,
+            open_files: 4096,
+            address_space_fallback: false,
+        },
+        network: true,
+        collect_globs: vec![],
+        collect_paths: vec![],
+        collect_cap: 0,
+    };
+    let cfg_path = sdir.join("config.json");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap_or_default())
+        .map_err(|e| fail(format!("cannot write {}: {e}", cfg_path.display())))?;
+    let o = host::run(&cfg, &cfg_path, None, job.limits.output, &ctx.cancel).await;
+    let _ = std::fs::remove_dir_all(&sdir);
+    let o = o.map_err(|e| fail(format!("cannot start the sandbox for the libraries: {e}")))?;
+    let step = o.msgs.iter().find_map(|m| {
+        if let Msg::Step(s) = m {
+            Some(s.clone())
+        } else {
+            None
+        }
+    });
+    match step {
+        Some(s) if s.exit_code == Some(0) => {
+            std::fs::write(&done, env_var.to_string() + "=" + &env_val)
+                .map_err(|e| fail(e.to_string()))?;
+            Ok(dir)
+        }
+        Some(s) => {
+            let mut r = error_report(
+                job,
+                Phase::Prepare,
+                format!(
+                    "installing the libraries {:?} failed ({})",
+                    job.libraries,
+                    describe_exit(&s)
+                ),
+            );
+            r.stderr = s.output;
+            Err(Box::new(r))
+        }
+        None => Err(fail(format!(
+            "installing the libraries {:?} failed: {}",
+            job.libraries,
+            o.msgs
+                .iter()
+                .find_map(|m| if let Msg::Error { message, .. } = m {
+                    Some(message.clone())
+                } else {
+                    None
+                })
+                .unwrap_or_default()
+        ))),
+    }
+}
+
 /// A unique, owner-labelled id for one sandbox.
 pub fn sandbox_id() -> String {
     format!(
@@ -74,7 +297,14 @@ fn native_binds(job: &PlannedJob, tc: &HostToolchain) -> Vec<Bind> {
         .iter()
         .map(|b| Bind {
             src: b.clone(),
-            dest: b.clone(),
+            dest: if b
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(LIBS_PREFIX))
+            {
+                PathBuf::from(LIBS_DIR)
+            } else {
+                b.clone()
+            },
             writable: false,
         })
         .collect();
@@ -119,12 +349,17 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         Ok(tc) => tc,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
-    if !job.libraries.is_empty() {
-        return error_report(
-            job,
-            Phase::Prepare,
-            "`libraries` are not supported on the native backend yet: install them on the host, or run the job on a container backend".into(),
-        );
+    let libs = if job.libraries.is_empty() {
+        None
+    } else {
+        match install_libraries(job, &tc, ctx).await {
+            Ok(dir) => Some(dir),
+            Err(report) => return *report,
+        }
+    };
+    let mut tc = tc;
+    if let Some(dir) = libs {
+        tc.binds.push(dir);
     }
     let id = sandbox_id();
     let dir = ctx.run_dir.join(&id);
@@ -199,7 +434,18 @@ pub fn prepare(
         as_root: false,
         limited: true,
     });
-    let (env, path) = base_env(job.lang, tc, &job.env);
+    let (mut env, path) = base_env(job.lang, tc, &job.env);
+    if let Some(dir) = tc.binds.iter().find(|b| {
+        b.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(LIBS_PREFIX))
+    }) {
+        if let Ok(line) = std::fs::read_to_string(dir.join(".llm-sandbox-complete")) {
+            if let Some((k, v)) = line.split_once('=') {
+                env.retain(|(ek, _)| ek != k);
+                env.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
     let rootfs = job
         .backends
         .native

@@ -290,13 +290,43 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
         }
     }
     m!("base-root");
+    for b in &cfg.binds {
+        // Below a system directory or /etc a mount point would have to be created inside
+        // a bind of the host's own directory, i.e. on the host: refuse (or skip, when the
+        // path is the host's own and so already visible).
+        if SYSTEM_DIRS
+            .iter()
+            .chain(["/etc"].iter())
+            .any(|d| b.dest.starts_with(d))
+        {
+            if b.src == b.dest && !b.writable {
+                continue;
+            }
+            return Err(format!(
+                "cannot bind {} at {}: destinations below {} are not allowed",
+                b.src.display(),
+                b.dest.display(),
+                SYSTEM_DIRS.join(", ")
+            ));
+        }
+    }
     for b in cfg.binds.iter().filter(|b| !b.writable) {
-        if b.src.exists() {
+        if b.src.exists()
+            && !SYSTEM_DIRS
+                .iter()
+                .chain(["/etc"].iter())
+                .any(|d| b.dest.starts_with(d))
+        {
             replicate(root, &b.src, &b.dest, false)?;
         }
     }
     for d in ["sandbox", "tmp", "dev", "proc"] {
         std::fs::create_dir_all(root.join(d)).map_err(err(format!("mkdir /{d}")))?;
+    }
+    // Mount points of the writable binds, while the root can still be written.
+    for b in cfg.binds.iter().filter(|b| b.writable && b.src.is_dir()) {
+        let target = root.join(b.dest.strip_prefix("/").unwrap_or(&b.dest));
+        std::fs::create_dir_all(&target).map_err(err(format!("mkdir {}", b.dest.display())))?;
     }
     if DEFER_RO.load(std::sync::atomic::Ordering::Relaxed) {
         mount_setattr_ro(root).map_err(err("make the root read-only"))?;
@@ -654,7 +684,15 @@ fn exec_child(
         .map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default())
         .collect();
     let program = resolve(&step.argv[0], &cfg.path);
-    if let Err(e) = super::landlock::restrict(&["/sandbox", "/tmp", "/dev/shm"]) {
+    let mut writable: Vec<String> = vec!["/sandbox".into(), "/tmp".into(), "/dev/shm".into()];
+    writable.extend(
+        cfg.binds
+            .iter()
+            .filter(|b| b.writable)
+            .map(|b| b.dest.display().to_string()),
+    );
+    let writable: Vec<&str> = writable.iter().map(String::as_str).collect();
+    if let Err(e) = super::landlock::restrict(&writable) {
         // SAFETY: as above.
         unsafe {
             libc::write(err_pipe, e.as_ptr() as *const _, e.len());
