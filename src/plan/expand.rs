@@ -76,7 +76,10 @@ pub fn resolve_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<SpecError>> 
             Ok(m) => m,
             Err(e) => {
                 errors.push(
-                    SpecError::msg(format!("{}: no such file or directory ({e})", p.display()))
+                    SpecError::msg(match e.kind() {
+                        std::io::ErrorKind::NotFound => format!("{}: no such file or directory", p.display()),
+                        _ => format!("{}: cannot read it: {e}", p.display()),
+                    })
                         .with_help("give job files (.toml, .yaml, .yml) or directories containing them; the default is ./jobs"),
                 );
                 continue;
