@@ -137,8 +137,12 @@ pub fn main() -> i32 {
             continue;
         }
         let config = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
-        let stop = serve_one(&config, &fds, cg.as_ref(), &sock, &sfd);
+        let (stop, reap) = serve_one(&config, &fds, cg.as_ref(), &sock, &sfd);
         drop(fds);
+        if let Some(pid) = reap {
+            // Its namespaces are torn down now, while the runner already has the result.
+            let _ = waitpid(pid, None);
+        }
         if stop {
             code = 1;
             break;
@@ -150,14 +154,15 @@ pub fn main() -> i32 {
     code
 }
 
-/// Runs one sandbox. Returns true when the server must stop (runner gone).
+/// Runs one sandbox. Returns whether the server must stop (runner gone), and the init to
+/// reap once the runner has its answer.
 fn serve_one(
     config: &std::path::Path,
     fds: &[OwnedFd],
     cg: Option<&Cgroup>,
     sock: &OwnedFd,
     sfd: &SignalFd,
-) -> bool {
+) -> (bool, Option<Pid>) {
     let t0 = Instant::now();
     let ctl = fds[3].as_raw_fd();
     let mut phases: Vec<(String, u64)> = Vec::new();
@@ -177,7 +182,7 @@ fn serve_one(
                 format!("cannot read sandbox config {}: {e}", config.display()),
                 None,
             );
-            return false;
+            return (false, None);
         }
     };
     // Limits: the slot's cgroup when there is one (the server itself is one of its pids),
@@ -198,11 +203,20 @@ fn serve_one(
     mark!("limits");
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
+    // The init says "done" on this pipe once its results are sent and every process of
+    // the sandbox is dead: the runner gets its answer while the namespaces are torn down.
+    let (done_r, done_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            error(ctl, format!("pipe: {e}"), None);
+            return (false, None);
+        }
+    };
     let (sync_r, sync_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
             error(ctl, format!("pipe: {e}"), None);
-            return false;
+            return (false, None);
         }
     };
     let mut flags = CloneFlags::CLONE_NEWUSER
@@ -222,6 +236,7 @@ fn serve_one(
         sync_r.as_raw_fd(),
         sync_w.as_raw_fd(),
     );
+    let (done_r_raw, done_w_raw) = (done_r.as_raw_fd(), done_w.as_raw_fd());
     let child_cfg = cfg.clone();
     let cb = Box::new(move || -> isize {
         // SAFETY: in the child (a copy of this single-threaded process): put the job's fds
@@ -243,8 +258,12 @@ fn serve_one(
                 libc::close(sock_raw);
             }
         }
+        unsafe {
+            libc::close(done_r_raw);
+        }
         let sync = unsafe { OwnedFd::from_raw_fd(sync_r_raw) };
-        super::init::run(&child_cfg, sync, rlimit_nproc)
+        let done = unsafe { OwnedFd::from_raw_fd(done_w_raw) };
+        super::init::run(&child_cfg, sync, done, rlimit_nproc)
     });
     // SAFETY: this process is single-threaded.
     let child = match unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) } {
@@ -260,10 +279,11 @@ fn serve_one(
                 format!("cannot create the sandbox's namespaces: clone: {e}"),
                 hint,
             );
-            return false;
+            return (false, None);
         }
     };
     drop(sync_r);
+    drop(done_w);
     mark!("clone");
     let setup = write_id_maps(child, euid, egid).and_then(|_| {
         nix::unistd::write(&sync_w, b"1")
@@ -276,7 +296,7 @@ fn serve_one(
         let _ = signal::kill(child, Signal::SIGKILL);
         let _ = waitpid(child, None);
         error(ctl, e, Some(userns_hint()));
-        return false;
+        return (false, None);
     }
 
     // Wait for the init; a backstop beyond the steps' own timeouts.
@@ -284,6 +304,7 @@ fn serve_one(
     let backstop = Duration::from_millis(total + 15_000);
     let mut killed_for = None;
     let mut stop_server = false;
+    let mut reap_later = None;
     loop {
         let left = backstop.saturating_sub(t0.elapsed());
         if left.is_zero() && killed_for.is_none() {
@@ -298,9 +319,18 @@ fn serve_one(
         let mut pfds = [
             nix::poll::PollFd::new(sfd.as_fd(), nix::poll::PollFlags::POLLIN),
             nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(done_r.as_fd(), nix::poll::PollFlags::POLLIN),
         ];
         let _ = nix::poll::poll(&mut pfds, nix::poll::PollTimeout::from(ms));
         let sock_ready = pfds[1].revents().is_some_and(|r| !r.is_empty());
+        if pfds[2].revents().is_some_and(|r| !r.is_empty()) && killed_for.is_none() {
+            let mut b = [0u8; 1];
+            if matches!(nix::unistd::read(done_r.as_raw_fd(), &mut b), Ok(1)) {
+                // Results are out and the sandbox's processes are dead; reap it later.
+                reap_later = Some(child);
+                break;
+            }
+        }
         while let Ok(Some(si)) = sfd.read_signal() {
             let sig = si.ssi_signo as i32;
             if sig == libc::SIGTERM || sig == libc::SIGINT || sig == libc::SIGHUP {
@@ -330,7 +360,11 @@ fn serve_one(
             Ok(_) | Err(_) => break,
         }
     }
-    mark!("init-exited");
+    mark!(if reap_later.is_some() {
+        "init-done"
+    } else {
+        "init-exited"
+    });
     let mut limits = LimitEvents {
         enforcement: "rlimits".into(),
         ..Default::default()
@@ -354,7 +388,7 @@ fn serve_one(
     }
     mark!("done");
     proto::send(ctl, &Msg::Timing { phases });
-    stop_server
+    (stop_server, reap_later)
 }
 
 fn write_id_maps(child: Pid, euid: u32, egid: u32) -> Result<(), String> {

@@ -124,28 +124,101 @@ fn err<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> 
     move |e| format!("{what}: {e}")
 }
 
-pub fn run(cfg: &SandboxConfig, sync: OwnedFd, rlimit_nproc: Option<u64>) -> isize {
-    // Wait for the helper to write our id maps and cgroup.
+fn setup_failed(message: String) -> isize {
+    proto::send(
+        CONTROL_FD,
+        &Msg::Error {
+            message: format!("sandbox setup failed: {message}"),
+            hint: None,
+        },
+    );
+    1
+}
+
+fn wait_sync(sync: OwnedFd) -> bool {
     let mut b = [0u8; 1];
     let mut f = std::fs::File::from(sync);
-    if !matches!(f.read(&mut b), Ok(1)) {
+    matches!(f.read(&mut b), Ok(1))
+}
+
+/// A sandbox cloned for a known job: the whole setup, then the steps.
+pub fn run(cfg: &SandboxConfig, sync: OwnedFd, done: OwnedFd, rlimit_nproc: Option<u64>) -> isize {
+    // Wait for the server to write our id maps.
+    if !wait_sync(sync) {
         return 1;
     }
-    drop(f);
     let t0 = Instant::now();
-    let mut state = match setup(cfg, rlimit_nproc) {
-        Ok(s) => s,
-        Err(message) => {
-            proto::send(
-                CONTROL_FD,
-                &Msg::Error {
-                    message: format!("sandbox setup failed: {message}"),
-                    hint: None,
-                },
-            );
-            return 1;
+    let root = cfg.root_mount.as_path();
+    let state = setup_base(root, cfg.rootfs.as_deref(), cfg.network)
+        .and_then(|base| setup_job(cfg, root, base, rlimit_nproc));
+    match state {
+        Ok(state) => run_steps(cfg, state, t0, done),
+        Err(e) => setup_failed(e),
+    }
+}
+
+/// A warm sandbox: set up ahead of its job (no network, the host's system directories),
+/// it then receives the job on `job` (the config as JSON, and its stdin, stdout, stderr and
+/// control fds), which it puts in place as fds 0-3.
+pub fn run_warm(root: &Path, sync: OwnedFd, job: OwnedFd, done: OwnedFd) -> isize {
+    if !wait_sync(sync) {
+        return 1;
+    }
+    let base = setup_base(root, None, false);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let (n, fds) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        match nix::sys::socket::recvmsg::<()>(
+            job.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => {
+                let mut fds = Vec::new();
+                for c in m.cmsgs().into_iter().flatten() {
+                    if let nix::sys::socket::ControlMessageOwned::ScmRights(f) = c {
+                        fds.extend(f);
+                    }
+                }
+                (m.bytes, fds)
+            }
+            Err(_) => return 1,
         }
     };
+    if fds.len() != 4 {
+        return 1;
+    }
+    // SAFETY: the fds arrived with the message; 0-3 become the job's stdio and control.
+    unsafe {
+        for (i, fd) in fds.iter().enumerate() {
+            libc::dup2(*fd, i as i32);
+        }
+        for fd in &fds {
+            if *fd > 3 {
+                libc::close(*fd);
+            }
+        }
+    }
+    drop(job);
+    let t0 = Instant::now();
+    #[derive(serde::Deserialize)]
+    struct Job {
+        cfg: SandboxConfig,
+        rlimit_nproc: Option<u64>,
+    }
+    let job: Job = match serde_json::from_slice(&buf[..n]) {
+        Ok(j) => j,
+        Err(e) => return setup_failed(format!("bad job message: {e}")),
+    };
+    match base.and_then(|base| setup_job(&job.cfg, root, base, job.rlimit_nproc)) {
+        Ok(state) => run_steps(&job.cfg, state, t0, done),
+        Err(e) => setup_failed(e),
+    }
+}
+
+fn run_steps(cfg: &SandboxConfig, mut state: State, t0: Instant, done: OwnedFd) -> isize {
     proto::send(
         CONTROL_FD,
         &Msg::Ready {
@@ -162,6 +235,9 @@ pub fn run(cfg: &SandboxConfig, sync: OwnedFd, rlimit_nproc: Option<u64>) -> isi
     }
     let (files, refused) = collect(cfg, &state);
     proto::send(CONTROL_FD, &Msg::Collected { files, refused });
+    // Every process of the sandbox is dead (each step ends with kill + reap): tell the
+    // server, which answers the runner while this process and its namespaces go away.
+    let _ = nix::unistd::write(&done, b"1");
     0
 }
 
@@ -251,21 +327,23 @@ fn etc_allowed(name: &str) -> bool {
     })
 }
 
-fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String> {
-    let t0 = Instant::now();
-    let mut ph: Vec<(String, u64)> = vec![];
-    macro_rules! m {
-        ($n:expr) => {
-            ph.push(($n.to_string(), t0.elapsed().as_micros() as u64))
-        };
-    }
+/// What the first, job-independent part of the setup leaves for the second.
+pub struct Base {
+    sfd: SignalFd,
+    filters: Vec<seccompiler::BpfProgram>,
+}
+
+/// The job-independent part of the setup: signals, a private mount tree, the root tmpfs on
+/// `root` with the system directories and `/etc` (not yet read-only), a read-only `/dev`,
+/// `/proc`, hostname, loopback, the seccomp filters. A warm sandbox has done this before
+/// its job arrives. With `rootfs`, that directory is the root instead.
+pub fn setup_base(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<Base, String> {
     nix::unistd::setsid().map_err(err("setsid"))?;
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block().map_err(err("sigprocmask"))?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(err("signalfd"))?;
-
     mount(
         None::<&str>,
         "/",
@@ -274,22 +352,45 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
         None::<&str>,
     )
     .map_err(err("make / private"))?;
-    let root = cfg.root_mount.as_path();
     DEFER_RO.store(have_mount_setattr(), std::sync::atomic::Ordering::Relaxed);
-    match &cfg.rootfs {
-        Some(rootfs) => {
-            bind_ro(rootfs, root, false)?;
-            // A read-only rootfs still needs mount points: they must exist in it.
-        }
+    match rootfs {
+        Some(rootfs) => bind_ro(rootfs, root, false)?,
         None => {
             tmpfs(root, "size=4m,nr_inodes=4096,mode=0755", MsFlags::empty())?;
             for d in SYSTEM_DIRS {
                 replicate(root, Path::new(d), Path::new(d), false)?;
             }
-            build_etc(root, cfg)?;
+            build_etc(root, network)?;
         }
     }
-    m!("base-root");
+    for d in ["sandbox", "tmp", "dev", "proc"] {
+        std::fs::create_dir_all(root.join(d)).map_err(err(format!("mkdir /{d}")))?;
+    }
+    build_dev(root)?;
+    mount(
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(err("mount /proc"))?;
+    let _ = nix::unistd::sethostname("sandbox");
+    if !network {
+        loopback_up();
+    }
+    let filters = seccomp::programs()?;
+    Ok(Base { sfd, filters })
+}
+
+/// The job's part of the setup: its binds, the root made read-only, fresh `/sandbox`,
+/// `/tmp` and `/dev/shm` of its sizes, its input files, the out dir, then the pivot.
+fn setup_job(
+    cfg: &SandboxConfig,
+    root: &Path,
+    base: Base,
+    rlimit_nproc: Option<u64>,
+) -> Result<State, String> {
     for b in &cfg.binds {
         // Below a system directory or /etc a mount point would have to be created inside
         // a bind of the host's own directory, i.e. on the host: refuse (or skip, when the
@@ -303,25 +404,22 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
                 continue;
             }
             return Err(format!(
-                "cannot bind {} at {}: destinations below {} are not allowed",
+                "cannot bind {} at {}: destinations below {} or /etc are not allowed",
                 b.src.display(),
                 b.dest.display(),
                 SYSTEM_DIRS.join(", ")
             ));
         }
     }
-    for b in cfg.binds.iter().filter(|b| !b.writable) {
-        if b.src.exists()
+    let bindable = |b: &&crate::sandbox::Bind| {
+        b.src.exists()
             && !SYSTEM_DIRS
                 .iter()
                 .chain(["/etc"].iter())
                 .any(|d| b.dest.starts_with(d))
-        {
-            replicate(root, &b.src, &b.dest, false)?;
-        }
-    }
-    for d in ["sandbox", "tmp", "dev", "proc"] {
-        std::fs::create_dir_all(root.join(d)).map_err(err(format!("mkdir /{d}")))?;
+    };
+    for b in cfg.binds.iter().filter(|b| !b.writable).filter(bindable) {
+        replicate(root, &b.src, &b.dest, false)?;
     }
     // Mount points of the writable binds, while the root can still be written.
     for b in cfg.binds.iter().filter(|b| b.writable && b.src.is_dir()) {
@@ -331,20 +429,14 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
     if DEFER_RO.load(std::sync::atomic::Ordering::Relaxed) {
         mount_setattr_ro(root).map_err(err("make the root read-only"))?;
     }
-    for b in cfg.binds.iter().filter(|b| b.writable) {
-        if b.src.exists() {
-            replicate(root, &b.src, &b.dest, true)?;
-        }
+    for b in cfg.binds.iter().filter(|b| b.writable).filter(bindable) {
+        replicate(root, &b.src, &b.dest, true)?;
     }
-    m!("binds");
     let disk = cfg.limits.disk;
     let inodes = (disk / 4096).clamp(1024, 1 << 20);
     let sandbox = root.join("sandbox");
     match &cfg.persistent_workdir {
-        Some(dir) => {
-            std::fs::create_dir_all(&sandbox).map_err(err("mkdir /sandbox"))?;
-            bind_ro(dir, &sandbox, true)?;
-        }
+        Some(dir) => bind_ro(dir, &sandbox, true)?,
         None => tmpfs(
             &sandbox,
             &format!(
@@ -358,21 +450,11 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
         &format!("size={disk},nr_inodes={inodes},mode=1777"),
         MsFlags::empty(),
     )?;
-    m!("tmpfs");
-    build_dev(root, disk, inodes)?;
-    m!("dev");
-    let proc_dir = root.join("proc");
-    std::fs::create_dir_all(&proc_dir).map_err(err("mkdir /proc"))?;
-    mount(
-        Some("proc"),
-        &proc_dir,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(err("mount /proc"))?;
-
-    m!("proc");
+    tmpfs(
+        &root.join("dev/shm"),
+        &format!("size={disk},nr_inodes={inodes},mode=1777"),
+        MsFlags::MS_NOEXEC,
+    )?;
     if let Some(inputs) = &cfg.inputs_dir {
         copy_tree(inputs, &sandbox).map_err(err("copy input files into /sandbox"))?;
     }
@@ -384,8 +466,6 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
     .map_err(err(format!("open {}", cfg.out_dir.display())))?;
     // SAFETY: `open` returned a new fd that nothing else owns.
     let out_dir = unsafe { OwnedFd::from_raw_fd(out_dir) };
-
-    m!("inputs");
     nix::unistd::chdir(root).map_err(err("chdir new root"))?;
     nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(err("detach the host's root"))?;
@@ -404,24 +484,15 @@ fn setup(cfg: &SandboxConfig, rlimit_nproc: Option<u64>) -> Result<State, String
         )
         .map_err(err("remount / read-only"))?;
     }
-    m!("pivot");
-    let _ = nix::unistd::sethostname("sandbox");
-    if !cfg.network {
-        loopback_up();
-    }
-    m!("net");
-    let filters = seccomp::programs()?;
-    m!("seccomp");
-    proto::send(CONTROL_FD, &Msg::Timing { phases: ph });
     Ok(State {
         out_dir,
-        sfd,
-        filters,
+        sfd: base.sfd,
+        filters: base.filters,
         rlimit_nproc,
     })
 }
 
-fn build_etc(root: &Path, cfg: &SandboxConfig) -> Result<(), String> {
+fn build_etc(root: &Path, network: bool) -> Result<(), String> {
     let etc = root.join("etc");
     std::fs::create_dir_all(&etc).map_err(err("mkdir /etc"))?;
     if let Ok(rd) = std::fs::read_dir("/etc") {
@@ -445,7 +516,7 @@ fn build_etc(root: &Path, cfg: &SandboxConfig) -> Result<(), String> {
             }
         }
     }
-    if cfg.network {
+    if network {
         for n in ["resolv.conf", "hosts"] {
             let host = Path::new("/etc").join(n);
             if host.exists() {
@@ -476,7 +547,7 @@ fn build_etc(root: &Path, cfg: &SandboxConfig) -> Result<(), String> {
     Ok(())
 }
 
-fn build_dev(root: &Path, disk: u64, inodes: u64) -> Result<(), String> {
+fn build_dev(root: &Path) -> Result<(), String> {
     let dev = root.join("dev");
     tmpfs(&dev, "size=64k,nr_inodes=64,mode=0755", MsFlags::MS_NOEXEC)?;
     for node in ["null", "zero", "full", "random", "urandom"] {
@@ -499,6 +570,7 @@ fn build_dev(root: &Path, disk: u64, inodes: u64) -> Result<(), String> {
     ] {
         symlink(target, dev.join(name)).map_err(err(format!("symlink /dev/{name}")))?;
     }
+    // /dev/shm gets the job's tmpfs later; /dev/mqueue and /dev/pts are not provided.
     std::fs::create_dir_all(dev.join("shm")).map_err(err("mkdir /dev/shm"))?;
     mount(
         None::<&str>,
@@ -512,12 +584,6 @@ fn build_dev(root: &Path, disk: u64, inodes: u64) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(err("remount /dev read-only"))?;
-    tmpfs(
-        &dev.join("shm"),
-        &format!("size={disk},nr_inodes={inodes},mode=1777"),
-        MsFlags::MS_NOEXEC,
-    )?;
-    // /dev/mqueue and /dev/pts are not provided.
     Ok(())
 }
 
