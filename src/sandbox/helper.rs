@@ -98,8 +98,18 @@ pub fn main() -> i32 {
             }
             ok
         });
+    let warm_root = std::env::args_os()
+        .nth(3)
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir());
+    let mut warm: Option<Warm> = None;
     let mut code = 0;
     loop {
+        if warm.is_none() {
+            if let Some(root) = &warm_root {
+                warm = spawn_warm(root, &sock, &sfd);
+            }
+        }
         let mut buf = vec![0u8; 64 * 1024];
         let mut cmsg = nix::cmsg_space!([RawFd; 4]);
         let (n, fds) = {
@@ -137,7 +147,7 @@ pub fn main() -> i32 {
             continue;
         }
         let config = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
-        let (stop, reap) = serve_one(&config, &fds, cg.as_ref(), &sock, &sfd);
+        let (stop, reap) = serve_one(&config, &fds, cg.as_ref(), &sock, &sfd, warm.take());
         drop(fds);
         if let Some(pid) = reap {
             // Its namespaces are torn down now, while the runner already has the result.
@@ -148,10 +158,118 @@ pub fn main() -> i32 {
             break;
         }
     }
+    if let Some(w) = warm.take() {
+        let _ = signal::kill(w.pid, Signal::SIGKILL);
+        let _ = waitpid(w.pid, None);
+    }
     if let Some(cg) = &cg {
         cg.leave_and_destroy();
     }
     code
+}
+
+/// A sandbox set up ahead of its job (see [`super::init::run_warm`]).
+struct Warm {
+    pid: Pid,
+    job: OwnedFd,
+    done: OwnedFd,
+}
+
+fn clone_flags(network: bool) -> CloneFlags {
+    let mut flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWCGROUP;
+    if !network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    flags
+}
+
+/// Hands a job to a warm sandbox: the config and its 4 fds.
+fn send_job(
+    w: &Warm,
+    cfg: &SandboxConfig,
+    rlimit_nproc: Option<u64>,
+    fds: &[OwnedFd],
+) -> Result<(), String> {
+    use nix::sys::socket::{sendmsg, ControlMessage};
+    let msg = serde_json::to_vec(&serde_json::json!({ "cfg": cfg, "rlimit_nproc": rlimit_nproc }))
+        .map_err(|e| e.to_string())?;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [std::io::IoSlice::new(&msg)];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    sendmsg::<()>(w.job.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Clones the next sandbox before its job arrives: namespaces, id maps and the
+/// job-independent setup happen while the server would otherwise wait.
+fn spawn_warm(root: &std::path::Path, sock: &OwnedFd, sfd: &SignalFd) -> Option<Warm> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (job_ours, job_theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .ok()?;
+    let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    let raws = (
+        sfd.as_fd().as_raw_fd(),
+        sock.as_raw_fd(),
+        job_ours.as_raw_fd(),
+        job_theirs.as_raw_fd(),
+        done_r.as_raw_fd(),
+        done_w.as_raw_fd(),
+        sync_r.as_raw_fd(),
+        sync_w.as_raw_fd(),
+    );
+    let root = root.to_path_buf();
+    let mut stack = vec![0u8; 256 * 1024];
+    let cb = Box::new(move || -> isize {
+        let (sfd, sock, job_ours, job_theirs, done_r, done_w, sync_r, sync_w) = raws;
+        // SAFETY: in the child of a single-threaded process; these fds are ours.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            for fd in [sfd, sock, job_ours, done_r, sync_w] {
+                libc::close(fd);
+            }
+            // Hold 0-3 (the job's fds go there later) so that nothing the setup opens
+            // lands on them.
+            for fd in 0..=3 {
+                if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                    libc::dup2(0, fd);
+                }
+            }
+            let (sync, job, done) = (
+                OwnedFd::from_raw_fd(sync_r),
+                OwnedFd::from_raw_fd(job_theirs),
+                OwnedFd::from_raw_fd(done_w),
+            );
+            super::init::run_warm(&root, sync, job, done)
+        }
+    });
+    // SAFETY: this process is single-threaded.
+    let pid = unsafe { nix::sched::clone(cb, &mut stack, clone_flags(false), Some(libc::SIGCHLD)) }
+        .ok()?;
+    drop((job_theirs, done_w, sync_r));
+    let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
+    if write_id_maps(pid, euid, egid).is_err() || nix::unistd::write(&sync_w, b"1").is_err() {
+        let _ = signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return None;
+    }
+    Some(Warm {
+        pid,
+        job: job_ours,
+        done: done_r,
+    })
 }
 
 /// Runs one sandbox. Returns whether the server must stop (runner gone), and the init to
@@ -162,6 +280,7 @@ fn serve_one(
     cg: Option<&Cgroup>,
     sock: &OwnedFd,
     sfd: &SignalFd,
+    warm: Option<Warm>,
 ) -> (bool, Option<Pid>) {
     let t0 = Instant::now();
     let ctl = fds[3].as_raw_fd();
@@ -201,104 +320,124 @@ fn serve_one(
         None
     };
     mark!("limits");
-    let euid = nix::unistd::geteuid().as_raw();
-    let egid = nix::unistd::getegid().as_raw();
-    // The init says "done" on this pipe once its results are sent and every process of
-    // the sandbox is dead: the runner gets its answer while the namespaces are torn down.
-    let (done_r, done_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => {
-            error(ctl, format!("pipe: {e}"), None);
-            return (false, None);
-        }
-    };
-    let (sync_r, sync_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => {
-            error(ctl, format!("pipe: {e}"), None);
-            return (false, None);
-        }
-    };
-    let mut flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWCGROUP;
-    if !cfg.network {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    let mut stack = vec![0u8; 256 * 1024];
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let (sfd_raw, sock_raw, sync_r_raw, sync_w_raw) = (
-        sfd.as_fd().as_raw_fd(),
-        sock.as_raw_fd(),
-        sync_r.as_raw_fd(),
-        sync_w.as_raw_fd(),
-    );
-    let (done_r_raw, done_w_raw) = (done_r.as_raw_fd(), done_w.as_raw_fd());
-    let child_cfg = cfg.clone();
-    let cb = Box::new(move || -> isize {
-        // SAFETY: in the child (a copy of this single-threaded process): put the job's fds
-        // in place as 0-3 (fd 3 was the server's socket: replaced), close the rest.
-        // The init dies with the server (and so every process of the sandbox with it).
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            libc::close(sfd_raw);
-            libc::close(sync_w_raw);
-            for (i, fd) in raw.iter().enumerate() {
-                libc::dup2(*fd, i as i32);
-            }
-            for fd in &raw {
-                if *fd > 3 {
-                    libc::close(*fd);
+    // A warm sandbox takes the job when it can (no network, the host's system directories).
+    let warm_used = match warm {
+        Some(w) if !cfg.network && cfg.rootfs.is_none() => {
+            match send_job(&w, &cfg, rlimit_nproc, fds) {
+                Ok(()) => Some((w.pid, w.done)),
+                Err(_) => {
+                    let _ = signal::kill(w.pid, Signal::SIGKILL);
+                    let _ = waitpid(w.pid, None);
+                    None
                 }
             }
-            if sock_raw > 3 {
-                libc::close(sock_raw);
+        }
+        Some(w) => {
+            let _ = signal::kill(w.pid, Signal::SIGKILL);
+            let _ = waitpid(w.pid, None);
+            None
+        }
+        None => None,
+    };
+    let (child, done_r) = if let Some(x) = warm_used {
+        mark!("warm");
+        x
+    } else {
+        let euid = nix::unistd::geteuid().as_raw();
+        let egid = nix::unistd::getegid().as_raw();
+        // The init says "done" on this pipe once its results are sent and every process of
+        // the sandbox is dead: the runner gets its answer while the namespaces are torn down.
+        let (done_r, done_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => {
+                error(ctl, format!("pipe: {e}"), None);
+                return (false, None);
             }
-        }
-        unsafe {
-            libc::close(done_r_raw);
-        }
-        let sync = unsafe { OwnedFd::from_raw_fd(sync_r_raw) };
-        let done = unsafe { OwnedFd::from_raw_fd(done_w_raw) };
-        super::init::run(&child_cfg, sync, done, rlimit_nproc)
-    });
-    // SAFETY: this process is single-threaded.
-    let child = match unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) } {
-        Ok(pid) => pid,
-        Err(e) => {
-            let hint = matches!(
-                e,
-                nix::Error::EPERM | nix::Error::ENOSPC | nix::Error::EACCES | nix::Error::EINVAL
-            )
-            .then(userns_hint);
-            error(
-                ctl,
-                format!("cannot create the sandbox's namespaces: clone: {e}"),
-                hint,
-            );
+        };
+        let (sync_r, sync_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => {
+                error(ctl, format!("pipe: {e}"), None);
+                return (false, None);
+            }
+        };
+        let flags = clone_flags(cfg.network);
+        let mut stack = vec![0u8; 256 * 1024];
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let (sfd_raw, sock_raw, sync_r_raw, sync_w_raw) = (
+            sfd.as_fd().as_raw_fd(),
+            sock.as_raw_fd(),
+            sync_r.as_raw_fd(),
+            sync_w.as_raw_fd(),
+        );
+        let (done_r_raw, done_w_raw) = (done_r.as_raw_fd(), done_w.as_raw_fd());
+        let child_cfg = cfg.clone();
+        let cb = Box::new(move || -> isize {
+            // SAFETY: in the child (a copy of this single-threaded process): put the job's fds
+            // in place as 0-3 (fd 3 was the server's socket: replaced), close the rest.
+            // The init dies with the server (and so every process of the sandbox with it).
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                libc::close(sfd_raw);
+                libc::close(sync_w_raw);
+                for (i, fd) in raw.iter().enumerate() {
+                    libc::dup2(*fd, i as i32);
+                }
+                for fd in &raw {
+                    if *fd > 3 {
+                        libc::close(*fd);
+                    }
+                }
+                if sock_raw > 3 {
+                    libc::close(sock_raw);
+                }
+            }
+            unsafe {
+                libc::close(done_r_raw);
+            }
+            let sync = unsafe { OwnedFd::from_raw_fd(sync_r_raw) };
+            let done = unsafe { OwnedFd::from_raw_fd(done_w_raw) };
+            super::init::run(&child_cfg, sync, done, rlimit_nproc)
+        });
+        // SAFETY: this process is single-threaded.
+        let child = match unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) } {
+            Ok(pid) => pid,
+            Err(e) => {
+                let hint = matches!(
+                    e,
+                    nix::Error::EPERM
+                        | nix::Error::ENOSPC
+                        | nix::Error::EACCES
+                        | nix::Error::EINVAL
+                )
+                .then(userns_hint);
+                error(
+                    ctl,
+                    format!("cannot create the sandbox's namespaces: clone: {e}"),
+                    hint,
+                );
+                return (false, None);
+            }
+        };
+        drop(sync_r);
+        drop(done_w);
+        mark!("clone");
+        let setup = write_id_maps(child, euid, egid).and_then(|_| {
+            nix::unistd::write(&sync_w, b"1")
+                .map(|_| ())
+                .map_err(|e| format!("sync: {e}"))
+        });
+        drop(sync_w);
+        mark!("maps");
+        if let Err(e) = setup {
+            let _ = signal::kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            error(ctl, e, Some(userns_hint()));
             return (false, None);
         }
-    };
-    drop(sync_r);
-    drop(done_w);
-    mark!("clone");
-    let setup = write_id_maps(child, euid, egid).and_then(|_| {
-        nix::unistd::write(&sync_w, b"1")
-            .map(|_| ())
-            .map_err(|e| format!("sync: {e}"))
-    });
-    drop(sync_w);
-    mark!("maps");
-    if let Err(e) = setup {
-        let _ = signal::kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, None);
-        error(ctl, e, Some(userns_hint()));
-        return (false, None);
-    }
 
+        (child, done_r)
+    };
     // Wait for the init; a backstop beyond the steps' own timeouts.
     let total: u64 = cfg.steps.iter().map(|s| s.timeout_ms).sum();
     let backstop = Duration::from_millis(total + 15_000);

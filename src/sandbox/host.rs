@@ -119,6 +119,33 @@ struct Server {
 /// Idle servers of this process.
 static POOL: std::sync::Mutex<Vec<Server>> = std::sync::Mutex::new(Vec::new());
 
+/// An owner-labelled directory the servers' warm sandboxes mount their root on
+/// (each in its own mount namespace; nothing appears in it on the host).
+fn warm_root() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = crate::run::owner::runs_root();
+        let dir = root.join(format!("{}-warm", crate::run::owner::prefix()));
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let o = crate::run::owner::Owner {
+                tool: "llm-sandbox".into(),
+                run_id: "warm".into(),
+                host: crate::run::owner::hostname(),
+                pid: std::process::id(),
+                started_at: String::new(),
+            };
+            // Inside the mount point: each sandbox mounts its root over it, so the file is
+            // only seen on the host (where stale-run sweeping reads it).
+            let _ = std::fs::write(
+                dir.join("owner.json"),
+                serde_json::to_vec(&o).unwrap_or_default(),
+            );
+        }
+        dir
+    })
+    .clone()
+}
+
 fn spawn_server() -> std::io::Result<Server> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
@@ -131,6 +158,7 @@ fn spawn_server() -> std::io::Result<Server> {
     let mut cmd = tokio::process::Command::new(helper_path());
     cmd.arg(HELPER_SUBCOMMAND)
         .arg(crate::run::owner::prefix())
+        .arg(warm_root())
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
