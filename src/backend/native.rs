@@ -579,15 +579,7 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
         r.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
         r.stdout_truncated = o.stdout_truncated;
         r.stderr_truncated = o.stderr_truncated;
-        r.message = Some(format!(
-            "output limit exceeded: the program wrote more than {} to {}; it was stopped",
-            format_size(job.limits.output),
-            if o.stdout_truncated {
-                "stdout"
-            } else {
-                "stderr"
-            }
-        ));
+        r.message = Some(output_limit_message(job, o));
         return r;
     }
     let Some(last) = steps.last() else {
@@ -696,15 +688,7 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
     );
     let mut notes = Vec::new();
     if o.output_limit_hit {
-        notes.push(format!(
-            "output limit exceeded: the program wrote more than {} to {}; it was stopped",
-            format_size(job.limits.output),
-            if o.stdout_truncated {
-                "stdout"
-            } else {
-                "stderr"
-            }
-        ));
+        notes.push(output_limit_message(job, o));
     }
     if limits.oom_killed {
         notes.push(format!(
@@ -771,6 +755,18 @@ fn ran_out_of_memory(stderr: &str) -> bool {
         "NoMemoryError",
     ];
     SIGNS.iter().any(|s| stderr.contains(s))
+}
+
+fn output_limit_message(job: &PlannedJob, o: &Outcome) -> String {
+    format!(
+        "output limit exceeded: the program wrote more than {} to {}; it was stopped",
+        format_size(job.limits.output),
+        if o.stdout_truncated {
+            "stdout"
+        } else {
+            "stderr"
+        }
+    )
 }
 
 fn describe_exit(s: &StepResult) -> String {

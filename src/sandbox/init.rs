@@ -308,6 +308,14 @@ fn replicate(root: &Path, host: &Path, dest: &Path, writable: bool) -> Result<()
     bind_ro(host, &target, writable)
 }
 
+/// Makes a mount we created ourselves read-only (and nosuid, plus `extra`).
+fn remount_ro(path: &Path, extra: MsFlags) -> Result<(), String> {
+    let flags =
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | extra;
+    mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+        .map_err(err(format!("remount {} read-only", path.display())))
+}
+
 fn tmpfs(dest: &Path, opts: &str, extra: MsFlags) -> Result<(), String> {
     std::fs::create_dir_all(dest).map_err(err(format!("mkdir {}", dest.display())))?;
     mount(
@@ -471,18 +479,7 @@ fn setup_job(
     umount2(".", MntFlags::MNT_DETACH).map_err(err("detach the host's root"))?;
     nix::unistd::chdir("/").map_err(err("chdir /"))?;
     if cfg.rootfs.is_none() && !DEFER_RO.load(std::sync::atomic::Ordering::Relaxed) {
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV,
-            None::<&str>,
-        )
-        .map_err(err("remount / read-only"))?;
+        remount_ro(Path::new("/"), MsFlags::MS_NODEV)?;
     }
     Ok(State {
         out_dir,
@@ -572,18 +569,7 @@ fn build_dev(root: &Path) -> Result<(), String> {
     }
     // /dev/shm gets the job's tmpfs later; /dev/mqueue and /dev/pts are not provided.
     std::fs::create_dir_all(dev.join("shm")).map_err(err("mkdir /dev/shm"))?;
-    mount(
-        None::<&str>,
-        &dev,
-        None::<&str>,
-        MsFlags::MS_REMOUNT
-            | MsFlags::MS_BIND
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(err("remount /dev read-only"))?;
+    remount_ro(&dev, MsFlags::MS_NOEXEC)?;
     Ok(())
 }
 
