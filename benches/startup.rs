@@ -81,6 +81,15 @@ fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) 
             .block_on(host::run(&cfg, &p, None, 1 << 20, &cancel))
             .expect("sandbox");
         v.push(t.elapsed());
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            use llm_sandbox::sandbox::proto::Msg;
+            let shown: Vec<&Msg> = o
+                .msgs
+                .iter()
+                .filter(|m| matches!(m, Msg::Timing { .. } | Msg::Ready { .. }))
+                .collect();
+            eprintln!("{:?} {shown:?}", t.elapsed());
+        }
         let ok = o.msgs.iter().any(
             |m| matches!(m, llm_sandbox::sandbox::proto::Msg::Step(s) if s.exit_code == Some(0)),
         );

@@ -147,7 +147,15 @@ pub fn main() -> i32 {
             continue;
         }
         let config = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
-        let (stop, reap) = serve_one(&config, &fds, cg.as_ref(), &sock, &sfd, warm.take());
+        let (stop, reap) = serve_one(
+            &config,
+            &fds,
+            cg.as_ref(),
+            &sock,
+            &sfd,
+            &mut warm,
+            warm_root.as_deref(),
+        );
         drop(fds);
         if let Some(pid) = reap {
             // Its namespaces are torn down now, while the runner already has the result.
@@ -186,6 +194,23 @@ fn clone_flags(network: bool) -> CloneFlags {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     flags
+}
+
+/// Closes every fd but `keep` (async-signal-safe: close_range over the gaps).
+fn close_all_except(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.to_vec();
+    keep.sort_unstable();
+    let mut from: u32 = 0;
+    for k in keep {
+        let k = k as u32;
+        if k > from {
+            // SAFETY: closing fds of our own process.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0u32) };
+        }
+        from = k + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
 }
 
 /// Hands a job to a warm sandbox: the config and its 4 fds.
@@ -236,15 +261,20 @@ fn spawn_warm(root: &std::path::Path, sock: &OwnedFd, sfd: &SignalFd) -> Option<
         // SAFETY: in the child of a single-threaded process; these fds are ours.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            for fd in [sfd, sock, job_ours, done_r, sync_w] {
-                libc::close(fd);
-            }
+            let _ = (sfd, sock, job_ours, done_r, sync_w);
+            // Keep only our three fds: this sandbox is cloned while another job runs, whose
+            // stdio and control pipes must not stay open here.
+            close_all_except(&[sync_r, job_theirs, done_w]);
             // Hold 0-3 (the job's fds go there later) so that nothing the setup opens
             // lands on them.
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
             for fd in 0..=3 {
-                if libc::fcntl(fd, libc::F_GETFD) < 0 {
-                    libc::dup2(0, fd);
+                if fd != null {
+                    libc::dup2(null, fd);
                 }
+            }
+            if null > 3 {
+                libc::close(null);
             }
             let (sync, job, done) = (
                 OwnedFd::from_raw_fd(sync_r),
@@ -280,8 +310,10 @@ fn serve_one(
     cg: Option<&Cgroup>,
     sock: &OwnedFd,
     sfd: &SignalFd,
-    warm: Option<Warm>,
+    warm_slot: &mut Option<Warm>,
+    warm_root: Option<&std::path::Path>,
 ) -> (bool, Option<Pid>) {
+    let warm = warm_slot.take();
     let t0 = Instant::now();
     let ctl = fds[3].as_raw_fd();
     let mut phases: Vec<(String, u64)> = Vec::new();
@@ -341,6 +373,10 @@ fn serve_one(
     };
     let (child, done_r) = if let Some(x) = warm_used {
         mark!("warm");
+        if let Some(root) = warm_root {
+            // The next job's sandbox is set up while this one runs.
+            *warm_slot = spawn_warm(root, sock, sfd);
+        }
         x
     } else {
         let euid = nix::unistd::geteuid().as_raw();
