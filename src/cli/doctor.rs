@@ -50,6 +50,7 @@ pub fn run(as_json: bool) -> i32 {
                     "ok": native.is_ok(),
                     "detail": native.as_ref().err(),
                     "limits": match &limits { Ok(m) => m.describe(), Err(e) => format!("rlimits only: {e}") },
+                    "landlock_abi": llm_sandbox::sandbox::landlock::abi(),
                 },
                 "docker": {"ok": false, "detail": "not available in this version"},
                 "podman": {"ok": false, "detail": "not available in this version"},
@@ -67,7 +68,13 @@ pub fn run(as_json: bool) -> i32 {
     }
     println!("Backends");
     match &native {
-        Ok(()) => println!("  ok    native      Linux namespaces (user, mount, pid, net, ipc, uts, cgroup), seccomp"),
+        Ok(()) => println!(
+            "  ok    native      Linux namespaces (user, mount, pid, net, ipc, uts, cgroup), seccomp, {}",
+            match llm_sandbox::sandbox::landlock::abi() {
+                0 => "no Landlock (kernel without it)".to_string(),
+                n => format!("Landlock ABI {n}"),
+            }
+        ),
         Err(e) => println!("  FAIL  native      {e}"),
     }
     match &limits {
