@@ -76,6 +76,12 @@ fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) 
         let cfg = config(dir, i, argv);
         let p = dir.join(format!("s{i}/config.json"));
         std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        if let Some(gap) = std::env::var("BENCH_GAP_MS")
+            .ok()
+            .and_then(|g| g.parse().ok())
+        {
+            std::thread::sleep(Duration::from_millis(gap));
+        }
         let t = Instant::now();
         let o = rt
             .block_on(host::run(&cfg, &p, None, 1 << 20, &cancel))
