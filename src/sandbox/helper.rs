@@ -336,12 +336,17 @@ fn serve_one(
             return (false, None);
         }
     };
-    // Limits: the slot's cgroup when there is one (the server itself is one of its pids),
-    // rlimits otherwise.
+    // Limits: the slot's cgroup when there is one, rlimits otherwise. The server and the
+    // next job's warm sandbox (cloned while this job runs) are two more of its pids.
     let before = cg.map(|c| c.counters()).unwrap_or_default();
+    let own_pids = if warm_root.is_some() { 2 } else { 1 };
     let cg = cg.filter(|c| {
-        c.set_limits(cfg.limits.memory, cfg.limits.pids + 1, cfg.limits.cpus)
-            .is_ok()
+        c.set_limits(
+            cfg.limits.memory,
+            cfg.limits.pids + own_pids,
+            cfg.limits.cpus,
+        )
+        .is_ok()
     });
     if cg.is_some() {
         cfg.limits.address_space_fallback = false;
