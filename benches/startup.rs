@@ -94,7 +94,7 @@ fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) 
             let shown: Vec<&Msg> = o
                 .msgs
                 .iter()
-                .filter(|m| matches!(m, Msg::Timing { .. } | Msg::Ready { .. }))
+                .filter(|m| matches!(m, Msg::Timing { .. } | Msg::Ready { .. } | Msg::Step(_)))
                 .collect();
             eprintln!("{:?} {shown:?}", t.elapsed());
         }

@@ -112,6 +112,8 @@ pub struct Cgroup {
     mem_dir: PathBuf,
     pids_dir: PathBuf,
     cpu_dir: Option<PathBuf>,
+    /// The limits last written (memory, pids, cpus): jobs of a slot mostly share them.
+    written: std::cell::Cell<Option<(u64, u64, u64)>>,
 }
 
 /// Counters of a cgroup, compared before and after a job.
@@ -140,6 +142,7 @@ impl Cgroup {
                     mem_dir: m.join(name),
                     pids_dir: p.join(name),
                     cpu_dir: cpu.as_ref().map(|c| c.join(name)),
+                    written: Default::default(),
                 }
             }
             Mode::V2 { parent } => {
@@ -150,6 +153,7 @@ impl Cgroup {
                     mem_dir: d.clone(),
                     pids_dir: d.clone(),
                     cpu_dir: Some(d),
+                    written: Default::default(),
                 }
             }
         };
@@ -163,6 +167,16 @@ impl Cgroup {
     pub fn set_limits(&self, memory: u64, pids: u64, cpus: f64) -> io::Result<()> {
         let period = 100_000u64;
         let quota = (cpus.max(0.01) * period as f64) as u64;
+        // The peak is per job; the limits only change when the job's do.
+        let peak = match self.mode {
+            Mode::V1 { .. } => "memory.max_usage_in_bytes",
+            Mode::V2 { .. } => "memory.peak",
+        };
+        let _ = fs::write(self.mem_dir.join(peak), "0");
+        if self.written.get() == Some((memory, pids, quota)) {
+            return Ok(());
+        }
+        self.written.set(None);
         match self.mode {
             Mode::V1 { .. } => {
                 let _ = fs::write(self.mem_dir.join("memory.memsw.limit_in_bytes"), "-1");
@@ -175,7 +189,6 @@ impl Cgroup {
                     memory.to_string(),
                 );
                 let _ = fs::write(self.mem_dir.join("memory.swappiness"), "0");
-                let _ = fs::write(self.mem_dir.join("memory.max_usage_in_bytes"), "0");
                 fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
                 if let Some(d) = &self.cpu_dir {
                     let _ = fs::write(d.join("cpu.cfs_period_us"), period.to_string());
@@ -185,11 +198,11 @@ impl Cgroup {
             Mode::V2 { .. } => {
                 fs::write(self.mem_dir.join("memory.max"), memory.to_string())?;
                 let _ = fs::write(self.mem_dir.join("memory.swap.max"), "0");
-                let _ = fs::write(self.mem_dir.join("memory.peak"), "0");
                 fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
                 let _ = fs::write(self.mem_dir.join("cpu.max"), format!("{quota} {period}"));
             }
         }
+        self.written.set(Some((memory, pids, quota)));
         Ok(())
     }
 
@@ -307,6 +320,7 @@ pub fn sweep_stale(mode: &Mode, host: &str) {
                     mem_dir: e.path(),
                     pids_dir: e.path(),
                     cpu_dir: None,
+                    written: Default::default(),
                 };
                 cg.destroy();
             }
