@@ -15,7 +15,7 @@
 //! (nothing but the workdir survives between them); the workdir is a host directory
 //! private to the session, bind-mounted as `/sandbox`, so its size is not limited.
 
-use crate::backend::native::{base_env, sandbox_id, COMPILE_TIMEOUT};
+use crate::backend::native::{base_env, program_steps, sandbox_id};
 use crate::lang::{self, HostToolchain};
 use crate::plan::job::ResolvedLimits;
 use crate::run::RunDir;
@@ -286,36 +286,18 @@ impl Session {
                 libraries.iter().map(|s| s.to_string()).collect(),
             ));
         }
-        let spec = lang::spec(self.b.lang);
         let source = lang::source_file(self.b.lang, code);
-        let class = lang::java_main_class(code);
-        let mem_mb = (self.b.limits.memory >> 20).max(16);
         let mut f = open_beneath(&self.workdir, Path::new(&source), true)?;
         std::io::Write::write_all(&mut f, code.as_bytes())?;
-        let mut steps = Vec::new();
-        if let Some(compile) = spec.compile {
-            let mut argv = lang::expand_command(compile, &source, &class, mem_mb);
-            argv[0] = self.tc.programs[0].display().to_string();
-            argv.extend(self.tc.compile_extra.iter().cloned());
-            steps.push(Step {
-                kind: StepKind::Compile,
-                argv,
-                timeout_ms: COMPILE_TIMEOUT.as_millis() as u64,
-                capture_cap: self.b.limits.output,
-                as_root: false,
-                limited: false,
-            });
-        }
-        let mut argv = lang::expand_command(spec.run, &source, &class, mem_mb);
-        if let Some(p) = spec
-            .tools
-            .iter()
-            .position(|t| *t == argv[0])
-            .and_then(|i| self.tc.programs.get(i))
-        {
-            argv[0] = p.display().to_string();
-        }
-        steps.push(self.run_step(argv));
+        let steps = program_steps(
+            self.b.lang,
+            &self.tc,
+            &source,
+            code,
+            &self.b.limits,
+            self.b.timeout,
+            &[],
+        );
         self.exec(steps, None).await
     }
 

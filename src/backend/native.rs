@@ -3,6 +3,7 @@
 use super::{error_report, sanitize_name, RunCtx};
 use crate::checks;
 use crate::lang::{self, HostToolchain};
+use crate::plan::job::ResolvedLimits;
 use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase, Status};
 use crate::sandbox::host::{self, Outcome};
@@ -368,6 +369,55 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     report
 }
 
+/// The compile step (for languages that compile) and the run step of a program whose
+/// source is `source` (the file name in `/sandbox`).
+pub fn program_steps(
+    lang: Lang,
+    tc: &HostToolchain,
+    source: &str,
+    code: &str,
+    limits: &ResolvedLimits,
+    timeout: Duration,
+    args: &[String],
+) -> Vec<Step> {
+    let spec = lang::spec(lang);
+    let class = lang::java_main_class(code);
+    let mem_mb = (limits.memory >> 20).max(16);
+    let mut steps = Vec::new();
+    if let Some(compile) = spec.compile {
+        let mut argv = lang::expand_command(compile, source, &class, mem_mb);
+        argv[0] = tc.programs[0].display().to_string();
+        argv.extend(tc.compile_extra.iter().cloned());
+        steps.push(Step {
+            kind: StepKind::Compile,
+            argv,
+            timeout_ms: COMPILE_TIMEOUT.as_millis() as u64,
+            capture_cap: limits.output,
+            as_root: false,
+            limited: false,
+        });
+    }
+    let mut argv = lang::expand_command(spec.run, source, &class, mem_mb);
+    if let Some(p) = spec
+        .tools
+        .iter()
+        .position(|t| *t == argv[0])
+        .and_then(|i| tc.programs.get(i))
+    {
+        argv[0] = p.display().to_string();
+    }
+    argv.extend(args.iter().cloned());
+    steps.push(Step {
+        kind: StepKind::Run,
+        argv,
+        timeout_ms: timeout.as_millis() as u64,
+        capture_cap: limits.output,
+        as_root: false,
+        limited: true,
+    });
+    steps
+}
+
 /// Stages the job's files under `dir` and writes the sandbox config; returns it and its path.
 pub fn prepare(
     job: &PlannedJob,
@@ -377,8 +427,6 @@ pub fn prepare(
 ) -> Result<(SandboxConfig, PathBuf), String> {
     let spec = lang::spec(job.lang);
     let source = lang::source_file(job.lang, &job.code);
-    let class = lang::java_main_class(&job.code);
-    let mem_mb = (job.limits.memory >> 20).max(16);
     let (in_dir, out_dir, root) = (dir.join("in"), dir.join("out"), dir.join("root"));
     let staged = stage_inputs(job, &in_dir, &source)
         .and_then(|_| std::fs::create_dir_all(&out_dir))
@@ -401,39 +449,15 @@ pub fn prepare(
             limited: false,
         });
     }
-    if let Some(compile) = spec.compile {
-        let mut argv = lang::expand_command(compile, &source, &class, mem_mb);
-        argv[0] = tc.programs[0].display().to_string();
-        argv.extend(tc.compile_extra.iter().cloned());
-        steps.push(Step {
-            kind: StepKind::Compile,
-            argv,
-            timeout_ms: COMPILE_TIMEOUT.as_millis() as u64,
-            capture_cap: cap,
-            as_root: false,
-            limited: false,
-        });
-    }
-    let mut argv = lang::expand_command(spec.run, &source, &class, mem_mb);
-    if !argv[0].starts_with("./") {
-        if let Some(p) = spec
-            .tools
-            .iter()
-            .position(|t| *t == argv[0])
-            .and_then(|i| tc.programs.get(i))
-        {
-            argv[0] = p.display().to_string();
-        }
-    }
-    argv.extend(job.args.iter().cloned());
-    steps.push(Step {
-        kind: StepKind::Run,
-        argv,
-        timeout_ms: job.timeout.as_millis() as u64,
-        capture_cap: cap,
-        as_root: false,
-        limited: true,
-    });
+    steps.extend(program_steps(
+        job.lang,
+        tc,
+        &source,
+        &job.code,
+        &job.limits,
+        job.timeout,
+        &job.args,
+    ));
     let (mut env, path) = base_env(job.lang, tc, &job.env);
     if let Some(dir) = tc.binds.iter().find(|b| {
         b.file_name()

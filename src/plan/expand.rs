@@ -1804,17 +1804,15 @@ impl<'a> FileCx<'a> {
 }
 
 fn regex_msg(e: &regex::Error) -> String {
-    let s = e.to_string();
-    // The regex crate's message is multi-line with its own caret drawing; keep the gist.
-    s.lines()
-        .rev()
-        .find(|l| l.starts_with("error:"))
-        .map(|l| l.trim_start_matches("error:").trim().to_string())
-        .unwrap_or(s)
+    error_gist(e.to_string())
 }
 
 fn regex_syntax_msg(e: &regex_syntax::Error) -> String {
-    let s = e.to_string();
+    error_gist(e.to_string())
+}
+
+/// The regex crates' messages are multi-line with their own caret drawing; keep the gist.
+fn error_gist(s: String) -> String {
     s.lines()
         .rev()
         .find(|l| l.starts_with("error:"))
