@@ -110,60 +110,65 @@ pub async fn run_plan(
     let sem = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let stop_scheduling = CancellationToken::new();
     let mut set = tokio::task::JoinSet::new();
+    let mut reports: Vec<Option<JobReport>> = vec![None; plan.jobs.len()];
+    let finished = |id: usize, r: JobReport, reports: &mut Vec<Option<JobReport>>| {
+        let _ = events.send(Event::JobFinished {
+            id,
+            report: Box::new(r.clone()),
+        });
+        reports[id] = Some(r);
+    };
+    // Jobs start in plan order: the scheduler takes a slot for a job before it spawns it,
+    // so --fail-fast never lets a later job overtake the one that fails.
     for job in plan.jobs.iter().cloned() {
-        let sem = sem.clone();
-        let ctx = ctx.clone();
-        let events = events.clone();
-        let stop = stop_scheduling.clone();
-        let cancel = cancel.clone();
-        let fail_fast = opts.fail_fast;
-        set.spawn(async move {
-            let id = job.id;
-            if let Some(reason) = &job.skip {
-                let r = skipped_report(&job, reason);
-                let _ = events.send(Event::JobFinished {
-                    id,
-                    report: Box::new(r.clone()),
-                });
-                return (id, r);
+        let id = job.id;
+        if let Some(reason) = &job.skip {
+            finished(id, skipped_report(&job, reason), &mut reports);
+            continue;
+        }
+        // Wait for a slot, reporting the jobs that finish meanwhile as they do.
+        let permit = loop {
+            tokio::select! {
+                p = sem.clone().acquire_owned() => break p.ok(),
+                _ = stop_scheduling.cancelled() => break None,
+                _ = cancel.cancelled() => break None,
+                Some(res) = set.join_next() => match res {
+                    Ok((done, r)) => finished(done, r, &mut reports),
+                    Err(e) => return Err(std::io::Error::other(format!("a job task failed: {e}"))),
+                },
             }
-            let permit = tokio::select! {
-                p = sem.acquire_owned() => p.ok(),
-                _ = stop.cancelled() => None,
-                _ = cancel.cancelled() => None,
-            };
-            let report = match permit {
-                Some(_permit) if !stop.is_cancelled() && !cancel.is_cancelled() => {
-                    let _ = events.send(Event::JobStarted {
-                        id,
-                        name: job.name.clone(),
-                    });
-                    let r = backend::run_job(&job, &ctx).await;
-                    if fail_fast && !r.status.is_ok() {
-                        stop.cancel();
-                    }
-                    r
-                }
-                _ => skipped_report(
-                    &job,
-                    if cancel.is_cancelled() {
-                        "not run: the run was interrupted"
-                    } else {
-                        "not run: --fail-fast stopped the run"
-                    },
-                ),
-            };
-            let _ = events.send(Event::JobFinished {
-                id,
-                report: Box::new(report.clone()),
-            });
-            (id, report)
+        };
+        let permit = match permit {
+            Some(p) if !stop_scheduling.is_cancelled() && !cancel.is_cancelled() => p,
+            _ => {
+                let why = if cancel.is_cancelled() {
+                    "not run: the run was interrupted"
+                } else {
+                    "not run: --fail-fast stopped the run"
+                };
+                finished(id, skipped_report(&job, why), &mut reports);
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let stop = stop_scheduling.clone();
+        let fail_fast = opts.fail_fast;
+        let _ = events.send(Event::JobStarted {
+            id,
+            name: job.name.clone(),
+        });
+        set.spawn(async move {
+            let r = backend::run_job(&job, &ctx).await;
+            if fail_fast && !r.status.is_ok() {
+                stop.cancel();
+            }
+            drop(permit);
+            (id, r)
         });
     }
-    let mut reports: Vec<Option<JobReport>> = vec![None; plan.jobs.len()];
     while let Some(res) = set.join_next().await {
         match res {
-            Ok((id, r)) => reports[id] = Some(r),
+            Ok((id, r)) => finished(id, r, &mut reports),
             Err(e) => return Err(std::io::Error::other(format!("a job task failed: {e}"))),
         }
     }
