@@ -180,7 +180,24 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     llm_sandbox::spec::units::parse_duration(s)
 }
 
+/// Error rendering: wrapped to the terminal on a TTY; never wrapped when stderr is a file or a
+/// pipe, so a path or message stays greppable on one line in CI logs.
+fn install_error_hook() {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let _ = miette::set_hook(Box::new(move |_| {
+        let opts = miette::MietteHandlerOpts::new();
+        let opts = if tty {
+            opts
+        } else {
+            opts.wrap_lines(false).color(false).unicode(true)
+        };
+        Box::new(opts.build())
+    }));
+}
+
 pub fn main() -> i32 {
+    install_error_hook();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
