@@ -1,6 +1,7 @@
 //! Backends: where a job's sandbox lives. `native` (Linux namespaces, the default) is
 //! built in; the container backends plug in here.
 
+pub mod docker;
 pub mod native;
 
 use crate::plan::PlannedJob;
@@ -24,6 +25,7 @@ pub struct RunCtx {
 pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     match job.backend {
         BackendKind::Native => native::run_job(job, ctx).await,
+        BackendKind::Docker => docker::run_job(job, ctx, BackendKind::Docker).await,
         other => error_report(
             job,
             Phase::Prepare,
@@ -32,6 +34,12 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
             ),
         ),
     }
+}
+
+/// The end of a run: every backend removes what the run left (containers, images built
+/// without `keep_template`).
+pub async fn finish_run() {
+    docker::finish_run().await;
 }
 
 /// A report for a job that could not run.

@@ -821,7 +821,11 @@ pub fn signal_name(sig: i32) -> &'static str {
 
 /// Copies the artifacts from the job's out dir (regular files only, written by the
 /// sandbox's init with O_NOFOLLOW) to `<root>/<job name>/`.
-fn copy_artifacts(job: &PlannedJob, out_dir: &Path, root: &Path) -> std::io::Result<Vec<String>> {
+pub(crate) fn copy_artifacts(
+    job: &PlannedJob,
+    out_dir: &Path,
+    root: &Path,
+) -> std::io::Result<Vec<String>> {
     let mut set = globset::GlobSetBuilder::new();
     for g in &job.artifacts {
         if let Ok(glob) = globset::GlobBuilder::new(g).literal_separator(true).build() {

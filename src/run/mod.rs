@@ -172,6 +172,7 @@ pub async fn run_plan(
             Err(e) => return Err(std::io::Error::other(format!("a job task failed: {e}"))),
         }
     }
+    backend::finish_run().await;
     drop(run_dir);
     Ok(reports.into_iter().flatten().collect())
 }

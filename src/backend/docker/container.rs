@@ -1,0 +1,365 @@
+//! One hardened container: created and started once, commands exec'd into it, files in and
+//! out as tar streams, removed at the end. Its main process (under the engine's init) reads
+//! the runner's attached stdin: when the runner goes away, even by SIGKILL, the stream
+//! closes and the container stops by itself.
+
+use super::engine::{error_chain, Engine};
+use crate::plan::job::ResolvedLimits;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// The workdir inside every sandbox.
+pub const WORKDIR: &str = "/sandbox";
+
+/// How a container is made.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub image: String,
+    /// `uid:gid`; the prepare phase runs as `0:0`.
+    pub user: String,
+    pub env: Vec<(String, String)>,
+    pub limits: ResolvedLimits,
+    pub network: bool,
+    /// Hardened (the run phase) or the prepare phase (root, network, writable root).
+    pub hardened: bool,
+    /// CPU-time limit of every process (seconds); none for the prepare phase.
+    pub cpu_seconds: Option<u64>,
+    pub kind: &'static str,
+    pub name: String,
+}
+
+/// What one exec produced.
+#[derive(Debug, Default, Clone)]
+pub struct ExecResult {
+    pub exit_code: Option<i64>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Output went past the cap: the container was killed.
+    pub output_limit_hit: bool,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    pub duration: Duration,
+}
+
+/// A running sandbox container.
+pub struct Container {
+    pub engine: Arc<Engine>,
+    pub id: String,
+    /// Holding it keeps the container alive; dropping it stops the container.
+    keepalive: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    removed: bool,
+    /// The container was killed (timeout, output limit, cancel): nothing more runs in it.
+    pub dead: bool,
+    /// Its pids limit (processes and threads).
+    pub pids_limit: i64,
+}
+
+fn ulimit(name: &str, v: u64) -> ResourcesUlimits {
+    ResourcesUlimits {
+        name: Some(name.into()),
+        soft: Some(v as i64),
+        hard: Some(v as i64),
+    }
+}
+
+impl Container {
+    /// Creates and starts a container (its start-up is paid once; every step execs into it).
+    pub async fn start(engine: Arc<Engine>, spec: &ContainerSpec) -> Result<Container, String> {
+        let l = &spec.limits;
+        let inodes = (l.disk / 4096).clamp(1024, 1 << 20);
+        let mut host = HostConfig {
+            init: Some(true),
+            network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),
+            log_config: Some(bollard::models::HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }),
+            ..Default::default()
+        };
+        if spec.hardened {
+            let tmpfs = HashMap::from([
+                (
+                    WORKDIR.to_string(),
+                    format!("rw,exec,nosuid,nodev,size={},nr_inodes={inodes},mode=0755,uid={uid},gid={uid}", l.disk, uid = super::tarball::SANDBOX_UID),
+                ),
+                (
+                    "/tmp".to_string(),
+                    format!("rw,exec,nosuid,nodev,size={},nr_inodes={inodes},mode=1777", l.disk),
+                ),
+            ]);
+            host.cap_drop = Some(vec!["ALL".into()]);
+            host.security_opt = Some(vec!["no-new-privileges".into()]);
+            host.readonly_rootfs = Some(true);
+            host.tmpfs = Some(tmpfs);
+            host.shm_size = Some(l.disk.min(i64::MAX as u64) as i64);
+            host.ipc_mode = Some("private".into());
+            host.memory = Some(l.memory as i64);
+            host.memory_swap = Some(l.memory as i64);
+            host.nano_cpus = Some((l.cpus * 1e9) as i64);
+            // The init and the keep-alive process count too.
+            host.pids_limit = Some(l.pids as i64 + 2);
+            let mut ul = vec![ulimit("nofile", l.open_files)];
+            if let Some(cpu) = spec.cpu_seconds {
+                ul.push(ulimit("cpu", cpu));
+            }
+            host.ulimits = Some(ul);
+            host.oom_score_adj = Some(500);
+        } else {
+            host.pids_limit = Some(4096);
+            host.ulimits = Some(vec![ulimit("nofile", 65536)]);
+        }
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            user: Some(spec.user.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            entrypoint: Some(vec!["cat".into()]),
+            cmd: Some(vec![]),
+            working_dir: Some(if spec.hardened { WORKDIR } else { "/" }.into()),
+            hostname: Some("sandbox".into()),
+            labels: Some(engine.labels(spec.kind)),
+            attach_stdin: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            network_disabled: Some(!spec.network),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let opts = bollard::query_parameters::CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = engine
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot create a container from `{}` on {}: {}",
+                    spec.image,
+                    engine.endpoint,
+                    error_chain(&e)
+                )
+            })?;
+        let mut c = Container {
+            engine: engine.clone(),
+            id: created.id,
+            keepalive: None,
+            removed: false,
+            dead: false,
+            pids_limit: spec.limits.pids as i64 + 2,
+        };
+        let attach = bollard::query_parameters::AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stream(true)
+            .build();
+        let a = engine
+            .docker
+            .attach_container(&c.id, Some(attach))
+            .await
+            .map_err(|e| format!("cannot attach to container {}: {}", c.id, error_chain(&e)))?;
+        c.keepalive = Some(a.input);
+        drop(a.output);
+        engine
+            .docker
+            .start_container(
+                &c.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot start a container from `{}`: {}",
+                    spec.image,
+                    error_chain(&e)
+                )
+            })?;
+        Ok(c)
+    }
+
+    /// Runs `argv` in the container and captures its output (each stream capped at `cap`
+    /// bytes: past it, or past `timeout`, or on `cancel`, the container is killed).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn exec(
+        &mut self,
+        argv: &[String],
+        user: Option<&str>,
+        env: &[(String, String)],
+        stdin: Option<&[u8]>,
+        cap: u64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, String> {
+        let started = Instant::now();
+        let opts = CreateExecOptions::<String> {
+            cmd: Some(argv.to_vec()),
+            attach_stdin: Some(stdin.is_some()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            user: user.map(String::from),
+            env: (!env.is_empty()).then(|| env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: Some(WORKDIR.into()),
+            ..Default::default()
+        };
+        let docker = &self.engine.docker;
+        let exec = docker
+            .create_exec(&self.id, opts)
+            .await
+            .map_err(|e| format!("cannot exec in the container: {}", error_chain(&e)))?;
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| format!("cannot start the exec: {}", error_chain(&e)))?
+        else {
+            return Err("the exec started detached".into());
+        };
+        let writer = stdin.map(|data| {
+            let data = data.to_vec();
+            tokio::spawn(async move {
+                let _ = input.write_all(&data).await;
+                let _ = input.shutdown().await;
+            })
+        });
+        let mut r = ExecResult::default();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                item = output.next() => match item {
+                    Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => {
+                        if push_capped(&mut r.stdout, &message, cap) {
+                            r.stdout_truncated = true;
+                            r.output_limit_hit = true;
+                            break;
+                        }
+                    }
+                    Some(Ok(LogOutput::StdErr { message })) => {
+                        if push_capped(&mut r.stderr, &message, cap) {
+                            r.stderr_truncated = true;
+                            r.output_limit_hit = true;
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(format!("the exec stream broke: {}", error_chain(&e))),
+                    None => break,
+                },
+                _ = &mut deadline => { r.timed_out = true; break; }
+                _ = cancel.cancelled() => { r.cancelled = true; break; }
+            }
+        }
+        if let Some(w) = writer {
+            w.abort();
+        }
+        if r.output_limit_hit || r.timed_out || r.cancelled {
+            drop(output);
+            self.kill().await;
+        } else {
+            let info = docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(|e| format!("cannot read the exit code: {}", error_chain(&e)))?;
+            r.exit_code = info.exit_code;
+        }
+        r.duration = started.elapsed();
+        Ok(r)
+    }
+
+    /// Unpacks a tar archive into the workdir (as the container's user).
+    pub async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
+        let argv: Vec<String> = [
+            "tar",
+            "-x",
+            "--no-same-owner",
+            "-m",
+            "-C",
+            WORKDIR,
+            "-f",
+            "-",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = self
+            .exec(
+                &argv,
+                Some(super::SANDBOX_USER),
+                &[],
+                Some(tar),
+                1 << 16,
+                Duration::from_secs(120),
+                cancel,
+            )
+            .await?;
+        if r.cancelled {
+            return Err("interrupted".into());
+        }
+        if r.exit_code != Some(0) {
+            return Err(format!(
+                "copying the files into the container failed (tar: exit {:?}): {}",
+                r.exit_code,
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Kills every process (the container stops; it can be removed).
+    pub async fn kill(&mut self) {
+        self.dead = true;
+        let opts = bollard::query_parameters::KillContainerOptionsBuilder::default()
+            .signal("KILL")
+            .build();
+        let _ = self
+            .engine
+            .docker
+            .kill_container(&self.id, Some(opts))
+            .await;
+    }
+
+    /// Removes the container (and whatever still runs in it).
+    pub async fn remove(mut self) {
+        self.keepalive.take();
+        self.removed = true;
+        self.engine.remove_container(&self.id).await;
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        // Dropped mid-way (cancelled future, panic): closing stdin stops the container;
+        // remove it in the background too (the end of the run sweeps what is left).
+        self.keepalive.take();
+        let engine = self.engine.clone();
+        let id = self.id.clone();
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move { engine.remove_container(&id).await });
+        }
+    }
+}
+
+/// Appends up to `cap` bytes in all; true when something had to be cut.
+fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: u64) -> bool {
+    let room = (cap as usize).saturating_sub(buf.len());
+    if data.len() > room {
+        buf.extend_from_slice(&data[..room]);
+        true
+    } else {
+        buf.extend_from_slice(data);
+        false
+    }
+}

@@ -1,0 +1,588 @@
+//! The connection to a Docker-API engine (Docker, later Podman's compatible service), the
+//! labels on everything we create, the sweep of what killed runs left, and the images:
+//! present → used, absent → pulled, `dockerfile` → built by content hash, `libraries` and
+//! `setup` → a template image committed from a prepare container.
+
+use crate::run::owner;
+use crate::spec::types::BackendKind;
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Marks everything llm-sandbox creates.
+pub const LABEL: &str = "llm-sandbox";
+/// `ls-<pid>-<starttime>` of the runner that created it.
+pub const LABEL_OWNER: &str = "llm-sandbox.owner";
+/// Host name of that runner (its pid means nothing elsewhere).
+pub const LABEL_HOST: &str = "llm-sandbox.host";
+/// `job`, `prepare`, `build`, `template`.
+pub const LABEL_KIND: &str = "llm-sandbox.kind";
+/// Images: `true` when kept for later runs (`keep_template`).
+pub const LABEL_KEEP: &str = "llm-sandbox.keep";
+/// Images: the hash of their inputs.
+pub const LABEL_KEY: &str = "llm-sandbox.key";
+
+/// What a foreign runner's leftovers must be older than before a sweep removes them.
+const FOREIGN_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Request timeout of the client: long, the runner keeps its own per-step timeouts.
+const CLIENT_TIMEOUT_S: u64 = 24 * 3600;
+
+/// Where to connect: an endpoint and, for TCP, TLS material.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.host)?;
+        if self.tls.is_some() {
+            write!(f, " (TLS)")?;
+        }
+        Ok(())
+    }
+}
+
+fn truthy(v: Option<std::ffi::OsString>) -> bool {
+    v.is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+impl Endpoint {
+    /// As docker does: the job file's `[backends.docker]` (`host`, `tls` relative to the job
+    /// file), else `DOCKER_HOST` with `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`, else the local
+    /// socket.
+    pub fn resolve(
+        host: Option<&str>,
+        tls: Option<&crate::spec::types::TlsConfig>,
+        base: &Path,
+    ) -> Result<Endpoint, String> {
+        let env_host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let host = host
+            .map(String::from)
+            .or(env_host)
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let tls = match tls {
+            Some(t) => {
+                let cert_dir = cert_path();
+                let pick = |v: &Option<String>, default: &str| -> PathBuf {
+                    match v {
+                        Some(p) => base.join(p),
+                        None => cert_dir.join(default),
+                    }
+                };
+                Some(TlsFiles {
+                    ca: pick(&t.ca, "ca.pem"),
+                    cert: pick(&t.cert, "cert.pem"),
+                    key: pick(&t.key, "key.pem"),
+                })
+            }
+            None if truthy(std::env::var_os("DOCKER_TLS_VERIFY"))
+                || host.starts_with("https://") =>
+            {
+                let d = cert_path();
+                Some(TlsFiles {
+                    ca: d.join("ca.pem"),
+                    cert: d.join("cert.pem"),
+                    key: d.join("key.pem"),
+                })
+            }
+            None => None,
+        };
+        if let Some(t) = &tls {
+            if host.starts_with("unix://") {
+                return Err(format!("TLS settings apply to tcp:// hosts, not to {host}"));
+            }
+            for (what, p) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+                if !p.is_file() {
+                    return Err(format!(
+                        "the TLS {what} file {} of the Docker host {host} does not exist (set backends.docker.tls.{what}, or DOCKER_CERT_PATH)",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        Ok(Endpoint { host, tls })
+    }
+}
+
+fn cert_path() -> PathBuf {
+    std::env::var_os("DOCKER_CERT_PATH")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+        .unwrap_or_else(|| PathBuf::from(".docker"))
+}
+
+/// A connected engine.
+pub struct Engine {
+    pub docker: Docker,
+    pub kind: BackendKind,
+    pub endpoint: String,
+    /// Whether the daemon runs on this machine (stale-owner checks by pid apply).
+    pub local: bool,
+    /// Images this run built and must remove at its end (not kept).
+    built: Mutex<Vec<String>>,
+    /// One build/pull/prepare at a time per image key.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+type Slot = Arc<tokio::sync::OnceCell<Result<Arc<Engine>, String>>>;
+
+static ENGINES: Mutex<Vec<(Endpoint, BackendKind, Slot)>> = Mutex::new(Vec::new());
+
+/// Connects once per endpoint per process (and sweeps what dead runs left on it).
+pub async fn connect(ep: &Endpoint, kind: BackendKind) -> Result<Arc<Engine>, String> {
+    let slot = {
+        let mut all = ENGINES.lock().map_err(|_| "engine registry poisoned")?;
+        match all.iter().find(|(e, k, _)| e == ep && *k == kind) {
+            Some((_, _, s)) => s.clone(),
+            None => {
+                let s: Slot = Arc::default();
+                all.push((ep.clone(), kind, s.clone()));
+                s
+            }
+        }
+    };
+    slot.get_or_init(|| async {
+        let e = open(ep, kind).await?;
+        e.sweep_stale().await;
+        Ok(Arc::new(e))
+    })
+    .await
+    .clone()
+}
+
+/// Wraps a client the caller built (library API).
+pub async fn from_client(docker: Docker, kind: BackendKind) -> Result<Arc<Engine>, String> {
+    let docker = docker
+        .negotiate_version()
+        .await
+        .map_err(|e| format!("cannot reach the {kind} engine: {e}"))?;
+    Ok(Arc::new(Engine::new(
+        docker,
+        kind,
+        "caller-provided client".into(),
+        true,
+    )))
+}
+
+/// Every engine this process connected to (for the end-of-run cleanup).
+pub fn connected() -> Vec<Arc<Engine>> {
+    ENGINES
+        .lock()
+        .map(|all| {
+            all.iter()
+                .filter_map(|(_, _, s)| s.get().and_then(|r| r.as_ref().ok().cloned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn open(ep: &Endpoint, kind: BackendKind) -> Result<Engine, String> {
+    use bollard::API_DEFAULT_VERSION as V;
+    let host = ep.host.as_str();
+    let client = if let Some(path) = host.strip_prefix("unix://") {
+        if !Path::new(path).exists() {
+            return Err(unreachable(kind, host, &format!("{path} does not exist")));
+        }
+        Docker::connect_with_unix(host, CLIENT_TIMEOUT_S, V)
+    } else if let Some(t) = &ep.tls {
+        let addr = host.replacen("https://", "tcp://", 1);
+        Docker::connect_with_ssl(&addr, &t.key, &t.cert, &t.ca, CLIENT_TIMEOUT_S, V)
+    } else if host.starts_with("tcp://") || host.starts_with("http://") {
+        Docker::connect_with_http(host, CLIENT_TIMEOUT_S, V)
+    } else {
+        return Err(format!(
+            "unsupported {kind} host `{host}`: use unix:///path/to/docker.sock or tcp://host:port"
+        ));
+    }
+    .map_err(|e| unreachable(kind, host, &e.to_string()))?;
+    let docker = tokio::time::timeout(Duration::from_secs(20), client.negotiate_version())
+        .await
+        .map_err(|_| unreachable(kind, host, "no answer within 20s"))?
+        .map_err(|e| unreachable(kind, host, &error_chain(&e)))?;
+    let local = host.starts_with("unix://")
+        || host.contains("://127.0.0.1")
+        || host.contains("://localhost")
+        || host.contains("://[::1]");
+    Ok(Engine::new(docker, kind, host.to_string(), local))
+}
+
+/// An error and its sources, one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn unreachable(kind: BackendKind, host: &str, why: &str) -> String {
+    let fix = match kind {
+        BackendKind::Podman => "start it (`scripts/engines podman`, or `podman system service`), or set backends.podman.socket",
+        _ => "start it (`scripts/engines docker`, or `sudo systemctl start docker`), or point backends.docker.host / DOCKER_HOST at a running daemon",
+    };
+    format!("cannot reach the {kind} engine at {host}: {why}; {fix}")
+}
+
+impl Engine {
+    fn new(docker: Docker, kind: BackendKind, endpoint: String, local: bool) -> Engine {
+        Engine {
+            docker,
+            kind,
+            endpoint,
+            local,
+            built: Mutex::new(Vec::new()),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The labels of an object this run creates.
+    pub fn labels(&self, kind: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL.to_string(), "1".to_string()),
+            (LABEL_OWNER.to_string(), owner::prefix()),
+            (LABEL_HOST.to_string(), owner::hostname()),
+            (LABEL_KIND.to_string(), kind.to_string()),
+        ])
+    }
+
+    fn lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut all = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Whether an object with these labels belongs to a runner that is gone.
+    fn is_stale(&self, labels: &HashMap<String, String>, created: i64) -> bool {
+        let Some(o) = labels.get(LABEL_OWNER) else {
+            return false;
+        };
+        if *o == owner::prefix() {
+            return false;
+        }
+        let same_host = labels.get(LABEL_HOST) == Some(&owner::hostname());
+        if same_host && self.local {
+            return owner::stale_owner_pid(o, "").is_some();
+        }
+        let now = chrono::Utc::now().timestamp();
+        now - created > FOREIGN_AGE.as_secs() as i64
+    }
+
+    /// Removes containers and unkept images that runs which are gone left behind: ours by
+    /// label only, never anything else.
+    pub async fn sweep_stale(&self) {
+        let filters = HashMap::from([("label", vec![LABEL])]);
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        if let Ok(list) = self.docker.list_containers(Some(opts)).await {
+            for c in list {
+                let labels = c.labels.unwrap_or_default();
+                if self.is_stale(&labels, c.created.unwrap_or(0)) {
+                    if let Some(id) = c.id {
+                        tracing::info!("removing container {id} left by a run that is gone");
+                        self.remove_container(&id).await;
+                    }
+                }
+            }
+        }
+        let filters = HashMap::from([("label", vec![format!("{LABEL_KEEP}=false")])]);
+        let opts = bollard::query_parameters::ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        if let Ok(list) = self.docker.list_images(Some(opts)).await {
+            for i in list {
+                if self.is_stale(&i.labels, i.created) {
+                    self.remove_image(&i.id).await;
+                }
+            }
+        }
+    }
+
+    pub async fn remove_container(&self, id: &str) {
+        let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        let _ = self.docker.remove_container(id, Some(opts)).await;
+    }
+
+    async fn remove_image(&self, id: &str) {
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+            .force(true)
+            .build();
+        let _ = self.docker.remove_image(id, Some(opts), None).await;
+    }
+
+    /// The end of a run: removes every container of this runner still there and the images
+    /// it built without `keep_template`.
+    pub async fn finish_run(&self) {
+        let filters =
+            HashMap::from([("label", vec![format!("{LABEL_OWNER}={}", owner::prefix())])]);
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        if let Ok(list) = self.docker.list_containers(Some(opts)).await {
+            for c in list.into_iter().filter_map(|c| c.id) {
+                self.remove_container(&c).await;
+            }
+        }
+        let built: Vec<String> =
+            std::mem::take(&mut *self.built.lock().unwrap_or_else(|e| e.into_inner()));
+        for image in built {
+            self.remove_image(&image).await;
+        }
+    }
+
+    /// The image's id when it is present locally.
+    pub async fn image_id(&self, name: &str) -> Option<String> {
+        self.docker
+            .inspect_image(name)
+            .await
+            .ok()
+            .and_then(|i| i.id)
+    }
+
+    /// Makes `image` available: present → used, absent → pulled.
+    pub async fn ensure_image(&self, image: &str) -> Result<String, String> {
+        let lock = self.lock(image);
+        let _g = lock.lock().await;
+        if let Some(id) = self.image_id(image).await {
+            return Ok(id);
+        }
+        let opts = bollard::query_parameters::CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut s = self.docker.create_image(Some(opts), None, None);
+        let mut last_err = None;
+        while let Some(item) = s.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                        last_err = Some(e);
+                    }
+                }
+                Err(e) => {
+                    last_err = Some(error_chain(&e));
+                    break;
+                }
+            }
+        }
+        match self.image_id(image).await {
+            Some(id) => Ok(id),
+            None => Err(format!(
+                "image `{image}` is not on the {} engine at {} and could not be pulled ({}); build the default images with `scripts/build-images {}`, or load/build `{image}` there",
+                self.kind,
+                self.endpoint,
+                last_err.unwrap_or_else(|| "no error given".into()),
+                if self.kind == BackendKind::Podman { "podman" } else { "docker" }
+            )),
+        }
+    }
+
+    /// Builds a Dockerfile (its folder is the context), tagged by the hash of the context;
+    /// an image with that tag is reused.
+    pub async fn build_dockerfile(&self, dockerfile: &Path, keep: bool) -> Result<String, String> {
+        let dir = dockerfile.parent().unwrap_or(Path::new("."));
+        let (context, hash) = context_tar(dir, dockerfile)
+            .map_err(|e| format!("cannot read the build context {}: {e}", dir.display()))?;
+        let tag = format!("llm-sandbox/build:{}", &hash[..16]);
+        let lock = self.lock(&tag);
+        let _g = lock.lock().await;
+        if self.image_id(&tag).await.is_some() {
+            return Ok(tag);
+        }
+        let mut labels = self.labels("build");
+        labels.insert(LABEL_KEEP.into(), keep.to_string());
+        labels.insert(LABEL_KEY.into(), hash.clone());
+        let name = dockerfile
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+        let opts = bollard::query_parameters::BuildImageOptionsBuilder::default()
+            .dockerfile(&name)
+            .t(&tag)
+            .rm(true)
+            .forcerm(true)
+            .labels(&labels)
+            .build();
+        let mut s = self
+            .docker
+            .build_image(opts, None, Some(bollard::body_full(context.into())));
+        let mut log = String::new();
+        let mut err = None;
+        while let Some(item) = s.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(l) = info.stream {
+                        log.push_str(&l);
+                    }
+                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                        err = Some(e);
+                    }
+                }
+                Err(e) => {
+                    err = Some(error_chain(&e));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = err {
+            return Err(format!(
+                "building {} failed: {e}\n{}",
+                dockerfile.display(),
+                tail(&log, 30)
+            ));
+        }
+        if self.image_id(&tag).await.is_none() {
+            return Err(format!(
+                "building {} produced no image:\n{}",
+                dockerfile.display(),
+                tail(&log, 30)
+            ));
+        }
+        if !keep {
+            self.built
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(tag.clone());
+        }
+        Ok(tag)
+    }
+
+    /// Registers an image this run made and must remove at its end.
+    pub fn built_by_run(&self, image: &str) {
+        self.built
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(image.to_string());
+    }
+
+    /// A per-key lock for callers that build images (templates).
+    pub fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.lock(key)
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A deterministic tar of the build context (sorted, mtime 0, no owners) and its sha256.
+/// Symlinks in the context are stored as links (docker does the same); `.dockerignore`
+/// patterns are honoured for plain names and globs.
+fn context_tar(dir: &Path, dockerfile: &Path) -> std::io::Result<(Vec<u8>, String)> {
+    use sha2::Digest;
+    let ignore = std::fs::read_to_string(dir.join(".dockerignore")).unwrap_or_default();
+    let mut set = globset::GlobSetBuilder::new();
+    for line in ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if let Ok(g) = globset::Glob::new(line.trim_start_matches('/')) {
+            set.add(g);
+        }
+    }
+    let ignored = set.build().unwrap_or_else(|_| globset::GlobSet::empty());
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap_or(&p).to_path_buf();
+            if ignored.is_match(&rel) && p != dockerfile {
+                continue;
+            }
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                stack.push(p.clone());
+            }
+            files.push((rel, p, ft));
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Deterministic);
+    for (rel, p, ft) in &files {
+        if ft.is_dir() || ft.is_file() || ft.is_symlink() {
+            b.append_path_with_name(p, rel)?;
+        }
+    }
+    let bytes = b.into_inner()?;
+    let hash: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((bytes, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_from_job_settings_and_errors() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        let tls = crate::spec::types::TlsConfig {
+            ca: Some("ca.pem".into()),
+            cert: Some("cert.pem".into()),
+            key: Some("key.pem".into()),
+        };
+        let ep = Endpoint::resolve(Some("tcp://127.0.0.1:2376"), Some(&tls), d.path()).unwrap();
+        assert_eq!(ep.host, "tcp://127.0.0.1:2376");
+        assert_eq!(ep.tls.unwrap().ca, d.path().join("ca.pem"));
+        let bad = crate::spec::types::TlsConfig {
+            ca: Some("missing.pem".into()),
+            ..tls.clone()
+        };
+        let e = Endpoint::resolve(Some("tcp://h:1"), Some(&bad), d.path()).unwrap_err();
+        assert!(e.contains("missing.pem") && e.contains("tls.ca"), "{e}");
+        let e = Endpoint::resolve(Some("unix:///x.sock"), Some(&tls), d.path()).unwrap_err();
+        assert!(e.contains("tcp://"), "{e}");
+    }
+
+    #[test]
+    fn context_hash_is_stable_and_content_sensitive() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("Dockerfile"), "FROM x\n").unwrap();
+        std::fs::write(d.path().join("a.txt"), "1").unwrap();
+        std::fs::write(d.path().join("skip.log"), "1").unwrap();
+        std::fs::write(d.path().join(".dockerignore"), "*.log\n").unwrap();
+        let df = d.path().join("Dockerfile");
+        let (_, h1) = context_tar(d.path(), &df).unwrap();
+        std::fs::write(d.path().join("skip.log"), "2").unwrap();
+        let (_, h2) = context_tar(d.path(), &df).unwrap();
+        assert_eq!(h1, h2, "ignored files do not change the hash");
+        std::fs::write(d.path().join("a.txt"), "2").unwrap();
+        let (_, h3) = context_tar(d.path(), &df).unwrap();
+        assert_ne!(h1, h3);
+    }
+}

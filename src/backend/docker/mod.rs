@@ -1,0 +1,708 @@
+//! The Docker backend (bollard): one fresh hardened container per job, started once; the
+//! program and input files go in as a tar stream, each step is an exec, the files to check
+//! and the artifacts come out as a tar stream. Images: present → used, absent → pulled,
+//! `dockerfile` → built by content hash; `libraries` and `setup` run in the prepare phase
+//! (root, network) and are committed as a template image keyed by its inputs.
+//!
+//! The results are mapped onto the same step results as the native sandbox's, so a job
+//! gets the same statuses and messages on every backend.
+
+pub mod container;
+pub mod engine;
+pub mod tarball;
+
+use super::native::{copy_artifacts, to_report};
+use super::{error_report, RunCtx};
+use crate::lang::{self, HostToolchain};
+use crate::plan::PlannedJob;
+use crate::report::model::{JobReport, Phase, Status};
+use crate::sandbox::host::Outcome;
+use crate::sandbox::proto::{LimitEvents, Msg, StepResult};
+use crate::sandbox::StepKind;
+use crate::spec::types::{BackendKind, Lang};
+use container::{Container, ContainerSpec, ExecResult};
+use engine::{Endpoint, Engine};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The sandbox user of the run phase.
+pub const SANDBOX_USER: &str = "1000:1000";
+
+/// How long the prepare phase (libraries, setup) may take.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The endpoint a job's settings (or the environment) name.
+pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, String> {
+    let base = job.file.parent().unwrap_or(Path::new("."));
+    let d = job.backends.docker.as_ref();
+    Endpoint::resolve(
+        d.and_then(|d| d.host.as_deref()),
+        d.and_then(|d| d.tls.as_ref()),
+        base,
+    )
+}
+
+/// The environment of every step: the language's variables and the job's own; nothing of
+/// the runner's environment. The image's PATH is kept.
+pub fn base_env(lang: Lang, job_env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("HOME".into(), container::WORKDIR.into()),
+        ("TMPDIR".into(), "/tmp".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("USER".into(), "sandbox".into()),
+        ("LOGNAME".into(), "sandbox".into()),
+    ];
+    for (k, v) in lang::spec(lang).env {
+        env.push((k.to_string(), v.to_string()));
+    }
+    for (k, v) in job_env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+/// The compile and run steps, with programs looked up in the image's PATH.
+pub fn steps(lang: Lang, source: &str, job: &PlannedJob) -> Vec<crate::sandbox::Step> {
+    let spec = lang::spec(lang);
+    let tc = HostToolchain {
+        programs: spec.tools.iter().map(std::path::PathBuf::from).collect(),
+        binds: vec![],
+        path: vec![],
+        compile_extra: container_compile_extra(lang),
+    };
+    super::native::program_steps(
+        lang,
+        &tc,
+        source,
+        &job.code,
+        &job.limits,
+        job.timeout,
+        &job.args,
+    )
+}
+
+fn container_compile_extra(lang: Lang) -> Vec<String> {
+    match lang {
+        // The default node image has typescript and @types/node installed globally.
+        Lang::Typescript => vec![
+            "--typeRoots".into(),
+            "/usr/local/lib/node_modules/@types".into(),
+        ],
+        _ => vec![],
+    }
+}
+
+/// The prepare phase's install command for `libraries` (names validated at plan time),
+/// and the image changes it needs.
+fn install_script(lang: Lang, libs: &[String]) -> Result<(String, Vec<String>), String> {
+    let libs = libs.join(" ");
+    Ok(match lang {
+        Lang::Python => (
+            format!("PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore {libs}"),
+            vec![],
+        ),
+        Lang::Javascript | Lang::Typescript => (
+            format!("npm install -g --no-audit --no-fund {libs}"),
+            vec!["ENV NODE_PATH=/usr/local/lib/node_modules".into()],
+        ),
+        Lang::Ruby => (format!("gem install --no-document {libs}"), vec![]),
+        Lang::Go => (format!("GOBIN=/usr/local/bin go install {libs}"), vec![]),
+        Lang::R => (
+            format!("Rscript -e 'install.packages(commandArgs(TRUE), repos=\"https://cloud.r-project.org\")' {libs}"),
+            vec![],
+        ),
+        Lang::Bash => (
+            format!("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends {libs}"),
+            vec![],
+        ),
+        other => {
+            return Err(format!(
+                "`libraries` are not supported for {other} on container backends (no package manager of its own): install them with `setup` commands or in a Dockerfile (`dockerfile = \"...\"`)"
+            ))
+        }
+    })
+}
+
+/// Package-manager settings of the host that the prepare phase sees (proxies, index):
+/// read from the machine at run time, passed to the prepare exec only (never committed).
+fn prepare_env() -> Vec<(String, String)> {
+    const KEYS: &[&str] = &[
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_TRUSTED_HOST",
+        "npm_config_registry",
+        "NPM_CONFIG_REGISTRY",
+    ];
+    std::env::vars()
+        .filter(|(k, _)| KEYS.contains(&k.as_str()))
+        .collect()
+}
+
+fn short_hash(parts: &[&str]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A unique container name owned by this runner.
+fn container_name() -> String {
+    super::native::sandbox_id()
+}
+
+/// The image a job runs in: its Dockerfile built, or its image (default per language)
+/// present or pulled, then the template with its libraries and setup.
+pub async fn job_image(
+    engine: &Arc<Engine>,
+    job: &PlannedJob,
+    cancel: &CancellationToken,
+) -> Result<String, (String, Option<String>)> {
+    let base = match &job.dockerfile {
+        Some(df) => engine
+            .build_dockerfile(df, job.keep_template)
+            .await
+            .map_err(|e| (e, None))?,
+        None => {
+            let image = job
+                .image
+                .clone()
+                .unwrap_or_else(|| lang::spec(job.lang).default_image.to_string());
+            engine.ensure_image(&image).await.map_err(|e| (e, None))?;
+            image
+        }
+    };
+    if job.libraries.is_empty() && job.setup.is_empty() {
+        return Ok(base);
+    }
+    template(
+        engine,
+        &base,
+        job.lang,
+        &job.libraries,
+        &job.setup,
+        job.keep_template,
+        cancel,
+    )
+    .await
+}
+
+/// The prepare phase: `libraries` and `setup` as root with network in a container of `base`,
+/// committed as `llm-sandbox/template:<hash of its inputs>` (kept) or a run-private tag
+/// (removed at the end of the run). An existing template is reused.
+pub async fn template(
+    engine: &Arc<Engine>,
+    base: &str,
+    lang: Lang,
+    libraries: &[String],
+    setup: &[String],
+    keep: bool,
+    cancel: &CancellationToken,
+) -> Result<String, (String, Option<String>)> {
+    let base_id = engine
+        .image_id(base)
+        .await
+        .unwrap_or_else(|| base.to_string());
+    let mut parts = vec![base_id.as_str(), lang.as_str(), "libs"];
+    parts.extend(libraries.iter().map(String::as_str));
+    parts.push("setup");
+    parts.extend(setup.iter().map(String::as_str));
+    let key = short_hash(&parts);
+    let kept = format!("llm-sandbox/template:{key}");
+    let private = format!("llm-sandbox/template:{key}-{}", crate::run::owner::prefix());
+    let lock = engine.key_lock(&kept);
+    let _g = lock.lock().await;
+    if engine.image_id(&kept).await.is_some() {
+        return Ok(kept);
+    }
+    if !keep && engine.image_id(&private).await.is_some() {
+        return Ok(private);
+    }
+    let tag = if keep { kept } else { private };
+    let mut script = String::from("set -e\n");
+    let mut changes = vec![];
+    if !libraries.is_empty() {
+        let (cmd, ch) = install_script(lang, libraries).map_err(|e| (e, None))?;
+        script.push_str(&cmd);
+        script.push('\n');
+        changes = ch;
+    }
+    for s in setup {
+        script.push_str(s);
+        script.push('\n');
+    }
+    let spec = ContainerSpec {
+        image: base.to_string(),
+        user: "0:0".into(),
+        env: vec![],
+        limits: Default::default(),
+        network: true,
+        hardened: false,
+        cpu_seconds: None,
+        kind: "prepare",
+        name: container_name(),
+    };
+    let mut c = Container::start(engine.clone(), &spec)
+        .await
+        .map_err(|e| (e, None))?;
+    let argv: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script];
+    let r = c
+        .exec(
+            &argv,
+            Some("0:0"),
+            &prepare_env(),
+            None,
+            1 << 20,
+            PREPARE_TIMEOUT,
+            cancel,
+        )
+        .await;
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            c.remove().await;
+            return Err((e, None));
+        }
+    };
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    if r.exit_code != Some(0) {
+        c.remove().await;
+        let why = if r.cancelled {
+            "interrupted".to_string()
+        } else if r.timed_out {
+            format!(
+                "timed out after {}",
+                crate::spec::units::format_duration(PREPARE_TIMEOUT)
+            )
+        } else {
+            format!("exit code {}", r.exit_code.unwrap_or(-1))
+        };
+        let what = match (libraries.is_empty(), setup.is_empty()) {
+            (false, true) => format!("installing the libraries {libraries:?}"),
+            (true, false) => "the setup commands".to_string(),
+            _ => format!("installing the libraries {libraries:?} or the setup commands"),
+        };
+        return Err((
+            format!("{what} failed in the prepare phase ({why})"),
+            Some(log),
+        ));
+    }
+    let (repo, t) = tag.rsplit_once(':').unwrap_or((tag.as_str(), "latest"));
+    let mut all_changes = changes;
+    all_changes.push(format!(
+        "LABEL {}=template {}={} {}={key}",
+        engine::LABEL_KIND,
+        engine::LABEL_KEEP,
+        keep,
+        engine::LABEL_KEY
+    ));
+    let joined = all_changes.join("\n");
+    let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
+        .container(&c.id)
+        .repo(repo)
+        .tag(t)
+        .pause(true)
+        .changes(&joined)
+        .build();
+    let committed = engine
+        .docker
+        .commit_container(opts, bollard::models::ContainerConfig::default())
+        .await;
+    c.remove().await;
+    committed.map_err(|e| {
+        (
+            format!(
+                "cannot commit the template image: {}",
+                engine::error_chain(&e)
+            ),
+            None,
+        )
+    })?;
+    if !keep {
+        engine.built_by_run(&tag);
+    }
+    Ok(tag)
+}
+
+/// The container of a job's run phase.
+pub fn run_spec(job: &PlannedJob, image: &str, env: Vec<(String, String)>) -> ContainerSpec {
+    ContainerSpec {
+        image: image.to_string(),
+        user: "0:0".into(),
+        env,
+        limits: job.limits.clone(),
+        network: job.network,
+        hardened: true,
+        cpu_seconds: Some(job.timeout.as_millis().div_ceil(1000) as u64 + 1),
+        kind: "job",
+        name: container_name(),
+    }
+}
+
+fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
+    let code = r.exit_code.map(|c| c as i32);
+    // Docker reports a process killed by signal N as 128+N.
+    let signal = code
+        .filter(|c| (129..=128 + 31).contains(c))
+        .map(|c| c - 128);
+    let mut output = Vec::new();
+    if kind != StepKind::Run {
+        output.extend_from_slice(&r.stdout);
+        output.extend_from_slice(&r.stderr);
+        output.truncate(merged_cap as usize);
+    }
+    StepResult {
+        kind: Some(kind),
+        exit_code: code,
+        signal,
+        timed_out: r.timed_out,
+        duration_ms: r.duration.as_millis() as u64,
+        output: String::from_utf8_lossy(&output).into_owned(),
+        output_truncated: r.stdout_truncated || r.stderr_truncated,
+        spawn_error: None,
+        cpu_ms: 0,
+    }
+}
+
+/// Reads the cgroup's counters and, when `collect`, the workdir as a tar stream.
+async fn finish(
+    c: &mut Container,
+    collect: bool,
+    cap: u64,
+    cancel: &CancellationToken,
+) -> Result<(LimitEvents, Option<Vec<u8>>), String> {
+    const SCRIPT: &str = r#"kill -9 -1 2>/dev/null
+for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
+  [ -r "$f" ] && while read -r k v; do echo "$k $v" >&2; done < "$f"
+done
+if [ "$1" = 1 ]; then exec tar -c -C /sandbox .; fi
+exit 0"#;
+    let argv: Vec<String> = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        SCRIPT.into(),
+        "sh".into(),
+        if collect { "1" } else { "0" }.into(),
+    ];
+    let mut r = c
+        .exec(
+            &argv,
+            Some(SANDBOX_USER),
+            &[],
+            None,
+            cap,
+            Duration::from_secs(60),
+            cancel,
+        )
+        .await;
+    if r.is_err() && !c.dead {
+        // The pids limit may be exhausted by what the job left: make room, then retry.
+        let up = bollard::models::ContainerUpdateBody {
+            pids_limit: Some(c.pids_limit + 64),
+            ..Default::default()
+        };
+        let _ = c.engine.docker.update_container(&c.id, up).await;
+        r = c
+            .exec(
+                &argv,
+                Some(SANDBOX_USER),
+                &[],
+                None,
+                cap,
+                Duration::from_secs(60),
+                cancel,
+            )
+            .await;
+    }
+    let r = r?;
+    let mut ev = LimitEvents {
+        enforcement: "container cgroup".into(),
+        ..Default::default()
+    };
+    for line in String::from_utf8_lossy(&r.stderr).lines() {
+        let mut it = line.split_whitespace();
+        match (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) {
+            (Some("oom_kill"), Some(n)) if n > 0 => ev.oom_killed = true,
+            (Some("max"), Some(n)) if n > 0 => ev.pids_limit_hit = true,
+            _ => {}
+        }
+    }
+    let tar = (collect && r.exit_code == Some(0)).then_some(r.stdout);
+    Ok((ev, tar))
+}
+
+/// Runs one job in a fresh container.
+pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobReport {
+    let started = Instant::now();
+    let ep = match endpoint(job) {
+        Ok(e) => e,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    let engine = match engine::connect(&ep, kind).await {
+        Ok(e) => e,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    let image = match job_image(&engine, job, &ctx.cancel).await {
+        Ok(i) => i,
+        Err((m, log)) => {
+            let mut r = error_report(job, Phase::Prepare, m);
+            r.stderr = log.unwrap_or_default();
+            return r;
+        }
+    };
+    let mut report = run_in(&engine, job, ctx, &image).await;
+    report.image = Some(
+        job.dockerfile
+            .as_ref()
+            .map(|_| image.clone())
+            .or_else(|| job.image.clone())
+            .unwrap_or_else(|| lang::spec(job.lang).default_image.to_string()),
+    );
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+async fn run_in(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &str) -> JobReport {
+    let env = base_env(job.lang, &job.env);
+    let mut c = match Container::start(engine.clone(), &run_spec(job, image, env)).await {
+        Ok(c) => c,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    let report = run_steps(&mut c, job, ctx).await;
+    c.remove().await;
+    report
+}
+
+async fn run_steps(c: &mut Container, job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+    let cancel = &ctx.cancel;
+    let started = Instant::now();
+    let source = lang::source_file(job.lang, &job.code);
+    let mut entries = vec![(source.clone(), job.code.as_bytes().to_vec(), 0o644)];
+    for f in &job.files {
+        match std::fs::read(&f.src) {
+            Ok(data) => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&f.src)
+                    .map(|m| m.permissions().mode() & 0o755)
+                    .unwrap_or(0o644);
+                entries.push((f.dest.clone(), data, mode | 0o644));
+            }
+            Err(e) => {
+                return error_report(
+                    job,
+                    Phase::Prepare,
+                    format!("cannot read the input file {}: {e}", f.src.display()),
+                )
+            }
+        }
+    }
+    let tar = match tarball::build(&entries) {
+        Ok(t) => t,
+        Err(e) => {
+            return error_report(
+                job,
+                Phase::Prepare,
+                format!("cannot pack the input files: {e}"),
+            )
+        }
+    };
+    if let Err(e) = c.put_tar(&tar, cancel).await {
+        if cancel.is_cancelled() {
+            return interrupted(job);
+        }
+        return error_report(job, Phase::Prepare, e);
+    }
+    let mut msgs = Vec::new();
+    let mut outcome = Outcome {
+        msgs: vec![],
+        stdout: vec![],
+        stderr: vec![],
+        stdout_truncated: false,
+        stderr_truncated: false,
+        output_limit_hit: false,
+        cancelled: false,
+        wall: Duration::ZERO,
+        helper_status: None,
+        out_dir: None,
+    };
+    let mut last_run = None;
+    for step in steps(job.lang, &source, job) {
+        let (stdin, user) = match step.kind {
+            StepKind::Run => (
+                Some(job.stdin.as_deref().unwrap_or("").as_bytes()),
+                SANDBOX_USER,
+            ),
+            _ => (None, SANDBOX_USER),
+        };
+        let timeout = Duration::from_millis(step.timeout_ms);
+        let r = match c
+            .exec(
+                &step.argv,
+                Some(user),
+                &[],
+                stdin,
+                step.capture_cap,
+                timeout,
+                cancel,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return error_report(job, phase_of(step.kind), e),
+        };
+        if r.cancelled {
+            return interrupted(job);
+        }
+        let mut sr = step_result(step.kind, &r, step.capture_cap);
+        if r.exit_code == Some(127) && step.kind != StepKind::Run {
+            sr.spawn_error = Some(format!(
+                "`{}` was not found in the image: {}",
+                step.argv[0],
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        if r.exit_code == Some(126) || (r.exit_code == Some(127) && is_exec_failure(&r)) {
+            sr.spawn_error = Some(format!(
+                "`{}` could not be started in image `{}`: {}",
+                step.argv[0],
+                job.image
+                    .as_deref()
+                    .unwrap_or(lang::spec(job.lang).default_image),
+                String::from_utf8_lossy(&r.stdout).trim()
+            ));
+        }
+        let ok = r.exit_code == Some(0) && !r.timed_out && !r.output_limit_hit;
+        if step.kind == StepKind::Run {
+            outcome.stdout = r.stdout.clone();
+            outcome.stderr = r.stderr.clone();
+            outcome.stdout_truncated = r.stdout_truncated;
+            outcome.stderr_truncated = r.stderr_truncated;
+            outcome.output_limit_hit = r.output_limit_hit;
+            last_run = Some(r.clone());
+        }
+        msgs.push(Msg::Step(sr));
+        if !ok && step.kind != StepKind::Run {
+            break;
+        }
+    }
+    let collect = !job.artifacts.is_empty() || !job.expect.files.is_empty();
+    let needs_finish = !c.dead
+        && last_run
+            .as_ref()
+            .is_some_and(|r| collect || r.exit_code != Some(0));
+    if needs_finish {
+        match finish(c, collect, job.limits.disk, cancel).await {
+            Ok((ev, tar)) => {
+                msgs.push(Msg::Limits(ev));
+                if let Some(tar) = tar {
+                    let dir = ctx
+                        .run_dir
+                        .join(format!("{}-out", c.id.get(..12).unwrap_or(&c.id)));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    match std::fs::create_dir_all(&dir)
+                        .and_then(|_| tarball::extract(tar.as_slice(), &dir, job.limits.disk))
+                    {
+                        Ok(x) => {
+                            let refused = x
+                                .refused
+                                .into_iter()
+                                .filter(|(p, _)| wanted(job, p))
+                                .collect();
+                            msgs.push(Msg::Collected {
+                                files: x.files,
+                                refused,
+                            });
+                            outcome.out_dir = Some(dir);
+                        }
+                        Err(e) => {
+                            return error_report(
+                                job,
+                                Phase::Run,
+                                format!("cannot unpack the files copied out of the container: {e}"),
+                            )
+                        }
+                    }
+                }
+            }
+            Err(e) if cancel.is_cancelled() => {
+                let _ = e;
+                return interrupted(job);
+            }
+            Err(e) => tracing::debug!("reading the container's counters failed: {e}"),
+        }
+    }
+    outcome.msgs = msgs;
+    outcome.wall = started.elapsed();
+    let mut report = to_report(job, &outcome);
+    if let Some(dir) = &outcome.out_dir {
+        if !job.artifacts.is_empty() && report.status != Status::Error {
+            match copy_artifacts(job, dir, &ctx.artifacts_root) {
+                Ok(a) => report.artifacts = a,
+                Err(e) => {
+                    report.status = Status::Error;
+                    report.message = Some(format!("cannot copy the artifacts out: {e}"));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    report
+}
+
+/// Whether a refused path matters to the job (an artifact glob or a checked file).
+fn wanted(job: &PlannedJob, path: &str) -> bool {
+    job.expect.files.iter().any(|f| f.path == path)
+        || job.artifacts.iter().any(|g| {
+            globset::GlobBuilder::new(g)
+                .literal_separator(true)
+                .build()
+                .is_ok_and(|g| g.compile_matcher().is_match(path))
+        })
+}
+
+fn is_exec_failure(r: &ExecResult) -> bool {
+    let out = String::from_utf8_lossy(&r.stdout);
+    out.contains("OCI runtime exec failed") || out.contains("executable file not found")
+}
+
+fn phase_of(kind: StepKind) -> Phase {
+    match kind {
+        StepKind::Setup => Phase::Prepare,
+        StepKind::Compile => Phase::Compile,
+        _ => Phase::Run,
+    }
+}
+
+fn interrupted(job: &PlannedJob) -> JobReport {
+    error_report(
+        job,
+        Phase::Run,
+        "interrupted: the run was cancelled before this job finished".into(),
+    )
+}
+
+/// The end of a run: removes what this run left on every engine it used.
+pub async fn finish_run() {
+    for e in engine::connected() {
+        e.finish_run().await;
+    }
+}
