@@ -15,6 +15,7 @@
 //! (nothing but the workdir survives between them); the workdir is a host directory
 //! private to the session, bind-mounted as `/sandbox`, so its size is not limited.
 
+use crate::backend::docker;
 use crate::backend::native::{base_env, program_steps, sandbox_id};
 use crate::lang::{self, HostToolchain};
 use crate::plan::job::ResolvedLimits;
@@ -42,6 +43,12 @@ pub enum SessionError {
     Sandbox(String),
     #[error("libraries are not supported on the native backend yet: {0:?}")]
     Libraries(Vec<String>),
+    /// The container engine refused or failed (message says which and how to fix it).
+    #[error("{0}")]
+    Engine(String),
+    /// The prepare phase (image build, libraries) failed; the log is attached.
+    #[error("{message}\n{log}")]
+    Prepare { message: String, log: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -66,7 +73,7 @@ impl ExecOutput {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionBuilder {
     lang: Lang,
     backend: BackendKind,
@@ -76,6 +83,24 @@ pub struct SessionBuilder {
     timeout: Duration,
     network: bool,
     env: Vec<(String, String)>,
+    libraries: Vec<String>,
+    dockerfile: Option<PathBuf>,
+    docker_host: Option<String>,
+    tls: Option<crate::spec::types::TlsConfig>,
+    client: Option<bollard::Docker>,
+}
+
+impl std::fmt::Debug for SessionBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionBuilder")
+            .field("lang", &self.lang)
+            .field("backend", &self.backend)
+            .field("image", &self.image)
+            .field("dockerfile", &self.dockerfile)
+            .field("docker_host", &self.docker_host)
+            .field("caller_client", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SessionBuilder {
@@ -89,6 +114,11 @@ impl Default for SessionBuilder {
             timeout: Duration::from_secs(30),
             network: false,
             env: vec![],
+            libraries: vec![],
+            dockerfile: None,
+            docker_host: None,
+            tls: None,
+            client: None,
         }
     }
 }
@@ -127,9 +157,54 @@ impl SessionBuilder {
         self
     }
 
+    /// Libraries installed in the prepare phase (container backends: a template image).
+    pub fn libraries<S: AsRef<str>>(mut self, libs: &[S]) -> Self {
+        self.libraries = libs.iter().map(|l| l.as_ref().to_string()).collect();
+        self
+    }
+    /// Build the sandbox image from a Dockerfile (its folder is the build context).
+    pub fn dockerfile(mut self, path: impl Into<PathBuf>) -> Self {
+        self.dockerfile = Some(path.into());
+        self
+    }
+    /// The Docker host (`unix:///…` or `tcp://host:port`); default `$DOCKER_HOST`, then the
+    /// local socket.
+    pub fn docker_host(mut self, host: impl Into<String>) -> Self {
+        self.docker_host = Some(host.into());
+        self
+    }
+    /// TLS material for a `tcp://` Docker host (paths).
+    pub fn tls(
+        mut self,
+        ca: impl AsRef<Path>,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Self {
+        let s = |p: &dyn AsRef<Path>| Some(p.as_ref().display().to_string());
+        self.tls = Some(crate::spec::types::TlsConfig {
+            ca: s(&ca),
+            cert: s(&cert),
+            key: s(&key),
+        });
+        self
+    }
+    /// A bollard client the caller built (any host, any TLS setup).
+    pub fn docker_client(mut self, client: bollard::Docker) -> Self {
+        self.client = Some(client);
+        self
+    }
+
     pub async fn open(self) -> Result<Session, SessionError> {
-        if self.backend != BackendKind::Native {
-            return Err(SessionError::BackendUnavailable(self.backend));
+        match self.backend {
+            BackendKind::Native => self.open_native().await,
+            BackendKind::Docker => self.open_docker().await,
+            other => Err(SessionError::BackendUnavailable(other)),
+        }
+    }
+
+    async fn open_native(self) -> Result<Session, SessionError> {
+        if !self.libraries.is_empty() {
+            return Err(SessionError::Libraries(self.libraries.clone()));
         }
         let tc = lang::probe_cached(self.lang).map_err(SessionError::Toolchain)?;
         let dir = RunDir::create()?;
@@ -141,20 +216,149 @@ impl SessionBuilder {
         }
         Ok(Session {
             b: self,
-            tc,
-            dir: Some(dir),
-            workdir,
+            inner: Inner::Native(NativeState {
+                tc,
+                dir: Some(dir),
+                workdir,
+            }),
             cancel: CancellationToken::new(),
+        })
+    }
+
+    async fn open_docker(mut self) -> Result<Session, SessionError> {
+        let kind = self.backend;
+        let engine = match self.client.take() {
+            Some(c) => docker::engine::from_client(c, kind).await,
+            None => {
+                let base = std::env::current_dir().unwrap_or_default();
+                let ep = docker::engine::Endpoint::resolve(
+                    self.docker_host.as_deref(),
+                    self.tls.as_ref(),
+                    &base,
+                )
+                .map_err(SessionError::Engine)?;
+                docker::engine::connect(&ep, kind).await
+            }
+        }
+        .map_err(SessionError::Engine)?;
+        let base = match &self.dockerfile {
+            Some(df) => {
+                let df = std::path::absolute(df)?;
+                engine
+                    .build_dockerfile(&df, self.keep_template)
+                    .await
+                    .map_err(SessionError::Engine)?
+            }
+            None => {
+                let image = self
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| lang::spec(self.lang).default_image.to_string());
+                engine
+                    .ensure_image(&image)
+                    .await
+                    .map_err(SessionError::Engine)?;
+                image
+            }
+        };
+        let cancel = CancellationToken::new();
+        let libs = self.libraries.clone();
+        let mut state = DockerState {
+            engine,
+            base,
+            libs: vec![],
+            container: None,
+        };
+        state.switch(&self, &libs, &cancel).await?;
+        Ok(Session {
+            b: self,
+            inner: Inner::Docker(state),
+            cancel,
         })
     }
 }
 
-/// A sandbox session (SPEC §5).
-pub struct Session {
-    b: SessionBuilder,
+struct NativeState {
     tc: HostToolchain,
     dir: Option<RunDir>,
     workdir: PathBuf,
+}
+
+struct DockerState {
+    engine: std::sync::Arc<docker::engine::Engine>,
+    /// The image without libraries.
+    base: String,
+    /// Libraries installed in the current container's image.
+    libs: Vec<String>,
+    container: Option<docker::container::Container>,
+}
+
+impl DockerState {
+    /// Moves the session to a container whose image has `libs` (a template built in the
+    /// prepare phase); the workdir's files come along.
+    async fn switch(
+        &mut self,
+        b: &SessionBuilder,
+        libs: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let image = if libs.is_empty() {
+            self.base.clone()
+        } else {
+            docker::template(
+                &self.engine,
+                &self.base,
+                b.lang,
+                libs,
+                &[],
+                b.keep_template,
+                cancel,
+            )
+            .await
+            .map_err(|(message, log)| SessionError::Prepare {
+                message,
+                log: log.unwrap_or_default(),
+            })?
+        };
+        let spec = docker::container::ContainerSpec {
+            image,
+            user: "0:0".into(),
+            env: docker::base_env(b.lang, &b.env),
+            limits: b.limits.clone(),
+            network: b.network,
+            hardened: true,
+            cpu_seconds: None,
+            kind: "session",
+            name: crate::backend::native::sandbox_id(),
+        };
+        let mut next = docker::container::Container::start(self.engine.clone(), &spec)
+            .await
+            .map_err(SessionError::Engine)?;
+        next.keep_on_timeout = true;
+        if let Some(mut old) = self.container.take() {
+            let files = old.get_tar(".", b.limits.disk, cancel).await;
+            old.remove().await;
+            let files = files.map_err(SessionError::Sandbox)?;
+            next.put_tar(&files, cancel)
+                .await
+                .map_err(SessionError::Sandbox)?;
+        }
+        self.container = Some(next);
+        self.libs = libs.to_vec();
+        Ok(())
+    }
+}
+
+enum Inner {
+    Native(NativeState),
+    Docker(DockerState),
+}
+
+/// A sandbox session (SPEC §5): on `native`, every call runs in a fresh namespace sandbox
+/// sharing a host workdir; on `docker`, one hardened container lives as long as the session.
+pub struct Session {
+    b: SessionBuilder,
+    inner: Inner,
     cancel: CancellationToken,
 }
 
@@ -275,30 +479,75 @@ impl Session {
     }
 
     /// Writes `code` as the language's source file in the workdir, compiles it when the
-    /// language compiles, and runs it.
+    /// language compiles, and runs it. On container backends, `libraries` not yet in the
+    /// session's image are installed in the prepare phase (a template image; the workdir's
+    /// files move to a container of it).
     pub async fn run(
         &mut self,
         code: &str,
         libraries: &[&str],
     ) -> Result<ExecOutput, SessionError> {
-        if !libraries.is_empty() {
-            return Err(SessionError::Libraries(
-                libraries.iter().map(|s| s.to_string()).collect(),
-            ));
+        let libs: Vec<String> = libraries.iter().map(|s| s.to_string()).collect();
+        for l in &libs {
+            crate::plan::expand::check_library_name(l).map_err(|why| {
+                SessionError::BadPath(l.clone(), format!("invalid library name: {why}"))
+            })?;
         }
         let source = lang::source_file(self.b.lang, code);
-        let mut f = open_beneath(&self.workdir, Path::new(&source), true)?;
-        std::io::Write::write_all(&mut f, code.as_bytes())?;
-        let steps = program_steps(
-            self.b.lang,
-            &self.tc,
-            &source,
-            code,
-            &self.b.limits,
-            self.b.timeout,
-            &[],
-        );
-        self.exec(steps, None).await
+        match &mut self.inner {
+            Inner::Native(n) => {
+                if !libs.is_empty() {
+                    return Err(SessionError::Libraries(libs));
+                }
+                let mut f = open_beneath(&n.workdir, Path::new(&source), true)?;
+                std::io::Write::write_all(&mut f, code.as_bytes())?;
+                let steps = program_steps(
+                    self.b.lang,
+                    &n.tc,
+                    &source,
+                    code,
+                    &self.b.limits,
+                    self.b.timeout,
+                    &[],
+                );
+                self.exec(steps, None).await
+            }
+            Inner::Docker(d) => {
+                let missing: Vec<String> = libs
+                    .iter()
+                    .filter(|l| !d.libs.contains(l))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() {
+                    let mut all = d.libs.clone();
+                    all.extend(missing);
+                    d.switch(&self.b, &all, &self.cancel).await?;
+                }
+                let tar =
+                    docker::tarball::build(&[(source.clone(), code.as_bytes().to_vec(), 0o644)])?;
+                let cancel = self.cancel.clone();
+                self.docker()?
+                    .put_tar(&tar, &cancel)
+                    .await
+                    .map_err(SessionError::Sandbox)?;
+                let steps = docker::steps(
+                    self.b.lang,
+                    &source,
+                    code,
+                    &self.b.limits,
+                    self.b.timeout,
+                    &[],
+                );
+                self.exec(steps, None).await
+            }
+        }
+    }
+
+    fn docker(&mut self) -> Result<&mut docker::container::Container, SessionError> {
+        match &mut self.inner {
+            Inner::Docker(d) => d.container.as_mut().ok_or(SessionError::Closed),
+            Inner::Native(_) => Err(SessionError::Closed),
+        }
     }
 
     fn run_step(&self, argv: Vec<String>) -> Step {
@@ -335,10 +584,25 @@ impl Session {
         dest: &str,
     ) -> Result<(), SessionError> {
         let rel = sandbox_rel(dest)?;
-        let mut from = std::fs::File::open(src.as_ref())?;
-        let mut to = open_beneath(&self.workdir, &rel, true)?;
-        std::io::copy(&mut from, &mut to)?;
-        Ok(())
+        match &self.inner {
+            Inner::Native(n) => {
+                let mut from = std::fs::File::open(src.as_ref())?;
+                let mut to = open_beneath(&n.workdir, &rel, true)?;
+                std::io::copy(&mut from, &mut to)?;
+                Ok(())
+            }
+            Inner::Docker(_) => {
+                use std::os::unix::fs::PermissionsExt;
+                let data = std::fs::read(src.as_ref())?;
+                let mode = std::fs::metadata(src.as_ref())?.permissions().mode() & 0o755 | 0o644;
+                let tar = docker::tarball::build(&[(rel.display().to_string(), data, mode)])?;
+                let cancel = self.cancel.clone();
+                self.docker()?
+                    .put_tar(&tar, &cancel)
+                    .await
+                    .map_err(SessionError::Sandbox)
+            }
+        }
     }
 
     /// Copies a file out of the sandbox (`src` under `/sandbox`) to a host path. Symlinks
@@ -349,21 +613,58 @@ impl Session {
         dest: impl AsRef<Path>,
     ) -> Result<(), SessionError> {
         let rel = sandbox_rel(src)?;
-        let mut from = open_beneath(&self.workdir, &rel, false)?;
         if let Some(p) = dest.as_ref().parent() {
             if !p.as_os_str().is_empty() {
                 std::fs::create_dir_all(p)?;
             }
         }
-        let mut to = std::fs::File::create(dest.as_ref())?;
-        std::io::copy(&mut from, &mut to)?;
-        Ok(())
+        match &self.inner {
+            Inner::Native(n) => {
+                let mut from = open_beneath(&n.workdir, &rel, false)?;
+                let mut to = std::fs::File::create(dest.as_ref())?;
+                std::io::copy(&mut from, &mut to)?;
+                Ok(())
+            }
+            Inner::Docker(_) => {
+                let cap = self.b.limits.disk;
+                let cancel = self.cancel.clone();
+                let shown = rel.display().to_string();
+                let tar = self
+                    .docker()?
+                    .get_tar(&shown, cap, &cancel)
+                    .await
+                    .map_err(|e| SessionError::BadPath(src.into(), e))?;
+                let tmp = tempfile::tempdir()?;
+                let x = docker::tarball::extract(tar.as_slice(), tmp.path(), cap)?;
+                if let Some((_, why)) = x.refused.iter().find(|(p, _)| *p == shown) {
+                    return Err(SessionError::BadPath(src.into(), why.clone()));
+                }
+                if !x.files.contains(&shown) {
+                    return Err(SessionError::BadPath(
+                        src.into(),
+                        "not a regular file".into(),
+                    ));
+                }
+                std::fs::copy(tmp.path().join(&rel), dest.as_ref())?;
+                Ok(())
+            }
+        }
     }
 
     /// Ends the session and removes everything it created.
     pub async fn close(mut self) -> Result<(), SessionError> {
         self.cancel.cancel();
-        self.dir.take();
+        match &mut self.inner {
+            Inner::Native(n) => {
+                n.dir.take();
+            }
+            Inner::Docker(d) => {
+                if let Some(c) = d.container.take() {
+                    c.remove().await;
+                }
+                d.engine.finish_session().await;
+            }
+        }
         Ok(())
     }
 
@@ -372,21 +673,27 @@ impl Session {
         steps: Vec<Step>,
         stdin: Option<Vec<u8>>,
     ) -> Result<ExecOutput, SessionError> {
-        let dir = self.dir.as_ref().ok_or(SessionError::Closed)?;
+        if matches!(self.inner, Inner::Docker(_)) {
+            return self.exec_docker(steps, stdin).await;
+        }
+        let Inner::Native(n) = &self.inner else {
+            return Err(SessionError::Closed);
+        };
+        let dir = n.dir.as_ref().ok_or(SessionError::Closed)?;
         let id = sandbox_id();
         let sdir = dir.path.join(&id);
         let (root, out) = (sdir.join("root"), sdir.join("out"));
         std::fs::create_dir_all(&root)?;
         std::fs::create_dir_all(&out)?;
-        let (env, path) = base_env(self.b.lang, &self.tc, &self.b.env);
+        let (env, path) = base_env(self.b.lang, &n.tc, &self.b.env);
         let l = &self.b.limits;
         let cfg = SandboxConfig {
             id,
             root_mount: root,
             inputs_dir: None,
             out_dir: out,
-            persistent_workdir: Some(self.workdir.clone()),
-            binds: self
+            persistent_workdir: Some(n.workdir.clone()),
+            binds: n
                 .tc
                 .binds
                 .iter()
@@ -453,6 +760,69 @@ impl Session {
         out.signal = last.signal;
         out.timed_out = last.timed_out;
         Ok(out)
+    }
+
+    async fn exec_docker(
+        &mut self,
+        steps: Vec<Step>,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecOutput, SessionError> {
+        let cancel = self.cancel.clone();
+        let c = self.docker()?;
+        let mut out = ExecOutput::default();
+        for step in steps {
+            let input = match step.kind {
+                StepKind::Run => Some(stdin.as_deref().unwrap_or(&[])),
+                _ => None,
+            };
+            let r = c
+                .exec(
+                    &step.argv,
+                    Some(docker::SANDBOX_USER),
+                    &[],
+                    input,
+                    step.capture_cap,
+                    Duration::from_millis(step.timeout_ms),
+                    &cancel,
+                )
+                .await
+                .map_err(SessionError::Sandbox)?;
+            if r.cancelled {
+                return Err(SessionError::Closed);
+            }
+            out.duration += r.duration;
+            out.exit_code = r.exit_code.map(|c| c as i32);
+            out.timed_out = r.timed_out;
+            out.signal = out
+                .exit_code
+                .filter(|c| (129..=159).contains(c))
+                .map(|c| c - 128);
+            out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+            out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+            if step.kind == StepKind::Compile {
+                if r.exit_code != Some(0) || r.timed_out {
+                    let mut all = r.stdout.clone();
+                    all.extend_from_slice(&r.stderr);
+                    let text = String::from_utf8_lossy(&all).into_owned();
+                    out.compile_output = Some(text.clone());
+                    out.stderr = text;
+                    out.stdout.clear();
+                    return Ok(out);
+                }
+                continue;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A session dropped without `close`: its container goes away in the background
+        // (the container stops by itself as soon as its keep-alive stream closes).
+        if let Inner::Docker(d) = &mut self.inner {
+            d.container.take();
+        }
     }
 }
 

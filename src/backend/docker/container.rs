@@ -62,6 +62,9 @@ pub struct Container {
     pub dead: bool,
     /// Its pids limit (processes and threads).
     pub pids_limit: i64,
+    /// Sessions: a timeout or an output flood kills the sandbox user's processes, not the
+    /// container (its workdir lives on).
+    pub keep_on_timeout: bool,
 }
 
 fn ulimit(name: &str, v: u64) -> ResourcesUlimits {
@@ -116,7 +119,6 @@ impl Container {
             host.oom_score_adj = Some(500);
         } else {
             host.pids_limit = Some(4096);
-            host.ulimits = Some(vec![ulimit("nofile", 65536)]);
         }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -156,6 +158,7 @@ impl Container {
             removed: false,
             dead: false,
             pids_limit: spec.limits.pids as i64 + 2,
+            keep_on_timeout: false,
         };
         let attach = bollard::query_parameters::AttachContainerOptionsBuilder::default()
             .stdin(true)
@@ -264,7 +267,11 @@ impl Container {
         }
         if r.output_limit_hit || r.timed_out || r.cancelled {
             drop(output);
-            self.kill().await;
+            if self.keep_on_timeout && !r.cancelled {
+                self.kill_processes().await;
+            } else {
+                self.kill().await;
+            }
         } else {
             let info = docker
                 .inspect_exec(&exec.id)
@@ -313,6 +320,64 @@ impl Container {
             ));
         }
         Ok(())
+    }
+
+    /// Kills every process of the sandbox user (the keep-alive runs as root and stays);
+    /// the container itself when that cannot be done.
+    pub async fn kill_processes(&mut self) {
+        let opts = CreateExecOptions::<String> {
+            cmd: Some(vec!["kill".into(), "-9".into(), "-1".into()]),
+            user: Some(super::SANDBOX_USER.into()),
+            ..Default::default()
+        };
+        let docker = &self.engine.docker;
+        let ok = match docker.create_exec(&self.id, opts).await {
+            Ok(e) => docker
+                .start_exec(
+                    &e.id,
+                    Some(bollard::exec::StartExecOptions {
+                        detach: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if !ok {
+            self.kill().await;
+        }
+    }
+
+    /// A tar stream of `path` (relative to the workdir), at most `cap` bytes.
+    pub async fn get_tar(
+        &mut self,
+        path: &str,
+        cap: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, String> {
+        let argv: Vec<String> = ["tar", "-c", "-C", WORKDIR, "--", path]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let r = self
+            .exec(
+                &argv,
+                Some(super::SANDBOX_USER),
+                &[],
+                None,
+                cap + (1 << 20),
+                Duration::from_secs(120),
+                cancel,
+            )
+            .await?;
+        if r.exit_code != Some(0) {
+            return Err(format!(
+                "cannot read it from the container: {}",
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        Ok(r.stdout)
     }
 
     /// Kills every process (the container stops; it can be removed).

@@ -354,6 +354,15 @@ impl Engine {
         }
     }
 
+    /// The end of a library session: the images it built without `keep_template`.
+    pub async fn finish_session(&self) {
+        let built: Vec<String> =
+            std::mem::take(&mut *self.built.lock().unwrap_or_else(|e| e.into_inner()));
+        for image in built {
+            self.remove_image(&image).await;
+        }
+    }
+
     /// The image's id when it is present locally.
     pub async fn image_id(&self, name: &str) -> Option<String> {
         self.docker

@@ -65,7 +65,14 @@ pub fn base_env(lang: Lang, job_env: &[(String, String)]) -> Vec<(String, String
 }
 
 /// The compile and run steps, with programs looked up in the image's PATH.
-pub fn steps(lang: Lang, source: &str, job: &PlannedJob) -> Vec<crate::sandbox::Step> {
+pub fn steps(
+    lang: Lang,
+    source: &str,
+    code: &str,
+    limits: &crate::plan::job::ResolvedLimits,
+    timeout: Duration,
+    args: &[String],
+) -> Vec<crate::sandbox::Step> {
     let spec = lang::spec(lang);
     let tc = HostToolchain {
         programs: spec.tools.iter().map(std::path::PathBuf::from).collect(),
@@ -73,15 +80,7 @@ pub fn steps(lang: Lang, source: &str, job: &PlannedJob) -> Vec<crate::sandbox::
         path: vec![],
         compile_extra: container_compile_extra(lang),
     };
-    super::native::program_steps(
-        lang,
-        &tc,
-        source,
-        &job.code,
-        &job.limits,
-        job.timeout,
-        &job.args,
-    )
+    super::native::program_steps(lang, &tc, source, code, limits, timeout, args)
 }
 
 fn container_compile_extra(lang: Lang) -> Vec<String> {
@@ -545,7 +544,14 @@ async fn run_steps(c: &mut Container, job: &PlannedJob, ctx: &RunCtx) -> JobRepo
         out_dir: None,
     };
     let mut last_run = None;
-    for step in steps(job.lang, &source, job) {
+    for step in steps(
+        job.lang,
+        &source,
+        &job.code,
+        &job.limits,
+        job.timeout,
+        &job.args,
+    ) {
         let (stdin, user) = match step.kind {
             StepKind::Run => (
                 Some(job.stdin.as_deref().unwrap_or("").as_bytes()),
