@@ -1,10 +1,15 @@
 //! The adversarial suite: hostile programs, each contained, reported with the right status,
-//! and the runner goes on with the next job. Written once, run against every backend in
-//! [`BACKENDS`] (the container backends join this list when they exist).
+//! and the runner goes on with the next job. Written once, run against every backend of
+//! [`common::backends()`] (native, and each container engine that is available; see
+//! tests/common/mod.rs).
 //!
 //! Every case runs through the CLI with a secret in the runner's environment and a TCP
 //! listener on 127.0.0.1 that must never be reached.
 
+#[allow(dead_code)]
+mod common;
+
+use common::{backends, bin, status, text, Scratch};
 use serde_json::Value;
 use std::io::Read;
 use std::net::TcpListener;
@@ -14,12 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BACKENDS: &[&str] = &["native"];
 const SECRET: &str = "s3cr3t-value-that-must-not-leak";
-
-fn bin() -> String {
-    env!("CARGO_BIN_EXE_llm-sandbox").to_string()
-}
 
 struct Listener {
     port: u16,
@@ -44,53 +44,23 @@ fn listener() -> Listener {
     Listener { port, hit }
 }
 
-/// Runs `yaml` (a job file) on `backend`; returns the JSON report's jobs by name.
-fn run(backend: &str, yaml: &str, dir: &Path) -> (i32, std::collections::HashMap<String, Value>) {
-    let file = dir.join("adv.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let out = Command::new(bin())
-        .args([
-            "run",
-            "--no-progress",
-            "-j",
-            "2",
-            "--backend",
-            backend,
-            "--json",
-            "-",
-        ])
-        .arg("--artifacts")
-        .arg(dir.join("artifacts"))
-        .arg(&file)
-        .env("LLM_SANDBOX_TEST_SECRET", SECRET)
-        .output()
-        .expect("run llm-sandbox");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}); stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let jobs = report["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| (j["name"].as_str().unwrap().to_string(), j.clone()))
-        .collect();
-    (out.status.code().unwrap_or(-1), jobs)
-}
-
-fn status(j: &Value) -> &str {
-    j["status"].as_str().unwrap()
-}
-
-fn text(j: &Value) -> String {
-    format!(
-        "{}\n{}\n{}",
-        j["stdout"].as_str().unwrap_or(""),
-        j["stderr"].as_str().unwrap_or(""),
-        j["message"].as_str().unwrap_or("")
-    )
+/// Runs `yaml` (a job file) on `backend` in `dir`; returns the exit code and the JSON
+/// report's jobs by name.
+fn run(
+    backend: &str,
+    yaml: &str,
+    dir: &Scratch,
+) -> (i32, std::collections::HashMap<String, Value>) {
+    dir.write("adv.yaml", yaml);
+    let r = common::run_report(
+        dir.cmd()
+            .args(["run", "--no-progress", "-j", "2", "--backend", backend])
+            .args(["--json", "-", "--artifacts"])
+            .arg(dir.path().join("artifacts"))
+            .arg("adv.yaml")
+            .env("LLM_SANDBOX_TEST_SECRET", SECRET),
+    );
+    (r.code, r.jobs())
 }
 
 fn cases(port: u16) -> String {
@@ -229,11 +199,11 @@ jobs:
 
 #[test]
 fn adversarial_suite() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let l = listener();
-        let dir = tempfile::tempdir().unwrap();
-        let (code, jobs) = run(backend, &cases(l.port), dir.path());
-        assert_eq!(code, 1, "some cases fail by design");
+        let dir = Scratch::new();
+        let (code, jobs) = run(backend, &cases(l.port), &dir);
+        assert_eq!(code, 1, "{backend}: some cases fail by design");
         let get = |n: &str| {
             jobs.get(n)
                 .unwrap_or_else(|| panic!("{backend}: job {n} missing from the report"))
@@ -443,13 +413,23 @@ fn wait_for_sleepers(tag: u32, want: bool) -> bool {
 
 #[test]
 fn sigint_tears_down_and_writes_partial_reports() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let dir = tempfile::tempdir().unwrap();
         let f = long_job(dir.path(), 4242);
         let json = dir.path().join("r.json");
         let junit = dir.path().join("r.xml");
-        let mut child = Command::new(bin())
-            .args(["run", "--no-progress", "--backend", backend, "--json"])
+        // -j 1: jobs start in plan order, so `quick` has finished when `long` sleeps (a
+        // container backend takes long enough to start `quick` for the race to matter).
+        let mut child = bin()
+            .args([
+                "run",
+                "--no-progress",
+                "-j",
+                "1",
+                "--backend",
+                backend,
+                "--json",
+            ])
             .arg(&json)
             .arg("--junit")
             .arg(&junit)
@@ -495,10 +475,10 @@ fn sigint_tears_down_and_writes_partial_reports() {
 
 #[test]
 fn sigkill_of_the_runner_leaves_nothing_running() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let dir = tempfile::tempdir().unwrap();
         let f = long_job(dir.path(), 4252);
-        let mut child = Command::new(bin())
+        let mut child = bin()
             .args(["run", "--no-progress", "--backend", backend])
             .arg(&f)
             .spawn()
@@ -514,7 +494,7 @@ fn sigkill_of_the_runner_leaves_nothing_running() {
             "{backend}: the sandbox outlived a SIGKILLed runner"
         );
         // The next run removes what the killed run left (its temporary directory).
-        let out = Command::new(bin())
+        let out = bin()
             .args([
                 "run",
                 "--no-progress",
@@ -579,7 +559,7 @@ jobs:
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(bin())
+        .arg(common::BIN)
         .args(["run", "--no-progress", "--json", "-"])
         .arg(&f)
         .env("TMPDIR", dir.path())

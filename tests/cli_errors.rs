@@ -2,18 +2,15 @@
 //! line:column of the problem. (Deeper spec-error tests live in tests/spec_errors.rs.)
 //! Also: `validate` accepts the shipped jobs/ and `plan --format json` lists the jobs.
 
-use assert_cmd::Command;
+#[allow(dead_code)]
+mod common;
+
+use common::bin;
 use serde_json::Value;
 use std::path::Path;
 use tempfile::TempDir;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn bin() -> Command {
-    let mut c = Command::cargo_bin("llm-sandbox").expect("the llm-sandbox binary is built");
-    c.env_remove("RUST_LOG").env("NO_COLOR", "1");
-    c
-}
 
 /// Writes `content` to `dir/name`, runs `run <name> --json - <extra>` there, expects exit
 /// code 2 and an empty stdout (nothing ran, no report), returns stderr.

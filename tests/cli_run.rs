@@ -3,132 +3,16 @@
 //! `native` backend, and inspect the JSON report (`--json -` / `--json FILE`), the JUnit
 //! report (`--junit FILE`), the artifacts directory and the exit code.
 
-use assert_cmd::Command;
+#[allow(dead_code)]
+mod common;
+
+use assert_cmd::prelude::*;
+use common::{check, Scratch};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-use tempfile::TempDir;
+use std::path::Path;
+use std::time::Duration;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/run");
-
-/// The binary, with a clean-ish environment (no colours, no log noise).
-fn bin() -> Command {
-    let mut c = Command::cargo_bin("llm-sandbox").expect("the llm-sandbox binary is built");
-    c.env_remove("RUST_LOG").env("NO_COLOR", "1");
-    c
-}
-
-/// A temporary directory holding job files; runs use it as their working directory so
-/// that nothing (artifacts, ...) lands in the repository.
-struct Scratch {
-    dir: TempDir,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        Scratch {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, rel: &str, content: &str) -> PathBuf {
-        let p = self.dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
-        p
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = bin();
-        c.current_dir(self.path());
-        c
-    }
-}
-
-/// What one `run --json -` returned.
-struct Run {
-    code: i32,
-    report: Value,
-    stderr: String,
-    wall: Duration,
-}
-
-impl Run {
-    fn job(&self, name: &str) -> &Value {
-        self.report["jobs"]
-            .as_array()
-            .expect("jobs[]")
-            .iter()
-            .find(|j| j["name"] == name)
-            .unwrap_or_else(|| panic!("no job {name:?} in the report:\n{}", self.pretty()))
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.report["jobs"]
-            .as_array()
-            .expect("jobs[]")
-            .iter()
-            .map(|j| j["name"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    fn summary(&self, key: &str) -> u64 {
-        self.report["summary"][key].as_u64().expect("summary count")
-    }
-
-    fn pretty(&self) -> String {
-        serde_json::to_string_pretty(&self.report).unwrap()
-    }
-
-    fn assert_status(&self, name: &str, status: &str) -> &Value {
-        let j = self.job(name);
-        assert_eq!(
-            j["status"],
-            status,
-            "job {name}: wrong status\n{}\nstderr of the run:\n{}",
-            serde_json::to_string_pretty(j).unwrap(),
-            self.stderr
-        );
-        j
-    }
-}
-
-/// Runs `run --json - <args>` in `dir`.
-fn run_json(dir: &Scratch, args: &[&str]) -> Run {
-    let t0 = Instant::now();
-    let out = dir
-        .cmd()
-        .arg("run")
-        .args(["--json", "-", "--no-progress"])
-        .args(args)
-        .output()
-        .expect("runs");
-    let wall = t0.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!("stdout is not one JSON report ({e}):\n{stdout}\nstderr:\n{stderr}")
-    });
-    Run {
-        code: out.status.code().expect("exit code"),
-        report,
-        stderr,
-        wall,
-    }
-}
-
-fn check<'a>(job: &'a Value, kind: &str) -> &'a Value {
-    job["checks"]
-        .as_array()
-        .expect("checks[]")
-        .iter()
-        .find(|c| c["kind"] == kind)
-        .unwrap_or_else(|| panic!("no check {kind:?} in {job:#}"))
-}
 
 fn approx(v: &Value, want: f64) -> bool {
     v.as_f64().is_some_and(|x| (x - want).abs() < 1e-9)
@@ -186,7 +70,7 @@ code = 'import os; print(os.environ["GREETING"], os.environ["RENDERED"], sep="|"
 expect.stdout = "hello world|templated"
 "#,
     );
-    let r = run_json(&s, &["io.toml"]);
+    let r = s.run_json(&["io.toml"]);
     assert_eq!(r.code, 1, "two jobs fail on purpose");
     r.assert_status("judge-ignores-trailing-space", "passed");
     let j = r.assert_status("judge-keeps-leading-space", "failed");
@@ -225,7 +109,7 @@ stdin = "{% raw %}{{ kept }}{% endraw %}"
 expect.stdout_contains = "{% raw %}{{ undefined_var }} {% if x %}{% endraw %}"
 "#,
     );
-    let r = run_json(&s, &["braces.toml"]);
+    let r = s.run_json(&["braces.toml"]);
     assert_eq!(r.code, 0, "{}", r.pretty());
     let j = r.assert_status("braces", "passed");
     assert_eq!(
@@ -238,7 +122,7 @@ expect.stdout_contains = "{% raw %}{{ undefined_var }} {% if x %}{% endraw %}"
 fn template_file_code_file_and_datasets() {
     let s = Scratch::new();
     let fixture = format!("{FIXTURES}/sources.toml");
-    let r = run_json(&s, &[&fixture]);
+    let r = s.run_json(&[&fixture]);
     assert_eq!(r.code, 0, "{}\n{}", r.pretty(), r.stderr);
     assert_eq!(
         r.names(),
@@ -289,7 +173,7 @@ jobs:
       stdout_regex: '^\d+ [0-3]\n$'
 "#,
     );
-    let r = run_json(&s, &["matrix.yaml"]);
+    let r = s.run_json(&["matrix.yaml"]);
     assert_eq!(r.code, 0, "{}", r.pretty());
     let mut names = r.names();
     names.sort();
@@ -344,7 +228,7 @@ expect.stdout = "ok"
 fn groups_and_pass_at_k() {
     let s = Scratch::new();
     s.write("groups.toml", GROUPS);
-    let r = run_json(&s, &["groups.toml", "--pass-at", "1,2,4"]);
+    let r = s.run_json(&["groups.toml", "--pass-at", "1,2,4"]);
     assert_eq!(r.code, 1, "some samples fail");
     assert_eq!(r.summary("passed"), 3);
     assert_eq!(r.summary("failed"), 5);
@@ -377,7 +261,7 @@ fn groups_and_pass_at_k() {
 fn pass_at_defaults_to_1_without_enough_samples_for_10() {
     let s = Scratch::new();
     s.write("groups.toml", GROUPS);
-    let r = run_json(&s, &["groups.toml"]);
+    let r = s.run_json(&["groups.toml"]);
     let top = r.report["pass_at"].as_object().expect("pass_at");
     assert_eq!(top.keys().collect::<Vec<_>>(), ["1"], "{}", r.pretty());
     assert!(approx(&top["1"], 0.375));
@@ -386,7 +270,7 @@ fn pass_at_defaults_to_1_without_enough_samples_for_10() {
         "plain.toml",
         "[[jobs]]\nname = \"plain\"\nlang = \"bash\"\ncode = \"true\"\n",
     );
-    let r = run_json(&s, &["plain.toml"]);
+    let r = s.run_json(&["plain.toml"]);
     assert_eq!(r.code, 0);
     assert!(
         r.report.get("groups").is_none_or(Value::is_null),
@@ -440,7 +324,7 @@ expect.files."scratch.log" = { exists = false }
 "#,
     );
     let arts = s.path().join("arts");
-    let r = run_json(&s, &["files.toml", "--artifacts", arts.to_str().unwrap()]);
+    let r = s.run_json(&["files.toml", "--artifacts", arts.to_str().unwrap()]);
     assert_eq!(r.code, 1);
     let ok = r.assert_status("files-ok", "passed");
     for kind in [
@@ -512,7 +396,7 @@ jobs:
     code: exit 1
 "#,
     );
-    let r = run_json(&s, &["skip.yaml"]);
+    let r = s.run_json(&["skip.yaml"]);
     assert_eq!(r.code, 0, "{}", r.pretty());
     r.assert_status("runs", "passed");
     let j = r.assert_status("later", "skipped");
@@ -553,7 +437,7 @@ public class Main {
 '''
 "#,
     );
-    let r = run_json(&s, &["broken.toml"]);
+    let r = s.run_json(&["broken.toml"]);
     assert_eq!(r.code, 1);
     let c = r.assert_status("c-syntax", "failed");
     assert_eq!(c["phase"], "compile", "{c:#}");
@@ -598,7 +482,7 @@ lang = "bash"
 code = "(sleep 60; echo orphan) & wait"
 "#,
     );
-    let r = run_json(&s, &["slow.toml", "-j", "3"]);
+    let r = s.run_json(&["slow.toml", "-j", "3"]);
     assert_eq!(r.code, 1);
     for name in ["busy", "sleeping", "sleeping-child"] {
         let j = r.assert_status(name, "timeout");
@@ -632,7 +516,7 @@ expect.stderr = "err"
 name = "expects-0"
 "#,
     );
-    let r = run_json(&s, &["exit.toml"]);
+    let r = s.run_json(&["exit.toml"]);
     assert_eq!(r.code, 1);
     let j = r.assert_status("expects-3", "passed");
     assert_eq!(j["exit_code"], 3);
@@ -644,7 +528,7 @@ name = "expects-0"
     assert!(c["message"].as_str().unwrap().contains('3'), "{c}");
 
     // Only passing jobs: exit code 0.
-    let r = run_json(&s, &["exit.toml", "--filter", "expects-3"]);
+    let r = s.run_json(&["exit.toml", "--filter", "expects-3"]);
     assert_eq!(r.code, 0, "{}", r.pretty());
     assert_eq!(r.names(), ["expects-3"]);
 }
@@ -675,16 +559,13 @@ code = "echo beta"
 fn filter_by_glob_and_tag() {
     let s = Scratch::new();
     s.write("select.toml", SELECT);
-    let r = run_json(&s, &["select.toml", "--filter", "alpha-*"]);
+    let r = s.run_json(&["select.toml", "--filter", "alpha-*"]);
     assert_eq!(r.names(), ["alpha-one", "alpha-two"]);
     assert_eq!(r.summary("total"), 2);
-    let r = run_json(&s, &["select.toml", "--filter", "tag:slow"]);
+    let r = s.run_json(&["select.toml", "--filter", "tag:slow"]);
     assert_eq!(r.names(), ["beta"]);
     // Repeated filters: any match selects.
-    let r = run_json(
-        &s,
-        &["select.toml", "--filter", "tag:net", "--filter", "*-two"],
-    );
+    let r = s.run_json(&["select.toml", "--filter", "tag:net", "--filter", "*-two"]);
     assert_eq!(r.names(), ["alpha-two", "beta"]);
     assert_eq!(r.code, 0);
 }
@@ -693,16 +574,13 @@ fn filter_by_glob_and_tag() {
 fn var_overrides_file_vars() {
     let s = Scratch::new();
     s.write("select.toml", SELECT);
-    let r = run_json(
-        &s,
-        &[
-            "select.toml",
-            "--filter",
-            "alpha-one",
-            "--var",
-            "who=Sandbox",
-        ],
-    );
+    let r = s.run_json(&[
+        "select.toml",
+        "--filter",
+        "alpha-one",
+        "--var",
+        "who=Sandbox",
+    ]);
     assert_eq!(r.code, 0, "{}", r.pretty());
     let j = r.assert_status("alpha-one", "passed");
     assert_eq!(j["stdout"], "Hello, Sandbox!\n");
@@ -730,7 +608,7 @@ name = "c"
 code = "echo c"
 "#,
     );
-    let r = run_json(&s, &["ff.toml", "-j", "1", "--fail-fast"]);
+    let r = s.run_json(&["ff.toml", "-j", "1", "--fail-fast"]);
     assert_eq!(r.code, 1);
     r.assert_status("a-fails", "failed");
     for name in ["b", "c"] {
@@ -739,7 +617,7 @@ code = "echo c"
         assert_eq!(j["stdout"], "", "{name} must not run: {j:#}");
     }
     // Without --fail-fast every job runs.
-    let r = run_json(&s, &["ff.toml", "-j", "1"]);
+    let r = s.run_json(&["ff.toml", "-j", "1"]);
     r.assert_status("b", "passed");
     r.assert_status("c", "passed");
 }
@@ -757,11 +635,11 @@ matrix = { i = [1, 2, 3] }
 code = "sleep 0.6"
 "#,
     );
-    let r = run_json(&s, &["seq.toml", "-j", "1"]);
+    let r = s.run_json(&["seq.toml", "-j", "1"]);
     assert_eq!(r.code, 0, "{}", r.pretty());
     let run_ms = r.report["duration_ms"].as_u64().unwrap();
     assert!(run_ms >= 1800, "-j 1 ran the jobs in parallel: {run_ms} ms");
-    let r = run_json(&s, &["seq.toml", "-j", "3"]);
+    let r = s.run_json(&["seq.toml", "-j", "3"]);
     assert_eq!(r.code, 0);
     let run_ms = r.report["duration_ms"].as_u64().unwrap();
     assert!(run_ms < 1800, "-j 3 ran the jobs one by one: {run_ms} ms");

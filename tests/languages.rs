@@ -2,13 +2,8 @@
 //! A language whose toolchain is missing on this host is reported as skipped, or fails the
 //! test when CI=true or LLM_SANDBOX_REQUIRE_ENGINES=1 (scripts/test installs them all).
 
-use serde_json::Value;
-use std::process::Command;
-
-fn strict() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-        || std::env::var("LLM_SANDBOX_REQUIRE_ENGINES").as_deref() == Ok("1")
-}
+#[allow(dead_code)]
+mod common;
 
 /// (lang, program that prints "hello <first stdin line>" and exits 3).
 const PROGRAMS: &[(&str, &str)] = &[
@@ -27,7 +22,6 @@ const PROGRAMS: &[(&str, &str)] = &[
 
 #[test]
 fn every_language_runs_on_the_native_backend() {
-    let dir = tempfile::tempdir().unwrap();
     let mut yaml = String::from("jobs:\n");
     for (lang, code) in PROGRAMS {
         yaml.push_str(&format!(
@@ -35,24 +29,19 @@ fn every_language_runs_on_the_native_backend() {
             serde_json::to_string(code).unwrap()
         ));
     }
-    let f = dir.path().join("langs.yaml");
-    std::fs::write(&f, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_llm-sandbox"))
-        .args(["run", "--no-progress", "--json", "-"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let (_dir, r) = common::run_yaml(&yaml, &[]);
     assert_eq!(PROGRAMS.len(), 11, "one program per language of SPEC §1");
     let mut skipped = Vec::new();
-    for j in report["jobs"].as_array().unwrap() {
+    for j in r.job_list() {
         let name = j["name"].as_str().unwrap();
         let msg = j["message"].as_str().unwrap_or("");
         if j["status"] == "error" && msg.contains("was not found on this host")
             || msg.contains("type definitions were not found")
         {
-            assert!(!strict(), "{name}: toolchain missing under CI: {msg}");
+            assert!(
+                common::strict().is_none(),
+                "{name}: toolchain missing under CI: {msg}"
+            );
             skipped.push(format!("{name} ({msg})"));
             continue;
         }

@@ -2,15 +2,16 @@
 //! on, the machine's package-manager configuration), then read-only in the job's sandbox.
 //! Needs PyPI and the npm registry (reachable on this project's machines).
 
-use serde_json::Value;
-use std::process::Command;
+#[allow(dead_code)]
+mod common;
+
+use common::Scratch;
 
 #[test]
 fn python_and_javascript_libraries_are_installed_once_and_visible() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("libs.toml");
-    std::fs::write(
-        &f,
+    let s = Scratch::new();
+    s.write(
+        "libs.toml",
         r#"
 [[jobs]]
 name = "six"
@@ -40,24 +41,9 @@ lang = "python"
 libraries = ["llm-sandbox-no-such-package-xyz"]
 code = "print(1)"
 "#,
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_llm-sandbox"))
-        .args(["run", "--no-progress", "--json", "-"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let r: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let get = |n: &str| {
-        r["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|j| j["name"] == n)
-            .unwrap()
-            .clone()
-    };
+    );
+    let r = s.run_json(&["libs.toml"]);
+    let get = |n: &str| r.job(n).clone();
     for n in ["six", "six-again", "is-number"] {
         let j = get(n);
         assert_eq!(
@@ -84,5 +70,5 @@ code = "print(1)"
             .contains("llm-sandbox-no-such-package-xyz"),
         "{j}"
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(r.code, 1);
 }

@@ -2,18 +2,16 @@
 //! (drift test), and every job file shipped under jobs/ and examples/ validates against
 //! `schemas/job.schema.json`.
 
-use assert_cmd::Command;
+#[allow(dead_code)]
+mod common;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn printed_schema(kind: &str) -> String {
-    let out = Command::cargo_bin("llm-sandbox")
-        .unwrap()
-        .args(["schema", kind])
-        .output()
-        .unwrap();
+    let out = common::bin().args(["schema", kind]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     String::from_utf8(out.stdout).expect("UTF-8 schema")
 }

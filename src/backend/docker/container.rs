@@ -201,6 +201,23 @@ impl Container {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<ExecResult, String> {
+        self.exec_inner(argv, user, env, stdin, cap, timeout, cancel, true)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_inner(
+        &mut self,
+        argv: &[String],
+        user: Option<&str>,
+        env: &[(String, String)],
+        stdin: Option<&[u8]>,
+        cap: u64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+        // false for the exec that kills processes itself: on trouble the container goes.
+        enforce: bool,
+    ) -> Result<ExecResult, String> {
         let started = Instant::now();
         let opts = CreateExecOptions::<String> {
             cmd: Some(argv.to_vec()),
@@ -265,7 +282,10 @@ impl Container {
         if let Some(w) = writer {
             w.abort();
         }
-        if r.output_limit_hit || r.timed_out || r.cancelled {
+        if (r.output_limit_hit || r.timed_out || r.cancelled) && !enforce {
+            drop(output);
+            self.kill().await;
+        } else if r.output_limit_hit || r.timed_out || r.cancelled {
             drop(output);
             if self.keep_on_timeout && !r.cancelled {
                 self.kill_processes().await;
@@ -325,26 +345,20 @@ impl Container {
     /// Kills every process of the sandbox user (the keep-alive runs as root and stays);
     /// the container itself when that cannot be done.
     pub async fn kill_processes(&mut self) {
-        let opts = CreateExecOptions::<String> {
-            cmd: Some(vec!["kill".into(), "-9".into(), "-1".into()]),
-            user: Some(super::SANDBOX_USER.into()),
-            ..Default::default()
-        };
-        let docker = &self.engine.docker;
-        let ok = match docker.create_exec(&self.id, opts).await {
-            Ok(e) => docker
-                .start_exec(
-                    &e.id,
-                    Some(bollard::exec::StartExecOptions {
-                        detach: true,
-                        ..Default::default()
-                    }),
-                )
-                .await
-                .is_ok(),
-            Err(_) => false,
-        };
-        if !ok {
+        let argv: Vec<String> = vec!["/bin/sh".into(), "-c".into(), "kill -9 -1".into()];
+        let never = CancellationToken::new();
+        let r = Box::pin(self.exec_inner(
+            &argv,
+            Some(super::SANDBOX_USER),
+            &[],
+            None,
+            1 << 12,
+            Duration::from_secs(10),
+            &never,
+            false,
+        ))
+        .await;
+        if r.is_err() {
             self.kill().await;
         }
     }
@@ -356,10 +370,21 @@ impl Container {
         cap: u64,
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, String> {
-        let argv: Vec<String> = ["tar", "-c", "-C", WORKDIR, "--", path]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        // No component of the path may be a symbolic link (tar would follow a linked
+        // directory on the way to the member).
+        const SCRIPT: &str = r#"p=""; IFS=/
+for c in $1; do
+  p="${p:+$p/}$c"
+  if [ -L "/sandbox/$p" ]; then echo "symbolic link (never followed): $p" >&2; exit 3; fi
+done
+exec tar -c -C /sandbox -- "$1""#;
+        let argv: Vec<String> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            SCRIPT.into(),
+            "sh".into(),
+            path.into(),
+        ];
         let r = self
             .exec(
                 &argv,

@@ -1,0 +1,492 @@
+//! Helpers shared by the integration tests: the built binary, scratch directories holding
+//! job files, `run --json -` reports parsed into jobs by name, and the rule deciding which
+//! backends the backend-generic suites (tests/conformance.rs, tests/adversarial.rs) run on.
+//!
+//! Each test binary includes this module with `mod common;` (`#[allow(dead_code)]` where it
+//! uses only part of it).
+//!
+//! # Which backends are tested
+//!
+//! [`backends()`]: `native`, plus each container engine that answers and has the default
+//! image `llm-sandbox/bash:latest` ([`engine_available`]): docker always, podman when
+//! `LLM_SANDBOX_TEST_PODMAN=1`. A missing engine is skipped with a loud `SKIPPED:` line on
+//! stderr, or fails the test under `CI=true` / `LLM_SANDBOX_REQUIRE_ENGINES=1`.
+//! `LLM_SANDBOX_TEST_BACKENDS=native,docker` (comma- or space-separated) names the backends
+//! explicitly instead; a named engine that is unavailable then fails the test.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_llm-sandbox");
+
+/// The image every container engine must have for its tests to run.
+pub const DEFAULT_IMAGE: &str = "llm-sandbox/bash:latest";
+
+/// The container engines [`engine_available`] knows.
+pub const ENGINES: &[&str] = &["docker", "podman"];
+
+/// Every backend name of the job format.
+pub const ALL_BACKENDS: &[&str] = &["native", "docker", "podman", "kubernetes"];
+
+/// The binary, with a clean-ish environment (no colours, no log noise). Use
+/// `assert_cmd::prelude::*` for `.assert()` on it.
+pub fn bin() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    c
+}
+
+/// Library tests (tests/session.rs) are not the llm-sandbox binary: point the library's
+/// sandbox helper at it.
+pub fn use_binary_as_helper() {
+    std::env::set_var("LLM_SANDBOX_HELPER", BIN);
+}
+
+/// Why a missing requirement fails instead of being skipped: `Some("CI=true")` or
+/// `Some("LLM_SANDBOX_REQUIRE_ENGINES=1")`, else `None`.
+pub fn strict() -> Option<&'static str> {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        Some("CI=true")
+    } else if std::env::var("LLM_SANDBOX_REQUIRE_ENGINES").as_deref() == Ok("1") {
+        Some("LLM_SANDBOX_REQUIRE_ENGINES=1")
+    } else {
+        None
+    }
+}
+
+// ---- scratch directories and runs -------------------------------------------------------
+
+/// A temporary directory holding job files; runs use it as their working directory so
+/// that nothing (artifacts, ...) lands in the repository.
+pub struct Scratch {
+    dir: TempDir,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `content` to `rel` (parent directories created); returns the full path.
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    /// The binary, working in this directory.
+    pub fn cmd(&self) -> Command {
+        let mut c = bin();
+        c.current_dir(self.path());
+        c
+    }
+
+    /// Runs `run --json - --no-progress <args>` here.
+    pub fn run_json(&self, args: &[&str]) -> Run {
+        run_report(
+            self.cmd()
+                .arg("run")
+                .args(["--json", "-", "--no-progress"])
+                .args(args),
+        )
+    }
+}
+
+/// Writes `yaml` as `jobs.yaml` in a fresh scratch directory and runs
+/// `run --json - --no-progress <args> jobs.yaml` there. The directory (artifacts...) lives
+/// as long as the returned [`Scratch`].
+pub fn run_yaml(yaml: &str, args: &[&str]) -> (Scratch, Run) {
+    let s = Scratch::new();
+    s.write("jobs.yaml", yaml);
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("jobs.yaml");
+    let r = s.run_json(&all);
+    (s, r)
+}
+
+/// What one `run --json -` returned.
+pub struct Run {
+    pub code: i32,
+    pub report: Value,
+    pub stderr: String,
+    pub wall: Duration,
+}
+
+/// Runs `cmd` (a `run ... --json -` command line) and parses the report on its stdout.
+/// Panics, with stdout and stderr, when stdout is not one JSON report.
+pub fn run_report(cmd: &mut Command) -> Run {
+    let t0 = Instant::now();
+    let out = cmd.output().expect("the llm-sandbox binary runs");
+    let wall = t0.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("stdout is not one JSON report ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        report,
+        stderr,
+        wall,
+    }
+}
+
+impl Run {
+    /// The report's `jobs[]`.
+    pub fn job_list(&self) -> &[Value] {
+        self.report["jobs"].as_array().expect("jobs[]")
+    }
+
+    /// The job called `name`; panics with the whole report when there is none.
+    pub fn job(&self, name: &str) -> &Value {
+        self.job_list()
+            .iter()
+            .find(|j| j["name"] == name)
+            .unwrap_or_else(|| panic!("no job {name:?} in the report:\n{}", self.pretty()))
+    }
+
+    /// The jobs by name.
+    pub fn jobs(&self) -> HashMap<String, Value> {
+        self.job_list()
+            .iter()
+            .map(|j| (j["name"].as_str().unwrap().to_string(), j.clone()))
+            .collect()
+    }
+
+    /// The job names, in report order.
+    pub fn names(&self) -> Vec<String> {
+        self.job_list()
+            .iter()
+            .map(|j| j["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn summary(&self, key: &str) -> u64 {
+        self.report["summary"][key].as_u64().expect("summary count")
+    }
+
+    pub fn pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.report).unwrap()
+    }
+
+    /// Asserts the status of job `name`; returns the job.
+    pub fn assert_status(&self, name: &str, status: &str) -> &Value {
+        let j = self.job(name);
+        assert_eq!(
+            j["status"],
+            status,
+            "job {name}: wrong status\n{}\nstderr of the run:\n{}",
+            serde_json::to_string_pretty(j).unwrap(),
+            self.stderr
+        );
+        j
+    }
+}
+
+// ---- accessors of one job of a report ----------------------------------------------------
+
+/// A string field of a job (`""` when absent or null).
+pub fn field<'a>(j: &'a Value, key: &str) -> &'a str {
+    j[key].as_str().unwrap_or("")
+}
+
+pub fn status(j: &Value) -> &str {
+    field(j, "status")
+}
+
+/// stdout, stderr and message of a job, one after the other (for "contains" checks).
+pub fn text(j: &Value) -> String {
+    format!(
+        "{}\n{}\n{}",
+        field(j, "stdout"),
+        field(j, "stderr"),
+        field(j, "message")
+    )
+}
+
+/// The check of kind `kind` of a job; panics when it has none.
+pub fn check<'a>(j: &'a Value, kind: &str) -> &'a Value {
+    j["checks"]
+        .as_array()
+        .expect("checks[]")
+        .iter()
+        .find(|c| c["kind"] == kind)
+        .unwrap_or_else(|| panic!("no check {kind:?} in {j:#}"))
+}
+
+/// The kinds of the failed checks of a job.
+pub fn failed_checks(j: &Value) -> Vec<String> {
+    j["checks"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c["passed"] == false)
+                .map(|c| c["kind"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---- container engines and the backends under test ---------------------------------------
+
+/// The backends the backend-generic suites run on: `LLM_SANDBOX_TEST_BACKENDS` when set,
+/// else `native`, docker when [`engine_available`], podman when `LLM_SANDBOX_TEST_PODMAN=1`
+/// and available.
+pub fn backends() -> Vec<&'static str> {
+    if let Some(explicit) = explicit_backends() {
+        return explicit;
+    }
+    let mut v = vec!["native"];
+    if engine_available("docker") {
+        v.push("docker");
+    }
+    // The podman backend comes later: opt in until then.
+    if std::env::var("LLM_SANDBOX_TEST_PODMAN").as_deref() == Ok("1") && engine_available("podman")
+    {
+        v.push("podman");
+    }
+    v
+}
+
+/// Whether `backend` is one of [`backends()`], probing no other engine than its own (so
+/// that, under `CI=true`, a missing docker fails the docker tests and not the native ones).
+pub fn backend_selected(backend: &str) -> bool {
+    if let Some(explicit) = explicit_backends() {
+        return explicit.contains(&backend);
+    }
+    match backend {
+        "native" => true,
+        "docker" => engine_available("docker"),
+        "podman" => {
+            std::env::var("LLM_SANDBOX_TEST_PODMAN").as_deref() == Ok("1")
+                && engine_available("podman")
+        }
+        _ => false,
+    }
+}
+
+/// `LLM_SANDBOX_TEST_BACKENDS`, parsed and checked: every named engine must be usable.
+fn explicit_backends() -> Option<Vec<&'static str>> {
+    let raw = std::env::var("LLM_SANDBOX_TEST_BACKENDS").ok()?;
+    let mut v: Vec<&'static str> = Vec::new();
+    for name in raw
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+    {
+        let Some(known) = ALL_BACKENDS.iter().find(|b| **b == name) else {
+            panic!(
+                "LLM_SANDBOX_TEST_BACKENDS={raw:?}: unknown backend {name:?} (known: {})",
+                ALL_BACKENDS.join(", ")
+            );
+        };
+        if ENGINES.contains(known) {
+            if let Err(why) = probe(known) {
+                panic!(
+                    "LLM_SANDBOX_TEST_BACKENDS names {known} but {why}: run scripts/engines {known} && scripts/build-images {known}"
+                );
+            }
+        }
+        if !v.contains(known) {
+            v.push(known);
+        }
+    }
+    if v.is_empty() {
+        return None;
+    }
+    Some(v)
+}
+
+/// Whether `engine` (`docker` or `podman`) answers and has [`DEFAULT_IMAGE`]. When it does
+/// not: panics under `CI=true` or `LLM_SANDBOX_REQUIRE_ENGINES=1`, else prints
+/// `SKIPPED: <engine> tests: <why>` to stderr and returns false. Decided once per process.
+pub fn engine_available(engine: &str) -> bool {
+    static ANSWERS: [OnceLock<bool>; 2] = [OnceLock::new(), OnceLock::new()];
+    let i = engine_index(engine);
+    *ANSWERS[i].get_or_init(|| match probe(ENGINES[i]) {
+        Ok(()) => true,
+        Err(why) => {
+            if let Some(flag) = strict() {
+                panic!(
+                    "{engine} is required ({flag}) but {why}: run scripts/engines {engine} && scripts/build-images {engine}"
+                );
+            }
+            eprintln!(
+                "SKIPPED: {engine} tests: {why} (run scripts/engines {engine} && scripts/build-images {engine}; CI=true makes this a failure)"
+            );
+            false
+        }
+    })
+}
+
+fn engine_index(engine: &str) -> usize {
+    ENGINES
+        .iter()
+        .position(|e| *e == engine)
+        .unwrap_or_else(|| panic!("unknown container engine {engine:?} (known: {ENGINES:?})"))
+}
+
+/// Whether the engine answers and has the default image; `Err` says why not. Once per
+/// engine per process.
+fn probe(engine: &str) -> Result<(), String> {
+    static PROBES: [OnceLock<Result<(), String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let i = engine_index(engine);
+    PROBES[i]
+        .get_or_init(|| match ENGINES[i] {
+            "docker" => probe_docker(),
+            _ => probe_podman(),
+        })
+        .clone()
+}
+
+/// How long an engine may take to answer one question.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn probe_docker() -> Result<(), String> {
+    let out = output_within(
+        Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]),
+        ENGINE_TIMEOUT,
+    )
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "the docker CLI is not installed".to_string(),
+        _ => format!("`docker version` did not run: {e}"),
+    })?;
+    if !out.status.success() || out.stdout.trim_ascii().is_empty() {
+        return Err(format!(
+            "the docker daemon does not answer (`docker version`: {})",
+            last_line(&out.stderr)
+        ));
+    }
+    let out = output_within(
+        Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", DEFAULT_IMAGE]),
+        ENGINE_TIMEOUT,
+    )
+    .map_err(|e| format!("`docker image inspect` did not run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the image {DEFAULT_IMAGE} is missing ({})",
+            last_line(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Podman's Docker-compatible API service (`podman system service`, as scripts/engines
+/// starts it): `$CONTAINER_HOST` (unix://), else `/run/podman/podman.sock` for root, else
+/// `$XDG_RUNTIME_DIR/podman/podman.sock`.
+pub fn podman_socket() -> PathBuf {
+    if let Ok(h) = std::env::var("CONTAINER_HOST") {
+        if let Some(p) = h.strip_prefix("unix://") {
+            return PathBuf::from(p);
+        }
+    }
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/podman/podman.sock");
+    }
+    let runtime = std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| format!("/run/user/{uid}"));
+    Path::new(&runtime).join("podman/podman.sock")
+}
+
+fn probe_podman() -> Result<(), String> {
+    let sock = podman_socket();
+    let where_ = format!("unix://{}", sock.display());
+    match http_get(&sock, "/_ping") {
+        Ok((200, _)) => {}
+        Ok((code, body)) => {
+            return Err(format!(
+                "the podman API service on {where_} answers /_ping with HTTP {code}: {}",
+                body.trim()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "the podman API service does not answer on {where_} ({e})"
+            ))
+        }
+    }
+    match http_get(&sock, &format!("/images/{DEFAULT_IMAGE}/json")) {
+        Ok((200, _)) => Ok(()),
+        Ok((404, _)) => Err(format!("the image {DEFAULT_IMAGE} is missing in podman")),
+        Ok((code, body)) => Err(format!(
+            "podman answers HTTP {code} for the image {DEFAULT_IMAGE}: {}",
+            body.trim()
+        )),
+        Err(e) => Err(format!("podman on {where_}: {e}")),
+    }
+}
+
+/// One HTTP/1.0 GET over a unix socket: (status code, body).
+fn http_get(sock: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(ENGINE_TIMEOUT))?;
+    s.set_write_timeout(Some(ENGINE_TIMEOUT))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: d\r\n\r\n")?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let resp = String::from_utf8_lossy(&resp);
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {resp:.200}")))?;
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((code, body))
+}
+
+/// Runs `cmd` with stdout and stderr captured, killing it after `limit`.
+fn output_within(cmd: &mut Command, limit: Duration) -> std::io::Result<Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out,
+        Err(_) => {
+            // The child is ours and has not been reaped (its waiter is still waiting).
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(std::io::Error::other(format!(
+                "no answer within {}s",
+                limit.as_secs()
+            )))
+        }
+    }
+}
+
+fn last_line(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_string()
+}

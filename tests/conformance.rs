@@ -1,0 +1,806 @@
+//! Backend conformance: the same jobs, with the same expected results, on every backend of
+//! [`common::backends()`] (native; docker when it answers and has the default images;
+//! podman with `LLM_SANDBOX_TEST_PODMAN=1`; or exactly `LLM_SANDBOX_TEST_BACKENDS`).
+//!
+//! One test per backend runs all cases as ONE `llm-sandbox run -j 2 --backend B` over one
+//! job file, then checks every job: its status must be the expected one (a backend that
+//! answers `error` or `timeout` where `passed` is expected fails the test), plus what each
+//! case looks at (output, exit code, phase, message, artifacts on the host). Every
+//! mismatch is collected and reported at once, each naming the backend and the job.
+//!
+//! Cases: hello in every language (native: typescript, rust and r only when the host has
+//! their toolchain), stdin, no stdin, args, env, workdir, input files, artifacts, expect.files
+//! (passing and failing), exit codes, a compile error, the timeout, and the memory, output,
+//! pids and disk limits, network off, non-root.
+
+#[allow(dead_code)]
+mod common;
+
+use common::{backend_selected, field, status, Run, Scratch};
+use serde_json::Value;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+
+#[test]
+fn native() {
+    conformance("native");
+}
+
+#[test]
+fn docker() {
+    conformance("docker");
+}
+
+#[test]
+fn podman() {
+    conformance("podman");
+}
+
+#[test]
+fn kubernetes() {
+    conformance("kubernetes");
+}
+
+/// In the runner's environment; no job may see it.
+const SECRET: &str = "conformance-secret-that-must-not-leak";
+
+/// Every hello program prints this.
+const HELLO: &str = "Hello, World!";
+
+/// (lang, hello program).
+const HELLOS: &[(&str, &str)] = &[
+    ("python", r#"print("Hello, World!")"#),
+    ("javascript", r#"console.log("Hello, World!");"#),
+    (
+        "typescript",
+        "const greeting: string = \"Hello, World!\";\nconsole.log(greeting);\n",
+    ),
+    (
+        "java",
+        "public class Main {\n    public static void main(String[] args) {\n        System.out.println(\"Hello, World!\");\n    }\n}\n",
+    ),
+    (
+        "c",
+        "#include <stdio.h>\nint main(void) { puts(\"Hello, World!\"); return 0; }\n",
+    ),
+    (
+        "cpp",
+        "#include <iostream>\nint main() { std::cout << \"Hello, World!\" << std::endl; }\n",
+    ),
+    (
+        "go",
+        "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"Hello, World!\") }\n",
+    ),
+    ("ruby", r#"puts "Hello, World!""#),
+    ("rust", r#"fn main() { println!("Hello, World!"); }"#),
+    ("r", "cat(\"Hello, World!\\n\")\n"),
+    ("bash", r#"echo "Hello, World!""#),
+];
+
+/// Languages the native backend runs only when the host has their toolchain.
+const HOST_OPTIONAL: &[&str] = &["typescript", "rust", "r"];
+
+/// Input files of the `input-files` case, relative to the job file.
+const INPUTS: &[(&str, &str)] = &[
+    ("data/numbers.csv", "n\n1\n2\n3\n"),
+    ("data/config.txt", "factor=10\n"),
+    ("data/parts/a.txt", "a\n"),
+    ("data/parts/b.txt", "b\n"),
+    ("data/tree/top.txt", "root\n"),
+    ("data/tree/sub/leaf.txt", "leaf\n"),
+];
+
+/// One job of the conformance file and what every backend must report for it.
+struct Case {
+    name: String,
+    lang: &'static str,
+    /// The job's other keys, TOML.
+    toml: String,
+    status: &'static str,
+    verify: fn(&mut Verdict),
+}
+
+fn case(
+    name: &str,
+    lang: &'static str,
+    status: &'static str,
+    toml: &str,
+    verify: fn(&mut Verdict),
+) -> Case {
+    Case {
+        name: name.to_string(),
+        lang,
+        toml: toml.to_string(),
+        status,
+        verify,
+    }
+}
+
+/// What a case's checks see, and where mismatches go.
+struct Verdict<'a> {
+    backend: &'a str,
+    name: &'a str,
+    job: &'a Value,
+    /// The run's working directory (the job file, `artifacts/`).
+    dir: &'a Path,
+    errors: &'a mut Vec<String>,
+}
+
+impl<'a> Verdict<'a> {
+    fn ensure(&mut self, ok: bool, what: impl Display) {
+        if !ok {
+            self.errors.push(format!(
+                "[{}] {}: {what}\n{}",
+                self.backend,
+                self.name,
+                brief(self.job)
+            ));
+        }
+    }
+
+    fn stdout(&self) -> &'a str {
+        field(self.job, "stdout")
+    }
+
+    fn stderr(&self) -> &'a str {
+        field(self.job, "stderr")
+    }
+
+    fn message(&self) -> &'a str {
+        field(self.job, "message")
+    }
+
+    fn exit_code(&self) -> Option<i64> {
+        self.job["exit_code"].as_i64()
+    }
+
+    /// Where this job's artifacts go on the host.
+    fn artifacts(&self) -> PathBuf {
+        self.dir.join("artifacts").join(self.name)
+    }
+}
+
+/// A job of the report, short enough for a failure message.
+fn brief(j: &Value) -> String {
+    let cut = |s: &str| -> String {
+        if s.chars().count() > 400 {
+            format!(
+                "{}… ({} bytes)",
+                s.chars().take(400).collect::<String>(),
+                s.len()
+            )
+        } else {
+            s.to_string()
+        }
+    };
+    format!(
+        "    status={} phase={} exit_code={} duration_ms={}\n    message: {}\n    stdout: {:?}\n    stderr: {:?}\n    checks: {}",
+        j["status"],
+        j["phase"],
+        j["exit_code"],
+        j["duration_ms"],
+        field(j, "message"),
+        cut(field(j, "stdout")),
+        cut(field(j, "stderr")),
+        j["checks"]
+    )
+}
+
+/// "<prefix><N>MiB" numbers of the lines of `out` that start with `prefix`.
+fn numbers_after(out: &str, prefix: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
+fn cases(backend: &str) -> Vec<Case> {
+    let mut v = Vec::new();
+    for (lang, code) in HELLOS {
+        if backend == "native" && HOST_OPTIONAL.contains(lang) {
+            let l: llm_sandbox::Lang = serde_json::from_value(Value::from(*lang)).unwrap();
+            if let Err(why) = llm_sandbox::lang::probe_host(l) {
+                if let Some(flag) = common::strict() {
+                    panic!("{lang} is required on the native backend ({flag}) but: {why}");
+                }
+                eprintln!("SKIPPED: native conformance hello-{lang}: {why}");
+                continue;
+            }
+        }
+        v.push(case(
+            &format!("hello-{lang}"),
+            lang,
+            "passed",
+            &format!(
+                "code = {}\nexpect.stdout = \"{HELLO}\"\n",
+                serde_json::to_string(code).unwrap()
+            ),
+            |v| {
+                let want = format!("{HELLO}\n");
+                v.ensure(v.stdout() == want, format!("stdout is not {want:?}"));
+                v.ensure(v.exit_code() == Some(0), "exit code is not 0");
+            },
+        ));
+    }
+
+    v.push(case(
+        "stdin",
+        "python",
+        "passed",
+        r#"
+stdin = "first line\nsecond line\n"
+code = '''
+import sys
+data = sys.stdin.read()
+print(len(data))
+print(data.upper(), end="")
+'''
+expect.stdout = "23\nFIRST LINE\nSECOND LINE"
+"#,
+        |_| {},
+    ));
+    v.push(case(
+        "stdin-none",
+        "python",
+        "passed",
+        r#"
+timeout = "5s"
+code = 'import sys; print(repr(sys.stdin.read()))'
+expect.stdout = "''"
+"#,
+        |v| {
+            let waited = status(v.job) == "timeout";
+            v.ensure(
+                !waited,
+                "without `stdin` the program must read EOF, not wait",
+            );
+        },
+    ));
+    v.push(case(
+        "args",
+        "python",
+        "passed",
+        r#"
+args = ["two words", "--flag", "", "ünï✓", "$HOME", "*", "a'b\"c"]
+code = 'import sys, json; print(json.dumps(sys.argv[1:], ensure_ascii=False))'
+expect.stdout = '''["two words", "--flag", "", "ünï✓", "$HOME", "*", "a'b\"c"]'''
+"#,
+        |_| {},
+    ));
+    v.push(case(
+        "env",
+        "bash",
+        "passed",
+        r#"
+env = { GREETING = "hello world", WITH_EQUALS = "a=b=c", EMPTY = "" }
+code = 'echo "$GREETING|$WITH_EQUALS|${EMPTY-unset}|${LLM_SANDBOX_TEST_SECRET:-no-secret}"'
+expect.stdout = "hello world|a=b=c||no-secret"
+"#,
+        |_| {},
+    ));
+    v.push(case(
+        "workdir",
+        "bash",
+        "passed",
+        r#"
+code = 'pwd; echo "$HOME"; echo x > w.txt && mkdir -p d/e && echo writable'
+expect.stdout = "/sandbox\n/sandbox\nwritable"
+"#,
+        |_| {},
+    ));
+    v.push(case(
+        "input-files",
+        "python",
+        "passed",
+        r#"
+files = [
+  "data/numbers.csv",
+  { src = "data/config.txt", dest = "conf/settings.txt" },
+  { src = "data/parts/*.txt", dest = "parts" },
+  "data/tree",
+]
+code = '''
+import csv, os
+factor = int(open("conf/settings.txt").read().split("=")[1])
+nums = [int(r["n"]) for r in csv.DictReader(open("data/numbers.csv"))]
+print("total", sum(nums) * factor)
+print("parts", "".join(open(f"parts/{p}").read().strip() for p in sorted(os.listdir("parts"))))
+print("tree", open("data/tree/top.txt").read().strip(), open("data/tree/sub/leaf.txt").read().strip())
+'''
+expect.stdout = "total 60\nparts ab\ntree root leaf"
+"#,
+        |_| {},
+    ));
+    v.push(case(
+        "artifacts-nested",
+        "bash",
+        "passed",
+        r#"
+artifacts = ["out/**/*.txt", "out/*.json", "top.txt"]
+code = '''
+mkdir -p out/nested/deep
+echo '{"ok": true}' > out/result.json
+echo level1 > out/level1.txt
+echo spaced > "out/with space.txt"
+echo deep > out/nested/deep/data.txt
+echo not-an-artifact > out/skip.log
+echo top > top.txt
+echo scratch > scratch.txt.bak
+'''
+"#,
+        |v| {
+            let dir = v.artifacts();
+            let want = [
+                ("out/result.json", "{\"ok\": true}\n"),
+                ("out/level1.txt", "level1\n"),
+                ("out/with space.txt", "spaced\n"),
+                ("out/nested/deep/data.txt", "deep\n"),
+                ("top.txt", "top\n"),
+            ];
+            for (rel, content) in want {
+                let p = dir.join(rel);
+                let got = std::fs::read_to_string(&p);
+                v.ensure(
+                    got.as_deref().ok() == Some(content),
+                    format!("artifact {} should hold {content:?}: {got:?}", p.display()),
+                );
+            }
+            for rel in ["out/skip.log", "scratch.txt.bak", "main.sh"] {
+                let p = dir.join(rel);
+                v.ensure(!p.exists(), format!("{} is not an artifact", p.display()));
+            }
+            let listed: Vec<String> = v.job["artifacts"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().unwrap_or("").to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.ensure(
+                listed.len() == want.len(),
+                format!("artifacts[] should list {} files: {listed:?}", want.len()),
+            );
+            for (rel, _) in want {
+                v.ensure(
+                    listed
+                        .iter()
+                        .any(|l| l.ends_with(&format!("{}/{rel}", v.name))),
+                    format!("artifacts[] does not list {rel}: {listed:?}"),
+                );
+            }
+            for l in &listed {
+                let p = v.dir.join(l); // relative paths are relative to the run's cwd
+                v.ensure(
+                    p.is_file(),
+                    format!("listed artifact {l} is not on the host"),
+                );
+            }
+        },
+    ));
+    v.push(case(
+        "expect-files-pass",
+        "python",
+        "passed",
+        r#"
+code = '''
+import json
+json.dump({"total": 60, "items": [1, 2]}, open("result.json", "w"))
+open("report.txt", "w").write("hello\n")
+'''
+expect.files."result.json" = { json = { items = [1, 2], total = 60 } }
+expect.files."report.txt" = { equals = "hello\n", contains = "ell", regex = '(?m)^h\w+$', sha256 = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03" }
+expect.files."missing.txt" = { exists = false }
+"#,
+        |v| {
+            for kind in [
+                "file.json",
+                "file.equals",
+                "file.contains",
+                "file.regex",
+                "file.sha256",
+                "file.exists",
+            ] {
+                let found = v.job["checks"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["kind"] == kind && c["passed"] == true));
+                v.ensure(found, format!("no passed {kind} check"));
+            }
+        },
+    ));
+    v.push(case(
+        "expect-files-fail",
+        "python",
+        "failed",
+        r#"
+code = '''
+import json
+json.dump({"total": 60, "items": [1, 2]}, open("result.json", "w"))
+open("report.txt", "w").write("hello\n")
+'''
+expect.files."result.json" = { json = { items = [1, 2], total = 61 } }
+expect.files."report.txt" = { equals = "bye\n" }
+expect.files."missing.txt" = { exists = true }
+"#,
+        |v| {
+            let failed = common::failed_checks(v.job);
+            for kind in ["file.json", "file.equals", "file.exists"] {
+                v.ensure(
+                    failed.iter().any(|k| k == kind),
+                    format!("{kind} should fail: {failed:?}"),
+                );
+            }
+            v.ensure(v.exit_code() == Some(0), "the program itself exits 0");
+        },
+    ));
+    v.push(case(
+        "exit-code-expected",
+        "bash",
+        "passed",
+        r#"
+code = "echo out; echo err >&2; exit 3"
+expect.exit_code = 3
+expect.stdout = "out"
+expect.stderr = "err"
+"#,
+        |v| {
+            v.ensure(v.exit_code() == Some(3), "exit_code should be 3");
+            v.ensure(v.stdout() == "out\n", "stdout should be \"out\\n\"");
+            v.ensure(v.stderr() == "err\n", "stderr should be \"err\\n\"");
+        },
+    ));
+    v.push(case(
+        "exit-code-unexpected",
+        "bash",
+        "failed",
+        r#"
+code = "echo out; echo err >&2; exit 3"
+"#,
+        |v| {
+            v.ensure(v.exit_code() == Some(3), "exit_code should be 3");
+            let failed = common::failed_checks(v.job);
+            v.ensure(
+                failed == ["exit_code"],
+                format!("only the exit_code check fails: {failed:?}"),
+            );
+        },
+    ));
+    v.push(case(
+        "compile-error",
+        "c",
+        "failed",
+        r#"
+code = '''
+int main(void) { return 0 }
+'''
+"#,
+        |v| {
+            v.ensure(v.job["phase"] == "compile", "phase should be compile");
+            v.ensure(
+                v.stderr().contains("error") && v.stderr().contains("main.c"),
+                "stderr should hold the compiler's error about main.c",
+            );
+        },
+    ));
+    v.push(case(
+        "timeout",
+        "bash",
+        "timeout",
+        r#"
+timeout = "1s"
+code = "echo started; sleep 30; echo never"
+"#,
+        |v| {
+            let m = v.message();
+            v.ensure(
+                m.contains("timed out") && m.contains("1s"),
+                "the message should say it timed out after 1s",
+            );
+            v.ensure(
+                v.stdout().contains("started") && !v.stdout().contains("never"),
+                "the output before the timeout is kept",
+            );
+            let ms = v.job["duration_ms"].as_u64().unwrap_or(0);
+            v.ensure(
+                (900..10_000).contains(&ms),
+                format!("duration {ms} ms is not about 1s"),
+            );
+        },
+    ));
+    v.push(case(
+        "memory-limit",
+        "python",
+        "failed",
+        r#"
+limits.memory = "128MiB"
+code = '''
+x = []
+while True:
+    x.append(b"x" * (16 << 20))
+'''
+"#,
+        |v| {
+            v.ensure(
+                v.message().contains("memory limit"),
+                "the message should mention the memory limit",
+            );
+        },
+    ));
+    v.push(case(
+        "output-limit",
+        "python",
+        "failed",
+        r#"
+limits.output = "64KiB"
+code = '''
+import sys
+for _ in range(64):
+    sys.stdout.write("y" * 16384)
+'''
+"#,
+        |v| {
+            v.ensure(
+                v.message().contains("output limit"),
+                "the message should mention the output limit",
+            );
+            let n = v.stdout().len();
+            v.ensure(
+                n > 0 && n <= 64 * 1024,
+                format!("the kept stdout ({n} bytes) should be the first ≤ 64KiB"),
+            );
+            v.ensure(
+                v.stdout().bytes().all(|b| b == b'y'),
+                "the kept stdout is the program's",
+            );
+            v.ensure(
+                v.job["stdout_truncated"] == true,
+                "stdout_truncated should be true",
+            );
+        },
+    ));
+    v.push(case(
+        "output-large",
+        "python",
+        "passed",
+        r#"
+code = '''
+import sys
+print("héllo ✓ 世界")
+for i in range(20000):
+    print(f"line {i:05d}")
+for i in range(1000):
+    print(f"err {i:04d}", file=sys.stderr)
+'''
+"#,
+        |v| {
+            let mut out = String::from("héllo ✓ 世界\n");
+            for i in 0..20000 {
+                out.push_str(&format!("line {i:05}\n"));
+            }
+            let err: String = (0..1000).map(|i| format!("err {i:04}\n")).collect();
+            v.ensure(
+                v.stdout() == out,
+                format!(
+                    "stdout should be the {} bytes written, exactly (got {})",
+                    out.len(),
+                    v.stdout().len()
+                ),
+            );
+            v.ensure(
+                v.stderr() == err,
+                format!(
+                    "stderr should be the {} bytes written, exactly (got {})",
+                    err.len(),
+                    v.stderr().len()
+                ),
+            );
+            v.ensure(
+                v.job["stdout_truncated"] == false,
+                "stdout_truncated should be false",
+            );
+        },
+    ));
+    v.push(case(
+        "pids-limit",
+        "python",
+        "passed",
+        r#"
+limits.pids = 32
+code = '''
+import os, time
+n = 0
+try:
+    while n < 200:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+    print("forked", n)
+except OSError as e:
+    print("pids limited after", n, type(e).__name__)
+'''
+expect.stdout_regex = '^pids limited after \d+ '
+"#,
+        |v| {
+            let n = numbers_after(v.stdout(), "pids limited after ");
+            v.ensure(
+                n.len() == 1 && n[0] > 0 && n[0] < 32,
+                format!("forks before the limit: {n:?} (want 1..31)"),
+            );
+            let ms = v.job["duration_ms"].as_u64().unwrap_or(u64::MAX);
+            v.ensure(
+                ms < 10_000,
+                format!("the forked sleepers outlived the program ({ms} ms)"),
+            );
+        },
+    ));
+    v.push(case(
+        "disk-limit",
+        "bash",
+        "passed",
+        r#"
+limits.disk = "16MiB"
+code = '''
+for d in /sandbox /tmp; do
+  if dd if=/dev/zero of=$d/big bs=1M count=64 2>/dev/null; then
+    echo "$d: wrote 64MiB"
+  else
+    echo "$d: write failed after $(( $(stat -c %s $d/big) / 1048576 ))MiB"
+  fi
+  rm -f $d/big
+done
+'''
+expect.stdout_regex = '^/sandbox: write failed after \d+MiB\n/tmp: write failed after \d+MiB\n$'
+"#,
+        |v| {
+            for dir in ["/sandbox", "/tmp"] {
+                let n = numbers_after(v.stdout(), &format!("{dir}: write failed after "));
+                v.ensure(
+                    n.len() == 1 && n[0] <= 16,
+                    format!("{dir}: MiB written before the 16MiB limit: {n:?}"),
+                );
+            }
+        },
+    ));
+    v.push(case(
+        "network-off",
+        "python",
+        "passed",
+        r#"
+code = '''
+import socket
+names = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:])
+print("interfaces:", " ".join(names))
+for host, port in [("1.1.1.1", 53), ("8.8.8.8", 443)]:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        print("connected", host)
+    except OSError:
+        print("unreachable", host)
+'''
+expect.stdout = "interfaces: lo\nunreachable 1.1.1.1\nunreachable 8.8.8.8"
+"#,
+        |_| {},
+    ));
+    v.push(case(
+        "non-root",
+        "bash",
+        "passed",
+        r#"
+code = "id -u"
+"#,
+        |v| {
+            let uid: Option<u32> = v.stdout().trim().parse().ok();
+            v.ensure(
+                uid.is_some_and(|u| u != 0),
+                format!("`id -u` should be a non-zero uid: {:?}", v.stdout()),
+            );
+        },
+    ));
+    v
+}
+
+/// The job file of `cases`.
+fn job_file(cases: &[Case]) -> String {
+    let mut f = String::from(
+        "# The conformance suite (tests/conformance.rs).\n[defaults]\ntimeout = \"20s\"\n",
+    );
+    for c in cases {
+        f.push_str(&format!(
+            "\n[[jobs]]\nname = \"{}\"\nlang = \"{}\"\n{}\n",
+            c.name,
+            c.lang,
+            c.toml.trim()
+        ));
+    }
+    f
+}
+
+fn conformance(backend: &str) {
+    if !backend_selected(backend) {
+        let explicit =
+            std::env::var("LLM_SANDBOX_TEST_BACKENDS").is_ok_and(|v| !v.trim().is_empty());
+        let opted_in = std::env::var("LLM_SANDBOX_TEST_PODMAN").as_deref() == Ok("1");
+        let how = match backend {
+            _ if explicit => "not named in LLM_SANDBOX_TEST_BACKENDS",
+            "docker" => "docker is unavailable (see the SKIPPED line above)",
+            "podman" if opted_in => "podman is unavailable (see the SKIPPED line above)",
+            "podman" => "opt in with LLM_SANDBOX_TEST_PODMAN=1",
+            _ => "name it in LLM_SANDBOX_TEST_BACKENDS to test it",
+        };
+        eprintln!("SKIPPED: {backend} conformance: {how}");
+        return;
+    }
+    let cases = cases(backend);
+    let s = Scratch::new();
+    for (rel, content) in INPUTS {
+        s.write(rel, content);
+    }
+    s.write("conformance.toml", &job_file(&cases));
+    let arts = s.path().join("artifacts");
+    let r: Run = common::run_report(
+        s.cmd()
+            .env("LLM_SANDBOX_TEST_SECRET", SECRET)
+            .args(["run", "--no-progress", "-j", "2", "--backend", backend])
+            .args(["--json", "-", "--artifacts"])
+            .arg(&arts)
+            .arg("conformance.toml"),
+    );
+
+    let mut errors = Vec::new();
+    let jobs = r.jobs();
+    for c in &cases {
+        let Some(j) = jobs.get(&c.name) else {
+            errors.push(format!("[{backend}] {}: missing from the report", c.name));
+            continue;
+        };
+        let mut v = Verdict {
+            backend,
+            name: &c.name,
+            job: j,
+            dir: s.path(),
+            errors: &mut errors,
+        };
+        v.ensure(
+            status(j) == c.status,
+            format!("status should be {}, is {}", c.status, status(j)),
+        );
+        v.ensure(
+            j["backend"] == backend,
+            format!("the report's backend is {}", j["backend"]),
+        );
+        v.ensure(
+            j["lang"] == c.lang,
+            format!("the report's lang is {}, not {}", j["lang"], c.lang),
+        );
+        v.ensure(
+            !common::text(j).contains(SECRET),
+            "the runner's environment leaked into the job",
+        );
+        (c.verify)(&mut v);
+    }
+    for name in jobs.keys() {
+        if !cases.iter().any(|c| &c.name == name) {
+            errors.push(format!("[{backend}] {name}: not a case of the suite"));
+        }
+    }
+    if r.code != 1 {
+        errors.push(format!(
+            "[{backend}] the run's exit code is {}, want 1 (some cases fail by design)",
+            r.code
+        ));
+    }
+    if !errors.is_empty() {
+        panic!(
+            "{backend}: {} conformance mismatch(es) in {} jobs:\n\n{}\n\nstderr of the run:\n{}",
+            errors.len(),
+            cases.len(),
+            errors.join("\n\n"),
+            r.stderr
+        );
+    }
+}
