@@ -361,44 +361,104 @@ fn batches(plan: &Plan) -> Vec<(String, Vec<&PlannedJob>)> {
     out
 }
 
+/// One job of `plan --format json` (borrowed: the output streams, nothing is copied).
+#[derive(serde::Serialize)]
+struct PlanJobView<'a> {
+    id: usize,
+    name: &'a str,
+    file: std::borrow::Cow<'a, str>,
+    lang: llm_sandbox::Lang,
+    backend: BackendKind,
+    image: &'a Option<String>,
+    timeout_ms: u64,
+    limits: &'a llm_sandbox::plan::job::ResolvedLimits,
+    network: bool,
+    group: &'a Option<String>,
+    tags: &'a [String],
+    skip: &'a Option<String>,
+    args: &'a [String],
+    stdin: &'a Option<String>,
+    env: indexmap::IndexMap<&'a str, &'a str>,
+    files: Vec<&'a str>,
+    artifacts: &'a [String],
+    code: &'a str,
+    expect: &'a llm_sandbox::plan::job::ResolvedExpect,
+}
+
+#[derive(serde::Serialize)]
+struct BatchView<'a> {
+    key: &'a str,
+    backend: BackendKind,
+    jobs: Vec<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct PlanView<'a> {
+    files: Vec<std::borrow::Cow<'a, str>>,
+    total: usize,
+    concurrency: serde_json::Value,
+    batches: Vec<BatchView<'a>>,
+    #[serde(serialize_with = "serialize_jobs")]
+    jobs: &'a [PlannedJob],
+}
+
+fn serialize_jobs<S: serde::Serializer>(jobs: &&[PlannedJob], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(jobs.iter().map(|j| {
+        PlanJobView {
+            id: j.id,
+            name: &j.name,
+            file: j.file.to_string_lossy(),
+            lang: j.lang,
+            backend: j.backend,
+            image: &j.image,
+            timeout_ms: j.timeout.as_millis() as u64,
+            limits: &j.limits,
+            network: j.network,
+            group: &j.group,
+            tags: &j.tags,
+            skip: &j.skip,
+            args: &j.args,
+            stdin: &j.stdin,
+            env: j
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            files: j.files.iter().map(|f| f.dest.as_str()).collect(),
+            artifacts: &j.artifacts,
+            code: &j.code,
+            expect: &j.expect,
+        }
+    }))
+}
+
 fn print_plan(plan: &Plan, format: Format, jobs: usize) {
+    use std::io::Write;
     let batches = batches(plan);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     if format == Format::Json {
-        let v = serde_json::json!({
-            "files": plan.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
-            "total": plan.jobs.len(),
-            "concurrency": { "native": jobs },
-            "batches": batches.iter().map(|(k, js)| serde_json::json!({
-                "key": k,
-                "backend": js[0].backend,
-                "jobs": js.iter().map(|j| j.name.clone()).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "jobs": plan.jobs.iter().map(|j| serde_json::json!({
-                "id": j.id,
-                "name": j.name,
-                "file": j.file.display().to_string(),
-                "lang": j.lang,
-                "backend": j.backend,
-                "image": j.image,
-                "timeout_ms": j.timeout.as_millis() as u64,
-                "limits": j.limits,
-                "network": j.network,
-                "group": j.group,
-                "tags": j.tags,
-                "skip": j.skip,
-                "args": j.args,
-                "stdin": j.stdin,
-                "env": j.env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
-                "files": j.files.iter().map(|f| f.dest.clone()).collect::<Vec<_>>(),
-                "artifacts": j.artifacts,
-                "code": j.code,
-                "expect": j.expect,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        let view = PlanView {
+            files: plan.files.iter().map(|f| f.to_string_lossy()).collect(),
+            total: plan.jobs.len(),
+            concurrency: serde_json::json!({ "native": jobs }),
+            batches: batches
+                .iter()
+                .map(|(k, js)| BatchView {
+                    key: k,
+                    backend: js[0].backend,
+                    jobs: js.iter().map(|j| j.name.as_str()).collect(),
+                })
+                .collect(),
+            jobs: &plan.jobs,
+        };
+        let _ = serde_json::to_writer_pretty(&mut out, &view);
+        let _ = writeln!(out);
+        let _ = out.flush();
         return;
     }
-    println!(
+    let _ = writeln!(
+        out,
         "{} job(s) from {} file(s), {} batch(es); native runs {} at a time",
         plan.jobs.len(),
         plan.files.len(),
@@ -406,7 +466,7 @@ fn print_plan(plan: &Plan, format: Format, jobs: usize) {
         jobs
     );
     for (key, js) in &batches {
-        println!("\nbatch {key} ({} job(s))", js.len());
+        let _ = writeln!(out, "\nbatch {key} ({} job(s))", js.len());
         for j in js {
             let mut extra = String::new();
             if let Some(g) = &j.group {
@@ -415,7 +475,8 @@ fn print_plan(plan: &Plan, format: Format, jobs: usize) {
             if let Some(s) = &j.skip {
                 extra.push_str(&format!(" skip={s:?}"));
             }
-            println!(
+            let _ = writeln!(
+                out,
                 "  {:<40} {:<10} {} timeout={}{}",
                 j.name,
                 j.lang.as_str(),
@@ -425,6 +486,7 @@ fn print_plan(plan: &Plan, format: Format, jobs: usize) {
             );
         }
     }
+    let _ = out.flush();
 }
 
 async fn run(

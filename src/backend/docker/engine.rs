@@ -236,6 +236,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn unreachable(kind: BackendKind, host: &str, why: &str) -> String {
+    let why = why.split_whitespace().collect::<Vec<_>>().join(" ");
+    let lower = why.to_lowercase();
+    let tls = [
+        "certificate",
+        "tls",
+        "https",
+        "handshake",
+        "unknownissuer",
+        "ssl",
+    ];
+    if tls.iter().any(|t| lower.contains(t)) {
+        return format!(
+            "cannot reach the {kind} engine at {host}: {why}; the daemon answered but the TLS settings do not match: check backends.docker.tls (ca, cert, key) or DOCKER_TLS_VERIFY and DOCKER_CERT_PATH"
+        );
+    }
     let fix = match kind {
         BackendKind::Podman => "start it (`scripts/engines podman`, or `podman system service`), or set backends.podman.socket",
         _ => "start it (`scripts/engines docker`, or `sudo systemctl start docker`), or point backends.docker.host / DOCKER_HOST at a running daemon",
