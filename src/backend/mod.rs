@@ -18,6 +18,10 @@ pub struct RunCtx {
     /// Where artifacts go: `<artifacts_root>/<job name>/…`.
     pub artifacts_root: PathBuf,
     pub cancel: CancellationToken,
+    /// One new container per job on container backends (no warm pool).
+    pub fresh_containers: bool,
+    /// How many jobs run at once (warm pools start that many containers ahead).
+    pub parallelism: usize,
 }
 
 /// Runs one job on its backend and returns its report (never panics, never errs: what

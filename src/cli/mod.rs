@@ -65,6 +65,10 @@ enum Command {
         /// Stop scheduling after the first job that does not pass.
         #[arg(long)]
         fail_fast: bool,
+        /// Container backends: one new container per job instead of warm containers
+        /// (each proven clean between jobs).
+        #[arg(long)]
+        fresh_containers: bool,
         /// Print only failures and the summary.
         #[arg(short, long)]
         quiet: bool,
@@ -233,6 +237,7 @@ async fn dispatch(cmd: Command) -> i32 {
             artifacts,
             pass_at,
             fail_fast,
+            fresh_containers,
             quiet,
             no_progress,
         } => {
@@ -245,6 +250,7 @@ async fn dispatch(cmd: Command) -> i32 {
                     .max(1),
                 fail_fast,
                 artifacts_dir: artifacts.unwrap_or_else(|| PathBuf::from(".llm-sandbox/artifacts")),
+                fresh_containers,
             };
             run(plan, opts, json, junit, pass_at, quiet, no_progress).await
         }

@@ -19,6 +19,8 @@ pub struct RunOptions {
     pub fail_fast: bool,
     /// `--artifacts DIR`.
     pub artifacts_dir: PathBuf,
+    /// `--fresh-containers`: one new container per job on container backends.
+    pub fresh_containers: bool,
 }
 
 impl Default for RunOptions {
@@ -26,6 +28,7 @@ impl Default for RunOptions {
         RunOptions {
             jobs: default_parallelism(),
             fail_fast: false,
+            fresh_containers: false,
             artifacts_dir: PathBuf::from(".llm-sandbox/artifacts"),
         }
     }
@@ -103,6 +106,8 @@ pub async fn run_plan(
         run_dir: run_dir.path.clone(),
         artifacts_root: opts.artifacts_dir.clone(),
         cancel: cancel.clone(),
+        fresh_containers: opts.fresh_containers,
+        parallelism: opts.jobs.max(1),
     };
     let _ = events.send(Event::RunStarted {
         total: plan.jobs.len(),

@@ -94,6 +94,14 @@ pub struct DockerConfig {
     pub host: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Warm containers (default true): each job runs in a container of a pool, started
+    /// ahead of demand and proven clean (no process, no file, no IPC object left) before
+    /// its next job; `false`: one new container per job (also `run --fresh-containers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<bool>,
+    /// Jobs a warm container runs before it is replaced (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle_after: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -62,6 +62,11 @@ pub struct Container {
     pub dead: bool,
     /// Its pids limit (processes and threads).
     pub pids_limit: i64,
+    /// Jobs run in it so far (warm containers).
+    pub uses: u32,
+    /// The cgroup's counters after the previous job (oom kills, pids-limit hits), so that
+    /// each job of a warm container sees only its own.
+    pub counters: (u64, u64),
     /// Sessions: a timeout or an output flood kills the sandbox user's processes, not the
     /// container (its workdir lives on).
     pub keep_on_timeout: bool,
@@ -158,6 +163,8 @@ impl Container {
             removed: false,
             dead: false,
             pids_limit: spec.limits.pids as i64 + 2,
+            uses: 0,
+            counters: (0, 0),
             keep_on_timeout: false,
         };
         let attach = bollard::query_parameters::AttachContainerOptionsBuilder::default()

@@ -9,6 +9,7 @@
 
 pub mod container;
 pub mod engine;
+pub mod pool;
 pub mod tarball;
 
 use super::native::{copy_artifacts, to_report};
@@ -382,18 +383,50 @@ fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
     }
 }
 
-/// Reads the cgroup's counters and, when `collect`, the workdir as a tar stream.
+/// What the end of a job found in its container.
+struct Finished {
+    limits: LimitEvents,
+    tar: Option<Vec<u8>>,
+    /// Warm containers: every trace of the job is gone (checked, not assumed).
+    clean: bool,
+}
+
+/// The end of a job in its container, one exec as the sandbox user: kill every process of
+/// the sandbox user, read the cgroup's counters, pack the workdir when `collect`, and for a
+/// warm container (`clean`) empty the writable places and prove they are empty.
 async fn finish(
     c: &mut Container,
     collect: bool,
+    clean: bool,
     cap: u64,
     cancel: &CancellationToken,
-) -> Result<(LimitEvents, Option<Vec<u8>>), String> {
+) -> Result<Finished, String> {
     const SCRIPT: &str = r#"kill -9 -1 2>/dev/null
 for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
   [ -r "$f" ] && while read -r k v; do echo "$k $v" >&2; done < "$f"
 done
-if [ "$1" = 1 ]; then exec tar -c -C /sandbox .; fi
+if [ "$1" = 1 ]; then tar -c -C /sandbox . || exit 3; fi
+if [ "$2" = 1 ]; then
+  W="/sandbox /tmp /dev/shm /dev/mqueue"
+  chmod -R u+rwX $W 2>/dev/null; chmod 0755 /sandbox 2>/dev/null
+  find $W -mindepth 1 -delete 2>/dev/null
+  ipcrm -a 2>/dev/null
+  i=0
+  while :; do
+    busy=0
+    for d in /proc/[0-9]*; do
+      [ "${d#/proc/}" = "$$" ] && continue
+      [ "$(stat -c %u "$d" 2>/dev/null)" = 1000 ] && { busy=1; break; }
+    done
+    [ $busy = 0 ] && break
+    i=$((i+1)); [ $i -ge 40 ] && break
+    kill -9 -1 2>/dev/null; sleep 0.05
+  done
+  left=$(find $W -mindepth 1 2>/dev/null | head -n 1)
+  ipc=$(ipcs -m -q -s 2>/dev/null | grep -c '^0x')
+  if [ $busy = 0 ] && [ -z "$left" ] && [ "${ipc:-x}" = 0 ]; then echo "clean yes" >&2
+  else echo "clean no busy=$busy left=$left ipc=$ipc" >&2; fi
+fi
 exit 0"#;
     let argv: Vec<String> = vec![
         "/bin/sh".into(),
@@ -401,35 +434,23 @@ exit 0"#;
         SCRIPT.into(),
         "sh".into(),
         if collect { "1" } else { "0" }.into(),
+        if clean { "1" } else { "0" }.into(),
     ];
+    let timeout = Duration::from_secs(60);
     let mut r = c
-        .exec(
-            &argv,
-            Some(SANDBOX_USER),
-            &[],
-            None,
-            cap,
-            Duration::from_secs(60),
-            cancel,
-        )
+        .exec(&argv, Some(SANDBOX_USER), &[], None, cap, timeout, cancel)
         .await;
     if r.is_err() && !c.dead {
-        // The pids limit may be exhausted by what the job left: make room, then retry.
+        // The pids limit may be exhausted by what the job left: make room, then retry
+        // (the container is not reused after that: its limit changed).
         let up = bollard::models::ContainerUpdateBody {
             pids_limit: Some(c.pids_limit + 64),
             ..Default::default()
         };
         let _ = c.engine.docker.update_container(&c.id, up).await;
+        c.uses = u32::MAX;
         r = c
-            .exec(
-                &argv,
-                Some(SANDBOX_USER),
-                &[],
-                None,
-                cap,
-                Duration::from_secs(60),
-                cancel,
-            )
+            .exec(&argv, Some(SANDBOX_USER), &[], None, cap, timeout, cancel)
             .await;
     }
     let r = r?;
@@ -437,16 +458,27 @@ exit 0"#;
         enforcement: "container cgroup".into(),
         ..Default::default()
     };
+    let (mut oom, mut pids) = c.counters;
+    let mut is_clean = false;
     for line in String::from_utf8_lossy(&r.stderr).lines() {
         let mut it = line.split_whitespace();
-        match (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) {
-            (Some("oom_kill"), Some(n)) if n > 0 => ev.oom_killed = true,
-            (Some("max"), Some(n)) if n > 0 => ev.pids_limit_hit = true,
+        match (it.next(), it.next()) {
+            (Some("oom_kill"), Some(n)) => oom = n.parse().unwrap_or(oom),
+            (Some("max"), Some(n)) => pids = n.parse().unwrap_or(pids),
+            (Some("clean"), Some("yes")) => is_clean = true,
+            (Some("clean"), Some(_)) => tracing::debug!("warm container not clean: {line}"),
             _ => {}
         }
     }
-    let tar = (collect && r.exit_code == Some(0)).then_some(r.stdout);
-    Ok((ev, tar))
+    ev.oom_killed = oom > c.counters.0;
+    ev.pids_limit_hit = pids > c.counters.1;
+    c.counters = (oom, pids);
+    let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
+    Ok(Finished {
+        limits: ev,
+        tar: (collect && ok).then_some(r.stdout),
+        clean: clean && ok && is_clean,
+    })
 }
 
 /// Runs one job in a fresh container.
@@ -468,7 +500,18 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobRe
             return r;
         }
     };
-    let mut report = run_in(&engine, job, ctx, &image).await;
+    let warm = !ctx.fresh_containers
+        && job
+            .backends
+            .docker
+            .as_ref()
+            .and_then(|d| d.warm)
+            .unwrap_or(true);
+    let mut report = if warm {
+        run_warm(&engine, job, ctx, &image).await
+    } else {
+        run_in(&engine, job, ctx, &image).await
+    };
     report.image = Some(
         job.dockerfile
             .as_ref()
@@ -486,12 +529,46 @@ async fn run_in(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &st
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
-    let report = run_steps(&mut c, job, ctx).await;
+    let report = run_steps(&mut c, job, ctx, false, &mut false).await;
     c.remove().await;
     report
 }
 
-async fn run_steps(c: &mut Container, job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+/// A job in a warm container of the pool of its prepared environment.
+async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &str) -> JobReport {
+    let mut spec = run_spec(job, image, base_env(Lang::Bash, &[]));
+    // Per job, not per container: the CPU-time limit is set by the run step's wrapper.
+    spec.cpu_seconds = None;
+    spec.kind = "warm";
+    let pool = pool::pool(engine, &spec);
+    let recycle = job
+        .backends
+        .docker
+        .as_ref()
+        .and_then(|d| d.recycle_after)
+        .unwrap_or(pool::DEFAULT_RECYCLE_AFTER)
+        .max(1);
+    let mut c = match pool.acquire(ctx.parallelism).await {
+        Ok(c) => c,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    let mut reusable = false;
+    let report = run_steps(&mut c, job, ctx, true, &mut reusable).await;
+    pool.release(c, reusable && !ctx.cancel.is_cancelled(), recycle)
+        .await;
+    report
+}
+
+/// Runs the job's steps in `c`. With `warm`, the container is cleaned afterwards and
+/// `reusable` says whether that was proven.
+async fn run_steps(
+    c: &mut Container,
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    warm: bool,
+    reusable: &mut bool,
+) -> JobReport {
+    c.uses = c.uses.saturating_add(1);
     let cancel = &ctx.cancel;
     let started = Instant::now();
     let source = lang::source_file(job.lang, &job.code);
@@ -544,6 +621,7 @@ async fn run_steps(c: &mut Container, job: &PlannedJob, ctx: &RunCtx) -> JobRepo
         out_dir: None,
     };
     let mut last_run = None;
+    let env = base_env(job.lang, &job.env);
     for step in steps(
         job.lang,
         &source,
@@ -560,11 +638,25 @@ async fn run_steps(c: &mut Container, job: &PlannedJob, ctx: &RunCtx) -> JobRepo
             _ => (None, SANDBOX_USER),
         };
         let timeout = Duration::from_millis(step.timeout_ms);
+        let argv = if warm && step.kind == StepKind::Run {
+            // The CPU-time limit of this job's processes (the container outlives the job).
+            let cpu = job.timeout.as_millis().div_ceil(1000) as u64 + 1;
+            let mut a: Vec<String> = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("ulimit -t {cpu} 2>/dev/null; exec \"$@\""),
+                "sh".into(),
+            ];
+            a.extend(step.argv.iter().cloned());
+            a
+        } else {
+            step.argv.clone()
+        };
         let r = match c
             .exec(
-                &step.argv,
+                &argv,
                 Some(user),
-                &[],
+                &env,
                 stdin,
                 step.capture_cap,
                 timeout,
@@ -612,12 +704,18 @@ async fn run_steps(c: &mut Container, job: &PlannedJob, ctx: &RunCtx) -> JobRepo
     }
     let collect = !job.artifacts.is_empty() || !job.expect.files.is_empty();
     let needs_finish = !c.dead
-        && last_run
-            .as_ref()
-            .is_some_and(|r| collect || r.exit_code != Some(0));
+        && (warm
+            || last_run
+                .as_ref()
+                .is_some_and(|r| collect || r.exit_code != Some(0)));
     if needs_finish {
-        match finish(c, collect, job.limits.disk, cancel).await {
-            Ok((ev, tar)) => {
+        match finish(c, collect, warm, job.limits.disk, cancel).await {
+            Ok(Finished {
+                limits: ev,
+                tar,
+                clean,
+            }) => {
+                *reusable = clean;
                 msgs.push(Msg::Limits(ev));
                 if let Some(tar) = tar {
                     let dir = ctx
@@ -708,6 +806,7 @@ fn interrupted(job: &PlannedJob) -> JobReport {
 
 /// The end of a run: removes what this run left on every engine it used.
 pub async fn finish_run() {
+    pool::drain_all().await;
     for e in engine::connected() {
         e.finish_run().await;
     }

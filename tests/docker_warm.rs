@@ -1,0 +1,83 @@
+//! Warm containers: a container that ran one job is reused for the next only when nothing
+//! of the first job is left (processes, files, IPC objects), and jobs never see each other.
+
+mod common;
+
+use common::Scratch;
+
+/// The first job leaves every trace it can; the second looks for them. Run with `-j 1` so
+/// both use the same warm container (checked through the start time of its pid 1).
+const JOBS: &str = r#"
+[defaults]
+backend = "docker"
+lang = "bash"
+
+[[jobs]]
+name = "a-litter"
+code = '''
+(setsid sleep 1000 &); nohup sleep 1001 >/dev/null 2>&1 &
+echo secret-a > /sandbox/a.txt; echo secret-a > /tmp/a.txt; echo secret-a > /dev/shm/a.txt
+mkdir -p /sandbox/locked/deep && echo x > /sandbox/locked/deep/f && chmod 000 /sandbox/locked
+touch /tmp/.hidden
+ipcmk -M 4096 >/dev/null && echo "shm made: $(ipcs -m | grep -c '^0x')"
+echo "id=$(cut -d' ' -f22 /proc/1/stat)"
+'''
+
+[[jobs]]
+name = "b-looks"
+code = '''
+echo "id=$(cut -d' ' -f22 /proc/1/stat)"
+ls -A /sandbox /tmp /dev/shm
+ps -eo user,comm --no-headers | grep -v -e ps -e bash -e grep -e cat -e docker-init -e awk || true
+echo "shm=$(ipcs -m | grep -c '^0x')"
+echo end
+'''
+"#;
+
+#[test]
+fn a_warm_container_is_clean_for_the_next_job() {
+    if !common::backend_selected("docker") {
+        return;
+    }
+    let dir = Scratch::new();
+    dir.write("warm.toml", JOBS);
+    let run = dir.run_json(&["-j", "1", "warm.toml"]);
+    let a = run.assert_status("a-litter", "passed");
+    let b = run.assert_status("b-looks", "passed");
+    let out_a = common::field(a, "stdout").to_string();
+    let out_b = common::field(b, "stdout").to_string();
+    let id = |s: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("id="))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(!id(&out_a).is_empty(), "{out_a}");
+    assert_eq!(
+        id(&out_a),
+        id(&out_b),
+        "both jobs ran in the same warm container"
+    );
+    for trace in ["a.txt", "locked", ".hidden", "sleep"] {
+        assert!(
+            !out_b.contains(trace),
+            "`{trace}` survived into the next job:\n{out_b}"
+        );
+    }
+    assert!(out_a.contains("shm made: 1"), "{out_a}");
+    assert!(
+        out_b.contains("shm=0"),
+        "a System V segment survived:\n{out_b}"
+    );
+    assert!(out_b.contains("end"), "{out_b}");
+
+    // The same file with fresh containers: each job has its own container.
+    let run = dir.run_json(&["-j", "1", "--fresh-containers", "warm.toml"]);
+    let a = run.assert_status("a-litter", "passed");
+    let b = run.assert_status("b-looks", "passed");
+    assert_ne!(
+        id(common::field(a, "stdout")),
+        id(common::field(b, "stdout")),
+        "--fresh-containers gives every job a new container"
+    );
+}
