@@ -11,8 +11,9 @@ fn fixtures() -> PathBuf {
 fn render(reports: &[miette::Report]) -> String {
     let mut out = String::new();
     for r in reports {
+        // Never wrapped: the checkout path's length must not split a phrase across lines.
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .with_width(200)
+            .with_wrap_lines(false)
             .render_report(&mut out, r.as_ref())
             .unwrap();
         out.push('\n');

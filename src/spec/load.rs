@@ -409,6 +409,7 @@ mod tests {
         let e = parse_source(Path::new(name), text.to_string()).unwrap_err();
         let mut out = String::new();
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_wrap_lines(false)
             .render_report(&mut out, &e)
             .unwrap();
         out

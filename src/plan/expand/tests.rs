@@ -32,6 +32,7 @@ fn render(errs: &[SpecError]) -> String {
     let mut out = String::new();
     for e in errs {
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_wrap_lines(false)
             .render_report(&mut out, e)
             .unwrap();
     }
