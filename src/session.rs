@@ -330,6 +330,7 @@ impl DockerState {
             cpu_seconds: None,
             kind: "session",
             name: crate::backend::native::sandbox_id(),
+            maintenance_caps: false,
         };
         let mut next = docker::container::Container::start(self.engine.clone(), &spec)
             .await

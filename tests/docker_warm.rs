@@ -16,7 +16,7 @@ lang = "bash"
 [[jobs]]
 name = "a-litter"
 code = '''
-(setsid sleep 1000 &); nohup sleep 1001 >/dev/null 2>&1 &
+(setsid sleep 2718 &); nohup sleep 2719 >/dev/null 2>&1 &
 echo secret-a > /sandbox/a.txt; echo secret-a > /tmp/a.txt; echo secret-a > /dev/shm/a.txt
 mkdir -p /sandbox/locked/deep && echo x > /sandbox/locked/deep/f && chmod 000 /sandbox/locked
 touch /tmp/.hidden

@@ -34,6 +34,10 @@ pub struct ContainerSpec {
     pub cpu_seconds: Option<u64>,
     pub kind: &'static str,
     pub name: String,
+    /// Warm containers keep KILL, DAC_OVERRIDE and FOWNER in the bounding set for the
+    /// cleanup exec, which runs as root: the sandbox user's processes get no capability
+    /// (non-root, no-new-privileges) and cannot trace or signal that root process.
+    pub maintenance_caps: bool,
 }
 
 /// What one exec produced.
@@ -106,6 +110,9 @@ impl Container {
                 ),
             ]);
             host.cap_drop = Some(vec!["ALL".into()]);
+            if spec.maintenance_caps {
+                host.cap_add = Some(vec!["KILL".into(), "DAC_OVERRIDE".into(), "FOWNER".into()]);
+            }
             host.security_opt = Some(vec!["no-new-privileges".into()]);
             host.readonly_rootfs = Some(true);
             host.tmpfs = Some(tmpfs);

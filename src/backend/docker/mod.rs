@@ -256,6 +256,7 @@ pub async fn template(
         cpu_seconds: None,
         kind: "prepare",
         name: container_name(),
+        maintenance_caps: false,
     };
     let mut c = Container::start(engine.clone(), &spec)
         .await
@@ -355,6 +356,7 @@ pub fn run_spec(job: &PlannedJob, image: &str, env: Vec<(String, String)>) -> Co
         cpu_seconds: Some(job.timeout.as_millis().div_ceil(1000) as u64 + 1),
         kind: "job",
         name: container_name(),
+        maintenance_caps: false,
     }
 }
 
@@ -401,30 +403,53 @@ async fn finish(
     cap: u64,
     cancel: &CancellationToken,
 ) -> Result<Finished, String> {
-    const SCRIPT: &str = r#"kill -9 -1 2>/dev/null
+    // $1: pack the workdir; $2: clean (as root, warm containers). Only shell built-ins
+    // run while processes of the job may still exist.
+    const SCRIPT: &str = r#"killall_user() {
+  n=0
+  for s in /proc/[0-9]*/status; do
+    while read -r k a b c; do
+      if [ "$k" = "Uid:" ]; then
+        if [ "$a" = 1000 ] || [ "$b" = 1000 ] || [ "$c" = 1000 ]; then
+          p=${s#/proc/}; kill -9 "${p%/status}" 2>/dev/null; n=$((n+1))
+        fi
+        break
+      fi
+    done < "$s" 2>/dev/null
+  done
+  [ $n = 0 ]
+}
+busy=0
+if [ "$2" = 1 ]; then
+  i=0
+  until killall_user; do
+    i=$((i+1)); [ $i -ge 60 ] && { busy=1; break; }
+    sleep 0.05
+  done
+else
+  kill -9 -1 2>/dev/null
+fi
 for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
   [ -r "$f" ] && while read -r k v; do echo "$k $v" >&2; done < "$f"
 done
 if [ "$1" = 1 ]; then tar -c -C /sandbox . || exit 3; fi
 if [ "$2" = 1 ]; then
   W="/sandbox /tmp /dev/shm /dev/mqueue"
-  chmod -R u+rwX $W 2>/dev/null; chmod 0755 /sandbox 2>/dev/null
   find $W -mindepth 1 -delete 2>/dev/null
-  ipcrm -a 2>/dev/null
-  i=0
-  while :; do
-    busy=0
-    for d in /proc/[0-9]*; do
-      [ "${d#/proc/}" = "$$" ] && continue
-      [ "$(stat -c %u "$d" 2>/dev/null)" = 1000 ] && { busy=1; break; }
+  chmod 0755 /sandbox 2>/dev/null
+  left=""
+  for d in $W; do
+    for f in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+      if [ -e "$f" ] || [ -L "$f" ]; then left="$f"; break 2; fi
     done
-    [ $busy = 0 ] && break
-    i=$((i+1)); [ $i -ge 40 ] && break
-    kill -9 -1 2>/dev/null; sleep 0.05
   done
-  left=$(find $W -mindepth 1 2>/dev/null | head -n 1)
-  ipc=$(ipcs -m -q -s 2>/dev/null | grep -c '^0x')
-  if [ $busy = 0 ] && [ -z "$left" ] && [ "${ipc:-x}" = 0 ]; then echo "clean yes" >&2
+  ipc=0
+  for t in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
+    [ -r "$t" ] || continue
+    k=0; while read -r line; do k=$((k+1)); done < "$t"
+    [ $k -gt 1 ] && ipc=$((ipc+k-1))
+  done
+  if [ $busy = 0 ] && [ -z "$left" ]; then echo "clean yes ipc=$ipc" >&2
   else echo "clean no busy=$busy left=$left ipc=$ipc" >&2; fi
 fi
 exit 0"#;
@@ -437,8 +462,9 @@ exit 0"#;
         if clean { "1" } else { "0" }.into(),
     ];
     let timeout = Duration::from_secs(60);
+    let user = if clean { "0:0" } else { SANDBOX_USER };
     let mut r = c
-        .exec(&argv, Some(SANDBOX_USER), &[], None, cap, timeout, cancel)
+        .exec(&argv, Some(user), &[], None, cap, timeout, cancel)
         .await;
     if r.is_err() && !c.dead {
         // The pids limit may be exhausted by what the job left: make room, then retry
@@ -450,7 +476,7 @@ exit 0"#;
         let _ = c.engine.docker.update_container(&c.id, up).await;
         c.uses = u32::MAX;
         r = c
-            .exec(&argv, Some(SANDBOX_USER), &[], None, cap, timeout, cancel)
+            .exec(&argv, Some(user), &[], None, cap, timeout, cancel)
             .await;
     }
     let r = r?;
@@ -460,12 +486,16 @@ exit 0"#;
     };
     let (mut oom, mut pids) = c.counters;
     let mut is_clean = false;
+    let mut ipc_left = false;
     for line in String::from_utf8_lossy(&r.stderr).lines() {
         let mut it = line.split_whitespace();
         match (it.next(), it.next()) {
             (Some("oom_kill"), Some(n)) => oom = n.parse().unwrap_or(oom),
             (Some("max"), Some(n)) => pids = n.parse().unwrap_or(pids),
-            (Some("clean"), Some("yes")) => is_clean = true,
+            (Some("clean"), Some("yes")) => {
+                is_clean = true;
+                ipc_left = it.next() != Some("ipc=0");
+            }
             (Some("clean"), Some(_)) => tracing::debug!("warm container not clean: {line}"),
             _ => {}
         }
@@ -474,6 +504,29 @@ exit 0"#;
     ev.pids_limit_hit = pids > c.counters.1;
     c.counters = (oom, pids);
     let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
+    if clean && ok && is_clean && ipc_left {
+        // System V objects can only be removed by their owner: every process of the job
+        // is gone now, so a process of the sandbox user removes them, then they are
+        // counted again.
+        let argv: Vec<String> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "ipcrm -a 2>/dev/null; cat /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem 2>/dev/null | grep -c . || true".into(),
+        ];
+        let rm = c
+            .exec(
+                &argv,
+                Some(SANDBOX_USER),
+                &[],
+                None,
+                1 << 12,
+                timeout,
+                cancel,
+            )
+            .await;
+        // Three header lines remain when every object is gone.
+        is_clean = rm.is_ok_and(|r| String::from_utf8_lossy(&r.stdout).trim() == "3");
+    }
     Ok(Finished {
         limits: ev,
         tar: (collect && ok).then_some(r.stdout),
@@ -540,6 +593,7 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
     // Per job, not per container: the CPU-time limit is set by the run step's wrapper.
     spec.cpu_seconds = None;
     spec.kind = "warm";
+    spec.maintenance_caps = true;
     let pool = pool::pool(engine, &spec);
     let recycle = job
         .backends
