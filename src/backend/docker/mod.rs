@@ -385,6 +385,55 @@ fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
     }
 }
 
+/// Inputs up to this size (a tar) travel base64-encoded in the first step's environment.
+const INLINE_INPUT_MAX: usize = 64 << 10;
+const INLINE_VAR: &str = "LLM_SANDBOX_IN";
+const UNPACK_FAILED: i64 = 125;
+const UNPACK_MARK: &str = "llm-sandbox: cannot unpack the job's files";
+
+/// `argv` behind a small shell prologue: unpack the inline input (`inline`), set the
+/// CPU-time limit (`cpu` seconds), then `exec` the program (same pid, same exit status).
+fn wrapped(argv: &[String], inline: bool, cpu: Option<u64>) -> Vec<String> {
+    if !inline && cpu.is_none() {
+        return argv.to_vec();
+    }
+    let mut script = String::new();
+    if inline {
+        script.push_str(&format!(
+            "printf '%s' \"${INLINE_VAR}\" | base64 -d | tar -x --no-same-owner -m -C /sandbox -f - || {{ echo \"{UNPACK_MARK}\" >&2; exit {UNPACK_FAILED}; }}; unset {INLINE_VAR}; "
+        ));
+    }
+    if let Some(cpu) = cpu {
+        script.push_str(&format!("ulimit -t {cpu} 2>/dev/null; "));
+    }
+    script.push_str("exec \"$@\"");
+    let mut a: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script, "sh".into()];
+    a.extend(argv.iter().cloned());
+    a
+}
+
+/// Standard base64 with padding.
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// What the end of a job found in its container.
 struct Finished {
     limits: LimitEvents,
@@ -655,11 +704,16 @@ async fn run_steps(
             )
         }
     };
-    if let Err(e) = c.put_tar(&tar, cancel).await {
-        if cancel.is_cancelled() {
-            return interrupted(job);
+    // Small inputs ride along with the first step (one exec less per job); larger ones,
+    // or images without `base64`, go in through their own exec.
+    let mut inline = (tar.len() <= INLINE_INPUT_MAX).then(|| base64(&tar));
+    if inline.is_none() {
+        if let Err(e) = c.put_tar(&tar, cancel).await {
+            if cancel.is_cancelled() {
+                return interrupted(job);
+            }
+            return error_report(job, Phase::Prepare, e);
         }
-        return error_report(job, Phase::Prepare, e);
     }
     let mut msgs = Vec::new();
     let mut outcome = Outcome {
@@ -692,34 +746,59 @@ async fn run_steps(
             _ => (None, SANDBOX_USER),
         };
         let timeout = Duration::from_millis(step.timeout_ms);
-        let argv = if warm && step.kind == StepKind::Run {
-            // The CPU-time limit of this job's processes (the container outlives the job).
-            let cpu = job.timeout.as_millis().div_ceil(1000) as u64 + 1;
-            let mut a: Vec<String> = vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                format!("ulimit -t {cpu} 2>/dev/null; exec \"$@\""),
-                "sh".into(),
-            ];
-            a.extend(step.argv.iter().cloned());
-            a
-        } else {
-            step.argv.clone()
-        };
-        let r = match c
-            .exec(
-                &argv,
-                Some(user),
-                &env,
-                stdin,
-                step.capture_cap,
-                timeout,
-                cancel,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return error_report(job, phase_of(step.kind), e),
+        // The CPU-time limit of this job's processes (warm: the container outlives it).
+        let cpu = (warm && step.kind == StepKind::Run)
+            .then(|| job.timeout.as_millis().div_ceil(1000) as u64 + 1);
+        let mut r = None;
+        if let Some(b64) = inline.take() {
+            let argv = wrapped(&step.argv, true, cpu);
+            let mut env = env.clone();
+            env.push((INLINE_VAR.into(), b64));
+            let got = c
+                .exec(
+                    &argv,
+                    Some(user),
+                    &env,
+                    stdin,
+                    step.capture_cap,
+                    timeout,
+                    cancel,
+                )
+                .await;
+            match got {
+                Ok(x)
+                    if x.exit_code == Some(UNPACK_FAILED)
+                        && String::from_utf8_lossy(&x.stderr).contains(UNPACK_MARK) =>
+                {
+                    tracing::debug!("inline input failed; copying it in with its own exec");
+                    if let Err(e) = c.put_tar(&tar, cancel).await {
+                        if cancel.is_cancelled() {
+                            return interrupted(job);
+                        }
+                        return error_report(job, Phase::Prepare, e);
+                    }
+                }
+                Ok(x) => r = Some(x),
+                Err(e) => return error_report(job, phase_of(step.kind), e),
+            }
+        }
+        let r = match r {
+            Some(r) => r,
+            None => match c
+                .exec(
+                    &wrapped(&step.argv, false, cpu),
+                    Some(user),
+                    &env,
+                    stdin,
+                    step.capture_cap,
+                    timeout,
+                    cancel,
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return error_report(job, phase_of(step.kind), e),
+            },
         };
         if r.cancelled {
             return interrupted(job);
@@ -835,6 +914,29 @@ fn wanted(job: &PlannedJob, path: &str) -> bool {
                 .build()
                 .is_ok_and(|g| g.compile_matcher().is_match(path))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(super::base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn wrapper_keeps_argv_and_sets_limits() {
+        let argv = vec!["python3".to_string(), "a b".to_string()];
+        assert_eq!(super::wrapped(&argv, false, None), argv);
+        let w = super::wrapped(&argv, true, Some(3));
+        assert_eq!(&w[4..], &argv[..]);
+        assert!(w[2].contains("base64 -d") && w[2].contains("ulimit -t 3"));
+        assert!(w[2].ends_with("exec \"$@\""));
+    }
 }
 
 fn is_exec_failure(r: &ExecResult) -> bool {
