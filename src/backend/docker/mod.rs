@@ -916,29 +916,6 @@ fn wanted(job: &PlannedJob, path: &str) -> bool {
         })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(super::base64(b""), "");
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"fo"), "Zm8=");
-        assert_eq!(super::base64(b"foo"), "Zm9v");
-        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(super::base64(&[0xff, 0xfe, 0x00]), "//4A");
-    }
-
-    #[test]
-    fn wrapper_keeps_argv_and_sets_limits() {
-        let argv = vec!["python3".to_string(), "a b".to_string()];
-        assert_eq!(super::wrapped(&argv, false, None), argv);
-        let w = super::wrapped(&argv, true, Some(3));
-        assert_eq!(&w[4..], &argv[..]);
-        assert!(w[2].contains("base64 -d") && w[2].contains("ulimit -t 3"));
-        assert!(w[2].ends_with("exec \"$@\""));
-    }
-}
-
 fn is_exec_failure(r: &ExecResult) -> bool {
     let out = String::from_utf8_lossy(&r.stdout);
     out.contains("OCI runtime exec failed") || out.contains("executable file not found")
@@ -965,5 +942,28 @@ pub async fn finish_run() {
     pool::drain_all().await;
     for e in engine::connected() {
         e.finish_run().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(super::base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn wrapper_keeps_argv_and_sets_limits() {
+        let argv = vec!["python3".to_string(), "a b".to_string()];
+        assert_eq!(super::wrapped(&argv, false, None), argv);
+        let w = super::wrapped(&argv, true, Some(3));
+        assert_eq!(&w[4..], &argv[..]);
+        assert!(w[2].contains("base64 -d") && w[2].contains("ulimit -t 3"));
+        assert!(w[2].ends_with("exec \"$@\""));
     }
 }
