@@ -202,3 +202,75 @@ fn plan_json_lists_the_jobs() {
         .iter()
         .any(|f| Path::new(f).ends_with("hello/python.toml")));
 }
+
+#[test]
+fn plan_shows_batches_and_each_backends_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mixed.toml"),
+        r#"
+[[jobs]]
+name = "n"
+lang = "bash"
+code = "true"
+[[jobs]]
+name = "d-{{ matrix.i }}"
+lang = "python"
+backend = "docker"
+libraries = ["six"]
+matrix.i = [1, 2]
+template = "print({{ matrix.i }})"
+"#,
+    )
+    .unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args([
+            "plan",
+            "-j",
+            "2",
+            "--backend-jobs",
+            "docker=5",
+            "mixed.toml",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_mentions(
+        &text,
+        &[
+            "3 job(s)",
+            "2 batch(es)",
+            "native runs 2 at a time",
+            "docker runs 5 at a time",
+            "+libraries[six]",
+        ],
+    );
+    let out = bin()
+        .current_dir(dir.path())
+        .args([
+            "plan",
+            "--format",
+            "json",
+            "--backend-jobs",
+            "docker=5",
+            "mixed.toml",
+        ])
+        .output()
+        .unwrap();
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["concurrency"]["docker"], 5);
+    assert_eq!(plan["batches"].as_array().unwrap().len(), 2);
+    // A bad value is a usage error naming what is valid.
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["run", "--backend-jobs", "dockr=2", "mixed.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &["dockr", "native, docker, podman, kubernetes"],
+    );
+}

@@ -40,6 +40,27 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     }
 }
 
+/// Starts preparing the environments of container jobs (image pulls and builds,
+/// templates, warm containers) in the background, once per distinct environment, so that
+/// it overlaps with jobs already running. Failures are left to the jobs to report.
+pub fn prepare_ahead(jobs: &[PlannedJob], ctx: &RunCtx) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut seen: Vec<String> = Vec::new();
+    for job in jobs.iter().filter(|j| j.skip.is_none()) {
+        if job.backend != BackendKind::Docker {
+            continue;
+        }
+        let key = docker::prepare_key(job);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let (job, ctx) = (job.clone(), ctx.clone());
+        set.spawn(async move { docker::prepare_ahead(&job, &ctx).await });
+    }
+    set
+}
+
 /// The end of a run: every backend removes what the run left (containers, images built
 /// without `keep_template`).
 pub async fn finish_run() {

@@ -69,6 +69,9 @@ enum Command {
         /// (each proven clean between jobs).
         #[arg(long)]
         fresh_containers: bool,
+        /// A backend's own concurrency, e.g. `docker=4` (repeatable; default `-j`).
+        #[arg(long = "backend-jobs", value_name = "BACKEND=N", value_delimiter = ',', value_parser = parse_backend_jobs)]
+        backend_jobs: Vec<(BackendKind, usize)>,
         /// Print only failures and the summary.
         #[arg(short, long)]
         quiet: bool,
@@ -90,6 +93,9 @@ enum Command {
         /// Parallel jobs the plan assumes (default: the number of cores).
         #[arg(short = 'j', long = "jobs")]
         jobs: Option<usize>,
+        /// A backend's own concurrency, e.g. `docker=4` (repeatable; default `-j`).
+        #[arg(long = "backend-jobs", value_name = "BACKEND=N", value_delimiter = ',', value_parser = parse_backend_jobs)]
+        backend_jobs: Vec<(BackendKind, usize)>,
     },
     /// Run, then rerun the jobs whose inputs change.
     Watch {
@@ -173,6 +179,29 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
+fn parse_backend_jobs(s: &str) -> Result<(BackendKind, usize), String> {
+    let (b, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected BACKEND=N (e.g. docker=4), got {s:?}"))?;
+    let backend = match b.trim() {
+        "native" => BackendKind::Native,
+        "docker" => BackendKind::Docker,
+        "podman" => BackendKind::Podman,
+        "kubernetes" => BackendKind::Kubernetes,
+        other => {
+            return Err(format!(
+                "unknown backend {other:?} (one of native, docker, podman, kubernetes)"
+            ))
+        }
+    };
+    match n.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok((backend, n)),
+        _ => Err(format!(
+            "{b}: the number of jobs must be a positive integer, got {n:?}"
+        )),
+    }
+}
+
 fn parse_k(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(k) if k >= 1 => Ok(k),
@@ -238,6 +267,7 @@ async fn dispatch(cmd: Command) -> i32 {
             pass_at,
             fail_fast,
             fresh_containers,
+            backend_jobs,
             quiet,
             no_progress,
         } => {
@@ -251,6 +281,7 @@ async fn dispatch(cmd: Command) -> i32 {
                 fail_fast,
                 artifacts_dir: artifacts.unwrap_or_else(|| PathBuf::from(".llm-sandbox/artifacts")),
                 fresh_containers,
+                backend_jobs,
             };
             run(plan, opts, json, junit, pass_at, quiet, no_progress).await
         }
@@ -274,15 +305,19 @@ async fn dispatch(cmd: Command) -> i32 {
             select,
             format,
             jobs,
+            backend_jobs,
         } => {
             let Some(plan) = load_plan(&select) else {
                 return exit_codes::BAD_INPUT;
             };
-            print_plan(
-                &plan,
-                format,
-                jobs.unwrap_or_else(llm_sandbox::run::default_parallelism),
-            );
+            let opts = RunOptions {
+                jobs: jobs
+                    .unwrap_or_else(llm_sandbox::run::default_parallelism)
+                    .max(1),
+                backend_jobs,
+                ..RunOptions::default()
+            };
+            print_plan(&plan, format, &opts);
             exit_codes::OK
         }
         Command::Watch { .. } => {
@@ -335,6 +370,17 @@ fn load_plan(select: &SelectArgs) -> Option<Plan> {
             None
         }
     }
+}
+
+/// The backends of the plan's jobs, in order of first use.
+fn backends_used(plan: &Plan) -> Vec<BackendKind> {
+    let mut v = Vec::new();
+    for j in plan.jobs.iter().filter(|j| j.skip.is_none()) {
+        if !v.contains(&j.backend) {
+            v.push(j.backend);
+        }
+    }
+    v
 }
 
 /// Batches: jobs sharing a prepared environment (backend, image, libraries, setup).
@@ -438,7 +484,7 @@ fn serialize_jobs<S: serde::Serializer>(jobs: &&[PlannedJob], s: S) -> Result<S:
     }))
 }
 
-fn print_plan(plan: &Plan, format: Format, jobs: usize) {
+fn print_plan(plan: &Plan, format: Format, opts: &RunOptions) {
     use std::io::Write;
     let batches = batches(plan);
     let stdout = std::io::stdout();
@@ -447,7 +493,10 @@ fn print_plan(plan: &Plan, format: Format, jobs: usize) {
         let view = PlanView {
             files: plan.files.iter().map(|f| f.to_string_lossy()).collect(),
             total: plan.jobs.len(),
-            concurrency: serde_json::json!({ "native": jobs }),
+            concurrency: backends_used(plan)
+                .into_iter()
+                .map(|b| (b.to_string(), serde_json::json!(opts.jobs_for(b))))
+                .collect(),
             batches: batches
                 .iter()
                 .map(|(k, js)| BatchView {
@@ -463,13 +512,21 @@ fn print_plan(plan: &Plan, format: Format, jobs: usize) {
         let _ = out.flush();
         return;
     }
+    let limits: Vec<String> = backends_used(plan)
+        .into_iter()
+        .map(|b| format!("{b} runs {} at a time", opts.jobs_for(b)))
+        .collect();
     let _ = writeln!(
         out,
-        "{} job(s) from {} file(s), {} batch(es); native runs {} at a time",
+        "{} job(s) from {} file(s), {} batch(es); {}",
         plan.jobs.len(),
         plan.files.len(),
         batches.len(),
-        jobs
+        if limits.is_empty() {
+            "nothing to run".to_string()
+        } else {
+            limits.join(", ")
+        }
     );
     for (key, js) in &batches {
         let _ = writeln!(out, "\nbatch {key} ({} job(s))", js.len());

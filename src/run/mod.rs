@@ -6,6 +6,7 @@ pub mod owner;
 use crate::backend::{self, RunCtx};
 use crate::plan::{Plan, PlannedJob};
 use crate::report::model::{Event, JobReport, Phase, Status};
+use crate::spec::types::BackendKind;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,21 @@ pub struct RunOptions {
     pub artifacts_dir: PathBuf,
     /// `--fresh-containers`: one new container per job on container backends.
     pub fresh_containers: bool,
+    /// `--backend-jobs B=N`: a backend's own concurrency (default `jobs`).
+    pub backend_jobs: Vec<(BackendKind, usize)>,
+}
+
+impl RunOptions {
+    /// How many jobs of `backend` run at once.
+    pub fn jobs_for(&self, backend: BackendKind) -> usize {
+        self.backend_jobs
+            .iter()
+            .rev()
+            .find(|(b, _)| *b == backend)
+            .map(|(_, n)| *n)
+            .unwrap_or(self.jobs)
+            .max(1)
+    }
 }
 
 impl Default for RunOptions {
@@ -29,6 +45,7 @@ impl Default for RunOptions {
             jobs: default_parallelism(),
             fail_fast: false,
             fresh_containers: false,
+            backend_jobs: vec![],
             artifacts_dir: PathBuf::from(".llm-sandbox/artifacts"),
         }
     }
@@ -92,8 +109,11 @@ pub fn skipped_report(job: &PlannedJob, reason: &str) -> JobReport {
 }
 
 /// Runs every job of the plan; returns the reports in plan order. Events go to `events`
-/// as jobs start and finish. Cancelling `cancel` (Ctrl-C) stops scheduling and tears down
-/// the running sandboxes; their jobs are reported as errors, the unstarted ones as skipped.
+/// as jobs start and finish. Each backend has its own scheduler and concurrency limit, so
+/// batches of different backends run at the same time; within a backend, jobs start in
+/// plan order. Container images and templates are prepared ahead, while jobs run.
+/// Cancelling `cancel` (Ctrl-C) stops scheduling and tears down the running sandboxes;
+/// their jobs are reported as errors, the unstarted ones as skipped.
 pub async fn run_plan(
     plan: &Plan,
     opts: &RunOptions,
@@ -102,7 +122,7 @@ pub async fn run_plan(
 ) -> std::io::Result<Vec<JobReport>> {
     owner::sweep_stale();
     let run_dir = RunDir::create()?;
-    let ctx = RunCtx {
+    let mut ctx = RunCtx {
         run_dir: run_dir.path.clone(),
         artifacts_root: opts.artifacts_dir.clone(),
         cancel: cancel.clone(),
@@ -112,72 +132,111 @@ pub async fn run_plan(
     let _ = events.send(Event::RunStarted {
         total: plan.jobs.len(),
     });
-    let sem = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let stop_scheduling = CancellationToken::new();
-    let mut set = tokio::task::JoinSet::new();
     let mut reports: Vec<Option<JobReport>> = vec![None; plan.jobs.len()];
-    let finished = |id: usize, r: JobReport, reports: &mut Vec<Option<JobReport>>| {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, JobReport)>();
+    let mut per_backend: Vec<(BackendKind, Vec<PlannedJob>)> = Vec::new();
+    for job in &plan.jobs {
+        if let Some(reason) = &job.skip {
+            let _ = done_tx.send((job.id, skipped_report(job, reason)));
+            continue;
+        }
+        match per_backend.iter_mut().find(|(b, _)| *b == job.backend) {
+            Some((_, v)) => v.push(job.clone()),
+            None => per_backend.push((job.backend, vec![job.clone()])),
+        }
+    }
+    let mut prepare = backend::prepare_ahead(
+        &plan.jobs,
+        &RunCtx {
+            parallelism: opts.jobs_for(BackendKind::Docker),
+            ..ctx.clone()
+        },
+    );
+    let mut schedulers = tokio::task::JoinSet::new();
+    for (b, jobs) in per_backend {
+        ctx.parallelism = opts.jobs_for(b);
+        let sched = Scheduler {
+            ctx: ctx.clone(),
+            sem: Arc::new(Semaphore::new(opts.jobs_for(b))),
+            stop: stop_scheduling.clone(),
+            fail_fast: opts.fail_fast,
+            events: events.clone(),
+            done: done_tx.clone(),
+        };
+        schedulers.spawn(sched.run(jobs));
+    }
+    drop(done_tx);
+    while let Some((id, r)) = done_rx.recv().await {
         let _ = events.send(Event::JobFinished {
             id,
             report: Box::new(r.clone()),
         });
         reports[id] = Some(r);
-    };
-    // Jobs start in plan order: the scheduler takes a slot for a job before it spawns it,
-    // so --fail-fast never lets a later job overtake the one that fails.
-    for job in plan.jobs.iter().cloned() {
-        let id = job.id;
-        if let Some(reason) = &job.skip {
-            finished(id, skipped_report(&job, reason), &mut reports);
-            continue;
-        }
-        // Wait for a slot, reporting the jobs that finish meanwhile as they do.
-        let permit = loop {
-            tokio::select! {
-                p = sem.clone().acquire_owned() => break p.ok(),
-                _ = stop_scheduling.cancelled() => break None,
-                _ = cancel.cancelled() => break None,
-                Some(res) = set.join_next() => match res {
-                    Ok((done, r)) => finished(done, r, &mut reports),
-                    Err(e) => return Err(std::io::Error::other(format!("a job task failed: {e}"))),
-                },
-            }
-        };
-        let permit = match permit {
-            Some(p) if !stop_scheduling.is_cancelled() && !cancel.is_cancelled() => p,
-            _ => {
-                let why = if cancel.is_cancelled() {
-                    "not run: the run was interrupted"
-                } else {
-                    "not run: --fail-fast stopped the run"
-                };
-                finished(id, skipped_report(&job, why), &mut reports);
-                continue;
-            }
-        };
-        let ctx = ctx.clone();
-        let stop = stop_scheduling.clone();
-        let fail_fast = opts.fail_fast;
-        let _ = events.send(Event::JobStarted {
-            id,
-            name: job.name.clone(),
-        });
-        set.spawn(async move {
-            let r = backend::run_job(&job, &ctx).await;
-            if fail_fast && !r.status.is_ok() {
-                stop.cancel();
-            }
-            drop(permit);
-            (id, r)
-        });
     }
-    while let Some(res) = set.join_next().await {
-        match res {
-            Ok((id, r)) => finished(id, r, &mut reports),
-            Err(e) => return Err(std::io::Error::other(format!("a job task failed: {e}"))),
+    while let Some(res) = schedulers.join_next().await {
+        if let Err(e) = res {
+            return Err(std::io::Error::other(format!("a scheduler failed: {e}")));
         }
     }
+    prepare.abort_all();
     backend::finish_run().await;
     drop(run_dir);
     Ok(reports.into_iter().flatten().collect())
+}
+
+/// The scheduler of one backend: a slot per running job.
+struct Scheduler {
+    ctx: RunCtx,
+    sem: Arc<Semaphore>,
+    stop: CancellationToken,
+    fail_fast: bool,
+    events: mpsc::UnboundedSender<Event>,
+    done: mpsc::UnboundedSender<(usize, JobReport)>,
+}
+
+impl Scheduler {
+    async fn run(self, jobs: Vec<PlannedJob>) {
+        let mut set = tokio::task::JoinSet::new();
+        for job in jobs {
+            // Jobs start in plan order: a slot is taken before the job is spawned, so
+            // --fail-fast never lets a later job overtake the one that fails.
+            let permit = tokio::select! {
+                p = self.sem.clone().acquire_owned() => p.ok(),
+                _ = self.stop.cancelled() => None,
+                _ = self.ctx.cancel.cancelled() => None,
+            };
+            let permit = match permit {
+                Some(p) if !self.stop.is_cancelled() && !self.ctx.cancel.is_cancelled() => p,
+                _ => {
+                    let why = if self.ctx.cancel.is_cancelled() {
+                        "not run: the run was interrupted"
+                    } else {
+                        "not run: --fail-fast stopped the run"
+                    };
+                    let _ = self.done.send((job.id, skipped_report(&job, why)));
+                    continue;
+                }
+            };
+            let _ = self.events.send(Event::JobStarted {
+                id: job.id,
+                name: job.name.clone(),
+            });
+            let ctx = self.ctx.clone();
+            let stop = self.stop.clone();
+            let fail_fast = self.fail_fast;
+            let done = self.done.clone();
+            set.spawn(async move {
+                let r = backend::run_job(&job, &ctx).await;
+                if fail_fast && !r.status.is_ok() {
+                    stop.cancel();
+                }
+                drop(permit);
+                let _ = done.send((job.id, r));
+            });
+            // Reap finished tasks as we go (memory stays flat on long runs).
+            while set.try_join_next().is_some() {}
+        }
+        while set.join_next().await.is_some() {}
+    }
 }

@@ -583,6 +583,70 @@ exit 0"#;
     })
 }
 
+/// What makes two jobs share a prepared environment (for de-duplication).
+pub fn prepare_key(job: &PlannedJob) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{}",
+        job.backends
+            .docker
+            .as_ref()
+            .map(|d| (&d.host, d.tls.as_ref().map(|t| (&t.ca, &t.cert, &t.key)))),
+        job.dockerfile,
+        job.image,
+        job.lang,
+        job.libraries,
+        job.setup,
+        job.limits.memory,
+        job.limits.pids,
+        job.limits.disk,
+        job.limits.cpus,
+        job.network
+    )
+}
+
+/// Prepares a job's environment ahead of the job: its image (pull, build, template) and,
+/// for warm containers, the pool's first containers.
+pub async fn prepare_ahead(job: &PlannedJob, ctx: &RunCtx) {
+    let Ok(ep) = endpoint(job) else { return };
+    let Ok(engine) = engine::connect(&ep, BackendKind::Docker).await else {
+        return;
+    };
+    let Ok(image) = job_image(&engine, job, &ctx.cancel).await else {
+        return;
+    };
+    if warm_for(job, ctx) {
+        let (spec, _) = warm_spec(job, &image);
+        pool::pool(&engine, &spec).prewarm(ctx.parallelism);
+    }
+}
+
+fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
+    !ctx.fresh_containers
+        && job
+            .backends
+            .docker
+            .as_ref()
+            .and_then(|d| d.warm)
+            .unwrap_or(true)
+}
+
+/// The container of a warm pool for `job`, and its recycling count.
+fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
+    let mut spec = run_spec(job, image, base_env(Lang::Bash, &[]));
+    // Per job, not per container: the CPU-time limit is set by the run step's wrapper.
+    spec.cpu_seconds = None;
+    spec.kind = "warm";
+    spec.maintenance_caps = true;
+    let recycle = job
+        .backends
+        .docker
+        .as_ref()
+        .and_then(|d| d.recycle_after)
+        .unwrap_or(pool::DEFAULT_RECYCLE_AFTER)
+        .max(1);
+    (spec, recycle)
+}
+
 /// Runs one job in a fresh container.
 pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobReport {
     let started = Instant::now();
@@ -602,14 +666,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobRe
             return r;
         }
     };
-    let warm = !ctx.fresh_containers
-        && job
-            .backends
-            .docker
-            .as_ref()
-            .and_then(|d| d.warm)
-            .unwrap_or(true);
-    let mut report = if warm {
+    let mut report = if warm_for(job, ctx) {
         run_warm(&engine, job, ctx, &image).await
     } else {
         run_in(&engine, job, ctx, &image).await
@@ -638,19 +695,8 @@ async fn run_in(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &st
 
 /// A job in a warm container of the pool of its prepared environment.
 async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &str) -> JobReport {
-    let mut spec = run_spec(job, image, base_env(Lang::Bash, &[]));
-    // Per job, not per container: the CPU-time limit is set by the run step's wrapper.
-    spec.cpu_seconds = None;
-    spec.kind = "warm";
-    spec.maintenance_caps = true;
+    let (spec, recycle) = warm_spec(job, image);
     let pool = pool::pool(engine, &spec);
-    let recycle = job
-        .backends
-        .docker
-        .as_ref()
-        .and_then(|d| d.recycle_after)
-        .unwrap_or(pool::DEFAULT_RECYCLE_AFTER)
-        .max(1);
     let mut c = match pool.acquire(ctx.parallelism).await {
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),

@@ -93,7 +93,7 @@ impl Pool {
     }
 
     /// Starts containers in the background until `want` exist.
-    fn prewarm(self: &Arc<Self>, want: usize) {
+    pub fn prewarm(self: &Arc<Self>, want: usize) {
         let Ok(h) = tokio::runtime::Handle::try_current() else {
             return;
         };
