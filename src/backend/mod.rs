@@ -67,6 +67,36 @@ pub async fn finish_run() {
     docker::finish_run().await;
 }
 
+/// The environment of a sandbox's steps on every backend: fixed variables, the language's,
+/// then the job's own (which win); `path` is PATH when the backend sets it. Nothing of
+/// the runner's environment leaks in.
+pub fn sandbox_env(
+    lang: crate::spec::types::Lang,
+    job_env: &[(String, String)],
+    path: Option<String>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> =
+        path.map(|p| ("PATH".to_string(), p)).into_iter().collect();
+    for (k, v) in [
+        ("HOME", "/sandbox"),
+        ("TMPDIR", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("USER", "sandbox"),
+        ("LOGNAME", "sandbox"),
+        ("SHELL", "/bin/sh"),
+    ] {
+        env.push((k.to_string(), v.to_string()));
+    }
+    for (k, v) in crate::lang::spec(lang).env {
+        env.push((k.to_string(), v.to_string()));
+    }
+    for (k, v) in job_env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
 /// A report for a job that could not run.
 pub fn error_report(job: &PlannedJob, phase: Phase, message: String) -> JobReport {
     JobReport {

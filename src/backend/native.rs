@@ -270,22 +270,7 @@ pub fn base_env(
 ) -> (Vec<(String, String)>, Vec<String>) {
     let mut path: Vec<String> = tc.path.iter().map(|p| p.display().to_string()).collect();
     path.extend(BASE_PATH.iter().map(|s| s.to_string()));
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), path.join(":")),
-        ("HOME".into(), "/sandbox".into()),
-        ("TMPDIR".into(), "/tmp".into()),
-        ("LANG".into(), "C.UTF-8".into()),
-        ("USER".into(), "sandbox".into()),
-        ("LOGNAME".into(), "sandbox".into()),
-        ("SHELL".into(), "/bin/sh".into()),
-    ];
-    for (k, v) in lang::spec(lang).env {
-        env.push((k.to_string(), v.to_string()));
-    }
-    for (k, v) in job_env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
+    let env = super::sandbox_env(lang, job_env, Some(path.join(":")));
     if let Some((_, p)) = env.iter().find(|(k, _)| k == "PATH") {
         path = p.split(':').map(String::from).collect();
     }

@@ -48,21 +48,7 @@ pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, String> {
 /// The environment of every step: the language's variables and the job's own; nothing of
 /// the runner's environment. The image's PATH is kept.
 pub fn base_env(lang: Lang, job_env: &[(String, String)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![
-        ("HOME".into(), container::WORKDIR.into()),
-        ("TMPDIR".into(), "/tmp".into()),
-        ("LANG".into(), "C.UTF-8".into()),
-        ("USER".into(), "sandbox".into()),
-        ("LOGNAME".into(), "sandbox".into()),
-    ];
-    for (k, v) in lang::spec(lang).env {
-        env.push((k.to_string(), v.to_string()));
-    }
-    for (k, v) in job_env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
-    env
+    super::sandbox_env(lang, job_env, None)
 }
 
 /// The compile and run steps, with programs looked up in the image's PATH.
