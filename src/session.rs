@@ -331,6 +331,7 @@ impl DockerState {
             kind: "session",
             name: crate::backend::native::sandbox_id(),
             maintenance_caps: false,
+            agent: None,
         };
         let mut next = docker::container::Container::start(self.engine.clone(), &spec)
             .await

@@ -38,6 +38,20 @@ pub struct ContainerSpec {
     /// cleanup exec, which runs as root: the sandbox user's processes get no capability
     /// (non-root, no-new-privileges) and cannot trace or signal that root process.
     pub maintenance_caps: bool,
+    /// Warm containers on a local engine: this binary, bind-mounted read-only at
+    /// [`AGENT_PATH`] and started as the container's job agent.
+    pub agent: Option<std::path::PathBuf>,
+}
+
+/// Where the agent binary appears inside a container.
+pub const AGENT_PATH: &str = "/.llm-sandbox/agent";
+
+/// The open exec of a container's agent.
+struct AgentConn {
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+    output:
+        Pin<Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
+    buf: Vec<u8>,
 }
 
 /// What one exec produced.
@@ -66,6 +80,8 @@ pub struct Container {
     pub dead: bool,
     /// Its pids limit (processes and threads).
     pub pids_limit: i64,
+    /// The job agent's exec, when the container has one.
+    agent: Option<AgentConn>,
     /// Jobs run in it so far (warm containers).
     pub uses: u32,
     /// The cgroup's counters after the previous job (oom kills, pids-limit hits), so that
@@ -111,7 +127,15 @@ impl Container {
             ]);
             host.cap_drop = Some(vec!["ALL".into()]);
             if spec.maintenance_caps {
-                host.cap_add = Some(vec!["KILL".into(), "DAC_OVERRIDE".into(), "FOWNER".into()]);
+                let mut caps = vec!["KILL", "DAC_OVERRIDE", "FOWNER"];
+                if spec.agent.is_some() {
+                    // The agent starts each step as the sandbox user and hands it the files.
+                    caps.extend(["SETUID", "SETGID", "CHOWN"]);
+                }
+                host.cap_add = Some(caps.into_iter().map(String::from).collect());
+            }
+            if let Some(bin) = &spec.agent {
+                host.binds = Some(vec![format!("{}:{AGENT_PATH}:ro", bin.display())]);
             }
             host.security_opt = Some(vec!["no-new-privileges".into()]);
             host.readonly_rootfs = Some(true);
@@ -121,8 +145,8 @@ impl Container {
             host.memory = Some(l.memory as i64);
             host.memory_swap = Some(l.memory as i64);
             host.nano_cpus = Some((l.cpus * 1e9) as i64);
-            // The init and the keep-alive process count too.
-            host.pids_limit = Some(l.pids as i64 + 2);
+            // The init and the keep-alive process count too, and the agent when there is one.
+            host.pids_limit = Some(l.pids as i64 + 2 + i64::from(spec.agent.is_some()));
             let mut ul = vec![ulimit("nofile", l.open_files)];
             if let Some(cpu) = spec.cpu_seconds {
                 ul.push(ulimit("cpu", cpu));
@@ -170,6 +194,7 @@ impl Container {
             removed: false,
             dead: false,
             pids_limit: spec.limits.pids as i64 + 2,
+            agent: None,
             uses: 0,
             counters: (0, 0),
             keep_on_timeout: false,
@@ -199,7 +224,92 @@ impl Container {
                     error_chain(&e)
                 )
             })?;
+        if spec.agent.is_some() {
+            if let Err(e) = c.start_agent().await {
+                // An image the binary cannot run in (another libc, say): one exec per step.
+                tracing::debug!("no agent in a container of {}: {e}", spec.image);
+            }
+        }
         Ok(c)
+    }
+
+    pub fn has_agent(&self) -> bool {
+        self.agent.is_some()
+    }
+
+    async fn start_agent(&mut self) -> Result<(), String> {
+        let opts = CreateExecOptions::<String> {
+            cmd: Some(vec![AGENT_PATH.into(), super::agent::SUBCOMMAND.into()]),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            user: Some("0:0".into()),
+            env: Some(vec!["LLM_SANDBOX_AGENT=1".into()]),
+            working_dir: Some("/".into()),
+            ..Default::default()
+        };
+        let docker = &self.engine.docker;
+        let exec = docker
+            .create_exec(&self.id, opts)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let StartExecResults::Attached { output, input } = docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| error_chain(&e))?
+        else {
+            return Err("the agent started detached".into());
+        };
+        let mut conn = AgentConn {
+            input,
+            output,
+            buf: Vec::new(),
+        };
+        let line = tokio::time::timeout(Duration::from_secs(10), read_line(&mut conn))
+            .await
+            .map_err(|_| "the agent did not answer within 10s".to_string())??;
+        if line.trim() != super::agent::READY {
+            return Err(format!("the agent said {line:?}"));
+        }
+        self.agent = Some(conn);
+        Ok(())
+    }
+
+    /// Runs one job through the agent. On a timeout of the whole exchange, or on cancel,
+    /// the container is killed.
+    pub async fn agent_job(
+        &mut self,
+        job: &super::agent::AgentJob,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<super::agent::AgentResult, String> {
+        let conn = self.agent.as_mut().ok_or("no agent")?;
+        let mut line = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let exchange = async {
+            conn.input
+                .write_all(&line)
+                .await
+                .map_err(|e| format!("cannot reach the agent: {e}"))?;
+            conn.input.flush().await.map_err(|e| e.to_string())?;
+            read_line(conn).await
+        };
+        let got = tokio::select! {
+            r = tokio::time::timeout(timeout, exchange) => r.map_err(|_| "the agent did not answer in time".to_string()),
+            _ = cancel.cancelled() => Err("interrupted".to_string()),
+        };
+        let answer = match got {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) | Err(e) => {
+                self.agent = None;
+                self.kill().await;
+                return Err(e);
+            }
+        };
+        serde_json::from_str(&answer).map_err(|e| {
+            self.dead = true;
+            format!("the agent's answer is not valid: {e}")
+        })
     }
 
     /// Runs `argv` in the container and captures its output (each stream capped at `cap`
@@ -452,6 +562,27 @@ impl Drop for Container {
         let id = self.id.clone();
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn(async move { engine.remove_container(&id).await });
+        }
+    }
+}
+
+/// The next line of the agent's stdout (its stderr is ignored).
+async fn read_line(conn: &mut AgentConn) -> Result<String, String> {
+    loop {
+        if let Some(i) = conn.buf.iter().position(|b| *b == b'\n') {
+            let rest = conn.buf.split_off(i + 1);
+            let mut line = std::mem::replace(&mut conn.buf, rest);
+            line.pop();
+            return String::from_utf8(line).map_err(|e| e.to_string());
+        }
+        match conn.output.next().await {
+            Some(Ok(LogOutput::StdOut { message })) => conn.buf.extend_from_slice(&message),
+            Some(Ok(LogOutput::StdErr { message })) => {
+                tracing::debug!("agent: {}", String::from_utf8_lossy(&message).trim())
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("the agent's stream broke: {}", error_chain(&e))),
+            None => return Err("the agent exited".into()),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! The results are mapped onto the same step results as the native sandbox's, so a job
 //! gets the same statuses and messages on every backend.
 
+pub mod agent;
 pub mod container;
 pub mod engine;
 pub mod pool;
@@ -243,6 +244,7 @@ pub async fn template(
         kind: "prepare",
         name: container_name(),
         maintenance_caps: false,
+        agent: None,
     };
     let mut c = Container::start(engine.clone(), &spec)
         .await
@@ -343,6 +345,7 @@ pub fn run_spec(job: &PlannedJob, image: &str, env: Vec<(String, String)>) -> Co
         kind: "job",
         name: container_name(),
         maintenance_caps: false,
+        agent: None,
     }
 }
 
@@ -396,6 +399,30 @@ fn wrapped(argv: &[String], inline: bool, cpu: Option<u64>) -> Vec<String> {
     let mut a: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script, "sh".into()];
     a.extend(argv.iter().cloned());
     a
+}
+
+/// Decodes standard base64 (padding optional); None on a bad character.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
 }
 
 /// Standard base64 with padding.
@@ -601,9 +628,24 @@ pub async fn prepare_ahead(job: &PlannedJob, ctx: &RunCtx) {
         return;
     };
     if warm_for(job, ctx) {
-        let (spec, _) = warm_spec(job, &image);
+        let (mut spec, _) = warm_spec(job, &image);
+        if !engine.local {
+            spec.agent = None;
+        }
         pool::pool(&engine, &spec).prewarm(ctx.parallelism);
     }
+}
+
+/// The binary to run as the warm containers' agent: this llm-sandbox, bind-mounted
+/// read-only (local engines only; `LLM_SANDBOX_DOCKER_AGENT=0` turns it off and jobs use
+/// one exec per step instead).
+fn agent_binary() -> Option<std::path::PathBuf> {
+    if std::env::var("LLM_SANDBOX_DOCKER_AGENT").as_deref() == Ok("0") {
+        return None;
+    }
+    let p = crate::sandbox::host::helper_path();
+    let p = std::fs::canonicalize(&p).ok()?;
+    p.is_file().then_some(p)
 }
 
 fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
@@ -623,6 +665,7 @@ fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
     spec.cpu_seconds = None;
     spec.kind = "warm";
     spec.maintenance_caps = true;
+    spec.agent = agent_binary();
     let recycle = job
         .backends
         .docker
@@ -681,14 +724,21 @@ async fn run_in(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &st
 
 /// A job in a warm container of the pool of its prepared environment.
 async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &str) -> JobReport {
-    let (spec, recycle) = warm_spec(job, image);
+    let (mut spec, recycle) = warm_spec(job, image);
+    if !engine.local {
+        spec.agent = None;
+    }
     let pool = pool::pool(engine, &spec);
     let mut c = match pool.acquire(ctx.parallelism).await {
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
     let mut reusable = false;
-    let report = run_steps(&mut c, job, ctx, true, &mut reusable).await;
+    let report = if c.has_agent() {
+        run_steps_agent(&mut c, job, ctx, &mut reusable).await
+    } else {
+        run_steps(&mut c, job, ctx, true, &mut reusable).await
+    };
     pool.release(c, reusable && !ctx.cancel.is_cancelled(), recycle)
         .await;
     report
@@ -707,34 +757,9 @@ async fn run_steps(
     let cancel = &ctx.cancel;
     let started = Instant::now();
     let source = lang::source_file(job.lang, &job.code);
-    let mut entries = vec![(source.clone(), job.code.as_bytes().to_vec(), 0o644)];
-    for f in &job.files {
-        match std::fs::read(&f.src) {
-            Ok(data) => {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(&f.src)
-                    .map(|m| m.permissions().mode() & 0o755)
-                    .unwrap_or(0o644);
-                entries.push((f.dest.clone(), data, mode | 0o644));
-            }
-            Err(e) => {
-                return error_report(
-                    job,
-                    Phase::Prepare,
-                    format!("cannot read the input file {}: {e}", f.src.display()),
-                )
-            }
-        }
-    }
-    let tar = match tarball::build(&entries) {
+    let tar = match input_tar(job, &source) {
         Ok(t) => t,
-        Err(e) => {
-            return error_report(
-                job,
-                Phase::Prepare,
-                format!("cannot pack the input files: {e}"),
-            )
-        }
+        Err(r) => return *r,
     };
     // Small inputs ride along with the first step (one exec less per job); larger ones,
     // or images without `base64`, go in through their own exec.
@@ -883,32 +908,12 @@ async fn run_steps(
                 *reusable = clean;
                 msgs.push(Msg::Limits(ev));
                 if let Some(tar) = tar {
-                    let dir = ctx
-                        .run_dir
-                        .join(format!("{}-out", c.id.get(..12).unwrap_or(&c.id)));
-                    let _ = std::fs::remove_dir_all(&dir);
-                    match std::fs::create_dir_all(&dir)
-                        .and_then(|_| tarball::extract(tar.as_slice(), &dir, job.limits.disk))
-                    {
-                        Ok(x) => {
-                            let refused = x
-                                .refused
-                                .into_iter()
-                                .filter(|(p, _)| wanted(job, p))
-                                .collect();
-                            msgs.push(Msg::Collected {
-                                files: x.files,
-                                refused,
-                            });
+                    match collected(job, ctx, &c.id, &tar) {
+                        Ok((msg, dir)) => {
+                            msgs.push(msg);
                             outcome.out_dir = Some(dir);
                         }
-                        Err(e) => {
-                            return error_report(
-                                job,
-                                Phase::Run,
-                                format!("cannot unpack the files copied out of the container: {e}"),
-                            )
-                        }
+                        Err(r) => return *r,
                     }
                 }
             }
@@ -921,7 +926,46 @@ async fn run_steps(
     }
     outcome.msgs = msgs;
     outcome.wall = started.elapsed();
-    let mut report = to_report(job, &outcome);
+    report_of(job, ctx, &outcome)
+}
+
+/// Unpacks the workdir's tar (safely) into a directory of the run.
+fn collected(
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    id: &str,
+    tar: &[u8],
+) -> Result<(Msg, std::path::PathBuf), Box<JobReport>> {
+    let dir = ctx
+        .run_dir
+        .join(format!("{}-{}-out", id.get(..12).unwrap_or(id), job.id));
+    let _ = std::fs::remove_dir_all(&dir);
+    match std::fs::create_dir_all(&dir).and_then(|_| tarball::extract(tar, &dir, job.limits.disk)) {
+        Ok(x) => {
+            let refused = x
+                .refused
+                .into_iter()
+                .filter(|(p, _)| wanted(job, p))
+                .collect();
+            Ok((
+                Msg::Collected {
+                    files: x.files,
+                    refused,
+                },
+                dir,
+            ))
+        }
+        Err(e) => Err(Box::new(error_report(
+            job,
+            Phase::Run,
+            format!("cannot unpack the files copied out of the container: {e}"),
+        ))),
+    }
+}
+
+/// The job's report from what happened in its container; artifacts copied out.
+fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
+    let mut report = to_report(job, outcome);
     if let Some(dir) = &outcome.out_dir {
         if !job.artifacts.is_empty() && report.status != Status::Error {
             match copy_artifacts(job, dir, &ctx.artifacts_root) {
@@ -935,6 +979,164 @@ async fn run_steps(
         let _ = std::fs::remove_dir_all(dir);
     }
     report
+}
+
+/// A job through the container's agent: one request, one answer, no exec.
+async fn run_steps_agent(
+    c: &mut Container,
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    reusable: &mut bool,
+) -> JobReport {
+    c.uses = c.uses.saturating_add(1);
+    let started = Instant::now();
+    let source = lang::source_file(job.lang, &job.code);
+    let tar = match input_tar(job, &source) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let env = base_env(job.lang, &job.env);
+    let steps = steps(
+        job.lang,
+        &source,
+        &job.code,
+        &job.limits,
+        job.timeout,
+        &job.args,
+    );
+    let kinds: Vec<StepKind> = steps.iter().map(|s| s.kind).collect();
+    let total: u64 = steps.iter().map(|s| s.timeout_ms).sum();
+    let request = agent::AgentJob {
+        inputs: base64(&tar),
+        steps: steps
+            .iter()
+            .map(|s| agent::AgentStep {
+                argv: s.argv.clone(),
+                env: env.clone(),
+                stdin: (s.kind == StepKind::Run)
+                    .then(|| job.stdin.as_deref().map(|x| base64(x.as_bytes())))
+                    .flatten(),
+                timeout_ms: s.timeout_ms,
+                cap: s.capture_cap,
+                cpu_seconds: (s.kind == StepKind::Run)
+                    .then(|| job.timeout.as_millis().div_ceil(1000) as u64 + 1),
+                open_files: job.limits.open_files,
+                must_succeed: s.kind != StepKind::Run,
+            })
+            .collect(),
+        collect: !job.artifacts.is_empty() || !job.expect.files.is_empty(),
+        collect_cap: job.limits.disk,
+    };
+    let answer = c
+        .agent_job(
+            &request,
+            Duration::from_millis(total) + Duration::from_secs(30),
+            &ctx.cancel,
+        )
+        .await;
+    if ctx.cancel.is_cancelled() {
+        return interrupted(job);
+    }
+    let a = match answer {
+        Ok(a) => a,
+        Err(e) => return error_report(job, Phase::Run, e),
+    };
+    if let Some(e) = &a.error {
+        if a.steps.is_empty() {
+            return error_report(job, Phase::Prepare, e.clone());
+        }
+    }
+    let mut outcome = Outcome {
+        msgs: vec![],
+        stdout: vec![],
+        stderr: vec![],
+        stdout_truncated: false,
+        stderr_truncated: false,
+        output_limit_hit: false,
+        cancelled: false,
+        wall: Duration::ZERO,
+        helper_status: None,
+        out_dir: None,
+    };
+    let mut msgs = Vec::new();
+    for (kind, s) in kinds.iter().zip(&a.steps) {
+        let r = ExecResult {
+            exit_code: s
+                .exit_code
+                .map(i64::from)
+                .or(s.signal.map(|g| 128 + i64::from(g))),
+            stdout: base64_decode(&s.stdout).unwrap_or_default(),
+            stderr: base64_decode(&s.stderr).unwrap_or_default(),
+            stdout_truncated: s.stdout_truncated,
+            stderr_truncated: s.stderr_truncated,
+            output_limit_hit: s.output_limit_hit,
+            timed_out: s.timed_out,
+            cancelled: false,
+            duration: Duration::from_millis(s.duration_ms),
+        };
+        let mut sr = step_result(*kind, &r, job.limits.output);
+        sr.exit_code = s.exit_code;
+        sr.signal = s.signal;
+        sr.spawn_error = s
+            .spawn_error
+            .clone()
+            .filter(|_| *kind != StepKind::Run || s.exit_code.is_none());
+        if *kind == StepKind::Run {
+            outcome.stdout = r.stdout;
+            outcome.stderr = r.stderr;
+            outcome.stdout_truncated = r.stdout_truncated;
+            outcome.stderr_truncated = r.stderr_truncated;
+            outcome.output_limit_hit = r.output_limit_hit;
+        }
+        msgs.push(Msg::Step(sr));
+    }
+    let ev = LimitEvents {
+        enforcement: "container cgroup".into(),
+        oom_killed: a.oom_kills > c.counters.0,
+        pids_limit_hit: a.pids_max_hits > c.counters.1,
+        ..Default::default()
+    };
+    c.counters = (a.oom_kills, a.pids_max_hits);
+    msgs.push(Msg::Limits(ev));
+    if let Some(t) = a.tar.as_deref().and_then(base64_decode) {
+        match collected(job, ctx, &c.id, &t) {
+            Ok((msg, dir)) => {
+                msgs.push(msg);
+                outcome.out_dir = Some(dir);
+            }
+            Err(r) => return *r,
+        }
+    }
+    *reusable = a.clean && a.error.is_none();
+    outcome.msgs = msgs;
+    outcome.wall = started.elapsed();
+    report_of(job, ctx, &outcome)
+}
+
+/// The tar of the job's program and input files.
+fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Box<JobReport>> {
+    let mut entries = vec![(source.to_string(), job.code.as_bytes().to_vec(), 0o644)];
+    for f in &job.files {
+        use std::os::unix::fs::PermissionsExt;
+        let data = std::fs::read(&f.src).map_err(|e| {
+            Box::new(error_report(
+                job,
+                Phase::Prepare,
+                format!("cannot read the input file {}: {e}", f.src.display()),
+            ))
+        })?;
+        let mode = std::fs::metadata(&f.src)
+            .map(|m| m.permissions().mode() & 0o755)
+            .unwrap_or(0o644);
+        entries.push((f.dest.clone(), data, mode | 0o644));
+    }
+    tarball::build(&entries).map_err(|e| {
+        Box::new(error_report(
+            job,
+            Phase::Prepare,
+            format!("cannot pack the input files: {e}"),
+        ))
+    })
 }
 
 /// Whether a refused path matters to the job (an artifact glob or a checked file).
@@ -987,6 +1189,17 @@ mod tests {
         assert_eq!(super::base64(b"foo"), "Zm9v");
         assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(super::base64(&[0xff, 0xfe, 0x00]), "//4A");
+        for data in [
+            &b""[..],
+            b"f",
+            b"fo",
+            b"foo",
+            b"foob",
+            &[0u8, 255, 7, 9, 128][..],
+        ] {
+            assert_eq!(super::base64_decode(&super::base64(data)).unwrap(), data);
+        }
+        assert!(super::base64_decode("a$b").is_none());
     }
 
     #[test]
