@@ -2,6 +2,7 @@
 //! codes.
 
 mod doctor;
+mod watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use llm_sandbox::exit_codes;
@@ -41,43 +42,71 @@ struct SelectArgs {
     vars: Vec<(String, String)>,
 }
 
+/// How jobs run and what is reported (`run`, and every round of `watch`).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct RunArgs {
+    /// Parallel jobs (default: the number of cores).
+    #[arg(short = 'j', long = "jobs")]
+    jobs: Option<usize>,
+    /// Write the JSON report to FILE (- for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<String>,
+    /// Write the JUnit XML report to FILE (- for stdout).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<String>,
+    /// Artifacts directory (default .llm-sandbox/artifacts).
+    #[arg(long, value_name = "DIR")]
+    artifacts: Option<PathBuf>,
+    /// pass@k values over groups, e.g. 1,10.
+    #[arg(long = "pass-at", value_delimiter = ',', value_parser = parse_k)]
+    pass_at: Option<Vec<usize>>,
+    /// Stop scheduling after the first job that does not pass.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Container backends: one new container per job instead of warm containers
+    /// (each proven clean between jobs).
+    #[arg(long)]
+    fresh_containers: bool,
+    /// A backend's own concurrency, e.g. `docker=4` (repeatable; default `-j`).
+    #[arg(long = "backend-jobs", value_name = "BACKEND=N", value_delimiter = ',', value_parser = parse_backend_jobs)]
+    backend_jobs: Vec<(BackendKind, usize)>,
+    /// Print only failures and the summary.
+    #[arg(short, long)]
+    quiet: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl RunArgs {
+    fn run_options(&self) -> RunOptions {
+        RunOptions {
+            jobs: self
+                .jobs
+                .unwrap_or_else(llm_sandbox::run::default_parallelism)
+                .max(1),
+            fail_fast: self.fail_fast,
+            artifacts_dir: self.artifacts_dir(),
+            fresh_containers: self.fresh_containers,
+            backend_jobs: self.backend_jobs.clone(),
+        }
+    }
+
+    fn artifacts_dir(&self) -> PathBuf {
+        self.artifacts
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".llm-sandbox/artifacts"))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run jobs and report.
     Run {
         #[command(flatten)]
         select: SelectArgs,
-        /// Parallel jobs (default: the number of cores).
-        #[arg(short = 'j', long = "jobs")]
-        jobs: Option<usize>,
-        /// Write the JSON report to FILE (- for stdout).
-        #[arg(long, value_name = "FILE")]
-        json: Option<String>,
-        /// Write the JUnit XML report to FILE (- for stdout).
-        #[arg(long, value_name = "FILE")]
-        junit: Option<String>,
-        /// Artifacts directory (default .llm-sandbox/artifacts).
-        #[arg(long, value_name = "DIR")]
-        artifacts: Option<PathBuf>,
-        /// pass@k values over groups, e.g. 1,10.
-        #[arg(long = "pass-at", value_delimiter = ',', value_parser = parse_k)]
-        pass_at: Option<Vec<usize>>,
-        /// Stop scheduling after the first job that does not pass.
-        #[arg(long)]
-        fail_fast: bool,
-        /// Container backends: one new container per job instead of warm containers
-        /// (each proven clean between jobs).
-        #[arg(long)]
-        fresh_containers: bool,
-        /// A backend's own concurrency, e.g. `docker=4` (repeatable; default `-j`).
-        #[arg(long = "backend-jobs", value_name = "BACKEND=N", value_delimiter = ',', value_parser = parse_backend_jobs)]
-        backend_jobs: Vec<(BackendKind, usize)>,
-        /// Print only failures and the summary.
-        #[arg(short, long)]
-        quiet: bool,
-        /// No progress bar.
-        #[arg(long)]
-        no_progress: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Parse, check and render every job; runs nothing.
     Validate {
@@ -97,10 +126,14 @@ enum Command {
         #[arg(long = "backend-jobs", value_name = "BACKEND=N", value_delimiter = ',', value_parser = parse_backend_jobs)]
         backend_jobs: Vec<(BackendKind, usize)>,
     },
-    /// Run, then rerun the jobs whose inputs change.
+    /// Run, then rerun exactly the jobs whose inputs change.
     Watch {
         #[command(flatten)]
         select: SelectArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        watch: watch::WatchArgs,
     },
     /// Run one program; its output streams as it comes.
     Exec {
@@ -229,8 +262,23 @@ fn install_error_hook() {
     }));
 }
 
+/// Diagnostics on stderr when `LLM_SANDBOX_LOG` (or `RUST_LOG`) asks for them, e.g.
+/// `LLM_SANDBOX_LOG=llm_sandbox=debug`.
+fn install_logging() {
+    let filter = std::env::var("LLM_SANDBOX_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok();
+    if let Some(f) = filter {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(f))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 pub fn main() -> i32 {
     install_error_hook();
+    install_logging();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -258,32 +306,11 @@ pub fn main() -> i32 {
 
 async fn dispatch(cmd: Command) -> i32 {
     match cmd {
-        Command::Run {
-            select,
-            jobs,
-            json,
-            junit,
-            artifacts,
-            pass_at,
-            fail_fast,
-            fresh_containers,
-            backend_jobs,
-            quiet,
-            no_progress,
-        } => {
+        Command::Run { select, run: args } => {
             let Some(plan) = load_plan(&select) else {
                 return exit_codes::BAD_INPUT;
             };
-            let opts = RunOptions {
-                jobs: jobs
-                    .unwrap_or_else(llm_sandbox::run::default_parallelism)
-                    .max(1),
-                fail_fast,
-                artifacts_dir: artifacts.unwrap_or_else(|| PathBuf::from(".llm-sandbox/artifacts")),
-                fresh_containers,
-                backend_jobs,
-            };
-            run(plan, opts, json, junit, pass_at, quiet, no_progress).await
+            run(plan, &args).await
         }
         Command::Validate { select } => {
             let Some(plan) = load_plan(&select) else {
@@ -320,10 +347,11 @@ async fn dispatch(cmd: Command) -> i32 {
             print_plan(&plan, format, &opts);
             exit_codes::OK
         }
-        Command::Watch { .. } => {
-            eprintln!("error: `watch` is not available in this version of llm-sandbox yet; use `llm-sandbox run`");
-            exit_codes::BAD_INPUT
-        }
+        Command::Watch {
+            select,
+            run: args,
+            watch: w,
+        } => watch::watch(select, args, w).await,
         Command::Mcp => {
             eprintln!("error: `mcp` is not available in this version of llm-sandbox yet");
             exit_codes::BAD_INPUT
@@ -552,91 +580,104 @@ fn print_plan(plan: &Plan, format: Format, opts: &RunOptions) {
     let _ = out.flush();
 }
 
-async fn run(
-    plan: Plan,
-    opts: RunOptions,
-    json: Option<String>,
-    junit: Option<String>,
-    pass_at: Option<Vec<usize>>,
-    quiet: bool,
-    no_progress: bool,
-) -> i32 {
-    let started_at = chrono::Utc::now();
-    let t0 = Instant::now();
+async fn run(plan: Plan, args: &RunArgs) -> i32 {
     let cancel = CancellationToken::new();
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
-        let (c1, i1) = (cancel.clone(), interrupted.clone());
+        let c1 = cancel.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                i1.store(true, std::sync::atomic::Ordering::SeqCst);
                 eprintln!("\ninterrupted: stopping the running sandboxes and writing the reports of what finished");
                 c1.cancel();
             }
         });
-        let (cancel, interrupted) = (cancel.clone(), interrupted.clone());
+        let cancel = cancel.clone();
         tokio::spawn(async move {
             if let Ok(mut s) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             {
                 if s.recv().await.is_some() {
-                    interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
                     cancel.cancel();
                 }
             }
         });
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    let mut reporter = TerminalReporter::stderr(quiet, no_progress, pass_at.clone());
-    let printer = tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
-            reporter.handle(&ev);
-        }
-        reporter
-    });
-    let result = llm_sandbox::run::run_plan(&plan, &opts, tx.clone(), cancel.clone()).await;
-    let reports = match result {
+    let opts = args.run_options();
+    let (report, interrupted) = match execute(&plan, &opts, args, &cancel).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
             return exit_codes::JOBS_FAILED;
         }
     };
-    let duration_ms = t0.elapsed().as_millis() as u64;
-    let was_interrupted = interrupted.load(std::sync::atomic::Ordering::SeqCst);
-    let report = llm_sandbox::report::json::build_report(
-        started_at,
-        duration_ms,
-        reports,
-        pass_at.as_deref(),
-    );
-    let _ = tx.send(Event::RunFinished {
-        duration_ms,
-        interrupted: was_interrupted,
-    });
-    drop(tx);
-    let _ = printer.await;
     let mut code = if report.jobs.iter().all(|j| j.status.is_ok()) {
         exit_codes::OK
     } else {
         exit_codes::JOBS_FAILED
     };
-    if let Some(dest) = &json {
-        if let Err(e) = llm_sandbox::report::json::write_json(&report, dest) {
-            eprintln!("error: cannot write the JSON report to {dest}: {e}");
-            code = exit_codes::JOBS_FAILED;
-        }
+    if !write_reports(&report, args) {
+        code = exit_codes::JOBS_FAILED;
     }
-    if let Some(dest) = &junit {
-        if let Err(e) = llm_sandbox::report::junit::write_junit(&report, dest) {
-            eprintln!("error: cannot write the JUnit report to {dest}: {e}");
-            code = exit_codes::JOBS_FAILED;
-        }
-    }
-    if was_interrupted {
+    if interrupted {
         return exit_codes::INTERRUPTED;
     }
     code
+}
+
+/// Runs `plan` once: each job's line on stderr as it finishes (with why, for those that
+/// did not pass), then the summary. Returns the report (jobs in plan order) and whether
+/// `cancel` interrupted the run; Err when the runner itself could not start.
+async fn execute(
+    plan: &Plan,
+    opts: &RunOptions,
+    args: &RunArgs,
+    cancel: &CancellationToken,
+) -> Result<(llm_sandbox::Report, bool), String> {
+    let started_at = chrono::Utc::now();
+    let t0 = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let mut reporter = TerminalReporter::stderr(args.quiet, args.no_progress, args.pass_at.clone());
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            reporter.handle(&ev);
+        }
+        reporter
+    });
+    let reports = llm_sandbox::run::run_plan(plan, opts, tx.clone(), cancel.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let duration_ms = t0.elapsed().as_millis() as u64;
+    let interrupted = cancel.is_cancelled();
+    let report = llm_sandbox::report::json::build_report(
+        started_at,
+        duration_ms,
+        reports,
+        args.pass_at.as_deref(),
+    );
+    let _ = tx.send(Event::RunFinished {
+        duration_ms,
+        interrupted,
+    });
+    drop(tx);
+    let _ = printer.await;
+    Ok((report, interrupted))
+}
+
+/// Writes `--json` and `--junit`; false (and why, on stderr) when one could not be written.
+fn write_reports(report: &llm_sandbox::Report, args: &RunArgs) -> bool {
+    let mut ok = true;
+    if let Some(dest) = &args.json {
+        if let Err(e) = llm_sandbox::report::json::write_json(report, dest) {
+            eprintln!("error: cannot write the JSON report to {dest}: {e}");
+            ok = false;
+        }
+    }
+    if let Some(dest) = &args.junit {
+        if let Err(e) = llm_sandbox::report::junit::write_junit(report, dest) {
+            eprintln!("error: cannot write the JUnit report to {dest}: {e}");
+            ok = false;
+        }
+    }
+    ok
 }
 
 async fn exec(

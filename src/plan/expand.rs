@@ -732,13 +732,7 @@ impl<'a> FileCx<'a> {
     }
 
     fn resolve(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        let joined = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.lf.dir.join(p)
-        };
-        std::path::absolute(&joined).unwrap_or(joined)
+        super::deps::resolve_in(&self.lf.dir, p)
     }
 
     fn expand_job(&self, ji: usize, spec: &JobSpec) -> (Vec<PlannedJob>, Vec<SpecError>) {
@@ -1034,6 +1028,7 @@ impl<'a> FileCx<'a> {
             skip,
             pod_manifest,
             backends: self.backends.clone(),
+            deps: Arc::new(super::deps::job_deps(&self.lf.path, &self.lf.dir, spec)),
         };
         Some(Prepared {
             lang,
@@ -1068,7 +1063,7 @@ impl<'a> FileCx<'a> {
                     continue;
                 }
             };
-            let is_glob = src.contains(['*', '?', '[', '{']);
+            let is_glob = super::deps::is_glob(src);
             let matches: Vec<PathBuf> = if is_glob {
                 let pattern = self.resolve(src);
                 let found: Vec<PathBuf> = glob::glob(&pattern.to_string_lossy())

@@ -106,6 +106,10 @@ pub struct PlannedJob {
     pub pod_manifest: Option<serde_json::Value>,
     #[serde(skip)]
     pub backends: SharedBackends,
+    /// What the job reads from disk (job file, program, dataset, inputs, Dockerfile and
+    /// its context), for `watch`; shared by the rows of one `[[jobs]]` entry.
+    #[serde(skip)]
+    pub deps: Arc<Vec<super::deps::Dep>>,
 }
 
 impl PlannedJob {
@@ -143,6 +147,7 @@ impl PlannedJob {
             skip: None,
             pod_manifest: None,
             backends: Arc::new(Default::default()),
+            deps: Arc::new(vec![]),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Expansion (matrix, dataset), rendering (minijinja), validation and batching.
 
+pub mod deps;
 pub mod expand;
 pub mod job;
 
