@@ -239,7 +239,10 @@ impl TerminalReporter {
                     }
                 }
                 for c in job.checks.iter().filter(|c| !c.passed) {
-                    text.push_str(&format!("{indent}{}\n", c.message));
+                    // The job's message already says it when it is the only failed check.
+                    if job.message.as_deref() != Some(c.message.as_str()) {
+                        text.push_str(&format!("{indent}{}\n", c.message));
+                    }
                     if let (Some(e), Some(a)) = (&c.expected, &c.actual) {
                         let diff = unified_diff(e, a);
                         let lines: Vec<&str> = diff.lines().collect();
@@ -263,7 +266,14 @@ impl TerminalReporter {
                         }
                     }
                 }
-                if job.phase == Some(Phase::Compile) && !job.stderr.trim().is_empty() {
+                // The compiler's complaint, or why the program exited as it did (a traceback).
+                let exit_failed = job
+                    .checks
+                    .iter()
+                    .any(|c| !c.passed && c.kind == "exit_code");
+                if (job.phase == Some(Phase::Compile) || exit_failed)
+                    && !job.stderr.trim().is_empty()
+                {
                     let lines: Vec<&str> = job.stderr.trim_end().lines().collect();
                     let skip = lines.len().saturating_sub(STDERR_TAIL);
                     if skip > 0 {
@@ -439,6 +449,24 @@ mod tests {
         assert!(!out.contains("PASS"));
         assert!(out.contains("FAIL [   0.123s] jobs/basic.toml sum\n"));
         assert!(out.contains("Summary [   1.234s] 2 jobs run: 1 passed, 1 failed"));
+    }
+
+    #[test]
+    fn a_failed_exit_code_says_so_once_and_shows_the_traceback() {
+        let mut j = job("crash", Status::Failed);
+        j.message = Some("exit code 1, expected 0".into());
+        j.phase = Some(Phase::Run);
+        j.stderr = "Traceback (most recent call last):\nAssertionError: boom\n".into();
+        j.checks = vec![CheckResult {
+            kind: "exit_code".into(),
+            passed: false,
+            message: "exit code 1, expected 0".into(),
+            expected: None,
+            actual: None,
+        }];
+        let out = run(TerminalOptions::default(), vec![j]);
+        assert_eq!(out.matches("exit code 1, expected 0").count(), 1, "{out}");
+        assert!(out.contains("| AssertionError: boom"), "{out}");
     }
 
     #[test]
