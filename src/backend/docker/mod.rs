@@ -773,18 +773,7 @@ async fn run_steps(
         }
     }
     let mut msgs = Vec::new();
-    let mut outcome = Outcome {
-        msgs: vec![],
-        stdout: vec![],
-        stderr: vec![],
-        stdout_truncated: false,
-        stderr_truncated: false,
-        output_limit_hit: false,
-        cancelled: false,
-        wall: Duration::ZERO,
-        helper_status: None,
-        out_dir: None,
-    };
+    let mut outcome = Outcome::default();
     let mut last_run = None;
     let env = base_env(job.lang, &job.env);
     for step in steps(
@@ -1046,18 +1035,7 @@ async fn run_steps_agent(
             return error_report(job, Phase::Prepare, e.clone());
         }
     }
-    let mut outcome = Outcome {
-        msgs: vec![],
-        stdout: vec![],
-        stderr: vec![],
-        stdout_truncated: false,
-        stderr_truncated: false,
-        output_limit_hit: false,
-        cancelled: false,
-        wall: Duration::ZERO,
-        helper_status: None,
-        out_dir: None,
-    };
+    let mut outcome = Outcome::default();
     let mut msgs = Vec::new();
     for (kind, s) in kinds.iter().zip(&a.steps) {
         let r = ExecResult {
