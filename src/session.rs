@@ -795,10 +795,7 @@ impl Session {
             out.duration += r.duration;
             out.exit_code = r.exit_code.map(|c| c as i32);
             out.timed_out = r.timed_out;
-            out.signal = out
-                .exit_code
-                .filter(|c| (129..=159).contains(c))
-                .map(|c| c - 128);
+            out.signal = docker::signal_of_exit(out.exit_code);
             out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
             out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
             if step.kind == StepKind::Compile {

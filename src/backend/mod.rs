@@ -67,6 +67,16 @@ pub async fn finish_run() {
     docker::finish_run().await;
 }
 
+/// The host's proxy settings, which every backend's prepare phase (library installs) sees.
+pub const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
 /// The environment of a sandbox's steps on every backend: fixed variables, the language's,
 /// then the job's own (which win); `path` is PATH when the backend sets it. Nothing of
 /// the runner's environment leaks in.

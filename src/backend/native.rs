@@ -43,16 +43,11 @@ fn package_env() -> Vec<(String, String)> {
         "REQUESTS_CA_BUNDLE",
         "CURL_CA_BUNDLE",
         "NODE_EXTRA_CA_CERTS",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
     ];
     std::env::vars()
         .filter(|(k, _)| {
             EXACT.contains(&k.as_str())
+                || super::PROXY_VARS.contains(&k.as_str())
                 || ["PIP_", "npm_config_", "NPM_CONFIG_"]
                     .iter()
                     .any(|p| k.starts_with(p))

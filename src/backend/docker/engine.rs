@@ -362,11 +362,7 @@ impl Engine {
                 self.remove_container(&c).await;
             }
         }
-        let built: Vec<String> =
-            std::mem::take(&mut *self.built.lock().unwrap_or_else(|e| e.into_inner()));
-        for image in built {
-            self.remove_image(&image).await;
-        }
+        self.finish_session().await;
     }
 
     /// The end of a library session: the images it built without `keep_template`.

@@ -117,12 +117,6 @@ fn install_script(lang: Lang, libs: &[String]) -> Result<(String, Vec<String>), 
 /// read from the machine at run time, passed to the prepare exec only (never committed).
 fn prepare_env() -> Vec<(String, String)> {
     const KEYS: &[&str] = &[
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
         "PIP_INDEX_URL",
         "PIP_EXTRA_INDEX_URL",
         "PIP_TRUSTED_HOST",
@@ -130,7 +124,7 @@ fn prepare_env() -> Vec<(String, String)> {
         "NPM_CONFIG_REGISTRY",
     ];
     std::env::vars()
-        .filter(|(k, _)| KEYS.contains(&k.as_str()))
+        .filter(|(k, _)| KEYS.contains(&k.as_str()) || super::PROXY_VARS.contains(&k.as_str()))
         .collect()
 }
 
@@ -349,12 +343,15 @@ pub fn run_spec(job: &PlannedJob, image: &str, env: Vec<(String, String)>) -> Co
     }
 }
 
+/// Docker reports a process killed by signal N as exit code 128+N.
+pub fn signal_of_exit(code: Option<i32>) -> Option<i32> {
+    code.filter(|c| (129..=128 + 31).contains(c))
+        .map(|c| c - 128)
+}
+
 fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
     let code = r.exit_code.map(|c| c as i32);
-    // Docker reports a process killed by signal N as 128+N.
-    let signal = code
-        .filter(|c| (129..=128 + 31).contains(c))
-        .map(|c| c - 128);
+    let signal = signal_of_exit(code);
     let mut output = Vec::new();
     if kind != StepKind::Run {
         output.extend_from_slice(&r.stdout);
@@ -639,13 +636,18 @@ pub async fn prepare_ahead(job: &PlannedJob, ctx: &RunCtx) {
 /// The binary to run as the warm containers' agent: this llm-sandbox, bind-mounted
 /// read-only (local engines only; `LLM_SANDBOX_DOCKER_AGENT=0` turns it off and jobs use
 /// one exec per step instead).
+/// Looked up once per process (it is asked for every warm job).
 fn agent_binary() -> Option<std::path::PathBuf> {
-    if std::env::var("LLM_SANDBOX_DOCKER_AGENT").as_deref() == Ok("0") {
-        return None;
-    }
-    let p = crate::sandbox::host::helper_path();
-    let p = std::fs::canonicalize(&p).ok()?;
-    p.is_file().then_some(p)
+    static BIN: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if std::env::var("LLM_SANDBOX_DOCKER_AGENT").as_deref() == Ok("0") {
+            return None;
+        }
+        let p = crate::sandbox::host::helper_path();
+        let p = std::fs::canonicalize(&p).ok()?;
+        p.is_file().then_some(p)
+    })
+    .clone()
 }
 
 fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
@@ -784,13 +786,9 @@ async fn run_steps(
         job.timeout,
         &job.args,
     ) {
-        let (stdin, user) = match step.kind {
-            StepKind::Run => (
-                Some(job.stdin.as_deref().unwrap_or("").as_bytes()),
-                SANDBOX_USER,
-            ),
-            _ => (None, SANDBOX_USER),
-        };
+        let user = SANDBOX_USER;
+        let stdin =
+            (step.kind == StepKind::Run).then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
         let timeout = Duration::from_millis(step.timeout_ms);
         // The CPU-time limit of this job's processes (warm: the container outlives it).
         let cpu = (warm && step.kind == StepKind::Run)
