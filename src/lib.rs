@@ -14,11 +14,13 @@ pub mod sandbox;
 pub mod schema;
 pub mod session;
 pub mod spec;
+pub mod stream;
 
 pub use plan::job::PlannedJob;
 pub use report::model::{JobReport, Report, Status};
 pub use session::{ExecOutput, Session, SessionBuilder};
 pub use spec::types::{BackendKind, Lang};
+pub use stream::{OutputChunk, StdStream};
 
 /// Exit codes of the command line (SPEC §3), in one table.
 pub mod exit_codes {

@@ -24,6 +24,9 @@ use crate::sandbox::host;
 use crate::sandbox::proto::Msg;
 use crate::sandbox::{SandboxConfig, SandboxLimits, Step, StepKind};
 use crate::spec::types::{BackendKind, Lang};
+use crate::stream::{ChunkSender, OutputChunk};
+use futures_util::Stream;
+use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -62,9 +65,20 @@ pub struct ExecOutput {
     pub stdout: String,
     pub stderr: String,
     pub timed_out: bool,
+    /// stdout or stderr went past the output limit (`limits.output`, per stream): the
+    /// program was stopped; that stream holds its first `limits.output` bytes.
+    pub output_limit_hit: bool,
     pub duration: Duration,
     /// The compile step's output when compilation failed.
     pub compile_output: Option<String>,
+}
+
+/// What a streaming call's [`futures_util::Stream`] yields: output chunks as they come,
+/// then exactly one `Done` with the buffered result (exit code, signal, timeout flag).
+#[derive(Debug)]
+pub enum OutputEvent {
+    Output(OutputChunk),
+    Done(Result<ExecOutput, SessionError>),
 }
 
 impl ExecOutput {
@@ -489,6 +503,40 @@ impl Session {
         code: &str,
         libraries: &[&str],
     ) -> Result<ExecOutput, SessionError> {
+        self.run_live(code, libraries, None).await
+    }
+
+    /// Like [`Session::run`], handing the program's output to `on_output` as it is
+    /// produced (see [`crate::stream`]); the buffered result, with the exact exit code,
+    /// comes at the end. Only the run step streams: a failed compilation's output is in
+    /// `compile_output`.
+    pub async fn run_streaming(
+        &mut self,
+        code: &str,
+        libraries: &[&str],
+        mut on_output: impl FnMut(OutputChunk),
+    ) -> Result<ExecOutput, SessionError> {
+        let (tx, rx) = crate::stream::channel();
+        drive(self.run_live(code, libraries, Some(tx)), rx, &mut on_output).await
+    }
+
+    /// Like [`Session::run_streaming`], as a stream of [`OutputEvent`]s ending with
+    /// `Done`.
+    pub fn run_stream<'a>(
+        &'a mut self,
+        code: &'a str,
+        libraries: &'a [&'a str],
+    ) -> impl Stream<Item = OutputEvent> + 'a {
+        let (tx, rx) = crate::stream::channel();
+        events(self.run_live(code, libraries, Some(tx)), rx)
+    }
+
+    async fn run_live(
+        &mut self,
+        code: &str,
+        libraries: &[&str],
+        live: Option<ChunkSender>,
+    ) -> Result<ExecOutput, SessionError> {
         let libs: Vec<String> = libraries.iter().map(|s| s.to_string()).collect();
         for l in &libs {
             crate::plan::expand::check_library_name(l).map_err(|why| {
@@ -512,7 +560,7 @@ impl Session {
                     self.b.timeout,
                     &[],
                 );
-                self.exec(steps, None).await
+                self.exec(steps, None, live).await
             }
             Inner::Docker(d) => {
                 let missing: Vec<String> = libs
@@ -540,7 +588,7 @@ impl Session {
                     self.b.timeout,
                     &[],
                 );
-                self.exec(steps, None).await
+                self.exec(steps, None, live).await
             }
         }
     }
@@ -566,7 +614,44 @@ impl Session {
     /// Runs a shell command (`/bin/sh -c`) in the workdir.
     pub async fn execute_command(&mut self, command: &str) -> Result<ExecOutput, SessionError> {
         let step = self.run_step(vec!["/bin/sh".into(), "-c".into(), command.into()]);
-        self.exec(vec![step], None).await
+        self.exec(vec![step], None, None).await
+    }
+
+    /// Like [`Session::execute_command`], handing the output to `on_output` as it is
+    /// produced; the buffered result, with the exact exit code, comes at the end.
+    pub async fn execute_command_streaming(
+        &mut self,
+        command: &str,
+        on_output: impl FnMut(OutputChunk),
+    ) -> Result<ExecOutput, SessionError> {
+        self.execute_command_with_stdin_streaming(command, None, on_output)
+            .await
+    }
+
+    /// Like [`Session::execute_command_streaming`], with `stdin` (None: empty).
+    pub async fn execute_command_with_stdin_streaming(
+        &mut self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        mut on_output: impl FnMut(OutputChunk),
+    ) -> Result<ExecOutput, SessionError> {
+        let step = self.run_step(vec!["/bin/sh".into(), "-c".into(), command.into()]);
+        let (tx, rx) = crate::stream::channel();
+        let stdin = stdin.map(<[u8]>::to_vec);
+        drive(self.exec(vec![step], stdin, Some(tx)), rx, &mut on_output).await
+    }
+
+    /// Like [`Session::execute_command_streaming`], as a stream of [`OutputEvent`]s
+    /// ending with `Done`.
+    pub fn execute_command_stream<'a>(
+        &'a mut self,
+        command: &str,
+        stdin: Option<&[u8]>,
+    ) -> impl Stream<Item = OutputEvent> + 'a {
+        let step = self.run_step(vec!["/bin/sh".into(), "-c".into(), command.into()]);
+        let (tx, rx) = crate::stream::channel();
+        let stdin = stdin.map(<[u8]>::to_vec);
+        events(self.exec(vec![step], stdin, Some(tx)), rx)
     }
 
     /// Like `execute_command`, with `stdin`.
@@ -576,7 +661,7 @@ impl Session {
         stdin: &[u8],
     ) -> Result<ExecOutput, SessionError> {
         let step = self.run_step(vec!["/bin/sh".into(), "-c".into(), command.into()]);
-        self.exec(vec![step], Some(stdin.to_vec())).await
+        self.exec(vec![step], Some(stdin.to_vec()), None).await
     }
 
     /// Copies a host file into the sandbox (`dest` under `/sandbox`).
@@ -674,9 +759,10 @@ impl Session {
         &mut self,
         steps: Vec<Step>,
         stdin: Option<Vec<u8>>,
+        live: Option<ChunkSender>,
     ) -> Result<ExecOutput, SessionError> {
         if matches!(self.inner, Inner::Docker(_)) {
-            return self.exec_docker(steps, stdin).await;
+            return self.exec_docker(steps, stdin, live).await;
         }
         let Inner::Native(n) = &self.inner else {
             return Err(SessionError::Closed);
@@ -727,7 +813,12 @@ impl Session {
             &cfg_path,
             serde_json::to_vec(&cfg).map_err(|e| SessionError::Sandbox(e.to_string()))?,
         )?;
-        let o = host::run(&cfg, &cfg_path, stdin, l.output, &self.cancel).await?;
+        let o = match live {
+            Some(tx) => {
+                host::run_streaming(&cfg, &cfg_path, stdin, l.output, tx, &self.cancel).await
+            }
+            None => host::run(&cfg, &cfg_path, stdin, l.output, &self.cancel).await,
+        }?;
         let _ = std::fs::remove_dir_all(&sdir);
         let mut out = ExecOutput {
             duration: o.wall,
@@ -761,6 +852,7 @@ impl Session {
         out.exit_code = last.exit_code;
         out.signal = last.signal;
         out.timed_out = last.timed_out;
+        out.output_limit_hit = o.output_limit_hit;
         Ok(out)
     }
 
@@ -768,6 +860,7 @@ impl Session {
         &mut self,
         steps: Vec<Step>,
         stdin: Option<Vec<u8>>,
+        live: Option<ChunkSender>,
     ) -> Result<ExecOutput, SessionError> {
         let cancel = self.cancel.clone();
         let c = self.docker()?;
@@ -778,7 +871,7 @@ impl Session {
                 _ => None,
             };
             let r = c
-                .exec(
+                .exec_live(
                     &step.argv,
                     Some(docker::SANDBOX_USER),
                     &[],
@@ -786,6 +879,10 @@ impl Session {
                     step.capture_cap,
                     Duration::from_millis(step.timeout_ms),
                     &cancel,
+                    docker::container::Live {
+                        tx: live.clone().filter(|_| step.kind == StepKind::Run),
+                        ..Default::default()
+                    },
                 )
                 .await
                 .map_err(SessionError::Sandbox)?;
@@ -795,6 +892,7 @@ impl Session {
             out.duration += r.duration;
             out.exit_code = r.exit_code.map(|c| c as i32);
             out.timed_out = r.timed_out;
+            out.output_limit_hit = r.output_limit_hit;
             out.signal = docker::signal_of_exit(out.exit_code);
             out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
             out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
@@ -813,6 +911,66 @@ impl Session {
         }
         Ok(out)
     }
+}
+
+/// Runs `fut` while handing the chunks it sends to `on_output` (in the caller's task).
+async fn drive(
+    fut: impl Future<Output = Result<ExecOutput, SessionError>>,
+    mut rx: tokio::sync::mpsc::Receiver<OutputChunk>,
+    on_output: &mut impl FnMut(OutputChunk),
+) -> Result<ExecOutput, SessionError> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            Some(c) = rx.recv() => on_output(c),
+            r = &mut fut => {
+                // Every sender is gone by now: what is left in the channel is the tail.
+                while let Ok(c) = rx.try_recv() {
+                    on_output(c);
+                }
+                return r;
+            }
+        }
+    }
+}
+
+enum EventState<F> {
+    Running(
+        std::pin::Pin<Box<F>>,
+        tokio::sync::mpsc::Receiver<OutputChunk>,
+    ),
+    Draining(
+        tokio::sync::mpsc::Receiver<OutputChunk>,
+        Result<ExecOutput, SessionError>,
+    ),
+    Finished,
+}
+
+/// `fut` and the chunks it sends, as a stream of events ending with `Done`.
+fn events<'a>(
+    fut: impl Future<Output = Result<ExecOutput, SessionError>> + 'a,
+    rx: tokio::sync::mpsc::Receiver<OutputChunk>,
+) -> impl Stream<Item = OutputEvent> + 'a {
+    futures_util::stream::unfold(EventState::Running(Box::pin(fut), rx), |state| async move {
+        match state {
+            EventState::Running(mut fut, mut rx) => {
+                tokio::select! {
+                    biased;
+                    Some(c) = rx.recv() => Some((OutputEvent::Output(c), EventState::Running(fut, rx))),
+                    r = &mut fut => match rx.try_recv() {
+                        Ok(c) => Some((OutputEvent::Output(c), EventState::Draining(rx, r))),
+                        Err(_) => Some((OutputEvent::Done(r), EventState::Finished)),
+                    },
+                }
+            }
+            EventState::Draining(mut rx, r) => match rx.try_recv() {
+                Ok(c) => Some((OutputEvent::Output(c), EventState::Draining(rx, r))),
+                Err(_) => Some((OutputEvent::Done(r), EventState::Finished)),
+            },
+            EventState::Finished => None,
+        }
+    })
 }
 
 impl Drop for Session {

@@ -689,6 +689,8 @@ async fn exec(
     network: bool,
     args: Vec<String>,
 ) -> i32 {
+    // `-`: the program comes from stdin, so the program itself gets none.
+    let program_on_stdin = file.as_ref().is_some_and(|f| f.as_os_str() == "-");
     let code = match (code, file) {
         (Some(c), _) => c,
         (None, Some(f)) if f.as_os_str() == "-" => {
@@ -712,6 +714,11 @@ async fn exec(
         }
     };
     let backend = backend.unwrap_or_default();
+    if backend == BackendKind::Docker {
+        let mut job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
+        job.backend = backend;
+        return exec_engine(&job, backend, !program_on_stdin).await;
+    }
     if backend != BackendKind::Native {
         eprintln!("error: the {backend} backend is not available in this version of llm-sandbox yet; use --backend native");
         return exit_codes::JOBS_FAILED;
@@ -744,6 +751,10 @@ async fn exec(
         Ok(o) => {
             if std::env::var_os("LLM_SANDBOX_DEBUG").is_some() {
                 eprintln!("llm-sandbox: wall {:?}; {:?}", o.wall, o.msgs);
+            }
+            if o.cancelled {
+                eprintln!("llm-sandbox: interrupted; the sandbox was stopped");
+                return exit_codes::INTERRUPTED;
             }
             let report = llm_sandbox::backend::native::to_report(&job, &o);
             use llm_sandbox::Status;
@@ -781,6 +792,109 @@ async fn exec(
                     }
                 }
             }
+        }
+    }
+}
+
+/// `exec` on a container engine: the program's stdout and stderr are written to ours as
+/// they come, our stdin is forwarded to it (unless the program itself came from stdin),
+/// and its exit status becomes ours (124 on timeout, 128+N for signal N, 130 on Ctrl-C,
+/// which removes the container).
+async fn exec_engine(job: &PlannedJob, kind: BackendKind, forward_stdin: bool) -> i32 {
+    use llm_sandbox::StdStream;
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    let stdin = forward_stdin.then(|| {
+        // A plain thread: a blocking read of a terminal must not hold up the runtime's
+        // shutdown (the process exits with it still blocked).
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let _ = std::thread::Builder::new()
+            .name("exec-stdin".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut input = std::io::stdin();
+                loop {
+                    match input.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        rx
+    });
+    let (tx, mut rx) = llm_sandbox::stream::channel();
+    let printer = async move {
+        use std::io::Write;
+        while let Some(c) = rx.recv().await {
+            // Plain blocking writes: a terminal takes them at once, and a slow reader
+            // should slow the program down. A closed stdout (`| head`) does not stop the
+            // program (on native it gets SIGPIPE itself).
+            let _ = match c.stream {
+                StdStream::Stdout => {
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(&c.data).and_then(|()| o.flush())
+                }
+                StdStream::Stderr => std::io::stderr().lock().write_all(&c.data),
+            };
+        }
+    };
+    let (r, ()) = tokio::join!(
+        llm_sandbox::backend::docker::exec::exec_streaming(job, kind, stdin, tx, &cancel),
+        printer
+    );
+    let end = match r {
+        Ok(end) => end,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 125;
+        }
+    };
+    if end.cancelled {
+        eprintln!("llm-sandbox: interrupted; the container was removed");
+        return exit_codes::INTERRUPTED;
+    }
+    let o = end.output;
+    if let Some(log) = &o.compile_output {
+        eprint!("{log}");
+        if o.timed_out {
+            eprintln!("llm-sandbox: compilation timed out");
+        } else {
+            match o.exit_code {
+                Some(c) => eprintln!("llm-sandbox: compilation failed (exit code {c})"),
+                None => eprintln!("llm-sandbox: compilation failed"),
+            }
+        }
+        return 1;
+    }
+    if o.timed_out {
+        eprintln!(
+            "llm-sandbox: timed out after {:?} (wall clock); the container was killed",
+            job.timeout
+        );
+        return 124;
+    }
+    if let Some(sig) = o.signal {
+        eprintln!(
+            "llm-sandbox: the program was killed by signal {sig} ({})",
+            llm_sandbox::backend::native::signal_name(sig)
+        );
+    }
+    match o.exit_code {
+        Some(code) => code,
+        None => {
+            eprintln!("llm-sandbox: the program's exit status is unknown");
+            125
         }
     }
 }

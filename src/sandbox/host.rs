@@ -3,6 +3,7 @@
 
 use super::proto::{self, Msg};
 use super::{SandboxConfig, CONTROL_FD, HELPER_SUBCOMMAND};
+use crate::stream::{ChunkSender, OutputChunk, StdStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -56,10 +57,13 @@ pub fn helper_path() -> PathBuf {
     crate::lang::which("llm-sandbox").unwrap_or(exe)
 }
 
+/// Reads a stream to its end, keeping at most `cap` bytes; `live` also gets the kept bytes
+/// as they come (nothing more is sent past the cap).
 async fn read_capped<R: AsyncRead + Unpin>(
     mut r: R,
     cap: u64,
     over: tokio::sync::mpsc::Sender<()>,
+    live: Option<(ChunkSender, StdStream)>,
 ) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -69,7 +73,19 @@ async fn read_capped<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let room = (cap as usize).saturating_sub(out.len());
-                out.extend_from_slice(&buf[..n.min(room)]);
+                let kept = &buf[..n.min(room)];
+                if let Some((tx, stream)) = &live {
+                    if !kept.is_empty() {
+                        // A consumer that went away only stops the chunks, not the run.
+                        let _ = tx
+                            .send(OutputChunk {
+                                stream: *stream,
+                                data: kept.to_vec(),
+                            })
+                            .await;
+                    }
+                }
+                out.extend_from_slice(kept);
                 if n > room && !truncated {
                     truncated = true;
                     let _ = over.try_send(());
@@ -83,8 +99,13 @@ async fn read_capped<R: AsyncRead + Unpin>(
 /// How the run step's stdio is connected.
 #[derive(Debug, Clone)]
 pub enum Io {
-    /// stdin from these bytes (or /dev/null), stdout and stderr captured up to `cap` each.
-    Capture { stdin: Option<Vec<u8>>, cap: u64 },
+    /// stdin from these bytes (or /dev/null), stdout and stderr captured up to `cap` each;
+    /// with `live`, the captured bytes are also sent there as they come.
+    Capture {
+        stdin: Option<Vec<u8>>,
+        cap: u64,
+        live: Option<ChunkSender>,
+    },
     /// The runner's own stdin, stdout and stderr (`exec`: output streams as it comes).
     Inherit,
 }
@@ -103,6 +124,29 @@ pub async fn run(
         Io::Capture {
             stdin,
             cap: output_cap,
+            live: None,
+        },
+        cancel,
+    )
+    .await
+}
+
+/// Like [`run`], sending the run step's stdout and stderr to `live` as they come.
+pub async fn run_streaming(
+    cfg: &SandboxConfig,
+    cfg_path: &Path,
+    stdin: Option<Vec<u8>>,
+    output_cap: u64,
+    live: ChunkSender,
+    cancel: &CancellationToken,
+) -> std::io::Result<Outcome> {
+    run_with(
+        cfg,
+        cfg_path,
+        Io::Capture {
+            stdin,
+            cap: output_cap,
+            live: Some(live),
         },
         cancel,
     )
@@ -242,8 +286,14 @@ pub async fn run_with(
         Option<(OwnedFd, Vec<u8>)>,
         u64,
     );
+    let mut live = None;
     let (stdin_fd, stdout_fd, stderr_fd, out_r, err_r, stdin_writer, output_cap): Fds = match io {
-        Io::Capture { stdin, cap } => {
+        Io::Capture {
+            stdin,
+            cap,
+            live: l,
+        } => {
+            live = l;
             let (or, ow) = nix::unistd::pipe2(cloexec)?;
             let (er, ew) = nix::unistd::pipe2(cloexec)?;
             match stdin {
@@ -307,6 +357,7 @@ pub async fn run_with(
             pipe::Receiver::from_owned_fd(fd)?,
             output_cap,
             over_tx.clone(),
+            live.clone().map(|tx| (tx, StdStream::Stdout)),
         ))),
         None => None,
     };
@@ -315,6 +366,7 @@ pub async fn run_with(
             pipe::Receiver::from_owned_fd(fd)?,
             output_cap,
             over_tx,
+            live.take().map(|tx| (tx, StdStream::Stderr)),
         ))),
         None => None,
     };

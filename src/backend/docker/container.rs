@@ -5,6 +5,7 @@
 
 use super::engine::{error_chain, Engine};
 use crate::plan::job::ResolvedLimits;
+use crate::stream::{ChunkSender, OutputChunk, StdStream};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
@@ -67,6 +68,19 @@ pub struct ExecResult {
     pub timed_out: bool,
     pub cancelled: bool,
     pub duration: Duration,
+}
+
+/// Streaming options of an exec (the default: none, everything buffered).
+#[derive(Default)]
+pub struct Live {
+    /// Receives stdout and stderr as they come (within the cap).
+    pub tx: Option<ChunkSender>,
+    /// Keep nothing in the result's `stdout`/`stderr` (the output only goes to `tx`; the
+    /// cap still applies).
+    pub discard: bool,
+    /// The program's stdin as it comes (closing the channel closes its stdin); instead of
+    /// the bytes given to the exec.
+    pub stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
 }
 
 /// A running sandbox container.
@@ -325,7 +339,34 @@ impl Container {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<ExecResult, String> {
-        self.exec_inner(argv, user, env, stdin, cap, timeout, cancel, true)
+        self.exec_inner(
+            argv,
+            user,
+            env,
+            stdin,
+            cap,
+            timeout,
+            cancel,
+            true,
+            Live::default(),
+        )
+        .await
+    }
+
+    /// Like [`Container::exec`], streaming the output (and maybe stdin) as `live` says.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn exec_live(
+        &mut self,
+        argv: &[String],
+        user: Option<&str>,
+        env: &[(String, String)],
+        stdin: Option<&[u8]>,
+        cap: u64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+        live: Live,
+    ) -> Result<ExecResult, String> {
+        self.exec_inner(argv, user, env, stdin, cap, timeout, cancel, true, live)
             .await
     }
 
@@ -341,11 +382,17 @@ impl Container {
         cancel: &CancellationToken,
         // false for the exec that kills processes itself: on trouble the container goes.
         enforce: bool,
+        live: Live,
     ) -> Result<ExecResult, String> {
         let started = Instant::now();
+        let Live {
+            tx,
+            discard,
+            stdin: stdin_live,
+        } = live;
         let opts = CreateExecOptions::<String> {
             cmd: Some(argv.to_vec()),
-            attach_stdin: Some(stdin.is_some()),
+            attach_stdin: Some(stdin.is_some() || stdin_live.is_some()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             user: user.map(String::from),
@@ -368,39 +415,71 @@ impl Container {
         else {
             return Err("the exec started detached".into());
         };
-        let writer = stdin.map(|data| {
-            let data = data.to_vec();
-            tokio::spawn(async move {
-                let _ = input.write_all(&data).await;
+        let writer = match (stdin_live, stdin) {
+            (Some(mut rx), _) => Some(tokio::spawn(async move {
+                while let Some(data) = rx.recv().await {
+                    if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
+                        break;
+                    }
+                }
                 let _ = input.shutdown().await;
-            })
-        });
+            })),
+            (None, Some(data)) => {
+                let data = data.to_vec();
+                Some(tokio::spawn(async move {
+                    let _ = input.write_all(&data).await;
+                    let _ = input.shutdown().await;
+                }))
+            }
+            (None, None) => None,
+        };
         let mut r = ExecResult::default();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        // Bytes kept so far per stream (the buffers stay empty with `discard`).
+        let mut kept = [0u64; 2];
         loop {
-            tokio::select! {
+            let (stream, message) = tokio::select! {
                 item = output.next() => match item {
-                    Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => {
-                        if push_capped(&mut r.stdout, &message, cap) {
-                            r.stdout_truncated = true;
-                            r.output_limit_hit = true;
-                            break;
-                        }
-                    }
-                    Some(Ok(LogOutput::StdErr { message })) => {
-                        if push_capped(&mut r.stderr, &message, cap) {
-                            r.stderr_truncated = true;
-                            r.output_limit_hit = true;
-                            break;
-                        }
-                    }
-                    Some(Ok(_)) => {}
+                    Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => (StdStream::Stdout, message),
+                    Some(Ok(LogOutput::StdErr { message })) => (StdStream::Stderr, message),
+                    Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(format!("the exec stream broke: {}", error_chain(&e))),
                     None => break,
                 },
                 _ = &mut deadline => { r.timed_out = true; break; }
                 _ = cancel.cancelled() => { r.cancelled = true; break; }
+            };
+            let i = usize::from(stream == StdStream::Stderr);
+            let room = cap.saturating_sub(kept[i]);
+            let over = message.len() as u64 > room;
+            let part = &message[..(message.len() as u64).min(room) as usize];
+            kept[i] += part.len() as u64;
+            if !discard {
+                match stream {
+                    StdStream::Stdout => r.stdout.extend_from_slice(part),
+                    StdStream::Stderr => r.stderr.extend_from_slice(part),
+                }
+            }
+            if let (Some(tx), false) = (&tx, part.is_empty()) {
+                let chunk = OutputChunk {
+                    stream,
+                    data: part.to_vec(),
+                };
+                // A slow consumer slows the program down; the deadline still holds.
+                tokio::select! {
+                    _ = tx.send(chunk) => {}
+                    _ = &mut deadline => { r.timed_out = true; break; }
+                    _ = cancel.cancelled() => { r.cancelled = true; break; }
+                }
+            }
+            if over {
+                match stream {
+                    StdStream::Stdout => r.stdout_truncated = true,
+                    StdStream::Stderr => r.stderr_truncated = true,
+                }
+                r.output_limit_hit = true;
+                break;
             }
         }
         if let Some(w) = writer {
@@ -480,6 +559,7 @@ impl Container {
             Duration::from_secs(10),
             &never,
             false,
+            Live::default(),
         ))
         .await;
         if r.is_err() {
@@ -584,17 +664,5 @@ async fn read_line(conn: &mut AgentConn) -> Result<String, String> {
             Some(Err(e)) => return Err(format!("the agent's stream broke: {}", error_chain(&e))),
             None => return Err("the agent exited".into()),
         }
-    }
-}
-
-/// Appends up to `cap` bytes in all; true when something had to be cut.
-fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: u64) -> bool {
-    let room = (cap as usize).saturating_sub(buf.len());
-    if data.len() > room {
-        buf.extend_from_slice(&data[..room]);
-        true
-    } else {
-        buf.extend_from_slice(data);
-        false
     }
 }

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod container;
 pub mod engine;
+pub mod exec;
 pub mod pool;
 pub mod tarball;
 
