@@ -824,6 +824,14 @@ impl Session {
             duration: o.wall,
             ..Default::default()
         };
+        if o.output_limit_hit && !o.msgs.iter().any(|m| matches!(m, Msg::Step(_))) {
+            // The runner stopped the sandbox mid-step at the output limit: what was kept
+            // is the result (no exit status: the program was killed).
+            out.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+            out.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+            out.output_limit_hit = true;
+            return Ok(out);
+        }
         let mut last = None;
         for m in &o.msgs {
             match m {
