@@ -526,7 +526,7 @@ impl Session {
         &'a mut self,
         code: &'a str,
         libraries: &'a [&'a str],
-    ) -> impl Stream<Item = OutputEvent> + 'a {
+    ) -> impl Stream<Item = OutputEvent> + Unpin + 'a {
         let (tx, rx) = crate::stream::channel();
         events(self.run_live(code, libraries, Some(tx)), rx)
     }
@@ -647,7 +647,7 @@ impl Session {
         &'a mut self,
         command: &str,
         stdin: Option<&[u8]>,
-    ) -> impl Stream<Item = OutputEvent> + 'a {
+    ) -> impl Stream<Item = OutputEvent> + Unpin + 'a {
         let step = self.run_step(vec!["/bin/sh".into(), "-c".into(), command.into()]);
         let (tx, rx) = crate::stream::channel();
         let stdin = stdin.map(<[u8]>::to_vec);
@@ -959,26 +959,29 @@ enum EventState<F> {
 fn events<'a>(
     fut: impl Future<Output = Result<ExecOutput, SessionError>> + 'a,
     rx: tokio::sync::mpsc::Receiver<OutputChunk>,
-) -> impl Stream<Item = OutputEvent> + 'a {
-    futures_util::stream::unfold(EventState::Running(Box::pin(fut), rx), |state| async move {
-        match state {
-            EventState::Running(mut fut, mut rx) => {
-                tokio::select! {
-                    biased;
-                    Some(c) = rx.recv() => Some((OutputEvent::Output(c), EventState::Running(fut, rx))),
-                    r = &mut fut => match rx.try_recv() {
-                        Ok(c) => Some((OutputEvent::Output(c), EventState::Draining(rx, r))),
-                        Err(_) => Some((OutputEvent::Done(r), EventState::Finished)),
-                    },
+) -> impl Stream<Item = OutputEvent> + Unpin + 'a {
+    Box::pin(futures_util::stream::unfold(
+        EventState::Running(Box::pin(fut), rx),
+        |state| async move {
+            match state {
+                EventState::Running(mut fut, mut rx) => {
+                    tokio::select! {
+                        biased;
+                        Some(c) = rx.recv() => Some((OutputEvent::Output(c), EventState::Running(fut, rx))),
+                        r = &mut fut => match rx.try_recv() {
+                            Ok(c) => Some((OutputEvent::Output(c), EventState::Draining(rx, r))),
+                            Err(_) => Some((OutputEvent::Done(r), EventState::Finished)),
+                        },
+                    }
                 }
+                EventState::Draining(mut rx, r) => match rx.try_recv() {
+                    Ok(c) => Some((OutputEvent::Output(c), EventState::Draining(rx, r))),
+                    Err(_) => Some((OutputEvent::Done(r), EventState::Finished)),
+                },
+                EventState::Finished => None,
             }
-            EventState::Draining(mut rx, r) => match rx.try_recv() {
-                Ok(c) => Some((OutputEvent::Output(c), EventState::Draining(rx, r))),
-                Err(_) => Some((OutputEvent::Done(r), EventState::Finished)),
-            },
-            EventState::Finished => None,
-        }
-    })
+        },
+    ))
 }
 
 impl Drop for Session {
