@@ -237,6 +237,58 @@ async fn run_program(backend: BackendKind) {
     s.close().await.unwrap();
 }
 
+/// A compiled language: only the run step streams; a failed compilation streams nothing
+/// and comes back in `compile_output`.
+async fn compiled(backend: BackendKind) {
+    let mut s = open(backend, Lang::Cpp, Duration::from_secs(60), 1 << 20).await;
+    let mut seen = Seen::default();
+    let out = s
+        .run_streaming(
+            "#include <cstdio>\nint main(){ std::puts(\"compiled\"); return 3; }\n",
+            &[],
+            |c| seen.chunks.push((Instant::now(), c)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(3), "{out:?}");
+    assert_eq!(seen.text(StdStream::Stdout), "compiled\n");
+    assert_eq!(seen.text(StdStream::Stderr), "");
+    let mut seen = Seen::default();
+    let out = s
+        .run_streaming("int main(){ retur 1; }\n", &[], |c| {
+            seen.chunks.push((Instant::now(), c))
+        })
+        .await
+        .unwrap();
+    assert!(seen.chunks.is_empty(), "{:?}", seen.chunks);
+    assert!(
+        out.compile_output
+            .as_deref()
+            .unwrap_or("")
+            .contains("retur"),
+        "{out:?}"
+    );
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_compiled() {
+    if let Err(e) = llm_sandbox::lang::probe_cached(Lang::Cpp) {
+        if let Some(flag) = common::strict() {
+            panic!("g++ is required ({flag}): {e}");
+        }
+        eprintln!("SKIPPED: native C++: {e}");
+        return;
+    }
+    compiled(BackendKind::Native).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_compiled() {
+    require_docker!();
+    compiled(BackendKind::Docker).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_chunks_come_as_produced() {
     chunks_come_as_produced(BackendKind::Native).await;
@@ -432,4 +484,27 @@ fn exec_docker_ctrl_c_removes_the_container() {
     assert_eq!(status.code(), Some(130));
     assert!(t0.elapsed() < Duration::from_secs(20));
     assert_eq!(containers_of(pid), "");
+}
+
+#[test]
+fn exec_native_ctrl_c_exits_130() {
+    let mut child = common::bin()
+        .args(["exec", "--lang", "bash", "-c", "echo up; sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "up\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(t0.elapsed() < Duration::from_secs(20));
 }

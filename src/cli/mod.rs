@@ -714,6 +714,7 @@ async fn exec(
         }
     };
     let backend = backend.unwrap_or_default();
+    // Every backend of the docker module (its engine abstraction) takes this path.
     if backend == BackendKind::Docker {
         let mut job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
         job.backend = backend;
