@@ -14,6 +14,11 @@
 //! On the native backend every `run`/`execute_command` starts a fresh namespace sandbox
 //! (nothing but the workdir survives between them); the workdir is a host directory
 //! private to the session, bind-mounted as `/sandbox`, so its size is not limited.
+//!
+//! Streaming: [`Session::run_streaming`] and [`Session::execute_command_streaming`] hand
+//! the output to a callback as it is produced ([`crate::stream`]), `run_stream` and
+//! `execute_command_stream` yield it as a `Stream` of [`OutputEvent`]s; both end with the
+//! same buffered [`ExecOutput`] (exact exit code, signal, timeout flag).
 
 use crate::backend::docker;
 use crate::backend::native::{base_env, program_steps, sandbox_id};

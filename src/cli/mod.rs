@@ -721,7 +721,7 @@ async fn exec(
         return exec_engine(&job, backend, !program_on_stdin).await;
     }
     if backend != BackendKind::Native {
-        eprintln!("error: the {backend} backend is not available in this version of llm-sandbox yet; use --backend native");
+        eprintln!("error: the {backend} backend is not available in this version of llm-sandbox yet; use --backend native or --backend docker");
         return exit_codes::JOBS_FAILED;
     }
     let job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
