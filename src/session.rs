@@ -13,7 +13,9 @@
 //!
 //! On the native backend every `run`/`execute_command` starts a fresh namespace sandbox
 //! (nothing but the workdir survives between them); the workdir is a host directory
-//! private to the session, bind-mounted as `/sandbox`, so its size is not limited.
+//! private to the session, bind-mounted as `/sandbox`, so its size is not limited. On
+//! docker a hardened container, on kubernetes a hardened pod (a caller's `kube::Client`
+//! through [`SessionBuilder::kube_client`]) lives as long as the session.
 //!
 //! Streaming: [`Session::run_streaming`] and [`Session::execute_command_streaming`] hand
 //! the output to a callback as it is produced ([`crate::stream`]), `run_stream` and
@@ -21,6 +23,7 @@
 //! same buffered [`ExecOutput`] (exact exit code, signal, timeout flag).
 
 use crate::backend::docker;
+use crate::backend::kubernetes;
 use crate::backend::native::{base_env, program_steps, sandbox_id};
 use crate::lang::{self, HostToolchain};
 use crate::plan::job::ResolvedLimits;
@@ -70,12 +73,13 @@ pub struct ExecOutput {
     pub stdout: String,
     pub stderr: String,
     pub timed_out: bool,
-    /// stdout or stderr went past the output limit (`limits.output`, per stream): the
-    /// program was stopped; that stream holds its first `limits.output` bytes.
-    pub output_limit_hit: bool,
     pub duration: Duration,
     /// The compile step's output when compilation failed.
     pub compile_output: Option<String>,
+    /// stdout or stderr went past the output limit (`limits.output`, per stream): what
+    /// came before it is kept (streaming: exactly the chunks sent), and the program was
+    /// stopped.
+    pub output_truncated: bool,
 }
 
 /// What a streaming call's [`futures_util::Stream`] yields: output chunks as they come,
@@ -105,8 +109,11 @@ pub struct SessionBuilder {
     libraries: Vec<String>,
     dockerfile: Option<PathBuf>,
     docker_host: Option<String>,
+    podman_socket: Option<String>,
     tls: Option<crate::spec::types::TlsConfig>,
     client: Option<bollard::Docker>,
+    kube_client: Option<kube::Client>,
+    namespace: Option<String>,
 }
 
 impl std::fmt::Debug for SessionBuilder {
@@ -118,6 +125,8 @@ impl std::fmt::Debug for SessionBuilder {
             .field("dockerfile", &self.dockerfile)
             .field("docker_host", &self.docker_host)
             .field("caller_client", &self.client.is_some())
+            .field("caller_kube_client", &self.kube_client.is_some())
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -136,8 +145,11 @@ impl Default for SessionBuilder {
             libraries: vec![],
             dockerfile: None,
             docker_host: None,
+            podman_socket: None,
             tls: None,
             client: None,
+            kube_client: None,
+            namespace: None,
         }
     }
 }
@@ -192,6 +204,12 @@ impl SessionBuilder {
         self.docker_host = Some(host.into());
         self
     }
+    /// The Podman API socket (`unix:///…`, a path, or `tcp://host:port`); default
+    /// `$CONTAINER_HOST`, then the rootful socket, then the rootless one.
+    pub fn podman_socket(mut self, socket: impl Into<String>) -> Self {
+        self.podman_socket = Some(socket.into());
+        self
+    }
     /// TLS material for a `tcp://` Docker host (paths).
     pub fn tls(
         mut self,
@@ -207,17 +225,32 @@ impl SessionBuilder {
         });
         self
     }
-    /// A bollard client the caller built (any host, any TLS setup).
+    /// A bollard client the caller built (any host, any TLS setup; a client of Podman's
+    /// API service with `backend(BackendKind::Podman)`).
     pub fn docker_client(mut self, client: bollard::Docker) -> Self {
         self.client = Some(client);
+        self
+    }
+
+    /// Kubernetes: a kube client the caller built (any cluster, any authentication);
+    /// without one, `$KUBECONFIG` / `~/.kube/config`, then the in-cluster configuration.
+    pub fn kube_client(mut self, client: kube::Client) -> Self {
+        self.kube_client = Some(client);
+        self
+    }
+
+    /// Kubernetes: the namespace of the session's pod (default: the client's or the
+    /// kubeconfig context's).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
         self
     }
 
     pub async fn open(self) -> Result<Session, SessionError> {
         match self.backend {
             BackendKind::Native => self.open_native().await,
-            BackendKind::Docker => self.open_docker().await,
-            other => Err(SessionError::BackendUnavailable(other)),
+            BackendKind::Docker | BackendKind::Podman => self.open_docker().await,
+            BackendKind::Kubernetes => self.open_kube().await,
         }
     }
 
@@ -233,12 +266,17 @@ impl SessionBuilder {
             let id = crate::sandbox::helper::UNPRIVILEGED_HOST_ID;
             std::os::unix::fs::chown(&workdir, Some(id), Some(id))?;
         }
+        let plot_hook = match self.lang {
+            Lang::Python => Some(crate::plots::write_hook(&dir.path)?),
+            _ => None,
+        };
         Ok(Session {
             b: self,
             inner: Inner::Native(NativeState {
                 tc,
                 dir: Some(dir),
                 workdir,
+                plot_hook,
             }),
             cancel: CancellationToken::new(),
         })
@@ -250,11 +288,16 @@ impl SessionBuilder {
             Some(c) => docker::engine::from_client(c, kind).await,
             None => {
                 let base = std::env::current_dir().unwrap_or_default();
-                let ep = docker::engine::Endpoint::resolve(
-                    self.docker_host.as_deref(),
-                    self.tls.as_ref(),
-                    &base,
-                )
+                let ep = if kind == BackendKind::Podman {
+                    docker::engine::Endpoint::resolve_podman(self.podman_socket.as_deref(), &base)
+                        .map(|(e, _)| e)
+                } else {
+                    docker::engine::Endpoint::resolve(
+                        self.docker_host.as_deref(),
+                        self.tls.as_ref(),
+                        &base,
+                    )
+                }
                 .map_err(SessionError::Engine)?;
                 docker::engine::connect(&ep, kind).await
             }
@@ -297,10 +340,69 @@ impl SessionBuilder {
     }
 }
 
+impl SessionBuilder {
+    async fn open_kube(mut self) -> Result<Session, SessionError> {
+        if !self.libraries.is_empty() || self.dockerfile.is_some() {
+            return Err(SessionError::Engine(
+                "`libraries` and `dockerfile` are not supported on the kubernetes backend: use an image that has what the code needs (`image(...)`)".into(),
+            ));
+        }
+        let cluster = match self.kube_client.take() {
+            Some(c) => kubernetes::from_client(c, self.namespace.clone()),
+            None => {
+                let cfg = crate::spec::types::KubernetesConfig {
+                    namespace: self.namespace.clone(),
+                    ..Default::default()
+                };
+                let base = std::env::current_dir().unwrap_or_default();
+                kubernetes::connect(Some(&cfg), &base)
+                    .await
+                    .map_err(SessionError::Engine)?
+            }
+        };
+        let image = self
+            .image
+            .clone()
+            .unwrap_or_else(|| lang::spec(self.lang).default_image.to_string());
+        let name = sandbox_id();
+        let owner = kubernetes::owner_labels();
+        let spec = kubernetes::pod::build(&kubernetes::pod::PodParams {
+            name: &name,
+            image: &image,
+            limits: &self.limits,
+            network: self.network,
+            kind: "session",
+            job_name: None,
+            deadline_secs: None,
+            owner: &owner,
+            manifest: None,
+        })
+        .map_err(SessionError::Engine)?;
+        let cancel = CancellationToken::new();
+        let ns = cluster.namespace.clone();
+        let pod = kubernetes::SandboxPod::start(
+            cluster,
+            &ns,
+            spec,
+            kubernetes::DEFAULT_START_TIMEOUT,
+            &cancel,
+        )
+        .await
+        .map_err(SessionError::Engine)?;
+        Ok(Session {
+            b: self,
+            inner: Inner::Kube(Some(pod)),
+            cancel,
+        })
+    }
+}
+
 struct NativeState {
     tc: HostToolchain,
     dir: Option<RunDir>,
     workdir: PathBuf,
+    /// The plot hook's directory (python), bound read-only into every sandbox.
+    plot_hook: Option<PathBuf>,
 }
 
 struct DockerState {
@@ -342,7 +444,7 @@ impl DockerState {
         let spec = docker::container::ContainerSpec {
             image,
             user: "0:0".into(),
-            env: docker::base_env(b.lang, &b.env),
+            env: docker::base_env(b.lang, &b.env, true),
             limits: b.limits.clone(),
             network: b.network,
             hardened: true,
@@ -373,6 +475,8 @@ impl DockerState {
 enum Inner {
     Native(NativeState),
     Docker(DockerState),
+    /// The session's pod (None once closed).
+    Kube(Option<kubernetes::SandboxPod>),
 }
 
 /// A sandbox session (SPEC §5): on `native`, every call runs in a fresh namespace sandbox
@@ -508,7 +612,17 @@ impl Session {
         code: &str,
         libraries: &[&str],
     ) -> Result<ExecOutput, SessionError> {
-        self.run_live(code, libraries, None).await
+        self.run_live(code, libraries, None, None).await
+    }
+
+    /// Like [`Session::run`], with `stdin` as the program's standard input.
+    pub async fn run_with_stdin(
+        &mut self,
+        code: &str,
+        libraries: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<ExecOutput, SessionError> {
+        self.run_live(code, libraries, stdin, None).await
     }
 
     /// Like [`Session::run`], handing the program's output to `on_output` as it is
@@ -522,7 +636,7 @@ impl Session {
         mut on_output: impl FnMut(OutputChunk),
     ) -> Result<ExecOutput, SessionError> {
         let (tx, rx) = crate::stream::channel();
-        drive(self.run_live(code, libraries, Some(tx)), rx, &mut on_output).await
+        drive(self.run_live(code, libraries, None, Some(tx)), rx, &mut on_output).await
     }
 
     /// Like [`Session::run_streaming`], as a stream of [`OutputEvent`]s ending with
@@ -533,13 +647,14 @@ impl Session {
         libraries: &'a [&'a str],
     ) -> impl Stream<Item = OutputEvent> + Unpin + 'a {
         let (tx, rx) = crate::stream::channel();
-        events(self.run_live(code, libraries, Some(tx)), rx)
+        events(self.run_live(code, libraries, None, Some(tx)), rx)
     }
 
     async fn run_live(
         &mut self,
         code: &str,
         libraries: &[&str],
+        stdin: Option<&[u8]>,
         live: Option<ChunkSender>,
     ) -> Result<ExecOutput, SessionError> {
         let libs: Vec<String> = libraries.iter().map(|s| s.to_string()).collect();
@@ -565,7 +680,7 @@ impl Session {
                     self.b.timeout,
                     &[],
                 );
-                self.exec(steps, None, live).await
+                self.exec(steps, stdin.map(<[u8]>::to_vec), live).await
             }
             Inner::Docker(d) => {
                 let missing: Vec<String> = libs
@@ -592,16 +707,48 @@ impl Session {
                     &self.b.limits,
                     self.b.timeout,
                     &[],
+                    true,
                 );
-                self.exec(steps, None, live).await
+                self.exec(steps, stdin.map(<[u8]>::to_vec), live).await
             }
+            Inner::Kube(_) => {
+                if !libs.is_empty() {
+                    return Err(SessionError::Engine(format!(
+                        "libraries {libs:?}: not supported on the kubernetes backend (use an image that has them)"
+                    )));
+                }
+                let tar =
+                    docker::tarball::build(&[(source.clone(), code.as_bytes().to_vec(), 0o644)])?;
+                let cancel = self.cancel.clone();
+                self.kube()?
+                    .put_tar(&tar, &cancel)
+                    .await
+                    .map_err(SessionError::Sandbox)?;
+                let steps = docker::steps(
+                    self.b.lang,
+                    &source,
+                    code,
+                    &self.b.limits,
+                    self.b.timeout,
+                    &[],
+                    true,
+                );
+                self.exec(steps, stdin.map(<[u8]>::to_vec), live).await
+            }
+        }
+    }
+
+    fn kube(&mut self) -> Result<&mut kubernetes::SandboxPod, SessionError> {
+        match &mut self.inner {
+            Inner::Kube(p) => p.as_mut().ok_or(SessionError::Closed),
+            _ => Err(SessionError::Closed),
         }
     }
 
     fn docker(&mut self) -> Result<&mut docker::container::Container, SessionError> {
         match &mut self.inner {
             Inner::Docker(d) => d.container.as_mut().ok_or(SessionError::Closed),
-            Inner::Native(_) => Err(SessionError::Closed),
+            _ => Err(SessionError::Closed),
         }
     }
 
@@ -683,12 +830,19 @@ impl Session {
                 std::io::copy(&mut from, &mut to)?;
                 Ok(())
             }
-            Inner::Docker(_) => {
+            Inner::Docker(_) | Inner::Kube(_) => {
                 use std::os::unix::fs::PermissionsExt;
                 let data = std::fs::read(src.as_ref())?;
                 let mode = std::fs::metadata(src.as_ref())?.permissions().mode() & 0o755 | 0o644;
                 let tar = docker::tarball::build(&[(rel.display().to_string(), data, mode)])?;
                 let cancel = self.cancel.clone();
+                if let Inner::Kube(_) = self.inner {
+                    return self
+                        .kube()?
+                        .put_tar(&tar, &cancel)
+                        .await
+                        .map_err(SessionError::Sandbox);
+                }
                 self.docker()?
                     .put_tar(&tar, &cancel)
                     .await
@@ -717,15 +871,16 @@ impl Session {
                 std::io::copy(&mut from, &mut to)?;
                 Ok(())
             }
-            Inner::Docker(_) => {
+            Inner::Docker(_) | Inner::Kube(_) => {
                 let cap = self.b.limits.disk;
                 let cancel = self.cancel.clone();
                 let shown = rel.display().to_string();
-                let tar = self
-                    .docker()?
-                    .get_tar(&shown, cap, &cancel)
-                    .await
-                    .map_err(|e| SessionError::BadPath(src.into(), e))?;
+                let tar = if let Inner::Kube(_) = self.inner {
+                    self.kube()?.get_tar(&shown, cap, &cancel).await
+                } else {
+                    self.docker()?.get_tar(&shown, cap, &cancel).await
+                }
+                .map_err(|e| SessionError::BadPath(src.into(), e))?;
                 let tmp = tempfile::tempdir()?;
                 let x = docker::tarball::extract(tar.as_slice(), tmp.path(), cap)?;
                 if let Some((_, why)) = x.refused.iter().find(|(p, _)| *p == shown) {
@@ -743,6 +898,70 @@ impl Session {
         }
     }
 
+    /// The figures python programs saved since the last call (matplotlib's `show()`, and
+    /// figures left open at exit; see [`crate::plots`]), oldest first, at most
+    /// [`crate::plots::MAX_PLOTS`]; they are removed from the workdir.
+    pub async fn take_plots(&mut self) -> Result<Vec<crate::plots::Plot>, SessionError> {
+        let cap = self.b.limits.disk;
+        match &mut self.inner {
+            Inner::Native(n) => {
+                let plots = crate::plots::read_dir_safely(&n.workdir, cap)?;
+                let dir = n.workdir.join(crate::plots::PLOTS_DIR);
+                if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                Ok(plots)
+            }
+            Inner::Docker(_) => {
+                let cancel = self.cancel.clone();
+                let c = self.docker()?;
+                let tar = match c.get_tar(crate::plots::PLOTS_DIR, cap, &cancel).await {
+                    Ok(t) => t,
+                    // No plots (or a link the sandbox planted, which is never followed).
+                    Err(_) => return Ok(vec![]),
+                };
+                let tmp = tempfile::tempdir()?;
+                docker::tarball::extract(tar.as_slice(), tmp.path(), cap)?;
+                let plots = crate::plots::read_dir_safely(tmp.path(), cap)?;
+                let rm: Vec<String> = ["rm", "-rf", "--", crate::plots::PLOTS_DIR]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                c.exec(
+                    &rm,
+                    Some(docker::SANDBOX_USER),
+                    &[],
+                    None,
+                    1 << 12,
+                    Duration::from_secs(30),
+                    &cancel,
+                )
+                .await
+                .map_err(SessionError::Sandbox)?;
+                Ok(plots)
+            }
+            Inner::Kube(_) => {
+                let cancel = self.cancel.clone();
+                let p = self.kube()?;
+                let tar = match p.get_tar(crate::plots::PLOTS_DIR, cap, &cancel).await {
+                    Ok(t) => t,
+                    Err(_) => return Ok(vec![]),
+                };
+                let tmp = tempfile::tempdir()?;
+                docker::tarball::extract(tar.as_slice(), tmp.path(), cap)?;
+                let plots = crate::plots::read_dir_safely(tmp.path(), cap)?;
+                let rm: Vec<String> = ["rm", "-rf", "--", crate::plots::PLOTS_DIR]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                p.exec(&rm, None, 1 << 12, Duration::from_secs(30), &cancel)
+                    .await
+                    .map_err(SessionError::Sandbox)?;
+                Ok(plots)
+            }
+        }
+    }
+
     /// Ends the session and removes everything it created.
     pub async fn close(mut self) -> Result<(), SessionError> {
         self.cancel.cancel();
@@ -755,6 +974,11 @@ impl Session {
                     c.remove().await;
                 }
                 d.engine.finish_session().await;
+            }
+            Inner::Kube(p) => {
+                if let Some(p) = p.take() {
+                    p.delete().await;
+                }
             }
         }
         Ok(())
@@ -769,6 +993,22 @@ impl Session {
         if matches!(self.inner, Inner::Docker(_)) {
             return self.exec_docker(steps, stdin, live).await;
         }
+        if matches!(self.inner, Inner::Kube(_)) {
+            // The pod exec is not streamed yet: the chunks come when the command ends.
+            let out = self.exec_kube(steps, stdin).await?;
+            if let Some(tx) = live.filter(|_| out.compile_output.is_none()) {
+                for (stream, text) in [
+                    (crate::stream::StdStream::Stdout, &out.stdout),
+                    (crate::stream::StdStream::Stderr, &out.stderr),
+                ] {
+                    if !text.is_empty() {
+                        let data = text.as_bytes().to_vec();
+                        let _ = tx.send(OutputChunk { stream, data }).await;
+                    }
+                }
+            }
+            return Ok(out);
+        }
         let Inner::Native(n) = &self.inner else {
             return Err(SessionError::Closed);
         };
@@ -778,7 +1018,24 @@ impl Session {
         let (root, out) = (sdir.join("root"), sdir.join("out"));
         std::fs::create_dir_all(&root)?;
         std::fs::create_dir_all(&out)?;
-        let (env, path) = base_env(self.b.lang, &n.tc, &self.b.env);
+        let (mut env, path) = base_env(self.b.lang, &n.tc, &self.b.env);
+        let mut binds: Vec<crate::sandbox::Bind> =
+            n.tc.binds
+                .iter()
+                .map(|b| crate::sandbox::Bind {
+                    src: b.clone(),
+                    dest: b.clone(),
+                    writable: false,
+                })
+                .collect();
+        if let Some(hook) = &n.plot_hook {
+            binds.push(crate::sandbox::Bind {
+                src: hook.clone(),
+                dest: PathBuf::from(crate::plots::NATIVE_HOOK_DIR),
+                writable: false,
+            });
+            crate::plots::add_to_env(&mut env, crate::plots::NATIVE_HOOK_DIR);
+        }
         let l = &self.b.limits;
         let cfg = SandboxConfig {
             id,
@@ -786,16 +1043,7 @@ impl Session {
             inputs_dir: None,
             out_dir: out,
             persistent_workdir: Some(n.workdir.clone()),
-            binds: n
-                .tc
-                .binds
-                .iter()
-                .map(|b| crate::sandbox::Bind {
-                    src: b.clone(),
-                    dest: b.clone(),
-                    writable: false,
-                })
-                .collect(),
+            binds,
             rootfs: None,
             path,
             env,
@@ -829,12 +1077,10 @@ impl Session {
             duration: o.wall,
             ..Default::default()
         };
-        if o.output_limit_hit && !o.msgs.iter().any(|m| matches!(m, Msg::Step(_))) {
-            // The runner stopped the sandbox mid-step at the output limit: what was kept
-            // is the result (no exit status: the program was killed).
+        if o.output_limit_hit {
             out.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
             out.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-            out.output_limit_hit = true;
+            out.output_truncated = true;
             return Ok(out);
         }
         let mut last = None;
@@ -865,7 +1111,6 @@ impl Session {
         out.exit_code = last.exit_code;
         out.signal = last.signal;
         out.timed_out = last.timed_out;
-        out.output_limit_hit = o.output_limit_hit;
         Ok(out)
     }
 
@@ -905,7 +1150,60 @@ impl Session {
             out.duration += r.duration;
             out.exit_code = r.exit_code.map(|c| c as i32);
             out.timed_out = r.timed_out;
-            out.output_limit_hit = r.output_limit_hit;
+            out.signal = docker::signal_of_exit(out.exit_code);
+            out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+            out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+            out.output_truncated = r.output_limit_hit || r.stdout_truncated || r.stderr_truncated;
+            if step.kind == StepKind::Compile {
+                if r.exit_code != Some(0) || r.timed_out {
+                    let mut all = r.stdout.clone();
+                    all.extend_from_slice(&r.stderr);
+                    let text = String::from_utf8_lossy(&all).into_owned();
+                    out.compile_output = Some(text.clone());
+                    out.stderr = text;
+                    out.stdout.clear();
+                    return Ok(out);
+                }
+                continue;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Session {
+    async fn exec_kube(
+        &mut self,
+        steps: Vec<Step>,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecOutput, SessionError> {
+        let cancel = self.cancel.clone();
+        let env = docker::base_env(self.b.lang, &self.b.env, true);
+        let (lang, open_files) = (self.b.lang, self.b.limits.open_files);
+        let p = self.kube()?;
+        let mut out = ExecOutput::default();
+        for step in steps {
+            let input = match step.kind {
+                StepKind::Run => Some(stdin.as_deref().unwrap_or(&[])),
+                _ => None,
+            };
+            let argv = kubernetes::step_argv(lang, &step, &env, open_files, None);
+            let r = p
+                .exec(
+                    &argv,
+                    input,
+                    step.capture_cap,
+                    Duration::from_millis(step.timeout_ms),
+                    &cancel,
+                )
+                .await
+                .map_err(SessionError::Sandbox)?;
+            if r.cancelled {
+                return Err(SessionError::Closed);
+            }
+            out.duration += r.duration;
+            out.exit_code = r.exit_code.map(|c| c as i32);
+            out.timed_out = r.timed_out;
             out.signal = docker::signal_of_exit(out.exit_code);
             out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
             out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
@@ -991,6 +1289,12 @@ fn events<'a>(
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // Kubernetes: a session dropped without `close` deletes its pod in the background.
+        if let Inner::Kube(p) = &mut self.inner {
+            if let (Some(p), Ok(h)) = (p.take(), tokio::runtime::Handle::try_current()) {
+                h.spawn(async move { p.delete().await });
+            }
+        }
         // A session dropped without `close`: its container goes away in the background
         // (the container stops by itself as soon as its keep-alive stream closes).
         if let Inner::Docker(d) = &mut self.inner {

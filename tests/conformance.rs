@@ -1,6 +1,9 @@
 //! Backend conformance: the same jobs, with the same expected results, on every backend of
-//! [`common::backends()`] (native; docker when it answers and has the default images;
-//! podman with `LLM_SANDBOX_TEST_PODMAN=1`; or exactly `LLM_SANDBOX_TEST_BACKENDS`).
+//! [`common::backends()`] (native; docker and podman when they answer and have the default
+//! images; or exactly `LLM_SANDBOX_TEST_BACKENDS`).
+//!
+//! kubernetes runs against examples/fake-apiserver (started by the test), whose pods have
+//! the host's toolchains.
 //!
 //! One test per backend runs all cases as ONE `llm-sandbox run -j 2 --backend B` over one
 //! job file, then checks every job: its status must be the expected one (a backend that
@@ -201,13 +204,14 @@ fn numbers_after(out: &str, prefix: &str) -> Vec<u64> {
 fn cases(backend: &str) -> Vec<Case> {
     let mut v = Vec::new();
     for (lang, code) in HELLOS {
-        if backend == "native" && HOST_OPTIONAL.contains(lang) {
+        // The fake API server's pods have the host's toolchains.
+        if (backend == "native" || backend == "kubernetes") && HOST_OPTIONAL.contains(lang) {
             let l: llm_sandbox::Lang = serde_json::from_value(Value::from(*lang)).unwrap();
             if let Err(why) = llm_sandbox::lang::probe_host(l) {
                 if let Some(flag) = common::strict() {
-                    panic!("{lang} is required on the native backend ({flag}) but: {why}");
+                    panic!("{lang} is required on the {backend} backend ({flag}) but: {why}");
                 }
-                eprintln!("SKIPPED: native conformance hello-{lang}: {why}");
+                eprintln!("SKIPPED: {backend} conformance hello-{lang}: {why}");
                 continue;
             }
         }
@@ -724,12 +728,10 @@ fn conformance(backend: &str) {
     if !backend_selected(backend) {
         let explicit =
             std::env::var("LLM_SANDBOX_TEST_BACKENDS").is_ok_and(|v| !v.trim().is_empty());
-        let opted_in = std::env::var("LLM_SANDBOX_TEST_PODMAN").as_deref() == Ok("1");
         let how = match backend {
             _ if explicit => "not named in LLM_SANDBOX_TEST_BACKENDS",
             "docker" => "docker is unavailable (see the SKIPPED line above)",
-            "podman" if opted_in => "podman is unavailable (see the SKIPPED line above)",
-            "podman" => "opt in with LLM_SANDBOX_TEST_PODMAN=1",
+            "podman" => "podman is unavailable (see the SKIPPED line above)",
             _ => "name it in LLM_SANDBOX_TEST_BACKENDS to test it",
         };
         eprintln!("SKIPPED: {backend} conformance: {how}");
@@ -742,9 +744,14 @@ fn conformance(backend: &str) {
     }
     s.write("conformance.toml", &job_file(&cases));
     let arts = s.path().join("artifacts");
+    // kubernetes: against examples/fake-apiserver, through KUBECONFIG.
+    let fake = (backend == "kubernetes").then(common::FakeCluster::start);
+    let mut cmd = s.cmd();
+    if let Some(f) = &fake {
+        cmd.env("KUBECONFIG", &f.kubeconfig);
+    }
     let r: Run = common::run_report(
-        s.cmd()
-            .env("LLM_SANDBOX_TEST_SECRET", SECRET)
+        cmd.env("LLM_SANDBOX_TEST_SECRET", SECRET)
             .args(["run", "--no-progress", "-j", "2", "--backend", backend])
             .args(["--json", "-", "--artifacts"])
             .arg(&arts)

@@ -111,7 +111,7 @@ async fn chunks_come_as_produced(backend: BackendKind) {
     assert_eq!(out.stdout, "first\nsecond\n");
     assert_eq!(out.stderr, "warn-1\nwarn-2\n");
     assert_eq!(out.exit_code, Some(3));
-    assert!(!out.timed_out && !out.output_limit_hit);
+    assert!(!out.timed_out && !out.output_truncated);
 
     // Many small writes keep their order.
     let (seen, out, _) = stream_cmd(
@@ -170,7 +170,7 @@ async fn output_cap(backend: BackendKind) {
     let mut s = open(backend, Lang::Bash, Duration::from_secs(20), 10_000).await;
     let t0 = Instant::now();
     let (seen, out, _) = stream_cmd(&mut s, "echo small >&2; sleep 1; yes aaaaaaaaa", None).await;
-    assert!(out.output_limit_hit, "{out:?}");
+    assert!(out.output_truncated, "{out:?}");
     assert!(
         !out.timed_out,
         "stopped by the cap, not the timeout: {:?}",
@@ -183,7 +183,7 @@ async fn output_cap(backend: BackendKind) {
     assert_eq!(seen.text(StdStream::Stderr), "small\n");
     // Under the cap nothing is cut.
     let (seen, out, _) = stream_cmd(&mut s, "head -c 9999 /dev/zero | tr '\\0' b", None).await;
-    assert!(!out.output_limit_hit, "{out:?}");
+    assert!(!out.output_truncated, "{out:?}");
     assert_eq!(seen.text(StdStream::Stdout), "b".repeat(9999));
     s.close().await.unwrap();
 }

@@ -2,6 +2,7 @@
 //! built in; the container backends plug in here.
 
 pub mod docker;
+pub mod kubernetes;
 pub mod native;
 
 use crate::plan::PlannedJob;
@@ -29,25 +30,24 @@ pub struct RunCtx {
 pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     match job.backend {
         BackendKind::Native => native::run_job(job, ctx).await,
-        BackendKind::Docker => docker::run_job(job, ctx, BackendKind::Docker).await,
-        other => error_report(
-            job,
-            Phase::Prepare,
-            format!(
-                "the {other} backend is not available in this version of llm-sandbox yet; run this job with `backend = \"native\"` (or `--backend native`)"
-            ),
-        ),
+        BackendKind::Docker | BackendKind::Podman => docker::run_job(job, ctx, job.backend).await,
+        BackendKind::Kubernetes => kubernetes::run_job(job, ctx).await,
     }
 }
 
 /// Starts preparing the environments of container jobs (image pulls and builds,
 /// templates, warm containers) in the background, once per distinct environment, so that
 /// it overlaps with jobs already running. Failures are left to the jobs to report.
-pub fn prepare_ahead(jobs: &[PlannedJob], ctx: &RunCtx) -> tokio::task::JoinSet<()> {
+/// `parallelism` says how many jobs of a backend run at once (warm pools start that many).
+pub fn prepare_ahead(
+    jobs: &[PlannedJob],
+    ctx: &RunCtx,
+    parallelism: impl Fn(BackendKind) -> usize,
+) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
     let mut seen: Vec<String> = Vec::new();
     for job in jobs.iter().filter(|j| j.skip.is_none()) {
-        if job.backend != BackendKind::Docker {
+        if !matches!(job.backend, BackendKind::Docker | BackendKind::Podman) {
             continue;
         }
         let key = docker::prepare_key(job);
@@ -55,7 +55,11 @@ pub fn prepare_ahead(jobs: &[PlannedJob], ctx: &RunCtx) -> tokio::task::JoinSet<
             continue;
         }
         seen.push(key);
-        let (job, ctx) = (job.clone(), ctx.clone());
+        let ctx = RunCtx {
+            parallelism: parallelism(job.backend),
+            ..ctx.clone()
+        };
+        let job = job.clone();
         set.spawn(async move { docker::prepare_ahead(&job, &ctx).await });
     }
     set
@@ -65,6 +69,7 @@ pub fn prepare_ahead(jobs: &[PlannedJob], ctx: &RunCtx) -> tokio::task::JoinSet<
 /// without `keep_template`).
 pub async fn finish_run() {
     docker::finish_run().await;
+    kubernetes::finish_run().await;
 }
 
 /// The host's proxy settings, which every backend's prepare phase (library installs) sees.

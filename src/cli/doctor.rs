@@ -34,11 +34,75 @@ fn native_check() -> Result<(), String> {
     })
 }
 
+/// The kubernetes backend's cluster, if one is configured (`Ok(None)`: none).
+fn kubernetes_check() -> Result<Option<String>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(llm_sandbox::backend::kubernetes::probe())
+}
+
+/// A container engine (docker or podman) found from the environment, as a job without
+/// `backends` settings would: `Ok(description)` or `Err(what is wrong and how to fix it)`.
+fn engine_check(kind: BackendKind) -> Result<String, String> {
+    use llm_sandbox::backend::docker::engine;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (ep, found) = if kind == BackendKind::Podman {
+        let (ep, source) = engine::Endpoint::resolve_podman(None, std::path::Path::new("."))?;
+        (ep, source.describe())
+    } else {
+        let ep = engine::Endpoint::resolve(None, None, std::path::Path::new("."))?;
+        let from = if std::env::var_os("DOCKER_HOST").is_some() {
+            "DOCKER_HOST"
+        } else {
+            "the local socket"
+        };
+        (ep, from)
+    };
+    let (version, missing) = rt.block_on(engine::probe(&ep, kind))?;
+    let images = if missing.is_empty() {
+        "every default image present".to_string()
+    } else {
+        format!(
+            "default images missing: {} (build them: scripts/build-images {kind})",
+            missing.join(", ")
+        )
+    };
+    Ok(format!(
+        "{kind} {version} at {} ({found}); {images}",
+        ep.host
+    ))
+}
+
 pub fn run(as_json: bool) -> i32 {
+    let kube = std::thread::spawn(kubernetes_check);
     let native = std::thread::spawn(native_check)
         .join()
         .unwrap_or_else(|_| Err("the check panicked".into()));
+    let engines: Vec<(BackendKind, Result<String, String>)> =
+        [BackendKind::Docker, BackendKind::Podman]
+            .into_iter()
+            .map(|k| {
+                let r = std::thread::spawn(move || engine_check(k))
+                    .join()
+                    .unwrap_or_else(|_| Err("the check panicked".into()));
+                (k, r)
+            })
+            .collect();
+    let kube = kube
+        .join()
+        .unwrap_or_else(|_| Err("the check panicked".into()));
+    let kube_detail = match &kube {
+        Ok(Some(c)) => c.clone(),
+        Ok(None) => "no cluster configured ($KUBECONFIG, ~/.kube/config, in-cluster, or `backends.kubernetes.kubeconfig` in a job file)".into(),
+        Err(e) => e.clone(),
+    };
     let limits = cgroup::detect();
+    super::quiet_on_closed_stdout();
     let langs: Vec<(Lang, Result<lang::HostToolchain, String>)> = Lang::ALL
         .iter()
         .map(|l| (*l, lang::probe_host(*l)))
@@ -52,9 +116,9 @@ pub fn run(as_json: bool) -> i32 {
                     "limits": match &limits { Ok(m) => m.describe(), Err(e) => format!("rlimits only: {e}") },
                     "landlock_abi": llm_sandbox::sandbox::landlock::abi(),
                 },
-                "docker": {"ok": false, "detail": "not available in this version"},
-                "podman": {"ok": false, "detail": "not available in this version"},
-                "kubernetes": {"ok": false, "detail": "not available in this version"},
+                "docker": {"ok": engines[0].1.is_ok(), "detail": match &engines[0].1 { Ok(d) | Err(d) => d }},
+                "podman": {"ok": engines[1].1.is_ok(), "detail": match &engines[1].1 { Ok(d) | Err(d) => d }},
+                "kubernetes": {"ok": matches!(kube, Ok(Some(_))), "detail": kube_detail},
             },
             "languages": langs.iter().map(|(l, r)| json!({
                 "lang": l,
@@ -84,16 +148,18 @@ pub fn run(as_json: bool) -> i32 {
         ),
         Err(e) => println!("        limits      rlimits only (address space, processes): {e}"),
     }
-    for b in [
-        BackendKind::Docker,
-        BackendKind::Podman,
-        BackendKind::Kubernetes,
-    ] {
-        println!(
-            "  --    {:<11} not available in this version of llm-sandbox yet",
-            b.as_str()
-        );
+    for (b, r) in &engines {
+        match r {
+            Ok(d) => println!("  ok    {:<11} {d}", b.as_str()),
+            Err(e) => println!("  --    {:<11} {e}", b.as_str()),
+        }
     }
+    let mark = match &kube {
+        Ok(Some(_)) => "ok  ",
+        Ok(None) => "--  ",
+        Err(_) => "FAIL",
+    };
+    println!("  {mark}  kubernetes  {kube_detail}");
     println!("\nLanguages (native backend)");
     for (l, r) in &langs {
         match r {

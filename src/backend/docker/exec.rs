@@ -47,7 +47,7 @@ pub async fn exec_streaming(
             ..Default::default()
         });
     }
-    let env = base_env(job.lang, &job.env);
+    let env = base_env(job.lang, &job.env, false);
     let mut c = Container::start(engine.clone(), &run_spec(job, &image, env)).await?;
     let r = run_in(&mut c, job, stdin, out, cancel).await;
     c.remove().await;
@@ -73,7 +73,7 @@ async fn run_in(
         }
         return Err(e);
     }
-    let env = base_env(job.lang, &job.env);
+    let env = base_env(job.lang, &job.env, false);
     for step in steps(
         job.lang,
         &source,
@@ -81,6 +81,7 @@ async fn run_in(
         &job.limits,
         job.timeout,
         &job.args,
+        false,
     ) {
         let run = step.kind == StepKind::Run;
         let live = if run {

@@ -12,6 +12,7 @@ pub mod container;
 pub mod engine;
 pub mod exec;
 pub mod pool;
+pub mod seccomp;
 pub mod tarball;
 
 use super::native::{copy_artifacts, to_report};
@@ -39,6 +40,10 @@ const PREPARE_TIMEOUT: Duration = Duration::from_secs(900);
 /// The endpoint a job's settings (or the environment) name.
 pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, String> {
     let base = job.file.parent().unwrap_or(Path::new("."));
+    if job.backend == BackendKind::Podman {
+        let p = job.backends.podman.as_ref();
+        return Endpoint::resolve_podman(p.and_then(|p| p.socket.as_deref()), base).map(|(e, _)| e);
+    }
     let d = job.backends.docker.as_ref();
     Endpoint::resolve(
         d.and_then(|d| d.host.as_deref()),
@@ -49,8 +54,30 @@ pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, String> {
 
 /// The environment of every step: the language's variables and the job's own; nothing of
 /// the runner's environment. The image's PATH is kept.
-pub fn base_env(lang: Lang, job_env: &[(String, String)]) -> Vec<(String, String)> {
-    super::sandbox_env(lang, job_env, None)
+/// With `plots`, python's plot capture is set up (see [`steps`]).
+pub fn base_env(lang: Lang, job_env: &[(String, String)], plots: bool) -> Vec<(String, String)> {
+    let mut env = super::sandbox_env(lang, job_env, None);
+    if plots && lang == Lang::Python {
+        // Plot capture: the run step writes the hook to CONTAINER_HOOK_DIR (see `steps`).
+        crate::plots::add_to_env(&mut env, crate::plots::CONTAINER_HOOK_DIR);
+        env.push((PLOT_HOOK_VAR.into(), crate::plots::HOOK.into()));
+    }
+    env
+}
+
+/// The plot hook's source, which python run steps write to a file before starting.
+const PLOT_HOOK_VAR: &str = "LLM_SANDBOX_PLOT_HOOK";
+
+/// Python's run step behind a prologue that writes the plot hook (from the environment,
+/// so any image with `/bin/sh` gets it, with no extra exec), then `exec`s the program.
+fn with_plot_hook(argv: Vec<String>) -> Vec<String> {
+    let dir = crate::plots::CONTAINER_HOOK_DIR;
+    let script = format!(
+        "{{ [ -d {dir} ] || mkdir -p {dir}; }} 2>/dev/null && printf '%s' \"${PLOT_HOOK_VAR}\" > {dir}/sitecustomize.py 2>/dev/null; unset {PLOT_HOOK_VAR}; exec \"$@\""
+    );
+    let mut a: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script, "sh".into()];
+    a.extend(argv);
+    a
 }
 
 /// The compile and run steps, with programs looked up in the image's PATH.
@@ -61,6 +88,7 @@ pub fn steps(
     limits: &crate::plan::job::ResolvedLimits,
     timeout: Duration,
     args: &[String],
+    plots: bool,
 ) -> Vec<crate::sandbox::Step> {
     let spec = lang::spec(lang);
     let tc = HostToolchain {
@@ -69,7 +97,13 @@ pub fn steps(
         path: vec![],
         compile_extra: container_compile_extra(lang),
     };
-    super::native::program_steps(lang, &tc, source, code, limits, timeout, args)
+    let mut steps = super::native::program_steps(lang, &tc, source, code, limits, timeout, args);
+    if plots && lang == Lang::Python {
+        for s in steps.iter_mut().filter(|s| s.kind == StepKind::Run) {
+            s.argv = with_plot_hook(std::mem::take(&mut s.argv));
+        }
+    }
+    steps
 }
 
 fn container_compile_extra(lang: Lang) -> Vec<String> {
@@ -292,13 +326,12 @@ pub async fn template(
     }
     let (repo, t) = tag.rsplit_once(':').unwrap_or((tag.as_str(), "latest"));
     let mut all_changes = changes;
-    all_changes.push(format!(
-        "LABEL {}=template {}={} {}={key}",
-        engine::LABEL_KIND,
-        engine::LABEL_KEEP,
-        keep,
-        engine::LABEL_KEY
-    ));
+    // One label per instruction: Podman reads `LABEL a=1 b=2` as a = "1 b=2".
+    all_changes.extend([
+        format!("LABEL {}=template", engine::LABEL_KIND),
+        format!("LABEL {}={keep}", engine::LABEL_KEEP),
+        format!("LABEL {}={key}", engine::LABEL_KEY),
+    ]);
     let joined = all_changes.join("\n");
     let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
         .container(&c.id)
@@ -350,7 +383,7 @@ pub fn signal_of_exit(code: Option<i32>) -> Option<i32> {
         .map(|c| c - 128)
 }
 
-fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
+pub(crate) fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
     let code = r.exit_code.map(|c| c as i32);
     let signal = signal_of_exit(code);
     let mut output = Vec::new();
@@ -597,11 +630,9 @@ exit 0"#;
 /// What makes two jobs share a prepared environment (for de-duplication).
 pub fn prepare_key(job: &PlannedJob) -> String {
     format!(
-        "{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{}",
-        job.backends
-            .docker
-            .as_ref()
-            .map(|d| (&d.host, d.tls.as_ref().map(|t| (&t.ca, &t.cert, &t.key)))),
+        "{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{}",
+        job.backend,
+        endpoint(job).ok(),
         job.dockerfile,
         job.image,
         job.lang,
@@ -619,7 +650,7 @@ pub fn prepare_key(job: &PlannedJob) -> String {
 /// for warm containers, the pool's first containers.
 pub async fn prepare_ahead(job: &PlannedJob, ctx: &RunCtx) {
     let Ok(ep) = endpoint(job) else { return };
-    let Ok(engine) = engine::connect(&ep, BackendKind::Docker).await else {
+    let Ok(engine) = engine::connect(&ep, job.backend).await else {
         return;
     };
     let Ok(image) = job_image(&engine, job, &ctx.cancel).await else {
@@ -651,29 +682,38 @@ fn agent_binary() -> Option<std::path::PathBuf> {
     .clone()
 }
 
-fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
-    !ctx.fresh_containers
-        && job
+/// The job's `warm` and `recycle_after` settings of its engine (`backends.docker` or
+/// `backends.podman`).
+fn warm_settings(job: &PlannedJob) -> (Option<bool>, Option<u32>) {
+    match job.backend {
+        BackendKind::Podman => job
+            .backends
+            .podman
+            .as_ref()
+            .map(|p| (p.warm, p.recycle_after)),
+        _ => job
             .backends
             .docker
             .as_ref()
-            .and_then(|d| d.warm)
-            .unwrap_or(true)
+            .map(|d| (d.warm, d.recycle_after)),
+    }
+    .unwrap_or_default()
+}
+
+fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
+    !ctx.fresh_containers && warm_settings(job).0.unwrap_or(true)
 }
 
 /// The container of a warm pool for `job`, and its recycling count.
 fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
-    let mut spec = run_spec(job, image, base_env(Lang::Bash, &[]));
+    let mut spec = run_spec(job, image, base_env(Lang::Bash, &[], false));
     // Per job, not per container: the CPU-time limit is set by the run step's wrapper.
     spec.cpu_seconds = None;
     spec.kind = "warm";
     spec.maintenance_caps = true;
     spec.agent = agent_binary();
-    let recycle = job
-        .backends
-        .docker
-        .as_ref()
-        .and_then(|d| d.recycle_after)
+    let recycle = warm_settings(job)
+        .1
         .unwrap_or(pool::DEFAULT_RECYCLE_AFTER)
         .max(1);
     (spec, recycle)
@@ -715,7 +755,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobRe
 }
 
 async fn run_in(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &str) -> JobReport {
-    let env = base_env(job.lang, &job.env);
+    let env = base_env(job.lang, &job.env, crate::plots::wanted(job));
     let mut c = match Container::start(engine.clone(), &run_spec(job, image, env)).await {
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
@@ -778,7 +818,7 @@ async fn run_steps(
     let mut msgs = Vec::new();
     let mut outcome = Outcome::default();
     let mut last_run = None;
-    let env = base_env(job.lang, &job.env);
+    let env = base_env(job.lang, &job.env, crate::plots::wanted(job));
     for step in steps(
         job.lang,
         &source,
@@ -786,6 +826,7 @@ async fn run_steps(
         &job.limits,
         job.timeout,
         &job.args,
+        crate::plots::wanted(job),
     ) {
         let user = SANDBOX_USER;
         let stdin =
@@ -880,7 +921,7 @@ async fn run_steps(
             break;
         }
     }
-    let collect = !job.artifacts.is_empty() || !job.expect.files.is_empty();
+    let collect = !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty();
     let needs_finish = !c.dead
         && (warm
             || last_run
@@ -918,7 +959,7 @@ async fn run_steps(
 }
 
 /// Unpacks the workdir's tar (safely) into a directory of the run.
-fn collected(
+pub(crate) fn collected(
     job: &PlannedJob,
     ctx: &RunCtx,
     id: &str,
@@ -952,10 +993,10 @@ fn collected(
 }
 
 /// The job's report from what happened in its container; artifacts copied out.
-fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
+pub(crate) fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
     let mut report = to_report(job, outcome);
     if let Some(dir) = &outcome.out_dir {
-        if !job.artifacts.is_empty() && report.status != Status::Error {
+        if !crate::plots::artifact_globs(job).is_empty() && report.status != Status::Error {
             match copy_artifacts(job, dir, &ctx.artifacts_root) {
                 Ok(a) => report.artifacts = a,
                 Err(e) => {
@@ -983,7 +1024,7 @@ async fn run_steps_agent(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let env = base_env(job.lang, &job.env);
+    let env = base_env(job.lang, &job.env, crate::plots::wanted(job));
     let steps = steps(
         job.lang,
         &source,
@@ -991,6 +1032,7 @@ async fn run_steps_agent(
         &job.limits,
         job.timeout,
         &job.args,
+        crate::plots::wanted(job),
     );
     let kinds: Vec<StepKind> = steps.iter().map(|s| s.kind).collect();
     let total: u64 = steps.iter().map(|s| s.timeout_ms).sum();
@@ -1012,7 +1054,7 @@ async fn run_steps_agent(
                 must_succeed: s.kind != StepKind::Run,
             })
             .collect(),
-        collect: !job.artifacts.is_empty() || !job.expect.files.is_empty(),
+        collect: !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty(),
         collect_cap: job.limits.disk,
     };
     let answer = c
@@ -1091,7 +1133,7 @@ async fn run_steps_agent(
 }
 
 /// The tar of the job's program and input files.
-fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Box<JobReport>> {
+pub(crate) fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Box<JobReport>> {
     let mut entries = vec![(source.to_string(), job.code.as_bytes().to_vec(), 0o644)];
     for f in &job.files {
         use std::os::unix::fs::PermissionsExt;
@@ -1132,7 +1174,7 @@ fn is_exec_failure(r: &ExecResult) -> bool {
     out.contains("OCI runtime exec failed") || out.contains("executable file not found")
 }
 
-fn phase_of(kind: StepKind) -> Phase {
+pub(crate) fn phase_of(kind: StepKind) -> Phase {
     match kind {
         StepKind::Setup => Phase::Prepare,
         StepKind::Compile => Phase::Compile,
@@ -1140,7 +1182,7 @@ fn phase_of(kind: StepKind) -> Phase {
     }
 }
 
-fn interrupted(job: &PlannedJob) -> JobReport {
+pub(crate) fn interrupted(job: &PlannedJob) -> JobReport {
     error_report(
         job,
         Phase::Run,
