@@ -636,7 +636,12 @@ impl Session {
         mut on_output: impl FnMut(OutputChunk),
     ) -> Result<ExecOutput, SessionError> {
         let (tx, rx) = crate::stream::channel();
-        drive(self.run_live(code, libraries, None, Some(tx)), rx, &mut on_output).await
+        drive(
+            self.run_live(code, libraries, None, Some(tx)),
+            rx,
+            &mut on_output,
+        )
+        .await
     }
 
     /// Like [`Session::run_streaming`], as a stream of [`OutputEvent`]s ending with

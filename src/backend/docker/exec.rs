@@ -115,7 +115,7 @@ async fn run_in(
         o.exit_code = r.exit_code.map(|c| c as i32);
         o.signal = signal_of_exit(o.exit_code);
         o.timed_out = r.timed_out;
-        o.output_limit_hit = r.output_limit_hit;
+        o.output_truncated = r.output_limit_hit;
         if !run && (r.exit_code != Some(0) || r.timed_out) {
             let mut all = r.stdout;
             all.extend_from_slice(&r.stderr);
