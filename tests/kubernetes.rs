@@ -709,3 +709,34 @@ fn exec_runs_one_program_in_a_pod() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
     assert!(fake.pod_names().is_empty(), "{:?}", fake.pod_names());
 }
+
+/// Streaming calls on kubernetes: the pod exec is not streamed yet, so the chunks come
+/// when the command ends, separated by stream, with the exact exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_streaming_calls_deliver_chunks_and_the_exit_code() {
+    use llm_sandbox::{BackendKind, Lang, Session, StdStream};
+    let fake = FakeCluster::start();
+    let mut s = Session::builder()
+        .lang(Lang::Python)
+        .backend(BackendKind::Kubernetes)
+        .kube_client(client_of(&fake).await)
+        .open()
+        .await
+        .unwrap_or_else(|e| panic!("cannot open a kubernetes session: {e}"));
+    let mut chunks = vec![];
+    let out = s
+        .execute_command_streaming("echo out; echo err >&2; exit 3", |c| chunks.push(c))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(3), "{out:?}");
+    let text = |which: StdStream| -> String {
+        chunks
+            .iter()
+            .filter(|c| c.stream == which)
+            .map(|c| c.text().into_owned())
+            .collect()
+    };
+    assert_eq!(text(StdStream::Stdout), "out\n");
+    assert_eq!(text(StdStream::Stderr), "err\n");
+    s.close().await.unwrap();
+}

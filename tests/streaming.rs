@@ -333,12 +333,50 @@ async fn docker_run_program() {
     run_program(BackendKind::Docker).await;
 }
 
+/// Skips the test (returns) when podman is not usable; panics under `CI=true`.
+macro_rules! require_podman {
+    () => {
+        if !common::engine_available("podman") {
+            return;
+        }
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_chunks_come_as_produced() {
+    require_podman!();
+    chunks_come_as_produced(BackendKind::Podman).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_exit_status_signal_timeout_stdin() {
+    require_podman!();
+    exit_status_signal_timeout_stdin(BackendKind::Podman).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_output_cap() {
+    require_podman!();
+    output_cap(BackendKind::Podman).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_run_program() {
+    require_podman!();
+    run_program(BackendKind::Podman).await;
+}
+
 // ---- the `exec` command on docker ------------------------------------------------------
 
 /// `llm-sandbox exec --backend docker` with piped stdio.
 fn exec_docker(lang: &str, code: &str, extra: &[&str]) -> std::process::Child {
+    exec_on("docker", lang, code, extra)
+}
+
+/// `llm-sandbox exec --backend ENGINE` with piped stdio.
+fn exec_on(engine: &str, lang: &str, code: &str, extra: &[&str]) -> std::process::Child {
     let mut c = common::bin();
-    c.args(["exec", "--lang", lang, "--backend", "docker", "-c", code])
+    c.args(["exec", "--lang", lang, "--backend", engine, "-c", code])
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -359,7 +397,12 @@ fn timed_lines(r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<(In
 
 /// The containers a process (by pid) left on docker.
 fn containers_of(pid: u32) -> String {
-    let out = Command::new("docker")
+    containers_on("docker", pid)
+}
+
+/// The containers a process (by pid) left on an engine.
+fn containers_on(engine: &str, pid: u32) -> String {
+    let out = Command::new(engine)
         .args([
             "ps",
             "-a",
@@ -507,4 +550,42 @@ fn exec_native_ctrl_c_exits_130() {
     let t0 = Instant::now();
     assert_eq!(child.wait().unwrap().code(), Some(130));
     assert!(t0.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn exec_podman_streams_exits_and_cleans_up() {
+    require_podman!();
+    let mut child = exec_on(
+        "podman",
+        "bash",
+        "echo first; echo warn >&2; sleep 3; echo second; exit 3",
+        &[],
+    );
+    drop(child.stdin.take());
+    let out = timed_lines(child.stdout.take().unwrap());
+    let err = timed_lines(child.stderr.take().unwrap());
+    let status = child.wait().unwrap();
+    let ended = Instant::now();
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    let lines: Vec<&str> = out.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(lines, ["first", "second"], "stderr: {err:?}");
+    assert!(err.iter().any(|(_, l)| l == "warn"), "{err:?}");
+    assert!(ended.duration_since(out[0].0) >= Duration::from_millis(2000));
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(containers_on("podman", child.id()), "");
+
+    // Ctrl-C: exit 130, the container is gone.
+    let mut child = exec_on("podman", "bash", "echo up; sleep 60", &[]);
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "up\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(containers_on("podman", pid), "");
 }
