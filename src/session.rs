@@ -86,6 +86,7 @@ pub struct SessionBuilder {
     libraries: Vec<String>,
     dockerfile: Option<PathBuf>,
     docker_host: Option<String>,
+    podman_socket: Option<String>,
     tls: Option<crate::spec::types::TlsConfig>,
     client: Option<bollard::Docker>,
 }
@@ -117,6 +118,7 @@ impl Default for SessionBuilder {
             libraries: vec![],
             dockerfile: None,
             docker_host: None,
+            podman_socket: None,
             tls: None,
             client: None,
         }
@@ -173,6 +175,12 @@ impl SessionBuilder {
         self.docker_host = Some(host.into());
         self
     }
+    /// The Podman API socket (`unix:///…`, a path, or `tcp://host:port`); default
+    /// `$CONTAINER_HOST`, then the rootful socket, then the rootless one.
+    pub fn podman_socket(mut self, socket: impl Into<String>) -> Self {
+        self.podman_socket = Some(socket.into());
+        self
+    }
     /// TLS material for a `tcp://` Docker host (paths).
     pub fn tls(
         mut self,
@@ -188,7 +196,8 @@ impl SessionBuilder {
         });
         self
     }
-    /// A bollard client the caller built (any host, any TLS setup).
+    /// A bollard client the caller built (any host, any TLS setup; a client of Podman's
+    /// API service with `backend(BackendKind::Podman)`).
     pub fn docker_client(mut self, client: bollard::Docker) -> Self {
         self.client = Some(client);
         self
@@ -197,7 +206,7 @@ impl SessionBuilder {
     pub async fn open(self) -> Result<Session, SessionError> {
         match self.backend {
             BackendKind::Native => self.open_native().await,
-            BackendKind::Docker => self.open_docker().await,
+            BackendKind::Docker | BackendKind::Podman => self.open_docker().await,
             other => Err(SessionError::BackendUnavailable(other)),
         }
     }
@@ -231,11 +240,16 @@ impl SessionBuilder {
             Some(c) => docker::engine::from_client(c, kind).await,
             None => {
                 let base = std::env::current_dir().unwrap_or_default();
-                let ep = docker::engine::Endpoint::resolve(
-                    self.docker_host.as_deref(),
-                    self.tls.as_ref(),
-                    &base,
-                )
+                let ep = if kind == BackendKind::Podman {
+                    docker::engine::Endpoint::resolve_podman(self.podman_socket.as_deref(), &base)
+                        .map(|(e, _)| e)
+                } else {
+                    docker::engine::Endpoint::resolve(
+                        self.docker_host.as_deref(),
+                        self.tls.as_ref(),
+                        &base,
+                    )
+                }
                 .map_err(SessionError::Engine)?;
                 docker::engine::connect(&ep, kind).await
             }

@@ -29,7 +29,7 @@ pub struct RunCtx {
 pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     match job.backend {
         BackendKind::Native => native::run_job(job, ctx).await,
-        BackendKind::Docker => docker::run_job(job, ctx, BackendKind::Docker).await,
+        BackendKind::Docker | BackendKind::Podman => docker::run_job(job, ctx, job.backend).await,
         other => error_report(
             job,
             Phase::Prepare,
@@ -43,11 +43,16 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
 /// Starts preparing the environments of container jobs (image pulls and builds,
 /// templates, warm containers) in the background, once per distinct environment, so that
 /// it overlaps with jobs already running. Failures are left to the jobs to report.
-pub fn prepare_ahead(jobs: &[PlannedJob], ctx: &RunCtx) -> tokio::task::JoinSet<()> {
+/// `parallelism` says how many jobs of a backend run at once (warm pools start that many).
+pub fn prepare_ahead(
+    jobs: &[PlannedJob],
+    ctx: &RunCtx,
+    parallelism: impl Fn(BackendKind) -> usize,
+) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
     let mut seen: Vec<String> = Vec::new();
     for job in jobs.iter().filter(|j| j.skip.is_none()) {
-        if job.backend != BackendKind::Docker {
+        if !matches!(job.backend, BackendKind::Docker | BackendKind::Podman) {
             continue;
         }
         let key = docker::prepare_key(job);
@@ -55,7 +60,11 @@ pub fn prepare_ahead(jobs: &[PlannedJob], ctx: &RunCtx) -> tokio::task::JoinSet<
             continue;
         }
         seen.push(key);
-        let (job, ctx) = (job.clone(), ctx.clone());
+        let ctx = RunCtx {
+            parallelism: parallelism(job.backend),
+            ..ctx.clone()
+        };
+        let job = job.clone();
         set.spawn(async move { docker::prepare_ahead(&job, &ctx).await });
     }
     set

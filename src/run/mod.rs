@@ -146,13 +146,7 @@ pub async fn run_plan(
             None => per_backend.push((job.backend, vec![job.clone()])),
         }
     }
-    let mut prepare = backend::prepare_ahead(
-        &plan.jobs,
-        &RunCtx {
-            parallelism: opts.jobs_for(BackendKind::Docker),
-            ..ctx.clone()
-        },
-    );
+    let mut prepare = backend::prepare_ahead(&plan.jobs, &ctx, |b| opts.jobs_for(b));
     let mut schedulers = tokio::task::JoinSet::new();
     for (b, jobs) in per_backend {
         ctx.parallelism = opts.jobs_for(b);

@@ -115,8 +115,17 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PodmanConfig {
+    /// The API socket of `podman system service`: `unix:///path`, a path (relative to the
+    /// job file), or `tcp://host:port`; default `$CONTAINER_HOST`, then the rootful socket
+    /// `/run/podman/podman.sock`, then the rootless one `$XDG_RUNTIME_DIR/podman/podman.sock`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// Warm containers (default true), as `backends.docker.warm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<bool>,
+    /// Jobs a warm container runs before it is replaced (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle_after: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

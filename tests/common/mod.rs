@@ -8,8 +8,8 @@
 //! # Which backends are tested
 //!
 //! [`backends()`]: `native`, plus each container engine that answers and has the default
-//! image `llm-sandbox/bash:latest` ([`engine_available`]): docker always, podman when
-//! `LLM_SANDBOX_TEST_PODMAN=1`. A missing engine is skipped with a loud `SKIPPED:` line on
+//! image `llm-sandbox/bash:latest` ([`engine_available`]): docker and podman. A missing
+//! engine is skipped with a loud `SKIPPED:` line on
 //! stderr, or fails the test under `CI=true` / `LLM_SANDBOX_REQUIRE_ENGINES=1`.
 //! `LLM_SANDBOX_TEST_BACKENDS=native,docker` (comma- or space-separated) names the backends
 //! explicitly instead; a named engine that is unavailable then fails the test.
@@ -250,8 +250,7 @@ pub fn failed_checks(j: &Value) -> Vec<String> {
 // ---- container engines and the backends under test ---------------------------------------
 
 /// The backends the backend-generic suites run on: `LLM_SANDBOX_TEST_BACKENDS` when set,
-/// else `native`, docker when [`engine_available`], podman when `LLM_SANDBOX_TEST_PODMAN=1`
-/// and available.
+/// else `native`, then docker and podman when [`engine_available`].
 pub fn backends() -> Vec<&'static str> {
     if let Some(explicit) = explicit_backends() {
         return explicit;
@@ -260,9 +259,7 @@ pub fn backends() -> Vec<&'static str> {
     if engine_available("docker") {
         v.push("docker");
     }
-    // The podman backend comes later: opt in until then.
-    if std::env::var("LLM_SANDBOX_TEST_PODMAN").as_deref() == Ok("1") && engine_available("podman")
-    {
+    if engine_available("podman") {
         v.push("podman");
     }
     v
@@ -277,10 +274,7 @@ pub fn backend_selected(backend: &str) -> bool {
     match backend {
         "native" => true,
         "docker" => engine_available("docker"),
-        "podman" => {
-            std::env::var("LLM_SANDBOX_TEST_PODMAN").as_deref() == Ok("1")
-                && engine_available("podman")
-        }
+        "podman" => engine_available("podman"),
         _ => false,
     }
 }

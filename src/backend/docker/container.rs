@@ -90,6 +90,26 @@ pub struct Container {
     /// Sessions: a timeout or an output flood kills the sandbox user's processes, not the
     /// container (its workdir lives on).
     pub keep_on_timeout: bool,
+    /// Podman: the tmpfs volumes of its `/sandbox` and `/tmp`, removed with it.
+    volumes: Vec<String>,
+}
+
+/// The process rlimit of Podman containers: this host's hard limit, at most 32768 (what
+/// `podman system service` keeps for itself).
+fn podman_nproc() -> u64 {
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC)
+        .map(|(_, h)| h)
+        .unwrap_or(32768);
+    hard.clamp(256, 32768)
+}
+
+/// The open-files rlimit of Podman's prepare containers (its default is above this host's
+/// hard limit too).
+fn podman_nofile() -> u64 {
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, h)| h)
+        .unwrap_or(4096);
+    hard.clamp(256, 4096)
 }
 
 fn ulimit(name: &str, v: u64) -> ResourcesUlimits {
@@ -104,7 +124,7 @@ impl Container {
     /// Creates and starts a container (its start-up is paid once; every step execs into it).
     pub async fn start(engine: Arc<Engine>, spec: &ContainerSpec) -> Result<Container, String> {
         let l = &spec.limits;
-        let inodes = (l.disk / 4096).clamp(1024, 1 << 20);
+        let podman = engine.kind == crate::spec::types::BackendKind::Podman;
         let mut host = HostConfig {
             init: Some(true),
             network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),
@@ -114,17 +134,59 @@ impl Container {
             }),
             ..Default::default()
         };
+        let mut volumes = Vec::new();
         if spec.hardened {
-            let tmpfs = HashMap::from([
-                (
+            let mut tmpfs = HashMap::new();
+            if podman {
+                // Podman 4 takes neither `nr_inodes` nor `uid` for tmpfs mounts and
+                // ignores `mode`: its named volumes of the local driver pass every tmpfs
+                // option to mount(2), so /sandbox and /tmp are such volumes (removed with
+                // the container). Its automatic writable /run and /var/tmp of read-only
+                // containers are covered read-only, as docker's are.
+                let blocks = l.disk.div_ceil(4096).max(1);
+                let inodes = (l.disk / 4096).clamp(1024, 1 << 20);
+                for (dest, owner) in [
+                    (
+                        WORKDIR,
+                        format!(
+                            "uid={uid},gid={uid},mode=0755",
+                            uid = super::tarball::SANDBOX_UID
+                        ),
+                    ),
+                    ("/tmp", "mode=1777".to_string()),
+                ] {
+                    let name = format!("{}{}", spec.name, dest.replace('/', "-"));
+                    engine
+                        .create_tmpfs_volume(
+                            &name,
+                            &format!("nosuid,nodev,nr_blocks={blocks},nr_inodes={inodes},{owner}"),
+                        )
+                        .await?;
+                    volumes.push(name.clone());
+                    host.binds
+                        .get_or_insert_with(Vec::new)
+                        .push(format!("{name}:{dest}:rw"));
+                }
+                for dest in ["/run", "/var/tmp"] {
+                    tmpfs.insert(
+                        dest.to_string(),
+                        "ro,nosuid,nodev,noexec,size=16k".to_string(),
+                    );
+                }
+            } else {
+                let inodes = (l.disk / 4096).clamp(1024, 1 << 20);
+                tmpfs.insert(
                     WORKDIR.to_string(),
                     format!("rw,exec,nosuid,nodev,size={},nr_inodes={inodes},mode=0755,uid={uid},gid={uid}", l.disk, uid = super::tarball::SANDBOX_UID),
-                ),
-                (
+                );
+                tmpfs.insert(
                     "/tmp".to_string(),
-                    format!("rw,exec,nosuid,nodev,size={},nr_inodes={inodes},mode=1777", l.disk),
-                ),
-            ]);
+                    format!(
+                        "rw,exec,nosuid,nodev,size={},nr_inodes={inodes},mode=1777",
+                        l.disk
+                    ),
+                );
+            }
             host.cap_drop = Some(vec!["ALL".into()]);
             if spec.maintenance_caps {
                 let mut caps = vec!["KILL", "DAC_OVERRIDE", "FOWNER"];
@@ -135,9 +197,17 @@ impl Container {
                 host.cap_add = Some(caps.into_iter().map(String::from).collect());
             }
             if let Some(bin) = &spec.agent {
-                host.binds = Some(vec![format!("{}:{AGENT_PATH}:ro", bin.display())]);
+                host.binds
+                    .get_or_insert_with(Vec::new)
+                    .push(format!("{}:{AGENT_PATH}:ro", bin.display()));
             }
-            host.security_opt = Some(vec!["no-new-privileges".into()]);
+            let mut sec = vec!["no-new-privileges".to_string()];
+            if podman && engine.local && engine.endpoint.starts_with("unix://") {
+                if let Some(p) = super::seccomp::local_profile_path() {
+                    sec.push(format!("seccomp={}", p.display()));
+                }
+            }
+            host.security_opt = Some(sec);
             host.readonly_rootfs = Some(true);
             host.tmpfs = Some(tmpfs);
             host.shm_size = Some(l.disk.min(i64::MAX as u64) as i64);
@@ -148,6 +218,13 @@ impl Container {
             // The init and the keep-alive process count too, and the agent when there is one.
             host.pids_limit = Some(l.pids as i64 + 2 + i64::from(spec.agent.is_some()));
             let mut ul = vec![ulimit("nofile", l.open_files)];
+            if podman {
+                // Podman's default process rlimit is above the hard limit its service may
+                // set (runc then fails to start the container): set one explicitly. It
+                // counts the sandbox uid's processes host-wide, so it is a backstop only;
+                // the pids cgroup limit is the per-container bound.
+                ul.push(ulimit("nproc", podman_nproc()));
+            }
             if let Some(cpu) = spec.cpu_seconds {
                 ul.push(ulimit("cpu", cpu));
             }
@@ -155,6 +232,12 @@ impl Container {
             host.oom_score_adj = Some(500);
         } else {
             host.pids_limit = Some(4096);
+            if podman {
+                host.ulimits = Some(vec![
+                    ulimit("nproc", podman_nproc()),
+                    ulimit("nofile", podman_nofile()),
+                ]);
+            }
         }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -175,18 +258,18 @@ impl Container {
         let opts = bollard::query_parameters::CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
-        let created = engine
-            .docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| {
-                format!(
+        let created = match engine.docker.create_container(Some(opts), body).await {
+            Ok(c) => c,
+            Err(e) => {
+                engine.remove_volumes(&volumes).await;
+                return Err(format!(
                     "cannot create a container from `{}` on {}: {}",
                     spec.image,
                     engine.endpoint,
                     error_chain(&e)
-                )
-            })?;
+                ));
+            }
+        };
         let mut c = Container {
             engine: engine.clone(),
             id: created.id,
@@ -198,6 +281,7 @@ impl Container {
             uses: 0,
             counters: (0, 0),
             keep_on_timeout: false,
+            volumes,
         };
         let attach = bollard::query_parameters::AttachContainerOptionsBuilder::default()
             .stdin(true)
@@ -547,6 +631,7 @@ exec tar -c -C /sandbox -- "$1""#;
         self.keepalive.take();
         self.removed = true;
         self.engine.remove_container(&self.id).await;
+        self.engine.remove_volumes(&self.volumes).await;
     }
 }
 
@@ -560,8 +645,12 @@ impl Drop for Container {
         self.keepalive.take();
         let engine = self.engine.clone();
         let id = self.id.clone();
+        let volumes = std::mem::take(&mut self.volumes);
         if let Ok(h) = tokio::runtime::Handle::try_current() {
-            h.spawn(async move { engine.remove_container(&id).await });
+            h.spawn(async move {
+                engine.remove_container(&id).await;
+                engine.remove_volumes(&volumes).await;
+            });
         }
     }
 }

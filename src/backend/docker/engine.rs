@@ -117,6 +117,109 @@ impl Endpoint {
     }
 }
 
+/// The rootful Podman API socket.
+pub const PODMAN_ROOTFUL_SOCKET: &str = "/run/podman/podman.sock";
+
+/// The rootless Podman API socket of this user: `$XDG_RUNTIME_DIR/podman/podman.sock`.
+pub fn podman_rootless_socket() -> PathBuf {
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/run/user/{}", nix::unistd::getuid())));
+    runtime.join("podman/podman.sock")
+}
+
+/// How a Podman socket was chosen (for `doctor` and error messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodmanSource {
+    Config,
+    ContainerHost,
+    Rootful,
+    Rootless,
+}
+
+impl PodmanSource {
+    pub fn describe(self) -> &'static str {
+        match self {
+            PodmanSource::Config => "backends.podman.socket",
+            PodmanSource::ContainerHost => "CONTAINER_HOST",
+            PodmanSource::Rootful => "the rootful socket",
+            PodmanSource::Rootless => "the rootless socket",
+        }
+    }
+}
+
+/// How to start Podman's API service for this user.
+pub fn podman_start_hint() -> String {
+    let sock = if nix::unistd::geteuid().is_root() {
+        PathBuf::from(PODMAN_ROOTFUL_SOCKET)
+    } else {
+        podman_rootless_socket()
+    };
+    format!(
+        "start Podman's API service: `podman system service --time=0 unix://{} &` (or `scripts/engines podman`; with systemd: `systemctl {}start podman.socket`), or set backends.podman.socket / CONTAINER_HOST",
+        sock.display(),
+        if nix::unistd::geteuid().is_root() { "" } else { "--user " }
+    )
+}
+
+impl Endpoint {
+    /// As podman-remote does: the job file's `backends.podman.socket` (a path is relative
+    /// to the job file), else `CONTAINER_HOST`, else the rootful socket when it exists and
+    /// this user may use it, else the rootless one under `XDG_RUNTIME_DIR`.
+    pub fn resolve_podman(
+        socket: Option<&str>,
+        base: &Path,
+    ) -> Result<(Endpoint, PodmanSource), String> {
+        let as_host = |s: &str| -> Result<String, String> {
+            if s.contains("://") {
+                if s.starts_with("unix://") || s.starts_with("tcp://") || s.starts_with("http://") {
+                    Ok(s.to_string())
+                } else {
+                    Err(format!(
+                        "unsupported Podman socket `{s}`: use unix:///path/to/podman.sock, a path, or tcp://host:port (ssh:// connections are not supported: run `podman system service` on that host and forward its socket)"
+                    ))
+                }
+            } else {
+                Ok(format!("unix://{}", base.join(s).display()))
+            }
+        };
+        if let Some(s) = socket.filter(|s| !s.is_empty()) {
+            return Ok((
+                Endpoint {
+                    host: as_host(s)?,
+                    tls: None,
+                },
+                PodmanSource::Config,
+            ));
+        }
+        if let Some(s) = std::env::var("CONTAINER_HOST")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            let host = as_host(&s).map_err(|e| format!("CONTAINER_HOST: {e}"))?;
+            return Ok((Endpoint { host, tls: None }, PodmanSource::ContainerHost));
+        }
+        let rootful = Path::new(PODMAN_ROOTFUL_SOCKET);
+        let usable =
+            |p: &Path| p.exists() && nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+        let rootless = podman_rootless_socket();
+        let (path, source) =
+            if usable(rootful) || (!rootless.exists() && nix::unistd::geteuid().is_root()) {
+                (rootful.to_path_buf(), PodmanSource::Rootful)
+            } else {
+                (rootless, PodmanSource::Rootless)
+            };
+        Ok((
+            Endpoint {
+                host: format!("unix://{}", path.display()),
+                tls: None,
+            },
+            source,
+        ))
+    }
+}
+
 fn cert_path() -> PathBuf {
     std::env::var_os("DOCKER_CERT_PATH")
         .filter(|p| !p.is_empty())
@@ -252,8 +355,8 @@ fn unreachable(kind: BackendKind, host: &str, why: &str) -> String {
         );
     }
     let fix = match kind {
-        BackendKind::Podman => "start it (`scripts/engines podman`, or `podman system service`), or set backends.podman.socket",
-        _ => "start it (`scripts/engines docker`, or `sudo systemctl start docker`), or point backends.docker.host / DOCKER_HOST at a running daemon",
+        BackendKind::Podman => podman_start_hint(),
+        _ => "start it (`scripts/engines docker`, or `sudo systemctl start docker`), or point backends.docker.host / DOCKER_HOST at a running daemon".to_string(),
     };
     format!("cannot reach the {kind} engine at {host}: {why}; {fix}")
 }
@@ -320,6 +423,11 @@ impl Engine {
                 }
             }
         }
+        if self.kind == BackendKind::Podman {
+            // Their tmpfs volumes, once the containers are gone.
+            self.remove_volumes_where(|l, created| !self.is_stale(l, created))
+                .await;
+        }
         let filters = HashMap::from([("label", vec![format!("{LABEL_KEEP}=false")])]);
         let opts = bollard::query_parameters::ListImagesOptionsBuilder::default()
             .filters(&filters)
@@ -338,7 +446,92 @@ impl Engine {
             .force(true)
             .v(true)
             .build();
-        let _ = self.docker.remove_container(id, Some(opts)).await;
+        // Podman refuses while the container is stopping by itself (its keep-alive stream
+        // was just closed): "could not be stopped … container state improper". Retry.
+        for attempt in 1..=20u64 {
+            match self.docker.remove_container(id, Some(opts.clone())).await {
+                Ok(()) => return,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return,
+                Err(e) => {
+                    tracing::debug!(
+                        "removing container {id} (attempt {attempt}): {}",
+                        error_chain(&e)
+                    );
+                    if attempt == 20 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 * attempt.min(5))).await;
+                }
+            }
+        }
+    }
+
+    /// A named volume of the local driver that is a tmpfs mounted with `options` (Podman
+    /// passes them to mount(2) as they are), labelled as ours.
+    pub async fn create_tmpfs_volume(&self, name: &str, options: &str) -> Result<(), String> {
+        let body = bollard::models::VolumeCreateRequest {
+            name: Some(name.to_string()),
+            driver: Some("local".into()),
+            driver_opts: Some(HashMap::from([
+                ("type".to_string(), "tmpfs".to_string()),
+                ("device".to_string(), "tmpfs".to_string()),
+                ("o".to_string(), options.to_string()),
+            ])),
+            labels: Some(self.labels("volume")),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(body)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "cannot create the tmpfs volume {name} on {}: {}",
+                    self.endpoint,
+                    error_chain(&e)
+                )
+            })
+    }
+
+    pub async fn remove_volumes(&self, names: &[String]) {
+        for name in names {
+            // Never `force`: Podman would remove the containers using the volume.
+            if let Err(e) = self
+                .docker
+                .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                .await
+            {
+                tracing::debug!("removing volume {name}: {}", error_chain(&e));
+            }
+        }
+    }
+
+    /// Our volumes (Podman's tmpfs volumes) that `keep` does not want, by their labels.
+    /// `keep` sees a volume's labels and its creation time (Unix seconds).
+    async fn remove_volumes_where(&self, keep: impl Fn(&HashMap<String, String>, i64) -> bool) {
+        let filters = HashMap::from([("label", vec![LABEL])]);
+        let opts = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        if let Ok(list) = self.docker.list_volumes(Some(opts)).await {
+            let names: Vec<String> = list
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|v| {
+                    let created = v
+                        .created_at
+                        .as_deref()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map_or(0, |t| t.timestamp());
+                    !keep(&v.labels, created)
+                })
+                .map(|v| v.name)
+                .collect();
+            self.remove_volumes(&names).await;
+        }
     }
 
     async fn remove_image(&self, id: &str) {
@@ -361,6 +554,11 @@ impl Engine {
             for c in list.into_iter().filter_map(|c| c.id) {
                 self.remove_container(&c).await;
             }
+        }
+        if self.kind == BackendKind::Podman {
+            let me = owner::prefix();
+            self.remove_volumes_where(|l, _| l.get(LABEL_OWNER) != Some(&me))
+                .await;
         }
         self.finish_session().await;
     }

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod container;
 pub mod engine;
 pub mod pool;
+pub mod seccomp;
 pub mod tarball;
 
 use super::native::{copy_artifacts, to_report};
@@ -38,6 +39,10 @@ const PREPARE_TIMEOUT: Duration = Duration::from_secs(900);
 /// The endpoint a job's settings (or the environment) name.
 pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, String> {
     let base = job.file.parent().unwrap_or(Path::new("."));
+    if job.backend == BackendKind::Podman {
+        let p = job.backends.podman.as_ref();
+        return Endpoint::resolve_podman(p.and_then(|p| p.socket.as_deref()), base).map(|(e, _)| e);
+    }
     let d = job.backends.docker.as_ref();
     Endpoint::resolve(
         d.and_then(|d| d.host.as_deref()),
@@ -291,13 +296,12 @@ pub async fn template(
     }
     let (repo, t) = tag.rsplit_once(':').unwrap_or((tag.as_str(), "latest"));
     let mut all_changes = changes;
-    all_changes.push(format!(
-        "LABEL {}=template {}={} {}={key}",
-        engine::LABEL_KIND,
-        engine::LABEL_KEEP,
-        keep,
-        engine::LABEL_KEY
-    ));
+    // One label per instruction: Podman reads `LABEL a=1 b=2` as a = "1 b=2".
+    all_changes.extend([
+        format!("LABEL {}=template", engine::LABEL_KIND),
+        format!("LABEL {}={keep}", engine::LABEL_KEEP),
+        format!("LABEL {}={key}", engine::LABEL_KEY),
+    ]);
     let joined = all_changes.join("\n");
     let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
         .container(&c.id)
@@ -596,11 +600,9 @@ exit 0"#;
 /// What makes two jobs share a prepared environment (for de-duplication).
 pub fn prepare_key(job: &PlannedJob) -> String {
     format!(
-        "{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{}",
-        job.backends
-            .docker
-            .as_ref()
-            .map(|d| (&d.host, d.tls.as_ref().map(|t| (&t.ca, &t.cert, &t.key)))),
+        "{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{}",
+        job.backend,
+        endpoint(job).ok(),
         job.dockerfile,
         job.image,
         job.lang,
@@ -618,7 +620,7 @@ pub fn prepare_key(job: &PlannedJob) -> String {
 /// for warm containers, the pool's first containers.
 pub async fn prepare_ahead(job: &PlannedJob, ctx: &RunCtx) {
     let Ok(ep) = endpoint(job) else { return };
-    let Ok(engine) = engine::connect(&ep, BackendKind::Docker).await else {
+    let Ok(engine) = engine::connect(&ep, job.backend).await else {
         return;
     };
     let Ok(image) = job_image(&engine, job, &ctx.cancel).await else {
@@ -650,14 +652,26 @@ fn agent_binary() -> Option<std::path::PathBuf> {
     .clone()
 }
 
-fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
-    !ctx.fresh_containers
-        && job
+/// The job's `warm` and `recycle_after` settings of its engine (`backends.docker` or
+/// `backends.podman`).
+fn warm_settings(job: &PlannedJob) -> (Option<bool>, Option<u32>) {
+    match job.backend {
+        BackendKind::Podman => job
+            .backends
+            .podman
+            .as_ref()
+            .map(|p| (p.warm, p.recycle_after)),
+        _ => job
             .backends
             .docker
             .as_ref()
-            .and_then(|d| d.warm)
-            .unwrap_or(true)
+            .map(|d| (d.warm, d.recycle_after)),
+    }
+    .unwrap_or_default()
+}
+
+fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
+    !ctx.fresh_containers && warm_settings(job).0.unwrap_or(true)
 }
 
 /// The container of a warm pool for `job`, and its recycling count.
@@ -668,11 +682,8 @@ fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
     spec.kind = "warm";
     spec.maintenance_caps = true;
     spec.agent = agent_binary();
-    let recycle = job
-        .backends
-        .docker
-        .as_ref()
-        .and_then(|d| d.recycle_after)
+    let recycle = warm_settings(job)
+        .1
         .unwrap_or(pool::DEFAULT_RECYCLE_AFTER)
         .max(1);
     (spec, recycle)

@@ -33,6 +33,9 @@ pub struct Pool {
     idle: Mutex<Vec<Container>>,
     /// Containers of this pool that exist (idle, busy or starting).
     live: AtomicUsize,
+    /// Background starts not finished yet (waited for at the end of the run, so that no
+    /// container comes up after the last cleanup).
+    starting: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 static POOLS: Mutex<Vec<(Key, Arc<Pool>)>> = Mutex::new(Vec::new());
@@ -59,6 +62,7 @@ pub fn pool(engine: &Arc<Engine>, spec: &ContainerSpec) -> Arc<Pool> {
         spec: spec.clone(),
         idle: Mutex::new(Vec::new()),
         live: AtomicUsize::new(0),
+        starting: Mutex::new(Vec::new()),
     });
     all.push((key, p.clone()));
     p
@@ -100,7 +104,7 @@ impl Pool {
         while self.live.load(Ordering::SeqCst) < want {
             self.live.fetch_add(1, Ordering::SeqCst);
             let me = self.clone();
-            h.spawn(async move {
+            let task = h.spawn(async move {
                 match Container::start(me.engine.clone(), &me.spec()).await {
                     Ok(c) => me.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c),
                     Err(e) => {
@@ -109,6 +113,9 @@ impl Pool {
                     }
                 }
             });
+            let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+            starting.retain(|t| !t.is_finished());
+            starting.push(task);
         }
     }
 
@@ -123,6 +130,11 @@ impl Pool {
     }
 
     async fn drain(&self) {
+        let starting: Vec<_> =
+            std::mem::take(&mut *self.starting.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in starting {
+            let _ = t.await;
+        }
         let idle: Vec<Container> =
             std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         for c in idle {

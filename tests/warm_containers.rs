@@ -10,7 +10,6 @@ use common::Scratch;
 /// both use the same warm container (checked through the start time of its pid 1).
 const JOBS: &str = r#"
 [defaults]
-backend = "docker"
 lang = "bash"
 
 [[jobs]]
@@ -29,20 +28,29 @@ name = "b-looks"
 code = '''
 echo "id=$(cut -d' ' -f22 /proc/1/stat)"
 ls -A /sandbox /tmp /dev/shm
-ps -eo user,comm --no-headers | grep -v -e ps -e bash -e grep -e cat -e docker-init -e awk || true
+ps -eo user,comm --no-headers | grep -v -e ps -e bash -e grep -e cat -e docker-init -e catatonit -e awk || true
 echo "shm=$(ipcs -m | grep -c '^0x')"
 echo end
 '''
 "#;
 
 #[test]
-fn a_warm_container_is_clean_for_the_next_job() {
-    if !common::backend_selected("docker") {
+fn docker_warm_container_is_clean_for_the_next_job() {
+    warm_container_is_clean("docker");
+}
+
+#[test]
+fn podman_warm_container_is_clean_for_the_next_job() {
+    warm_container_is_clean("podman");
+}
+
+fn warm_container_is_clean(engine: &str) {
+    if !common::backend_selected(engine) {
         return;
     }
     let dir = Scratch::new();
     dir.write("warm.toml", JOBS);
-    let run = dir.run_json(&["-j", "1", "warm.toml"]);
+    let run = dir.run_json(&["-j", "1", "--backend", engine, "warm.toml"]);
     let a = run.assert_status("a-litter", "passed");
     let b = run.assert_status("b-looks", "passed");
     let out_a = common::field(a, "stdout").to_string();
@@ -57,23 +65,30 @@ fn a_warm_container_is_clean_for_the_next_job() {
     assert_eq!(
         id(&out_a),
         id(&out_b),
-        "both jobs ran in the same warm container"
+        "{engine}: both jobs ran in the same warm container"
     );
     for trace in ["a.txt", "locked", ".hidden", "sleep"] {
         assert!(
             !out_b.contains(trace),
-            "`{trace}` survived into the next job:\n{out_b}"
+            "{engine}: `{trace}` survived into the next job:\n{out_b}"
         );
     }
     assert!(out_a.contains("shm made: 1"), "{out_a}");
     assert!(
         out_b.contains("shm=0"),
-        "a System V segment survived:\n{out_b}"
+        "{engine}: a System V segment survived:\n{out_b}"
     );
     assert!(out_b.contains("end"), "{out_b}");
 
     // The same file with fresh containers: each job has its own container.
-    let run = dir.run_json(&["-j", "1", "--fresh-containers", "warm.toml"]);
+    let run = dir.run_json(&[
+        "-j",
+        "1",
+        "--fresh-containers",
+        "--backend",
+        engine,
+        "warm.toml",
+    ]);
     let a = run.assert_status("a-litter", "passed");
     let b = run.assert_status("b-looks", "passed");
     assert_ne!(
