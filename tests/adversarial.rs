@@ -523,6 +523,18 @@ fn sigkill_of_the_runner_leaves_nothing_running() {
             !leftovers.iter().any(|n| n.starts_with(&killed)),
             "{backend}: left behind: {leftovers:?}"
         );
+        if common::ENGINES.contains(&backend) {
+            for what in ["container", "volume"] {
+                let left: Vec<_> = common::engine_objects(backend, what)
+                    .into_iter()
+                    .filter(|o| o.1.starts_with(&killed))
+                    .collect();
+                assert!(
+                    left.is_empty(),
+                    "{backend}: the killed run's {what}s are still there: {left:?}"
+                );
+            }
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Backend conformance: the same jobs, with the same expected results, on every backend of
-//! [`common::backends()`] (native; docker when it answers and has the default images;
-//! podman with `LLM_SANDBOX_TEST_PODMAN=1`; or exactly `LLM_SANDBOX_TEST_BACKENDS`).
+//! [`common::backends()`] (native; docker and podman when they answer and have the default
+//! images; or exactly `LLM_SANDBOX_TEST_BACKENDS`).
 //!
 //! One test per backend runs all cases as ONE `llm-sandbox run -j 2 --backend B` over one
 //! job file, then checks every job: its status must be the expected one (a backend that
@@ -724,12 +724,10 @@ fn conformance(backend: &str) {
     if !backend_selected(backend) {
         let explicit =
             std::env::var("LLM_SANDBOX_TEST_BACKENDS").is_ok_and(|v| !v.trim().is_empty());
-        let opted_in = std::env::var("LLM_SANDBOX_TEST_PODMAN").as_deref() == Ok("1");
         let how = match backend {
             _ if explicit => "not named in LLM_SANDBOX_TEST_BACKENDS",
             "docker" => "docker is unavailable (see the SKIPPED line above)",
-            "podman" if opted_in => "podman is unavailable (see the SKIPPED line above)",
-            "podman" => "opt in with LLM_SANDBOX_TEST_PODMAN=1",
+            "podman" => "podman is unavailable (see the SKIPPED line above)",
             _ => "name it in LLM_SANDBOX_TEST_BACKENDS to test it",
         };
         eprintln!("SKIPPED: {backend} conformance: {how}");

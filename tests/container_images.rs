@@ -6,9 +6,9 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{backend_selected, Scratch};
+use common::{backend_selected, engine_cli as cli, engine_objects as ours, Scratch};
 use serde_json::Value;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 const JOBS: &str = r#"
 [defaults]
@@ -34,55 +34,6 @@ keep_template = true
 code = "import six; print(six.__version__)"
 expect.stdout = "1.15.0\n"
 "#;
-
-/// `<engine> <args>` → stdout (panics when the CLI fails).
-fn cli(engine: &str, args: &[&str]) -> String {
-    let out = Command::new(engine)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{engine} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{engine} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `(name or id, owner label, kind label, keep label)` of every labelled object of a kind
-/// (`container`, `image`, `volume`), read with `<engine> <kind> inspect`.
-fn ours(engine: &str, what: &str) -> Vec<(String, String, String, String)> {
-    let ids = match what {
-        "container" => cli(engine, &["ps", "-a", "-q", "--filter", "label=llm-sandbox"]),
-        "image" => cli(engine, &["images", "-q", "--filter", "label=llm-sandbox"]),
-        _ => cli(
-            engine,
-            &["volume", "ls", "-q", "--filter", "label=llm-sandbox"],
-        ),
-    };
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if ids.is_empty() {
-        return vec![];
-    }
-    let (name, labels) = match what {
-        "volume" => ("{{.Name}}", ".Labels"),
-        _ => ("{{.Id}}", ".Config.Labels"),
-    };
-    let fmt = format!(
-        "{name}|{{{{index {labels} \"llm-sandbox.owner\"}}}}|{{{{index {labels} \"llm-sandbox.kind\"}}}}|{{{{index {labels} \"llm-sandbox.keep\"}}}}"
-    );
-    let mut args = vec![what, "inspect", "--format", &fmt];
-    args.extend(ids);
-    cli(engine, &args)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let mut f = l.split('|').map(|x| x.replace("<no value>", ""));
-            let mut next = || f.next().unwrap_or_default();
-            (next(), next(), next(), next())
-        })
-        .collect()
-}
 
 fn images_section(engine: &str) {
     if !backend_selected(engine) {
@@ -184,4 +135,39 @@ fn docker_libraries_dockerfile_keep_template_and_no_leftovers() {
 #[test]
 fn podman_libraries_dockerfile_keep_template_and_no_leftovers() {
     images_section("podman");
+}
+
+#[test]
+fn doctor_reports_each_engine_and_how_to_start_podman() {
+    let out = common::bin()
+        .args(["doctor", "--json"])
+        .env("CONTAINER_HOST", "unix:///nonexistent/podman.sock")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
+    let podman = &v["backends"]["podman"];
+    assert_eq!(podman["ok"], false, "{podman}");
+    let detail = podman["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("/nonexistent/podman.sock") && detail.contains("podman system service"),
+        "{detail}"
+    );
+    if backend_selected("docker") {
+        let docker = &v["backends"]["docker"];
+        assert_eq!(docker["ok"], true, "{docker}");
+        assert!(
+            docker["detail"].as_str().unwrap().contains("docker"),
+            "{docker}"
+        );
+    }
+    if backend_selected("podman") {
+        let out = common::bin().args(["doctor", "--json"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let podman = &v["backends"]["podman"];
+        assert_eq!(podman["ok"], true, "{podman}");
+        assert!(
+            podman["detail"].as_str().unwrap().contains("podman.sock"),
+            "{podman}"
+        );
+    }
 }

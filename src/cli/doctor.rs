@@ -34,11 +34,57 @@ fn native_check() -> Result<(), String> {
     })
 }
 
+/// A container engine (docker or podman) found from the environment, as a job without
+/// `backends` settings would: `Ok(description)` or `Err(what is wrong and how to fix it)`.
+fn engine_check(kind: BackendKind) -> Result<String, String> {
+    use llm_sandbox::backend::docker::engine;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (ep, found) = if kind == BackendKind::Podman {
+        let (ep, source) = engine::Endpoint::resolve_podman(None, std::path::Path::new("."))?;
+        (ep, source.describe())
+    } else {
+        let ep = engine::Endpoint::resolve(None, None, std::path::Path::new("."))?;
+        let from = if std::env::var_os("DOCKER_HOST").is_some() {
+            "DOCKER_HOST"
+        } else {
+            "the local socket"
+        };
+        (ep, from)
+    };
+    let (version, missing) = rt.block_on(engine::probe(&ep, kind))?;
+    let images = if missing.is_empty() {
+        "every default image present".to_string()
+    } else {
+        format!(
+            "default images missing: {} (build them: scripts/build-images {kind})",
+            missing.join(", ")
+        )
+    };
+    Ok(format!(
+        "{kind} {version} at {} ({found}); {images}",
+        ep.host
+    ))
+}
+
 pub fn run(as_json: bool) -> i32 {
     let native = std::thread::spawn(native_check)
         .join()
         .unwrap_or_else(|_| Err("the check panicked".into()));
+    let engines: Vec<(BackendKind, Result<String, String>)> =
+        [BackendKind::Docker, BackendKind::Podman]
+            .into_iter()
+            .map(|k| {
+                let r = std::thread::spawn(move || engine_check(k))
+                    .join()
+                    .unwrap_or_else(|_| Err("the check panicked".into()));
+                (k, r)
+            })
+            .collect();
     let limits = cgroup::detect();
+    super::quiet_on_closed_stdout();
     let langs: Vec<(Lang, Result<lang::HostToolchain, String>)> = Lang::ALL
         .iter()
         .map(|l| (*l, lang::probe_host(*l)))
@@ -52,8 +98,8 @@ pub fn run(as_json: bool) -> i32 {
                     "limits": match &limits { Ok(m) => m.describe(), Err(e) => format!("rlimits only: {e}") },
                     "landlock_abi": llm_sandbox::sandbox::landlock::abi(),
                 },
-                "docker": {"ok": false, "detail": "not available in this version"},
-                "podman": {"ok": false, "detail": "not available in this version"},
+                "docker": {"ok": engines[0].1.is_ok(), "detail": match &engines[0].1 { Ok(d) | Err(d) => d }},
+                "podman": {"ok": engines[1].1.is_ok(), "detail": match &engines[1].1 { Ok(d) | Err(d) => d }},
                 "kubernetes": {"ok": false, "detail": "not available in this version"},
             },
             "languages": langs.iter().map(|(l, r)| json!({
@@ -84,16 +130,16 @@ pub fn run(as_json: bool) -> i32 {
         ),
         Err(e) => println!("        limits      rlimits only (address space, processes): {e}"),
     }
-    for b in [
-        BackendKind::Docker,
-        BackendKind::Podman,
-        BackendKind::Kubernetes,
-    ] {
-        println!(
-            "  --    {:<11} not available in this version of llm-sandbox yet",
-            b.as_str()
-        );
+    for (b, r) in &engines {
+        match r {
+            Ok(d) => println!("  ok    {:<11} {d}", b.as_str()),
+            Err(e) => println!("  --    {:<11} {e}", b.as_str()),
+        }
     }
+    println!(
+        "  --    {:<11} not available in this version of llm-sandbox yet",
+        BackendKind::Kubernetes.as_str()
+    );
     println!("\nLanguages (native backend)");
     for (l, r) in &langs {
         match r {

@@ -344,6 +344,7 @@ async fn dispatch(cmd: Command) -> i32 {
                 backend_jobs,
                 ..RunOptions::default()
             };
+            quiet_on_closed_stdout();
             print_plan(&plan, format, &opts);
             exit_codes::OK
         }
@@ -370,10 +371,22 @@ async fn dispatch(cmd: Command) -> i32 {
                 SchemaKind::Job => llm_sandbox::schema::job_schema(),
                 SchemaKind::Report => llm_sandbox::schema::report_schema(),
             };
+            quiet_on_closed_stdout();
             print!("{}", llm_sandbox::schema::to_pretty(&v));
             exit_codes::OK
         }
         Command::Doctor { json } => doctor::run(json),
+    }
+}
+
+/// For commands that only print (`plan`, `schema`, `doctor`'s report): a closed stdout
+/// (`llm-sandbox plan | head`) ends the process quietly, as for any Unix filter, instead
+/// of a panic in `println!`. Not for commands that run sandboxes: there a program closing
+/// its stdin must not kill the runner.
+pub(crate) fn quiet_on_closed_stdout() {
+    // SAFETY: restoring the default disposition of one signal; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

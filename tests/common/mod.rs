@@ -484,3 +484,53 @@ fn last_line(b: &[u8]) -> String {
         .trim()
         .to_string()
 }
+
+/// `<engine> <args>` → stdout (panics when the CLI fails).
+pub fn engine_cli(engine: &str, args: &[&str]) -> String {
+    let out = Command::new(engine)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{engine} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{engine} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Containers, images or volumes of llm-sandbox on `engine`:
+/// `(name or id, owner label, kind label, keep label)` of every labelled object of a kind
+/// (`container`, `image`, `volume`), read with `<engine> <kind> inspect`.
+pub fn engine_objects(engine: &str, what: &str) -> Vec<(String, String, String, String)> {
+    let ids = match what {
+        "container" => engine_cli(engine, &["ps", "-a", "-q", "--filter", "label=llm-sandbox"]),
+        "image" => engine_cli(engine, &["images", "-q", "--filter", "label=llm-sandbox"]),
+        _ => engine_cli(
+            engine,
+            &["volume", "ls", "-q", "--filter", "label=llm-sandbox"],
+        ),
+    };
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if ids.is_empty() {
+        return vec![];
+    }
+    let (name, labels) = match what {
+        "volume" => ("{{.Name}}", ".Labels"),
+        _ => ("{{.Id}}", ".Config.Labels"),
+    };
+    let fmt = format!(
+        "{name}|{{{{index {labels} \"llm-sandbox.owner\"}}}}|{{{{index {labels} \"llm-sandbox.kind\"}}}}|{{{{index {labels} \"llm-sandbox.keep\"}}}}"
+    );
+    let mut args = vec![what, "inspect", "--format", &fmt];
+    args.extend(ids);
+    engine_cli(engine, &args)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split('|').map(|x| x.replace("<no value>", ""));
+            let mut next = || f.next().unwrap_or_default();
+            (next(), next(), next(), next())
+        })
+        .collect()
+}

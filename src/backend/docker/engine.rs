@@ -323,6 +323,27 @@ async fn open(ep: &Endpoint, kind: BackendKind) -> Result<Engine, String> {
     Ok(Engine::new(docker, kind, host.to_string(), local))
 }
 
+/// What `doctor` says of an engine: its version and which default images it has. Connects
+/// without the sweep of [`connect`] (doctor changes nothing).
+pub async fn probe(ep: &Endpoint, kind: BackendKind) -> Result<(String, Vec<String>), String> {
+    let e = open(ep, kind).await?;
+    let version = e
+        .docker
+        .version()
+        .await
+        .map_err(|err| unreachable(kind, &ep.host, &error_chain(&err)))?
+        .version
+        .unwrap_or_else(|| "?".into());
+    let mut missing = Vec::new();
+    for l in crate::spec::types::Lang::ALL {
+        let image = crate::lang::spec(l).default_image;
+        if !missing.iter().any(|m| m == image) && e.image_id(image).await.is_none() {
+            missing.push(image.to_string());
+        }
+    }
+    Ok((version, missing))
+}
+
 /// An error and its sources, one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
