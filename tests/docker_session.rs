@@ -456,3 +456,56 @@ async fn dropped_session_leaves_no_container() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The same Session API on Podman (the Docker module, through Podman's API service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_session_runs_code_libraries_and_files_then_leaves_nothing() {
+    if !common::engine_available("podman") {
+        return;
+    }
+    let mut s = Session::builder()
+        .lang(Lang::Python)
+        .backend(BackendKind::Podman)
+        .open()
+        .await
+        .unwrap_or_else(|e| panic!("cannot open a python session on podman: {e}"));
+    let out = s
+        .run("import os; print('hi', os.getuid())", &[])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "hi 1000\n", "{out:?}");
+    sh(&mut s, "echo kept > /sandbox/state.txt").await;
+    let out = s
+        .run("import six; print(six.__version__)", &["six==1.16.0"])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "1.16.0\n", "{out:?}");
+    // The workdir moved into the container with the library.
+    assert_eq!(sh(&mut s, "cat /sandbox/state.txt").await, "kept\n");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.txt");
+    std::fs::write(&src, "from the host").unwrap();
+    s.copy_to_runtime(&src, "/sandbox/sub/in.txt")
+        .await
+        .unwrap();
+    assert_eq!(sh(&mut s, "cat /sandbox/sub/in.txt").await, "from the host");
+    let back = dir.path().join("back.txt");
+    s.copy_from_runtime("/sandbox/sub/in.txt", &back)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "from the host");
+    let out = s
+        .execute_command("python3 -c 'import ctypes; print(ctypes.CDLL(None).unshare(0x10000000))'")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "-1", "unshare must be refused: {out:?}");
+    s.close().await.unwrap();
+    let me = format!("ls-{}-", std::process::id());
+    for what in ["container", "volume"] {
+        let left: Vec<_> = common::engine_objects("podman", what)
+            .into_iter()
+            .filter(|o| o.1.starts_with(&me) && o.2 != "template")
+            .collect();
+        assert!(left.is_empty(), "podman {what}s left after close: {left:?}");
+    }
+}
