@@ -125,6 +125,9 @@ impl Container {
     pub async fn start(engine: Arc<Engine>, spec: &ContainerSpec) -> Result<Container, String> {
         let l = &spec.limits;
         let podman = engine.kind == crate::spec::types::BackendKind::Podman;
+        if let Some(why) = engine.limits_unenforced.as_ref().filter(|_| spec.hardened) {
+            return Err(why.clone());
+        }
         let mut host = HostConfig {
             init: Some(true),
             network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),

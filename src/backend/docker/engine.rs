@@ -239,6 +239,9 @@ pub struct Engine {
     built: Mutex<Vec<String>>,
     /// One build/pull/prepare at a time per image key.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Why this engine cannot enforce the sandbox limits (rootless Podman on cgroup v1):
+    /// hardened containers are refused with this message.
+    pub limits_unenforced: Option<String>,
 }
 
 type Slot = Arc<tokio::sync::OnceCell<Result<Arc<Engine>, String>>>;
@@ -320,13 +323,37 @@ async fn open(ep: &Endpoint, kind: BackendKind) -> Result<Engine, String> {
         || host.contains("://127.0.0.1")
         || host.contains("://localhost")
         || host.contains("://[::1]");
-    Ok(Engine::new(docker, kind, host.to_string(), local))
+    let mut e = Engine::new(docker, kind, host.to_string(), local);
+    if kind == BackendKind::Podman {
+        e.limits_unenforced = rootless_cgroup_v1(&e, host).await;
+    }
+    Ok(e)
+}
+
+/// Rootless Podman on cgroup v1 cannot set any resource limit and ignores them without an
+/// error: sandboxes there would have no memory, pids or CPU bound. Says so, with the fixes.
+/// Rootless is recognised by the owner of a local socket (the service runs as that user).
+async fn rootless_cgroup_v1(e: &Engine, host: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(host.strip_prefix("unix://")?).ok()?.uid();
+    if owner == 0 {
+        return None;
+    }
+    let info = e.docker.info().await.ok()?;
+    (info.cgroup_version.map(|v| v.to_string()).as_deref() == Some("1")).then(|| {
+        format!(
+            "rootless Podman (the service at {host} runs as uid {owner}) cannot enforce memory, pids or CPU limits on this host's cgroup v1: it ignores them, so llm-sandbox refuses to run untrusted code there. Use cgroup v2 (boot with systemd.unified_cgroup_hierarchy=1), rootful Podman (`sudo scripts/engines podman`, socket /run/podman/podman.sock), the docker backend, or the native backend"
+        )
+    })
 }
 
 /// What `doctor` says of an engine: its version and which default images it has. Connects
 /// without the sweep of [`connect`] (doctor changes nothing).
 pub async fn probe(ep: &Endpoint, kind: BackendKind) -> Result<(String, Vec<String>), String> {
     let e = open(ep, kind).await?;
+    if let Some(why) = &e.limits_unenforced {
+        return Err(why.clone());
+    }
     let version = e
         .docker
         .version()
@@ -375,6 +402,15 @@ fn unreachable(kind: BackendKind, host: &str, why: &str) -> String {
             "cannot reach the {kind} engine at {host}: {why}; the daemon answered but the TLS settings do not match: check backends.docker.tls (ca, cert, key) or DOCKER_TLS_VERIFY and DOCKER_CERT_PATH"
         );
     }
+    if lower.contains("permission denied") {
+        return format!(
+            "cannot reach the {kind} engine at {host}: {why}; this user may not use that socket: {}",
+            match kind {
+                BackendKind::Podman => "use the rootless socket of your own `podman system service` (or run as root)".to_string(),
+                _ => "join the `docker` group (`sudo usermod -aG docker $USER`, then log in again), or run as root".to_string(),
+            }
+        );
+    }
     let fix = match kind {
         BackendKind::Podman => podman_start_hint(),
         _ => "start it (`scripts/engines docker`, or `sudo systemctl start docker`), or point backends.docker.host / DOCKER_HOST at a running daemon".to_string(),
@@ -391,6 +427,7 @@ impl Engine {
             local,
             built: Mutex::new(Vec::new()),
             locks: Mutex::new(HashMap::new()),
+            limits_unenforced: None,
         }
     }
 
