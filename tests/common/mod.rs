@@ -522,11 +522,19 @@ pub fn engine_objects(engine: &str, what: &str) -> Vec<(String, String, String, 
     let fmt = format!(
         "{name}|{{{{index {labels} \"llm-sandbox.owner\"}}}}|{{{{index {labels} \"llm-sandbox.kind\"}}}}|{{{{index {labels} \"llm-sandbox.keep\"}}}}"
     );
-    let mut args = vec![what, "inspect", "--format", &fmt];
-    args.extend(ids);
-    engine_cli(engine, &args)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
+    // One inspect per object: others (concurrent tests) may remove theirs meanwhile, and
+    // an object gone by now is not left over.
+    ids.iter()
+        .filter_map(|id| {
+            let out = Command::new(engine)
+                .args([what, "inspect", "--format", &fmt, id])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
+        .filter(|l| !l.is_empty())
         .map(|l| {
             let mut f = l.split('|').map(|x| x.replace("<no value>", ""));
             let mut next = || f.next().unwrap_or_default();
