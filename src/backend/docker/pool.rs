@@ -11,6 +11,9 @@ use super::engine::Engine;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// An idle container older than this is checked (one inspect) before it gets a job.
+const HEALTH_CHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Jobs a warm container runs before it is replaced, unless `recycle_after` says otherwise.
 pub const DEFAULT_RECYCLE_AFTER: u32 = 50;
 
@@ -78,22 +81,35 @@ impl Pool {
     /// A clean container: an idle one, else a new one. Starts more in the background so
     /// that `ahead` containers are there when the next jobs come.
     pub async fn acquire(self: &Arc<Self>, ahead: usize) -> Result<Container, String> {
-        let got = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let c = match got {
-            Some(c) => c,
-            None => {
-                self.live.fetch_add(1, Ordering::SeqCst);
-                match Container::start(self.engine.clone(), &self.spec()).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.live.fetch_sub(1, Ordering::SeqCst);
-                        return Err(e);
+        let c = loop {
+            let got = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match got {
+                // Health check of a container that sat idle: one that died meanwhile (the
+                // engine restarted, someone removed it, the OOM killer) is replaced, not
+                // handed to a job.
+                Some(c) => {
+                    let check = c.idle_for() > HEALTH_CHECK_AFTER;
+                    if !check || is_running(&c.engine, &c.id).await {
+                        break c;
                     }
+                    tracing::info!("warm container {} died while idle; replacing it", c.id);
+                    self.live.fetch_sub(1, Ordering::SeqCst);
+                    c.remove().await;
                 }
+                None => break self.start_one().await?,
             }
         };
         self.prewarm(ahead);
         Ok(c)
+    }
+
+    async fn start_one(&self) -> Result<Container, String> {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let r = Container::start(self.engine.clone(), &self.spec()).await;
+        if r.is_err() {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+        r
     }
 
     /// Starts containers in the background until `want` exist.
@@ -120,8 +136,9 @@ impl Pool {
     }
 
     /// Back to the pool when it was proven clean and has uses left; else removed.
-    pub async fn release(&self, c: Container, reusable: bool, recycle_after: u32) {
+    pub async fn release(&self, mut c: Container, reusable: bool, recycle_after: u32) {
         if reusable && !c.dead && c.uses < recycle_after {
+            c.idle_since = Some(std::time::Instant::now());
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         } else {
             self.live.fetch_sub(1, Ordering::SeqCst);
@@ -142,6 +159,18 @@ impl Pool {
             c.remove().await;
         }
     }
+}
+
+/// Whether the engine says the container is running (its keep-alive process alive).
+async fn is_running(engine: &Engine, id: &str) -> bool {
+    engine
+        .docker
+        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .ok()
+        .and_then(|i| i.state)
+        .and_then(|s| s.running)
+        .unwrap_or(false)
 }
 
 /// The end of a run: every warm container is removed.
