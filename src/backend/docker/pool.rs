@@ -165,7 +165,10 @@ impl Pool {
 async fn is_running(engine: &Engine, id: &str) -> bool {
     engine
         .docker
-        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
         .ok()
         .and_then(|i| i.state)
