@@ -330,14 +330,10 @@ impl DockerState {
                 log: log.unwrap_or_default(),
             })?
         };
-        let mut env = docker::base_env(b.lang, &b.env);
-        if b.lang == Lang::Python {
-            crate::plots::add_to_env(&mut env, crate::plots::CONTAINER_HOOK_DIR);
-        }
         let spec = docker::container::ContainerSpec {
             image,
             user: "0:0".into(),
-            env,
+            env: docker::base_env(b.lang, &b.env),
             limits: b.limits.clone(),
             network: b.network,
             hardened: true,
@@ -351,9 +347,6 @@ impl DockerState {
             .await
             .map_err(SessionError::Engine)?;
         next.keep_on_timeout = true;
-        if b.lang == Lang::Python {
-            install_plot_hook(&mut next, cancel).await?;
-        }
         if let Some(mut old) = self.container.take() {
             let files = old.get_tar(".", b.limits.disk, cancel).await;
             old.remove().await;
@@ -366,39 +359,6 @@ impl DockerState {
         self.libs = libs.to_vec();
         Ok(())
     }
-}
-
-/// Copies the plot hook into a container (owned by root: the sandbox user cannot change it).
-async fn install_plot_hook(
-    c: &mut docker::container::Container,
-    cancel: &CancellationToken,
-) -> Result<(), SessionError> {
-    let dir = crate::plots::CONTAINER_HOOK_DIR;
-    let argv: Vec<String> = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        format!("umask 022 && mkdir -p {dir} && cat > {dir}/sitecustomize.py"),
-    ];
-    let r = c
-        .exec(
-            &argv,
-            Some("0:0"),
-            &[],
-            Some(crate::plots::HOOK.as_bytes()),
-            1 << 12,
-            Duration::from_secs(30),
-            cancel,
-        )
-        .await
-        .map_err(SessionError::Sandbox)?;
-    if r.exit_code != Some(0) {
-        return Err(SessionError::Sandbox(format!(
-            "cannot copy the plot hook into the container (exit {:?}): {}",
-            r.exit_code,
-            String::from_utf8_lossy(&r.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 enum Inner {

@@ -17,7 +17,7 @@ pub const HOOK: &str = include_str!("sitecustomize.py");
 /// Where the native sandbox sees the hook's directory (read-only bind).
 pub const NATIVE_HOOK_DIR: &str = "/.llm-sandbox/python";
 
-/// Where container sandboxes get the hook's directory (copied in, owned by root).
+/// Where container sandboxes get the hook's directory (python's run step writes it).
 pub const CONTAINER_HOOK_DIR: &str = "/tmp/.llm-sandbox-python";
 
 /// The plots' directory, relative to the workdir.
