@@ -61,10 +61,7 @@ impl RunCodeTool {
         let name = args["language"].as_str().unwrap_or_default();
         let lang = parse_language(name).ok_or_else(|| {
             let valid: Vec<&str> = Lang::ALL.iter().map(|l| l.as_str()).collect();
-            anyhow::anyhow!(
-                "unknown language {name:?}; valid: {}",
-                valid.join(", ")
-            )
+            anyhow::anyhow!("unknown language {name:?}; valid: {}", valid.join(", "))
         })?;
         let timeout = match args["timeout"].as_f64() {
             Some(t) if t > 0.0 => Duration::from_secs_f64(t).min(self.max_timeout),

@@ -753,16 +753,15 @@ impl Session {
         std::fs::create_dir_all(&root)?;
         std::fs::create_dir_all(&out)?;
         let (mut env, path) = base_env(self.b.lang, &n.tc, &self.b.env);
-        let mut binds: Vec<crate::sandbox::Bind> = n
-            .tc
-            .binds
-            .iter()
-            .map(|b| crate::sandbox::Bind {
-                src: b.clone(),
-                dest: b.clone(),
-                writable: false,
-            })
-            .collect();
+        let mut binds: Vec<crate::sandbox::Bind> =
+            n.tc.binds
+                .iter()
+                .map(|b| crate::sandbox::Bind {
+                    src: b.clone(),
+                    dest: b.clone(),
+                    writable: false,
+                })
+                .collect();
         if let Some(hook) = &n.plot_hook {
             binds.push(crate::sandbox::Bind {
                 src: hook.clone(),

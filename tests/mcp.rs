@@ -80,10 +80,7 @@ fn mcp_client_on_docker() {
 /// Bad server settings stop it before it speaks MCP, with the flag named.
 #[test]
 fn bad_settings_are_refused() {
-    let out = common::bin()
-        .args(["mcp", "--cpus=0"])
-        .output()
-        .unwrap();
+    let out = common::bin().args(["mcp", "--cpus=0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = common::bin()
         .args(["mcp", "--timeout", "5m"])

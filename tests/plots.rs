@@ -82,8 +82,14 @@ jobs:
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
     assert_eq!(listed.len(), 2, "{listed:?}");
-    assert!(listed[0].ends_with("plotting/.plots/plot-001.png"), "{listed:?}");
-    assert!(listed[1].ends_with("plotting/.plots/plot-002.png"), "{listed:?}");
+    assert!(
+        listed[0].ends_with("plotting/.plots/plot-001.png"),
+        "{listed:?}"
+    );
+    assert!(
+        listed[1].ends_with("plotting/.plots/plot-002.png"),
+        "{listed:?}"
+    );
     for a in &listed {
         let p = std::path::Path::new(a);
         let p = if p.is_absolute() {
@@ -93,7 +99,11 @@ jobs:
         };
         let data = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert!(data.starts_with(PNG), "{} is not a PNG", p.display());
-        assert!(data.len() > 1000, "{} is too small to be a plot", p.display());
+        assert!(
+            data.len() > 1000,
+            "{} is too small to be a plot",
+            p.display()
+        );
     }
     let plain = r.assert_status("not-plotting", "passed");
     assert_eq!(plain["artifacts"].as_array().unwrap().len(), 0, "{plain}");
@@ -105,7 +115,9 @@ jobs:
         .map(|a| a.as_str().unwrap())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names.iter().any(|a| a.ends_with("own-artifacts-too/out.txt")));
+    assert!(names
+        .iter()
+        .any(|a| a.ends_with("own-artifacts-too/out.txt")));
     assert!(names
         .iter()
         .any(|a| a.ends_with("own-artifacts-too/.plots/plot-001.png")));

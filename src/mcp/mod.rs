@@ -70,9 +70,8 @@ fn default_concurrency() -> usize {
 }
 
 fn parse_backend(s: &str) -> Result<BackendKind, String> {
-    BackendKind::parse(s).ok_or_else(|| {
-        format!("unknown backend {s:?}; valid: native, docker, podman, kubernetes")
-    })
+    BackendKind::parse(s)
+        .ok_or_else(|| format!("unknown backend {s:?}; valid: native, docker, podman, kubernetes"))
 }
 
 impl McpArgs {
@@ -434,10 +433,7 @@ impl SandboxServer {
             CallToolResult::error(content)
         };
         result.structured_content = serde_json::to_value(&summary).ok();
-        tracing::debug!(
-            "run_code {lang}: {status} in {:?}",
-            started.elapsed()
-        );
+        tracing::debug!("run_code {lang}: {status} in {:?}", started.elapsed());
         result
     }
 
@@ -467,7 +463,11 @@ impl SandboxServer {
             let run = spec.run.join(" ");
             text.push_str(&format!(
                 "- {l}: {}{}\n",
-                if available { "available" } else { "unavailable" },
+                if available {
+                    "available"
+                } else {
+                    "unavailable"
+                },
                 if note.is_empty() {
                     format!(" (file {}, run `{run}`)", spec.file)
                 } else {
@@ -482,7 +482,8 @@ impl SandboxServer {
             }));
         }
         let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
-        r.structured_content = Some(serde_json::json!({ "backend": a.backend.as_str(), "languages": rows }));
+        r.structured_content =
+            Some(serde_json::json!({ "backend": a.backend.as_str(), "languages": rows }));
         r
     }
 }
@@ -495,11 +496,21 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         s.push(T[(n >> 18) as usize & 63] as char);
         s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        s.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        s.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        s.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     s
 }
@@ -522,12 +533,16 @@ pub async fn serve(args: McpArgs) -> i32 {
         eprintln!("error: {e}");
         return crate::exit_codes::BAD_INPUT;
     }
-    eprintln!(
-        "llm-sandbox mcp: serving on stdio (backend {}, timeout {}s, max {}s)",
-        args.backend,
-        args.timeout.as_secs_f64(),
-        args.max_timeout.as_secs_f64()
-    );
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // Started by hand rather than by an MCP client.
+        eprintln!(
+            "llm-sandbox mcp: serving MCP on stdin/stdout (backend {}, timeout {}s, max {}s); an MCP client starts this command",
+            args.backend,
+            args.timeout.as_secs_f64(),
+            args.max_timeout.as_secs_f64()
+        );
+    }
+    tracing::info!("serving MCP on stdio, backend {}", args.backend);
     let server = SandboxServer::new(args);
     let service = match server.serve(rmcp::transport::stdio()).await {
         Ok(s) => s,
@@ -572,7 +587,11 @@ mod tests {
         assert_eq!(t.a.image_for(Lang::Python).as_deref(), Some("py:1"));
         assert_eq!(t.a.image_for(Lang::Go).as_deref(), Some("all:2"));
         let t = T::try_parse_from(["x", "--image", "cobol=x"]).unwrap();
-        assert!(t.a.validate().unwrap_err().contains("unknown language \"cobol\""));
+        assert!(t
+            .a
+            .validate()
+            .unwrap_err()
+            .contains("unknown language \"cobol\""));
     }
 
     #[test]

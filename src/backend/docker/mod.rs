@@ -906,8 +906,7 @@ async fn run_steps(
             break;
         }
     }
-    let collect =
-        !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty();
+    let collect = !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty();
     let needs_finish = !c.dead
         && (warm
             || last_run
