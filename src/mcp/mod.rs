@@ -321,10 +321,20 @@ impl SandboxServer {
             };
             // The sandbox enforces the timeout; this only guards against a stuck backend.
             let grace = timeout + Duration::from_secs(30);
-            let r = tokio::select! {
-                r = run => Some(r),
-                _ = tokio::time::sleep(grace) => None,
-                _ = cancel.cancelled() => None,
+            let r = {
+                tokio::pin!(run);
+                let r = tokio::select! {
+                    r = &mut run => Some(r),
+                    _ = tokio::time::sleep(grace) => None,
+                    _ = cancel.cancelled() => None,
+                };
+                if r.is_none() {
+                    // Stop the sandbox and let the run wind down (its processes killed,
+                    // its files removed) rather than dropping it half-way.
+                    token.cancel();
+                    let _ = tokio::time::timeout(Duration::from_secs(10), &mut run).await;
+                }
+                r
             };
             token.cancel();
             let _ = s.close().await;

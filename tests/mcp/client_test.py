@@ -195,6 +195,26 @@ async def main():
             )
             check(all(f"call {i}" in text_of(r) for i, r in enumerate(rs)), "concurrent calls", repr([text_of(r) for r in rs]))
 
+            # a call the client abandons (mcp >= 2 sends notifications/cancelled) stops its sandbox
+            import importlib.metadata
+            import subprocess
+
+            if int(importlib.metadata.version("mcp").split(".")[0]) >= 2:
+                marker = "sleep 47.%d" % os.getpid()
+                try:
+                    await asyncio.wait_for(run(language="bash", code=marker), 2)
+                except (asyncio.TimeoutError, TimeoutError):
+                    pass
+                left = []
+                for _ in range(20):
+                    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+                    if not left:
+                        break
+                    await asyncio.sleep(0.25)
+                check(not left, "a cancelled call's program is stopped", f"still running: {left}")
+                r = await run(language="python", code="print('after cancel')")
+                check("after cancel" in text_of(r), "the server keeps serving after a cancellation", text_of(r))
+
             # matplotlib plots come back as images
             probe = await run(language="python", code="import matplotlib")
             if is_error(probe) and not args.require_plots:
