@@ -285,6 +285,17 @@ impl SandboxServer {
                 "libraries are disabled on this server (--allow-libraries false); use the standard library",
             );
         }
+        for l in &libraries {
+            if let Err(why) = crate::plan::expand::check_library_name(l) {
+                return error_result(format!("invalid library name {l:?}: {why}"));
+            }
+        }
+        if !libraries.is_empty() && a.backend == BackendKind::Native {
+            return error_result(format!(
+                "this server runs code on the native backend, where `libraries` cannot be installed per call ({}); use the standard library and what is installed, or start the server with --backend docker",
+                libraries.join(", ")
+            ));
+        }
         let Ok(_slot) = self.slots.acquire().await else {
             return error_result("the server is shutting down");
         };
@@ -299,7 +310,8 @@ impl SandboxServer {
             b = b.image(img);
         }
         if !libraries.is_empty() {
-            b = b.libraries(&libraries);
+            // The image with the libraries is kept for the next call that asks for them.
+            b = b.libraries(&libraries).keep_template(true);
         }
         let cancel = ctx.ct.clone();
         let work = async {

@@ -168,6 +168,16 @@ async def main():
             r = await run(language="bash", code="cat /etc/shadow")
             check(is_error(r) is True and (not secret or secret not in text_of(r)), "bash cannot read /etc/shadow", text_of(r))
 
+            # libraries: installed on container backends, a readable refusal on native
+            if args.backend == "native":
+                r = await run(language="python", code="import six", libraries=["six"])
+                check(is_error(r) and "native backend" in text_of(r), "libraries on native are refused, saying why", text_of(r))
+            else:
+                r = await run(language="python", code="import six\nprint('six', six.__version__)", libraries=["six"])
+                check(not is_error(r) and "six 1." in text_of(r), "a library is installed first", text_of(r))
+            r = await run(language="python", code="print(1)", libraries=["six; rm -rf /"])
+            check(is_error(r) and "invalid library name" in text_of(r), "a bad library name is refused", text_of(r))
+
             # an unknown language
             r = await run(language="cobol", code="DISPLAY 'HI'.")
             t = text_of(r)
