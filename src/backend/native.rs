@@ -450,9 +450,16 @@ pub fn prepare(
             }
         }
     }
+    let rootfs = job
+        .backends
+        .native
+        .as_ref()
+        .and_then(|n| n.rootfs.as_ref())
+        .map(|r| job.file.parent().unwrap_or(Path::new(".")).join(r));
     let mut binds = native_binds(job, tc);
-    if job.lang == Lang::Python {
-        // Plot capture (crate::plots): the hook, read-only, last on PYTHONPATH.
+    if job.lang == Lang::Python && rootfs.is_none() {
+        // Plot capture (crate::plots): the hook, read-only, last on PYTHONPATH. (A job's
+        // own rootfs is read-only: no mount point can be made in it for the hook.)
         let hook = crate::plots::write_hook(dir)
             .map_err(|e| format!("cannot write the plot hook in {}: {e}", dir.display()))?;
         binds.push(Bind {
@@ -462,12 +469,6 @@ pub fn prepare(
         });
         crate::plots::add_to_env(&mut env, crate::plots::NATIVE_HOOK_DIR);
     }
-    let rootfs = job
-        .backends
-        .native
-        .as_ref()
-        .and_then(|n| n.rootfs.as_ref())
-        .map(|r| job.file.parent().unwrap_or(Path::new(".")).join(r));
     let cfg = SandboxConfig {
         id: id.to_string(),
         root_mount: root,
