@@ -482,7 +482,20 @@ impl SandboxServer {
                     ),
                 ),
             };
-            let run = spec.run.join(" ");
+            let mem_mb = (a.memory >> 20).max(16);
+            let class = "Main".to_string();
+            let mut how = String::new();
+            if let Some(c) = spec.compile {
+                how.push_str(&format!(
+                    "compiled with `{}`, ",
+                    lang::expand_command(c, spec.file, &class, mem_mb).join(" ")
+                ));
+            }
+            how.push_str(&format!(
+                "run as `{}`",
+                lang::expand_command(spec.run, spec.file, &class, mem_mb).join(" ")
+            ));
+            let run = how;
             text.push_str(&format!(
                 "- {l}: {}{}\n",
                 if available {
@@ -491,7 +504,7 @@ impl SandboxServer {
                     "unavailable"
                 },
                 if note.is_empty() {
-                    format!(" (file {}, run `{run}`)", spec.file)
+                    format!(" (file {}, {run})", spec.file)
                 } else {
                     format!(" ({note})")
                 }
@@ -500,6 +513,7 @@ impl SandboxServer {
                 "language": l.as_str(),
                 "available": available,
                 "file": spec.file,
+                "command": run,
                 "note": note,
             }));
         }
