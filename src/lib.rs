@@ -7,7 +7,9 @@
 pub mod backend;
 pub mod checks;
 pub mod lang;
+pub mod mcp;
 pub mod plan;
+pub mod plots;
 pub mod report;
 pub mod run;
 pub mod sandbox;

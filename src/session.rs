@@ -65,6 +65,9 @@ pub struct ExecOutput {
     pub duration: Duration,
     /// The compile step's output when compilation failed.
     pub compile_output: Option<String>,
+    /// stdout or stderr went past the output limit: what came before it is kept, and the
+    /// program was stopped.
+    pub output_truncated: bool,
 }
 
 impl ExecOutput {
@@ -223,12 +226,17 @@ impl SessionBuilder {
             let id = crate::sandbox::helper::UNPRIVILEGED_HOST_ID;
             std::os::unix::fs::chown(&workdir, Some(id), Some(id))?;
         }
+        let plot_hook = match self.lang {
+            Lang::Python => Some(crate::plots::write_hook(&dir.path)?),
+            _ => None,
+        };
         Ok(Session {
             b: self,
             inner: Inner::Native(NativeState {
                 tc,
                 dir: Some(dir),
                 workdir,
+                plot_hook,
             }),
             cancel: CancellationToken::new(),
         })
@@ -296,6 +304,8 @@ struct NativeState {
     tc: HostToolchain,
     dir: Option<RunDir>,
     workdir: PathBuf,
+    /// The plot hook's directory (python), bound read-only into every sandbox.
+    plot_hook: Option<PathBuf>,
 }
 
 struct DockerState {
@@ -503,6 +513,16 @@ impl Session {
         code: &str,
         libraries: &[&str],
     ) -> Result<ExecOutput, SessionError> {
+        self.run_with_stdin(code, libraries, None).await
+    }
+
+    /// Like [`Session::run`], with `stdin` as the program's standard input.
+    pub async fn run_with_stdin(
+        &mut self,
+        code: &str,
+        libraries: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<ExecOutput, SessionError> {
         let libs: Vec<String> = libraries.iter().map(|s| s.to_string()).collect();
         for l in &libs {
             crate::plan::expand::check_library_name(l).map_err(|why| {
@@ -526,7 +546,7 @@ impl Session {
                     self.b.timeout,
                     &[],
                 );
-                self.exec(steps, None).await
+                self.exec(steps, stdin.map(<[u8]>::to_vec)).await
             }
             Inner::Docker(d) => {
                 let missing: Vec<String> = libs
@@ -554,7 +574,7 @@ impl Session {
                     self.b.timeout,
                     &[],
                 );
-                self.exec(steps, None).await
+                self.exec(steps, stdin.map(<[u8]>::to_vec)).await
             }
         }
     }
@@ -667,6 +687,51 @@ impl Session {
         }
     }
 
+    /// The figures python programs saved since the last call (matplotlib's `show()`, and
+    /// figures left open at exit; see [`crate::plots`]), oldest first, at most
+    /// [`crate::plots::MAX_PLOTS`]; they are removed from the workdir.
+    pub async fn take_plots(&mut self) -> Result<Vec<crate::plots::Plot>, SessionError> {
+        let cap = self.b.limits.disk;
+        match &mut self.inner {
+            Inner::Native(n) => {
+                let plots = crate::plots::read_dir_safely(&n.workdir, cap)?;
+                let dir = n.workdir.join(crate::plots::PLOTS_DIR);
+                if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                Ok(plots)
+            }
+            Inner::Docker(_) => {
+                let cancel = self.cancel.clone();
+                let c = self.docker()?;
+                let tar = match c.get_tar(crate::plots::PLOTS_DIR, cap, &cancel).await {
+                    Ok(t) => t,
+                    // No plots (or a link the sandbox planted, which is never followed).
+                    Err(_) => return Ok(vec![]),
+                };
+                let tmp = tempfile::tempdir()?;
+                docker::tarball::extract(tar.as_slice(), tmp.path(), cap)?;
+                let plots = crate::plots::read_dir_safely(tmp.path(), cap)?;
+                let rm: Vec<String> = ["rm", "-rf", "--", crate::plots::PLOTS_DIR]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                c.exec(
+                    &rm,
+                    Some(docker::SANDBOX_USER),
+                    &[],
+                    None,
+                    1 << 12,
+                    Duration::from_secs(30),
+                    &cancel,
+                )
+                .await
+                .map_err(SessionError::Sandbox)?;
+                Ok(plots)
+            }
+        }
+    }
+
     /// Ends the session and removes everything it created.
     pub async fn close(mut self) -> Result<(), SessionError> {
         self.cancel.cancel();
@@ -701,7 +766,24 @@ impl Session {
         let (root, out) = (sdir.join("root"), sdir.join("out"));
         std::fs::create_dir_all(&root)?;
         std::fs::create_dir_all(&out)?;
-        let (env, path) = base_env(self.b.lang, &n.tc, &self.b.env);
+        let (mut env, path) = base_env(self.b.lang, &n.tc, &self.b.env);
+        let mut binds: Vec<crate::sandbox::Bind> =
+            n.tc.binds
+                .iter()
+                .map(|b| crate::sandbox::Bind {
+                    src: b.clone(),
+                    dest: b.clone(),
+                    writable: false,
+                })
+                .collect();
+        if let Some(hook) = &n.plot_hook {
+            binds.push(crate::sandbox::Bind {
+                src: hook.clone(),
+                dest: PathBuf::from(crate::plots::NATIVE_HOOK_DIR),
+                writable: false,
+            });
+            crate::plots::add_to_env(&mut env, crate::plots::NATIVE_HOOK_DIR);
+        }
         let l = &self.b.limits;
         let cfg = SandboxConfig {
             id,
@@ -709,16 +791,7 @@ impl Session {
             inputs_dir: None,
             out_dir: out,
             persistent_workdir: Some(n.workdir.clone()),
-            binds: n
-                .tc
-                .binds
-                .iter()
-                .map(|b| crate::sandbox::Bind {
-                    src: b.clone(),
-                    dest: b.clone(),
-                    writable: false,
-                })
-                .collect(),
+            binds,
             rootfs: None,
             path,
             env,
@@ -747,6 +820,12 @@ impl Session {
             duration: o.wall,
             ..Default::default()
         };
+        if o.output_limit_hit {
+            out.stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+            out.stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+            out.output_truncated = true;
+            return Ok(out);
+        }
         let mut last = None;
         for m in &o.msgs {
             match m {
@@ -812,6 +891,7 @@ impl Session {
             out.signal = docker::signal_of_exit(out.exit_code);
             out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
             out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+            out.output_truncated = r.output_limit_hit || r.stdout_truncated || r.stderr_truncated;
             if step.kind == StepKind::Compile {
                 if r.exit_code != Some(0) || r.timed_out {
                     let mut all = r.stdout.clone();

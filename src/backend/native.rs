@@ -456,13 +456,26 @@ pub fn prepare(
         .as_ref()
         .and_then(|n| n.rootfs.as_ref())
         .map(|r| job.file.parent().unwrap_or(Path::new(".")).join(r));
+    let mut binds = native_binds(job, tc);
+    if job.lang == Lang::Python && rootfs.is_none() {
+        // Plot capture (crate::plots): the hook, read-only, last on PYTHONPATH. (A job's
+        // own rootfs is read-only: no mount point can be made in it for the hook.)
+        let hook = crate::plots::write_hook(dir)
+            .map_err(|e| format!("cannot write the plot hook in {}: {e}", dir.display()))?;
+        binds.push(Bind {
+            src: hook,
+            dest: PathBuf::from(crate::plots::NATIVE_HOOK_DIR),
+            writable: false,
+        });
+        crate::plots::add_to_env(&mut env, crate::plots::NATIVE_HOOK_DIR);
+    }
     let cfg = SandboxConfig {
         id: id.to_string(),
         root_mount: root,
         inputs_dir: Some(in_dir),
         out_dir: out_dir.clone(),
         persistent_workdir: None,
-        binds: native_binds(job, tc),
+        binds,
         rootfs,
         path,
         env,
@@ -476,7 +489,7 @@ pub fn prepare(
             address_space_fallback: spec.address_space_limit_ok,
         },
         network: job.network,
-        collect_globs: job.artifacts.clone(),
+        collect_globs: crate::plots::artifact_globs(job),
         collect_paths: job.expect.files.iter().map(|f| f.path.clone()).collect(),
         collect_cap: job.limits.disk,
     };
@@ -515,7 +528,7 @@ async fn run_in(
         }
     };
     let mut report = to_report(job, &outcome);
-    if !job.artifacts.is_empty() && report.status != Status::Error {
+    if report.status != Status::Error && !crate::plots::artifact_globs(job).is_empty() {
         match copy_artifacts(job, &out_dir, &ctx.artifacts_root) {
             Ok(a) => report.artifacts = a,
             Err(e) => {
@@ -807,7 +820,7 @@ pub(crate) fn copy_artifacts(
     root: &Path,
 ) -> std::io::Result<Vec<String>> {
     let mut set = globset::GlobSetBuilder::new();
-    for g in &job.artifacts {
+    for g in &crate::plots::artifact_globs(job) {
         if let Ok(glob) = globset::GlobBuilder::new(g).literal_separator(true).build() {
             set.add(glob);
         }

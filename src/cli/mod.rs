@@ -168,8 +168,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Model Context Protocol server on stdio.
-    Mcp,
+    /// Model Context Protocol server on stdio: tools run_code and list_languages.
+    Mcp(llm_sandbox::mcp::McpArgs),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq)]
@@ -353,10 +353,7 @@ async fn dispatch(cmd: Command) -> i32 {
             run: args,
             watch: w,
         } => watch::watch(select, args, w).await,
-        Command::Mcp => {
-            eprintln!("error: `mcp` is not available in this version of llm-sandbox yet");
-            exit_codes::BAD_INPUT
-        }
+        Command::Mcp(args) => llm_sandbox::mcp::serve(args).await,
         Command::Exec {
             lang,
             backend,

@@ -101,9 +101,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
-    } else if ms % 60_000 != 0 || ms == 0 {
+    } else if !ms.is_multiple_of(60_000) || ms == 0 {
         format!("{}s", ms / 1000)
     } else {
         format!("{}m", ms / 60_000)
@@ -118,7 +118,7 @@ pub fn format_size(b: u64) -> String {
         ("KiB", 1 << 10),
     ];
     for (name, m) in UNITS {
-        if b >= m && b % m == 0 {
+        if b >= m && b.is_multiple_of(m) {
             return format!("{}{name}", b / m);
         }
     }

@@ -54,7 +54,28 @@ pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, String> {
 /// The environment of every step: the language's variables and the job's own; nothing of
 /// the runner's environment. The image's PATH is kept.
 pub fn base_env(lang: Lang, job_env: &[(String, String)]) -> Vec<(String, String)> {
-    super::sandbox_env(lang, job_env, None)
+    let mut env = super::sandbox_env(lang, job_env, None);
+    if lang == Lang::Python {
+        // Plot capture: the run step writes the hook to CONTAINER_HOOK_DIR (see `steps`).
+        crate::plots::add_to_env(&mut env, crate::plots::CONTAINER_HOOK_DIR);
+        env.push((PLOT_HOOK_VAR.into(), crate::plots::HOOK.into()));
+    }
+    env
+}
+
+/// The plot hook's source, which python run steps write to a file before starting.
+const PLOT_HOOK_VAR: &str = "LLM_SANDBOX_PLOT_HOOK";
+
+/// Python's run step behind a prologue that writes the plot hook (from the environment,
+/// so any image with `/bin/sh` gets it, with no extra exec), then `exec`s the program.
+fn with_plot_hook(argv: Vec<String>) -> Vec<String> {
+    let dir = crate::plots::CONTAINER_HOOK_DIR;
+    let script = format!(
+        "{{ [ -d {dir} ] || mkdir -p {dir}; }} 2>/dev/null && printf '%s' \"${PLOT_HOOK_VAR}\" > {dir}/sitecustomize.py 2>/dev/null; unset {PLOT_HOOK_VAR}; exec \"$@\""
+    );
+    let mut a: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script, "sh".into()];
+    a.extend(argv);
+    a
 }
 
 /// The compile and run steps, with programs looked up in the image's PATH.
@@ -73,7 +94,13 @@ pub fn steps(
         path: vec![],
         compile_extra: container_compile_extra(lang),
     };
-    super::native::program_steps(lang, &tc, source, code, limits, timeout, args)
+    let mut steps = super::native::program_steps(lang, &tc, source, code, limits, timeout, args);
+    if lang == Lang::Python {
+        for s in steps.iter_mut().filter(|s| s.kind == StepKind::Run) {
+            s.argv = with_plot_hook(std::mem::take(&mut s.argv));
+        }
+    }
+    steps
 }
 
 fn container_compile_extra(lang: Lang) -> Vec<String> {
@@ -890,7 +917,7 @@ async fn run_steps(
             break;
         }
     }
-    let collect = !job.artifacts.is_empty() || !job.expect.files.is_empty();
+    let collect = !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty();
     let needs_finish = !c.dead
         && (warm
             || last_run
@@ -965,7 +992,7 @@ fn collected(
 fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
     let mut report = to_report(job, outcome);
     if let Some(dir) = &outcome.out_dir {
-        if !job.artifacts.is_empty() && report.status != Status::Error {
+        if !crate::plots::artifact_globs(job).is_empty() && report.status != Status::Error {
             match copy_artifacts(job, dir, &ctx.artifacts_root) {
                 Ok(a) => report.artifacts = a,
                 Err(e) => {
@@ -1022,7 +1049,7 @@ async fn run_steps_agent(
                 must_succeed: s.kind != StepKind::Run,
             })
             .collect(),
-        collect: !job.artifacts.is_empty() || !job.expect.files.is_empty(),
+        collect: !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty(),
         collect_cap: job.limits.disk,
     };
     let answer = c
