@@ -140,6 +140,18 @@ fn plots_are_artifacts_on_docker() {
     plots_become_artifacts("docker");
 }
 
+#[test]
+fn plots_are_artifacts_on_podman() {
+    if !backend_selected("podman") {
+        if let Some(s) = strict() {
+            panic!("podman is not available ({s} requires it)");
+        }
+        eprintln!("SKIPPED: podman is not available");
+        return;
+    }
+    plots_become_artifacts("podman");
+}
+
 /// The hook stays out of the way: a program's own sitecustomize-free start-up, its own
 /// PYTHONPATH, and `sys.modules` without matplotlib.
 #[test]
