@@ -347,7 +347,7 @@ impl DockerState {
         let spec = docker::container::ContainerSpec {
             image,
             user: "0:0".into(),
-            env: docker::base_env(b.lang, &b.env),
+            env: docker::base_env(b.lang, &b.env, true),
             limits: b.limits.clone(),
             network: b.network,
             hardened: true,
@@ -573,6 +573,7 @@ impl Session {
                     &self.b.limits,
                     self.b.timeout,
                     &[],
+                    true,
                 );
                 self.exec(steps, stdin.map(<[u8]>::to_vec)).await
             }

@@ -210,3 +210,34 @@ async fn sessions_take_plots() {
         session_plots(BackendKind::Docker).await;
     }
 }
+
+/// Python jobs that never plot pay nothing for the capture (no hook, no `.plots`
+/// collection): what batches of thousands of samples would feel.
+#[test]
+fn jobs_that_do_not_plot_get_no_hook() {
+    let mut backends = vec!["native"];
+    for b in ["docker", "podman"] {
+        if backend_selected(b) {
+            backends.push(b);
+        }
+    }
+    for backend in backends {
+        let (_s, r) = run_yaml(
+            &format!(
+                r#"
+jobs:
+  - name: plain
+    lang: python
+    backend: {backend}
+    code: |
+      import os, sys
+      print(os.environ.get("PYTHONPATH"), [p for p in sys.path if "llm-sandbox" in p])
+    expect:
+      stdout: "None []"
+"#
+            ),
+            &[],
+        );
+        assert_eq!(r.code, 0, "{backend}: {}", r.pretty());
+    }
+}

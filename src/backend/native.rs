@@ -457,7 +457,7 @@ pub fn prepare(
         .and_then(|n| n.rootfs.as_ref())
         .map(|r| job.file.parent().unwrap_or(Path::new(".")).join(r));
     let mut binds = native_binds(job, tc);
-    if job.lang == Lang::Python && rootfs.is_none() {
+    if crate::plots::wanted(job) && rootfs.is_none() {
         // Plot capture (crate::plots): the hook, read-only, last on PYTHONPATH. (A job's
         // own rootfs is read-only: no mount point can be made in it for the hook.)
         let hook = crate::plots::write_hook(dir)

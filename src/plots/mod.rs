@@ -41,10 +41,31 @@ pub struct Plot {
 /// The PNG file signature.
 pub const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
-/// A job's artifact patterns: its own, plus the plots' for python jobs.
+/// Whether a job gets plot capture: python whose code mentions plotting (matplotlib, pylab,
+/// seaborn, or any `plot`: pandas' `.plot()` draws with matplotlib too), or that brings
+/// python files of its own (they may plot). Other jobs pay nothing for it: no hook, no
+/// collection of `.plots/` — what a batch of thousands of samples would feel.
+/// (Sessions, and so the MCP server, always capture.)
+pub fn wanted(job: &crate::plan::PlannedJob) -> bool {
+    job.lang == crate::spec::types::Lang::Python
+        && (mentions_plotting(&job.code)
+            || job
+                .files
+                .iter()
+                .any(|f| f.dest.ends_with(".py") || f.dest.ends_with(".ipynb")))
+}
+
+/// The code names a plotting library or a `plot` call.
+pub fn mentions_plotting(code: &str) -> bool {
+    ["matplotlib", "pylab", "seaborn", "plot"]
+        .iter()
+        .any(|w| code.contains(w))
+}
+
+/// A job's artifact patterns: its own, plus the plots' when it captures them.
 pub fn artifact_globs(job: &crate::plan::PlannedJob) -> Vec<String> {
     let mut globs = job.artifacts.clone();
-    if job.lang == crate::spec::types::Lang::Python && !globs.iter().any(|g| g == PLOTS_GLOB) {
+    if wanted(job) && !globs.iter().any(|g| g == PLOTS_GLOB) {
         globs.push(PLOTS_GLOB.to_string());
     }
     globs

@@ -53,9 +53,10 @@ pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, String> {
 
 /// The environment of every step: the language's variables and the job's own; nothing of
 /// the runner's environment. The image's PATH is kept.
-pub fn base_env(lang: Lang, job_env: &[(String, String)]) -> Vec<(String, String)> {
+/// With `plots`, python's plot capture is set up (see [`steps`]).
+pub fn base_env(lang: Lang, job_env: &[(String, String)], plots: bool) -> Vec<(String, String)> {
     let mut env = super::sandbox_env(lang, job_env, None);
-    if lang == Lang::Python {
+    if plots && lang == Lang::Python {
         // Plot capture: the run step writes the hook to CONTAINER_HOOK_DIR (see `steps`).
         crate::plots::add_to_env(&mut env, crate::plots::CONTAINER_HOOK_DIR);
         env.push((PLOT_HOOK_VAR.into(), crate::plots::HOOK.into()));
@@ -86,6 +87,7 @@ pub fn steps(
     limits: &crate::plan::job::ResolvedLimits,
     timeout: Duration,
     args: &[String],
+    plots: bool,
 ) -> Vec<crate::sandbox::Step> {
     let spec = lang::spec(lang);
     let tc = HostToolchain {
@@ -95,7 +97,7 @@ pub fn steps(
         compile_extra: container_compile_extra(lang),
     };
     let mut steps = super::native::program_steps(lang, &tc, source, code, limits, timeout, args);
-    if lang == Lang::Python {
+    if plots && lang == Lang::Python {
         for s in steps.iter_mut().filter(|s| s.kind == StepKind::Run) {
             s.argv = with_plot_hook(std::mem::take(&mut s.argv));
         }
@@ -703,7 +705,7 @@ fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
 
 /// The container of a warm pool for `job`, and its recycling count.
 fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
-    let mut spec = run_spec(job, image, base_env(Lang::Bash, &[]));
+    let mut spec = run_spec(job, image, base_env(Lang::Bash, &[], false));
     // Per job, not per container: the CPU-time limit is set by the run step's wrapper.
     spec.cpu_seconds = None;
     spec.kind = "warm";
@@ -752,7 +754,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobRe
 }
 
 async fn run_in(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &str) -> JobReport {
-    let env = base_env(job.lang, &job.env);
+    let env = base_env(job.lang, &job.env, crate::plots::wanted(job));
     let mut c = match Container::start(engine.clone(), &run_spec(job, image, env)).await {
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
@@ -815,7 +817,7 @@ async fn run_steps(
     let mut msgs = Vec::new();
     let mut outcome = Outcome::default();
     let mut last_run = None;
-    let env = base_env(job.lang, &job.env);
+    let env = base_env(job.lang, &job.env, crate::plots::wanted(job));
     for step in steps(
         job.lang,
         &source,
@@ -823,6 +825,7 @@ async fn run_steps(
         &job.limits,
         job.timeout,
         &job.args,
+        crate::plots::wanted(job),
     ) {
         let user = SANDBOX_USER;
         let stdin =
@@ -1020,7 +1023,7 @@ async fn run_steps_agent(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let env = base_env(job.lang, &job.env);
+    let env = base_env(job.lang, &job.env, crate::plots::wanted(job));
     let steps = steps(
         job.lang,
         &source,
@@ -1028,6 +1031,7 @@ async fn run_steps_agent(
         &job.limits,
         job.timeout,
         &job.args,
+        crate::plots::wanted(job),
     );
     let kinds: Vec<StepKind> = steps.iter().map(|s| s.kind).collect();
     let total: u64 = steps.iter().map(|s| s.timeout_ms).sum();
