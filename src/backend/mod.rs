@@ -2,6 +2,7 @@
 //! built in; the container backends plug in here.
 
 pub mod docker;
+pub mod kubernetes;
 pub mod native;
 
 use crate::plan::PlannedJob;
@@ -30,6 +31,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     match job.backend {
         BackendKind::Native => native::run_job(job, ctx).await,
         BackendKind::Docker => docker::run_job(job, ctx, BackendKind::Docker).await,
+        BackendKind::Kubernetes => kubernetes::run_job(job, ctx).await,
         other => error_report(
             job,
             Phase::Prepare,
@@ -65,6 +67,7 @@ pub fn prepare_ahead(jobs: &[PlannedJob], ctx: &RunCtx) -> tokio::task::JoinSet<
 /// without `keep_template`).
 pub async fn finish_run() {
     docker::finish_run().await;
+    kubernetes::finish_run().await;
 }
 
 /// The host's proxy settings, which every backend's prepare phase (library installs) sees.

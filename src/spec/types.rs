@@ -126,10 +126,16 @@ pub struct KubernetesConfig {
     pub context: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// A kubeconfig file (relative to the job file); default `$KUBECONFIG`, then
+    /// `~/.kube/config`, then the in-cluster configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_manifest: Option<PodManifest>,
+    /// How long a sandbox pod may take to become ready (scheduling, image pull) before
+    /// the job is an `error` saying why (default 120s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<DurationSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

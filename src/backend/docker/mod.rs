@@ -349,7 +349,7 @@ pub fn signal_of_exit(code: Option<i32>) -> Option<i32> {
         .map(|c| c - 128)
 }
 
-fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
+pub(crate) fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
     let code = r.exit_code.map(|c| c as i32);
     let signal = signal_of_exit(code);
     let mut output = Vec::new();
@@ -452,19 +452,10 @@ struct Finished {
     clean: bool,
 }
 
-/// The end of a job in its container, one exec as the sandbox user: kill every process of
-/// the sandbox user, read the cgroup's counters, pack the workdir when `collect`, and for a
-/// warm container (`clean`) empty the writable places and prove they are empty.
-async fn finish(
-    c: &mut Container,
-    collect: bool,
-    clean: bool,
-    cap: u64,
-    cancel: &CancellationToken,
-) -> Result<Finished, String> {
-    // $1: pack the workdir; $2: clean (as root, warm containers). Only shell built-ins
-    // run while processes of the job may still exist.
-    const SCRIPT: &str = r#"killall_user() {
+/// The script of the end of a job in its sandbox: `$1` = 1 packs the workdir (a tar on
+/// stdout); `$2` = 1 cleans (as root, warm containers). Only shell built-ins run while
+/// processes of the job may still exist. Counters go to stderr (`oom_kill N`, `max N`).
+pub(crate) const FINISH_SCRIPT: &str = r#"killall_user() {
   n=0
   for s in /proc/[0-9]*/status; do
     while read -r k a b c; do
@@ -512,10 +503,21 @@ if [ "$2" = 1 ]; then
   else echo "clean no busy=$busy left=$left ipc=$ipc" >&2; fi
 fi
 exit 0"#;
+
+/// The end of a job in its container, one exec as the sandbox user: kill every process of
+/// the sandbox user, read the cgroup's counters, pack the workdir when `collect`, and for a
+/// warm container (`clean`) empty the writable places and prove they are empty.
+async fn finish(
+    c: &mut Container,
+    collect: bool,
+    clean: bool,
+    cap: u64,
+    cancel: &CancellationToken,
+) -> Result<Finished, String> {
     let argv: Vec<String> = vec![
         "/bin/sh".into(),
         "-c".into(),
-        SCRIPT.into(),
+        FINISH_SCRIPT.into(),
         "sh".into(),
         if collect { "1" } else { "0" }.into(),
         if clean { "1" } else { "0" }.into(),
@@ -917,7 +919,7 @@ async fn run_steps(
 }
 
 /// Unpacks the workdir's tar (safely) into a directory of the run.
-fn collected(
+pub(crate) fn collected(
     job: &PlannedJob,
     ctx: &RunCtx,
     id: &str,
@@ -951,7 +953,7 @@ fn collected(
 }
 
 /// The job's report from what happened in its container; artifacts copied out.
-fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
+pub(crate) fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
     let mut report = to_report(job, outcome);
     if let Some(dir) = &outcome.out_dir {
         if !job.artifacts.is_empty() && report.status != Status::Error {
@@ -1090,7 +1092,7 @@ async fn run_steps_agent(
 }
 
 /// The tar of the job's program and input files.
-fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Box<JobReport>> {
+pub(crate) fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Box<JobReport>> {
     let mut entries = vec![(source.to_string(), job.code.as_bytes().to_vec(), 0o644)];
     for f in &job.files {
         use std::os::unix::fs::PermissionsExt;
@@ -1131,7 +1133,7 @@ fn is_exec_failure(r: &ExecResult) -> bool {
     out.contains("OCI runtime exec failed") || out.contains("executable file not found")
 }
 
-fn phase_of(kind: StepKind) -> Phase {
+pub(crate) fn phase_of(kind: StepKind) -> Phase {
     match kind {
         StepKind::Setup => Phase::Prepare,
         StepKind::Compile => Phase::Compile,
@@ -1139,7 +1141,7 @@ fn phase_of(kind: StepKind) -> Phase {
     }
 }
 
-fn interrupted(job: &PlannedJob) -> JobReport {
+pub(crate) fn interrupted(job: &PlannedJob) -> JobReport {
     error_report(
         job,
         Phase::Run,
