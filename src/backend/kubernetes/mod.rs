@@ -776,6 +776,32 @@ pub fn wrapped(
     a
 }
 
+/// Where images keep the Node.js type definitions of a global TypeScript: llm-sandbox's
+/// default images (npm's /usr/local prefix), Debian's npm.
+const TYPE_ROOTS: &[&str] = &[
+    "/usr/local/lib/node_modules/@types",
+    "/usr/lib/node_modules/@types",
+];
+
+/// TypeScript's compile step looks its type definitions up in the image (pods run images
+/// llm-sandbox did not build) instead of using the default images' fixed path.
+fn typescript_types(mut argv: Vec<String>, ts_compile: bool) -> Vec<String> {
+    if !ts_compile {
+        return argv;
+    }
+    if let Some(i) = argv.iter().position(|a| a == "--typeRoots") {
+        if i + 1 < argv.len() {
+            argv.drain(i..i + 2);
+        }
+    }
+    let find = format!(
+        "for d in {}; do if [ -d \"$d/node\" ]; then set -- \"$@\" --typeRoots \"$d\"; break; fi; done; ",
+        TYPE_ROOTS.join(" ")
+    );
+    argv[2] = format!("{find}{}", argv[2]);
+    argv
+}
+
 /// Why a job cannot run on this backend, if it cannot.
 fn unsupported(job: &PlannedJob) -> Option<String> {
     if job.dockerfile.is_some() {
@@ -889,7 +915,10 @@ async fn run_steps(p: &mut SandboxPod, job: &PlannedJob, ctx: &RunCtx) -> JobRep
         let run = step.kind == StepKind::Run;
         let stdin = run.then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
         let cpu = run.then(|| job.timeout.as_millis().div_ceil(1000) as u64 + 1);
-        let argv = wrapped(&step.argv, &env, job.limits.open_files, cpu);
+        let argv = typescript_types(
+            wrapped(&step.argv, &env, job.limits.open_files, cpu),
+            job.lang == crate::spec::types::Lang::Typescript && step.kind == StepKind::Compile,
+        );
         let r = match p
             .exec(
                 &argv,
@@ -1005,6 +1034,20 @@ mod tests {
         assert!(w[2].contains("ulimit -n 64") && w[2].contains("ulimit -t 3"));
         assert!(w[2].ends_with("exec env -i PATH=\"$PATH\" \"$@\""));
         assert_eq!(&w[3..], &["sh", "K=v w", "python3", "a b"]);
+    }
+
+    #[test]
+    fn typescript_finds_its_types_in_the_image() {
+        let argv: Vec<String> = ["tsc", "--typeRoots", "/fixed", "main.ts"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let w = typescript_types(wrapped(&argv, &[], 8, None), true);
+        assert_eq!(&w[4..], &["tsc", "main.ts"]);
+        assert!(w[2].starts_with("for d in /usr/local/lib/node_modules/@types"));
+        assert!(w[2].contains("set -- \"$@\" --typeRoots \"$d\""));
+        let same = wrapped(&argv, &[], 8, None);
+        assert_eq!(typescript_types(same.clone(), false), same);
     }
 
     #[test]
