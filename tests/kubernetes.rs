@@ -1,0 +1,460 @@
+//! The kubernetes backend through the real kube client against examples/fake-apiserver
+//! (started per test as a user would: `fake-apiserver --port 0 --kubeconfig FILE`): output,
+//! stdin, exit codes, input files and artifacts, timeouts, pods that never become ready,
+//! the merged pod as the API server receives it, cleanup at the end, on Ctrl-C and after a
+//! killed run. The pod-spec building itself has snapshot tests in
+//! src/backend/kubernetes/pod.rs; the conformance suite runs on the fake too
+//! (tests/conformance.rs).
+//!
+//! `real_cluster`: the same kind of job on the cluster of `$KUBECONFIG` (kind, k3s, ...;
+//! see the README), skipped when it is not set.
+
+#[allow(dead_code)]
+mod common;
+
+use common::{field, FakeCluster, Scratch};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// A job file using the fake cluster through `[backends.kubernetes] kubeconfig` (a path
+/// relative to the job file).
+fn scratch_with_kubeconfig(fake: &FakeCluster) -> Scratch {
+    let s = Scratch::new();
+    s.write(
+        "cluster/kubeconfig",
+        &std::fs::read_to_string(&fake.kubeconfig).unwrap(),
+    );
+    s
+}
+
+const HEADER: &str = r#"
+[defaults]
+backend = "kubernetes"
+timeout = "20s"
+
+[backends.kubernetes]
+kubeconfig = "cluster/kubeconfig"
+"#;
+
+#[test]
+fn jobs_run_in_pods_through_kube() {
+    let fake = FakeCluster::start();
+    let s = scratch_with_kubeconfig(&fake);
+    s.write("data/in.txt", "hello from the host\n");
+    s.write(
+        "jobs.toml",
+        &format!(
+            r#"{HEADER}
+[[jobs]]
+name = "output"
+lang = "python"
+code = 'import sys; print("to stdout"); print("to stderr", file=sys.stderr)'
+expect.stdout = "to stdout"
+expect.stderr = "to stderr"
+
+[[jobs]]
+name = "stdin"
+lang = "python"
+stdin = "line one\nline two\n"
+code = 'import sys; data = sys.stdin.read(); print(len(data), data.upper(), end="")'
+expect.stdout = "18 LINE ONE\nLINE TWO"
+
+[[jobs]]
+name = "exit-code"
+lang = "bash"
+code = 'echo partial; exit 42'
+
+[[jobs]]
+name = "files"
+lang = "bash"
+files = [{{ src = "data/in.txt", dest = "input/in.txt" }}]
+artifacts = ["out/*.txt"]
+code = '''
+mkdir -p out
+tr a-z A-Z < input/in.txt > out/upper.txt
+ln -s /etc/passwd out/link.txt
+wc -c < input/in.txt
+'''
+expect.stdout = "20"
+expect.files."out/upper.txt" = {{ equals = "HELLO FROM THE HOST\n" }}
+
+[[jobs]]
+name = "timeout"
+lang = "bash"
+timeout = "1s"
+code = 'echo started; sleep 30; echo never'
+
+[[jobs]]
+name = "compiled"
+lang = "c"
+code = '''
+#include <stdio.h>
+int main(void) {{ printf("compiled ok\n"); return 0; }}
+'''
+expect.stdout = "compiled ok"
+"#
+        ),
+    );
+    let arts = s.path().join("arts");
+    let r = s.run_json(&["--artifacts", arts.to_str().unwrap(), "jobs.toml"]);
+    r.assert_status("output", "passed");
+    r.assert_status("stdin", "passed");
+    r.assert_status("compiled", "passed");
+    let j = r.assert_status("exit-code", "failed");
+    assert_eq!(j["exit_code"], 42, "{j:#}");
+    assert_eq!(field(j, "stdout"), "partial\n");
+    assert_eq!(j["backend"], "kubernetes");
+    assert_eq!(j["image"], "llm-sandbox/bash:latest");
+
+    let j = r.assert_status("files", "passed");
+    assert_eq!(
+        std::fs::read_to_string(arts.join("files/out/upper.txt")).unwrap(),
+        "HELLO FROM THE HOST\n"
+    );
+    // The planted symlink is never followed (nor copied as a link to the host's file).
+    let link = arts.join("files/out/link.txt");
+    assert!(
+        !link.exists() || !std::fs::read_to_string(&link).unwrap_or_default().contains("root:"),
+        "the symlink was followed: {j:#}"
+    );
+
+    let j = r.assert_status("timeout", "timeout");
+    assert!(field(j, "message").contains("timed out after 1s"), "{j:#}");
+    assert!(field(j, "stdout").contains("started") && !field(j, "stdout").contains("never"));
+    let ms = j["duration_ms"].as_u64().unwrap();
+    assert!((900..10_000).contains(&ms), "the timeout took {ms} ms");
+
+    assert_eq!(r.code, 1);
+    assert!(
+        fake.pod_names().is_empty(),
+        "pods left after the run: {:?}",
+        fake.pod_names()
+    );
+}
+
+#[test]
+fn kubeconfig_comes_from_the_environment_too() {
+    let fake = FakeCluster::start();
+    let s = Scratch::new();
+    s.write(
+        "hello.toml",
+        r#"
+[[jobs]]
+name = "hello"
+lang = "bash"
+code = 'echo "hello from $PWD"'
+expect.stdout = "hello from /sandbox"
+"#,
+    );
+    let r = common::run_report(
+        s.cmd()
+            .env("KUBECONFIG", &fake.kubeconfig)
+            .args(["run", "--json", "-", "--no-progress", "--backend", "kubernetes"])
+            .arg("hello.toml"),
+    );
+    r.assert_status("hello", "passed");
+    assert!(fake.pod_names().is_empty());
+}
+
+#[test]
+fn pods_that_never_become_ready_are_errors_within_the_bound() {
+    let fake = FakeCluster::start();
+    let s = scratch_with_kubeconfig(&fake);
+    s.write(
+        "jobs.toml",
+        &format!(
+            r#"{HEADER}start_timeout = "2s"
+
+[[jobs]]
+name = "unpullable"
+lang = "bash"
+image = "registry.example/unpullable:1"
+code = 'echo never'
+
+[[jobs]]
+name = "unschedulable"
+lang = "bash"
+limits.cpus = 4096
+code = 'echo never'
+"#
+        ),
+    );
+    let t0 = Instant::now();
+    let r = s.run_json(&["jobs.toml"]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "the wait was not bounded: {:?}",
+        t0.elapsed()
+    );
+    let j = r.assert_status("unpullable", "error");
+    let m = field(j, "message");
+    assert!(
+        m.contains("cannot start") && (m.contains("ErrImagePull") || m.contains("ImagePullBackOff")),
+        "{m}"
+    );
+    assert!(m.contains("registry.example/unpullable:1"), "{m}");
+    assert_eq!(j["phase"], "prepare");
+    let j = r.assert_status("unschedulable", "error");
+    let m = field(j, "message");
+    assert!(
+        m.contains("did not become ready within 2s") && m.contains("Insufficient cpu"),
+        "{m}"
+    );
+    assert!(fake.pod_names().is_empty(), "{:?}", fake.pod_names());
+}
+
+#[test]
+fn unsupported_settings_say_what_to_do() {
+    let fake = FakeCluster::start();
+    let s = scratch_with_kubeconfig(&fake);
+    s.write("Dockerfile", "FROM llm-sandbox/python:latest\n");
+    s.write(
+        "jobs.toml",
+        &format!(
+            r#"{HEADER}
+[[jobs]]
+name = "dockerfile"
+lang = "python"
+dockerfile = "Dockerfile"
+code = 'print(1)'
+
+[[jobs]]
+name = "libraries"
+lang = "python"
+libraries = ["requests"]
+code = 'print(1)'
+
+[[jobs]]
+name = "host-path"
+lang = "python"
+pod_manifest = {{ spec = {{ volumes = [{{ name = "h", hostPath = {{ path = "/" }} }}] }} }}
+code = 'print(1)'
+"#
+        ),
+    );
+    let r = s.run_json(&["jobs.toml"]);
+    let m = field(r.assert_status("dockerfile", "error"), "message").to_string();
+    assert!(m.contains("`dockerfile`") && m.contains("`image`"), "{m}");
+    let m = field(r.assert_status("libraries", "error"), "message").to_string();
+    assert!(m.contains("`libraries`") && m.contains("image"), "{m}");
+    let m = field(r.assert_status("host-path", "error"), "message").to_string();
+    assert!(m.contains("pod_manifest") && m.contains("hostPath"), "{m}");
+    assert!(fake.pod_names().is_empty());
+}
+
+/// Polls the fake's pods until `f` finds something (or 20 s pass).
+fn wait_for<T>(fake: &FakeCluster, mut f: impl FnMut(&Value) -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        let (_, body) = fake.get("/api/v1/pods");
+        let list: Value = serde_json::from_str(&body).unwrap();
+        for p in list["items"].as_array().unwrap() {
+            if let Some(x) = f(p) {
+                return x;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no such pod: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_pod_merges_the_manifest_file_and_keeps_our_security() {
+    let fake = FakeCluster::start();
+    let s = scratch_with_kubeconfig(&fake);
+    s.write(
+        "pod.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  labels: {team: evals}
+spec:
+  nodeSelector: {pool: sandboxes}
+  hostNetwork: true
+  automountServiceAccountToken: true
+  containers:
+  - name: whatever
+    securityContext: {privileged: true, runAsUser: 0}
+    resources: {requests: {cpu: 250m}}
+"#,
+    );
+    s.write(
+        "jobs.toml",
+        r#"
+[[jobs]]
+name = "merged"
+lang = "bash"
+backend = "kubernetes"
+code = 'sleep 3; id -u'
+expect.stdout = "1000"
+limits.memory = "256MiB"
+
+[backends.kubernetes]
+kubeconfig = "cluster/kubeconfig"
+pod_manifest = "pod.yaml"
+"#,
+    );
+    let mut child = s
+        .cmd()
+        .args(["run", "--no-progress", "--json", "-", "jobs.toml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pod = wait_for(&fake, |p| Some(p.clone()));
+    let out = child.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["jobs"][0]["status"], "passed", "{report:#}");
+    assert_eq!(pod["metadata"]["labels"]["team"], "evals");
+    assert_eq!(pod["metadata"]["labels"]["llm-sandbox"], "1");
+    assert_eq!(pod["spec"]["nodeSelector"]["pool"], "sandboxes");
+    assert_eq!(pod["spec"]["hostNetwork"], Value::Null);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(c["image"], "llm-sandbox/bash:latest");
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(c["securityContext"]["privileged"], false);
+    assert_eq!(c["securityContext"]["runAsUser"], 1000);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+    assert_eq!(c["resources"]["requests"]["cpu"], "250m");
+    assert!(fake.pod_names().is_empty());
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+#[test]
+fn ctrl_c_deletes_the_pods() {
+    let fake = FakeCluster::start();
+    let s = scratch_with_kubeconfig(&fake);
+    s.write(
+        "jobs.toml",
+        &format!(
+            r#"{HEADER}
+[[jobs]]
+name = "a"
+lang = "bash"
+code = 'sleep 60'
+
+[[jobs]]
+name = "b"
+lang = "bash"
+code = 'sleep 60'
+"#
+        ),
+    );
+    let mut child = s
+        .cmd()
+        .args(["run", "--no-progress", "-j", "2", "jobs.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&fake, |p| p["status"]["phase"].as_str().filter(|s| *s == "Running").map(|_| ()));
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    signal(child.id(), nix::sys::signal::Signal::SIGINT);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert!(fake.pod_names().is_empty(), "{:?}", fake.pod_names());
+}
+
+#[test]
+fn the_next_run_deletes_what_a_killed_run_left() {
+    let fake = FakeCluster::start();
+    let s = scratch_with_kubeconfig(&fake);
+    s.write(
+        "slow.toml",
+        &format!("{HEADER}\n[[jobs]]\nname = \"slow\"\nlang = \"bash\"\ncode = 'sleep 60'\n"),
+    );
+    s.write(
+        "quick.toml",
+        &format!("{HEADER}\n[[jobs]]\nname = \"quick\"\nlang = \"bash\"\ncode = 'echo ok'\n"),
+    );
+    let mut child = s
+        .cmd()
+        .args(["run", "--no-progress", "slow.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let left = wait_for(&fake, |p| p["metadata"]["name"].as_str().map(String::from));
+    signal(child.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    assert_eq!(fake.pod_names(), vec![left.clone()], "the killed run's pod is there");
+    let r = s.run_json(&["quick.toml"]);
+    r.assert_status("quick", "passed");
+    assert!(
+        fake.pod_names().is_empty(),
+        "{left} was not deleted: {:?}",
+        fake.pod_names()
+    );
+}
+
+#[test]
+fn the_fake_apiserver_refuses_what_it_does_not_serve() {
+    let fake = FakeCluster::start();
+    let (code, body) = fake.get("/api/v1/namespaces/default/pods/missing");
+    assert_eq!(code, 404);
+    assert!(body.contains("\"reason\":\"NotFound\""), "{body}");
+    let (code, body) = fake.get("/api/v1/namespaces/default/pods/missing/exec?command=true");
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = fake.get("/api/v1/pods?watch=true");
+    assert_eq!(code, 405, "{body}");
+    let (code, _) = fake.get("/version");
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn real_cluster() {
+    let Some(kubeconfig) = std::env::var_os("KUBECONFIG") else {
+        eprintln!(
+            "SKIPPED: real-cluster kubernetes test: KUBECONFIG is not set (see the README's Kubernetes backend section for kind and k3s)"
+        );
+        return;
+    };
+    let s = Scratch::new();
+    s.write(
+        "jobs.toml",
+        r#"
+[defaults]
+backend = "kubernetes"
+timeout = "30s"
+
+[[jobs]]
+name = "hello"
+lang = "python"
+stdin = "abc"
+code = 'import sys; print(sys.stdin.read().upper())'
+expect.stdout = "ABC"
+
+[[jobs]]
+name = "exit"
+lang = "bash"
+code = 'echo err >&2; exit 7'
+expect.exit_code = 7
+expect.stderr = "err"
+
+[[jobs]]
+name = "timeout"
+lang = "bash"
+timeout = "2s"
+code = 'echo started; sleep 60'
+"#,
+    );
+    let r = common::run_report(
+        s.cmd()
+            .env("KUBECONFIG", kubeconfig)
+            .args(["run", "--json", "-", "--no-progress", "--backend-jobs", "kubernetes=3"])
+            .arg("jobs.toml"),
+    );
+    r.assert_status("hello", "passed");
+    r.assert_status("exit", "passed");
+    let j = r.assert_status("timeout", "timeout");
+    assert!(field(j, "stdout").contains("started"));
+}
