@@ -114,7 +114,10 @@ expect.stdout = "compiled ok"
     // The planted symlink is never followed (nor copied as a link to the host's file).
     let link = arts.join("files/out/link.txt");
     assert!(
-        !link.exists() || !std::fs::read_to_string(&link).unwrap_or_default().contains("root:"),
+        !link.exists()
+            || !std::fs::read_to_string(&link)
+                .unwrap_or_default()
+                .contains("root:"),
         "the symlink was followed: {j:#}"
     );
 
@@ -149,7 +152,14 @@ expect.stdout = "hello from /sandbox"
     let r = common::run_report(
         s.cmd()
             .env("KUBECONFIG", &fake.kubeconfig)
-            .args(["run", "--json", "-", "--no-progress", "--backend", "kubernetes"])
+            .args([
+                "run",
+                "--json",
+                "-",
+                "--no-progress",
+                "--backend",
+                "kubernetes",
+            ])
             .arg("hello.toml"),
     );
     r.assert_status("hello", "passed");
@@ -189,7 +199,8 @@ code = 'echo never'
     let j = r.assert_status("unpullable", "error");
     let m = field(j, "message");
     assert!(
-        m.contains("cannot start") && (m.contains("ErrImagePull") || m.contains("ImagePullBackOff")),
+        m.contains("cannot start")
+            && (m.contains("ErrImagePull") || m.contains("ImagePullBackOff")),
         "{m}"
     );
     assert!(m.contains("registry.example/unpullable:1"), "{m}");
@@ -253,7 +264,10 @@ fn wait_for<T>(fake: &FakeCluster, mut f: impl FnMut(&Value) -> Option<T>) -> T 
                 return x;
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "no such pod: {body}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no such pod: {body}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -354,7 +368,12 @@ code = 'sleep 60'
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(&fake, |p| p["status"]["phase"].as_str().filter(|s| *s == "Running").map(|_| ()));
+    wait_for(&fake, |p| {
+        p["status"]["phase"]
+            .as_str()
+            .filter(|s| *s == "Running")
+            .map(|_| ())
+    });
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     signal(child.id(), nix::sys::signal::Signal::SIGINT);
@@ -386,7 +405,11 @@ fn the_next_run_deletes_what_a_killed_run_left() {
     let left = wait_for(&fake, |p| p["metadata"]["name"].as_str().map(String::from));
     signal(child.id(), nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
-    assert_eq!(fake.pod_names(), vec![left.clone()], "the killed run's pod is there");
+    assert_eq!(
+        fake.pod_names(),
+        vec![left.clone()],
+        "the killed run's pod is there"
+    );
     let r = s.run_json(&["quick.toml"]);
     r.assert_status("quick", "passed");
     assert!(
@@ -408,6 +431,86 @@ fn the_fake_apiserver_refuses_what_it_does_not_serve() {
     assert_eq!(code, 405, "{body}");
     let (code, _) = fake.get("/version");
     assert_eq!(code, 200);
+}
+
+/// A kube client of the fake cluster, built by the caller (the library API takes it).
+async fn client_of(fake: &FakeCluster) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(&fake.kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_sessions_run_in_one_pod_with_a_callers_client() {
+    use llm_sandbox::{BackendKind, Lang, Session};
+    let fake = FakeCluster::start();
+    let mut s = Session::builder()
+        .lang(Lang::Python)
+        .backend(BackendKind::Kubernetes)
+        .kube_client(client_of(&fake).await)
+        .timeout(Duration::from_secs(2))
+        .open()
+        .await
+        .unwrap_or_else(|e| panic!("cannot open a kubernetes session: {e}"));
+    assert_eq!(fake.pod_names().len(), 1);
+
+    let out = s
+        .run(
+            "import sys\nprint('hi')\nprint('oops', file=sys.stderr)\nraise SystemExit(3)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, out.stdout.as_str(), out.stderr.as_str()),
+        (Some(3), "hi\n", "oops\n")
+    );
+
+    let out = s
+        .execute_command_with_stdin("tr a-z A-Z > upper.txt; cat upper.txt", b"kept\n")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "KEPT\n", "{out:?}");
+
+    // Files in and out; state persists between calls; symlinks are never followed.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in.txt"), "from the host\n").unwrap();
+    s.copy_to_runtime(host.path().join("in.txt"), "/sandbox/data/in.txt")
+        .await
+        .unwrap();
+    let out = s
+        .run(
+            "print(open('data/in.txt').read().strip(), open('upper.txt').read().strip())",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "from the host KEPT\n", "{out:?}");
+    s.copy_from_runtime("upper.txt", host.path().join("out.txt"))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out.txt")).unwrap(),
+        "KEPT\n"
+    );
+    s.execute_command("ln -s /etc/passwd link").await.unwrap();
+    let e = s
+        .copy_from_runtime("link", host.path().join("link"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("link"), "{e}");
+    assert!(!host.path().join("link").exists());
+
+    // A timeout kills the program; the session goes on.
+    let out = s.execute_command("echo before; sleep 30").await.unwrap();
+    assert!(out.timed_out && out.stdout == "before\n", "{out:?}");
+    let out = s.execute_command("cat upper.txt").await.unwrap();
+    assert_eq!(out.stdout, "KEPT\n");
+
+    s.close().await.unwrap();
+    assert!(fake.pod_names().is_empty(), "{:?}", fake.pod_names());
 }
 
 #[test]
@@ -450,7 +553,14 @@ code = 'echo started; sleep 60'
     let r = common::run_report(
         s.cmd()
             .env("KUBECONFIG", kubeconfig)
-            .args(["run", "--json", "-", "--no-progress", "--backend-jobs", "kubernetes=3"])
+            .args([
+                "run",
+                "--json",
+                "-",
+                "--no-progress",
+                "--backend-jobs",
+                "kubernetes=3",
+            ])
             .arg("jobs.toml"),
     );
     r.assert_status("hello", "passed");

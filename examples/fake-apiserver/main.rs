@@ -98,7 +98,10 @@ fn main() {
         let srv = match server::FakeApiServer::start(args.port).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("fake-apiserver: cannot listen on 127.0.0.1:{}: {e}", args.port);
+                eprintln!(
+                    "fake-apiserver: cannot listen on 127.0.0.1:{}: {e}",
+                    args.port
+                );
                 return 1;
             }
         };

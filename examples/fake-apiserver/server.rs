@@ -309,7 +309,10 @@ fn remove_pod_files(st: &State, p: &Pod) {
     p.cancel.cancel();
     if let Some(slot) = &p.slot {
         empty_dir(slot);
-        st.slots.lock().unwrap_or_else(|e| e.into_inner()).push(slot.clone());
+        st.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot.clone());
     }
     let _ = std::fs::remove_dir_all(&p.dir);
 }
@@ -579,7 +582,10 @@ async fn create_pod(st: &Arc<State>, ns: &str, req: Request<Incoming>) -> Respon
             format!("expected kind Pod, got {}", obj["kind"]),
         );
     }
-    let containers = obj["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let containers = obj["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if containers.is_empty() {
         return status_error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -597,17 +603,19 @@ async fn create_pod(st: &Arc<State>, ns: &str, req: Request<Incoming>) -> Respon
         }
     }
     let seq = st.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = match (obj["metadata"]["name"].as_str(), obj["metadata"]["generateName"].as_str()) {
-        (Some(n), _) if !n.is_empty() => n.to_string(),
-        (_, Some(g)) => format!("{g}{seq:05x}"),
-        _ => {
-            return status_error(
+    let name =
+        match (
+            obj["metadata"]["name"].as_str(),
+            obj["metadata"]["generateName"].as_str(),
+        ) {
+            (Some(n), _) if !n.is_empty() => n.to_string(),
+            (_, Some(g)) => format!("{g}{seq:05x}"),
+            _ => return status_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Invalid",
                 "Pod is invalid: metadata.name: Required value: name or generateName is required",
-            )
-        }
-    };
+            ),
+        };
     if !valid_name(&name) {
         return status_error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -616,7 +624,12 @@ async fn create_pod(st: &Arc<State>, ns: &str, req: Request<Incoming>) -> Respon
         );
     }
     let key = (ns.to_string(), name.clone());
-    if st.pods.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key) {
+    if st
+        .pods
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&key)
+    {
         return status_error(
             StatusCode::CONFLICT,
             "AlreadyExists",
@@ -629,7 +642,10 @@ async fn create_pod(st: &Arc<State>, ns: &str, req: Request<Incoming>) -> Respon
     };
     meta.insert("name".into(), json!(name));
     meta.insert("namespace".into(), json!(ns));
-    meta.insert("uid".into(), json!(format!("00000000-0000-4000-8000-{seq:012x}")));
+    meta.insert(
+        "uid".into(),
+        json!(format!("00000000-0000-4000-8000-{seq:012x}")),
+    );
     meta.insert("resourceVersion".into(), json!(seq.to_string()));
     meta.insert("creationTimestamp".into(), json!(now()));
 
@@ -705,7 +721,10 @@ async fn create_pod(st: &Arc<State>, ns: &str, req: Request<Incoming>) -> Respon
         cancel: CancellationToken::new(),
     };
     let out = pod_json(&pod);
-    st.pods.lock().unwrap_or_else(|e| e.into_inner()).insert(key, pod);
+    st.pods
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, pod);
     respond(StatusCode::CREATED, &out)
 }
 
@@ -749,7 +768,10 @@ fn sandbox_size_limit(obj: &Value) -> Option<u64> {
 fn pod_json(p: &Pod) -> Value {
     let mut obj = p.obj.clone();
     let started = obj["metadata"]["creationTimestamp"].clone();
-    let containers = obj["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let containers = obj["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let waited = p.created.elapsed() > std::time::Duration::from_secs(2);
     let status = match &p.not_ready {
         None => {
@@ -777,7 +799,11 @@ fn pod_json(p: &Pod) -> Value {
             })
         }
         Some(NotReady::ImagePull(msg)) => {
-            let reason = if waited { "ImagePullBackOff" } else { "ErrImagePull" };
+            let reason = if waited {
+                "ImagePullBackOff"
+            } else {
+                "ErrImagePull"
+            };
             let cs: Vec<Value> = containers
                 .iter()
                 .map(|c| {
@@ -822,14 +848,20 @@ fn get_pod(st: &Arc<State>, ns: &str, name: &str) -> Response<Body> {
 }
 
 fn selector_of(query: &[(String, String)]) -> Result<Vec<Req>, Response<Body>> {
-    if query.iter().any(|(k, v)| k == "watch" && v != "false" && v != "0") {
+    if query
+        .iter()
+        .any(|(k, v)| k == "watch" && v != "false" && v != "0")
+    {
         return Err(status_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             "watch is not supported by this fake API server: poll instead",
         ));
     }
-    if let Some((_, f)) = query.iter().find(|(k, v)| k == "fieldSelector" && !v.is_empty()) {
+    if let Some((_, f)) = query
+        .iter()
+        .find(|(k, v)| k == "fieldSelector" && !v.is_empty())
+    {
         return Err(status_error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -1022,7 +1054,10 @@ fn exec(
                 format!("pod {name} is not running: its container has not started"),
             );
         }
-        (exec_config(&st, p, name, command.clone()), p.cancel.child_token())
+        (
+            exec_config(&st, p, name, command.clone()),
+            p.cancel.child_token(),
+        )
     };
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return status_error(
@@ -1051,8 +1086,11 @@ fn exec(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let (want_in, want_out, want_err) =
-        (flag(query, "stdin"), flag(query, "stdout"), flag(query, "stderr"));
+    let (want_in, want_out, want_err) = (
+        flag(query, "stdin"),
+        flag(query, "stdout"),
+        flag(query, "stderr"),
+    );
     tokio::spawn(async move {
         let Ok(up) = on_upgrade.await else { return };
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -1061,7 +1099,15 @@ fn exec(
             None,
         )
         .await;
-        run_exec(ws, cfg_base, command, proto == V5, (want_in, want_out, want_err), cancel).await;
+        run_exec(
+            ws,
+            cfg_base,
+            command,
+            proto == V5,
+            (want_in, want_out, want_err),
+            cancel,
+        )
+        .await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -1126,7 +1172,9 @@ fn exec_config(st: &State, p: &Pod, name: &str, argv: Vec<String>) -> SandboxCon
             limited: true,
         }],
         limits: SandboxLimits {
-            memory: quantity_of(&limits["memory"]).map(|b| b as u64).unwrap_or(4 << 30),
+            memory: quantity_of(&limits["memory"])
+                .map(|b| b as u64)
+                .unwrap_or(4 << 30),
             cpus: quantity_of(&limits["cpu"]).unwrap_or(host_cpus()),
             pids: ann_num(ANNOTATION_PIDS).unwrap_or(1024),
             disk: sandbox_size_limit(&p.obj).unwrap_or(1 << 30),
@@ -1182,7 +1230,11 @@ async fn run_exec<S>(
     let fail = |m: String| frame(3, failure_status(m).to_string().as_bytes());
     let dirs = std::fs::create_dir_all(&cfg.root_mount)
         .and_then(|_| std::fs::create_dir_all(&cfg.out_dir));
-    let exec_dir = cfg.root_mount.parent().map(Path::to_path_buf).unwrap_or_default();
+    let exec_dir = cfg
+        .root_mount
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let cfg_path = exec_dir.join("config.json");
     let pipes = (|| -> std::io::Result<_> {
         dirs?;

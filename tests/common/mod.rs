@@ -334,7 +334,10 @@ impl FakeCluster {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = tx.send(line);
             }
         });
@@ -351,7 +354,10 @@ impl FakeCluster {
                 }
             }
         };
-        assert!(kubeconfig.is_file(), "the kubeconfig is written before the URL is printed");
+        assert!(
+            kubeconfig.is_file(),
+            "the kubeconfig is written before the URL is printed"
+        );
         FakeCluster {
             child,
             _dir: dir,

@@ -148,7 +148,11 @@ pub async fn connect(cfg: Option<&KubernetesConfig>, base: &Path) -> Result<Arc<
             )
         })?
     };
-    let cluster = Arc::new(cluster_of(config, cfg.and_then(|c| c.namespace.clone()), key)?);
+    let cluster = Arc::new(cluster_of(
+        config,
+        cfg.and_then(|c| c.namespace.clone()),
+        key,
+    )?);
     sweep_stale(&cluster).await;
     CLUSTERS
         .lock()
@@ -199,7 +203,11 @@ async fn sweep_stale(c: &Cluster) {
         pod::label_value(&host)
     );
     let api: Api<Pod> = Api::all(c.client.clone());
-    let Ok(list) = with_timeout("listing pods", api.list(&ListParams::default().labels(&sel))).await
+    let Ok(list) = with_timeout(
+        "listing pods",
+        api.list(&ListParams::default().labels(&sel)),
+    )
+    .await
     else {
         return;
     };
@@ -229,10 +237,7 @@ pub async fn delete_pod(c: &Cluster, ns: &str, name: &str) {
 
 /// The end of a run: deletes every pod of this runner on every cluster it used.
 pub async fn finish_run() {
-    let clusters: Vec<Arc<Cluster>> = CLUSTERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let clusters: Vec<Arc<Cluster>> = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for c in clusters {
         delete_owned(&c).await;
     }
@@ -626,7 +631,10 @@ impl SandboxPod {
             return Err("interrupted".into());
         }
         if r.output_limit_hit {
-            return Err(format!("larger than {}", crate::spec::units::format_size(cap)));
+            return Err(format!(
+                "larger than {}",
+                crate::spec::units::format_size(cap)
+            ));
         }
         if r.exit_code != Some(0) {
             return Err(format!(
@@ -641,7 +649,9 @@ impl SandboxPod {
 
 /// The exit code in an exec's final `Status`; `Err` for a failure without one (the
 /// program could not start, the container is gone, ...).
-pub fn exit_code_of(s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Status) -> Result<i64, String> {
+pub fn exit_code_of(
+    s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
+) -> Result<i64, String> {
     if s.status.as_deref() == Some("Success") {
         return Ok(0);
     }
@@ -711,9 +721,15 @@ fn readiness(p: &Pod) -> Ready {
                     | "CrashLoopBackOff"
                     | "RunContainerError"
             ) || (reason == "ErrImagePull"
-                && ["not found", "denied", "unauthorized", "manifest unknown", "does not exist"]
-                    .iter()
-                    .any(|s| lower.contains(s)));
+                && [
+                    "not found",
+                    "denied",
+                    "unauthorized",
+                    "manifest unknown",
+                    "does not exist",
+                ]
+                .iter()
+                .any(|s| lower.contains(s)));
             return if hopeless {
                 Ready::Never(why)
             } else {
@@ -741,9 +757,11 @@ fn readiness(p: &Pod) -> Ready {
                 .unwrap_or_default()
         ));
     }
-    let unscheduled = st.conditions.iter().flatten().find(|c| {
-        c.type_ == "PodScheduled" && c.status == "False"
-    });
+    let unscheduled = st
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
     if let Some(c) = unscheduled {
         return Ready::NotYet(format!(
             "not scheduled: {}{}",
@@ -774,6 +792,20 @@ pub fn wrapped(
     a.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
     a.extend(argv.iter().cloned());
     a
+}
+
+/// The argv of an exec running `step` with `env` (see [`wrapped`]).
+pub fn step_argv(
+    lang: crate::spec::types::Lang,
+    step: &crate::sandbox::Step,
+    env: &[(String, String)],
+    open_files: u64,
+    cpu: Option<u64>,
+) -> Vec<String> {
+    typescript_types(
+        wrapped(&step.argv, env, open_files, cpu),
+        lang == crate::spec::types::Lang::Typescript && step.kind == StepKind::Compile,
+    )
 }
 
 /// Where images keep the Node.js type definitions of a global TypeScript: llm-sandbox's
@@ -915,10 +947,7 @@ async fn run_steps(p: &mut SandboxPod, job: &PlannedJob, ctx: &RunCtx) -> JobRep
         let run = step.kind == StepKind::Run;
         let stdin = run.then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
         let cpu = run.then(|| job.timeout.as_millis().div_ceil(1000) as u64 + 1);
-        let argv = typescript_types(
-            wrapped(&step.argv, &env, job.limits.open_files, cpu),
-            job.lang == crate::spec::types::Lang::Typescript && step.kind == StepKind::Compile,
-        );
+        let argv = step_argv(job.lang, &step, &env, job.limits.open_files, cpu);
         let r = match p
             .exec(
                 &argv,
@@ -1076,20 +1105,35 @@ mod tests {
                 .unwrap()
         };
         let waiting = |reason: &str, msg: &str| {
-            pod(serde_json::json!({"phase": "Pending", "containerStatuses": [{
+            pod(
+                serde_json::json!({"phase": "Pending", "containerStatuses": [{
                 "name": "sandbox", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"waiting": {"reason": reason, "message": msg}}}]}))
+                "state": {"waiting": {"reason": reason, "message": msg}}}]}),
+            )
         };
-        assert!(matches!(readiness(&waiting("ImagePullBackOff", "")), Ready::Never(w) if w.contains("ImagePullBackOff")));
-        assert!(matches!(readiness(&waiting("ErrImagePull", "x: not found")), Ready::Never(_)));
-        assert!(matches!(readiness(&waiting("ErrImagePull", "i/o timeout")), Ready::NotYet(_)));
-        assert!(matches!(readiness(&waiting("ContainerCreating", "")), Ready::NotYet(_)));
+        assert!(
+            matches!(readiness(&waiting("ImagePullBackOff", "")), Ready::Never(w) if w.contains("ImagePullBackOff"))
+        );
+        assert!(matches!(
+            readiness(&waiting("ErrImagePull", "x: not found")),
+            Ready::Never(_)
+        ));
+        assert!(matches!(
+            readiness(&waiting("ErrImagePull", "i/o timeout")),
+            Ready::NotYet(_)
+        ));
+        assert!(matches!(
+            readiness(&waiting("ContainerCreating", "")),
+            Ready::NotYet(_)
+        ));
         let unsched = pod(serde_json::json!({"phase": "Pending", "conditions": [{
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": "0/3 nodes are available: 3 Insufficient cpu."}]}));
         assert!(matches!(readiness(&unsched), Ready::NotYet(w) if w.contains("Insufficient cpu")));
-        let ready = pod(serde_json::json!({"phase": "Running", "containerStatuses": [{
-            "name": "sandbox", "image": "x", "imageID": "", "ready": true, "restartCount": 0}]}));
+        let ready = pod(
+            serde_json::json!({"phase": "Running", "containerStatuses": [{
+            "name": "sandbox", "image": "x", "imageID": "", "ready": true, "restartCount": 0}]}),
+        );
         assert!(matches!(readiness(&ready), Ready::Yes));
     }
 }

@@ -153,13 +153,19 @@ pub fn build(p: &PodParams) -> Result<Value, String> {
     }
     if let Some(v) = user.get("apiVersion") {
         if v != "v1" {
-            return Err(format!("pod_manifest: `apiVersion` is {v}, expected \"v1\""));
+            return Err(format!(
+                "pod_manifest: `apiVersion` is {v}, expected \"v1\""
+            ));
         }
     }
     let umeta = obj(user.get("metadata").unwrap_or(&Value::Null));
     let uspec = obj(user.get("spec").unwrap_or(&Value::Null));
     for key in ["initContainers", "ephemeralContainers"] {
-        if uspec.get(key).and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+        if uspec
+            .get(key)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+        {
             return Err(format!(
                 "pod_manifest: `spec.{key}` is not supported: the sandbox pod has exactly one container"
             ));
@@ -267,7 +273,10 @@ pub fn build(p: &PodParams) -> Result<Value, String> {
     let mut requests = ureq.clone();
     requests.insert("cpu".into(), capped("cpu", &cpu));
     requests.insert("memory".into(), capped("memory", &mem));
-    requests.insert("ephemeral-storage".into(), capped("ephemeral-storage", &eph));
+    requests.insert(
+        "ephemeral-storage".into(),
+        capped("ephemeral-storage", &eph),
+    );
     let resources = json!({
         "limits": {"cpu": cpu, "memory": mem, "ephemeral-storage": eph},
         "requests": requests,
@@ -462,7 +471,10 @@ mod tests {
         assert_eq!(c["name"], CONTAINER);
         assert_eq!(c["imagePullPolicy"], "Always");
         assert_eq!(c["securityContext"]["privileged"], false);
-        assert_eq!(c["securityContext"]["capabilities"], json!({"drop": ["ALL"]}));
+        assert_eq!(
+            c["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"]})
+        );
         assert_eq!(c["resources"]["requests"]["cpu"], "100m");
         // A request above the limit is capped at it.
         assert_eq!(c["resources"]["requests"]["memory"], "512Mi");
