@@ -95,8 +95,19 @@ expect.stdout = "compiled ok"
 "#
         ),
     );
-    let arts = s.path().join("arts");
-    let r = s.run_json(&["--artifacts", arts.to_str().unwrap(), "jobs.toml"]);
+    // Warm pods (the default), then one new pod per job.
+    for fresh in [false, true] {
+        check_jobs(&fake, &s, fresh);
+    }
+}
+
+fn check_jobs(fake: &FakeCluster, s: &Scratch, fresh: bool) {
+    let arts = s.path().join(if fresh { "arts-fresh" } else { "arts" });
+    let mut args = vec!["--artifacts", arts.to_str().unwrap(), "jobs.toml"];
+    if fresh {
+        args.push("--fresh-containers");
+    }
+    let r = s.run_json(&args);
     r.assert_status("output", "passed");
     r.assert_status("stdin", "passed");
     r.assert_status("compiled", "passed");
@@ -309,7 +320,7 @@ kubeconfig = "cluster/kubeconfig"
 pod_manifest = "pod.yaml"
 "#,
     );
-    let mut child = s
+    let child = s
         .cmd()
         .args(["run", "--no-progress", "--json", "-", "jobs.toml"])
         .stdout(std::process::Stdio::piped())
@@ -402,19 +413,21 @@ fn the_next_run_deletes_what_a_killed_run_left() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let left = wait_for(&fake, |p| p["metadata"]["name"].as_str().map(String::from));
+    wait_for(&fake, |p| {
+        p["status"]["phase"]
+            .as_str()
+            .filter(|s| *s == "Running")
+            .map(|_| ())
+    });
     signal(child.id(), nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
-    assert_eq!(
-        fake.pod_names(),
-        vec![left.clone()],
-        "the killed run's pod is there"
-    );
+    let left = fake.pod_names();
+    assert!(!left.is_empty(), "the killed run's pods are there");
     let r = s.run_json(&["quick.toml"]);
     r.assert_status("quick", "passed");
     assert!(
         fake.pod_names().is_empty(),
-        "{left} was not deleted: {:?}",
+        "{left:?} were not deleted: {:?}",
         fake.pod_names()
     );
 }
@@ -431,6 +444,62 @@ fn the_fake_apiserver_refuses_what_it_does_not_serve() {
     assert_eq!(code, 405, "{body}");
     let (code, _) = fake.get("/version");
     assert_eq!(code, 200);
+}
+
+/// The names of the pods seen while `args` runs (polled every 10 ms).
+fn pods_seen_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<String>, Value) {
+    let mut child = s
+        .cmd()
+        .args(["run", "--no-progress", "--json", "-"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    while child.try_wait().unwrap().is_none() {
+        for n in fake.pod_names() {
+            if !seen.contains(&n) {
+                seen.push(n);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (seen, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn warm_pods_are_reused_and_cleaned_between_jobs() {
+    let fake = FakeCluster::start();
+    let s = scratch_with_kubeconfig(&fake);
+    let mut jobs = String::from(HEADER);
+    for i in 0..4 {
+        jobs.push_str(&format!(
+            r#"
+[[jobs]]
+name = "job{i}"
+lang = "bash"
+code = '''
+ls -A /sandbox | grep -v '^main.sh$' || true
+echo secret > /sandbox/left-behind.txt; mkdir -p /sandbox/d; sleep 0.3
+'''
+expect.stdout = ""
+"#
+        ));
+    }
+    s.write("jobs.toml", &jobs);
+    let (warm, report) = pods_seen_during(&fake, &s, &["-j", "1", "jobs.toml"]);
+    assert_eq!(report["summary"]["passed"], 4, "{report:#}");
+    assert!(
+        !warm.is_empty() && warm.len() <= 2,
+        "4 jobs, one at a time, in warm pods: {warm:?}"
+    );
+    let (fresh, report) =
+        pods_seen_during(&fake, &s, &["-j", "1", "--fresh-containers", "jobs.toml"]);
+    assert_eq!(report["summary"]["passed"], 4, "{report:#}");
+    assert_eq!(fresh.len(), 4, "one pod per job: {fresh:?}");
+    assert!(fake.pod_names().is_empty());
 }
 
 /// A kube client of the fake cluster, built by the caller (the library API takes it).

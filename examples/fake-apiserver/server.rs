@@ -847,39 +847,40 @@ fn get_pod(st: &Arc<State>, ns: &str, name: &str) -> Response<Body> {
     }
 }
 
-fn selector_of(query: &[(String, String)]) -> Result<Vec<Req>, Response<Body>> {
+fn selector_of(query: &[(String, String)]) -> Result<Vec<Req>, Box<Response<Body>>> {
     if query
         .iter()
         .any(|(k, v)| k == "watch" && v != "false" && v != "0")
     {
-        return Err(status_error(
+        return Err(Box::new(status_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             "watch is not supported by this fake API server: poll instead",
-        ));
+        )));
     }
     if let Some((_, f)) = query
         .iter()
         .find(|(k, v)| k == "fieldSelector" && !v.is_empty())
     {
-        return Err(status_error(
+        return Err(Box::new(status_error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             format!("fieldSelector {f:?} is not supported by this fake API server"),
-        ));
+        )));
     }
     let raw = query
         .iter()
         .find(|(k, _)| k == "labelSelector")
         .map(|(_, v)| v.as_str())
         .unwrap_or("");
-    parse_selector(raw).map_err(|e| status_error(StatusCode::BAD_REQUEST, "BadRequest", e))
+    parse_selector(raw)
+        .map_err(|e| Box::new(status_error(StatusCode::BAD_REQUEST, "BadRequest", e)))
 }
 
 fn list_pods(st: &Arc<State>, ns: Option<&str>, query: &[(String, String)]) -> Response<Body> {
     let sel = match selector_of(query) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let pods = st.pods.lock().unwrap_or_else(|e| e.into_inner());
     let items: Vec<Value> = pods
@@ -915,7 +916,7 @@ fn delete_pod(st: &Arc<State>, ns: &str, name: &str) -> Response<Body> {
 fn delete_collection(st: &Arc<State>, ns: &str, query: &[(String, String)]) -> Response<Body> {
     let sel = match selector_of(query) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut pods = st.pods.lock().unwrap_or_else(|e| e.into_inner());
     let keys: Vec<_> = pods

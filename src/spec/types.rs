@@ -136,6 +136,14 @@ pub struct KubernetesConfig {
     /// the job is an `error` saying why (default 120s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_timeout: Option<DurationSpec>,
+    /// Warm pods (default true): jobs run in pods of a pool, started ahead of demand and
+    /// proven clean before their next job; `false`: one new pod per job (also
+    /// `run --fresh-containers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<bool>,
+    /// Jobs a warm pod runs before it is replaced (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle_after: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -452,10 +452,19 @@ struct Finished {
     clean: bool,
 }
 
-/// The script of the end of a job in its sandbox: `$1` = 1 packs the workdir (a tar on
-/// stdout); `$2` = 1 cleans (as root, warm containers). Only shell built-ins run while
-/// processes of the job may still exist. Counters go to stderr (`oom_kill N`, `max N`).
-pub(crate) const FINISH_SCRIPT: &str = r#"killall_user() {
+/// The end of a job in its container, one exec as the sandbox user: kill every process of
+/// the sandbox user, read the cgroup's counters, pack the workdir when `collect`, and for a
+/// warm container (`clean`) empty the writable places and prove they are empty.
+async fn finish(
+    c: &mut Container,
+    collect: bool,
+    clean: bool,
+    cap: u64,
+    cancel: &CancellationToken,
+) -> Result<Finished, String> {
+    // $1: pack the workdir; $2: clean (as root, warm containers). Only shell built-ins
+    // run while processes of the job may still exist.
+    const SCRIPT: &str = r#"killall_user() {
   n=0
   for s in /proc/[0-9]*/status; do
     while read -r k a b c; do
@@ -503,21 +512,10 @@ if [ "$2" = 1 ]; then
   else echo "clean no busy=$busy left=$left ipc=$ipc" >&2; fi
 fi
 exit 0"#;
-
-/// The end of a job in its container, one exec as the sandbox user: kill every process of
-/// the sandbox user, read the cgroup's counters, pack the workdir when `collect`, and for a
-/// warm container (`clean`) empty the writable places and prove they are empty.
-async fn finish(
-    c: &mut Container,
-    collect: bool,
-    clean: bool,
-    cap: u64,
-    cancel: &CancellationToken,
-) -> Result<Finished, String> {
     let argv: Vec<String> = vec![
         "/bin/sh".into(),
         "-c".into(),
-        FINISH_SCRIPT.into(),
+        SCRIPT.into(),
         "sh".into(),
         if collect { "1" } else { "0" }.into(),
         if clean { "1" } else { "0" }.into(),

@@ -5,11 +5,51 @@
 //! back to the pool only when a check proves all of that (else it is destroyed). It is
 //! replaced after `recycle_after` jobs, and every container is removed at the end of the
 //! run (on Ctrl-C too; after a SIGKILL of the runner they stop by themselves).
+//!
+//! The pool itself is generic ([`Warm`]): the kubernetes backend keeps its warm pods in
+//! the same kind of pool.
 
 use super::container::{Container, ContainerSpec};
 use super::engine::Engine;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// A sandbox a warm pool holds: started from a spec, running one job at a time, removed
+/// when it was not proven clean or has run its share of jobs.
+pub trait Warm: Send + Sized + 'static {
+    /// What a new one is started from.
+    type Spec: Send + Sync + 'static;
+    fn start(spec: &Self::Spec) -> impl Future<Output = Result<Self, String>> + Send;
+    /// Whether it may run another job (alive, fewer than `recycle_after` jobs so far).
+    fn can_reuse(&self, recycle_after: u32) -> bool;
+    fn remove(self) -> impl Future<Output = ()> + Send;
+}
+
+/// A container of a docker pool: its engine and spec (each gets a new name).
+pub struct DockerWarm {
+    pub engine: Arc<Engine>,
+    pub spec: ContainerSpec,
+}
+
+impl Warm for Container {
+    type Spec = DockerWarm;
+
+    fn start(spec: &DockerWarm) -> impl Future<Output = Result<Self, String>> + Send {
+        let mut s = spec.spec.clone();
+        s.name = crate::backend::native::sandbox_id();
+        let engine = spec.engine.clone();
+        async move { Container::start(engine, &s).await }
+    }
+
+    fn can_reuse(&self, recycle_after: u32) -> bool {
+        !self.dead && self.uses < recycle_after
+    }
+
+    fn remove(self) -> impl Future<Output = ()> + Send {
+        Container::remove(self)
+    }
+}
 
 /// Jobs a warm container runs before it is replaced, unless `recycle_after` says otherwise.
 pub const DEFAULT_RECYCLE_AFTER: u32 = 50;
@@ -27,18 +67,17 @@ struct Key {
     network: bool,
 }
 
-pub struct Pool {
-    engine: Arc<Engine>,
-    spec: ContainerSpec,
-    idle: Mutex<Vec<Container>>,
-    /// Containers of this pool that exist (idle, busy or starting).
+pub struct Pool<T: Warm> {
+    spec: T::Spec,
+    idle: Mutex<Vec<T>>,
+    /// Sandboxes of this pool that exist (idle, busy or starting).
     live: AtomicUsize,
 }
 
-static POOLS: Mutex<Vec<(Key, Arc<Pool>)>> = Mutex::new(Vec::new());
+static POOLS: Mutex<Vec<(Key, Arc<Pool<Container>>)>> = Mutex::new(Vec::new());
 
 /// The pool for containers made from `spec` on `engine`.
-pub fn pool(engine: &Arc<Engine>, spec: &ContainerSpec) -> Arc<Pool> {
+pub fn pool(engine: &Arc<Engine>, spec: &ContainerSpec) -> Arc<Pool<Container>> {
     let l = &spec.limits;
     let key = Key {
         endpoint: engine.endpoint.clone(),
@@ -54,32 +93,32 @@ pub fn pool(engine: &Arc<Engine>, spec: &ContainerSpec) -> Arc<Pool> {
     if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {
         return p.clone();
     }
-    let p = Arc::new(Pool {
+    let p = Pool::new(DockerWarm {
         engine: engine.clone(),
         spec: spec.clone(),
-        idle: Mutex::new(Vec::new()),
-        live: AtomicUsize::new(0),
     });
     all.push((key, p.clone()));
     p
 }
 
-impl Pool {
-    fn spec(&self) -> ContainerSpec {
-        let mut s = self.spec.clone();
-        s.name = crate::backend::native::sandbox_id();
-        s
+impl<T: Warm> Pool<T> {
+    pub fn new(spec: T::Spec) -> Arc<Self> {
+        Arc::new(Pool {
+            spec,
+            idle: Mutex::new(Vec::new()),
+            live: AtomicUsize::new(0),
+        })
     }
 
-    /// A clean container: an idle one, else a new one. Starts more in the background so
-    /// that `ahead` containers are there when the next jobs come.
-    pub async fn acquire(self: &Arc<Self>, ahead: usize) -> Result<Container, String> {
+    /// A clean sandbox: an idle one, else a new one. Starts more in the background so
+    /// that `ahead` sandboxes are there when the next jobs come.
+    pub async fn acquire(self: &Arc<Self>, ahead: usize) -> Result<T, String> {
         let got = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let c = match got {
             Some(c) => c,
             None => {
                 self.live.fetch_add(1, Ordering::SeqCst);
-                match Container::start(self.engine.clone(), &self.spec()).await {
+                match T::start(&self.spec).await {
                     Ok(c) => c,
                     Err(e) => {
                         self.live.fetch_sub(1, Ordering::SeqCst);
@@ -92,7 +131,7 @@ impl Pool {
         Ok(c)
     }
 
-    /// Starts containers in the background until `want` exist.
+    /// Starts sandboxes in the background until `want` exist.
     pub fn prewarm(self: &Arc<Self>, want: usize) {
         let Ok(h) = tokio::runtime::Handle::try_current() else {
             return;
@@ -101,10 +140,10 @@ impl Pool {
             self.live.fetch_add(1, Ordering::SeqCst);
             let me = self.clone();
             h.spawn(async move {
-                match Container::start(me.engine.clone(), &me.spec()).await {
+                match T::start(&me.spec).await {
                     Ok(c) => me.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c),
                     Err(e) => {
-                        tracing::debug!("starting a warm container failed: {e}");
+                        tracing::debug!("starting a warm sandbox failed: {e}");
                         me.live.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
@@ -113,8 +152,8 @@ impl Pool {
     }
 
     /// Back to the pool when it was proven clean and has uses left; else removed.
-    pub async fn release(&self, c: Container, reusable: bool, recycle_after: u32) {
-        if reusable && !c.dead && c.uses < recycle_after {
+    pub async fn release(&self, c: T, reusable: bool, recycle_after: u32) {
+        if reusable && c.can_reuse(recycle_after) {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         } else {
             self.live.fetch_sub(1, Ordering::SeqCst);
@@ -122,8 +161,9 @@ impl Pool {
         }
     }
 
-    async fn drain(&self) {
-        let idle: Vec<Container> =
+    /// Removes the idle sandboxes (the end of a run).
+    pub async fn drain(&self) {
+        let idle: Vec<T> =
             std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         for c in idle {
             self.live.fetch_sub(1, Ordering::SeqCst);
@@ -134,7 +174,7 @@ impl Pool {
 
 /// The end of a run: every warm container is removed.
 pub async fn drain_all() {
-    let pools: Vec<Arc<Pool>> = POOLS
+    let pools: Vec<Arc<Pool<Container>>> = POOLS
         .lock()
         .map(|mut all| all.drain(..).map(|(_, p)| p).collect())
         .unwrap_or_default();

@@ -237,6 +237,13 @@ pub async fn delete_pod(c: &Cluster, ns: &str, name: &str) {
 
 /// The end of a run: deletes every pod of this runner on every cluster it used.
 pub async fn finish_run() {
+    let pools: Vec<Arc<PodPool>> = POOLS
+        .lock()
+        .map(|mut all| all.drain(..).map(|(_, p)| p).collect())
+        .unwrap_or_default();
+    for p in pools {
+        p.drain().await;
+    }
     let clusters: Vec<Arc<Cluster>> = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for c in clusters {
         delete_owned(&c).await;
@@ -358,6 +365,11 @@ pub struct SandboxPod {
     pub name: String,
     /// An exec could not be stopped: nothing more runs in it.
     pub dead: bool,
+    /// Jobs it has run (warm pods).
+    pub uses: u32,
+    /// The cgroup's OOM kills and pids-limit hits seen so far (warm pods).
+    counters: (u64, u64),
+    born: Instant,
 }
 
 impl SandboxPod {
@@ -377,12 +389,13 @@ impl SandboxPod {
         let pod: Pod = serde_json::from_value(manifest)
             .map_err(|e| format!("pod_manifest does not make a valid Pod: {e}"))?;
         let name = pod.metadata.name.clone().unwrap_or_default();
-        if !pod
+        let network_on = pod
             .metadata
             .labels
             .as_ref()
-            .is_some_and(|l| l.get(pod::LABEL_NETWORK).is_some_and(|v| v == "on"))
-        {
+            .and_then(|l| l.get(pod::LABEL_NETWORK))
+            .is_some_and(|v| v == "on");
+        if !network_on {
             ensure_network_policy(&cluster, namespace).await;
         }
         let me = SandboxPod {
@@ -390,6 +403,9 @@ impl SandboxPod {
             namespace: namespace.to_string(),
             name,
             dead: false,
+            uses: 0,
+            counters: (0, 0),
+            born: Instant::now(),
         };
         with_timeout(
             &format!("cannot create the sandbox pod in namespace {namespace}"),
@@ -647,6 +663,80 @@ impl SandboxPod {
     }
 }
 
+/// Jobs a warm pod runs before it is replaced, unless `recycle_after` says otherwise.
+pub const DEFAULT_RECYCLE_AFTER: u32 = 50;
+/// The cluster stops a warm pod after this (`activeDeadlineSeconds`) even when the runner
+/// is gone; the pool stops using it at half of it.
+const WARM_DEADLINE: Duration = Duration::from_secs(2 * 3600);
+
+/// What a warm pool's pods are made from.
+pub struct WarmPod {
+    cluster: Arc<Cluster>,
+    namespace: String,
+    /// The pod manifest; each pod gets its own name.
+    template: Value,
+    start_timeout: Duration,
+}
+
+impl docker::pool::Warm for SandboxPod {
+    type Spec = WarmPod;
+
+    fn start(spec: &WarmPod) -> impl std::future::Future<Output = Result<Self, String>> + Send {
+        let mut m = spec.template.clone();
+        m["metadata"]["name"] = Value::from(super::native::sandbox_id());
+        let (cluster, ns, t) = (
+            spec.cluster.clone(),
+            spec.namespace.clone(),
+            spec.start_timeout,
+        );
+        async move { SandboxPod::start(cluster, &ns, m, t, &CancellationToken::new()).await }
+    }
+
+    fn can_reuse(&self, recycle_after: u32) -> bool {
+        !self.dead && self.uses < recycle_after && self.born.elapsed() < WARM_DEADLINE / 2
+    }
+
+    async fn remove(self) {
+        self.delete().await
+    }
+}
+
+type PodPool = docker::pool::Pool<SandboxPod>;
+
+static POOLS: Mutex<Vec<(String, Arc<PodPool>)>> = Mutex::new(Vec::new());
+
+/// The pool of pods made from `template` in `ns`.
+fn pool(
+    cluster: &Arc<Cluster>,
+    ns: &str,
+    template: Value,
+    start_timeout: Duration,
+) -> Arc<PodPool> {
+    let key = format!("{}|{ns}|{template}", cluster.key);
+    let mut all = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {
+        return p.clone();
+    }
+    let p = docker::pool::Pool::new(WarmPod {
+        cluster: cluster.clone(),
+        namespace: ns.to_string(),
+        template,
+        start_timeout,
+    });
+    all.push((key, p.clone()));
+    p
+}
+
+fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
+    !ctx.fresh_containers
+        && job
+            .backends
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.warm)
+            .unwrap_or(true)
+}
+
 /// The exit code in an exec's final `Status`; `Err` for a failure without one (the
 /// program could not start, the container is gone, ...).
 pub fn exit_code_of(
@@ -878,17 +968,22 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     };
     let image = image_of(job, manifest.as_ref());
     let ns = namespace_of(job, &cluster, manifest.as_ref());
+    let warm = warm_for(job, ctx);
     let name = super::native::sandbox_id();
     let owner = owner_labels();
     // The cluster stops the pod after this even when the runner is gone.
-    let deadline = (job.timeout.as_secs() + 1) * 2 + 600;
+    let deadline = if warm {
+        WARM_DEADLINE.as_secs()
+    } else {
+        (job.timeout.as_secs() + 1) * 2 + 600
+    };
     let spec = pod::build(&pod::PodParams {
         name: &name,
         image: &image,
         limits: &job.limits,
         network: job.network,
-        kind: "job",
-        job_name: Some(&job.name),
+        kind: if warm { "warm" } else { "job" },
+        job_name: (!warm).then_some(job.name.as_str()),
         deadline_secs: Some(deadline),
         owner: &owner,
         manifest: manifest.as_ref(),
@@ -901,24 +996,54 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         .and_then(|k| k.start_timeout)
         .map(|d| d.0)
         .unwrap_or(DEFAULT_START_TIMEOUT);
-    let mut p = match SandboxPod::start(cluster, &ns, spec, start_timeout, &ctx.cancel).await {
-        Ok(p) => p,
-        Err(e) => {
-            let mut r = error_report(job, Phase::Prepare, e);
-            r.image = Some(image);
-            r.duration_ms = started.elapsed().as_millis() as u64;
-            return r;
-        }
+    let failed = |e: String| {
+        let mut r = error_report(job, Phase::Prepare, e);
+        r.image = Some(image.clone());
+        r.duration_ms = started.elapsed().as_millis() as u64;
+        r
     };
-    let mut report = run_steps(&mut p, job, ctx).await;
-    p.delete().await;
+    let mut report = if warm {
+        // Each pod of the pool gets its own name.
+        let mut template = spec;
+        template["metadata"]["name"] = Value::from("warm");
+        let pool = pool(&cluster, &ns, template, start_timeout);
+        let mut p = match pool.acquire(ctx.parallelism).await {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        let mut reusable = false;
+        let report = run_steps(&mut p, job, ctx, true, &mut reusable).await;
+        let recycle = kcfg
+            .and_then(|k| k.recycle_after)
+            .unwrap_or(DEFAULT_RECYCLE_AFTER)
+            .max(1);
+        pool.release(p, reusable && !ctx.cancel.is_cancelled(), recycle)
+            .await;
+        report
+    } else {
+        let mut p = match SandboxPod::start(cluster, &ns, spec, start_timeout, &ctx.cancel).await {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        let report = run_steps(&mut p, job, ctx, false, &mut false).await;
+        p.delete().await;
+        report
+    };
     report.image = Some(image);
     report.duration_ms = started.elapsed().as_millis() as u64;
     report
 }
 
 /// Runs the job's steps in its pod and builds its report.
-async fn run_steps(p: &mut SandboxPod, job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+/// With `warm`, the pod is cleaned afterwards and `reusable` says whether that was proven.
+async fn run_steps(
+    p: &mut SandboxPod,
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    warm: bool,
+    reusable: &mut bool,
+) -> JobReport {
+    p.uses = p.uses.saturating_add(1);
     let cancel = &ctx.cancel;
     let started = Instant::now();
     let source = lang::source_file(job.lang, &job.code);
@@ -989,12 +1114,14 @@ async fn run_steps(p: &mut SandboxPod, job: &PlannedJob, ctx: &RunCtx) -> JobRep
     }
     let collect = !job.artifacts.is_empty() || !job.expect.files.is_empty();
     let needs_finish = !p.dead
-        && last_run
-            .as_ref()
-            .is_some_and(|r| collect || r.exit_code != Some(0));
+        && (warm
+            || last_run
+                .as_ref()
+                .is_some_and(|r| collect || r.exit_code != Some(0)));
     if needs_finish {
-        match finish(p, collect, job.limits.disk, cancel).await {
-            Ok((ev, tar)) => {
+        match finish(p, collect, warm, job.limits.disk, cancel).await {
+            Ok((ev, tar, clean)) => {
+                *reusable = clean;
                 msgs.push(Msg::Limits(ev));
                 if let Some(tar) = tar {
                     match docker::collected(job, ctx, &p.name, &tar) {
@@ -1015,39 +1142,96 @@ async fn run_steps(p: &mut SandboxPod, job: &PlannedJob, ctx: &RunCtx) -> JobRep
     docker::report_of(job, ctx, &outcome)
 }
 
-/// The end of a job in its pod (one exec): every process of the job killed, the cgroup's
-/// counters read, the workdir packed when `collect`.
+/// The end of a job in its pod, one exec as the sandbox user: `$1` = 1 packs the workdir
+/// (a tar on stdout); `$2` = 1 (warm pods) kills every process but the keep-alive (pid 1)
+/// and this one, empties `/sandbox`, `/tmp` and `/dev/shm`, removes System V IPC objects,
+/// and says `clean yes` only when a check proves all of that. The cgroup's counters go to
+/// stderr. Only shell built-ins run while processes of the job may still exist.
+pub const FINISH_SCRIPT: &str = r#"kill -9 -1 2>/dev/null
+for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
+  [ -r "$f" ] && while read -r k v; do echo "$k $v" >&2; done < "$f"
+done
+if [ "$1" = 1 ]; then tar -c -C /sandbox . || exit 3; fi
+if [ "$2" = 1 ]; then
+  busy=0; i=0
+  while :; do
+    n=0
+    for d in /proc/[0-9]*; do
+      p=${d#/proc/}
+      if [ "$p" = 1 ] || [ "$p" = $$ ]; then continue; fi
+      st=x
+      read -r _ _ st _ < "$d/stat" 2>/dev/null || continue
+      [ "$st" = Z ] && continue
+      kill -9 "$p" 2>/dev/null && n=$((n+1))
+    done
+    [ $n = 0 ] && break
+    i=$((i+1)); [ $i -ge 200 ] && { busy=1; break; }
+  done
+  find /sandbox /tmp /dev/shm -mindepth 1 -delete 2>/dev/null
+  ipcrm -a 2>/dev/null
+  left=""
+  for d in /sandbox /tmp /dev/shm; do
+    for f in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+      if [ -e "$f" ] || [ -L "$f" ]; then left="$f"; break 2; fi
+    done
+  done
+  ipc=0
+  for t in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
+    [ -r "$t" ] || continue
+    k=0; while read -r line; do k=$((k+1)); done < "$t"
+    [ $k -gt 1 ] && ipc=$((ipc+k-1))
+  done
+  if [ $busy = 0 ] && [ -z "$left" ] && [ $ipc = 0 ]; then echo "clean yes" >&2
+  else echo "clean no busy=$busy left=$left ipc=$ipc" >&2; fi
+fi
+exit 0"#;
+
+/// The end of a job in its pod (one exec, [`FINISH_SCRIPT`]): the limit events since the
+/// last job, the workdir's tar when `collect`, and (`clean`) whether the pod was proven
+/// clean.
 async fn finish(
     p: &mut SandboxPod,
     collect: bool,
+    clean: bool,
     cap: u64,
     cancel: &CancellationToken,
-) -> Result<(LimitEvents, Option<Vec<u8>>), String> {
+) -> Result<(LimitEvents, Option<Vec<u8>>, bool), String> {
     let argv: Vec<String> = vec![
         "/bin/sh".into(),
         "-c".into(),
-        docker::FINISH_SCRIPT.into(),
+        FINISH_SCRIPT.into(),
         "sh".into(),
         if collect { "1" } else { "0" }.into(),
-        "0".into(),
+        if clean { "1" } else { "0" }.into(),
     ];
     let r = p
         .exec(&argv, None, cap, Duration::from_secs(60), cancel)
         .await?;
-    let mut ev = LimitEvents {
-        enforcement: "pod cgroup".into(),
-        ..Default::default()
-    };
+    let (mut oom, mut pids) = p.counters;
+    let mut is_clean = false;
     for line in String::from_utf8_lossy(&r.stderr).lines() {
         let mut it = line.split_whitespace();
-        match (it.next(), it.next().and_then(|n| n.parse::<u64>().ok())) {
-            (Some("oom_kill"), Some(n)) => ev.oom_killed |= n > 0,
-            (Some("max"), Some(n)) => ev.pids_limit_hit |= n > 0,
+        match (it.next(), it.next()) {
+            (Some("oom_kill"), Some(n)) => oom = n.parse().unwrap_or(oom),
+            (Some("max"), Some(n)) => pids = n.parse().unwrap_or(pids),
+            (Some("clean"), Some("yes")) => is_clean = true,
+            (Some("clean"), Some(_)) => tracing::debug!("warm pod not clean: {line}"),
             _ => {}
         }
     }
+    let ev = LimitEvents {
+        enforcement: "pod cgroup".into(),
+        oom_killed: oom > p.counters.0,
+        pids_limit_hit: pids > p.counters.1,
+        ..Default::default()
+    };
+    p.counters = (oom, pids);
     let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
-    Ok((ev, (collect && ok).then_some(r.stdout)))
+    Ok((
+        ev,
+        (collect && ok).then_some(r.stdout),
+        clean && ok && is_clean,
+    ))
 }
 
 #[cfg(test)]

@@ -41,11 +41,13 @@ pub const ANNOTATION_OPEN_FILES: &str = "llm-sandbox.open-files";
 /// Annotation: the job's name.
 pub const ANNOTATION_JOB: &str = "llm-sandbox.job";
 
-/// The keep-alive of the sandbox container: idles, exits at once on SIGTERM (deletion).
+/// The keep-alive of the sandbox container (pid 1): blocks reading its stdin (kept open,
+/// never written) without any child process, so that a warm pod's cleanup can prove that
+/// no process but it is left; exits at once on SIGTERM (deletion).
 pub const KEEPALIVE: &[&str] = &[
     "/bin/sh",
     "-c",
-    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
+    "trap 'exit 0' TERM INT; while read -r _; do :; done; exec sleep 2147483647",
 ];
 
 /// What a sandbox pod is made of.
@@ -287,7 +289,6 @@ pub fn build(p: &PodParams) -> Result<Value, String> {
     for k in [
         "command",
         "args",
-        "stdin",
         "stdinOnce",
         "tty",
         "lifecycle",
@@ -305,6 +306,7 @@ pub fn build(p: &PodParams) -> Result<Value, String> {
         c.insert("imagePullPolicy".into(), json!("IfNotPresent"));
     }
     c.insert("command".into(), json!(KEEPALIVE));
+    c.insert("stdin".into(), json!(true));
     c.insert("workingDir".into(), json!("/sandbox"));
     c.insert("resources".into(), resources);
     c.insert("volumeMounts".into(), Value::Array(mounts));
