@@ -34,10 +34,28 @@ fn native_check() -> Result<(), String> {
     })
 }
 
+/// The kubernetes backend's cluster, if one is configured (`Ok(None)`: none).
+fn kubernetes_check() -> Result<Option<String>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(llm_sandbox::backend::kubernetes::probe())
+}
+
 pub fn run(as_json: bool) -> i32 {
+    let kube = std::thread::spawn(kubernetes_check);
     let native = std::thread::spawn(native_check)
         .join()
         .unwrap_or_else(|_| Err("the check panicked".into()));
+    let kube = kube
+        .join()
+        .unwrap_or_else(|_| Err("the check panicked".into()));
+    let kube_detail = match &kube {
+        Ok(Some(c)) => c.clone(),
+        Ok(None) => "no cluster configured ($KUBECONFIG, ~/.kube/config, in-cluster, or `backends.kubernetes.kubeconfig` in a job file)".into(),
+        Err(e) => e.clone(),
+    };
     let limits = cgroup::detect();
     let langs: Vec<(Lang, Result<lang::HostToolchain, String>)> = Lang::ALL
         .iter()
@@ -54,7 +72,7 @@ pub fn run(as_json: bool) -> i32 {
                 },
                 "docker": {"ok": false, "detail": "not available in this version"},
                 "podman": {"ok": false, "detail": "not available in this version"},
-                "kubernetes": {"ok": false, "detail": "not available in this version"},
+                "kubernetes": {"ok": matches!(kube, Ok(Some(_))), "detail": kube_detail},
             },
             "languages": langs.iter().map(|(l, r)| json!({
                 "lang": l,
@@ -84,16 +102,18 @@ pub fn run(as_json: bool) -> i32 {
         ),
         Err(e) => println!("        limits      rlimits only (address space, processes): {e}"),
     }
-    for b in [
-        BackendKind::Docker,
-        BackendKind::Podman,
-        BackendKind::Kubernetes,
-    ] {
+    for b in [BackendKind::Docker, BackendKind::Podman] {
         println!(
             "  --    {:<11} not available in this version of llm-sandbox yet",
             b.as_str()
         );
     }
+    let mark = match &kube {
+        Ok(Some(_)) => "ok  ",
+        Ok(None) => "--  ",
+        Err(_) => "FAIL",
+    };
+    println!("  {mark}  kubernetes  {kube_detail}");
     println!("\nLanguages (native backend)");
     for (l, r) in &langs {
         match r {

@@ -111,12 +111,32 @@ pub async fn connect(cfg: Option<&KubernetesConfig>, base: &Path) -> Result<Arc<
     {
         return Ok(c.clone());
     }
+    let config = config_of(kubeconfig.as_deref(), context.clone()).await?;
+    let cluster = Arc::new(cluster_of(
+        config,
+        cfg.and_then(|c| c.namespace.clone()),
+        key,
+    )?);
+    sweep_stale(&cluster).await;
+    CLUSTERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(cluster.clone());
+    Ok(cluster)
+}
+
+/// The client configuration: `kubeconfig` (a file), else `context` of $KUBECONFIG or
+/// ~/.kube/config, else whatever kube infers (those files, then in-cluster).
+async fn config_of(
+    kubeconfig: Option<&Path>,
+    context: Option<String>,
+) -> Result<kube::Config, String> {
     let opts = kube::config::KubeConfigOptions {
         context: context.clone(),
         cluster: None,
         user: None,
     };
-    let config = if let Some(path) = &kubeconfig {
+    Ok(if let Some(path) = kubeconfig {
         let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
             format!(
                 "backends.kubernetes.kubeconfig: cannot read {}: {e}",
@@ -147,18 +167,27 @@ pub async fn connect(cfg: Option<&KubernetesConfig>, base: &Path) -> Result<Arc<
                 docker::engine::error_chain(&e)
             )
         })?
-    };
-    let cluster = Arc::new(cluster_of(
-        config,
-        cfg.and_then(|c| c.namespace.clone()),
-        key,
-    )?);
-    sweep_stale(&cluster).await;
-    CLUSTERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(cluster.clone());
-    Ok(cluster)
+    })
+}
+
+/// `doctor`: the cluster of $KUBECONFIG / ~/.kube/config / in-cluster and its version,
+/// touching nothing. `Ok(None)`: no cluster is configured.
+pub async fn probe() -> Result<Option<String>, String> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let configured = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
+        || home.is_some_and(|h| h.join(".kube/config").is_file())
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if !configured {
+        return Ok(None);
+    }
+    let config = config_of(None, None).await?;
+    let url = config.cluster_url.to_string();
+    let c = cluster_of(config, None, String::new())?;
+    let v = with_timeout("the API server", c.client.apiserver_version()).await?;
+    Ok(Some(format!(
+        "{url} (Kubernetes {}, namespace {})",
+        v.git_version, c.namespace
+    )))
 }
 
 fn cluster_of(
