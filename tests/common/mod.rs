@@ -297,7 +297,8 @@ pub struct FakeCluster {
     pub url: String,
 }
 
-/// The fake API server's binary, next to the binary under test (built when missing).
+/// The fake API server's binary, next to the binary under test (`cargo nextest run` and
+/// `cargo test` build the examples with the tests; when it is missing it is built here).
 pub fn fake_apiserver_bin() -> PathBuf {
     let p = Path::new(BIN)
         .parent()
@@ -310,7 +311,10 @@ pub fn fake_apiserver_bin() -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "cannot build examples/fake-apiserver");
+        assert!(
+            ok,
+            "cannot build examples/fake-apiserver (cargo build --example fake-apiserver)"
+        );
     }
     p
 }
