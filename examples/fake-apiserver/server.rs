@@ -10,7 +10,9 @@
 //!   upgraded to a WebSocket with the subprotocol `v5.channel.k8s.io` (preferred) or
 //!   `v4.channel.k8s.io`: channel 0 stdin, 1 stdout, 2 stderr (streamed as the program
 //!   writes), 3 the final `Status` exactly as the real API server sends it, and (v5) 255
-//!   to close stdin. With v4 a program's stdin ends when the client closes the WebSocket.
+//!   to close stdin. With v4 there is no way to close stdin but closing the WebSocket,
+//!   which ends the exec (as it does on a real API server): use v5 for programs that
+//!   read their stdin to the end.
 //! - network policies: `POST`/`GET`/`DELETE /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies[/{name}]`
 //!   (stored; pods labelled `llm-sandbox.network=off` get no network, as a CNI enforcing
 //!   the backend's deny-all policy would do).
