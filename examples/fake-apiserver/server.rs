@@ -105,8 +105,12 @@ impl FakeApiServer {
     pub async fn start(port: u16) -> std::io::Result<FakeApiServer> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
+        sweep_stale_roots();
         let root = tempfile::Builder::new()
-            .prefix("llm-sandbox-fake-apiserver-")
+            .prefix(&format!(
+                "{ROOT_PREFIX}{}-",
+                llm_sandbox::run::owner::prefix()
+            ))
             .tempdir()?;
         set_mode(root.path(), 0o755)?;
         let all_slots = tmpfs_slots(root.path());
@@ -226,6 +230,34 @@ impl Drop for FakeApiServer {
         for s in &self.state.all_slots {
             let _ = nix::mount::umount2(s, nix::mount::MntFlags::MNT_DETACH);
         }
+    }
+}
+
+/// The state directories: `$TMPDIR/llm-sandbox-fake-apiserver-ls-<pid>-<start time>-…`.
+const ROOT_PREFIX: &str = "llm-sandbox-fake-apiserver-";
+
+/// Removes what servers that were killed (SIGKILL) left: their tmpfs slots and files.
+fn sweep_stale_roots() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let host = llm_sandbox::run::owner::hostname();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name.strip_prefix(ROOT_PREFIX) else {
+            continue;
+        };
+        if llm_sandbox::run::owner::stale_owner_pid(owner, &host).is_none() {
+            continue;
+        }
+        if let Ok(slots) = std::fs::read_dir(e.path()) {
+            for s in slots.flatten() {
+                if s.file_name().to_string_lossy().starts_with("slot-") {
+                    let _ = nix::mount::umount2(&s.path(), nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(e.path());
     }
 }
 
