@@ -1,5 +1,7 @@
-//! The Kubernetes backend (kube): one hardened pod per job (pod.rs), scheduled by the
-//! cluster. The program and input files go in as a tar stream over exec, each step is an
+//! The Kubernetes backend (kube): a hardened pod per job (pod.rs), scheduled by the
+//! cluster — a warm one from the container backends' pool (docker/pool.rs), proven clean
+//! after each job, or a fresh one. The program and input files go in as a tar stream over
+//! exec, each step is an
 //! exec over WebSocket (stdin, separate stdout and stderr, the exit code from the final
 //! `Status`), the files to check and the artifacts come out as a tar stream, unpacked on
 //! the host without following symlinks. The job flow and the mapping of results onto
