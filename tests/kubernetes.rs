@@ -637,3 +637,43 @@ code = 'echo started; sleep 60'
     let j = r.assert_status("timeout", "timeout");
     assert!(field(j, "stdout").contains("started"));
 }
+
+#[test]
+fn exec_runs_one_program_in_a_pod() {
+    let fake = FakeCluster::start();
+    let out = common::bin()
+        .env("KUBECONFIG", &fake.kubeconfig)
+        .args(["exec", "--lang", "python", "--backend", "kubernetes", "-c"])
+        .arg("import sys; print(sys.stdin.read().upper(), end=''); print('err', file=sys.stderr); sys.exit(4)")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"from stdin\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "FROM STDIN\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let out = common::bin()
+        .env("KUBECONFIG", &fake.kubeconfig)
+        .args([
+            "exec",
+            "--lang",
+            "bash",
+            "--backend",
+            "kubernetes",
+            "--timeout",
+            "1s",
+        ])
+        .args(["-c", "echo started; sleep 30"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+    assert!(fake.pod_names().is_empty(), "{:?}", fake.pod_names());
+}

@@ -1065,6 +1065,22 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     report
 }
 
+/// One ad hoc job (`llm-sandbox exec`) in a fresh pod; everything it made is removed.
+pub async fn run_adhoc(job: &PlannedJob, cancel: &CancellationToken) -> Result<JobReport, String> {
+    let dir = crate::run::RunDir::create()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let ctx = RunCtx {
+        run_dir: dir.path.clone(),
+        artifacts_root: dir.path.join("artifacts"),
+        cancel: cancel.clone(),
+        fresh_containers: true,
+        parallelism: 1,
+    };
+    let report = run_job(job, &ctx).await;
+    finish_run().await;
+    Ok(report)
+}
+
 /// Runs the job's steps in its pod and builds its report.
 /// With `warm`, the pod is cleaned afterwards and `reusable` says whether that was proven.
 async fn run_steps(
