@@ -448,6 +448,12 @@ fn the_fake_apiserver_refuses_what_it_does_not_serve() {
 
 /// The names of the pods seen while `args` runs (polled every 10 ms).
 fn pods_seen_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<String>, Value) {
+    let (seen, _, report) = pods_during(fake, s, args);
+    (seen, report)
+}
+
+/// The pods seen while `args` runs, the most that existed at once, and the report.
+fn pods_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<String>, usize, Value) {
     let mut child = s
         .cmd()
         .args(["run", "--no-progress", "--json", "-"])
@@ -457,8 +463,11 @@ fn pods_seen_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<Stri
         .spawn()
         .unwrap();
     let mut seen: Vec<String> = Vec::new();
+    let mut most = 0;
     while child.try_wait().unwrap().is_none() {
-        for n in fake.pod_names() {
+        let now = fake.pod_names();
+        most = most.max(now.len());
+        for n in now {
             if !seen.contains(&n) {
                 seen.push(n);
             }
@@ -466,7 +475,30 @@ fn pods_seen_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<Stri
         std::thread::sleep(Duration::from_millis(10));
     }
     let out = child.wait_with_output().unwrap();
-    (seen, serde_json::from_slice(&out.stdout).unwrap())
+    (seen, most, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn warm_pods_of_other_images_make_room() {
+    let fake = FakeCluster::start();
+    let s = scratch_with_kubeconfig(&fake);
+    let mut jobs = String::from(HEADER);
+    for i in 0..8 {
+        let (lang, code) = if i % 2 == 0 {
+            ("bash", "sleep 0.2; echo ok")
+        } else {
+            ("python", "import time; time.sleep(0.2); print('ok')")
+        };
+        jobs.push_str(&format!(
+            "\n[[jobs]]\nname = \"job{i}\"\nlang = \"{lang}\"\ncode = \"{code}\"\nexpect.stdout = \"ok\"\n"
+        ));
+    }
+    s.write("jobs.toml", &jobs);
+    let (_, most, report) = pods_during(&fake, &s, &["-j", "2", "jobs.toml"]);
+    assert_eq!(report["summary"]["passed"], 8, "{report:#}");
+    // Two job slots, two images: about two warm pods at a time, not two per image.
+    assert!(most <= 3, "{most} pods at once");
+    assert!(fake.pod_names().is_empty());
 }
 
 #[test]

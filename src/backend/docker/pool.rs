@@ -161,6 +161,20 @@ impl<T: Warm> Pool<T> {
         }
     }
 
+    /// How many sandboxes of this pool exist (idle, busy or starting).
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Takes an idle sandbox out of the pool (to remove it: room for another pool's).
+    pub fn take_idle(&self) -> Option<T> {
+        let c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if c.is_some() {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+        c
+    }
+
     /// Removes the idle sandboxes (the end of a run).
     pub async fn drain(&self) {
         let idle: Vec<T> =

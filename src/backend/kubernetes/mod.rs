@@ -758,6 +758,41 @@ fn pool(
     p
 }
 
+/// Keeps the warm pods of all pools near `cap` (the backend's job slots): idle pods of
+/// other pools are deleted to make room for one more of `pool`'s; returns how many of
+/// `pool`'s may be started ahead. (A run of many languages would otherwise keep `cap` idle
+/// pods per language until its end.)
+fn make_room(pool: &Arc<PodPool>, cap: usize) -> usize {
+    let pools: Vec<Arc<PodPool>> = POOLS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(_, p)| p.clone())
+        .filter(|p| !Arc::ptr_eq(p, pool))
+        .collect();
+    let mut others: usize = pools.iter().map(|p| p.live()).sum();
+    let mut evicted = Vec::new();
+    for p in &pools {
+        while others + pool.live().max(1) > cap {
+            match p.take_idle() {
+                Some(pod) => {
+                    others -= 1;
+                    evicted.push(pod);
+                }
+                None => break,
+            }
+        }
+    }
+    if !evicted.is_empty() {
+        tokio::spawn(async move {
+            for pod in evicted {
+                pod.delete().await;
+            }
+        });
+    }
+    cap.saturating_sub(others).max(1)
+}
+
 fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
     !ctx.fresh_containers
         && job
@@ -1038,7 +1073,8 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         let mut template = spec;
         template["metadata"]["name"] = Value::from("warm");
         let pool = pool(&cluster, &ns, template, start_timeout);
-        let mut p = match pool.acquire(ctx.parallelism).await {
+        let ahead = make_room(&pool, ctx.parallelism);
+        let mut p = match pool.acquire(ahead).await {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
