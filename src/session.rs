@@ -13,9 +13,12 @@
 //!
 //! On the native backend every `run`/`execute_command` starts a fresh namespace sandbox
 //! (nothing but the workdir survives between them); the workdir is a host directory
-//! private to the session, bind-mounted as `/sandbox`, so its size is not limited.
+//! private to the session, bind-mounted as `/sandbox`, so its size is not limited. On
+//! docker a hardened container, on kubernetes a hardened pod (a caller's `kube::Client`
+//! through [`SessionBuilder::kube_client`]) lives as long as the session.
 
 use crate::backend::docker;
+use crate::backend::kubernetes;
 use crate::backend::native::{base_env, program_steps, sandbox_id};
 use crate::lang::{self, HostToolchain};
 use crate::plan::job::ResolvedLimits;
@@ -92,6 +95,8 @@ pub struct SessionBuilder {
     podman_socket: Option<String>,
     tls: Option<crate::spec::types::TlsConfig>,
     client: Option<bollard::Docker>,
+    kube_client: Option<kube::Client>,
+    namespace: Option<String>,
 }
 
 impl std::fmt::Debug for SessionBuilder {
@@ -103,6 +108,8 @@ impl std::fmt::Debug for SessionBuilder {
             .field("dockerfile", &self.dockerfile)
             .field("docker_host", &self.docker_host)
             .field("caller_client", &self.client.is_some())
+            .field("caller_kube_client", &self.kube_client.is_some())
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +131,8 @@ impl Default for SessionBuilder {
             podman_socket: None,
             tls: None,
             client: None,
+            kube_client: None,
+            namespace: None,
         }
     }
 }
@@ -206,11 +215,25 @@ impl SessionBuilder {
         self
     }
 
+    /// Kubernetes: a kube client the caller built (any cluster, any authentication);
+    /// without one, `$KUBECONFIG` / `~/.kube/config`, then the in-cluster configuration.
+    pub fn kube_client(mut self, client: kube::Client) -> Self {
+        self.kube_client = Some(client);
+        self
+    }
+
+    /// Kubernetes: the namespace of the session's pod (default: the client's or the
+    /// kubeconfig context's).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
     pub async fn open(self) -> Result<Session, SessionError> {
         match self.backend {
             BackendKind::Native => self.open_native().await,
             BackendKind::Docker | BackendKind::Podman => self.open_docker().await,
-            other => Err(SessionError::BackendUnavailable(other)),
+            BackendKind::Kubernetes => self.open_kube().await,
         }
     }
 
@@ -300,6 +323,63 @@ impl SessionBuilder {
     }
 }
 
+impl SessionBuilder {
+    async fn open_kube(mut self) -> Result<Session, SessionError> {
+        if !self.libraries.is_empty() || self.dockerfile.is_some() {
+            return Err(SessionError::Engine(
+                "`libraries` and `dockerfile` are not supported on the kubernetes backend: use an image that has what the code needs (`image(...)`)".into(),
+            ));
+        }
+        let cluster = match self.kube_client.take() {
+            Some(c) => kubernetes::from_client(c, self.namespace.clone()),
+            None => {
+                let cfg = crate::spec::types::KubernetesConfig {
+                    namespace: self.namespace.clone(),
+                    ..Default::default()
+                };
+                let base = std::env::current_dir().unwrap_or_default();
+                kubernetes::connect(Some(&cfg), &base)
+                    .await
+                    .map_err(SessionError::Engine)?
+            }
+        };
+        let image = self
+            .image
+            .clone()
+            .unwrap_or_else(|| lang::spec(self.lang).default_image.to_string());
+        let name = sandbox_id();
+        let owner = kubernetes::owner_labels();
+        let spec = kubernetes::pod::build(&kubernetes::pod::PodParams {
+            name: &name,
+            image: &image,
+            limits: &self.limits,
+            network: self.network,
+            kind: "session",
+            job_name: None,
+            deadline_secs: None,
+            owner: &owner,
+            manifest: None,
+        })
+        .map_err(SessionError::Engine)?;
+        let cancel = CancellationToken::new();
+        let ns = cluster.namespace.clone();
+        let pod = kubernetes::SandboxPod::start(
+            cluster,
+            &ns,
+            spec,
+            kubernetes::DEFAULT_START_TIMEOUT,
+            &cancel,
+        )
+        .await
+        .map_err(SessionError::Engine)?;
+        Ok(Session {
+            b: self,
+            inner: Inner::Kube(Some(pod)),
+            cancel,
+        })
+    }
+}
+
 struct NativeState {
     tc: HostToolchain,
     dir: Option<RunDir>,
@@ -378,6 +458,8 @@ impl DockerState {
 enum Inner {
     Native(NativeState),
     Docker(DockerState),
+    /// The session's pod (None once closed).
+    Kube(Option<kubernetes::SandboxPod>),
 }
 
 /// A sandbox session (SPEC §5): on `native`, every call runs in a fresh namespace sandbox
@@ -577,13 +659,44 @@ impl Session {
                 );
                 self.exec(steps, stdin.map(<[u8]>::to_vec)).await
             }
+            Inner::Kube(_) => {
+                if !libs.is_empty() {
+                    return Err(SessionError::Engine(format!(
+                        "libraries {libs:?}: not supported on the kubernetes backend (use an image that has them)"
+                    )));
+                }
+                let tar =
+                    docker::tarball::build(&[(source.clone(), code.as_bytes().to_vec(), 0o644)])?;
+                let cancel = self.cancel.clone();
+                self.kube()?
+                    .put_tar(&tar, &cancel)
+                    .await
+                    .map_err(SessionError::Sandbox)?;
+                let steps = docker::steps(
+                    self.b.lang,
+                    &source,
+                    code,
+                    &self.b.limits,
+                    self.b.timeout,
+                    &[],
+                    true,
+                );
+                self.exec(steps, stdin.map(<[u8]>::to_vec)).await
+            }
+        }
+    }
+
+    fn kube(&mut self) -> Result<&mut kubernetes::SandboxPod, SessionError> {
+        match &mut self.inner {
+            Inner::Kube(p) => p.as_mut().ok_or(SessionError::Closed),
+            _ => Err(SessionError::Closed),
         }
     }
 
     fn docker(&mut self) -> Result<&mut docker::container::Container, SessionError> {
         match &mut self.inner {
             Inner::Docker(d) => d.container.as_mut().ok_or(SessionError::Closed),
-            Inner::Native(_) => Err(SessionError::Closed),
+            _ => Err(SessionError::Closed),
         }
     }
 
@@ -628,12 +741,19 @@ impl Session {
                 std::io::copy(&mut from, &mut to)?;
                 Ok(())
             }
-            Inner::Docker(_) => {
+            Inner::Docker(_) | Inner::Kube(_) => {
                 use std::os::unix::fs::PermissionsExt;
                 let data = std::fs::read(src.as_ref())?;
                 let mode = std::fs::metadata(src.as_ref())?.permissions().mode() & 0o755 | 0o644;
                 let tar = docker::tarball::build(&[(rel.display().to_string(), data, mode)])?;
                 let cancel = self.cancel.clone();
+                if let Inner::Kube(_) = self.inner {
+                    return self
+                        .kube()?
+                        .put_tar(&tar, &cancel)
+                        .await
+                        .map_err(SessionError::Sandbox);
+                }
                 self.docker()?
                     .put_tar(&tar, &cancel)
                     .await
@@ -662,15 +782,16 @@ impl Session {
                 std::io::copy(&mut from, &mut to)?;
                 Ok(())
             }
-            Inner::Docker(_) => {
+            Inner::Docker(_) | Inner::Kube(_) => {
                 let cap = self.b.limits.disk;
                 let cancel = self.cancel.clone();
                 let shown = rel.display().to_string();
-                let tar = self
-                    .docker()?
-                    .get_tar(&shown, cap, &cancel)
-                    .await
-                    .map_err(|e| SessionError::BadPath(src.into(), e))?;
+                let tar = if let Inner::Kube(_) = self.inner {
+                    self.kube()?.get_tar(&shown, cap, &cancel).await
+                } else {
+                    self.docker()?.get_tar(&shown, cap, &cancel).await
+                }
+                .map_err(|e| SessionError::BadPath(src.into(), e))?;
                 let tmp = tempfile::tempdir()?;
                 let x = docker::tarball::extract(tar.as_slice(), tmp.path(), cap)?;
                 if let Some((_, why)) = x.refused.iter().find(|(p, _)| *p == shown) {
@@ -730,6 +851,25 @@ impl Session {
                 .map_err(SessionError::Sandbox)?;
                 Ok(plots)
             }
+            Inner::Kube(_) => {
+                let cancel = self.cancel.clone();
+                let p = self.kube()?;
+                let tar = match p.get_tar(crate::plots::PLOTS_DIR, cap, &cancel).await {
+                    Ok(t) => t,
+                    Err(_) => return Ok(vec![]),
+                };
+                let tmp = tempfile::tempdir()?;
+                docker::tarball::extract(tar.as_slice(), tmp.path(), cap)?;
+                let plots = crate::plots::read_dir_safely(tmp.path(), cap)?;
+                let rm: Vec<String> = ["rm", "-rf", "--", crate::plots::PLOTS_DIR]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                p.exec(&rm, None, 1 << 12, Duration::from_secs(30), &cancel)
+                    .await
+                    .map_err(SessionError::Sandbox)?;
+                Ok(plots)
+            }
         }
     }
 
@@ -746,6 +886,11 @@ impl Session {
                 }
                 d.engine.finish_session().await;
             }
+            Inner::Kube(p) => {
+                if let Some(p) = p.take() {
+                    p.delete().await;
+                }
+            }
         }
         Ok(())
     }
@@ -757,6 +902,9 @@ impl Session {
     ) -> Result<ExecOutput, SessionError> {
         if matches!(self.inner, Inner::Docker(_)) {
             return self.exec_docker(steps, stdin).await;
+        }
+        if matches!(self.inner, Inner::Kube(_)) {
+            return self.exec_kube(steps, stdin).await;
         }
         let Inner::Native(n) = &self.inner else {
             return Err(SessionError::Closed);
@@ -910,8 +1058,67 @@ impl Session {
     }
 }
 
+impl Session {
+    async fn exec_kube(
+        &mut self,
+        steps: Vec<Step>,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecOutput, SessionError> {
+        let cancel = self.cancel.clone();
+        let env = docker::base_env(self.b.lang, &self.b.env, true);
+        let (lang, open_files) = (self.b.lang, self.b.limits.open_files);
+        let p = self.kube()?;
+        let mut out = ExecOutput::default();
+        for step in steps {
+            let input = match step.kind {
+                StepKind::Run => Some(stdin.as_deref().unwrap_or(&[])),
+                _ => None,
+            };
+            let argv = kubernetes::step_argv(lang, &step, &env, open_files, None);
+            let r = p
+                .exec(
+                    &argv,
+                    input,
+                    step.capture_cap,
+                    Duration::from_millis(step.timeout_ms),
+                    &cancel,
+                )
+                .await
+                .map_err(SessionError::Sandbox)?;
+            if r.cancelled {
+                return Err(SessionError::Closed);
+            }
+            out.duration += r.duration;
+            out.exit_code = r.exit_code.map(|c| c as i32);
+            out.timed_out = r.timed_out;
+            out.signal = docker::signal_of_exit(out.exit_code);
+            out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+            out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+            if step.kind == StepKind::Compile {
+                if r.exit_code != Some(0) || r.timed_out {
+                    let mut all = r.stdout.clone();
+                    all.extend_from_slice(&r.stderr);
+                    let text = String::from_utf8_lossy(&all).into_owned();
+                    out.compile_output = Some(text.clone());
+                    out.stderr = text;
+                    out.stdout.clear();
+                    return Ok(out);
+                }
+                continue;
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
+        // Kubernetes: a session dropped without `close` deletes its pod in the background.
+        if let Inner::Kube(p) = &mut self.inner {
+            if let (Some(p), Ok(h)) = (p.take(), tokio::runtime::Handle::try_current()) {
+                h.spawn(async move { p.delete().await });
+            }
+        }
         // A session dropped without `close`: its container goes away in the background
         // (the container stops by itself as soon as its keep-alive stream closes).
         if let Inner::Docker(d) = &mut self.inner {

@@ -2,6 +2,9 @@
 //! [`common::backends()`] (native; docker and podman when they answer and have the default
 //! images; or exactly `LLM_SANDBOX_TEST_BACKENDS`).
 //!
+//! kubernetes runs against examples/fake-apiserver (started by the test), whose pods have
+//! the host's toolchains.
+//!
 //! One test per backend runs all cases as ONE `llm-sandbox run -j 2 --backend B` over one
 //! job file, then checks every job: its status must be the expected one (a backend that
 //! answers `error` or `timeout` where `passed` is expected fails the test), plus what each
@@ -201,13 +204,14 @@ fn numbers_after(out: &str, prefix: &str) -> Vec<u64> {
 fn cases(backend: &str) -> Vec<Case> {
     let mut v = Vec::new();
     for (lang, code) in HELLOS {
-        if backend == "native" && HOST_OPTIONAL.contains(lang) {
+        // The fake API server's pods have the host's toolchains.
+        if (backend == "native" || backend == "kubernetes") && HOST_OPTIONAL.contains(lang) {
             let l: llm_sandbox::Lang = serde_json::from_value(Value::from(*lang)).unwrap();
             if let Err(why) = llm_sandbox::lang::probe_host(l) {
                 if let Some(flag) = common::strict() {
-                    panic!("{lang} is required on the native backend ({flag}) but: {why}");
+                    panic!("{lang} is required on the {backend} backend ({flag}) but: {why}");
                 }
-                eprintln!("SKIPPED: native conformance hello-{lang}: {why}");
+                eprintln!("SKIPPED: {backend} conformance hello-{lang}: {why}");
                 continue;
             }
         }
@@ -740,9 +744,14 @@ fn conformance(backend: &str) {
     }
     s.write("conformance.toml", &job_file(&cases));
     let arts = s.path().join("artifacts");
+    // kubernetes: against examples/fake-apiserver, through KUBECONFIG.
+    let fake = (backend == "kubernetes").then(common::FakeCluster::start);
+    let mut cmd = s.cmd();
+    if let Some(f) = &fake {
+        cmd.env("KUBECONFIG", &f.kubeconfig);
+    }
     let r: Run = common::run_report(
-        s.cmd()
-            .env("LLM_SANDBOX_TEST_SECRET", SECRET)
+        cmd.env("LLM_SANDBOX_TEST_SECRET", SECRET)
             .args(["run", "--no-progress", "-j", "2", "--backend", backend])
             .args(["--json", "-", "--artifacts"])
             .arg(&arts)

@@ -2,6 +2,7 @@
 //! built in; the container backends plug in here.
 
 pub mod docker;
+pub mod kubernetes;
 pub mod native;
 
 use crate::plan::PlannedJob;
@@ -30,13 +31,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     match job.backend {
         BackendKind::Native => native::run_job(job, ctx).await,
         BackendKind::Docker | BackendKind::Podman => docker::run_job(job, ctx, job.backend).await,
-        other => error_report(
-            job,
-            Phase::Prepare,
-            format!(
-                "the {other} backend is not available in this version of llm-sandbox yet; run this job with `backend = \"native\"` (or `--backend native`)"
-            ),
-        ),
+        BackendKind::Kubernetes => kubernetes::run_job(job, ctx).await,
     }
 }
 
@@ -74,6 +69,7 @@ pub fn prepare_ahead(
 /// without `keep_template`).
 pub async fn finish_run() {
     docker::finish_run().await;
+    kubernetes::finish_run().await;
 }
 
 /// The host's proxy settings, which every backend's prepare phase (library installs) sees.

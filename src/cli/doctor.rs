@@ -34,6 +34,15 @@ fn native_check() -> Result<(), String> {
     })
 }
 
+/// The kubernetes backend's cluster, if one is configured (`Ok(None)`: none).
+fn kubernetes_check() -> Result<Option<String>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(llm_sandbox::backend::kubernetes::probe())
+}
+
 /// A container engine (docker or podman) found from the environment, as a job without
 /// `backends` settings would: `Ok(description)` or `Err(what is wrong and how to fix it)`.
 fn engine_check(kind: BackendKind) -> Result<String, String> {
@@ -70,6 +79,7 @@ fn engine_check(kind: BackendKind) -> Result<String, String> {
 }
 
 pub fn run(as_json: bool) -> i32 {
+    let kube = std::thread::spawn(kubernetes_check);
     let native = std::thread::spawn(native_check)
         .join()
         .unwrap_or_else(|_| Err("the check panicked".into()));
@@ -83,6 +93,14 @@ pub fn run(as_json: bool) -> i32 {
                 (k, r)
             })
             .collect();
+    let kube = kube
+        .join()
+        .unwrap_or_else(|_| Err("the check panicked".into()));
+    let kube_detail = match &kube {
+        Ok(Some(c)) => c.clone(),
+        Ok(None) => "no cluster configured ($KUBECONFIG, ~/.kube/config, in-cluster, or `backends.kubernetes.kubeconfig` in a job file)".into(),
+        Err(e) => e.clone(),
+    };
     let limits = cgroup::detect();
     super::quiet_on_closed_stdout();
     let langs: Vec<(Lang, Result<lang::HostToolchain, String>)> = Lang::ALL
@@ -100,7 +118,7 @@ pub fn run(as_json: bool) -> i32 {
                 },
                 "docker": {"ok": engines[0].1.is_ok(), "detail": match &engines[0].1 { Ok(d) | Err(d) => d }},
                 "podman": {"ok": engines[1].1.is_ok(), "detail": match &engines[1].1 { Ok(d) | Err(d) => d }},
-                "kubernetes": {"ok": false, "detail": "not available in this version"},
+                "kubernetes": {"ok": matches!(kube, Ok(Some(_))), "detail": kube_detail},
             },
             "languages": langs.iter().map(|(l, r)| json!({
                 "lang": l,
@@ -136,10 +154,12 @@ pub fn run(as_json: bool) -> i32 {
             Err(e) => println!("  --    {:<11} {e}", b.as_str()),
         }
     }
-    println!(
-        "  --    {:<11} not available in this version of llm-sandbox yet",
-        BackendKind::Kubernetes.as_str()
-    );
+    let mark = match &kube {
+        Ok(Some(_)) => "ok  ",
+        Ok(None) => "--  ",
+        Err(_) => "FAIL",
+    };
+    println!("  {mark}  kubernetes  {kube_detail}");
     println!("\nLanguages (native backend)");
     for (l, r) in &langs {
         match r {

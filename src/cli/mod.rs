@@ -690,6 +690,78 @@ fn write_reports(report: &llm_sandbox::Report, args: &RunArgs) -> bool {
     ok
 }
 
+/// `exec --backend kubernetes`: the program in a fresh pod of the cluster of $KUBECONFIG
+/// (or ~/.kube/config, in-cluster), with this process's stdin when it is not a terminal;
+/// its output is printed when it ends. Exit codes as for native `exec`.
+async fn exec_kubernetes(
+    lang: Lang,
+    code: String,
+    args: Vec<String>,
+    timeout: std::time::Duration,
+    network: bool,
+) -> i32 {
+    use llm_sandbox::report::model::Phase;
+    use llm_sandbox::Status;
+    use std::io::{IsTerminal, Write};
+    let mut job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
+    job.backend = BackendKind::Kubernetes;
+    if !std::io::stdin().is_terminal() {
+        let mut input = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+            eprintln!("error: cannot read standard input: {e}");
+            return exit_codes::BAD_INPUT;
+        }
+        job.stdin = Some(input);
+    }
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    let r = match llm_sandbox::backend::kubernetes::run_adhoc(&job, &cancel).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 125;
+        }
+    };
+    print!("{}", r.stdout);
+    eprint!("{}", r.stderr);
+    let _ = std::io::stdout().flush();
+    let message = r.message.clone().unwrap_or_default();
+    match r.status {
+        Status::Timeout => {
+            eprintln!("llm-sandbox: {message}");
+            124
+        }
+        Status::Passed | Status::Failed if r.phase == Some(Phase::Run) => {
+            if r.signal.is_some() || r.stdout_truncated || r.stderr_truncated {
+                eprintln!("llm-sandbox: {message}");
+            }
+            r.exit_code.unwrap_or(128 + r.signal.unwrap_or(9))
+        }
+        _ => {
+            eprintln!(
+                "llm-sandbox: {}",
+                if message.is_empty() {
+                    "the program could not run"
+                } else {
+                    &message
+                }
+            );
+            if r.phase == Some(Phase::Compile) {
+                1
+            } else {
+                125
+            }
+        }
+    }
+}
+
 async fn exec(
     lang: Lang,
     backend: Option<BackendKind>,
@@ -722,6 +794,9 @@ async fn exec(
         }
     };
     let backend = backend.unwrap_or_default();
+    if backend == BackendKind::Kubernetes {
+        return exec_kubernetes(lang, code, args, timeout, network).await;
+    }
     if backend != BackendKind::Native {
         eprintln!("error: the {backend} backend is not available in this version of llm-sandbox yet; use --backend native");
         return exit_codes::JOBS_FAILED;

@@ -81,12 +81,19 @@ async fn read_capped<R: AsyncRead + Unpin>(
 }
 
 /// How the run step's stdio is connected.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Io {
     /// stdin from these bytes (or /dev/null), stdout and stderr captured up to `cap` each.
     Capture { stdin: Option<Vec<u8>>, cap: u64 },
     /// The runner's own stdin, stdout and stderr (`exec`: output streams as it comes).
     Inherit,
+    /// The caller's own pipes (stdin, stdout, stderr), read and written by the caller as
+    /// the program runs (examples/fake-apiserver streams them over a WebSocket).
+    Fds {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
 }
 
 /// Runs one sandbox described by `cfg` (already written to `cfg_path`).
@@ -274,6 +281,11 @@ pub async fn run_with(
             };
             (dup(0)?, dup(1)?, dup(2)?, None, None, None, u64::MAX)
         }
+        Io::Fds {
+            stdin,
+            stdout,
+            stderr,
+        } => (stdin, stdout, stderr, None, None, None, u64::MAX),
     };
 
     let mut server = take_server()?;

@@ -135,10 +135,24 @@ pub struct KubernetesConfig {
     pub context: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// A kubeconfig file (relative to the job file); default `$KUBECONFIG`, then
+    /// `~/.kube/config`, then the in-cluster configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_manifest: Option<PodManifest>,
+    /// How long a sandbox pod may take to become ready (scheduling, image pull) before
+    /// the job is an `error` saying why (default 120s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<DurationSpec>,
+    /// Warm pods (default true): jobs run in pods of a pool, started ahead of demand and
+    /// proven clean before their next job; `false`: one new pod per job (also
+    /// `run --fresh-containers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<bool>,
+    /// Jobs a warm pod runs before it is replaced (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle_after: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

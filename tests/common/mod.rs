@@ -275,7 +275,145 @@ pub fn backend_selected(backend: &str) -> bool {
         "native" => true,
         "docker" => engine_available("docker"),
         "podman" => engine_available("podman"),
+        // Against examples/fake-apiserver (see [`FakeCluster`]), which needs nothing else.
+        "kubernetes" => true,
         _ => false,
+    }
+}
+
+// ---- the Kubernetes backend's fake cluster -----------------------------------------------
+
+/// A running `examples/fake-apiserver` (killed when dropped) and the kubeconfig it wrote.
+pub struct FakeCluster {
+    child: std::process::Child,
+    _dir: TempDir,
+    pub kubeconfig: PathBuf,
+    pub url: String,
+}
+
+/// The fake API server's binary, next to the binary under test (`cargo nextest run` and
+/// `cargo test` build the examples with the tests; when it is missing it is built here).
+pub fn fake_apiserver_bin() -> PathBuf {
+    let p = Path::new(BIN)
+        .parent()
+        .expect("the binary's directory")
+        .join("examples/fake-apiserver");
+    if !p.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "--example", "fake-apiserver"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "cannot build examples/fake-apiserver (cargo build --example fake-apiserver)"
+        );
+    }
+    p
+}
+
+impl FakeCluster {
+    /// Starts the fake API server on a free port, as a user would:
+    /// `fake-apiserver --port 0 --kubeconfig FILE`.
+    pub fn start() -> FakeCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        let mut child = Command::new(fake_apiserver_bin())
+            .args(["--port", "0", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("examples/fake-apiserver starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let url = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => {
+                    if let Some(u) = l.strip_prefix("fake-apiserver listening on ") {
+                        break u.trim().to_string();
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!("examples/fake-apiserver did not say it listens: {e}");
+                }
+            }
+        };
+        assert!(
+            kubeconfig.is_file(),
+            "the kubeconfig is written before the URL is printed"
+        );
+        FakeCluster {
+            child,
+            _dir: dir,
+            kubeconfig,
+            url,
+        }
+    }
+
+    /// GET `path` on the server (plain HTTP/1.0): (status code, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the fake API server");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let resp = String::from_utf8_lossy(&resp).into_owned();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (code, body)
+    }
+
+    /// The names of the pods in every namespace.
+    pub fn pod_names(&self) -> Vec<String> {
+        let (code, body) = self.get("/api/v1/pods");
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("a PodList");
+        v["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FakeCluster {
+    fn drop(&mut self) {
+        // SIGTERM: it deletes its pods and unmounts what it mounted.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -92,8 +92,6 @@ pub struct Container {
     pub keep_on_timeout: bool,
     /// Podman: the tmpfs volumes of its `/sandbox` and `/tmp`, removed with it.
     volumes: Vec<String>,
-    /// Warm containers: since when it waits in its pool (None: fresh from start).
-    pub idle_since: Option<std::time::Instant>,
 }
 
 /// The process rlimit of Podman containers: this host's hard limit, at most 32768 (what
@@ -287,7 +285,6 @@ impl Container {
             counters: (0, 0),
             keep_on_timeout: false,
             volumes,
-            idle_since: None,
         };
         let attach = bollard::query_parameters::AttachContainerOptionsBuilder::default()
             .stdin(true)
@@ -633,11 +630,6 @@ exec tar -c -C /sandbox -- "$1""#;
     }
 
     /// Removes the container (and whatever still runs in it).
-    /// How long it has waited in its pool (zero when it never did: it was just started).
-    pub fn idle_for(&self) -> Duration {
-        self.idle_since.map(|t| t.elapsed()).unwrap_or_default()
-    }
-
     pub async fn remove(mut self) {
         self.keepalive.take();
         self.removed = true;

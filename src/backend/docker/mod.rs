@@ -382,7 +382,7 @@ pub fn signal_of_exit(code: Option<i32>) -> Option<i32> {
         .map(|c| c - 128)
 }
 
-fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
+pub(crate) fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
     let code = r.exit_code.map(|c| c as i32);
     let signal = signal_of_exit(code);
     let mut output = Vec::new();
@@ -958,7 +958,7 @@ async fn run_steps(
 }
 
 /// Unpacks the workdir's tar (safely) into a directory of the run.
-fn collected(
+pub(crate) fn collected(
     job: &PlannedJob,
     ctx: &RunCtx,
     id: &str,
@@ -992,7 +992,7 @@ fn collected(
 }
 
 /// The job's report from what happened in its container; artifacts copied out.
-fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
+pub(crate) fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
     let mut report = to_report(job, outcome);
     if let Some(dir) = &outcome.out_dir {
         if !crate::plots::artifact_globs(job).is_empty() && report.status != Status::Error {
@@ -1132,7 +1132,7 @@ async fn run_steps_agent(
 }
 
 /// The tar of the job's program and input files.
-fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Box<JobReport>> {
+pub(crate) fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Box<JobReport>> {
     let mut entries = vec![(source.to_string(), job.code.as_bytes().to_vec(), 0o644)];
     for f in &job.files {
         use std::os::unix::fs::PermissionsExt;
@@ -1173,7 +1173,7 @@ fn is_exec_failure(r: &ExecResult) -> bool {
     out.contains("OCI runtime exec failed") || out.contains("executable file not found")
 }
 
-fn phase_of(kind: StepKind) -> Phase {
+pub(crate) fn phase_of(kind: StepKind) -> Phase {
     match kind {
         StepKind::Setup => Phase::Prepare,
         StepKind::Compile => Phase::Compile,
@@ -1181,7 +1181,7 @@ fn phase_of(kind: StepKind) -> Phase {
     }
 }
 
-fn interrupted(job: &PlannedJob) -> JobReport {
+pub(crate) fn interrupted(job: &PlannedJob) -> JobReport {
     error_report(
         job,
         Phase::Run,

@@ -1,0 +1,1408 @@
+//! The Kubernetes backend (kube): a hardened pod per job (pod.rs), scheduled by the
+//! cluster — a warm one from the container backends' pool (docker/pool.rs), proven clean
+//! after each job, or a fresh one. The program and input files go in as a tar stream over
+//! exec, each step is an
+//! exec over WebSocket (stdin, separate stdout and stderr, the exit code from the final
+//! `Status`), the files to check and the artifacts come out as a tar stream, unpacked on
+//! the host without following symlinks. The job flow and the mapping of results onto
+//! reports are the Docker backend's, so a job gets the same statuses and messages.
+//!
+//! The cluster: `backends.kubernetes` (`kubeconfig`, `context`, `namespace`), else
+//! `$KUBECONFIG` / `~/.kube/config`, else the in-cluster configuration; or a caller's
+//! `kube::Client` (library sessions). Pods carry owner labels: every pod of a run is
+//! deleted at its end (Ctrl-C too), and pods of runners that are gone (SIGKILL) are deleted
+//! by the next run on the same host; `activeDeadlineSeconds` stops them meanwhile.
+
+pub mod pod;
+
+use super::docker::{self, container::ExecResult};
+use super::{error_report, RunCtx};
+use crate::lang;
+use crate::plan::PlannedJob;
+use crate::report::model::{JobReport, Phase};
+use crate::sandbox::host::Outcome;
+use crate::sandbox::proto::{LimitEvents, Msg};
+use crate::sandbox::StepKind;
+use crate::spec::types::KubernetesConfig;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// How long a pod may take to become ready unless `start_timeout` says otherwise.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one API request (not an exec) may take.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// The NetworkPolicy that cuts the network of pods labelled `llm-sandbox.network=off`.
+pub const NETWORK_POLICY: &str = "llm-sandbox-no-network";
+
+/// A cluster and the namespace sandbox pods go to.
+pub struct Cluster {
+    pub client: kube::Client,
+    pub namespace: String,
+    /// What identifies it (kubeconfig, context) among the clusters of this process.
+    pub key: String,
+    /// Namespaces whose deny-all NetworkPolicy exists (or could not be made).
+    policies: Mutex<Vec<String>>,
+}
+
+static CLUSTERS: Mutex<Vec<Arc<Cluster>>> = Mutex::new(Vec::new());
+static CONNECT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn pods_api(c: &Cluster, ns: &str) -> Api<Pod> {
+    Api::namespaced(c.client.clone(), ns)
+}
+
+/// The owner labels of this runner's pods.
+pub fn owner_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (pod::LABEL_OWNER.to_string(), crate::run::owner::prefix()),
+        (
+            pod::LABEL_HOST.to_string(),
+            pod::label_value(&crate::run::owner::hostname()),
+        ),
+    ])
+}
+
+async fn with_timeout<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(API_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {}", describe_error(&e))),
+        Err(_) => Err(format!(
+            "{what}: the API server did not answer within {}s",
+            API_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// A kube error with its causes.
+pub fn describe_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(r) => format!("{} ({}, HTTP {})", r.message, r.reason, r.code),
+        other => docker::engine::error_chain(other),
+    }
+}
+
+/// The cluster of `cfg` (paths relative to `base`): connected once per process.
+pub async fn connect(cfg: Option<&KubernetesConfig>, base: &Path) -> Result<Arc<Cluster>, String> {
+    let kubeconfig = cfg
+        .and_then(|c| c.kubeconfig.as_deref())
+        .map(|p| base.join(p));
+    let context = cfg.and_then(|c| c.context.clone());
+    let key = format!(
+        "{:?}|{:?}|{:?}|{:?}",
+        kubeconfig,
+        context,
+        std::env::var_os("KUBECONFIG"),
+        cfg.and_then(|c| c.namespace.as_deref())
+    );
+    let _g = CONNECT.lock().await;
+    if let Some(c) = CLUSTERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|c| c.key == key)
+    {
+        return Ok(c.clone());
+    }
+    let config = config_of(kubeconfig.as_deref(), context.clone()).await?;
+    let cluster = Arc::new(cluster_of(
+        config,
+        cfg.and_then(|c| c.namespace.clone()),
+        key,
+    )?);
+    sweep_stale(&cluster).await;
+    CLUSTERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(cluster.clone());
+    Ok(cluster)
+}
+
+/// The client configuration: `kubeconfig` (a file), else `context` of $KUBECONFIG or
+/// ~/.kube/config, else whatever kube infers (those files, then in-cluster).
+async fn config_of(
+    kubeconfig: Option<&Path>,
+    context: Option<String>,
+) -> Result<kube::Config, String> {
+    let opts = kube::config::KubeConfigOptions {
+        context: context.clone(),
+        cluster: None,
+        user: None,
+    };
+    Ok(if let Some(path) = kubeconfig {
+        let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+            format!(
+                "backends.kubernetes.kubeconfig: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        kube::Config::from_custom_kubeconfig(kc, &opts)
+            .await
+            .map_err(|e| {
+                format!(
+                    "backends.kubernetes.kubeconfig {}: {}",
+                    path.display(),
+                    docker::engine::error_chain(&e)
+                )
+            })?
+    } else if context.is_some() {
+        kube::Config::from_kubeconfig(&opts).await.map_err(|e| {
+            format!(
+                "backends.kubernetes.context {:?}: {} (the kubeconfig is $KUBECONFIG or ~/.kube/config)",
+                context.as_deref().unwrap_or(""),
+                docker::engine::error_chain(&e)
+            )
+        })?
+    } else {
+        kube::Config::infer().await.map_err(|e| {
+            format!(
+                "no Kubernetes cluster configured: set `backends.kubernetes.kubeconfig`, $KUBECONFIG or ~/.kube/config, or run inside a cluster ({})",
+                docker::engine::error_chain(&e)
+            )
+        })?
+    })
+}
+
+/// `doctor`: the cluster of $KUBECONFIG / ~/.kube/config / in-cluster and its version,
+/// touching nothing. `Ok(None)`: no cluster is configured.
+pub async fn probe() -> Result<Option<String>, String> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let configured = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
+        || home.is_some_and(|h| h.join(".kube/config").is_file())
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if !configured {
+        return Ok(None);
+    }
+    let config = config_of(None, None).await?;
+    let url = config.cluster_url.to_string();
+    let c = cluster_of(config, None, String::new())?;
+    let v = with_timeout("the API server", c.client.apiserver_version()).await?;
+    Ok(Some(format!(
+        "{url} (Kubernetes {}, namespace {})",
+        v.git_version, c.namespace
+    )))
+}
+
+fn cluster_of(
+    mut config: kube::Config,
+    namespace: Option<String>,
+    key: String,
+) -> Result<Cluster, String> {
+    config.connect_timeout = Some(Duration::from_secs(10));
+    // Execs stream as long as their program runs: requests get their own timeouts.
+    config.read_timeout = None;
+    config.write_timeout = Some(API_TIMEOUT);
+    let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config)
+        .map_err(|e| format!("cannot make a Kubernetes client: {}", describe_error(&e)))?;
+    Ok(Cluster {
+        client,
+        namespace,
+        key,
+        policies: Mutex::new(Vec::new()),
+    })
+}
+
+/// A cluster from a caller's client (library sessions); `namespace` defaults to the
+/// client's own default namespace.
+pub fn from_client(client: kube::Client, namespace: Option<String>) -> Arc<Cluster> {
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    Arc::new(Cluster {
+        client,
+        key: format!("client|{namespace}"),
+        namespace,
+        policies: Mutex::new(Vec::new()),
+    })
+}
+
+/// Deletes the pods that runners which are gone left on this host (by label only).
+async fn sweep_stale(c: &Cluster) {
+    let host = crate::run::owner::hostname();
+    let sel = format!(
+        "{}=1,{}={}",
+        pod::LABEL,
+        pod::LABEL_HOST,
+        pod::label_value(&host)
+    );
+    let api: Api<Pod> = Api::all(c.client.clone());
+    let Ok(list) = with_timeout(
+        "listing pods",
+        api.list(&ListParams::default().labels(&sel)),
+    )
+    .await
+    else {
+        return;
+    };
+    for p in list.items {
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        let Some(owner) = labels.get(pod::LABEL_OWNER) else {
+            continue;
+        };
+        if crate::run::owner::stale_owner_pid(owner, &host).is_none() {
+            continue;
+        }
+        if let (Some(name), Some(ns)) = (&p.metadata.name, &p.metadata.namespace) {
+            tracing::info!("deleting pod {ns}/{name} left by a run that is gone");
+            delete_pod(c, ns, name).await;
+        }
+    }
+}
+
+/// Deletes a pod now (no grace period); errors are ignored (it may be gone already).
+pub async fn delete_pod(c: &Cluster, ns: &str, name: &str) {
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let _ = with_timeout("deleting a pod", pods_api(c, ns).delete(name, &dp)).await;
+}
+
+/// The end of a run: deletes every pod of this runner on every cluster it used.
+pub async fn finish_run() {
+    let pools: Vec<Arc<PodPool>> = POOLS
+        .lock()
+        .map(|mut all| all.drain(..).map(|(_, p)| p).collect())
+        .unwrap_or_default();
+    for p in pools {
+        p.drain().await;
+    }
+    let clusters: Vec<Arc<Cluster>> = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for c in clusters {
+        delete_owned(&c).await;
+    }
+}
+
+/// Deletes every pod of this runner in the cluster (all namespaces it can list, else its
+/// namespace).
+pub async fn delete_owned(c: &Cluster) {
+    let sel = format!("{}={}", pod::LABEL_OWNER, crate::run::owner::prefix());
+    let lp = ListParams::default().labels(&sel);
+    let all: Api<Pod> = Api::all(c.client.clone());
+    let list = match with_timeout("listing pods", all.list(&lp)).await {
+        Ok(l) => l,
+        Err(_) => match with_timeout("listing pods", pods_api(c, &c.namespace).list(&lp)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("cannot list this run's pods to delete them: {e}");
+                return;
+            }
+        },
+    };
+    for p in list.items {
+        if let (Some(name), Some(ns)) = (&p.metadata.name, &p.metadata.namespace) {
+            delete_pod(c, ns, name).await;
+        }
+    }
+}
+
+/// Makes sure the namespace has the NetworkPolicy denying all traffic to and from pods
+/// labelled `llm-sandbox.network=off` (once per namespace per process). Clusters whose
+/// network plugin does not enforce policies ignore it; when it cannot be created (RBAC)
+/// a warning says so.
+async fn ensure_network_policy(c: &Cluster, ns: &str) {
+    {
+        let mut done = c.policies.lock().unwrap_or_else(|e| e.into_inner());
+        if done.iter().any(|n| n == ns) {
+            return;
+        }
+        done.push(ns.to_string());
+    }
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let np: NetworkPolicy = match serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": NETWORK_POLICY, "labels": {pod::LABEL: "1"}},
+        "spec": {
+            "podSelector": {"matchLabels": {pod::LABEL_NETWORK: "off"}},
+            "policyTypes": ["Ingress", "Egress"],
+        }
+    })) {
+        Ok(n) => n,
+        Err(_) => return,
+    };
+    let api: Api<NetworkPolicy> = Api::namespaced(c.client.clone(), ns);
+    match tokio::time::timeout(API_TIMEOUT, api.create(&PostParams::default(), &np)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(kube::Error::Api(r))) if r.code == 409 => {}
+        Ok(Err(e)) => tracing::warn!(
+            "cannot create the NetworkPolicy {NETWORK_POLICY} in namespace {ns} ({}): jobs without network may reach the network",
+            describe_error(&e)
+        ),
+        Err(_) => tracing::warn!("creating the NetworkPolicy {NETWORK_POLICY} timed out"),
+    }
+}
+
+/// The job's Pod manifest: the job's `pod_manifest`, else `backends.kubernetes.pod_manifest`
+/// (inline, or a YAML/JSON file relative to the job file).
+pub fn manifest_of(job: &PlannedJob) -> Result<Option<Value>, String> {
+    if let Some(m) = &job.pod_manifest {
+        return Ok(Some(m.clone()));
+    }
+    use crate::spec::types::PodManifest;
+    match job
+        .backends
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.pod_manifest.as_ref())
+    {
+        None => Ok(None),
+        Some(PodManifest::Inline(m)) => Ok(Some(Value::Object(m.clone()))),
+        Some(PodManifest::Path(p)) => {
+            let path = job.file.parent().unwrap_or(Path::new(".")).join(p);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "backends.kubernetes.pod_manifest: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            serde_saphyr::from_str_with_options::<Value>(&text, crate::spec::load::yaml_options())
+                .map(Some)
+                .map_err(|e| {
+                    format!(
+                        "backends.kubernetes.pod_manifest: {} does not parse: {e}",
+                        path.display()
+                    )
+                })
+        }
+    }
+}
+
+/// The image of a job's pod: the job's `image`, else the manifest's container image,
+/// else the language's default.
+pub fn image_of(job: &PlannedJob, manifest: Option<&Value>) -> String {
+    job.image
+        .clone()
+        .or_else(|| {
+            manifest
+                .and_then(|m| m["spec"]["containers"][0]["image"].as_str())
+                .map(String::from)
+        })
+        .unwrap_or_else(|| lang::spec(job.lang).default_image.to_string())
+}
+
+/// What a running sandbox pod is.
+pub struct SandboxPod {
+    pub cluster: Arc<Cluster>,
+    pub namespace: String,
+    pub name: String,
+    /// An exec could not be stopped: nothing more runs in it.
+    pub dead: bool,
+    /// Jobs it has run (warm pods).
+    pub uses: u32,
+    /// The cgroup's OOM kills and pids-limit hits seen so far (warm pods).
+    counters: (u64, u64),
+    born: Instant,
+}
+
+impl SandboxPod {
+    fn api(&self) -> Api<Pod> {
+        pods_api(&self.cluster, &self.namespace)
+    }
+
+    /// Creates the pod and waits (at most `start_timeout`) until it is ready. A pod that
+    /// does not get there is deleted and the error says why (image pull, scheduling).
+    pub async fn start(
+        cluster: Arc<Cluster>,
+        namespace: &str,
+        manifest: Value,
+        start_timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<SandboxPod, String> {
+        let pod: Pod = serde_json::from_value(manifest)
+            .map_err(|e| format!("pod_manifest does not make a valid Pod: {e}"))?;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let network_on = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(pod::LABEL_NETWORK))
+            .is_some_and(|v| v == "on");
+        if !network_on {
+            ensure_network_policy(&cluster, namespace).await;
+        }
+        let me = SandboxPod {
+            cluster,
+            namespace: namespace.to_string(),
+            name,
+            dead: false,
+            uses: 0,
+            counters: (0, 0),
+            born: Instant::now(),
+        };
+        with_timeout(
+            &format!("cannot create the sandbox pod in namespace {namespace}"),
+            me.api().create(&PostParams::default(), &pod),
+        )
+        .await?;
+        match me.wait_ready(start_timeout, cancel).await {
+            Ok(()) => Ok(me),
+            Err(e) => {
+                me.delete().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn wait_ready(&self, bound: Duration, cancel: &CancellationToken) -> Result<(), String> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        let mut last: String;
+        loop {
+            match tokio::time::timeout(API_TIMEOUT, self.api().get(&self.name)).await {
+                Ok(Ok(p)) => match readiness(&p) {
+                    Ready::Yes => return Ok(()),
+                    Ready::Never(why) => {
+                        return Err(format!(
+                            "the sandbox pod {}/{} cannot start: {why}",
+                            self.namespace, self.name
+                        ))
+                    }
+                    Ready::NotYet(why) => last = why,
+                },
+                Ok(Err(kube::Error::Api(r))) if r.code == 404 => {
+                    return Err(format!(
+                        "the sandbox pod {}/{} was deleted before it started",
+                        self.namespace, self.name
+                    ))
+                }
+                Ok(Err(e)) => last = describe_error(&e),
+                Err(_) => last = "the API server does not answer".into(),
+            }
+            if started.elapsed() >= bound {
+                return Err(format!(
+                    "the sandbox pod {}/{} did not become ready within {} ({last}); raise `backends.kubernetes.start_timeout` if the cluster is just slow",
+                    self.namespace,
+                    self.name,
+                    crate::spec::units::format_duration(bound)
+                ));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = cancel.cancelled() => return Err("interrupted: the run was cancelled before this job finished".into()),
+            }
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Deletes the pod (no grace period).
+    pub async fn delete(&self) {
+        delete_pod(&self.cluster, &self.namespace, &self.name).await;
+    }
+
+    /// Runs `argv` in the sandbox container: stdin from `stdin` (else none), stdout and
+    /// stderr captured up to `cap` each. On timeout, output limit or cancel the exec is
+    /// abandoned and every process of the sandbox user killed (the pod is `dead` when
+    /// that fails). `Err` when the exec cannot run at all.
+    pub async fn exec(
+        &mut self,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        cap: u64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, String> {
+        let r = self.exec_inner(argv, stdin, cap, timeout, cancel).await?;
+        if (r.timed_out || r.output_limit_hit) && !r.cancelled {
+            self.kill_processes(cancel).await;
+        }
+        Ok(r)
+    }
+
+    async fn exec_inner(
+        &self,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        cap: u64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, String> {
+        let started = Instant::now();
+        let mut r = ExecResult::default();
+        let ap = AttachParams::default()
+            .container(pod::CONTAINER)
+            .stdin(stdin.is_some())
+            .stdout(true)
+            .stderr(true);
+        let api = self.api();
+        let connect = api.exec(&self.name, argv.to_vec(), &ap);
+        let mut proc = tokio::select! {
+            p = tokio::time::timeout(API_TIMEOUT, connect) => match p {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return Err(format!("cannot exec in pod {}/{}: {}", self.namespace, self.name, describe_error(&e))),
+                Err(_) => return Err(format!("cannot exec in pod {}/{}: no answer within {}s", self.namespace, self.name, API_TIMEOUT.as_secs())),
+            },
+            _ = cancel.cancelled() => {
+                r.cancelled = true;
+                return Ok(r);
+            }
+        };
+        let writer = match (stdin, proc.stdin()) {
+            (Some(data), Some(mut w)) => {
+                let data = data.to_vec();
+                Some(tokio::spawn(async move {
+                    let _ = w.write_all(&data).await;
+                    let _ = w.shutdown().await;
+                }))
+            }
+            _ => None,
+        };
+        let (Some(mut out), Some(mut err)) = (proc.stdout(), proc.stderr()) else {
+            proc.abort();
+            return Err("the exec has no stdout or stderr".into());
+        };
+        let status = proc.take_status();
+        let deadline = tokio::time::sleep(timeout.saturating_sub(started.elapsed()));
+        tokio::pin!(deadline);
+        let (mut ob, mut eb) = (vec![0u8; 32 << 10], vec![0u8; 32 << 10]);
+        let (mut out_done, mut err_done) = (false, false);
+        while !(out_done && err_done) {
+            tokio::select! {
+                n = out.read(&mut ob), if !out_done => match n {
+                    Ok(0) | Err(_) => out_done = true,
+                    Ok(n) => if push_capped(&mut r.stdout, &ob[..n], cap) {
+                        r.stdout_truncated = true;
+                        r.output_limit_hit = true;
+                        break;
+                    },
+                },
+                n = err.read(&mut eb), if !err_done => match n {
+                    Ok(0) | Err(_) => err_done = true,
+                    Ok(n) => if push_capped(&mut r.stderr, &eb[..n], cap) {
+                        r.stderr_truncated = true;
+                        r.output_limit_hit = true;
+                        break;
+                    },
+                },
+                _ = &mut deadline => { r.timed_out = true; break; }
+                _ = cancel.cancelled() => { r.cancelled = true; break; }
+            }
+        }
+        if let Some(w) = writer {
+            w.abort();
+        }
+        if r.timed_out || r.output_limit_hit || r.cancelled {
+            proc.abort();
+            r.duration = started.elapsed();
+            return Ok(r);
+        }
+        let status = match status {
+            Some(s) => tokio::time::timeout(Duration::from_secs(10), s)
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        proc.abort();
+        r.duration = started.elapsed();
+        let Some(s) = status else {
+            return Err(format!(
+                "the exec in pod {}/{} ended without an exit status (the connection broke or the pod went away)",
+                self.namespace, self.name
+            ));
+        };
+        r.exit_code = Some(exit_code_of(&s)?);
+        Ok(r)
+    }
+
+    /// Kills every process of the sandbox user but the container's keep-alive.
+    async fn kill_processes(&mut self, cancel: &CancellationToken) {
+        let argv: Vec<String> = ["/bin/sh", "-c", "kill -9 -1 2>/dev/null; exit 0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let ok = self
+            .exec_inner(&argv, None, 1 << 12, Duration::from_secs(20), cancel)
+            .await
+            .is_ok_and(|r| r.exit_code == Some(0));
+        if !ok {
+            self.dead = true;
+            self.delete().await;
+        }
+    }
+
+    /// Unpacks a tar archive into `/sandbox` (as the sandbox user).
+    pub async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
+        let argv: Vec<String> = [
+            "tar",
+            "-x",
+            "--no-same-owner",
+            "-m",
+            "-C",
+            "/sandbox",
+            "-f",
+            "-",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = self
+            .exec(&argv, Some(tar), 1 << 16, Duration::from_secs(120), cancel)
+            .await?;
+        if r.cancelled {
+            return Err("interrupted".into());
+        }
+        if r.exit_code != Some(0) {
+            return Err(format!(
+                "copying the files into the pod failed (tar: exit {:?}): {}",
+                r.exit_code,
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+
+    /// A tar of `path` (relative to `/sandbox`; symlinks stored as links, never followed).
+    pub async fn get_tar(
+        &mut self,
+        path: &str,
+        cap: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, String> {
+        let argv: Vec<String> = ["tar", "-c", "-C", "/sandbox", "--", path]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let r = self
+            .exec(&argv, None, cap, Duration::from_secs(120), cancel)
+            .await?;
+        if r.cancelled {
+            return Err("interrupted".into());
+        }
+        if r.output_limit_hit {
+            return Err(format!(
+                "larger than {}",
+                crate::spec::units::format_size(cap)
+            ));
+        }
+        if r.exit_code != Some(0) {
+            return Err(format!(
+                "tar: exit {:?}: {}",
+                r.exit_code,
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        Ok(r.stdout)
+    }
+}
+
+/// Jobs a warm pod runs before it is replaced, unless `recycle_after` says otherwise.
+pub const DEFAULT_RECYCLE_AFTER: u32 = 50;
+/// The cluster stops a warm pod after this (`activeDeadlineSeconds`) even when the runner
+/// is gone; the pool stops using it at half of it.
+const WARM_DEADLINE: Duration = Duration::from_secs(2 * 3600);
+
+/// What a warm pool's pods are made from.
+pub struct WarmPod {
+    cluster: Arc<Cluster>,
+    namespace: String,
+    /// The pod manifest; each pod gets its own name.
+    template: Value,
+    start_timeout: Duration,
+}
+
+impl docker::pool::Warm for SandboxPod {
+    type Spec = WarmPod;
+
+    fn start(spec: &WarmPod) -> impl std::future::Future<Output = Result<Self, String>> + Send {
+        let mut m = spec.template.clone();
+        m["metadata"]["name"] = Value::from(super::native::sandbox_id());
+        let (cluster, ns, t) = (
+            spec.cluster.clone(),
+            spec.namespace.clone(),
+            spec.start_timeout,
+        );
+        async move { SandboxPod::start(cluster, &ns, m, t, &CancellationToken::new()).await }
+    }
+
+    fn can_reuse(&self, recycle_after: u32) -> bool {
+        !self.dead && self.uses < recycle_after && self.born.elapsed() < WARM_DEADLINE / 2
+    }
+
+    async fn remove(self) {
+        self.delete().await
+    }
+}
+
+type PodPool = docker::pool::Pool<SandboxPod>;
+
+static POOLS: Mutex<Vec<(String, Arc<PodPool>)>> = Mutex::new(Vec::new());
+
+/// The pool of pods made from `template` in `ns`.
+fn pool(
+    cluster: &Arc<Cluster>,
+    ns: &str,
+    template: Value,
+    start_timeout: Duration,
+) -> Arc<PodPool> {
+    let key = format!("{}|{ns}|{template}", cluster.key);
+    let mut all = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {
+        return p.clone();
+    }
+    let p = docker::pool::Pool::new(WarmPod {
+        cluster: cluster.clone(),
+        namespace: ns.to_string(),
+        template,
+        start_timeout,
+    });
+    all.push((key, p.clone()));
+    p
+}
+
+/// Keeps the warm pods of all pools near `cap` (the backend's job slots): idle pods of
+/// other pools are deleted to make room for one more of `pool`'s; returns how many of
+/// `pool`'s may be started ahead. (A run of many languages would otherwise keep `cap` idle
+/// pods per language until its end.)
+fn make_room(pool: &Arc<PodPool>, cap: usize) -> usize {
+    let pools: Vec<Arc<PodPool>> = POOLS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(_, p)| p.clone())
+        .filter(|p| !Arc::ptr_eq(p, pool))
+        .collect();
+    let mut others: usize = pools.iter().map(|p| p.live()).sum();
+    let mut evicted = Vec::new();
+    for p in &pools {
+        while others + pool.live().max(1) > cap {
+            match p.take_idle() {
+                Some(pod) => {
+                    others -= 1;
+                    evicted.push(pod);
+                }
+                None => break,
+            }
+        }
+    }
+    if !evicted.is_empty() {
+        tokio::spawn(async move {
+            for pod in evicted {
+                pod.delete().await;
+            }
+        });
+    }
+    cap.saturating_sub(others).max(1)
+}
+
+fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
+    !ctx.fresh_containers
+        && job
+            .backends
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.warm)
+            .unwrap_or(true)
+}
+
+/// The exit code in an exec's final `Status`; `Err` for a failure without one (the
+/// program could not start, the container is gone, ...).
+pub fn exit_code_of(
+    s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
+) -> Result<i64, String> {
+    if s.status.as_deref() == Some("Success") {
+        return Ok(0);
+    }
+    if s.reason.as_deref() == Some("NonZeroExitCode") {
+        let code = s
+            .details
+            .as_ref()
+            .and_then(|d| d.causes.as_ref())
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.reason.as_deref() == Some("ExitCode"))
+                    .and_then(|c| c.message.as_deref())
+            })
+            .and_then(|m| m.trim().parse().ok());
+        if let Some(c) = code {
+            return Ok(c);
+        }
+    }
+    Err(format!(
+        "the exec failed: {}",
+        s.message.as_deref().unwrap_or("no message")
+    ))
+}
+
+fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: u64) -> bool {
+    let room = (cap as usize).saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+    data.len() > room
+}
+
+enum Ready {
+    Yes,
+    NotYet(String),
+    Never(String),
+}
+
+/// Whether a pod is ready, may still get there, or never will (and why).
+fn readiness(p: &Pod) -> Ready {
+    let Some(st) = &p.status else {
+        return Ready::NotYet("no status yet".into());
+    };
+    let phase = st.phase.as_deref().unwrap_or("Unknown");
+    let cs = st
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.name == pod::CONTAINER));
+    if phase == "Running" && cs.is_some_and(|c| c.ready) {
+        return Ready::Yes;
+    }
+    if let Some(state) = cs.and_then(|c| c.state.as_ref()) {
+        if let Some(w) = &state.waiting {
+            let reason = w.reason.clone().unwrap_or_default();
+            let msg = w.message.clone().unwrap_or_default();
+            let why = if msg.is_empty() {
+                reason.clone()
+            } else {
+                format!("{reason}: {msg}")
+            };
+            let lower = msg.to_ascii_lowercase();
+            let hopeless = matches!(
+                reason.as_str(),
+                "ImagePullBackOff"
+                    | "ErrImageNeverPull"
+                    | "InvalidImageName"
+                    | "CreateContainerConfigError"
+                    | "CreateContainerError"
+                    | "CrashLoopBackOff"
+                    | "RunContainerError"
+            ) || (reason == "ErrImagePull"
+                && [
+                    "not found",
+                    "denied",
+                    "unauthorized",
+                    "manifest unknown",
+                    "does not exist",
+                ]
+                .iter()
+                .any(|s| lower.contains(s)));
+            return if hopeless {
+                Ready::Never(why)
+            } else {
+                Ready::NotYet(why)
+            };
+        }
+        if let Some(t) = &state.terminated {
+            return Ready::Never(format!(
+                "its container exited ({}, exit code {}){}",
+                t.reason.as_deref().unwrap_or("terminated"),
+                t.exit_code,
+                t.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if matches!(phase, "Failed" | "Succeeded") {
+        return Ready::Never(format!(
+            "the pod is {phase}{}",
+            st.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    let unscheduled = st
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(c) = unscheduled {
+        return Ready::NotYet(format!(
+            "not scheduled: {}{}",
+            c.reason.as_deref().unwrap_or("Unschedulable"),
+            c.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    Ready::NotYet(format!("phase {phase}"))
+}
+
+/// `argv` behind a small shell prologue: the job's environment only (`env -i`, the image's
+/// PATH kept unless the job sets one), the workdir, the open-files and CPU-time limits.
+pub fn wrapped(
+    argv: &[String],
+    env: &[(String, String)],
+    open_files: u64,
+    cpu: Option<u64>,
+) -> Vec<String> {
+    let mut script = format!("cd /sandbox 2>/dev/null; ulimit -n {open_files} 2>/dev/null; ");
+    if let Some(cpu) = cpu {
+        script.push_str(&format!("ulimit -t {cpu} 2>/dev/null; "));
+    }
+    script.push_str("exec env -i PATH=\"$PATH\" \"$@\"");
+    let mut a: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script, "sh".into()];
+    a.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    a.extend(argv.iter().cloned());
+    a
+}
+
+/// The argv of an exec running `step` with `env` (see [`wrapped`]).
+pub fn step_argv(
+    lang: crate::spec::types::Lang,
+    step: &crate::sandbox::Step,
+    env: &[(String, String)],
+    open_files: u64,
+    cpu: Option<u64>,
+) -> Vec<String> {
+    typescript_types(
+        wrapped(&step.argv, env, open_files, cpu),
+        lang == crate::spec::types::Lang::Typescript && step.kind == StepKind::Compile,
+    )
+}
+
+/// Where images keep the Node.js type definitions of a global TypeScript: llm-sandbox's
+/// default images (npm's /usr/local prefix), Debian's npm.
+const TYPE_ROOTS: &[&str] = &[
+    "/usr/local/lib/node_modules/@types",
+    "/usr/lib/node_modules/@types",
+];
+
+/// TypeScript's compile step looks its type definitions up in the image (pods run images
+/// llm-sandbox did not build) instead of using the default images' fixed path.
+fn typescript_types(mut argv: Vec<String>, ts_compile: bool) -> Vec<String> {
+    if !ts_compile {
+        return argv;
+    }
+    if let Some(i) = argv.iter().position(|a| a == "--typeRoots") {
+        if i + 1 < argv.len() {
+            argv.drain(i..i + 2);
+        }
+    }
+    let find = format!(
+        "for d in {}; do if [ -d \"$d/node\" ]; then set -- \"$@\" --typeRoots \"$d\"; break; fi; done; ",
+        TYPE_ROOTS.join(" ")
+    );
+    argv[2] = format!("{find}{}", argv[2]);
+    argv
+}
+
+/// Why a job cannot run on this backend, if it cannot.
+fn unsupported(job: &PlannedJob) -> Option<String> {
+    if job.dockerfile.is_some() {
+        return Some("`dockerfile` is not supported on the kubernetes backend: build the image, push it to a registry the cluster can pull from (or load it into the nodes, e.g. `kind load docker-image`), and name it with `image`".into());
+    }
+    if !job.libraries.is_empty() || !job.setup.is_empty() {
+        return Some("`libraries` and `setup` are not supported on the kubernetes backend (pods run as a non-root user with a read-only root filesystem): bake them into an image and name it with `image`".into());
+    }
+    None
+}
+
+/// The namespace of a job's pod: `backends.kubernetes.namespace`, else the manifest's,
+/// else the kubeconfig context's.
+fn namespace_of(job: &PlannedJob, cluster: &Cluster, manifest: Option<&Value>) -> String {
+    job.backends
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.namespace.clone())
+        .or_else(|| {
+            manifest
+                .and_then(|m| m["metadata"]["namespace"].as_str())
+                .map(String::from)
+        })
+        .unwrap_or_else(|| cluster.namespace.clone())
+}
+
+/// Runs one job in a new pod.
+pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+    let started = Instant::now();
+    if let Some(why) = unsupported(job) {
+        return error_report(job, Phase::Prepare, why);
+    }
+    let manifest = match manifest_of(job) {
+        Ok(m) => m,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    let kcfg = job.backends.kubernetes.as_ref();
+    let base = job.file.parent().unwrap_or(Path::new("."));
+    let cluster = match connect(kcfg, base).await {
+        Ok(c) => c,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    let image = image_of(job, manifest.as_ref());
+    let ns = namespace_of(job, &cluster, manifest.as_ref());
+    let warm = warm_for(job, ctx);
+    let name = super::native::sandbox_id();
+    let owner = owner_labels();
+    // The cluster stops the pod after this even when the runner is gone.
+    let deadline = if warm {
+        WARM_DEADLINE.as_secs()
+    } else {
+        (job.timeout.as_secs() + 1) * 2 + 600
+    };
+    let spec = pod::build(&pod::PodParams {
+        name: &name,
+        image: &image,
+        limits: &job.limits,
+        network: job.network,
+        kind: if warm { "warm" } else { "job" },
+        job_name: (!warm).then_some(job.name.as_str()),
+        deadline_secs: Some(deadline),
+        owner: &owner,
+        manifest: manifest.as_ref(),
+    });
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    let start_timeout = kcfg
+        .and_then(|k| k.start_timeout)
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_START_TIMEOUT);
+    let failed = |e: String| {
+        let mut r = error_report(job, Phase::Prepare, e);
+        r.image = Some(image.clone());
+        r.duration_ms = started.elapsed().as_millis() as u64;
+        r
+    };
+    let mut report = if warm {
+        // Each pod of the pool gets its own name.
+        let mut template = spec;
+        template["metadata"]["name"] = Value::from("warm");
+        let pool = pool(&cluster, &ns, template, start_timeout);
+        let ahead = make_room(&pool, ctx.parallelism);
+        let mut p = match pool.acquire(ahead).await {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        let mut reusable = false;
+        let report = run_steps(&mut p, job, ctx, true, &mut reusable).await;
+        let recycle = kcfg
+            .and_then(|k| k.recycle_after)
+            .unwrap_or(DEFAULT_RECYCLE_AFTER)
+            .max(1);
+        pool.release(p, reusable && !ctx.cancel.is_cancelled(), recycle)
+            .await;
+        report
+    } else {
+        let mut p = match SandboxPod::start(cluster, &ns, spec, start_timeout, &ctx.cancel).await {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        let report = run_steps(&mut p, job, ctx, false, &mut false).await;
+        p.delete().await;
+        report
+    };
+    report.image = Some(image);
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+/// One ad hoc job (`llm-sandbox exec`) in a fresh pod; everything it made is removed.
+pub async fn run_adhoc(job: &PlannedJob, cancel: &CancellationToken) -> Result<JobReport, String> {
+    let dir = crate::run::RunDir::create()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let ctx = RunCtx {
+        run_dir: dir.path.clone(),
+        artifacts_root: dir.path.join("artifacts"),
+        cancel: cancel.clone(),
+        fresh_containers: true,
+        parallelism: 1,
+    };
+    let report = run_job(job, &ctx).await;
+    finish_run().await;
+    Ok(report)
+}
+
+/// Runs the job's steps in its pod and builds its report.
+/// With `warm`, the pod is cleaned afterwards and `reusable` says whether that was proven.
+async fn run_steps(
+    p: &mut SandboxPod,
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    warm: bool,
+    reusable: &mut bool,
+) -> JobReport {
+    p.uses = p.uses.saturating_add(1);
+    let cancel = &ctx.cancel;
+    let started = Instant::now();
+    let source = lang::source_file(job.lang, &job.code);
+    let tar = match docker::input_tar(job, &source) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    if let Err(e) = p.put_tar(&tar, cancel).await {
+        if cancel.is_cancelled() {
+            return docker::interrupted(job);
+        }
+        return error_report(job, Phase::Prepare, e);
+    }
+    let plots = crate::plots::wanted(job);
+    let env = docker::base_env(job.lang, &job.env, plots);
+    let mut msgs = Vec::new();
+    let mut outcome = Outcome::default();
+    let mut last_run: Option<ExecResult> = None;
+    for step in docker::steps(
+        job.lang,
+        &source,
+        &job.code,
+        &job.limits,
+        job.timeout,
+        &job.args,
+        plots,
+    ) {
+        let run = step.kind == StepKind::Run;
+        let stdin = run.then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
+        let cpu = run.then(|| job.timeout.as_millis().div_ceil(1000) as u64 + 1);
+        let argv = step_argv(job.lang, &step, &env, job.limits.open_files, cpu);
+        let r = match p
+            .exec(
+                &argv,
+                stdin,
+                step.capture_cap,
+                Duration::from_millis(step.timeout_ms),
+                cancel,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return error_report(job, docker::phase_of(step.kind), e),
+        };
+        if r.cancelled {
+            return docker::interrupted(job);
+        }
+        let mut sr = docker::step_result(step.kind, &r, step.capture_cap);
+        if matches!(r.exit_code, Some(126) | Some(127)) && !run {
+            sr.spawn_error = Some(format!(
+                "`{}` could not be started in image `{}`: {}",
+                step.argv[0],
+                image_of(job, None),
+                String::from_utf8_lossy(&r.stderr).trim()
+            ));
+        }
+        let ok = r.exit_code == Some(0) && !r.timed_out && !r.output_limit_hit;
+        if run {
+            outcome.stdout = r.stdout.clone();
+            outcome.stderr = r.stderr.clone();
+            outcome.stdout_truncated = r.stdout_truncated;
+            outcome.stderr_truncated = r.stderr_truncated;
+            outcome.output_limit_hit = r.output_limit_hit;
+            last_run = Some(r);
+        }
+        msgs.push(Msg::Step(sr));
+        if !ok && !run {
+            break;
+        }
+    }
+    let collect = !job.artifacts.is_empty() || !job.expect.files.is_empty();
+    let needs_finish = !p.dead
+        && (warm
+            || last_run
+                .as_ref()
+                .is_some_and(|r| collect || r.exit_code != Some(0)));
+    if needs_finish {
+        match finish(p, collect, warm, job.limits.disk, cancel).await {
+            Ok((ev, tar, clean)) => {
+                *reusable = clean;
+                msgs.push(Msg::Limits(ev));
+                if let Some(tar) = tar {
+                    match docker::collected(job, ctx, &p.name, &tar) {
+                        Ok((msg, dir)) => {
+                            msgs.push(msg);
+                            outcome.out_dir = Some(dir);
+                        }
+                        Err(r) => return *r,
+                    }
+                }
+            }
+            Err(_) if cancel.is_cancelled() => return docker::interrupted(job),
+            Err(e) => tracing::debug!("the end of the job in its pod failed: {e}"),
+        }
+    }
+    outcome.msgs = msgs;
+    outcome.wall = started.elapsed();
+    docker::report_of(job, ctx, &outcome)
+}
+
+/// The end of a job in its pod, one exec as the sandbox user: `$1` = 1 packs the workdir
+/// (a tar on stdout); `$2` = 1 (warm pods) kills every process but the keep-alive (pid 1)
+/// and this one, empties `/sandbox`, `/tmp` and `/dev/shm`, removes System V IPC objects,
+/// and says `clean yes` only when a check proves all of that. The cgroup's counters go to
+/// stderr. Only shell built-ins run while processes of the job may still exist.
+pub const FINISH_SCRIPT: &str = r#"kill -9 -1 2>/dev/null
+for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
+  [ -r "$f" ] && while read -r k v; do echo "$k $v" >&2; done < "$f"
+done
+if [ "$1" = 1 ]; then tar -c -C /sandbox . || exit 3; fi
+if [ "$2" = 1 ]; then
+  busy=0; i=0
+  while :; do
+    n=0
+    for d in /proc/[0-9]*; do
+      p=${d#/proc/}
+      if [ "$p" = 1 ] || [ "$p" = $$ ]; then continue; fi
+      st=x
+      read -r _ _ st _ < "$d/stat" 2>/dev/null || continue
+      [ "$st" = Z ] && continue
+      kill -9 "$p" 2>/dev/null && n=$((n+1))
+    done
+    [ $n = 0 ] && break
+    i=$((i+1)); [ $i -ge 200 ] && { busy=1; break; }
+  done
+  find /sandbox /tmp /dev/shm -mindepth 1 -delete 2>/dev/null
+  ipcrm -a 2>/dev/null
+  left=""
+  for d in /sandbox /tmp /dev/shm; do
+    for f in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+      if [ -e "$f" ] || [ -L "$f" ]; then left="$f"; break 2; fi
+    done
+  done
+  ipc=0
+  for t in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
+    [ -r "$t" ] || continue
+    k=0; while read -r line; do k=$((k+1)); done < "$t"
+    [ $k -gt 1 ] && ipc=$((ipc+k-1))
+  done
+  if [ $busy = 0 ] && [ -z "$left" ] && [ $ipc = 0 ]; then echo "clean yes" >&2
+  else echo "clean no busy=$busy left=$left ipc=$ipc" >&2; fi
+fi
+exit 0"#;
+
+/// The end of a job in its pod (one exec, [`FINISH_SCRIPT`]): the limit events since the
+/// last job, the workdir's tar when `collect`, and (`clean`) whether the pod was proven
+/// clean.
+async fn finish(
+    p: &mut SandboxPod,
+    collect: bool,
+    clean: bool,
+    cap: u64,
+    cancel: &CancellationToken,
+) -> Result<(LimitEvents, Option<Vec<u8>>, bool), String> {
+    let argv: Vec<String> = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        FINISH_SCRIPT.into(),
+        "sh".into(),
+        if collect { "1" } else { "0" }.into(),
+        if clean { "1" } else { "0" }.into(),
+    ];
+    let r = p
+        .exec(&argv, None, cap, Duration::from_secs(60), cancel)
+        .await?;
+    let (mut oom, mut pids) = p.counters;
+    let mut is_clean = false;
+    for line in String::from_utf8_lossy(&r.stderr).lines() {
+        let mut it = line.split_whitespace();
+        match (it.next(), it.next()) {
+            (Some("oom_kill"), Some(n)) => oom = n.parse().unwrap_or(oom),
+            (Some("max"), Some(n)) => pids = n.parse().unwrap_or(pids),
+            (Some("clean"), Some("yes")) => is_clean = true,
+            (Some("clean"), Some(_)) => tracing::debug!("warm pod not clean: {line}"),
+            _ => {}
+        }
+    }
+    let ev = LimitEvents {
+        enforcement: "pod cgroup".into(),
+        oom_killed: oom > p.counters.0,
+        pids_limit_hit: pids > p.counters.1,
+        ..Default::default()
+    };
+    p.counters = (oom, pids);
+    let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
+    Ok((
+        ev,
+        (collect && ok).then_some(r.stdout),
+        clean && ok && is_clean,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapper_clears_the_environment_and_keeps_argv() {
+        let argv = vec!["python3".to_string(), "a b".to_string()];
+        let env = vec![("K".to_string(), "v w".to_string())];
+        let w = wrapped(&argv, &env, 64, Some(3));
+        assert_eq!(&w[..2], &["/bin/sh", "-c"]);
+        assert!(w[2].contains("ulimit -n 64") && w[2].contains("ulimit -t 3"));
+        assert!(w[2].ends_with("exec env -i PATH=\"$PATH\" \"$@\""));
+        assert_eq!(&w[3..], &["sh", "K=v w", "python3", "a b"]);
+    }
+
+    #[test]
+    fn typescript_finds_its_types_in_the_image() {
+        let argv: Vec<String> = ["tsc", "--typeRoots", "/fixed", "main.ts"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let w = typescript_types(wrapped(&argv, &[], 8, None), true);
+        assert_eq!(&w[4..], &["tsc", "main.ts"]);
+        assert!(w[2].starts_with("for d in /usr/local/lib/node_modules/@types"));
+        assert!(w[2].contains("set -- \"$@\" --typeRoots \"$d\""));
+        let same = wrapped(&argv, &[], 8, None);
+        assert_eq!(typescript_types(same.clone(), false), same);
+    }
+
+    #[test]
+    fn exit_codes_come_from_the_status() {
+        let s = |v: Value| -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Status {
+            serde_json::from_value(v).unwrap()
+        };
+        assert_eq!(
+            exit_code_of(&s(serde_json::json!({"metadata": {}, "status": "Success"}))),
+            Ok(0)
+        );
+        let failed = serde_json::json!({"metadata": {}, "status": "Failure",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": "42"}]}});
+        assert_eq!(exit_code_of(&s(failed)), Ok(42));
+        let e = exit_code_of(&s(serde_json::json!({"status": "Failure",
+            "reason": "InternalError", "message": "container not found"})))
+        .unwrap_err();
+        assert!(e.contains("container not found"), "{e}");
+    }
+
+    #[test]
+    fn readiness_says_why_not() {
+        let pod = |status: Value| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": status}))
+                .unwrap()
+        };
+        let waiting = |reason: &str, msg: &str| {
+            pod(
+                serde_json::json!({"phase": "Pending", "containerStatuses": [{
+                "name": "sandbox", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": msg}}}]}),
+            )
+        };
+        assert!(
+            matches!(readiness(&waiting("ImagePullBackOff", "")), Ready::Never(w) if w.contains("ImagePullBackOff"))
+        );
+        assert!(matches!(
+            readiness(&waiting("ErrImagePull", "x: not found")),
+            Ready::Never(_)
+        ));
+        assert!(matches!(
+            readiness(&waiting("ErrImagePull", "i/o timeout")),
+            Ready::NotYet(_)
+        ));
+        assert!(matches!(
+            readiness(&waiting("ContainerCreating", "")),
+            Ready::NotYet(_)
+        ));
+        let unsched = pod(serde_json::json!({"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient cpu."}]}));
+        assert!(matches!(readiness(&unsched), Ready::NotYet(w) if w.contains("Insufficient cpu")));
+        let ready = pod(
+            serde_json::json!({"phase": "Running", "containerStatuses": [{
+            "name": "sandbox", "image": "x", "imageID": "", "ready": true, "restartCount": 0}]}),
+        );
+        assert!(matches!(readiness(&ready), Ready::Yes));
+    }
+}
