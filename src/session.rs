@@ -685,7 +685,7 @@ impl Session {
                     self.b.timeout,
                     &[],
                 );
-                self.exec(steps, stdin.map(<[u8]>::to_vec), live).await
+                return self.exec(steps, stdin.map(<[u8]>::to_vec), live).await;
             }
             Inner::Docker(d) => {
                 let missing: Vec<String> = libs
@@ -698,23 +698,6 @@ impl Session {
                     all.extend(missing);
                     d.switch(&self.b, &all, &self.cancel).await?;
                 }
-                let tar =
-                    docker::tarball::build(&[(source.clone(), code.as_bytes().to_vec(), 0o644)])?;
-                let cancel = self.cancel.clone();
-                self.docker()?
-                    .put_tar(&tar, &cancel)
-                    .await
-                    .map_err(SessionError::Sandbox)?;
-                let steps = docker::steps(
-                    self.b.lang,
-                    &source,
-                    code,
-                    &self.b.limits,
-                    self.b.timeout,
-                    &[],
-                    true,
-                );
-                self.exec(steps, stdin.map(<[u8]>::to_vec), live).await
             }
             Inner::Kube(_) => {
                 if !libs.is_empty() {
@@ -722,25 +705,26 @@ impl Session {
                         "libraries {libs:?}: not supported on the kubernetes backend (use an image that has them)"
                     )));
                 }
-                let tar =
-                    docker::tarball::build(&[(source.clone(), code.as_bytes().to_vec(), 0o644)])?;
-                let cancel = self.cancel.clone();
-                self.kube()?
-                    .put_tar(&tar, &cancel)
-                    .await
-                    .map_err(SessionError::Sandbox)?;
-                let steps = docker::steps(
-                    self.b.lang,
-                    &source,
-                    code,
-                    &self.b.limits,
-                    self.b.timeout,
-                    &[],
-                    true,
-                );
-                self.exec(steps, stdin.map(<[u8]>::to_vec), live).await
             }
         }
+        // Containers and pods: the code goes in as a tar stream, the steps exec in it.
+        let tar = docker::tarball::build(&[(source.clone(), code.as_bytes().to_vec(), 0o644)])?;
+        let cancel = self.cancel.clone();
+        match &mut self.inner {
+            Inner::Kube(_) => self.kube()?.put_tar(&tar, &cancel).await,
+            _ => self.docker()?.put_tar(&tar, &cancel).await,
+        }
+        .map_err(SessionError::Sandbox)?;
+        let steps = docker::steps(
+            self.b.lang,
+            &source,
+            code,
+            &self.b.limits,
+            self.b.timeout,
+            &[],
+            true,
+        );
+        self.exec(steps, stdin.map(<[u8]>::to_vec), live).await
     }
 
     fn kube(&mut self) -> Result<&mut kubernetes::SandboxPod, SessionError> {
@@ -917,51 +901,34 @@ impl Session {
                 }
                 Ok(plots)
             }
-            Inner::Docker(_) => {
+            Inner::Docker(_) | Inner::Kube(_) => {
                 let cancel = self.cancel.clone();
-                let c = self.docker()?;
-                let tar = match c.get_tar(crate::plots::PLOTS_DIR, cap, &cancel).await {
-                    Ok(t) => t,
-                    // No plots (or a link the sandbox planted, which is never followed).
-                    Err(_) => return Ok(vec![]),
+                let dir = crate::plots::PLOTS_DIR;
+                let kube = matches!(self.inner, Inner::Kube(_));
+                let tar = if kube {
+                    self.kube()?.get_tar(dir, cap, &cancel).await
+                } else {
+                    self.docker()?.get_tar(dir, cap, &cancel).await
                 };
+                // No plots (or a link the sandbox planted, which is never followed).
+                let Ok(tar) = tar else { return Ok(vec![]) };
                 let tmp = tempfile::tempdir()?;
                 docker::tarball::extract(tar.as_slice(), tmp.path(), cap)?;
                 let plots = crate::plots::read_dir_safely(tmp.path(), cap)?;
-                let rm: Vec<String> = ["rm", "-rf", "--", crate::plots::PLOTS_DIR]
+                let rm: Vec<String> = ["rm", "-rf", "--", dir]
                     .iter()
                     .map(|s| s.to_string())
                     .collect();
-                c.exec(
-                    &rm,
-                    Some(docker::SANDBOX_USER),
-                    &[],
-                    None,
-                    1 << 12,
-                    Duration::from_secs(30),
-                    &cancel,
-                )
-                .await
+                let t = Duration::from_secs(30);
+                if kube {
+                    self.kube()?.exec(&rm, None, 1 << 12, t, &cancel).await
+                } else {
+                    let user = Some(docker::SANDBOX_USER);
+                    self.docker()?
+                        .exec(&rm, user, &[], None, 1 << 12, t, &cancel)
+                        .await
+                }
                 .map_err(SessionError::Sandbox)?;
-                Ok(plots)
-            }
-            Inner::Kube(_) => {
-                let cancel = self.cancel.clone();
-                let p = self.kube()?;
-                let tar = match p.get_tar(crate::plots::PLOTS_DIR, cap, &cancel).await {
-                    Ok(t) => t,
-                    Err(_) => return Ok(vec![]),
-                };
-                let tmp = tempfile::tempdir()?;
-                docker::tarball::extract(tar.as_slice(), tmp.path(), cap)?;
-                let plots = crate::plots::read_dir_safely(tmp.path(), cap)?;
-                let rm: Vec<String> = ["rm", "-rf", "--", crate::plots::PLOTS_DIR]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-                p.exec(&rm, None, 1 << 12, Duration::from_secs(30), &cancel)
-                    .await
-                    .map_err(SessionError::Sandbox)?;
                 Ok(plots)
             }
         }
