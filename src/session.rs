@@ -1119,24 +1119,8 @@ impl Session {
             if r.cancelled {
                 return Err(SessionError::Closed);
             }
-            out.duration += r.duration;
-            out.exit_code = r.exit_code.map(|c| c as i32);
-            out.timed_out = r.timed_out;
-            out.signal = docker::signal_of_exit(out.exit_code);
-            out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
-            out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
-            out.output_truncated = r.output_limit_hit || r.stdout_truncated || r.stderr_truncated;
-            if step.kind == StepKind::Compile {
-                if r.exit_code != Some(0) || r.timed_out {
-                    let mut all = r.stdout.clone();
-                    all.extend_from_slice(&r.stderr);
-                    let text = String::from_utf8_lossy(&all).into_owned();
-                    out.compile_output = Some(text.clone());
-                    out.stderr = text;
-                    out.stdout.clear();
-                    return Ok(out);
-                }
-                continue;
+            if !fold_step(&mut out, step.kind, &r) {
+                return Ok(out);
             }
         }
         Ok(out)
@@ -1173,27 +1157,35 @@ impl Session {
             if r.cancelled {
                 return Err(SessionError::Closed);
             }
-            out.duration += r.duration;
-            out.exit_code = r.exit_code.map(|c| c as i32);
-            out.timed_out = r.timed_out;
-            out.signal = docker::signal_of_exit(out.exit_code);
-            out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
-            out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
-            if step.kind == StepKind::Compile {
-                if r.exit_code != Some(0) || r.timed_out {
-                    let mut all = r.stdout.clone();
-                    all.extend_from_slice(&r.stderr);
-                    let text = String::from_utf8_lossy(&all).into_owned();
-                    out.compile_output = Some(text.clone());
-                    out.stderr = text;
-                    out.stdout.clear();
-                    return Ok(out);
-                }
-                continue;
+            if !fold_step(&mut out, step.kind, &r) {
+                return Ok(out);
             }
         }
         Ok(out)
     }
+}
+
+/// Takes one container or pod step's result into the session's output (the last step's
+/// status and output win). False when the steps stop here: a compile step failed, and
+/// its merged output becomes `compile_output` and `stderr`.
+fn fold_step(out: &mut ExecOutput, kind: StepKind, r: &docker::container::ExecResult) -> bool {
+    out.duration += r.duration;
+    out.exit_code = r.exit_code.map(|c| c as i32);
+    out.timed_out = r.timed_out;
+    out.signal = docker::signal_of_exit(out.exit_code);
+    out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+    out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    out.output_truncated = r.output_limit_hit || r.stdout_truncated || r.stderr_truncated;
+    if kind == StepKind::Compile && (r.exit_code != Some(0) || r.timed_out) {
+        let mut all = r.stdout.clone();
+        all.extend_from_slice(&r.stderr);
+        let text = String::from_utf8_lossy(&all).into_owned();
+        out.compile_output = Some(text.clone());
+        out.stderr = text;
+        out.stdout.clear();
+        return false;
+    }
+    true
 }
 
 /// Runs `fut` while handing the chunks it sends to `on_output` (in the caller's task).

@@ -595,19 +595,7 @@ impl Container {
 
     /// Unpacks a tar archive into the workdir (as the container's user).
     pub async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
-        let argv: Vec<String> = [
-            "tar",
-            "-x",
-            "--no-same-owner",
-            "-m",
-            "-C",
-            WORKDIR,
-            "-f",
-            "-",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let argv = super::tarball::untar_argv();
         let r = self
             .exec(
                 &argv,
@@ -661,21 +649,7 @@ impl Container {
         cap: u64,
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, String> {
-        // No component of the path may be a symbolic link (tar would follow a linked
-        // directory on the way to the member).
-        const SCRIPT: &str = r#"p=""; IFS=/
-for c in $1; do
-  p="${p:+$p/}$c"
-  if [ -L "/sandbox/$p" ]; then echo "symbolic link (never followed): $p" >&2; exit 3; fi
-done
-exec tar -c -C /sandbox -- "$1""#;
-        let argv: Vec<String> = vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            SCRIPT.into(),
-            "sh".into(),
-            path.into(),
-        ];
+        let argv = super::tarball::tar_argv(path);
         let r = self
             .exec(
                 &argv,

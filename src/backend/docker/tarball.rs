@@ -9,6 +9,43 @@ use std::path::{Component, Path, PathBuf};
 /// The uid/gid of the sandbox user inside the default images.
 pub const SANDBOX_UID: u64 = 1000;
 
+/// The command that unpacks a tar stream from stdin into the workdir of a container or
+/// pod (`tar` of the image; owners from the archive ignored, mtimes set to now).
+pub fn untar_argv() -> Vec<String> {
+    [
+        "tar",
+        "-x",
+        "--no-same-owner",
+        "-m",
+        "-C",
+        "/sandbox",
+        "-f",
+        "-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The command that writes a tar of `path` (relative to the workdir) to stdout, refusing
+/// when any component of the path is a symbolic link (tar would follow a linked directory
+/// on the way to the member; links inside are stored as links, never followed).
+pub fn tar_argv(path: &str) -> Vec<String> {
+    const SCRIPT: &str = r#"p=""; IFS=/
+for c in $1; do
+  p="${p:+$p/}$c"
+  if [ -L "/sandbox/$p" ]; then echo "symbolic link (never followed): $p" >&2; exit 3; fi
+done
+exec tar -c -C /sandbox -- "$1""#;
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        SCRIPT.into(),
+        "sh".into(),
+        path.into(),
+    ]
+}
+
 /// A tar archive of `(relative path, contents, mode)` entries, with parent directories.
 pub fn build(entries: &[(String, Vec<u8>, u32)]) -> std::io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());

@@ -631,19 +631,7 @@ impl SandboxPod {
 
     /// Unpacks a tar archive into `/sandbox` (as the sandbox user).
     pub async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
-        let argv: Vec<String> = [
-            "tar",
-            "-x",
-            "--no-same-owner",
-            "-m",
-            "-C",
-            "/sandbox",
-            "-f",
-            "-",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let argv = docker::tarball::untar_argv();
         let r = self
             .exec(&argv, Some(tar), 1 << 16, Duration::from_secs(120), cancel)
             .await?;
@@ -660,17 +648,15 @@ impl SandboxPod {
         Ok(())
     }
 
-    /// A tar of `path` (relative to `/sandbox`; symlinks stored as links, never followed).
+    /// A tar of `path` (relative to `/sandbox`; symlinks stored as links, never followed,
+    /// and refused as components of `path`).
     pub async fn get_tar(
         &mut self,
         path: &str,
         cap: u64,
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, String> {
-        let argv: Vec<String> = ["tar", "-c", "-C", "/sandbox", "--", path]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let argv = docker::tarball::tar_argv(path);
         let r = self
             .exec(&argv, None, cap, Duration::from_secs(120), cancel)
             .await?;
