@@ -18,6 +18,23 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1000.0
 }
 
+/// CPU time the whole machine has spent busy (all cores, user + system + interrupts), ms.
+fn cpu_busy_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| f.get(*i))
+        .sum();
+    busy * 1000.0 / 100.0
+}
+
 fn bare(argv: &[&str], n: usize) -> Vec<Duration> {
     let mut v = Vec::new();
     for _ in 0..n {
@@ -118,13 +135,39 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(50);
     let exe = env!("CARGO_BIN_EXE_llm-sandbox");
-    std::env::set_var("LLM_SANDBOX_HELPER", exe);
+    // The helper under test: this build's, unless LLM_SANDBOX_HELPER names another binary
+    // (to compare two builds on the same machine state).
+    if std::env::var_os("LLM_SANDBOX_HELPER").is_none() {
+        std::env::set_var("LLM_SANDBOX_HELPER", exe);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let python = "/usr/bin/python3";
+    // `BENCH_ONLY=true|python`: only sandboxed runs of that one, back to back (for a
+    // profiler), and the CPU time they cost the whole machine (kernel work included).
+    if let Ok(which) = std::env::var("BENCH_ONLY") {
+        let argv: &[&str] = if which == "python" {
+            &[python, "-c", "pass"]
+        } else {
+            &["/bin/true"]
+        };
+        sandboxed(&rt, dir.path(), argv, 3);
+        let (t, busy) = (Instant::now(), cpu_busy_ms());
+        let v = sandboxed(&rt, dir.path(), argv, n);
+        let wall = t.elapsed();
+        std::thread::sleep(Duration::from_millis(300));
+        let cpu = cpu_busy_ms() - busy;
+        println!(
+            "{argv:?} sandboxed x{n}: median {:.2} ms, mean {:.2} ms, machine CPU {:.2} ms per run",
+            median(v),
+            wall.as_secs_f64() * 1000.0 / n as f64,
+            cpu / n as f64
+        );
+        return;
+    }
     // Warm up the page cache.
     bare(&["/bin/true"], 3);
     bare(&[python, "-c", "pass"], 3);

@@ -590,3 +590,75 @@ jobs:
         "{mem}"
     );
 }
+
+/// One job after another in the same concurrency slot (`-j 1`): a listener a job leaves on
+/// the sandbox's loopback is gone for the next one (as root, native sandboxes of a slot
+/// share one loopback-only network namespace, one job at a time), and a `network = true`
+/// native job is on the host's network (it reaches the host's loopback listener).
+#[test]
+fn network_state_does_not_outlive_a_job() {
+    let l = listener();
+    for backend in backends() {
+        let dir = Scratch::new();
+        let mut yaml = String::from(
+            r#"
+defaults:
+  timeout: 10s
+jobs:
+  - name: leave-listener
+    lang: python
+    code: |
+      import os, socket, time
+      s = socket.socket(); s.bind(("127.0.0.1", 47613)); s.listen()
+      if os.fork() == 0:
+          os.setsid()
+          if os.fork() == 0:
+              while True: s.accept()[0].close()
+          os._exit(0)
+      c = socket.create_connection(("127.0.0.1", 47613), timeout=2); print("listening")
+  - name: next-job
+    lang: python
+    code: |
+      import socket
+      try:
+          socket.create_connection(("127.0.0.1", 47613), timeout=2); print("reached")
+      except OSError as e:
+          print("refused")
+"#,
+        );
+        if backend == "native" {
+            yaml.push_str(&format!(
+                r#"  - name: with-network
+    lang: python
+    network: true
+    code: |
+      import socket
+      socket.create_connection(("127.0.0.1", {}), timeout=5); print("host reached")
+"#,
+                l.port
+            ));
+        }
+        dir.write("net.yaml", &yaml);
+        let r = common::run_report(
+            dir.cmd()
+                .args(["run", "--no-progress", "-j", "1", "--backend", &backend])
+                .args(["--json", "-", "net.yaml"]),
+        );
+        let jobs = r.jobs();
+        let out = |n: &str| -> String {
+            let j = &jobs[n];
+            assert_eq!(status(j), "passed", "{backend} {n}: {j}");
+            common::field(j, "stdout").trim().to_string()
+        };
+        assert_eq!(out("leave-listener"), "listening", "{backend}");
+        assert_eq!(
+            out("next-job"),
+            "refused",
+            "{backend}: a listener outlived its job"
+        );
+        if backend == "native" {
+            assert_eq!(out("with-network"), "host reached");
+            assert!(l.hit.load(Ordering::SeqCst));
+        }
+    }
+}

@@ -98,19 +98,23 @@ pub fn main() -> i32 {
             }
             ok
         });
+    let net = SharedNet::enter();
+    // Read once here, inherited by every sandbox cloned from this server.
+    super::init::snapshot_etc();
+    let _ = super::seccomp::programs();
     let warm_root = std::env::args_os()
         .nth(3)
         .map(PathBuf::from)
         .filter(|p| p.is_dir());
     let mut warm: Option<Warm> = None;
     let mut code = 0;
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         if warm.is_none() {
             if let Some(root) = &warm_root {
-                warm = spawn_warm(root, &sock, &sfd);
+                warm = spawn_warm(root, &sock, &sfd, net.as_ref());
             }
         }
-        let mut buf = vec![0u8; 64 * 1024];
         let mut cmsg = nix::cmsg_space!([RawFd; 4]);
         let (n, fds) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
@@ -147,15 +151,14 @@ pub fn main() -> i32 {
             continue;
         }
         let config = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
-        let (stop, reap) = serve_one(
-            &config,
-            &fds,
-            cg.as_ref(),
-            &sock,
-            &sfd,
-            &mut warm,
-            warm_root.as_deref(),
-        );
+        let server = ServerState {
+            cg: cg.as_ref(),
+            sock: &sock,
+            sfd: &sfd,
+            warm_root: warm_root.as_deref(),
+            net: net.as_ref(),
+        };
+        let (stop, reap) = serve_one(&config, &fds, &server, &mut warm);
         drop(fds);
         if let Some(pid) = reap {
             // Its namespaces are torn down now, while the runner already has the result.
@@ -183,14 +186,62 @@ struct Warm {
     done: OwnedFd,
 }
 
-fn clone_flags(network: bool) -> CloneFlags {
+/// The server's own network namespace, when it has one: as root, the server moves once into
+/// a new namespace with only `lo` (up), and its sandboxes without network share it, one job
+/// after the other, instead of each creating and destroying its own (about a millisecond of
+/// CPU per sandbox, most of it in the kernel's asynchronous clean-up). Nothing of a job
+/// outlives it there: its processes (and so their sockets) are dead before the next job's
+/// code runs, and the sandboxes' user namespaces hold no capability over this namespace
+/// (it belongs to the host's), so no job can change it. Concurrency slots never share one.
+struct SharedNet {
+    host: OwnedFd,
+    own: OwnedFd,
+}
+
+impl SharedNet {
+    fn enter() -> Option<SharedNet> {
+        if !nix::unistd::geteuid().is_root()
+            || std::env::var_os("LLM_SANDBOX_NETNS_PER_SANDBOX").is_some()
+        {
+            return None;
+        }
+        let open = |p: &str| -> Option<OwnedFd> {
+            nix::fcntl::open(
+                p,
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+            // SAFETY: a new fd nothing else owns.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+        let host = open("/proc/self/ns/net")?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET).ok()?;
+        super::init::loopback_up();
+        let Some(own) = open("/proc/self/ns/net") else {
+            let _ = nix::sched::setns(&host, CloneFlags::CLONE_NEWNET);
+            return None;
+        };
+        Some(SharedNet { host, own })
+    }
+
+    /// Runs `f` (a clone) in the host's network namespace.
+    fn in_host<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _ = nix::sched::setns(&self.host, CloneFlags::CLONE_NEWNET);
+        let r = f();
+        let _ = nix::sched::setns(&self.own, CloneFlags::CLONE_NEWNET);
+        r
+    }
+}
+
+fn clone_flags(network: bool, shared: Option<&SharedNet>) -> CloneFlags {
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWCGROUP;
-    if !network {
+    if !network && shared.is_none() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     flags
@@ -233,7 +284,12 @@ fn send_job(
 
 /// Clones the next sandbox before its job arrives: namespaces, id maps and the
 /// job-independent setup happen while the server would otherwise wait.
-fn spawn_warm(root: &std::path::Path, sock: &OwnedFd, sfd: &SignalFd) -> Option<Warm> {
+fn spawn_warm(
+    root: &std::path::Path,
+    sock: &OwnedFd,
+    sfd: &SignalFd,
+    net: Option<&SharedNet>,
+) -> Option<Warm> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (job_ours, job_theirs) = socketpair(
         AddressFamily::Unix,
@@ -255,7 +311,6 @@ fn spawn_warm(root: &std::path::Path, sock: &OwnedFd, sfd: &SignalFd) -> Option<
         sync_w.as_raw_fd(),
     );
     let root = root.to_path_buf();
-    let mut stack = vec![0u8; 256 * 1024];
     let cb = Box::new(move || -> isize {
         let (sfd, sock, job_ours, job_theirs, done_r, done_w, sync_r, sync_w) = raws;
         // SAFETY: in the child of a single-threaded process; these fds are ours.
@@ -285,8 +340,7 @@ fn spawn_warm(root: &std::path::Path, sock: &OwnedFd, sfd: &SignalFd) -> Option<
         }
     });
     // SAFETY: this process is single-threaded.
-    let pid = unsafe { nix::sched::clone(cb, &mut stack, clone_flags(false), Some(libc::SIGCHLD)) }
-        .ok()?;
+    let pid = clone_with_stack(cb, clone_flags(false, net)).ok()?;
     drop((job_theirs, done_w, sync_r));
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
@@ -304,15 +358,31 @@ fn spawn_warm(root: &std::path::Path, sock: &OwnedFd, sfd: &SignalFd) -> Option<
 
 /// Runs one sandbox. Returns whether the server must stop (runner gone), and the init to
 /// reap once the runner has its answer.
+/// What a server keeps for its whole life.
+struct ServerState<'a> {
+    /// The slot's cgroup.
+    cg: Option<&'a Cgroup>,
+    /// The socket to the runner.
+    sock: &'a OwnedFd,
+    sfd: &'a SignalFd,
+    /// Where warm sandboxes mount their root (none: no warm sandboxes).
+    warm_root: Option<&'a std::path::Path>,
+    net: Option<&'a SharedNet>,
+}
+
 fn serve_one(
     config: &std::path::Path,
     fds: &[OwnedFd],
-    cg: Option<&Cgroup>,
-    sock: &OwnedFd,
-    sfd: &SignalFd,
+    server: &ServerState<'_>,
     warm_slot: &mut Option<Warm>,
-    warm_root: Option<&std::path::Path>,
 ) -> (bool, Option<Pid>) {
+    let ServerState {
+        cg,
+        sock,
+        sfd,
+        warm_root,
+        net,
+    } = *server;
     let warm = warm_slot.take();
     let t0 = Instant::now();
     let ctl = fds[3].as_raw_fd();
@@ -380,7 +450,7 @@ fn serve_one(
         mark!("warm");
         if let Some(root) = warm_root {
             // The next job's sandbox is set up while this one runs.
-            *warm_slot = spawn_warm(root, sock, sfd);
+            *warm_slot = spawn_warm(root, sock, sfd, net);
         }
         x
     } else {
@@ -402,8 +472,7 @@ fn serve_one(
                 return (false, None);
             }
         };
-        let flags = clone_flags(cfg.network);
-        let mut stack = vec![0u8; 256 * 1024];
+        let flags = clone_flags(cfg.network, net);
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let (sfd_raw, sock_raw, sync_r_raw, sync_w_raw) = (
             sfd.as_fd().as_raw_fd(),
@@ -441,7 +510,11 @@ fn serve_one(
             super::init::run(&child_cfg, sync, done, rlimit_nproc)
         });
         // SAFETY: this process is single-threaded.
-        let child = match unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) } {
+        let cloned = match net {
+            Some(net) if cfg.network => net.in_host(|| clone_with_stack(cb, flags)),
+            _ => clone_with_stack(cb, flags),
+        };
+        let child = match cloned {
             Ok(pid) => pid,
             Err(e) => {
                 let hint = matches!(
@@ -569,6 +642,18 @@ fn serve_one(
     mark!("done");
     proto::send(ctl, &Msg::Timing { phases });
     (stop_server, reap_later)
+}
+
+/// `clone(2)` on one stack kept for the server's life: a fresh 256 KiB one per sandbox cost
+/// a zeroing and its page faults each time (the child has its own copy of it anyway).
+fn clone_with_stack(cb: nix::sched::CloneCb<'_>, flags: CloneFlags) -> nix::Result<Pid> {
+    static STACK: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+    let mut stack = STACK.lock().unwrap_or_else(|e| e.into_inner());
+    if stack.is_empty() {
+        stack.resize(256 * 1024, 0);
+    }
+    // SAFETY: the server is single-threaded; the child gets a copy of this address space.
+    unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
 }
 
 fn write_id_maps(child: Pid, euid: u32, egid: u32) -> Result<(), String> {

@@ -10,10 +10,10 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use std::ffi::CString;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -165,7 +165,14 @@ pub fn run_warm(root: &Path, sync: OwnedFd, job: OwnedFd, done: OwnedFd) -> isiz
         return 1;
     }
     let base = setup_base(root, None, false);
-    let mut buf = vec![0u8; 1 << 20];
+    // The job message's size first (a zeroed 1 MiB buffer cost page faults every time).
+    let size = nix::sys::socket::recv(
+        job.as_raw_fd(),
+        &mut [0u8; 1],
+        nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_TRUNC,
+    );
+    let Ok(size) = size else { return 1 };
+    let mut buf = vec![0u8; size.max(1)];
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     let (n, fds) = {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
@@ -489,27 +496,75 @@ fn setup_job(
     })
 }
 
-fn build_etc(root: &Path, network: bool) -> Result<(), String> {
-    let etc = root.join("etc");
-    std::fs::create_dir_all(&etc).map_err(err("mkdir /etc"))?;
-    if let Ok(rd) = std::fs::read_dir("/etc") {
-        let mut names: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
-        names.sort();
-        for name in names {
-            let n = name.to_string_lossy();
-            if !etc_allowed(&n) {
-                continue;
-            }
+/// An allowed entry of the host's `/etc`: a small regular file's content, or a name that
+/// is bound (directories, symlinks, large files).
+enum EtcEntry {
+    File {
+        name: std::ffi::OsString,
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Bound(std::ffi::OsString),
+}
+
+/// The allowed part of `/etc`, read once per sandbox server ([`snapshot_etc`]) and inherited
+/// by every sandbox it clones, instead of each one listing `/etc` and copying its files.
+static ETC: std::sync::OnceLock<Vec<EtcEntry>> = std::sync::OnceLock::new();
+
+/// Reads the allowed part of `/etc` now (a sandbox server, before its first sandbox).
+pub fn snapshot_etc() {
+    ETC.get_or_init(read_etc);
+}
+
+fn read_etc() -> Vec<EtcEntry> {
+    let Ok(rd) = std::fs::read_dir("/etc") else {
+        return Vec::new();
+    };
+    let mut names: Vec<_> = rd
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| etc_allowed(&n.to_string_lossy()))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
             let host = Path::new("/etc").join(&name);
             // Small regular files are copied (cheaper than a bind mount each); the root is
             // made read-only afterwards all the same.
             match std::fs::symlink_metadata(&host) {
-                Ok(m) if m.is_file() && m.len() <= 256 * 1024 => {
-                    let target = etc.join(&name);
-                    std::fs::copy(&host, &target)
-                        .map_err(err(format!("copy {}", host.display())))?;
-                }
-                _ => replicate(root, &host, &host, false)?,
+                Ok(m) if m.is_file() && m.len() <= 256 * 1024 => match std::fs::read(&host) {
+                    Ok(data) => EtcEntry::File {
+                        name,
+                        data,
+                        mode: m.permissions().mode() & 0o777,
+                    },
+                    Err(_) => EtcEntry::Bound(name),
+                },
+                _ => EtcEntry::Bound(name),
+            }
+        })
+        .collect()
+}
+
+fn build_etc(root: &Path, network: bool) -> Result<(), String> {
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc).map_err(err("mkdir /etc"))?;
+    for entry in ETC.get_or_init(read_etc) {
+        match entry {
+            EtcEntry::File { name, data, mode } => {
+                let target = etc.join(name);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(*mode)
+                    .open(&target)
+                    .and_then(|mut f| f.write_all(data))
+                    .map_err(err(format!("write {}", target.display())))?;
+            }
+            EtcEntry::Bound(name) => {
+                let host = Path::new("/etc").join(name);
+                replicate(root, &host, &host, false)?;
             }
         }
     }
@@ -592,7 +647,7 @@ fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn loopback_up() {
+pub(crate) fn loopback_up() {
     // SAFETY: plain ioctls on a socket we own, with a zeroed, NUL-terminated ifreq.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);

@@ -79,8 +79,15 @@ fn arch() -> TargetArch {
     }
 }
 
-/// The compiled filters, in the order to apply them.
+/// The compiled filters, in the order to apply them (compiled once per process: a sandbox
+/// server compiles them before its first sandbox, which inherit them).
 pub fn programs() -> Result<Vec<BpfProgram>, String> {
+    static PROGRAMS: std::sync::OnceLock<Result<Vec<BpfProgram>, String>> =
+        std::sync::OnceLock::new();
+    PROGRAMS.get_or_init(compile).clone()
+}
+
+fn compile() -> Result<Vec<BpfProgram>, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|(_, n)| (*n, vec![])).collect();
     // clone(flags) with CLONE_NEWUSER (or any other namespace flag): refused.
