@@ -109,6 +109,7 @@ pub fn main() -> i32 {
     let mut warm: Option<Warm> = None;
     let mut code = 0;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut exiting: Vec<Pid> = Vec::new();
     loop {
         if warm.is_none() {
             if let Some(root) = &warm_root {
@@ -151,18 +152,33 @@ pub fn main() -> i32 {
             continue;
         }
         let config = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
+        // Inits whose sandboxes are torn down by now are reaped; the others stay pending
+        // (each still counts as a pid of the slot's cgroup: see `own_pids`).
+        exiting.retain(|pid| {
+            matches!(
+                waitpid(*pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
         let server = ServerState {
             cg: cg.as_ref(),
             sock: &sock,
             sfd: &sfd,
             warm_root: warm_root.as_deref(),
             net: net.as_ref(),
+            exiting: exiting.len() as u64,
         };
         let (stop, reap) = serve_one(&config, &fds, &server, &mut warm);
         drop(fds);
         if let Some(pid) = reap {
-            // Its namespaces are torn down now, while the runner already has the result.
-            let _ = waitpid(pid, None);
+            // Its namespaces are torn down while the runner already has the result and the
+            // next request may come: not waited for here.
+            if matches!(
+                waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            ) {
+                exiting.push(pid);
+            }
         }
         if stop {
             code = 1;
@@ -172,6 +188,9 @@ pub fn main() -> i32 {
     if let Some(w) = warm.take() {
         let _ = signal::kill(w.pid, Signal::SIGKILL);
         let _ = waitpid(w.pid, None);
+    }
+    for pid in exiting {
+        let _ = waitpid(pid, None);
     }
     if let Some(cg) = &cg {
         cg.leave_and_destroy();
@@ -368,6 +387,8 @@ struct ServerState<'a> {
     /// Where warm sandboxes mount their root (none: no warm sandboxes).
     warm_root: Option<&'a std::path::Path>,
     net: Option<&'a SharedNet>,
+    /// Inits of earlier sandboxes not reaped yet (still pids of the slot's cgroup).
+    exiting: u64,
 }
 
 fn serve_one(
@@ -382,6 +403,7 @@ fn serve_one(
         sfd,
         warm_root,
         net,
+        exiting,
     } = *server;
     let warm = warm_slot.take();
     let t0 = Instant::now();
@@ -409,7 +431,7 @@ fn serve_one(
     // Limits: the slot's cgroup when there is one, rlimits otherwise. The server and the
     // next job's warm sandbox (cloned while this job runs) are two more of its pids.
     let before = cg.map(|c| c.counters()).unwrap_or_default();
-    let own_pids = if warm_root.is_some() { 2 } else { 1 };
+    let own_pids = if warm_root.is_some() { 2 } else { 1 } + exiting;
     let cg = cg.filter(|c| {
         c.set_limits(
             cfg.limits.memory,

@@ -242,6 +242,12 @@ fn run_steps(cfg: &SandboxConfig, mut state: State, t0: Instant, done: OwnedFd) 
     }
     let (files, refused) = collect(cfg, &state);
     proto::send(CONTROL_FD, &Msg::Collected { files, refused });
+    // The job's stdio and control pipe end here, not when this process has exited (its
+    // memory and namespaces are torn down after that): the runner sees their ends at once.
+    for fd in 0..=CONTROL_FD {
+        // SAFETY: closing this process's own fds; nothing uses them after this.
+        unsafe { libc::close(fd) };
+    }
     // Every process of the sandbox is dead (each step ends with kill + reap): tell the
     // server, which answers the runner while this process and its namespaces go away.
     let _ = nix::unistd::write(&done, b"1");
