@@ -641,7 +641,7 @@ jobs:
         dir.write("net.yaml", &yaml);
         let r = common::run_report(
             dir.cmd()
-                .args(["run", "--no-progress", "-j", "1", "--backend", &backend])
+                .args(["run", "--no-progress", "-j", "1", "--backend", backend])
                 .args(["--json", "-", "net.yaml"]),
         );
         let jobs = r.jobs();

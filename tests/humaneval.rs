@@ -47,7 +47,15 @@ fn mixed_verdicts_are_human_evals() {
     // 16 tasks x 5 samples: every kind at least 3 times, two endless loops.
     let made = Command::new("python3")
         .arg(ex.join("mixed.py"))
-        .args(["--tasks", "16", "--per-task", "5", "--loops-every", "8", "-o"])
+        .args([
+            "--tasks",
+            "16",
+            "--per-task",
+            "5",
+            "--loops-every",
+            "8",
+            "-o",
+        ])
         .arg(&samples)
         .output()
         .unwrap();
