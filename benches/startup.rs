@@ -149,7 +149,15 @@ fn main() {
     // `BENCH_ONLY=true|python`: only sandboxed runs of that one, back to back (for a
     // profiler), and the CPU time they cost the whole machine (kernel work included).
     if let Ok(which) = std::env::var("BENCH_ONLY") {
-        let argv: &[&str] = if which == "python" {
+        // BENCH_ARGV='["/usr/bin/python3", "-c", "..."]': that program instead.
+        let custom: Vec<String> = std::env::var("BENCH_ARGV")
+            .ok()
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default();
+        let custom: Vec<&str> = custom.iter().map(String::as_str).collect();
+        let argv: &[&str] = if !custom.is_empty() {
+            &custom
+        } else if which == "python" {
             &[python, "-c", "pass"]
         } else {
             &["/bin/true"]
