@@ -662,3 +662,39 @@ jobs:
         }
     }
 }
+
+/// As root, consecutive native sandboxes of one slot share a loopback-only network
+/// namespace (not the host's); `LLM_SANDBOX_NETNS_PER_SANDBOX=1` gives each its own.
+#[test]
+fn native_network_namespace_per_slot_or_per_sandbox() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED native_network_namespace_per_slot_or_per_sandbox: needs root");
+        return;
+    }
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let host = host.to_string_lossy();
+    for (per_sandbox, same) in [("", true), ("1", false)] {
+        let dir = Scratch::new();
+        dir.write(
+            "ns.yaml",
+            "jobs:\n  - { name: a, lang: bash, code: 'readlink /proc/self/ns/net' }\n  - { name: b, lang: bash, code: 'readlink /proc/self/ns/net' }\n",
+        );
+        let r = common::run_report(
+            dir.cmd()
+                .args(["run", "--no-progress", "-j", "1", "--backend", "native"])
+                .args(["--json", "-", "ns.yaml"])
+                .env("LLM_SANDBOX_NETNS_PER_SANDBOX", per_sandbox),
+        );
+        let jobs = r.jobs();
+        let ns = |n: &str| common::field(&jobs[n], "stdout").trim().to_string();
+        let (a, b) = (ns("a"), ns("b"));
+        assert!(a.starts_with("net:[") && b.starts_with("net:["), "{a} {b}");
+        assert_ne!(a, host, "a sandbox is in the host's network namespace");
+        assert_ne!(b, host, "a sandbox is in the host's network namespace");
+        assert_eq!(
+            a == b,
+            same,
+            "LLM_SANDBOX_NETNS_PER_SANDBOX={per_sandbox:?}: {a} {b}"
+        );
+    }
+}

@@ -220,7 +220,8 @@ struct SharedNet {
 impl SharedNet {
     fn enter() -> Option<SharedNet> {
         if !nix::unistd::geteuid().is_root()
-            || std::env::var_os("LLM_SANDBOX_NETNS_PER_SANDBOX").is_some()
+            || std::env::var("LLM_SANDBOX_NETNS_PER_SANDBOX")
+                .is_ok_and(|v| !v.is_empty() && v != "0")
         {
             return None;
         }

@@ -211,6 +211,10 @@ fn spawn_server() -> std::io::Result<Server> {
         .arg(crate::run::owner::prefix())
         .arg(warm_root())
         .env_clear()
+        .envs(
+            std::env::var_os("LLM_SANDBOX_NETNS_PER_SANDBOX")
+                .map(|v| ("LLM_SANDBOX_NETNS_PER_SANDBOX", v)),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
