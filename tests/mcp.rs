@@ -9,33 +9,15 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn venv_python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    std::env::var_os("LLM_SANDBOX_MCP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/mcp-venv/bin/python"))
-}
-
-/// The venv's python when it has the `mcp` package; else None after a SKIPPED notice
-/// (or a failure under CI=true / LLM_SANDBOX_REQUIRE_ENGINES=1).
+/// The venv's python when it has the `mcp` package (see [`common::venv_python`]).
 fn client_python() -> Option<PathBuf> {
-    let py = venv_python();
-    let ok = Command::new(&py)
-        .args(["-c", "import mcp"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    let why = format!(
-        "the MCP Python client is not installed at {} (scripts/test creates it: python3 -m venv target/mcp-venv && target/mcp-venv/bin/pip install -r tests/mcp/requirements.txt)",
-        py.display()
-    );
-    if let Some(strict) = common::strict() {
-        panic!("{why} ({strict} requires it)");
-    }
-    eprintln!("SKIPPED: {why}");
-    None
+    common::venv_python(
+        "LLM_SANDBOX_MCP_PYTHON",
+        "mcp-venv",
+        "mcp",
+        "the MCP Python client",
+        "tests/mcp/requirements.txt",
+    )
 }
 
 fn run_client(backend: &str) {

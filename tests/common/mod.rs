@@ -680,3 +680,38 @@ pub fn engine_objects(engine: &str, what: &str) -> Vec<(String, String, String, 
         })
         .collect()
 }
+
+// ---- Python venvs of tests (made by scripts/test) ------------------------------------------
+
+/// The python of the venv `target/<venv>` (or `$<env>`) when `import <module>` works in
+/// it; else None after a SKIPPED notice, or a failure under CI=true /
+/// LLM_SANDBOX_REQUIRE_ENGINES=1. `what` names the package, `requirements` the file
+/// scripts/test installs from.
+pub fn venv_python(
+    env: &str,
+    venv: &str,
+    module: &str,
+    what: &str,
+    requirements: &str,
+) -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let py = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target").join(venv).join("bin/python"));
+    let ok = Command::new(&py)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    let why = format!(
+        "{what} is not installed at {} (scripts/test creates it: python3 -m venv target/{venv} && target/{venv}/bin/pip install -r {requirements})",
+        py.display()
+    );
+    if let Some(strict) = strict() {
+        panic!("{why} ({strict} requires it)");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
