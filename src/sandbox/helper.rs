@@ -242,6 +242,8 @@ impl SharedNet {
             let _ = nix::sched::setns(&host, CloneFlags::CLONE_NEWNET);
             return None;
         };
+        // Its sandboxes inherit this: their `lo` is up already.
+        super::init::NET_SHARED.store(true, std::sync::atomic::Ordering::Relaxed);
         Some(SharedNet { host, own })
     }
 
@@ -359,7 +361,6 @@ fn spawn_warm(
             super::init::run_warm(&root, sync, job, done)
         }
     });
-    // SAFETY: this process is single-threaded.
     let pid = clone_with_stack(cb, clone_flags(false, net)).ok()?;
     drop((job_theirs, done_w, sync_r));
     let euid = nix::unistd::geteuid().as_raw();
@@ -376,8 +377,6 @@ fn spawn_warm(
     })
 }
 
-/// Runs one sandbox. Returns whether the server must stop (runner gone), and the init to
-/// reap once the runner has its answer.
 /// What a server keeps for its whole life.
 struct ServerState<'a> {
     /// The slot's cgroup.
@@ -392,6 +391,8 @@ struct ServerState<'a> {
     exiting: u64,
 }
 
+/// Runs one sandbox. Returns whether the server must stop (runner gone), and the init to
+/// reap once the runner has its answer.
 fn serve_one(
     config: &std::path::Path,
     fds: &[OwnedFd],
@@ -429,8 +430,9 @@ fn serve_one(
             return (false, None);
         }
     };
-    // Limits: the slot's cgroup when there is one, rlimits otherwise. The server and the
-    // next job's warm sandbox (cloned while this job runs) are two more of its pids.
+    // Limits: the slot's cgroup when there is one, rlimits otherwise. The server, the next
+    // job's warm sandbox (cloned while this job runs) and the inits of earlier jobs still
+    // exiting are more of its pids.
     let before = cg.map(|c| c.counters()).unwrap_or_default();
     let own_pids = if warm_root.is_some() { 2 } else { 1 } + exiting;
     let cg = cg.filter(|c| {
@@ -532,7 +534,6 @@ fn serve_one(
             let done = unsafe { OwnedFd::from_raw_fd(done_w_raw) };
             super::init::run(&child_cfg, sync, done, rlimit_nproc)
         });
-        // SAFETY: this process is single-threaded.
         let cloned = match net {
             Some(net) if cfg.network => net.in_host(|| clone_with_stack(cb, flags)),
             _ => clone_with_stack(cb, flags),

@@ -397,7 +397,7 @@ pub fn setup_base(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<B
     )
     .map_err(err("mount /proc"))?;
     let _ = nix::unistd::sethostname("sandbox");
-    if !network {
+    if !network && !NET_SHARED.load(std::sync::atomic::Ordering::Relaxed) {
         loopback_up();
     }
     let filters = seccomp::programs()?;
@@ -652,6 +652,11 @@ fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Set in a sandbox server that shares one loopback-only network namespace among its
+/// sandboxes (see `helper::SharedNet`), whose `lo` it brought up itself.
+pub(crate) static NET_SHARED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 pub(crate) fn loopback_up() {
     // SAFETY: plain ioctls on a socket we own, with a zeroed, NUL-terminated ifreq.
