@@ -426,7 +426,7 @@ impl Container {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<ExecResult, String> {
-        self.exec_inner(
+        self.exec_live(
             argv,
             user,
             env,
@@ -434,7 +434,6 @@ impl Container {
             cap,
             timeout,
             cancel,
-            true,
             Live::default(),
         )
         .await
