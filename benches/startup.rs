@@ -83,6 +83,7 @@ fn config(dir: &Path, i: usize, argv: &[&str]) -> SandboxConfig {
         collect_globs: vec![],
         collect_paths: vec![],
         collect_cap: 0,
+        preload: false,
     }
 }
 

@@ -1032,6 +1032,7 @@ impl Session {
             collect_globs: vec![],
             collect_paths: vec![],
             collect_cap: 0,
+            preload: false,
         };
         let cfg_path = sdir.join("config.json");
         std::fs::write(

@@ -1197,6 +1197,7 @@ fn exec_config(st: &State, p: &Pod, name: &str, argv: Vec<String>) -> SandboxCon
         collect_globs: vec![],
         collect_paths: vec![],
         collect_cap: 0,
+        preload: false,
     }
 }
 

@@ -200,6 +200,7 @@ async fn install_libraries(
         collect_globs: vec![],
         collect_paths: vec![],
         collect_cap: 0,
+        preload: false,
     };
     let cfg_path = sdir.join("config.json");
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap_or_default())
@@ -492,6 +493,9 @@ pub fn prepare(
         collect_globs: crate::plots::artifact_globs(job),
         collect_paths: job.expect.files.iter().map(|f| f.path.clone()).collect(),
         collect_cap: job.limits.disk,
+        preload: job.lang == Lang::Python
+            && job.backends.native.as_ref().and_then(|n| n.preload) == Some(true)
+            && std::env::var("LLM_SANDBOX_PRELOAD").as_deref() != Ok("0"),
     };
     let cfg_path = dir.join("config.json");
     if let Err(e) = std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap_or_default()) {

@@ -99,6 +99,11 @@ pub fn main() -> i32 {
             ok
         });
     let net = SharedNet::enter();
+    // Freed heap memory is overwritten (M_PERTURB): a sandbox cloned from this server keeps
+    // no earlier job's configuration in its memory, which matters when its step does not
+    // execve (a preloaded Python, see pyembed).
+    // SAFETY: a malloc tunable, set before anything else of the server's allocates.
+    unsafe { libc::mallopt(M_PERTURB, 0x5a) };
     // Read once here, inherited by every sandbox cloned from this server.
     super::init::snapshot_etc();
     let _ = super::seccomp::programs();
@@ -112,6 +117,9 @@ pub fn main() -> i32 {
     let mut exiting: Vec<Pid> = Vec::new();
     loop {
         if warm.is_none() {
+            if super::pyembed::loaded() {
+                scrub_stack();
+            }
             if let Some(root) = &warm_root {
                 warm = spawn_warm(root, &sock, &sfd, net.as_ref());
             }
@@ -168,8 +176,15 @@ pub fn main() -> i32 {
             net: net.as_ref(),
             exiting: exiting.len() as u64,
         };
-        let (stop, reap) = serve_one(&config, &fds, &server, &mut warm);
+        let mut preload = None;
+        let (stop, reap) = serve_one(&config, &fds, &server, &mut warm, &mut preload);
         drop(fds);
+        if let Some(req) = preload {
+            // After the job that asked (which ran as usual): every sandbox cloned from now on
+            // carries the interpreter.
+            scrub_stack();
+            super::pyembed::preload(req);
+        }
         if let Some(pid) = reap {
             // Its namespaces are torn down while the runner already has the result and the
             // next request may come: not waited for here.
@@ -196,6 +211,21 @@ pub fn main() -> i32 {
         cg.leave_and_destroy();
     }
     code
+}
+
+/// glibc's `M_PERTURB` (mallopt): freed memory is filled with the given byte.
+pub(crate) const M_PERTURB: libc::c_int = -6;
+
+/// Overwrites the stack below the serving loop (what `serve_one` left there) before a
+/// sandbox is cloned from a server whose sandboxes run code without execve.
+#[inline(never)]
+fn scrub_stack() {
+    // serve_one's frames are a few KiB deep: 64 KiB covers them (each scrub copies those
+    // pages again, shared copy-on-write with the sandbox cloned last).
+    let mut pad = [0u8; 64 * 1024];
+    // SAFETY: writes within a local array.
+    unsafe { std::ptr::write_volatile(&mut pad, [0u8; 64 * 1024]) };
+    std::hint::black_box(&mut pad);
 }
 
 /// A sandbox set up ahead of its job (see [`super::init::run_warm`]).
@@ -398,6 +428,7 @@ fn serve_one(
     fds: &[OwnedFd],
     server: &ServerState<'_>,
     warm_slot: &mut Option<Warm>,
+    preload: &mut Option<super::pyembed::Request>,
 ) -> (bool, Option<Pid>) {
     let ServerState {
         cg,
@@ -452,6 +483,7 @@ fn serve_one(
         None
     };
     mark!("limits");
+    *preload = super::pyembed::request(&cfg);
     // A warm sandbox takes the job when it can (no network, the host's system directories).
     let warm_used = match warm {
         Some(w) if !cfg.network && cfg.rootfs.is_none() => {
@@ -473,8 +505,10 @@ fn serve_one(
     };
     let (child, done_r) = if let Some(x) = warm_used {
         mark!("warm");
-        if let Some(root) = warm_root {
-            // The next job's sandbox is set up while this one runs.
+        if let Some(root) = warm_root.filter(|_| !super::pyembed::loaded()) {
+            // The next job's sandbox is set up while this one runs (not with a preloaded
+            // interpreter: it would be cloned with this job's configuration in memory, and
+            // its step does not execve; the serving loop clones it after this job instead).
             *warm_slot = spawn_warm(root, sock, sfd, net);
         }
         x

@@ -18,6 +18,7 @@ pub mod host;
 pub mod init;
 pub mod landlock;
 pub mod proto;
+pub mod pyembed;
 pub mod seccomp;
 
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,9 @@ pub struct SandboxConfig {
     pub collect_paths: Vec<String>,
     /// Cap of the bytes copied out in total.
     pub collect_cap: u64,
+    /// Run `python3` steps in the server's preloaded interpreter ([`pyembed`]).
+    #[serde(default)]
+    pub preload: bool,
 }
 
 /// Entry used by `main`: if argv is `__sandbox CONFIG`, run the helper and never return.

@@ -164,6 +164,10 @@ pub struct NativeConfig {
     /// Extra host paths bind-mounted read-only: `"/opt/tool"` or `{ src, dest }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<Vec<FileSpec>>,
+    /// Python run steps start from an interpreter the sandbox server initialised once,
+    /// each in its own fresh sandbox (README, "Preloaded Python"); default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preload: Option<bool>,
 }
 
 /// A Pod manifest: a path to a YAML/JSON file, or the manifest inline.

