@@ -1,23 +1,25 @@
-//! Preloaded Python on the native backend (`backends.native.preload = true`, README
-//! "Preloaded Python"): a job run in the server's preloaded interpreter looks like a fresh
+//! Preloaded Python (`backends.native.preload`, `backends.docker.preload`,
+//! `backends.podman.preload`; README "Preloaded Python"), on every backend of
+//! [`common::backends()`]: a job run in a preloaded interpreter looks like a fresh
 //! `python3 main.py` (argv, paths, environment, flags, streams, modules), keeps exit codes,
 //! stdin, timeouts and tracebacks, and finds no byte of an earlier job's data in its memory.
 //!
-//! The first two Python jobs of a slot always `execve` (the server preloads after the first
-//! job that asks, and the next sandbox was already cloned): every file here starts with two
-//! warm-up jobs and runs with `-j 1`. A job tells how it ran by `/proc/self/exe`: the
-//! interpreter's binary, or llm-sandbox's.
+//! The first two Python jobs of a native slot always `execve` (the server preloads after the
+//! first job that asks, and the next sandbox was already cloned; a container's agent after
+//! its first): every file here starts with two warm-up jobs and runs with `-j 1`. A job
+//! tells how it ran by `/proc/self/exe`: the interpreter's binary, or llm-sandbox's (the
+//! host's binary on native, `/.llm-sandbox/agent` in a container).
 
 #[allow(dead_code)]
 mod common;
 
-use common::{field, status, Scratch};
+use common::{backends, field, status, Scratch};
 use serde_json::Value;
 
 const PROBE: &str = r#"
 import json, os, sys, __main__
 print(json.dumps({
-    "argv": sys.argv, "orig_argv": sys.orig_argv, "path": [p for p in sys.path if not p.endswith(".zip")],
+    "argv": sys.argv, "orig_argv": sys.orig_argv, "path": sys.path,
     "file": __file__, "executable": sys.executable, "flags": str(sys.flags),
     "streams": [(s.name, s.encoding, s.errors, s.line_buffering, s.write_through, s.mode)
                 for s in (sys.stdin, sys.stdout, sys.stderr)],
@@ -31,10 +33,13 @@ fn preloaded(job: &Value) -> bool {
     field(job, "stderr").contains("llm-sandbox")
 }
 
-fn run(dir: &Scratch, file: &str, preload_env: &str) -> common::Run {
+const HEADER: &str =
+    "backends: { native: { preload: true }, docker: { preload: true }, podman: { preload: true } }\njobs:\n";
+
+fn run(dir: &Scratch, file: &str, backend: &str, preload_env: &str) -> common::Run {
     common::run_report(
         dir.cmd()
-            .args(["run", "--no-progress", "-j", "1", "--backend", "native"])
+            .args(["run", "--no-progress", "-j", "1", "--backend", backend])
             .args(["--json", "-", file])
             .env("LLM_SANDBOX_PRELOAD", preload_env),
     )
@@ -42,102 +47,106 @@ fn run(dir: &Scratch, file: &str, preload_env: &str) -> common::Run {
 
 #[test]
 fn a_preloaded_job_looks_like_a_fresh_python3() {
-    let dir = Scratch::new();
-    let mut yaml = String::from("backends: { native: { preload: true } }\njobs:\n");
-    for i in 0..5 {
-        yaml.push_str(&format!(
-            "  - name: p{i}\n    lang: python\n    args: [a, 'b c']\n    env: {{ EXTRA: x{i} }}\n    code: |\n"
-        ));
-        for line in PROBE.lines() {
-            yaml.push_str(&format!("      {line}\n"));
+    for backend in backends() {
+        let dir = Scratch::new();
+        let mut yaml = String::from(HEADER);
+        for i in 0..5 {
+            yaml.push_str(&format!(
+                "  - name: p{i}\n    lang: python\n    args: [a, 'b c']\n    env: {{ EXTRA: x{i} }}\n    code: |\n"
+            ));
+            for line in PROBE.lines() {
+                yaml.push_str(&format!("      {line}\n"));
+            }
         }
-    }
-    dir.write("probe.yaml", &yaml);
-    let r = run(&dir, "probe.yaml", "");
-    let jobs = r.jobs();
-    let out = |i: usize| -> Value {
-        let j = &jobs[&format!("p{i}")];
-        assert_eq!(status(j), "passed", "{}", r.pretty());
-        serde_json::from_str(field(j, "stdout")).expect("probe output")
-    };
-    assert!(
-        !preloaded(&jobs["p0"]),
-        "the first job starts python3 itself"
-    );
-    for i in 2..5 {
+        dir.write("probe.yaml", &yaml);
+        let r = run(&dir, "probe.yaml", backend, "");
+        let jobs = r.jobs();
+        let out = |i: usize| -> Value {
+            let j = &jobs[&format!("p{i}")];
+            assert_eq!(status(j), "passed", "{}", r.pretty());
+            serde_json::from_str(field(j, "stdout")).expect("probe output")
+        };
         assert!(
-            preloaded(&jobs[&format!("p{i}")]),
-            "p{i} did not run preloaded: {}",
-            r.pretty()
+            !preloaded(&jobs["p0"]),
+            "the first job starts python3 itself"
         );
-    }
-    let fresh = out(0);
-    for i in 1..5 {
-        let mut got = out(i);
-        // Each job's own variable; everything else must be what a fresh python3 shows.
-        assert_eq!(got["env"]["EXTRA"], format!("x{i}"));
-        got["env"]["EXTRA"] = fresh["env"]["EXTRA"].clone();
-        assert_eq!(got, fresh, "p{i} differs from a fresh python3");
-    }
-    assert_eq!(fresh["argv"], serde_json::json!(["main.py", "a", "b c"]));
-    assert_eq!(fresh["fds"], serde_json::json!(["0", "1", "2", "3"]));
+        for i in 2..5 {
+            assert!(
+                preloaded(&jobs[&format!("p{i}")]),
+                "p{i} did not run preloaded: {}",
+                r.pretty()
+            );
+        }
+        let fresh = out(0);
+        for i in 1..5 {
+            let mut got = out(i);
+            // Each job's own variable; everything else must be what a fresh python3 shows.
+            assert_eq!(got["env"]["EXTRA"], format!("x{i}"));
+            got["env"]["EXTRA"] = fresh["env"]["EXTRA"].clone();
+            assert_eq!(got, fresh, "p{i} differs from a fresh python3");
+        }
+        assert_eq!(fresh["argv"], serde_json::json!(["main.py", "a", "b c"]));
+        assert_eq!(fresh["fds"], serde_json::json!(["0", "1", "2", "3"]));
 
-    // LLM_SANDBOX_PRELOAD=0 turns it off.
-    let r = run(&dir, "probe.yaml", "0");
-    for (name, j) in r.jobs() {
-        assert!(
-            !preloaded(&j),
-            "{name} ran preloaded with LLM_SANDBOX_PRELOAD=0"
-        );
+        // LLM_SANDBOX_PRELOAD=0 turns it off.
+        let r = run(&dir, "probe.yaml", backend, "0");
+        for (name, j) in r.jobs() {
+            assert!(
+                !preloaded(&j),
+                "{name} ran preloaded with LLM_SANDBOX_PRELOAD=0"
+            );
+        }
     }
 }
 
 #[test]
 fn a_preloaded_job_keeps_exit_codes_stdin_tracebacks_and_timeouts() {
-    let dir = Scratch::new();
-    let exe = "import os, sys; print(os.readlink('/proc/self/exe'), file=sys.stderr)\n";
-    let job = |name: &str, code: &str, extra: &str| {
-        format!(
-            "  - name: {name}\n    lang: python\n    {extra}\n    code: |\n      {}      {}\n",
-            exe,
-            code.replace('\n', "\n      ")
-        )
-    };
-    let mut yaml = String::from("backends: { native: { preload: true } }\njobs:\n");
-    yaml += &job("w0", "pass\n", "timeout: 10s");
-    yaml += &job("w1", "pass\n", "timeout: 10s");
-    yaml += &job("exit3", "sys.exit(3)\n", "expect: { exit_code: 3 }");
-    yaml += &job(
-        "raises",
-        "raise ValueError('boom')\n",
-        "expect: { exit_code: 1, stderr_contains: [\"ValueError: boom\", \"Traceback\"] }",
-    );
-    yaml += &job(
-        "echo",
-        "print(sys.stdin.read().upper(), end='')\n",
-        "stdin: \"hello\\n\"\n    expect: { stdout: HELLO }",
-    );
-    yaml += &job("loops", "while True: pass\n", "timeout: 1s");
-    yaml += &job("after", "print('next')\n", "expect: { stdout: next }");
-    dir.write("codes.yaml", &yaml);
-    let started = std::time::Instant::now();
-    let r = run(&dir, "codes.yaml", "");
-    let jobs = r.jobs();
-    for name in ["exit3", "raises", "echo", "after"] {
-        assert_eq!(status(&jobs[name]), "passed", "{name}: {}", r.pretty());
-    }
-    assert_eq!(status(&jobs["loops"]), "timeout", "{}", r.pretty());
-    for name in ["exit3", "raises", "echo", "loops", "after"] {
+    for backend in backends() {
+        let dir = Scratch::new();
+        let exe = "import os, sys; print(os.readlink('/proc/self/exe'), file=sys.stderr)\n";
+        let job = |name: &str, code: &str, extra: &str| {
+            format!(
+                "  - name: {name}\n    lang: python\n    {extra}\n    code: |\n      {}      {}\n",
+                exe,
+                code.replace('\n', "\n      ")
+            )
+        };
+        let mut yaml = String::from(HEADER);
+        yaml += &job("w0", "pass\n", "timeout: 10s");
+        yaml += &job("w1", "pass\n", "timeout: 10s");
+        yaml += &job("exit3", "sys.exit(3)\n", "expect: { exit_code: 3 }");
+        yaml += &job(
+            "raises",
+            "raise ValueError('boom')\n",
+            "expect: { exit_code: 1, stderr_contains: [\"ValueError: boom\", \"Traceback\"] }",
+        );
+        yaml += &job(
+            "echo",
+            "print(sys.stdin.read().upper(), end='')\n",
+            "stdin: \"hello\\n\"\n    expect: { stdout: HELLO }",
+        );
+        yaml += &job("loops", "while True: pass\n", "timeout: 1s");
+        yaml += &job("after", "print('next')\n", "expect: { stdout: next }");
+        dir.write("codes.yaml", &yaml);
+        let started = std::time::Instant::now();
+        let r = run(&dir, "codes.yaml", backend, "");
+        let jobs = r.jobs();
+        for name in ["exit3", "raises", "echo", "after"] {
+            assert_eq!(status(&jobs[name]), "passed", "{name}: {}", r.pretty());
+        }
+        assert_eq!(status(&jobs["loops"]), "timeout", "{}", r.pretty());
+        for name in ["exit3", "raises", "echo", "loops", "after"] {
+            assert!(
+                preloaded(&jobs[name]),
+                "{name} did not run preloaded: {}",
+                r.pretty()
+            );
+        }
         assert!(
-            preloaded(&jobs[name]),
-            "{name} did not run preloaded: {}",
-            r.pretty()
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the endless loop was not stopped at its timeout"
         );
     }
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(20),
-        "the endless loop was not stopped at its timeout"
-    );
 }
 
 /// An earlier job's environment, arguments and standard input went through the sandbox
@@ -146,69 +155,71 @@ fn a_preloaded_job_keeps_exit_codes_stdin_tracebacks_and_timeouts() {
 /// memory for them.
 #[test]
 fn a_preloaded_job_finds_no_earlier_jobs_data_in_its_memory() {
-    let dir = Scratch::new();
-    let canary = "LEAKCANARY7391";
-    // Few allocations before the search (they would reuse, and so overwrite, freed memory
-    // the search is after); chunks of 256 KiB are fresh mappings, not in the list of maps.
-    let scan = r#"
-import os, sys
-needle = b"".join([b"LEAK", b"CANARY", b"7391"])
-me = (id(needle), id(needle) + 64)
-maps = open("/proc/self/maps").read().splitlines()
-fd = os.open("/proc/self/mem", os.O_RDONLY)
-hits, scanned = [], 0
-for line in maps:
-    addr, perms = line.split()[:2]
-    if perms[0] != "r" or "[vvar" in line or "[vsyscall" in line:
-        continue
-    lo, hi = (int(x, 16) for x in addr.split("-"))
-    pos = lo
-    while pos < hi:
-        try:
-            chunk = os.pread(fd, min(1 << 18, hi - pos), pos)
-        except OSError:
-            break
-        scanned += len(chunk)
-        i = chunk.find(needle)
-        while i >= 0:
-            if not me[0] <= pos + i < me[1]:
-                hits.append(line)
-            i = chunk.find(needle, i + 1)
-        pos += max(1, len(chunk) - len(needle))
-print(len(hits), scanned > 1 << 20, hits[:3])
-print(os.readlink("/proc/self/exe"), file=sys.stderr)
-"#;
-    let mut yaml = String::from("backends: { native: { preload: true } }\njobs:\n");
-    for w in ["w0", "w1"] {
-        yaml += &format!("  - {{ name: {w}, lang: python, code: 'pass' }}\n");
-    }
-    // Large enough (30 KB) that its freed copies are not all reused by later allocations.
-    let token = format!("{canary}-").repeat(2000);
-    yaml += &format!(
-        "  - name: secret\n    lang: python\n    env: {{ TOKEN: '{token}' }}\n    args: [{canary}]\n    stdin: \"{canary}\\n\"\n    code: 'import os, sys; print(os.environ[\"TOKEN\"], sys.argv[1], sys.stdin.read())'\n"
-    );
-    for s in ["scan1", "scan2"] {
-        yaml += &format!("  - name: {s}\n    lang: python\n    code: |\n");
-        for line in scan.lines() {
-            yaml += &format!("      {line}\n");
+    for backend in backends() {
+        let dir = Scratch::new();
+        let canary = "LEAKCANARY7391";
+        // Few allocations before the search (they would reuse, and so overwrite, freed memory
+        // the search is after); chunks of 256 KiB are fresh mappings, not in the list of maps.
+        let scan = r#"
+    import os, sys
+    needle = b"".join([b"LEAK", b"CANARY", b"7391"])
+    me = (id(needle), id(needle) + 64)
+    maps = open("/proc/self/maps").read().splitlines()
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    hits, scanned = [], 0
+    for line in maps:
+        addr, perms = line.split()[:2]
+        if perms[0] != "r" or "[vvar" in line or "[vsyscall" in line:
+            continue
+        lo, hi = (int(x, 16) for x in addr.split("-"))
+        pos = lo
+        while pos < hi:
+            try:
+                chunk = os.pread(fd, min(1 << 18, hi - pos), pos)
+            except OSError:
+                break
+            scanned += len(chunk)
+            i = chunk.find(needle)
+            while i >= 0:
+                if not me[0] <= pos + i < me[1]:
+                    hits.append(line)
+                i = chunk.find(needle, i + 1)
+            pos += max(1, len(chunk) - len(needle))
+    print(len(hits), scanned > 1 << 20, hits[:3])
+    print(os.readlink("/proc/self/exe"), file=sys.stderr)
+    "#;
+        let mut yaml = String::from(HEADER);
+        for w in ["w0", "w1"] {
+            yaml += &format!("  - {{ name: {w}, lang: python, code: 'pass' }}\n");
         }
-    }
-    dir.write("leak.yaml", &yaml);
-    let r = run(&dir, "leak.yaml", "");
-    let jobs = r.jobs();
-    assert!(
-        field(&jobs["secret"], "stdout").contains(canary),
-        "{}",
-        r.pretty()
-    );
-    for s in ["scan1", "scan2"] {
-        let j = &jobs[s];
-        assert_eq!(status(j), "passed", "{}", r.pretty());
-        assert!(preloaded(j), "{s} did not run preloaded: {}", r.pretty());
-        assert!(
-            field(j, "stdout").starts_with("0 True"),
-            "{s} found the earlier job's data in its memory: {}",
-            field(j, "stdout")
+        // Large enough (30 KB) that its freed copies are not all reused by later allocations.
+        let token = format!("{canary}-").repeat(2000);
+        yaml += &format!(
+            "  - name: secret\n    lang: python\n    env: {{ TOKEN: '{token}' }}\n    args: [{canary}]\n    stdin: \"{canary}\\n\"\n    code: 'import os, sys; print(os.environ[\"TOKEN\"], sys.argv[1], sys.stdin.read())'\n"
         );
+        for s in ["scan1", "scan2"] {
+            yaml += &format!("  - name: {s}\n    lang: python\n    code: |\n");
+            for line in scan.lines() {
+                yaml += &format!("      {line}\n");
+            }
+        }
+        dir.write("leak.yaml", &yaml);
+        let r = run(&dir, "leak.yaml", backend, "");
+        let jobs = r.jobs();
+        assert!(
+            field(&jobs["secret"], "stdout").contains(canary),
+            "{}",
+            r.pretty()
+        );
+        for s in ["scan1", "scan2"] {
+            let j = &jobs[s];
+            assert_eq!(status(j), "passed", "{}", r.pretty());
+            assert!(preloaded(j), "{s} did not run preloaded: {}", r.pretty());
+            assert!(
+                field(j, "stdout").starts_with("0 True"),
+                "{s} found the earlier job's data in its memory: {}",
+                field(j, "stdout")
+            );
+        }
     }
 }

@@ -102,8 +102,7 @@ pub fn main() -> i32 {
     // Freed heap memory is overwritten (M_PERTURB): a sandbox cloned from this server keeps
     // no earlier job's configuration in its memory, which matters when its step does not
     // execve (a preloaded Python, see pyembed).
-    // SAFETY: a malloc tunable, set before anything else of the server's allocates.
-    unsafe { libc::mallopt(M_PERTURB, 0x5a) };
+    super::pyembed::scrub_freed_memory(true);
     // Read once here, inherited by every sandbox cloned from this server.
     super::init::snapshot_etc();
     let _ = super::seccomp::programs();
@@ -118,7 +117,7 @@ pub fn main() -> i32 {
     loop {
         if warm.is_none() {
             if super::pyembed::loaded() {
-                scrub_stack();
+                super::pyembed::scrub_stack();
             }
             if let Some(root) = &warm_root {
                 warm = spawn_warm(root, &sock, &sfd, net.as_ref());
@@ -182,7 +181,7 @@ pub fn main() -> i32 {
         if let Some(req) = preload {
             // After the job that asked (which ran as usual): every sandbox cloned from now on
             // carries the interpreter.
-            scrub_stack();
+            super::pyembed::scrub_stack();
             super::pyembed::preload(req);
         }
         if let Some(pid) = reap {
@@ -211,21 +210,6 @@ pub fn main() -> i32 {
         cg.leave_and_destroy();
     }
     code
-}
-
-/// glibc's `M_PERTURB` (mallopt): freed memory is filled with the given byte.
-pub(crate) const M_PERTURB: libc::c_int = -6;
-
-/// Overwrites the stack below the serving loop (what `serve_one` left there) before a
-/// sandbox is cloned from a server whose sandboxes run code without execve.
-#[inline(never)]
-fn scrub_stack() {
-    // serve_one's frames are a few KiB deep: 64 KiB covers them (each scrub copies those
-    // pages again, shared copy-on-write with the sandbox cloned last).
-    let mut pad = [0u8; 64 * 1024];
-    // SAFETY: writes within a local array.
-    unsafe { std::ptr::write_volatile(&mut pad, [0u8; 64 * 1024]) };
-    std::hint::black_box(&mut pad);
 }
 
 /// A sandbox set up ahead of its job (see [`super::init::run_warm`]).

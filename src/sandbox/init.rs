@@ -259,8 +259,7 @@ fn run_steps(cfg: &SandboxConfig, mut state: State, t0: Instant, done: OwnedFd) 
 /// A sandbox's memory holds no other job's data after its job arrives: the server's
 /// scrubbing of freed memory (M_PERTURB) stops here, where it would only cost time.
 fn unperturb() {
-    // SAFETY: a malloc tunable of this (single-threaded) process.
-    unsafe { libc::mallopt(super::helper::M_PERTURB, 0) };
+    super::pyembed::scrub_freed_memory(false);
 }
 
 fn bind_ro(src: &Path, dest: &Path, writable: bool) -> Result<(), String> {

@@ -88,15 +88,11 @@ fn allowed_python_var(key: &str) -> bool {
     matches!(key, "PYTHONUNBUFFERED" | "PYTHONDONTWRITEBYTECODE")
 }
 
-/// The `python3 -B FILE` steps a preload would serve: the program and its script.
-fn python_step<'a>(step: &'a Step, program: &Path) -> Option<&'a str> {
+/// The script of a `python3 -B FILE ...` command a preload would serve.
+fn python_script<'a>(argv: &'a [String], program: &Path) -> Option<&'a str> {
     let name = program.file_name()?.to_str()?;
-    (step.kind == StepKind::Run
-        && name.starts_with("python3")
-        && step.argv.len() >= 3
-        && step.argv[1] == "-B"
-        && !step.argv[2].starts_with('-'))
-    .then_some(step.argv[2].as_str())
+    (name.starts_with("python3") && argv.len() >= 3 && argv[1] == "-B" && !argv[2].starts_with('-'))
+        .then_some(argv[2].as_str())
 }
 
 /// What a server needs to preload the interpreter a job asked for.
@@ -108,16 +104,22 @@ pub struct Request {
 /// The preload a job asks for, when this server has not tried one yet and the job could use
 /// it (its other variables are not kept).
 pub fn request(cfg: &SandboxConfig) -> Option<Request> {
-    (cfg.preload
-        && PRELOADED.get().is_none()
-        && cfg.rootfs.is_none()
-        && !cfg
-            .env
+    if !cfg.preload || cfg.rootfs.is_some() {
+        return None;
+    }
+    request_for(&cfg.env, &cfg.path)
+}
+
+/// The preload a program environment asks for (any backend): none when this process has
+/// tried one already or the environment has PYTHON* variables of its own.
+pub fn request_for(env: &[(String, String)], path: &[String]) -> Option<Request> {
+    (PRELOADED.get().is_none()
+        && !env
             .iter()
             .any(|(k, _)| k.starts_with("PYTHON") && !allowed_python_var(k)))
     .then(|| Request {
-        env: startup_env(&cfg.env),
-        path: cfg.path.clone(),
+        env: startup_env(env),
+        path: path.to_vec(),
     })
 }
 
@@ -196,8 +198,10 @@ fn init(req: &Request) -> Result<Preloaded, String> {
                 "Py_FinalizeEx"
             )),
         };
-        // The environment start-up reads: only the variables that shape it.
-        for (k, _) in std::env::vars_os() {
+        // The environment start-up reads: only the variables that shape it (this process's
+        // own is put back afterwards).
+        let own: Vec<_> = std::env::vars_os().collect();
+        for (k, _) in &own {
             std::env::remove_var(k);
         }
         for (k, v) in &env {
@@ -232,6 +236,9 @@ fn init(req: &Request) -> Result<Preloaded, String> {
         }
         for (k, _) in std::env::vars_os() {
             std::env::remove_var(k);
+        }
+        for (k, v) in &own {
+            std::env::set_var(k, v);
         }
         if status.kind != 0 {
             return Err(status_text(&status));
@@ -289,6 +296,11 @@ def _llm_sandbox_prepare(argv, orig_argv, env, path0):
     sys.argv = argv
     sys.orig_argv = orig_argv
     sys.path[0] = path0
+    # CPython lists its stdlib zip after the script's directory even when it does not exist;
+    # an embedded start-up leaves it out.
+    zip_path = "%s/lib/python%d%d.zip" % (sys.prefix, sys.version_info[0], sys.version_info[1])
+    if zip_path not in sys.path:
+        sys.path.insert(1, zip_path)
     # Finders of directories stay (a finder re-lists its directory when its mtime changes;
     # the sandbox shows the host's own system directories); those of paths that were not
     # directories at start-up, or relative to the server's working directory, go.
@@ -321,52 +333,78 @@ def _llm_sandbox_prepare(argv, orig_argv, env, path0):
         del sys.modules[name]
 "#;
 
-/// In the confined step process, instead of `execve`: runs the step's script in the
-/// preloaded interpreter and exits with `python3`'s exit code. Returns when the step is not
-/// one the preload can serve (the caller then `execve`s). `exec_signal` is the close-on-exec
-/// pipe whose end tells the init that the program started: closed here, as execve would.
+/// In the confined step process of the native backend, instead of `execve` (see
+/// [`run_preloaded`]); `exec_signal` is the close-on-exec pipe whose end tells the init that
+/// the program started: closed, as execve would.
 pub fn run_if_preloaded(cfg: &SandboxConfig, step: &Step, program: &Path, exec_signal: RawFd) {
+    if cfg.preload && cfg.rootfs.is_none() && step.kind == StepKind::Run {
+        run_preloaded(&step.argv, &cfg.env, program, Path::new("/sandbox"), || {
+            // SAFETY: our own fd, not used after this.
+            unsafe { libc::close(exec_signal) };
+        });
+    }
+}
+
+/// In a confined process that would now `execve` `program` with `argv` and `env` in
+/// `workdir`: when that is a `python3 -B FILE ...` this process's preloaded interpreter can
+/// serve, runs it here and exits with `python3`'s exit code (`before` runs first: close what
+/// execve would have closed). Returns otherwise, before `before` (the caller then `execve`s).
+pub fn run_preloaded(
+    argv: &[String],
+    env: &[(String, String)],
+    program: &Path,
+    workdir: &Path,
+    before: impl FnOnce(),
+) {
     let Some(Some(p)) = PRELOADED.get() else {
         return;
     };
-    let Some(script) = python_step(step, program) else {
+    let Some(script) = python_script(argv, program) else {
         return;
     };
-    if !cfg.preload
-        || cfg.rootfs.is_some()
-        || program != p.program
-        || startup_env(&cfg.env) != p.env
-    {
+    if program != p.program || startup_env(env) != p.env {
         return;
     }
     let file = if script.starts_with('/') {
         PathBuf::from(script)
     } else {
-        Path::new("/sandbox").join(script)
+        workdir.join(script)
     };
     let Ok(c_file) = CString::new(file.as_os_str().as_encoded_bytes()) else {
         return;
     };
+    before();
     // SAFETY: fopen of a path; the handle goes to CPython, which closes it (closeit = 1).
     let fp = unsafe { libc::fopen(c_file.as_ptr(), c"r".as_ptr()) };
     if fp.is_null() {
-        // python3's own message for a missing script comes from execve'ing it.
-        return;
+        // python3's own message and exit code for a script it cannot open.
+        let e = std::io::Error::last_os_error();
+        let msg = format!(
+            "{}: can't open file '{}': [Errno {}] {}\n",
+            argv[0],
+            file.display(),
+            e.raw_os_error().unwrap_or(0),
+            e.to_string().split(" (os error").next().unwrap_or_default()
+        );
+        // SAFETY: write to stderr, then end this process.
+        unsafe {
+            libc::write(2, msg.as_ptr() as *const c_void, msg.len());
+            libc::_exit(2);
+        }
     }
     let dir = std::fs::canonicalize(&file)
         .ok()
         .and_then(|f| f.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("/sandbox"));
-    let env: Vec<String> = cfg
-        .env
+        .unwrap_or_else(|| workdir.to_path_buf());
+    let py_env: Vec<String> = env
         .iter()
         .map(|(k, v)| format!("({}, {})", py_str(k), py_str(v)))
         .collect();
     let call = format!(
         "{PREPARE}\n_llm_sandbox_prepare({}, {}, dict([{}]), {})\ndel _llm_sandbox_prepare\n",
-        py_list(&step.argv[2..]),
-        py_list(&step.argv),
-        env.join(", "),
+        py_list(&argv[2..]),
+        py_list(argv),
+        py_env.join(", "),
         py_str(&dir.to_string_lossy()),
     );
     let call = CString::new(call).unwrap_or_default();
@@ -375,14 +413,13 @@ pub fn run_if_preloaded(cfg: &SandboxConfig, step: &Step, program: &Path, exec_s
     // (holding the GIL); PyOS_AfterFork_Child re-initialises its locks before any other call.
     let code = unsafe {
         libc::clearenv();
-        for (k, v) in &cfg.env {
+        for (k, v) in env {
             if let (Ok(k), Ok(v)) = (CString::new(k.as_str()), CString::new(v.as_str())) {
                 libc::setenv(k.as_ptr(), v.as_ptr(), 1);
             }
         }
         // As after execve: /proc/self/* is the process's own again (setresuid cleared it).
         libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-        libc::close(exec_signal);
         (api.after_fork_child)();
         if (api.run_string)(call.as_ptr(), std::ptr::null_mut()) != 0 {
             libc::_exit(127);
@@ -401,6 +438,28 @@ pub fn run_if_preloaded(cfg: &SandboxConfig, step: &Step, program: &Path, exec_s
     };
     // SAFETY: ends this process; CPython has flushed its streams in Py_FinalizeEx.
     unsafe { libc::_exit(code) }
+}
+
+/// glibc's `M_PERTURB` (mallopt): freed memory is filled with the given byte.
+const M_PERTURB: c_int = -6;
+
+/// Whether this process's freed heap memory is overwritten from now on (a process whose
+/// forks run preloaded code sets it before it handles any job; its sandboxes unset it).
+pub fn scrub_freed_memory(on: bool) {
+    // SAFETY: a malloc tunable of this process.
+    unsafe { libc::mallopt(M_PERTURB, if on { 0x5a } else { 0 }) };
+}
+
+/// Overwrites the stack below the caller (what earlier jobs' calls left there) before a
+/// process that runs code without execve is forked from it.
+#[inline(never)]
+pub fn scrub_stack() {
+    // The serving loops' calls are a few KiB deep: 64 KiB covers them (each scrub copies
+    // those pages again, shared copy-on-write with the process forked last).
+    let mut pad = [0u8; 64 * 1024];
+    // SAFETY: writes within a local array.
+    unsafe { std::ptr::write_volatile(&mut pad, [0u8; 64 * 1024]) };
+    std::hint::black_box(&mut pad);
 }
 
 #[cfg(test)]

@@ -102,6 +102,10 @@ pub struct DockerConfig {
     /// Jobs a warm container runs before it is replaced (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after: Option<u32>,
+    /// Python run steps in warm containers start from an interpreter the container's agent
+    /// initialised once (README, "Preloaded Python"); default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preload: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -126,6 +130,10 @@ pub struct PodmanConfig {
     /// Jobs a warm container runs before it is replaced (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after: Option<u32>,
+    /// Python run steps in warm containers start from an interpreter the container's agent
+    /// initialised once (README, "Preloaded Python"); default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preload: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -10,8 +10,9 @@
 //! stdout ([`AgentResult`]); `READY` first. Bytes travel base64-encoded.
 
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,6 +30,10 @@ pub struct AgentJob {
     /// Pack `/sandbox` into the answer (artifacts, file checks), up to `collect_cap` bytes.
     pub collect: bool,
     pub collect_cap: u64,
+    /// Run `python3 -B FILE` run steps in an interpreter this agent initialised once (after
+    /// the first job that asks; README, "Preloaded Python").
+    #[serde(default)]
+    pub preload: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,33 +86,105 @@ pub fn maybe_run_agent() {
 }
 
 fn main() -> i32 {
-    let stdin = std::io::stdin();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{READY}");
-    let _ = out.flush();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { return 1 };
-        if line.trim().is_empty() {
+    // Freed memory is overwritten, requests and answers are not kept in buffers: a preloaded
+    // Python step (which does not execve) must find no earlier job's data in the memory it
+    // inherits from this process.
+    crate::sandbox::pyembed::scrub_freed_memory(true);
+    let mut out = std::mem::ManuallyDrop::new(unsafe_fd_file(1));
+    if out.write_all(format!("{READY}\n").as_bytes()).is_err() {
+        return 1;
+    }
+    loop {
+        let line = match read_line(0) {
+            Ok(Some(l)) => l,
+            Ok(None) => return 0,
+            Err(_) => return 1,
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let result = match serde_json::from_str::<AgentJob>(&line) {
-            Ok(job) => run_job(&job),
+        if crate::sandbox::pyembed::loaded() {
+            crate::sandbox::pyembed::scrub_stack();
+        }
+        let mut preload = None;
+        let result = match serde_json::from_slice::<AgentJob>(&line) {
+            Ok(job) => {
+                if job.preload {
+                    preload = job.steps.last().and_then(|s| {
+                        crate::sandbox::pyembed::request_for(&step_env(s), &path_of(&step_env(s)))
+                    });
+                }
+                run_job(&job)
+            }
             Err(e) => AgentResult {
                 error: Some(format!("bad request: {e}")),
                 ..Default::default()
             },
         };
+        drop(line);
         let mut s = serde_json::to_string(&result).unwrap_or_default();
+        drop(result);
         s.push('\n');
-        if out
-            .write_all(s.as_bytes())
-            .and_then(|_| out.flush())
-            .is_err()
-        {
+        if out.write_all(s.as_bytes()).is_err() {
             return 1;
         }
+        drop(s);
+        if let Some(req) = preload {
+            crate::sandbox::pyembed::scrub_stack();
+            crate::sandbox::pyembed::preload(req);
+        }
     }
-    0
+}
+
+/// fd as a File (unbuffered).
+fn unsafe_fd_file(fd: i32) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: one of this process's standard fds, wrapped without being closed (ManuallyDrop).
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}
+
+/// One request line from `fd`, read in chunks into a buffer that only ever holds this line
+/// (the runner sends the next request after this one's answer), freed (and so
+/// overwritten) after use; the chunk buffer is zeroed as it goes.
+fn read_line(fd: i32) -> std::io::Result<Option<Vec<u8>>> {
+    let mut f = std::mem::ManuallyDrop::new(unsafe_fd_file(fd));
+    let mut line = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match f.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok((!line.is_empty()).then_some(line));
+        }
+        line.extend_from_slice(&chunk[..n]);
+        chunk[..n].fill(0);
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            return Ok(Some(line));
+        }
+    }
+}
+
+/// The environment a step's program gets: the container's (the image's ENV), then the
+/// step's own variables, sorted by name as `Command` passes them.
+fn step_env(step: &AgentStep) -> Vec<(String, String)> {
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("LLM_SANDBOX_"))
+        .collect();
+    for (k, v) in &step.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env.into_iter().collect()
+}
+
+fn path_of(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.split(':').map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 fn run_job(job: &AgentJob) -> AgentResult {
@@ -115,8 +192,9 @@ fn run_job(job: &AgentJob) -> AgentResult {
     if let Err(e) = unpack(&job.inputs) {
         r.error = Some(format!("cannot unpack the job's files: {e}"));
     } else {
-        for step in &job.steps {
-            let s = run_step(step);
+        let last = job.steps.len().saturating_sub(1);
+        for (i, step) in job.steps.iter().enumerate() {
+            let s = run_step(step, job.preload && i == last);
             let stop = step.must_succeed && (s.exit_code != Some(0) || s.timed_out);
             let end = s.timed_out || s.output_limit_hit;
             r.steps.push(s);
@@ -164,7 +242,7 @@ fn set_rlimit(res: libc::__rlimit_resource_t, v: u64) {
     }
 }
 
-fn run_step(step: &AgentStep) -> AgentStepResult {
+fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     let started = Instant::now();
     let mut res = AgentStepResult::default();
     let stdin_data = match step.stdin.as_deref().map(decode).transpose() {
@@ -187,6 +265,13 @@ fn run_step(step: &AgentStep) -> AgentStepResult {
         .stderr(std::process::Stdio::piped());
     let cpu = step.cpu_seconds;
     let nofile = step.open_files;
+    // A preloaded interpreter serves the run step when it can (checked in the child).
+    let preloaded = (preload && crate::sandbox::pyembed::loaded()).then(|| {
+        let env = step_env(step);
+        let program = crate::sandbox::init::resolve(&step.argv[0], &path_of(&env));
+        let program = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(program.as_bytes()));
+        (step.argv.clone(), env, program)
+    });
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -201,6 +286,19 @@ fn run_step(step: &AgentStep) -> AgentStepResult {
                 set_rlimit(libc::RLIMIT_CPU, c);
             }
             set_rlimit(libc::RLIMIT_NOFILE, nofile);
+            if let Some((argv, env, program)) = &preloaded {
+                crate::sandbox::pyembed::run_preloaded(
+                    argv,
+                    env,
+                    program,
+                    Path::new("/sandbox"),
+                    || {
+                        // What execve would close: every fd but the standard ones (Command's
+                        // close-on-exec error pipe among them: its end tells spawn() we started).
+                        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                    },
+                );
+            }
             Ok(())
         });
     }

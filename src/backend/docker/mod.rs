@@ -682,6 +682,18 @@ fn agent_binary() -> Option<std::path::PathBuf> {
     .clone()
 }
 
+/// Whether a job asks its warm container's agent for a preloaded Python
+/// (`backends.docker.preload` / `backends.podman.preload`; `LLM_SANDBOX_PRELOAD=0` wins).
+fn preload_wanted(job: &PlannedJob) -> bool {
+    let asked = match job.backend {
+        BackendKind::Podman => job.backends.podman.as_ref().and_then(|p| p.preload),
+        _ => job.backends.docker.as_ref().and_then(|d| d.preload),
+    };
+    job.lang == crate::spec::types::Lang::Python
+        && asked == Some(true)
+        && std::env::var("LLM_SANDBOX_PRELOAD").as_deref() != Ok("0")
+}
+
 /// The job's `warm` and `recycle_after` settings of its engine (`backends.docker` or
 /// `backends.podman`).
 fn warm_settings(job: &PlannedJob) -> (Option<bool>, Option<u32>) {
@@ -1056,6 +1068,7 @@ async fn run_steps_agent(
             .collect(),
         collect: !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty(),
         collect_cap: job.limits.disk,
+        preload: preload_wanted(job),
     };
     let answer = c
         .agent_job(
