@@ -747,8 +747,9 @@ fn pool(
 /// Keeps the warm pods of all pools near `cap` (the backend's job slots): idle pods of
 /// other pools are deleted to make room for one more of `pool`'s; returns how many of
 /// `pool`'s may be started ahead. (A run of many languages would otherwise keep `cap` idle
-/// pods per language until its end.)
-fn make_room(pool: &Arc<PodPool>, cap: usize) -> usize {
+/// pods per language until its end.) The deletions are awaited: the new pods are created
+/// after the evicted ones are gone, never on top of them.
+async fn make_room(pool: &Arc<PodPool>, cap: usize) -> usize {
     let pools: Vec<Arc<PodPool>> = POOLS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -769,12 +770,8 @@ fn make_room(pool: &Arc<PodPool>, cap: usize) -> usize {
             }
         }
     }
-    if !evicted.is_empty() {
-        tokio::spawn(async move {
-            for pod in evicted {
-                pod.delete().await;
-            }
-        });
+    for pod in evicted {
+        pod.delete().await;
     }
     cap.saturating_sub(others).max(1)
 }
@@ -1059,7 +1056,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         let mut template = spec;
         template["metadata"]["name"] = Value::from("warm");
         let pool = pool(&cluster, &ns, template, start_timeout);
-        let ahead = make_room(&pool, ctx.parallelism);
+        let ahead = make_room(&pool, ctx.parallelism).await;
         let mut p = match pool.acquire(ahead).await {
             Ok(p) => p,
             Err(e) => return failed(e),
