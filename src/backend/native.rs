@@ -497,6 +497,9 @@ pub fn prepare(
             && job.backends.native.as_ref().and_then(|n| n.preload) == Some(true)
             && std::env::var("LLM_SANDBOX_PRELOAD").as_deref() != Ok("0"),
     };
+    if cfg.preload {
+        host::PRELOAD_SERVERS.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let cfg_path = dir.join("config.json");
     if let Err(e) = std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap_or_default()) {
         return Err(format!("cannot write {}: {e}", cfg_path.display()));

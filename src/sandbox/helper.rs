@@ -99,10 +99,13 @@ pub fn main() -> i32 {
             ok
         });
     let net = SharedNet::enter();
-    // Freed heap memory is overwritten (M_PERTURB): a sandbox cloned from this server keeps
-    // no earlier job's configuration in its memory, which matters when its step does not
-    // execve (a preloaded Python, see pyembed).
-    super::pyembed::scrub_freed_memory(true);
+    // A server that may preload Python (started after a job asked for it) overwrites the
+    // heap memory it frees from now on (M_PERTURB): a sandbox cloned from it keeps no earlier
+    // job's configuration in its memory, which matters when its step does not execve.
+    let preload_ok = std::env::var(PRELOAD_ENV).as_deref() == Ok("1");
+    if preload_ok {
+        super::pyembed::scrub_freed_memory(true);
+    }
     // Read once here, inherited by every sandbox cloned from this server.
     super::init::snapshot_etc();
     let _ = super::seccomp::programs();
@@ -174,6 +177,7 @@ pub fn main() -> i32 {
             warm_root: warm_root.as_deref(),
             net: net.as_ref(),
             exiting: exiting.len() as u64,
+            preload_ok,
         };
         let mut preload = None;
         let (stop, reap) = serve_one(&config, &fds, &server, &mut warm, &mut preload);
@@ -211,6 +215,9 @@ pub fn main() -> i32 {
     }
     code
 }
+
+/// Set (to 1) in the environment of a server that may preload Python.
+pub const PRELOAD_ENV: &str = "LLM_SANDBOX_SERVER_PRELOAD";
 
 /// A sandbox set up ahead of its job (see [`super::init::run_warm`]).
 struct Warm {
@@ -403,6 +410,8 @@ struct ServerState<'a> {
     net: Option<&'a SharedNet>,
     /// Inits of earlier sandboxes not reaped yet (still pids of the slot's cgroup).
     exiting: u64,
+    /// This server may preload Python (it scrubs freed memory).
+    preload_ok: bool,
 }
 
 /// Runs one sandbox. Returns whether the server must stop (runner gone), and the init to
@@ -421,6 +430,7 @@ fn serve_one(
         warm_root,
         net,
         exiting,
+        preload_ok,
     } = *server;
     let warm = warm_slot.take();
     let t0 = Instant::now();
@@ -467,7 +477,7 @@ fn serve_one(
         None
     };
     mark!("limits");
-    *preload = super::pyembed::request(&cfg);
+    *preload = super::pyembed::request(&cfg).filter(|_| preload_ok);
     // A warm sandbox takes the job when it can (no network, the host's system directories).
     let warm_used = match warm {
         Some(w) if !cfg.network && cfg.rootfs.is_none() => {

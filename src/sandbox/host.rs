@@ -197,6 +197,11 @@ fn warm_root() -> PathBuf {
     .clone()
 }
 
+/// Set once a job asks for preloaded Python: servers started from then on may preload
+/// (they scrub the memory they free from their start, which costs a little, so only then).
+pub static PRELOAD_SERVERS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 fn spawn_server() -> std::io::Result<Server> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
@@ -214,6 +219,11 @@ fn spawn_server() -> std::io::Result<Server> {
         .envs(
             std::env::var_os("LLM_SANDBOX_NETNS_PER_SANDBOX")
                 .map(|v| ("LLM_SANDBOX_NETNS_PER_SANDBOX", v)),
+        )
+        .envs(
+            PRELOAD_SERVERS
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then_some((super::helper::PRELOAD_ENV, "1")),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
