@@ -448,9 +448,17 @@ pub fn run_preloaded(
 /// glibc's `M_PERTURB` (mallopt): freed memory is filled with the given byte.
 const M_PERTURB: c_int = -6;
 
+/// Whether M_PERTURB is set in this process (inherited by its forks).
+static SCRUBBING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Whether this process's freed heap memory is overwritten from now on (a process whose
 /// forks run preloaded code sets it before it handles any job; its sandboxes unset it).
+/// Unsetting where it was never set does nothing (mallopt consolidates the heap, which in a
+/// fresh fork means copy-on-write faults).
 pub fn scrub_freed_memory(on: bool) {
+    if SCRUBBING.swap(on, std::sync::atomic::Ordering::Relaxed) == on {
+        return;
+    }
     // SAFETY: a malloc tunable of this process.
     unsafe { libc::mallopt(M_PERTURB, if on { 0x5a } else { 0 }) };
 }
