@@ -493,9 +493,10 @@ pub fn prepare(
         collect_globs: crate::plots::artifact_globs(job),
         collect_paths: job.expect.files.iter().map(|f| f.path.clone()).collect(),
         collect_cap: job.limits.disk,
-        preload: job.lang == Lang::Python
-            && job.backends.native.as_ref().and_then(|n| n.preload) == Some(true)
-            && std::env::var("LLM_SANDBOX_PRELOAD").as_deref() != Ok("0"),
+        preload: crate::sandbox::pyembed::asked(
+            job.lang,
+            job.backends.native.as_ref().and_then(|n| n.preload),
+        ),
     };
     if cfg.preload {
         host::PRELOAD_SERVERS.store(true, std::sync::atomic::Ordering::Relaxed);

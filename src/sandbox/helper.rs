@@ -477,7 +477,11 @@ fn serve_one(
         None
     };
     mark!("limits");
-    *preload = super::pyembed::request(&cfg).filter(|_| preload_ok);
+    *preload = if preload_ok {
+        super::pyembed::request(&cfg)
+    } else {
+        None
+    };
     // A warm sandbox takes the job when it can (no network, the host's system directories).
     let warm_used = match warm {
         Some(w) if !cfg.network && cfg.rootfs.is_none() => {

@@ -98,6 +98,22 @@ fn python_script<'a>(argv: &'a [String], program: &Path) -> Option<&'a str> {
         .then_some(argv[2].as_str())
 }
 
+/// `prog` looked up in `path` as an execve of it would be ([`super::init::resolve`]).
+pub fn resolve_program(prog: &str, path: &[String]) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(
+        super::init::resolve(prog, path).into_bytes(),
+    ))
+}
+
+/// Whether a job of `lang` with its engine's `preload` setting asks for a preloaded Python
+/// (any backend; `LLM_SANDBOX_PRELOAD=0` switches it off for the whole run).
+pub fn asked(lang: crate::spec::types::Lang, setting: Option<bool>) -> bool {
+    lang == crate::spec::types::Lang::Python
+        && setting == Some(true)
+        && std::env::var("LLM_SANDBOX_PRELOAD").as_deref() != Ok("0")
+}
+
 /// What a server needs to preload the interpreter a job asked for.
 pub struct Request {
     env: Vec<(String, String)>,
@@ -144,11 +160,7 @@ pub fn preload(req: Request) {
 }
 
 fn init(req: &Request) -> Result<Preloaded, String> {
-    let program = {
-        use std::os::unix::ffi::OsStrExt;
-        let c = super::init::resolve("python3", &req.path);
-        PathBuf::from(std::ffi::OsStr::from_bytes(c.as_bytes()))
-    };
+    let program = resolve_program("python3", &req.path);
     let real = std::fs::canonicalize(&program)
         .map_err(|e| format!("python3 ({}): {e}", program.display()))?;
     // python3 -> python3.11 -> libpython3.11.so.1.0 (the shared build of that interpreter).
@@ -204,12 +216,7 @@ fn init(req: &Request) -> Result<Preloaded, String> {
         // The environment start-up reads: only the variables that shape it (this process's
         // own is put back afterwards).
         let own: Vec<_> = std::env::vars_os().collect();
-        for (k, _) in &own {
-            std::env::remove_var(k);
-        }
-        for (k, v) in &env {
-            std::env::set_var(k, v);
-        }
+        replace_env(&env);
         // PyConfig is opaque here: a buffer larger than any version's struct, filled and
         // read only by CPython's own functions.
         let mut config = vec![0u64; 2048];
@@ -237,16 +244,26 @@ fn init(req: &Request) -> Result<Preloaded, String> {
         for (i, s) in sigs.iter().enumerate() {
             libc::sigaction(*s, &saved[i], std::ptr::null_mut());
         }
-        for (k, _) in std::env::vars_os() {
-            std::env::remove_var(k);
-        }
-        for (k, v) in &own {
-            std::env::set_var(k, v);
-        }
+        replace_env(&own);
         if status.kind != 0 {
             return Err(status_text(&status));
         }
         Ok(Preloaded { api, program, env })
+    }
+}
+
+/// Makes this process's environment exactly `vars` (skipping what no environment can hold:
+/// an empty name, `=` in a name, NUL anywhere). Not in a child forked by Command::spawn,
+/// which may hold std's environment lock.
+fn replace_env<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(vars: &[(K, V)]) {
+    for (k, _) in std::env::vars_os() {
+        std::env::remove_var(k);
+    }
+    for (k, v) in vars {
+        let (kb, vb) = (k.as_ref().as_encoded_bytes(), v.as_ref().as_encoded_bytes());
+        if !kb.is_empty() && !kb.contains(&b'=') && !kb.contains(&0) && !vb.contains(&0) {
+            std::env::set_var(k, v);
+        }
     }
 }
 
@@ -414,9 +431,13 @@ pub fn run_preloaded(
     let api = &p.api;
     // The job's own memory from here on: no scrubbing cost for its allocations.
     scrub_freed_memory(false);
+
     // SAFETY: this process is a single-threaded fork of the one that initialised CPython
     // (holding the GIL); PyOS_AfterFork_Child re-initialises its locks before any other call.
     let code = unsafe {
+        // The C environment execve would have given it (os.environ follows in PREPARE), set
+        // with libc, not std::env: Command::spawn forks holding std's environment lock (an
+        // agent's step comes here from pre_exec), and std::env would wait for it forever.
         libc::clearenv();
         for (k, v) in env {
             if let (Ok(k), Ok(v)) = (CString::new(k.as_str()), CString::new(v.as_str())) {

@@ -12,7 +12,6 @@
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -111,7 +110,8 @@ fn main() -> i32 {
             Ok(job) => {
                 if job.preload {
                     preload = job.steps.last().and_then(|s| {
-                        crate::sandbox::pyembed::request_for(&step_env(s), &path_of(&step_env(s)))
+                        let env = step_env(s);
+                        crate::sandbox::pyembed::request_for(&env, &path_of(&env))
                     });
                 }
                 run_job(&job)
@@ -168,8 +168,9 @@ fn read_line(fd: i32) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// The environment a step's program gets: the container's (the image's ENV), then the
-/// step's own variables, sorted by name as `Command` passes them.
+/// The environment a step's program gets: the container's (the image's ENV: PATH,
+/// toolchain settings), as an exec would see it, then the step's own variables; sorted by
+/// name, as `Command` passes them.
 fn step_env(step: &AgentStep) -> Vec<(String, String)> {
     let mut env: std::collections::BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| !k.starts_with("LLM_SANDBOX_"))
@@ -253,12 +254,10 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
         }
     };
     let mut cmd = std::process::Command::new(&step.argv[0]);
-    // The container's environment (the image's ENV: PATH, toolchain settings), as an
-    // exec would see it, then the step's own variables.
+    let env = step_env(step);
     cmd.args(&step.argv[1..])
         .env_clear()
-        .envs(std::env::vars().filter(|(k, _)| !k.starts_with("LLM_SANDBOX_")))
-        .envs(step.env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir("/sandbox")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -267,9 +266,7 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     let nofile = step.open_files;
     // A preloaded interpreter serves the run step when it can (checked in the child).
     let preloaded = (preload && crate::sandbox::pyembed::loaded()).then(|| {
-        let env = step_env(step);
-        let program = crate::sandbox::init::resolve(&step.argv[0], &path_of(&env));
-        let program = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(program.as_bytes()));
+        let program = crate::sandbox::pyembed::resolve_program(&step.argv[0], &path_of(&env));
         (step.argv.clone(), env, program)
     });
     // SAFETY: only async-signal-safe calls between fork and exec.

@@ -682,32 +682,20 @@ fn agent_binary() -> Option<std::path::PathBuf> {
     .clone()
 }
 
-/// Whether a job asks its warm container's agent for a preloaded Python
-/// (`backends.docker.preload` / `backends.podman.preload`; `LLM_SANDBOX_PRELOAD=0` wins).
-fn preload_wanted(job: &PlannedJob) -> bool {
-    let asked = match job.backend {
-        BackendKind::Podman => job.backends.podman.as_ref().and_then(|p| p.preload),
-        _ => job.backends.docker.as_ref().and_then(|d| d.preload),
-    };
-    job.lang == crate::spec::types::Lang::Python
-        && asked == Some(true)
-        && std::env::var("LLM_SANDBOX_PRELOAD").as_deref() != Ok("0")
-}
-
-/// The job's `warm` and `recycle_after` settings of its engine (`backends.docker` or
-/// `backends.podman`).
-fn warm_settings(job: &PlannedJob) -> (Option<bool>, Option<u32>) {
+/// The job's `warm`, `recycle_after` and `preload` settings of its engine
+/// (`backends.docker` or `backends.podman`).
+fn warm_settings(job: &PlannedJob) -> (Option<bool>, Option<u32>, Option<bool>) {
     match job.backend {
         BackendKind::Podman => job
             .backends
             .podman
             .as_ref()
-            .map(|p| (p.warm, p.recycle_after)),
+            .map(|p| (p.warm, p.recycle_after, p.preload)),
         _ => job
             .backends
             .docker
             .as_ref()
-            .map(|d| (d.warm, d.recycle_after)),
+            .map(|d| (d.warm, d.recycle_after, d.preload)),
     }
     .unwrap_or_default()
 }
@@ -1068,7 +1056,7 @@ async fn run_steps_agent(
             .collect(),
         collect: !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty(),
         collect_cap: job.limits.disk,
-        preload: preload_wanted(job),
+        preload: crate::sandbox::pyembed::asked(job.lang, warm_settings(job).2),
     };
     let answer = c
         .agent_job(
