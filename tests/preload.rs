@@ -33,6 +33,20 @@ fn preloaded(job: &Value) -> bool {
     field(job, "stderr").contains("llm-sandbox")
 }
 
+/// One job entry of the YAML files here: `fields` (YAML lines of the entry, each ending in
+/// a newline) and the Python `code` as a literal block.
+fn job(name: &str, fields: &str, code: &str) -> String {
+    let mut entry = format!("  - name: {name}\n    lang: python\n");
+    for line in fields.lines() {
+        entry += &format!("    {line}\n");
+    }
+    entry += "    code: |\n";
+    for line in code.lines() {
+        entry += &format!("      {line}\n");
+    }
+    entry
+}
+
 const HEADER: &str =
     "backends: { native: { preload: true }, docker: { preload: true }, podman: { preload: true } }\njobs:\n";
 
@@ -51,12 +65,11 @@ fn a_preloaded_job_looks_like_a_fresh_python3() {
         let dir = Scratch::new();
         let mut yaml = String::from(HEADER);
         for i in 0..5 {
-            yaml.push_str(&format!(
-                "  - name: p{i}\n    lang: python\n    args: [a, 'b c']\n    env: {{ EXTRA: x{i} }}\n    code: |\n"
-            ));
-            for line in PROBE.lines() {
-                yaml.push_str(&format!("      {line}\n"));
-            }
+            yaml += &job(
+                &format!("p{i}"),
+                &format!("args: [a, 'b c']\nenv: {{ EXTRA: x{i} }}\n"),
+                PROBE,
+            );
         }
         dir.write("probe.yaml", &yaml);
         let r = run(&dir, "probe.yaml", backend, "");
@@ -104,13 +117,7 @@ fn a_preloaded_job_keeps_exit_codes_stdin_tracebacks_and_timeouts() {
     for backend in backends() {
         let dir = Scratch::new();
         let exe = "import os, sys; print(os.readlink('/proc/self/exe'), file=sys.stderr)\n";
-        let job = |name: &str, code: &str, extra: &str| {
-            format!(
-                "  - name: {name}\n    lang: python\n    {extra}\n    code: |\n      {}      {}\n",
-                exe,
-                code.replace('\n', "\n      ")
-            )
-        };
+        let job = |name: &str, code: &str, fields: &str| job(name, fields, &format!("{exe}{code}"));
         let mut yaml = String::from(HEADER);
         yaml += &job("w0", "pass\n", "timeout: 10s");
         yaml += &job("w1", "pass\n", "timeout: 10s");
@@ -123,7 +130,7 @@ fn a_preloaded_job_keeps_exit_codes_stdin_tracebacks_and_timeouts() {
         yaml += &job(
             "echo",
             "print(sys.stdin.read().upper(), end='')\n",
-            "stdin: \"hello\\n\"\n    expect: { stdout: HELLO }",
+            "stdin: \"hello\\n\"\nexpect: { stdout: HELLO }",
         );
         yaml += &job("loops", "while True: pass\n", "timeout: 1s");
         yaml += &job("after", "print('next')\n", "expect: { stdout: next }");
@@ -198,10 +205,7 @@ fn a_preloaded_job_finds_no_earlier_jobs_data_in_its_memory() {
             "  - name: secret\n    lang: python\n    env: {{ TOKEN: '{token}' }}\n    args: [{canary}]\n    stdin: \"{canary}\\n\"\n    code: 'import os, sys; print(os.environ[\"TOKEN\"], sys.argv[1], sys.stdin.read())'\n"
         );
         for s in ["scan1", "scan2"] {
-            yaml += &format!("  - name: {s}\n    lang: python\n    code: |\n");
-            for line in scan.lines() {
-                yaml += &format!("      {line}\n");
-            }
+            yaml += &job(s, "", scan);
         }
         dir.write("leak.yaml", &yaml);
         let r = run(&dir, "leak.yaml", backend, "");
