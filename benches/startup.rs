@@ -80,6 +80,7 @@ fn config(dir: &Path, i: usize, argv: &[&str]) -> SandboxConfig {
             address_space_fallback: true,
         },
         network: false,
+        user_net: None,
         collect_globs: vec![],
         collect_paths: vec![],
         collect_cap: 0,
@@ -94,8 +95,6 @@ fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) 
     for _ in 0..n {
         let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cfg = config(dir, i, argv);
-        let p = dir.join(format!("s{i}/config.json"));
-        std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
         if let Some(gap) = std::env::var("BENCH_GAP_MS")
             .ok()
             .and_then(|g| g.parse().ok())
@@ -104,7 +103,7 @@ fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) 
         }
         let t = Instant::now();
         let o = rt
-            .block_on(host::run(&cfg, &p, None, 1 << 20, &cancel))
+            .block_on(host::run(&cfg, None, 1 << 20, &cancel))
             .expect("sandbox");
         v.push(t.elapsed());
         if std::env::var_os("BENCH_VERBOSE").is_some() {

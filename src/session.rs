@@ -453,6 +453,7 @@ impl DockerState {
             name: crate::backend::native::sandbox_id(),
             maintenance_caps: false,
             agent: None,
+            preload: None,
         };
         let mut next = docker::container::Container::start(self.engine.clone(), &spec)
             .await
@@ -1029,21 +1030,15 @@ impl Session {
                 address_space_fallback: lang::spec(self.b.lang).address_space_limit_ok,
             },
             network: self.b.network,
+            user_net: crate::sandbox::usernet::for_sandbox(self.b.network),
             collect_globs: vec![],
             collect_paths: vec![],
             collect_cap: 0,
             preload: false,
         };
-        let cfg_path = sdir.join("config.json");
-        std::fs::write(
-            &cfg_path,
-            serde_json::to_vec(&cfg).map_err(|e| SessionError::Sandbox(e.to_string()))?,
-        )?;
         let o = match live {
-            Some(tx) => {
-                host::run_streaming(&cfg, &cfg_path, stdin, l.output, tx, &self.cancel).await
-            }
-            None => host::run(&cfg, &cfg_path, stdin, l.output, &self.cancel).await,
+            Some(tx) => host::run_streaming(&cfg, stdin, l.output, tx, &self.cancel).await,
+            None => host::run(&cfg, stdin, l.output, &self.cancel).await,
         }?;
         let _ = std::fs::remove_dir_all(&sdir);
         let mut out = ExecOutput {

@@ -247,7 +247,13 @@ async fn copy_round_trip_nested() {
         "find . -type f | sort; stat -c '%u %s' a/b/c/in.bin",
     )
     .await;
-    assert_eq!(listing, "./a/b/c/in.bin\n./top.bin\n1000 70000\n");
+    assert_eq!(
+        listing,
+        format!(
+            "./a/b/c/in.bin\n./top.bin\n{} 70000\n",
+            llm_sandbox::backend::docker::tarball::SANDBOX_UID
+        )
+    );
 
     // The sandbox makes a new file in a nested folder; it comes back byte for byte.
     sh(
@@ -373,7 +379,8 @@ async fn no_network_by_default_and_not_root() {
         .map(str::trim)
         .collect();
     assert_eq!(ifaces, ["lo"], "{dev}");
-    assert_eq!(sh(&mut s, "id -u; id -g").await, "1000\n1000\n");
+    let uid = llm_sandbox::backend::docker::tarball::SANDBOX_UID;
+    assert_eq!(sh(&mut s, "id -u; id -g").await, format!("{uid}\n{uid}\n"));
     let out = s.execute_command("touch /etc/x").await.unwrap();
     assert_ne!(
         out.exit_code,
@@ -419,7 +426,14 @@ async fn caller_provided_client() {
         .await
         .unwrap();
     let out = s.run("echo \"from $(id -u)\"", &[]).await.unwrap();
-    assert_eq!(out.stdout, "from 1000\n", "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "from {}\n",
+            llm_sandbox::backend::docker::tarball::SANDBOX_UID
+        ),
+        "{out:?}"
+    );
     let id = container_id(&mut s).await;
     assert!(our_container(&id).starts_with(&id));
     s.close().await.unwrap();
@@ -473,7 +487,14 @@ async fn podman_session_runs_code_libraries_and_files_then_leaves_nothing() {
         .run("import os; print('hi', os.getuid())", &[])
         .await
         .unwrap();
-    assert_eq!(out.stdout, "hi 1000\n", "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "hi {}\n",
+            llm_sandbox::backend::docker::tarball::SANDBOX_UID
+        ),
+        "{out:?}"
+    );
     sh(&mut s, "echo kept > /sandbox/state.txt").await;
     let out = s
         .run("import six; print(six.__version__)", &["six==1.16.0"])

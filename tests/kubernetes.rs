@@ -341,7 +341,10 @@ pod_manifest = "pod.yaml"
     assert_eq!(c["image"], "llm-sandbox/bash:latest");
     assert_eq!(c["imagePullPolicy"], "IfNotPresent");
     assert_eq!(c["securityContext"]["privileged"], false);
-    assert_eq!(c["securityContext"]["runAsUser"], 1000);
+    assert_eq!(
+        c["securityContext"]["runAsUser"],
+        llm_sandbox::backend::docker::tarball::SANDBOX_UID
+    );
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
     assert_eq!(c["resources"]["requests"]["cpu"], "250m");

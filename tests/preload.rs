@@ -5,8 +5,9 @@
 //! stdin, timeouts and tracebacks, and finds no byte of an earlier job's data in its memory.
 //!
 //! The first two Python jobs of a native slot always `execve` (the server preloads after the
-//! first job that asks, and the next sandbox was already cloned; a container's agent after
-//! its first): every file here starts with two warm-up jobs and runs with `-j 1`. A job
+//! first job that asks, and the next sandbox was already cloned; a container's agent
+//! preloads when it starts): every file here starts with two warm-up jobs and runs with
+//! `-j 1`. A job
 //! tells how it ran by `/proc/self/exe`: the interpreter's binary, or llm-sandbox's (the
 //! host's binary on native, `/.llm-sandbox/agent` in a container).
 
@@ -17,7 +18,7 @@ use common::{backends, field, status, Scratch};
 use serde_json::Value;
 
 const PROBE: &str = r#"
-import json, os, sys, __main__
+import json, os, site, sys, __main__
 print(json.dumps({
     "argv": sys.argv, "orig_argv": sys.orig_argv, "path": sys.path,
     "file": __file__, "executable": sys.executable, "flags": str(sys.flags),
@@ -25,6 +26,9 @@ print(json.dumps({
                 for s in (sys.stdin, sys.stdout, sys.stderr)],
     "env": dict(os.environ), "modules": sorted(sys.modules), "main": sorted(vars(__main__)),
     "fds": sorted(os.listdir("/proc/self/fd")), "uid": os.getuid(), "cwd": os.getcwd(),
+    "cmdline": open("/proc/self/cmdline").read(), "comm": open("/proc/self/comm").read(),
+    "environ": sorted(open("/proc/self/environ").read().split("\0")),
+    "user_site": [site.USER_BASE, site.USER_SITE, site.ENABLE_USER_SITE],
 }, sort_keys=True))
 print(os.readlink("/proc/self/exe"), file=sys.stderr)
 "#;
@@ -72,16 +76,33 @@ fn a_preloaded_job_looks_like_a_fresh_python3() {
             );
         }
         dir.write("probe.yaml", &yaml);
-        let r = run(&dir, "probe.yaml", backend, "");
-        let jobs = r.jobs();
-        let out = |i: usize| -> Value {
-            let j = &jobs[&format!("p{i}")];
+        let probe = |r: &common::Run, i: usize| -> Value {
+            let j = r.job(&format!("p{i}"));
             assert_eq!(status(j), "passed", "{}", r.pretty());
             serde_json::from_str(field(j, "stdout")).expect("probe output")
         };
-        assert!(
-            !preloaded(&jobs["p0"]),
-            "the first job starts python3 itself"
+        // The reference: fresh python3 processes (LLM_SANDBOX_PRELOAD=0 turns preloading
+        // off everywhere).
+        let r = run(&dir, "probe.yaml", backend, "0");
+        for (name, j) in r.jobs() {
+            assert!(
+                !preloaded(&j),
+                "{name} ran preloaded with LLM_SANDBOX_PRELOAD=0"
+            );
+        }
+        let fresh = probe(&r, 0);
+        assert_eq!(fresh["argv"], serde_json::json!(["main.py", "a", "b c"]));
+        assert_eq!(fresh["fds"], serde_json::json!(["0", "1", "2", "3"]));
+
+        let r = run(&dir, "probe.yaml", backend, "");
+        let jobs = r.jobs();
+        // A native slot's server preloads after the first job that asks; a container's
+        // agent when it starts.
+        assert_eq!(
+            preloaded(&jobs["p0"]),
+            backend != "native",
+            "{backend}: p0 {}",
+            r.pretty()
         );
         for i in 2..5 {
             assert!(
@@ -90,24 +111,18 @@ fn a_preloaded_job_looks_like_a_fresh_python3() {
                 r.pretty()
             );
         }
-        let fresh = out(0);
-        for i in 1..5 {
-            let mut got = out(i);
+        for i in 0..5 {
+            let mut got = probe(&r, i);
             // Each job's own variable; everything else must be what a fresh python3 shows.
             assert_eq!(got["env"]["EXTRA"], format!("x{i}"));
             got["env"]["EXTRA"] = fresh["env"]["EXTRA"].clone();
-            assert_eq!(got, fresh, "p{i} differs from a fresh python3");
-        }
-        assert_eq!(fresh["argv"], serde_json::json!(["main.py", "a", "b c"]));
-        assert_eq!(fresh["fds"], serde_json::json!(["0", "1", "2", "3"]));
-
-        // LLM_SANDBOX_PRELOAD=0 turns it off.
-        let r = run(&dir, "probe.yaml", backend, "0");
-        for (name, j) in r.jobs() {
-            assert!(
-                !preloaded(&j),
-                "{name} ran preloaded with LLM_SANDBOX_PRELOAD=0"
-            );
+            let own = format!("EXTRA=x{i}");
+            for v in got["environ"].as_array_mut().unwrap() {
+                if v == own.as_str() {
+                    *v = Value::from("EXTRA=x0");
+                }
+            }
+            assert_eq!(got, fresh, "{backend}: p{i} differs from a fresh python3");
         }
     }
 }

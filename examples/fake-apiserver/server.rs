@@ -1194,6 +1194,7 @@ fn exec_config(st: &State, p: &Pod, name: &str, argv: Vec<String>) -> SandboxCon
             address_space_fallback: false,
         },
         network,
+        user_net: llm_sandbox::sandbox::usernet::for_sandbox(network),
         collect_globs: vec![],
         collect_paths: vec![],
         collect_cap: 0,
@@ -1248,10 +1249,8 @@ async fn run_exec<S>(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let cfg_path = exec_dir.join("config.json");
     let pipes = (|| -> std::io::Result<_> {
         dirs?;
-        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap_or_default())?;
         Ok((pipe()?, pipe()?, pipe()?))
     })();
     let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = match pipes {
@@ -1341,7 +1340,7 @@ async fn run_exec<S>(
         stdout: out_w,
         stderr: err_w,
     };
-    let run = async { host::run_with(&cfg, &cfg_path, io, &run_cancel).await };
+    let run = async { host::run_with(&cfg, io, &run_cancel).await };
     tokio::pin!(run);
     let outcome = tokio::select! {
         o = &mut run => o,

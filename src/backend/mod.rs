@@ -1,6 +1,7 @@
 //! Backends: where a job's sandbox lives. `native` (Linux namespaces, the default) is
 //! built in; the container backends plug in here.
 
+pub mod clean;
 pub mod docker;
 pub mod kubernetes;
 pub mod native;

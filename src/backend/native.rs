@@ -197,15 +197,13 @@ async fn install_libraries(
             address_space_fallback: false,
         },
         network: true,
+        user_net: crate::sandbox::usernet::for_sandbox(true),
         collect_globs: vec![],
         collect_paths: vec![],
         collect_cap: 0,
         preload: false,
     };
-    let cfg_path = sdir.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap_or_default())
-        .map_err(|e| fail(format!("cannot write {}: {e}", cfg_path.display())))?;
-    let o = host::run(&cfg, &cfg_path, None, job.limits.output, &ctx.cancel).await;
+    let o = host::run(&cfg, None, job.limits.output, &ctx.cancel).await;
     let _ = std::fs::remove_dir_all(&sdir);
     let o = o.map_err(|e| fail(format!("cannot start the sandbox for the libraries: {e}")))?;
     let step = o.msgs.iter().find_map(|m| {
@@ -399,13 +397,14 @@ pub fn program_steps(
     steps
 }
 
-/// Stages the job's files under `dir` and writes the sandbox config; returns it and its path.
+/// Stages the job's files under `dir`; returns the sandbox's config (it travels to the
+/// sandbox server over its socket, never as a file).
 pub fn prepare(
     job: &PlannedJob,
     tc: &HostToolchain,
     id: &str,
     dir: &Path,
-) -> Result<(SandboxConfig, PathBuf), String> {
+) -> Result<SandboxConfig, String> {
     let spec = lang::spec(job.lang);
     let source = lang::source_file(job.lang, &job.code);
     let (in_dir, out_dir, root) = (dir.join("in"), dir.join("out"), dir.join("root"));
@@ -490,6 +489,7 @@ pub fn prepare(
             address_space_fallback: spec.address_space_limit_ok,
         },
         network: job.network,
+        user_net: crate::sandbox::usernet::for_sandbox(job.network),
         collect_globs: crate::plots::artifact_globs(job),
         collect_paths: job.expect.files.iter().map(|f| f.path.clone()).collect(),
         collect_cap: job.limits.disk,
@@ -501,11 +501,7 @@ pub fn prepare(
     if cfg.preload {
         host::PRELOAD_SERVERS.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let cfg_path = dir.join("config.json");
-    if let Err(e) = std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap_or_default()) {
-        return Err(format!("cannot write {}: {e}", cfg_path.display()));
-    }
-    Ok((cfg, cfg_path))
+    Ok(cfg)
 }
 
 async fn run_in(
@@ -515,14 +511,14 @@ async fn run_in(
     id: &str,
     dir: &Path,
 ) -> JobReport {
-    let (cfg, cfg_path) = match prepare(job, tc, id, dir) {
+    let cfg = match prepare(job, tc, id, dir) {
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
     let out_dir = cfg.out_dir.clone();
     let cap = job.limits.output;
     let stdin = job.stdin.as_ref().map(|s| s.as_bytes().to_vec());
-    let outcome = match host::run(&cfg, &cfg_path, stdin, cap, &ctx.cancel).await {
+    let outcome = match host::run(&cfg, stdin, cap, &ctx.cancel).await {
         Ok(o) => o,
         Err(e) => {
             return error_report(
@@ -700,6 +696,16 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
         return r;
     }
     let files_dir = o.msgs.iter().any(|m| matches!(m, Msg::Collected { .. }));
+    if !files_dir && (!job.artifacts.is_empty() || !job.expect.files.is_empty()) {
+        // The program ran, but its files were never copied out: an error of the sandbox,
+        // never a silent loss (a missing artifact, a file check that says "does not exist").
+        r.status = Status::Error;
+        r.message = Some(format!(
+            "the job's files (artifacts, expect.files) could not be copied out of the sandbox: {}",
+            error.unwrap_or_else(|| "the sandbox ended before copying them".into())
+        ));
+        return r;
+    }
     r.checks = checks::evaluate(
         &job.expect,
         last.exit_code,
@@ -873,8 +879,8 @@ pub async fn exec_inherit(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Outcome, String> {
     let tc = lang::probe_cached(job.lang)?;
-    let (cfg, cfg_path) = prepare(job, &tc, &sandbox_id(), dir)?;
-    host::run_with(&cfg, &cfg_path, host::Io::Inherit, cancel)
+    let cfg = prepare(job, &tc, &sandbox_id(), dir)?;
+    host::run_with(&cfg, host::Io::Inherit, cancel)
         .await
         .map_err(|e| {
             format!(

@@ -102,6 +102,22 @@ pub fn run(as_json: bool) -> i32 {
         Err(e) => e.clone(),
     };
     let limits = cgroup::detect();
+    let user_net = llm_sandbox::sandbox::usernet::find();
+    let network_detail = match &user_net {
+        Some(p) => format!(
+            "`network = true`: user-mode networking by {} (the outside, never the host's loopback)",
+            p.display()
+        ),
+        None => format!(
+            "`network = true` jobs are errors: {} is not installed; {}",
+            llm_sandbox::sandbox::usernet::PROGRAM,
+            llm_sandbox::sandbox::usernet::INSTALL_HINT
+        ),
+    };
+    let runtime_dir = match llm_sandbox::run::owner::runs_root() {
+        Ok(p) => Ok(format!("{} (private: 0700, yours)", p.display())),
+        Err(e) => Err(e.to_string()),
+    };
     super::quiet_on_closed_stdout();
     let langs: Vec<(Lang, Result<lang::HostToolchain, String>)> = Lang::ALL
         .iter()
@@ -115,6 +131,8 @@ pub fn run(as_json: bool) -> i32 {
                     "detail": native.as_ref().err(),
                     "limits": match &limits { Ok(m) => m.describe(), Err(e) => format!("rlimits only: {e}") },
                     "landlock_abi": llm_sandbox::sandbox::landlock::abi(),
+                    "network": {"ok": user_net.is_some(), "detail": network_detail},
+                    "runtime_dir": {"ok": runtime_dir.is_ok(), "detail": match &runtime_dir { Ok(d) | Err(d) => d }},
                 },
                 "docker": {"ok": engines[0].1.is_ok(), "detail": match &engines[0].1 { Ok(d) | Err(d) => d }},
                 "podman": {"ok": engines[1].1.is_ok(), "detail": match &engines[1].1 { Ok(d) | Err(d) => d }},
@@ -147,6 +165,11 @@ pub fn run(as_json: bool) -> i32 {
             m.describe()
         ),
         Err(e) => println!("        limits      rlimits only (address space, processes): {e}"),
+    }
+    println!("        network     {network_detail}");
+    match &runtime_dir {
+        Ok(d) => println!("        files       {d}"),
+        Err(e) => println!("  FAIL  files       {e}"),
     }
     for (b, r) in &engines {
         match r {

@@ -95,6 +95,72 @@ pub struct JobReport {
     pub signal: Option<i32>,
 }
 
+/// What a report keeps of each of a job's output streams (the checks saw all of it): a
+/// run's memory must not grow with what its jobs print. Past it, `*_truncated` is set.
+pub const REPORT_STREAM_CAP: usize = 256 << 10;
+/// What a check keeps of its expected and actual text (for its diff).
+pub const CHECK_TEXT_CAP: usize = 64 << 10;
+
+/// Cuts `s` to at most `cap` bytes at a character boundary; whether it cut.
+fn cut(s: &mut String, cap: usize) -> bool {
+    if s.len() <= cap {
+        return false;
+    }
+    let mut at = cap;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    s.truncate(at);
+    s.shrink_to_fit();
+    true
+}
+
+impl JobReport {
+    /// Bounds what this report keeps ([`REPORT_STREAM_CAP`], [`CHECK_TEXT_CAP`]): the
+    /// runner does this to every report as its job finishes.
+    pub fn bound(&mut self) {
+        if cut(&mut self.stdout, REPORT_STREAM_CAP) {
+            self.stdout_truncated = true;
+        }
+        if cut(&mut self.stderr, REPORT_STREAM_CAP) {
+            self.stderr_truncated = true;
+        }
+        for c in &mut self.checks {
+            for text in [&mut c.expected, &mut c.actual].into_iter().flatten() {
+                if cut(text, CHECK_TEXT_CAP) {
+                    text.push_str("\n[... cut: the report keeps 64 KiB of it]");
+                }
+            }
+        }
+    }
+
+    /// A copy without the job's output and the checks' texts (for reporters that keep
+    /// every job: counts, pass@k, the list of what did not pass).
+    pub fn summary_copy(&self) -> JobReport {
+        JobReport {
+            name: self.name.clone(),
+            file: self.file.clone(),
+            lang: self.lang,
+            backend: self.backend,
+            image: self.image.clone(),
+            status: self.status,
+            phase: self.phase,
+            exit_code: self.exit_code,
+            duration_ms: self.duration_ms,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: self.stdout_truncated,
+            stderr_truncated: self.stderr_truncated,
+            message: self.message.clone(),
+            checks: Vec::new(),
+            artifacts: Vec::new(),
+            group: self.group.clone(),
+            tags: self.tags.clone(),
+            signal: self.signal,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Summary {
     pub total: usize,

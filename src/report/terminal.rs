@@ -99,7 +99,8 @@ impl TerminalReporter {
         TerminalReporter::new(Box::new(std::io::stderr()), opts)
     }
 
-    /// The reports of the jobs finished so far, in finishing order.
+    /// The reports of the jobs finished so far, in finishing order, without their output
+    /// ([`JobReport::summary_copy`]).
     pub fn reports(&self) -> &[JobReport] {
         &self.reports
     }
@@ -142,7 +143,7 @@ impl TerminalReporter {
                     bar.inc(1);
                 }
                 self.update_message();
-                self.reports.push((**report).clone());
+                self.reports.push(report.summary_copy());
             }
             Event::RunFinished {
                 duration_ms,
@@ -162,8 +163,8 @@ impl TerminalReporter {
         let mut names = self.running.values();
         let msg = match (names.next(), self.running.len()) {
             (None, _) => String::new(),
-            (Some(n), 1) => n.clone(),
-            (Some(n), k) => format!("{n} (+{} running)", k - 1),
+            (Some(n), 1) => visible(n).into_owned(),
+            (Some(n), k) => format!("{} (+{} running)", visible(n), k - 1),
         };
         bar.set_message(msg);
     }
@@ -208,12 +209,12 @@ impl TerminalReporter {
             "{} [{:>8.3}s] {} {}",
             self.status_label(job.status),
             job.duration_ms as f64 / 1000.0,
-            self.paint(DIM, &job.file),
-            self.paint(BOLD, &job.name)
+            self.paint(DIM, &visible(&job.file)),
+            self.paint(BOLD, &visible(&job.name))
         );
         if job.status == Status::Skipped {
             if let Some(reason) = &job.message {
-                line.push_str(&format!(": {reason}"));
+                line.push_str(&format!(": {}", visible(reason)));
             }
         }
         line.push('\n');
@@ -229,24 +230,27 @@ impl TerminalReporter {
             Status::Timeout | Status::Error => {
                 let msg = job.message.as_deref().unwrap_or(job.status.as_str());
                 for l in msg.lines() {
-                    text.push_str(&format!("{indent}{l}\n"));
+                    text.push_str(&format!("{indent}{}\n", visible(l)));
                 }
             }
             Status::Failed => {
                 if let Some(msg) = &job.message {
                     for l in msg.lines() {
-                        text.push_str(&format!("{indent}{l}\n"));
+                        text.push_str(&format!("{indent}{}\n", visible(l)));
                     }
                 }
                 for c in job.checks.iter().filter(|c| !c.passed) {
                     // The job's message already says it when it is the only failed check.
                     if job.message.as_deref() != Some(c.message.as_str()) {
-                        text.push_str(&format!("{indent}{}\n", c.message));
+                        for l in c.message.lines() {
+                            text.push_str(&format!("{indent}{}\n", visible(l)));
+                        }
                     }
                     if let (Some(e), Some(a)) = (&c.expected, &c.actual) {
                         let diff = unified_diff(e, a);
                         let lines: Vec<&str> = diff.lines().collect();
                         for l in lines.iter().take(DIFF_LINES) {
+                            let l = &*visible(l);
                             let painted = if l.starts_with("---") || l.starts_with("+++") {
                                 self.paint(BOLD, l)
                             } else if l.starts_with('-') {
@@ -280,7 +284,7 @@ impl TerminalReporter {
                         text.push_str(&format!("{indent}| ... ({skip} earlier lines)\n"));
                     }
                     for l in &lines[skip..] {
-                        text.push_str(&format!("{indent}| {l}\n"));
+                        text.push_str(&format!("{indent}| {}\n", visible(l)));
                     }
                 }
             }
@@ -354,8 +358,41 @@ impl TerminalReporter {
     }
 }
 
+/// `text` as it may reach a terminal: what a job printed is data, never commands for the
+/// terminal. Control characters other than newline and tab (escape sequences, carriage
+/// returns, C1 controls) and the Unicode direction overrides are shown escaped (`\x1b`,
+/// `\r`, `\u{202e}`); everything else is unchanged. The reports keep the bytes.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            c if hidden(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(visible("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(
+            visible("\x1b[2J\x1b]52;c;aGk=\x07\rPASS\u{9b}\u{202e}x"),
+            "\\x1b[2J\\x1b]52;c;aGk=\\x07\\rPASS\\x9b\\u{202e}x"
+        );
+    }
     use super::*;
     use crate::report::model::CheckResult;
     use crate::report::test_support::job;

@@ -64,11 +64,10 @@ pub struct RunDir {
 
 impl RunDir {
     pub fn create() -> std::io::Result<RunDir> {
-        let root = owner::runs_root();
-        std::fs::create_dir_all(&root)?;
+        let root = owner::runs_root()?;
         let nonce: u32 = rand_u32();
         let path = root.join(format!("{}-{nonce:08x}", owner::prefix()));
-        std::fs::create_dir_all(&path)?;
+        std::fs::create_dir(&path)?;
         let o = owner::Owner {
             tool: "llm-sandbox".into(),
             run_id: path
@@ -161,7 +160,8 @@ pub async fn run_plan(
         schedulers.spawn(sched.run(jobs));
     }
     drop(done_tx);
-    while let Some((id, r)) = done_rx.recv().await {
+    while let Some((id, mut r)) = done_rx.recv().await {
+        r.bound();
         let _ = events.send(Event::JobFinished {
             id,
             report: Box::new(r.clone()),

@@ -4,6 +4,7 @@
 //! runner that no longer exists (SIGKILL), and never touches what a live run owns.
 
 use serde::{Deserialize, Serialize};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -55,10 +56,102 @@ pub fn stale_owner_pid(name: &str, _host: &str) -> Option<u32> {
     }
 }
 
-/// Root of the run directories: `$TMPDIR/llm-sandbox-<uid>` (one per user: another
-/// user's directory is neither writable nor ours to clean).
-pub fn runs_root() -> PathBuf {
-    std::env::temp_dir().join(format!("llm-sandbox-{}", nix::unistd::geteuid()))
+/// Overrides where the runner keeps its private files (see [`runs_root`]).
+pub const RUNTIME_DIR_ENV: &str = "LLM_SANDBOX_RUNTIME_DIR";
+
+/// Where the private root of this user's runs would be: `$LLM_SANDBOX_RUNTIME_DIR` when set;
+/// as root `/run/llm-sandbox`; else `$XDG_RUNTIME_DIR/llm-sandbox` (a per-user directory
+/// nobody else can write); else `$TMPDIR/llm-sandbox-<euid>`.
+pub fn runs_root_path() -> PathBuf {
+    if let Some(p) = std::env::var_os(RUNTIME_DIR_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() && Path::new("/run").is_dir() {
+        return PathBuf::from("/run/llm-sandbox");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute() && d.is_dir())
+    {
+        return xdg.join("llm-sandbox");
+    }
+    std::env::temp_dir().join(format!("llm-sandbox-{euid}"))
+}
+
+/// The private root of this user's run directories ([`runs_root_path`]), created or verified
+/// safely once per process: created with mode 0700; an existing one must be a directory (a
+/// symbolic link is never followed), owned by the effective user, and writable by nobody
+/// else (it is then narrowed to 0700). Everything the runner and its sandbox servers keep on
+/// the host lives below it, so no other local user can swap or plant anything there.
+pub fn runs_root() -> std::io::Result<PathBuf> {
+    static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let p = runs_root_path();
+        private_dir(&p).map(|()| p)
+    })
+    .clone()
+    .map_err(std::io::Error::other)
+}
+
+/// Creates `dir` (mode 0700) or verifies an existing one: not a symbolic link, a directory,
+/// owned by the effective user, not writable by group or others. The error names the
+/// directory, what is wrong and how to fix it.
+pub fn private_dir(dir: &Path) -> Result<(), String> {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::{fchmod, fstat, Mode};
+    use nix::unistd::mkdir;
+    let fix = format!(
+        "remove it (`rm -rf {d}`) if you trust its contents, or point {RUNTIME_DIR_ENV} at a private directory",
+        d = dir.display()
+    );
+    match mkdir(dir, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(nix::Error::EEXIST) => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot create the runner's private directory {}: {e} (set {RUNTIME_DIR_ENV} to a directory you own)",
+                dir.display()
+            ))
+        }
+    }
+    let fd = match open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::Error::ELOOP) | Err(nix::Error::ENOTDIR) => {
+            return Err(format!(
+                "refusing to use {} as the runner's private directory: it is not a directory of its own (a symbolic link or a file); {fix}",
+                dir.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot open {}: {e}", dir.display())),
+    };
+    // SAFETY: `open` returned a new fd that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let st = fstat(fd.as_raw_fd()).map_err(|e| format!("cannot stat {}: {e}", dir.display()))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if st.st_uid != euid {
+        return Err(format!(
+            "refusing to use {} as the runner's private directory: it belongs to uid {}, not to you (uid {euid}), so its owner could change what the sandboxes are told; {fix}",
+            dir.display(),
+            st.st_uid
+        ));
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "refusing to use {} as the runner's private directory: it is writable by group or others (mode {mode:04o}); {fix}",
+            dir.display()
+        ));
+    }
+    if mode & 0o077 != 0 {
+        fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(0o700))
+            .map_err(|e| format!("cannot chmod 0700 {}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Removes run directories left by dead runners on this host.
@@ -88,7 +181,9 @@ pub fn sweep_stale_dirs(root: &Path) -> usize {
 
 /// Removes everything dead runners left: run directories and cgroups.
 pub fn sweep_stale() {
-    sweep_stale_dirs(&runs_root());
+    if let Ok(root) = runs_root() {
+        sweep_stale_dirs(&root);
+    }
     if let Ok(mode) = crate::sandbox::cgroup::detect() {
         crate::sandbox::cgroup::sweep_stale(&mode, &hostname());
     }
@@ -129,5 +224,59 @@ mod tests {
         assert!(!root.path().join("ls-1-999999999-a").exists());
         assert!(root.path().join(format!("{}-b", prefix())).exists());
         assert!(root.path().join("ls-1-999999999-c").exists());
+    }
+
+    #[test]
+    fn private_dir_is_created_0700_and_narrowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let fresh = t.path().join("fresh");
+        private_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        let loose = t.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&loose).unwrap();
+        let mode = std::fs::metadata(&loose).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode, 0o700,
+            "a directory of ours readable by others is narrowed"
+        );
+    }
+
+    #[test]
+    fn private_dir_refuses_links_shared_and_foreign_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = private_dir(&link).unwrap_err();
+        assert!(
+            e.contains("symbolic link") && e.contains(RUNTIME_DIR_ENV),
+            "{e}"
+        );
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = private_dir(&shared).unwrap_err();
+        assert!(e.contains("writable by group or others (mode 0777)"), "{e}");
+        if nix::unistd::geteuid().is_root() {
+            let foreign = t.path().join("foreign");
+            std::fs::create_dir(&foreign).unwrap();
+            std::os::unix::fs::chown(&foreign, Some(4321), Some(4321)).unwrap();
+            let e = private_dir(&foreign).unwrap_err();
+            assert!(e.contains("belongs to uid 4321"), "{e}");
+        }
+    }
+
+    #[test]
+    fn root_keeps_its_runs_under_run_not_in_a_shared_tmp() {
+        if std::env::var_os(RUNTIME_DIR_ENV).is_some() || !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        assert_eq!(runs_root_path(), Path::new("/run/llm-sandbox"));
     }
 }

@@ -1,6 +1,7 @@
 //! The sandbox server (`llm-sandbox __sandbox`): a single-threaded process, one per
 //! concurrency slot, re-executed from the runner's binary. It receives requests on its
-//! socket (fd 3: a config path and the job's stdin, stdout, stderr and control fds),
+//! socket (fd 3: the job's stdin, stdout, stderr and control fds, and a memfd holding its
+//! configuration; never a path to re-read),
 //! clones each sandbox's init into new namespaces inside the slot's cgroup, writes the id
 //! maps, waits (a `K` on the socket kills the sandbox), and reports on the control fd.
 //! It dies with the runner (parent-death signal, or its socket closing).
@@ -88,6 +89,12 @@ pub fn main() -> i32 {
         std::env::args().nth(2).unwrap_or_else(|| "ls-0-0".into()),
         std::process::id()
     );
+    // Never the OOM killer's choice (as root: others may not lower it): the memory limit of
+    // the slot's cgroup covers this server and its sandboxes' inits too, and a job filling
+    // its tmpfs mounts must lose its own processes, not the server (README, "Security").
+    if nix::unistd::geteuid().is_root() {
+        let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    }
     let cg = cgroup::detect()
         .ok()
         .and_then(|mode| Cgroup::create(&mode, &slot_name).ok())
@@ -98,7 +105,6 @@ pub fn main() -> i32 {
             }
             ok
         });
-    let net = SharedNet::enter();
     // A server that may preload Python (started after a job asked for it) overwrites the
     // heap memory it frees from now on (M_PERTURB): a sandbox cloned from it keeps no earlier
     // job's configuration in its memory, which matters when its step does not execve.
@@ -115,7 +121,8 @@ pub fn main() -> i32 {
         .filter(|p| p.is_dir());
     let mut warm: Option<Warm> = None;
     let mut code = 0;
-    let mut buf = vec![0u8; 64 * 1024];
+    // A request's data is one byte; its fds carry the rest.
+    let mut buf = [0u8; 16];
     let mut exiting: Vec<Pid> = Vec::new();
     loop {
         if warm.is_none() {
@@ -123,10 +130,10 @@ pub fn main() -> i32 {
                 super::pyembed::scrub_stack();
             }
             if let Some(root) = &warm_root {
-                warm = spawn_warm(root, &sock, &sfd, net.as_ref());
+                warm = spawn_warm(root, &sock, &sfd);
             }
         }
-        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let mut cmsg = nix::cmsg_space!([RawFd; super::REQUEST_FDS]);
         let (n, fds) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
             match recvmsg::<()>(
@@ -158,10 +165,11 @@ pub fn main() -> i32 {
         if n == 0 {
             break;
         }
-        if fds.len() != 4 {
+        if fds.len() != super::REQUEST_FDS {
             continue;
         }
-        let config = PathBuf::from(String::from_utf8_lossy(&buf[..n]).into_owned());
+        let mut fds = fds;
+        let config = fds.pop().map(std::fs::File::from);
         // Inits whose sandboxes are torn down by now are reaped; the others stay pending
         // (each still counts as a pid of the slot's cgroup: see `own_pids`).
         exiting.retain(|pid| {
@@ -175,12 +183,11 @@ pub fn main() -> i32 {
             sock: &sock,
             sfd: &sfd,
             warm_root: warm_root.as_deref(),
-            net: net.as_ref(),
             exiting: exiting.len() as u64,
             preload_ok,
         };
         let mut preload = None;
-        let (stop, reap) = serve_one(&config, &fds, &server, &mut warm, &mut preload);
+        let (stop, reap) = serve_one(config, &fds, &server, &mut warm, &mut preload);
         drop(fds);
         if let Some(req) = preload {
             // After the job that asked (which ran as usual): every sandbox cloned from now on
@@ -226,69 +233,16 @@ struct Warm {
     done: OwnedFd,
 }
 
-/// The server's own network namespace, when it has one: as root, the server moves once into
-/// a new namespace with only `lo` (up), and its sandboxes without network share it, one job
-/// after the other, instead of each creating and destroying its own (about a millisecond of
-/// CPU per sandbox, most of it in the kernel's asynchronous clean-up). Nothing of a job
-/// outlives it there: its processes (and so their sockets) are dead before the next job's
-/// code runs, and the sandboxes' user namespaces hold no capability over this namespace
-/// (it belongs to the host's), so no job can change it. Concurrency slots never share one.
-struct SharedNet {
-    host: OwnedFd,
-    own: OwnedFd,
-}
-
-impl SharedNet {
-    fn enter() -> Option<SharedNet> {
-        if !nix::unistd::geteuid().is_root()
-            || std::env::var("LLM_SANDBOX_NETNS_PER_SANDBOX")
-                .is_ok_and(|v| !v.is_empty() && v != "0")
-        {
-            return None;
-        }
-        let open = |p: &str| -> Option<OwnedFd> {
-            nix::fcntl::open(
-                p,
-                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            .ok()
-            // SAFETY: a new fd nothing else owns.
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        };
-        let host = open("/proc/self/ns/net")?;
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET).ok()?;
-        super::init::loopback_up();
-        let Some(own) = open("/proc/self/ns/net") else {
-            let _ = nix::sched::setns(&host, CloneFlags::CLONE_NEWNET);
-            return None;
-        };
-        // Its sandboxes inherit this: their `lo` is up already.
-        super::init::NET_SHARED.store(true, std::sync::atomic::Ordering::Relaxed);
-        Some(SharedNet { host, own })
-    }
-
-    /// Runs `f` (a clone) in the host's network namespace.
-    fn in_host<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _ = nix::sched::setns(&self.host, CloneFlags::CLONE_NEWNET);
-        let r = f();
-        let _ = nix::sched::setns(&self.own, CloneFlags::CLONE_NEWNET);
-        r
-    }
-}
-
-fn clone_flags(network: bool, shared: Option<&SharedNet>) -> CloneFlags {
-    let mut flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWCGROUP;
-    if !network && shared.is_none() {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    flags
-}
+/// Every sandbox gets new namespaces of every kind, its network namespace included: no
+/// socket state (a listener, a TIME_WAIT) of one job is seen by the next, and a job with
+/// network gets it through [`super::usernet`], never the host's namespace.
+const CLONE_FLAGS: CloneFlags = CloneFlags::CLONE_NEWUSER
+    .union(CloneFlags::CLONE_NEWNS)
+    .union(CloneFlags::CLONE_NEWPID)
+    .union(CloneFlags::CLONE_NEWNET)
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWCGROUP);
 
 /// Closes every fd but `keep` (async-signal-safe: close_range over the gaps).
 fn close_all_except(keep: &[RawFd]) {
@@ -327,12 +281,7 @@ fn send_job(
 
 /// Clones the next sandbox before its job arrives: namespaces, id maps and the
 /// job-independent setup happen while the server would otherwise wait.
-fn spawn_warm(
-    root: &std::path::Path,
-    sock: &OwnedFd,
-    sfd: &SignalFd,
-    net: Option<&SharedNet>,
-) -> Option<Warm> {
+fn spawn_warm(root: &std::path::Path, sock: &OwnedFd, sfd: &SignalFd) -> Option<Warm> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (job_ours, job_theirs) = socketpair(
         AddressFamily::Unix,
@@ -382,7 +331,7 @@ fn spawn_warm(
             super::init::run_warm(&root, sync, job, done)
         }
     });
-    let pid = clone_with_stack(cb, clone_flags(false, net)).ok()?;
+    let pid = clone_with_stack(cb, CLONE_FLAGS).ok()?;
     drop((job_theirs, done_w, sync_r));
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
@@ -407,7 +356,6 @@ struct ServerState<'a> {
     sfd: &'a SignalFd,
     /// Where warm sandboxes mount their root (none: no warm sandboxes).
     warm_root: Option<&'a std::path::Path>,
-    net: Option<&'a SharedNet>,
     /// Inits of earlier sandboxes not reaped yet (still pids of the slot's cgroup).
     exiting: u64,
     /// This server may preload Python (it scrubs freed memory).
@@ -417,7 +365,7 @@ struct ServerState<'a> {
 /// Runs one sandbox. Returns whether the server must stop (runner gone), and the init to
 /// reap once the runner has its answer.
 fn serve_one(
-    config: &std::path::Path,
+    config: Option<std::fs::File>,
     fds: &[OwnedFd],
     server: &ServerState<'_>,
     warm_slot: &mut Option<Warm>,
@@ -428,7 +376,6 @@ fn serve_one(
         sock,
         sfd,
         warm_root,
-        net,
         exiting,
         preload_ok,
     } = *server;
@@ -441,15 +388,18 @@ fn serve_one(
             phases.push(($name.to_string(), t0.elapsed().as_micros() as u64))
         };
     }
-    let mut cfg: SandboxConfig = match std::fs::read(config)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    let read = |mut f: std::fs::File| -> Result<SandboxConfig, String> {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    };
+    let mut cfg: SandboxConfig = match config.ok_or_else(|| "none sent".to_string()).and_then(read)
     {
         Ok(c) => c,
         Err(e) => {
             error(
                 ctl,
-                format!("cannot read sandbox config {}: {e}", config.display()),
+                format!("cannot read the sandbox's configuration: {e}"),
                 None,
             );
             return (false, None);
@@ -459,7 +409,8 @@ fn serve_one(
     // job's warm sandbox (cloned while this job runs) and the inits of earlier jobs still
     // exiting are more of its pids.
     let before = cg.map(|c| c.counters()).unwrap_or_default();
-    let own_pids = if warm_root.is_some() { 2 } else { 1 } + exiting;
+    // (slirp4netns, with its threads, for a job with network)
+    let own_pids = if warm_root.is_some() { 2 } else { 1 } + exiting + 4 * u64::from(cfg.network);
     let cg = cg.filter(|c| {
         c.set_limits(
             cfg.limits.memory,
@@ -501,13 +452,15 @@ fn serve_one(
         }
         None => None,
     };
+    // A job with network: its slirp4netns, stopped when the job ends (dropped below).
+    let mut user_net = None;
     let (child, done_r) = if let Some(x) = warm_used {
         mark!("warm");
         if let Some(root) = warm_root.filter(|_| !super::pyembed::loaded()) {
             // The next job's sandbox is set up while this one runs (not with a preloaded
             // interpreter: it would be cloned with this job's configuration in memory, and
             // its step does not execve; the serving loop clones it after this job instead).
-            *warm_slot = spawn_warm(root, sock, sfd, net);
+            *warm_slot = spawn_warm(root, sock, sfd);
         }
         x
     } else {
@@ -529,7 +482,6 @@ fn serve_one(
                 return (false, None);
             }
         };
-        let flags = clone_flags(cfg.network, net);
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let (sfd_raw, sock_raw, sync_r_raw, sync_w_raw) = (
             sfd.as_fd().as_raw_fd(),
@@ -566,10 +518,7 @@ fn serve_one(
             let done = unsafe { OwnedFd::from_raw_fd(done_w_raw) };
             super::init::run(&child_cfg, sync, done, rlimit_nproc)
         });
-        let cloned = match net {
-            Some(net) if cfg.network => net.in_host(|| clone_with_stack(cb, flags)),
-            _ => clone_with_stack(cb, flags),
-        };
+        let cloned = clone_with_stack(cb, CLONE_FLAGS);
         let child = match cloned {
             Ok(pid) => pid,
             Err(e) => {
@@ -592,18 +541,40 @@ fn serve_one(
         drop(sync_r);
         drop(done_w);
         mark!("clone");
-        let setup = write_id_maps(child, euid, egid).and_then(|_| {
+        let setup = write_id_maps(child, euid, egid).map_err(|e| (e, Some(userns_hint())));
+        mark!("maps");
+        let setup = setup.and_then(|()| match (cfg.network, &cfg.user_net) {
+            (false, _) => Ok(None),
+            (true, Some(program)) => super::usernet::start(program, child)
+                .map(Some)
+                .map_err(|e| (e, None)),
+            (true, None) => Err((
+                format!(
+                    "`network = true` needs {} on the native backend (it is not installed)",
+                    super::usernet::PROGRAM
+                ),
+                Some(super::usernet::INSTALL_HINT.to_string()),
+            )),
+        });
+        let setup = setup.and_then(|net| {
             nix::unistd::write(&sync_w, b"1")
-                .map(|_| ())
-                .map_err(|e| format!("sync: {e}"))
+                .map(|_| net)
+                .map_err(|e| (format!("sync: {e}"), None))
         });
         drop(sync_w);
-        mark!("maps");
-        if let Err(e) = setup {
-            let _ = signal::kill(child, Signal::SIGKILL);
-            let _ = waitpid(child, None);
-            error(ctl, e, Some(userns_hint()));
-            return (false, None);
+        match setup {
+            Ok(net) => {
+                if net.is_some() {
+                    mark!("network");
+                }
+                user_net = net;
+            }
+            Err((e, hint)) => {
+                let _ = signal::kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                error(ctl, e, hint);
+                return (false, None);
+            }
         }
 
         (child, done_r)
@@ -674,6 +645,7 @@ fn serve_one(
     } else {
         "init-exited"
     });
+    drop(user_net);
     let mut limits = LimitEvents {
         enforcement: "rlimits".into(),
         ..Default::default()
@@ -700,16 +672,46 @@ fn serve_one(
     (stop_server, reap_later)
 }
 
-/// `clone(2)` on one stack kept for the server's life: a fresh 256 KiB one per sandbox cost
-/// a zeroing and its page faults each time (the child has its own copy of it anyway).
+/// The sandboxes' stack: the init runs on it, and so do the processes it forks for the
+/// steps (a preloaded Python step runs the program on it). Mapped once per server, lazily
+/// (pages cost only when touched), with an inaccessible guard page below it: a stack
+/// overflow is a clean SIGSEGV, never a write into other memory.
+const CLONE_STACK: usize = 8 << 20;
+
+/// `clone(2)` on one stack kept for the server's life: a fresh one per sandbox cost a
+/// zeroing and its page faults each time (the child has its own copy of it anyway).
 fn clone_with_stack(cb: nix::sched::CloneCb<'_>, flags: CloneFlags) -> nix::Result<Pid> {
-    static STACK: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+    struct Stack(usize);
+    static STACK: std::sync::Mutex<Stack> = std::sync::Mutex::new(Stack(0));
     let mut stack = STACK.lock().unwrap_or_else(|e| e.into_inner());
-    if stack.is_empty() {
-        stack.resize(256 * 1024, 0);
+    let page = 4096;
+    if stack.0 == 0 {
+        // SAFETY: a new private anonymous mapping; its lowest page is made inaccessible.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CLONE_STACK + page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(nix::Error::last());
+        }
+        // SAFETY: the first page of the mapping made above.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(nix::Error::last());
+        }
+        stack.0 = base as usize + page;
     }
-    // SAFETY: the server is single-threaded; the child gets a copy of this address space.
-    unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
+    // SAFETY: the mapping above lives for the whole process (never unmapped); the server is
+    // single-threaded, and the child gets a copy of this address space.
+    unsafe {
+        let s = std::slice::from_raw_parts_mut(stack.0 as *mut u8, CLONE_STACK);
+        nix::sched::clone(cb, s, flags, Some(libc::SIGCHLD))
+    }
 }
 
 fn write_id_maps(child: Pid, euid: u32, egid: u32) -> Result<(), String> {

@@ -117,17 +117,15 @@ pub enum Io {
     },
 }
 
-/// Runs one sandbox described by `cfg` (already written to `cfg_path`).
+/// Runs one sandbox described by `cfg`.
 pub async fn run(
     cfg: &SandboxConfig,
-    cfg_path: &Path,
     stdin: Option<Vec<u8>>,
     output_cap: u64,
     cancel: &CancellationToken,
 ) -> std::io::Result<Outcome> {
     run_with(
         cfg,
-        cfg_path,
         Io::Capture {
             stdin,
             cap: output_cap,
@@ -141,7 +139,6 @@ pub async fn run(
 /// Like [`run`], sending the run step's stdout and stderr to `live` as they come.
 pub async fn run_streaming(
     cfg: &SandboxConfig,
-    cfg_path: &Path,
     stdin: Option<Vec<u8>>,
     output_cap: u64,
     live: ChunkSender,
@@ -149,7 +146,6 @@ pub async fn run_streaming(
 ) -> std::io::Result<Outcome> {
     run_with(
         cfg,
-        cfg_path,
         Io::Capture {
             stdin,
             cap: output_cap,
@@ -171,28 +167,29 @@ struct Server {
 static POOL: std::sync::Mutex<Vec<Server>> = std::sync::Mutex::new(Vec::new());
 
 /// An owner-labelled directory the servers' warm sandboxes mount their root on
-/// (each in its own mount namespace; nothing appears in it on the host).
-fn warm_root() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// (each in its own mount namespace; nothing appears in it on the host), below the runner's
+/// private root. None when that root cannot be used: servers then set every sandbox up
+/// when its job arrives.
+fn warm_root() -> Option<PathBuf> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let root = crate::run::owner::runs_root();
+        let root = crate::run::owner::runs_root().ok()?;
         let dir = root.join(format!("{}-warm", crate::run::owner::prefix()));
-        if std::fs::create_dir_all(&dir).is_ok() {
-            let o = crate::run::owner::Owner {
-                tool: "llm-sandbox".into(),
-                run_id: "warm".into(),
-                host: crate::run::owner::hostname(),
-                pid: std::process::id(),
-                started_at: String::new(),
-            };
-            // Inside the mount point: each sandbox mounts its root over it, so the file is
-            // only seen on the host (where stale-run sweeping reads it).
-            let _ = std::fs::write(
-                dir.join("owner.json"),
-                serde_json::to_vec(&o).unwrap_or_default(),
-            );
-        }
-        dir
+        std::fs::create_dir_all(&dir).ok()?;
+        let o = crate::run::owner::Owner {
+            tool: "llm-sandbox".into(),
+            run_id: "warm".into(),
+            host: crate::run::owner::hostname(),
+            pid: std::process::id(),
+            started_at: String::new(),
+        };
+        // Inside the mount point: each sandbox mounts its root over it, so the file is
+        // only seen on the host (where stale-run sweeping reads it).
+        let _ = std::fs::write(
+            dir.join("owner.json"),
+            serde_json::to_vec(&o).unwrap_or_default(),
+        );
+        Some(dir)
     })
     .clone()
 }
@@ -214,12 +211,8 @@ fn spawn_server() -> std::io::Result<Server> {
     let mut cmd = tokio::process::Command::new(helper_path());
     cmd.arg(HELPER_SUBCOMMAND)
         .arg(crate::run::owner::prefix())
-        .arg(warm_root())
+        .arg(warm_root().unwrap_or_default())
         .env_clear()
-        .envs(
-            std::env::var_os("LLM_SANDBOX_NETNS_PER_SANDBOX")
-                .map(|v| ("LLM_SANDBOX_NETNS_PER_SANDBOX", v)),
-        )
         .envs(
             PRELOAD_SERVERS
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -276,10 +269,26 @@ pub fn shutdown_servers() {
     }
 }
 
-fn send_request(s: &Server, cfg_path: &Path, fds: [RawFd; 4]) -> std::io::Result<()> {
+/// The configuration as an anonymous file (memfd) holding its JSON: the server reads it
+/// from the fd it receives, never from a path anyone could swap.
+fn config_fd(cfg: &SandboxConfig) -> std::io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is new and ours.
+    let fd = unsafe { libc::memfd_create(c"llm-sandbox-config".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd nothing else owns.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    f.write_all(&serde_json::to_vec(cfg).map_err(std::io::Error::other)?)?;
+    f.rewind()?;
+    Ok(f.into())
+}
+
+/// One request: the job's stdin, stdout, stderr and control fds, then its configuration.
+fn send_request(s: &Server, fds: [RawFd; super::REQUEST_FDS]) -> std::io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let path = cfg_path.as_os_str().as_encoded_bytes();
-    let iov = [std::io::IoSlice::new(path)];
+    let iov = [std::io::IoSlice::new(b"J")];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(s.sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
     Ok(())
@@ -288,7 +297,6 @@ fn send_request(s: &Server, cfg_path: &Path, fds: [RawFd; 4]) -> std::io::Result
 /// Runs one sandbox with the given stdio.
 pub async fn run_with(
     cfg: &SandboxConfig,
-    cfg_path: &Path,
     io: Io,
     cancel: &CancellationToken,
 ) -> std::io::Result<Outcome> {
@@ -352,21 +360,23 @@ pub async fn run_with(
         } => (stdin, stdout, stderr, None, None, None, u64::MAX),
     };
 
+    let cfg_fd = config_fd(cfg)?;
     let mut server = take_server()?;
     let fds = [
         stdin_fd.as_raw_fd(),
         stdout_fd.as_raw_fd(),
         stderr_fd.as_raw_fd(),
         ctl_w.as_raw_fd(),
+        cfg_fd.as_raw_fd(),
     ];
-    if let Err(e) = send_request(&server, cfg_path, fds) {
+    if let Err(e) = send_request(&server, fds) {
         // A server that cannot take requests is replaced once.
         drop(server);
         server = spawn_server()?;
-        send_request(&server, cfg_path, fds).map_err(|_| e)?;
+        send_request(&server, fds).map_err(|_| e)?;
     }
     // The sandbox holds its own copies now.
-    drop((stdin_fd, stdout_fd, stderr_fd, ctl_w));
+    drop((stdin_fd, stdout_fd, stderr_fd, ctl_w, cfg_fd));
 
     let stdin_task = match stdin_writer {
         Some((w, data)) => {

@@ -75,9 +75,13 @@ const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 fn mount_setattr_ro(path: &Path) -> std::io::Result<()> {
+    mount_setattr(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, AT_RECURSIVE)
+}
+
+fn mount_setattr(path: &Path, set: u64, clear: u64, flags: libc::c_uint) -> std::io::Result<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-        attr_clr: 0,
+        attr_set: set,
+        attr_clr: clear,
         propagation: 0,
         userns_fd: 0,
     };
@@ -88,7 +92,7 @@ fn mount_setattr_ro(path: &Path) -> std::io::Result<()> {
             libc::SYS_mount_setattr,
             libc::AT_FDCWD,
             p.as_ptr(),
-            AT_RECURSIVE,
+            flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -240,6 +244,15 @@ fn run_steps(cfg: &SandboxConfig, mut state: State, t0: Instant, done: OwnedFd) 
         proto::send(CONTROL_FD, &Msg::Step(r));
         if !ok && step.kind != StepKind::Run {
             break;
+        }
+    }
+    // Every process of the job is dead: what it left in /tmp and /dev/shm (and in /sandbox
+    // when nothing is copied out of it) is memory of the sandbox's limit that the init may
+    // need now: the mounts go, and their contents are freed with them.
+    let nothing_to_collect = cfg.collect_globs.is_empty() && cfg.collect_paths.is_empty();
+    for m in ["/tmp", "/dev/shm", "/sandbox"] {
+        if m != "/sandbox" || (nothing_to_collect && cfg.persistent_workdir.is_none()) {
+            let _ = umount2(m, MntFlags::MNT_DETACH);
         }
     }
     let (files, refused) = collect(cfg, &state);
@@ -405,11 +418,68 @@ pub fn setup_base(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<B
     )
     .map_err(err("mount /proc"))?;
     let _ = nix::unistd::sethostname("sandbox");
-    if !network && !NET_SHARED.load(std::sync::atomic::Ordering::Relaxed) {
-        loopback_up();
-    }
+    loopback_up();
+    limit_user_counts(&root.join("proc"))?;
     let filters = seccomp::programs()?;
     Ok(Base { sfd, filters })
+}
+
+/// Per-user kernel counts a sandbox could use up for others. The counts of a user namespace
+/// are also charged to its owner in the parent namespace (the runner's user on the host):
+/// without a bound here, a job holding 128 inotify instances leaves every host process of
+/// that user with EMFILE. Each sandbox's own namespace gets small maxima (0 for new
+/// namespaces, which its seccomp filter refuses anyway), so all sandboxes together hold a
+/// bounded share of the host's per-user limits.
+pub const USER_NS_MAXIMA: &[(&str, u64)] = &[
+    ("max_user_namespaces", 0),
+    ("max_mnt_namespaces", 0),
+    ("max_pid_namespaces", 0),
+    ("max_net_namespaces", 0),
+    ("max_ipc_namespaces", 0),
+    ("max_uts_namespaces", 0),
+    ("max_cgroup_namespaces", 0),
+    ("max_time_namespaces", 0),
+    ("max_fanotify_groups", 0),
+    ("max_fanotify_marks", 0),
+];
+
+/// The inotify maxima of one sandbox: an eighth of the host's per-user limits, shared out
+/// over the machine's cores (the default number of concurrent sandboxes), at most 16
+/// instances and 8192 watches: together they stay well below the host's limits.
+pub fn inotify_maxima() -> (u64, u64) {
+    let read = |p: &str, default: u64| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(default)
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let share = |host: u64, top: u64| (host / 8 / cores).clamp(1, top);
+    (
+        share(read("/proc/sys/fs/inotify/max_user_instances", 128), 16),
+        share(read("/proc/sys/fs/inotify/max_user_watches", 8192), 8192),
+    )
+}
+
+/// [`inotify_maxima`], read once per sandbox server ([`snapshot_etc`]) and inherited.
+static INOTIFY: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+fn limit_user_counts(proc: &Path) -> Result<(), String> {
+    let (instances, watches) = *INOTIFY.get_or_init(inotify_maxima);
+    let dir = proc.join("sys/user");
+    for (name, value) in USER_NS_MAXIMA.iter().copied().chain([
+        ("max_inotify_instances", instances),
+        ("max_inotify_watches", watches),
+    ]) {
+        let p = dir.join(name);
+        match std::fs::write(&p, value.to_string()) {
+            Ok(()) => {}
+            // An entry this kernel does not have.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("limit {}: {e}", p.display())),
+        }
+    }
+    Ok(())
 }
 
 /// The job's part of the setup: its binds, the root made read-only, fresh `/sandbox`,
@@ -457,6 +527,11 @@ fn setup_job(
     }
     if DEFER_RO.load(std::sync::atomic::Ordering::Relaxed) {
         mount_setattr_ro(root).map_err(err("make the root read-only"))?;
+        // /proc stays writable, as a fresh proc mount is: a step makes itself the OOM
+        // killer's choice there (exec_child), and what an unprivileged process may write
+        // in it concerns only itself.
+        mount_setattr(&root.join("proc"), 0, MOUNT_ATTR_RDONLY, 0)
+            .map_err(err("keep /proc writable"))?;
     }
     for b in cfg.binds.iter().filter(|b| b.writable).filter(bindable) {
         replicate(root, &b.src, &b.dest, true)?;
@@ -525,9 +600,11 @@ enum EtcEntry {
 /// by every sandbox it clones, instead of each one listing `/etc` and copying its files.
 static ETC: std::sync::OnceLock<Vec<EtcEntry>> = std::sync::OnceLock::new();
 
-/// Reads the allowed part of `/etc` now (a sandbox server, before its first sandbox).
+/// Reads the allowed part of `/etc` (and the host's inotify limits) now (a sandbox server,
+/// before its first sandbox).
 pub fn snapshot_etc() {
     ETC.get_or_init(read_etc);
+    INOTIFY.get_or_init(inotify_maxima);
 }
 
 fn read_etc() -> Vec<EtcEntry> {
@@ -583,12 +660,12 @@ fn build_etc(root: &Path, network: bool) -> Result<(), String> {
         }
     }
     if network {
-        for n in ["resolv.conf", "hosts"] {
-            let host = Path::new("/etc").join(n);
-            if host.exists() {
-                replicate(root, &host, &host, false)?;
-            }
-        }
+        // The user-mode network's DNS forwarder (it asks the host's resolvers).
+        std::fs::write(
+            etc.join("resolv.conf"),
+            format!("nameserver {}\n", super::usernet::DNS),
+        )
+        .map_err(err("write /etc/resolv.conf"))?;
     }
     let write = |name: &str, content: &str| -> Result<(), String> {
         let p = etc.join(name);
@@ -642,29 +719,29 @@ fn build_dev(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Copies the staged input files into `/sandbox`, owned by the sandbox user (iterative,
+/// like [`walk`]).
 fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        let to = dest.join(entry.file_name());
-        if ft.is_dir() {
-            std::fs::create_dir_all(&to)?;
-            std::os::unix::fs::chown(&to, Some(SANDBOX_UID), Some(SANDBOX_UID))?;
-            copy_tree(&entry.path(), &to)?;
-        } else if ft.is_file() {
-            std::fs::copy(entry.path(), &to)?;
-            std::os::unix::fs::chown(&to, Some(SANDBOX_UID), Some(SANDBOX_UID))?;
-            let mode = entry.metadata()?.permissions().mode() & 0o755 | 0o644;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
+    let mut pending = vec![(src.to_path_buf(), dest.to_path_buf())];
+    while let Some((src, dest)) = pending.pop() {
+        for entry in std::fs::read_dir(&src)? {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            let to = dest.join(entry.file_name());
+            if ft.is_dir() {
+                std::fs::create_dir_all(&to)?;
+                std::os::unix::fs::chown(&to, Some(SANDBOX_UID), Some(SANDBOX_UID))?;
+                pending.push((entry.path(), to));
+            } else if ft.is_file() {
+                std::fs::copy(entry.path(), &to)?;
+                std::os::unix::fs::chown(&to, Some(SANDBOX_UID), Some(SANDBOX_UID))?;
+                let mode = entry.metadata()?.permissions().mode() & 0o755 | 0o644;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
+            }
         }
     }
     Ok(())
 }
-
-/// Set in a sandbox server that shares one loopback-only network namespace among its
-/// sandboxes (see `helper::SharedNet`), whose `lo` it brought up itself.
-pub(crate) static NET_SHARED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
 
 pub(crate) fn loopback_up() {
     // SAFETY: plain ioctls on a socket we own, with a zeroed, NUL-terminated ifreq.
@@ -723,6 +800,16 @@ fn exec_child(
             }
         }
         libc::setpgid(0, 0);
+        // The job's processes are the OOM killer's first choice in the sandbox's memory
+        // limit, never the init or the sandbox server (README, "Security").
+        let adj = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if adj >= 0 {
+            libc::write(adj, b"1000".as_ptr() as *const _, 4);
+            libc::close(adj);
+        }
         // stdio
         if let Some(o) = out {
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
@@ -1025,33 +1112,14 @@ fn drain(r: &mut std::fs::File, out: &mut Vec<u8>, buf: &mut [u8], cap: u64, tru
 /// sandbox is dead by now; symlinks are never followed, only regular files are copied.
 fn collect(cfg: &SandboxConfig, state: &State) -> (Vec<String>, Vec<(String, String)>) {
     let mut files = Vec::new();
-    let mut refused = Vec::new();
-    if cfg.collect_globs.is_empty() && cfg.collect_paths.is_empty() {
-        return (files, refused);
-    }
-    let set = {
-        let mut b = globset::GlobSetBuilder::new();
-        for g in &cfg.collect_globs {
-            if let Ok(glob) = globset::GlobBuilder::new(g).literal_separator(true).build() {
-                b.add(glob);
-            }
-        }
-        b.build().unwrap_or_else(|_| globset::GlobSet::empty())
-    };
-    let mut wanted: Vec<String> = Vec::new();
-    walk(Path::new("/sandbox"), "", &mut |rel, meta| {
-        if meta.file_type().is_symlink() {
-            if set.is_match(rel) || cfg.collect_paths.iter().any(|p| p == rel) {
-                refused.push((rel.to_string(), "is a symbolic link".to_string()));
-            }
-            return;
-        }
-        if meta.is_file() && (set.is_match(rel) || cfg.collect_paths.iter().any(|p| p == rel)) {
-            wanted.push(rel.to_string());
-        }
-    });
+    let wanted = super::collect::select(
+        Path::new("/sandbox"),
+        &cfg.collect_globs,
+        &cfg.collect_paths,
+    );
+    let mut refused = wanted.refused;
     let mut total = 0u64;
-    for rel in wanted {
+    for rel in wanted.files {
         match copy_out(
             &rel,
             state.out_dir.as_raw_fd(),
@@ -1065,29 +1133,6 @@ fn collect(cfg: &SandboxConfig, state: &State) -> (Vec<String>, Vec<(String, Str
         }
     }
     (files, refused)
-}
-
-fn walk(dir: &Path, prefix: &str, f: &mut dyn FnMut(&str, &std::fs::Metadata)) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = rd.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name().to_string_lossy().to_string();
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
-            continue;
-        };
-        f(&rel, &meta);
-        if meta.is_dir() {
-            walk(&e.path(), &rel, f);
-        }
-    }
 }
 
 fn copy_out(rel: &str, out_dir: RawFd, room: u64) -> Result<u64, String> {

@@ -13,6 +13,7 @@
 //! of the run step are the helper's own fds 1 and 2, read by the host side with caps.
 
 pub mod cgroup;
+pub mod collect;
 pub mod helper;
 pub mod host;
 pub mod init;
@@ -20,12 +21,16 @@ pub mod landlock;
 pub mod proto;
 pub mod pyembed;
 pub mod seccomp;
+pub mod usernet;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// The fd number of the control pipe in the helper and the init.
 pub const CONTROL_FD: i32 = 3;
+/// The fds of one request to a sandbox server: the job's stdin, stdout, stderr, control
+/// pipe, and its configuration (a memfd holding [`SandboxConfig`] as JSON).
+pub const REQUEST_FDS: usize = 5;
 /// The uid and gid the program runs as inside the sandbox.
 pub const SANDBOX_UID: u32 = 1000;
 /// Name of the hidden subcommand.
@@ -80,7 +85,7 @@ pub struct SandboxLimits {
     pub address_space_fallback: bool,
 }
 
-/// Everything the helper needs; written by the host as JSON into the job's directory.
+/// Everything the helper needs; sent by the host as JSON in a memfd with each request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxConfig {
     /// Owner-labelled id of this sandbox (also its cgroup name).
@@ -104,6 +109,10 @@ pub struct SandboxConfig {
     pub steps: Vec<Step>,
     pub limits: SandboxLimits,
     pub network: bool,
+    /// With `network`: the `slirp4netns` that gives the sandbox's own network namespace its
+    /// user-mode network ([`usernet`]), resolved by the runner.
+    #[serde(default)]
+    pub user_net: Option<PathBuf>,
     /// Glob patterns (relative to `/sandbox`) of files to copy out.
     pub collect_globs: Vec<String>,
     /// Exact relative paths to copy out (files named by `expect.files`).

@@ -56,11 +56,17 @@ struct Api {
     finalize: unsafe extern "C" fn() -> c_int,
 }
 
+/// The HOME the interpreter is initialised with: below `/proc`, where no directory can be
+/// created, so no user site directory exists for it.
+const NO_HOME: &str = "/proc/llm-sandbox-no-home";
+
 /// The interpreter this server has initialised.
 struct Preloaded {
     api: Api,
     /// The resolved `python3` it stands for.
     program: PathBuf,
+    /// `lib/python3.N/site-packages`: a job's user site directory below `$HOME/.local`.
+    user_site: PathBuf,
     /// The start-up variables it was initialised with.
     env: Vec<(String, String)>,
 }
@@ -214,9 +220,17 @@ fn init(req: &Request) -> Result<Preloaded, String> {
             )),
         };
         // The environment start-up reads: only the variables that shape it (this process's
-        // own is put back afterwards).
+        // own is put back afterwards), with a HOME nobody can create: `site` then adds no
+        // user site directory, so nothing a job (or anyone but root) can write is imported
+        // by this process, which may be root. A job's own `site.USER_*` are set in PREPARE.
         let own: Vec<_> = std::env::vars_os().collect();
-        replace_env(&env);
+        let mut startup = env.clone();
+        for (k, v) in startup.iter_mut() {
+            if k == "HOME" {
+                *v = NO_HOME.into();
+            }
+        }
+        replace_env(&startup);
         // PyConfig is opaque here: a buffer larger than any version's struct, filled and
         // read only by CPython's own functions.
         let mut config = vec![0u64; 2048];
@@ -248,7 +262,13 @@ fn init(req: &Request) -> Result<Preloaded, String> {
         if status.kind != 0 {
             return Err(status_text(&status));
         }
-        Ok(Preloaded { api, program, env })
+        let user_site = Path::new("lib").join(name).join("site-packages");
+        Ok(Preloaded {
+            api,
+            program,
+            user_site,
+            env,
+        })
     }
 }
 
@@ -313,6 +333,12 @@ def _llm_sandbox_prepare(argv, orig_argv, env, path0):
     import io, os, _signal
     os.environ.clear()
     os.environ.update(env)
+    # The user site directory of the job's HOME, as a fresh start-up computes it (the
+    # interpreter was initialised with one nobody can create).
+    import site
+    site.USER_BASE = None
+    site.USER_SITE = None
+    site.getusersitepackages()
     sys.argv = argv
     sys.orig_argv = orig_argv
     sys.path[0] = path0
@@ -385,6 +411,15 @@ pub fn run_preloaded(
     if program != p.program || startup_env(env) != p.env {
         return;
     }
+    // A fresh python3 would add the job's user site directory (and run its `.pth` files):
+    // the preloaded interpreter has none, so such a job starts python3 itself.
+    let home = env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.as_str());
+    if home.is_some_and(|h| Path::new(h).join(".local").join(&p.user_site).exists()) {
+        return;
+    }
     let file = if script.starts_with('/') {
         PathBuf::from(script)
     } else {
@@ -446,6 +481,7 @@ pub fn run_preloaded(
         }
         // As after execve: /proc/self/* is the process's own again (setresuid cleared it).
         libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        present_as(argv, env, program);
         (api.after_fork_child)();
         if (api.run_string)(call.as_ptr(), std::ptr::null_mut()) != 0 {
             libc::_exit(127);
@@ -464,6 +500,104 @@ pub fn run_preloaded(
     };
     // SAFETY: ends this process; CPython has flushed its streams in Py_FinalizeEx.
     unsafe { libc::_exit(code) }
+}
+
+/// Makes `/proc/self/cmdline`, `/proc/self/environ` and the process name (`comm`) what an
+/// `execve` of `program` with `argv` and `env` would have made them, instead of the
+/// forking process's own (`llm-sandbox __sandbox ...` and its variables): the new blocks
+/// are handed to the kernel with `PR_SET_MM_MAP` (no privilege needed), and the old ones,
+/// on the stack this process inherited, are overwritten. Best effort: a kernel without
+/// `CONFIG_CHECKPOINT_RESTORE` keeps the old ranges (their bytes are zeroed all the same).
+fn present_as(argv: &[String], env: &[(String, String)], program: &Path) {
+    fn block<I: IntoIterator<Item = Vec<u8>>>(items: I) -> &'static mut [u8] {
+        let mut b = Vec::new();
+        for mut i in items {
+            i.retain(|c| *c != 0);
+            b.extend_from_slice(&i);
+            b.push(0);
+        }
+        // Lives as long as the process: the kernel reads the block on every
+        // /proc/self/cmdline.
+        b.leak()
+    }
+    #[repr(C)]
+    struct MmMap {
+        start_code: u64,
+        end_code: u64,
+        start_data: u64,
+        end_data: u64,
+        start_brk: u64,
+        brk: u64,
+        start_stack: u64,
+        arg_start: u64,
+        arg_end: u64,
+        env_start: u64,
+        env_end: u64,
+        auxv: u64,
+        auxv_size: u32,
+        exe_fd: u32,
+    }
+    const PR_SET_MM: libc::c_int = 35;
+    const PR_SET_MM_MAP: libc::c_ulong = 14;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // The fields after the command name (which may hold spaces), numbered as in proc(5).
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return;
+    };
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let field = |n: usize| f.get(n - 3).copied().unwrap_or(0);
+    let (old_args, old_env) = ((field(48), field(49)), (field(50), field(51)));
+    let args = block(argv.iter().map(|a| a.as_bytes().to_vec()));
+    let envs = block(env.iter().map(|(k, v)| format!("{k}={v}").into_bytes()));
+    // SAFETY: brk(0) only reads the current break.
+    let brk = unsafe { libc::sbrk(0) } as u64;
+    let map = MmMap {
+        start_code: field(26),
+        end_code: field(27),
+        start_data: field(45),
+        end_data: field(46),
+        start_brk: field(47),
+        brk,
+        start_stack: field(28),
+        arg_start: args.as_ptr() as u64,
+        arg_end: args.as_ptr() as u64 + args.len() as u64,
+        env_start: envs.as_ptr() as u64,
+        env_end: envs.as_ptr() as u64 + envs.len() as u64,
+        auxv: 0,
+        auxv_size: 0,
+        exe_fd: u32::MAX,
+    };
+    // SAFETY: the kernel copies `map` (validating every address); the blocks are leaked,
+    // valid for the process's life. The old ranges are this process's own initial stack,
+    // which nothing reads any more (the environment was rebuilt with setenv, CPython keeps
+    // copies of what it was started with).
+    unsafe {
+        if field(26) != 0 {
+            libc::prctl(
+                PR_SET_MM,
+                PR_SET_MM_MAP,
+                &map as *const MmMap as libc::c_ulong,
+                std::mem::size_of::<MmMap>() as libc::c_ulong,
+                0,
+            );
+        }
+        for (start, end) in [old_args, old_env] {
+            if start != 0 && end > start && start != map.arg_start && start != map.env_start {
+                std::ptr::write_bytes(start as *mut u8, 0, (end - start) as usize);
+            }
+        }
+        if let Some(name) = program.file_name() {
+            let mut comm = name.as_encoded_bytes().to_vec();
+            comm.truncate(15);
+            comm.push(0);
+            libc::prctl(libc::PR_SET_NAME, comm.as_ptr() as libc::c_ulong, 0, 0, 0);
+        }
+    }
 }
 
 /// glibc's `M_PERTURB` (mallopt): freed memory is filled with the given byte.

@@ -1,8 +1,9 @@
 //! The seccomp filter of the program steps: deny what untrusted code never needs.
 //!
-//! Two filters stack: the deny list answers EPERM, and `clone3` answers ENOSYS so that libc
+//! Three filters stack: the deny list answers EPERM, `clone3` answers ENOSYS so that libc
 //! falls back to `clone`, whose flags the deny list can inspect (new user namespaces are
-//! refused there).
+//! refused there), and sockets are allowed by family ([`SOCKET_FAMILIES`]): any other
+//! answers EAFNOSUPPORT.
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -142,7 +143,58 @@ fn compile() -> Result<Vec<BpfProgram>, String> {
         clone3
             .try_into()
             .map_err(|e: seccompiler::BackendError| e.to_string())?,
+        socket_filter()?
+            .try_into()
+            .map_err(|e: seccompiler::BackendError| e.to_string())?,
     ])
+}
+
+/// Socket families a sandboxed program may open: the ones the languages' runtimes use.
+/// Every other family (`AF_VSOCK`, `AF_PACKET`, `AF_BLUETOOTH`, `AF_ALG`, ...) reaches
+/// past the network namespace or into kernel code no program under test needs, so it is
+/// refused by list, not by exception.
+pub const SOCKET_FAMILIES: &[(&str, i32)] = &[
+    ("AF_UNIX", libc::AF_UNIX),
+    ("AF_INET", libc::AF_INET),
+    ("AF_INET6", libc::AF_INET6),
+    ("AF_NETLINK", libc::AF_NETLINK),
+];
+
+/// The only netlink protocol allowed: routing (interfaces and addresses, what `getifaddrs`
+/// and Java's network classes read).
+pub const NETLINK_PROTOCOLS: &[i32] = &[libc::NETLINK_ROUTE];
+
+/// `socket` and `socketpair` of a family outside [`SOCKET_FAMILIES`], and netlink sockets of
+/// another protocol than [`NETLINK_PROTOCOLS`], fail with EAFNOSUPPORT.
+fn socket_filter() -> Result<SeccompFilter, String> {
+    let cond = |arg: u8, op: SeccompCmpOp, v: i32| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, v as u64).map_err(|e| e.to_string())
+    };
+    let mut rules = BTreeMap::new();
+    for sys in [libc::SYS_socket, libc::SYS_socketpair] {
+        let other_family = SOCKET_FAMILIES
+            .iter()
+            .map(|(_, f)| cond(0, SeccompCmpOp::Ne, *f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut other_netlink = vec![cond(0, SeccompCmpOp::Eq, libc::AF_NETLINK)?];
+        for p in NETLINK_PROTOCOLS {
+            other_netlink.push(cond(2, SeccompCmpOp::Ne, *p)?);
+        }
+        rules.insert(
+            sys,
+            vec![
+                SeccompRule::new(other_family).map_err(|e| e.to_string())?,
+                SeccompRule::new(other_netlink).map_err(|e| e.to_string())?,
+            ],
+        );
+    }
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        arch(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Applies the filters to the calling thread (no_new_privs must be set already).
@@ -158,7 +210,7 @@ mod tests {
     #[test]
     fn filters_compile() {
         let p = super::programs().expect("filters compile");
-        assert_eq!(p.len(), 2);
+        assert_eq!(p.len(), 3);
         assert!(!p[0].is_empty());
     }
 }

@@ -17,20 +17,26 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub const SUBCOMMAND: &str = "__agent";
+/// Set in the agent's environment (a JSON list of name/value pairs: a Python job's
+/// variables) when its container's jobs ask for preloaded Python: the agent initialises the
+/// interpreter with them when it starts, before any job has run in the container.
+pub const PRELOAD_ENV: &str = "LLM_SANDBOX_AGENT_PRELOAD";
 pub const READY: &str = "LLM-SANDBOX-AGENT-READY 1";
-const UID: u32 = 1000;
-const WRITABLE: &[&str] = &["/sandbox", "/tmp", "/dev/shm", "/dev/mqueue"];
+const UID: u32 = super::tarball::SANDBOX_UID as u32;
+use crate::backend::clean::{self, Evidence, Root, WRITABLE};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentJob {
     /// A tar of the job's files (base64).
     pub inputs: String,
     pub steps: Vec<AgentStep>,
-    /// Pack `/sandbox` into the answer (artifacts, file checks), up to `collect_cap` bytes.
-    pub collect: bool,
+    /// The files of `/sandbox` to pack into the answer (artifacts, file checks; the
+    /// selection of [`crate::sandbox::collect::select`]), up to `collect_cap` bytes.
+    pub collect_globs: Vec<String>,
+    pub collect_paths: Vec<String>,
     pub collect_cap: u64,
-    /// Run `python3 -B FILE` run steps in an interpreter this agent initialised once (after
-    /// the first job that asks; README, "Preloaded Python").
+    /// Run `python3 -B FILE` run steps in the interpreter this agent initialised when it
+    /// started ([`PRELOAD_ENV`]; README, "Preloaded Python").
     #[serde(default)]
     pub preload: bool,
 }
@@ -70,8 +76,15 @@ pub struct AgentResult {
     pub oom_kills: u64,
     pub pids_max_hits: u64,
     pub tar: Option<String>,
-    /// Every trace of the job is gone (processes, files, IPC objects).
+    /// Wanted files that were not packed, and why.
+    #[serde(default)]
+    pub refused: Vec<(String, String)>,
+    /// Every trace of the job is gone (processes, files and their roots, IPC objects,
+    /// sockets): [`clean::verdict`] said so.
     pub clean: bool,
+    /// Why it is not clean.
+    #[serde(default)]
+    pub unclean: Option<String>,
     pub error: Option<String>,
 }
 
@@ -89,6 +102,21 @@ fn main() -> i32 {
     // Python step (which does not execve) must find no earlier job's data in the memory it
     // inherits from this process.
     crate::sandbox::pyembed::scrub_freed_memory(true);
+    // The writable places' roots as the container was made: what every job must find.
+    let fresh = snapshot_roots();
+    // Preloaded Python: initialised now, while the container is as its image made it. Its
+    // start-up reads only the image's files (the root file system is read-only, the job's
+    // variables never reach it, HOME is one nobody can create: pyembed), never a path a job
+    // could have written, and it is never initialised again in this root process.
+    if let Some(vars) = std::env::var(PRELOAD_ENV)
+        .ok()
+        .and_then(|v| serde_json::from_str::<Vec<(String, String)>>(&v).ok())
+    {
+        let env = step_env(&vars);
+        if let Some(req) = crate::sandbox::pyembed::request_for(&env, &path_of(&env)) {
+            crate::sandbox::pyembed::preload(req);
+        }
+    }
     let mut out = std::mem::ManuallyDrop::new(unsafe_fd_file(1));
     if out.write_all(format!("{READY}\n").as_bytes()).is_err() {
         return 1;
@@ -105,17 +133,8 @@ fn main() -> i32 {
         if crate::sandbox::pyembed::loaded() {
             crate::sandbox::pyembed::scrub_stack();
         }
-        let mut preload = None;
         let result = match serde_json::from_slice::<AgentJob>(&line) {
-            Ok(job) => {
-                if job.preload {
-                    preload = job.steps.last().and_then(|s| {
-                        let env = step_env(s);
-                        crate::sandbox::pyembed::request_for(&env, &path_of(&env))
-                    });
-                }
-                run_job(&job)
-            }
+            Ok(job) => run_job(&job, &fresh),
             Err(e) => AgentResult {
                 error: Some(format!("bad request: {e}")),
                 ..Default::default()
@@ -129,10 +148,6 @@ fn main() -> i32 {
             return 1;
         }
         drop(s);
-        if let Some(req) = preload {
-            crate::sandbox::pyembed::scrub_stack();
-            crate::sandbox::pyembed::preload(req);
-        }
     }
 }
 
@@ -171,11 +186,11 @@ fn read_line(fd: i32) -> std::io::Result<Option<Vec<u8>>> {
 /// The environment a step's program gets: the container's (the image's ENV: PATH,
 /// toolchain settings), as an exec would see it, then the step's own variables; sorted by
 /// name, as `Command` passes them.
-fn step_env(step: &AgentStep) -> Vec<(String, String)> {
+fn step_env(vars: &[(String, String)]) -> Vec<(String, String)> {
     let mut env: std::collections::BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| !k.starts_with("LLM_SANDBOX_"))
         .collect();
-    for (k, v) in &step.env {
+    for (k, v) in vars {
         env.insert(k.clone(), v.clone());
     }
     env.into_iter().collect()
@@ -188,7 +203,7 @@ fn path_of(env: &[(String, String)]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn run_job(job: &AgentJob) -> AgentResult {
+fn run_job(job: &AgentJob, fresh: &[Root]) -> AgentResult {
     let mut r = AgentResult::default();
     if let Err(e) = unpack(&job.inputs) {
         r.error = Some(format!("cannot unpack the job's files: {e}"));
@@ -204,17 +219,25 @@ fn run_job(job: &AgentJob) -> AgentResult {
             }
         }
     }
-    let killed = kill_user();
+    let killed = kill_all();
     let (oom, pids) = counters();
     r.oom_kills = oom;
     r.pids_max_hits = pids;
-    if job.collect && r.error.is_none() {
-        match pack(job.collect_cap) {
+    let wanted = crate::sandbox::collect::select(
+        Path::new("/sandbox"),
+        &job.collect_globs,
+        &job.collect_paths,
+    );
+    if (!job.collect_globs.is_empty() || !job.collect_paths.is_empty()) && r.error.is_none() {
+        match pack(&wanted.files, job.collect_cap, &mut r.refused) {
             Ok(t) => r.tar = Some(super::base64(&t)),
-            Err(e) => r.error = Some(format!("cannot pack the workdir: {e}")),
+            Err(e) => r.error = Some(format!("cannot pack the job's files: {e}")),
         }
+        r.refused.extend(wanted.refused);
     }
-    r.clean = killed && clean();
+    let verdict = clean(killed, fresh);
+    r.clean = verdict.is_ok();
+    r.unclean = verdict.err();
     r
 }
 
@@ -254,7 +277,7 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
         }
     };
     let mut cmd = std::process::Command::new(&step.argv[0]);
-    let env = step_env(step);
+    let env = step_env(&step.env);
     cmd.args(&step.argv[1..])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -272,6 +295,15 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The OOM killer's first choice in the container, before this agent.
+            let adj = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if adj >= 0 {
+                libc::write(adj, b"1000".as_ptr() as *const _, 4);
+                libc::close(adj);
+            }
             if libc::setsid() < 0
                 || libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setgid(UID) != 0
@@ -420,7 +452,7 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     }
     drop(stdin);
     if res.timed_out || res.output_limit_hit || exited_at.is_some() {
-        kill_user();
+        kill_all();
     } else {
         // Output closed: the program ended (or closed both streams): wait for it up to
         // the deadline.
@@ -432,7 +464,7 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
         }
         if matches!(child.try_wait(), Ok(None)) {
             res.timed_out = true;
-            kill_user();
+            kill_all();
         }
     }
     if let Ok(st) = child.wait() {
@@ -448,38 +480,78 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     res
 }
 
-/// Kills every process of the sandbox user until none is left; false if some survive.
-fn kill_user() -> bool {
+/// Kills every process of the container but pid 1 (its init), this agent and root's (a
+/// job never runs as root; a job's processes cannot hide from `/proc`: the rule of
+/// [`clean`]), until none is left. Returns the evidence of the last round: processes left
+/// and `/proc` entries of live processes that could not be read.
+fn kill_all() -> Evidence {
+    let me = std::process::id();
+    let mut e = Evidence::default();
     for round in 0..200 {
-        let mut found = 0;
+        let (mut found, mut unreadable) = (0, 0);
         if let Ok(rd) = std::fs::read_dir("/proc") {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            for entry in rd.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
                     continue;
                 };
-                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                if pid == 1 || pid == me {
                     continue;
-                };
-                let user = status
-                    .lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .is_some_and(|l| l.split_whitespace().skip(1).any(|u| u == "1000"));
-                if user {
-                    found += 1;
-                    // SAFETY: a plain signal.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
+                }
+                match process_of(pid) {
+                    Some(p) if p.root || p.zombie => {}
+                    Some(_) => {
+                        found += 1;
+                        // SAFETY: a plain signal.
+                        unsafe {
+                            libc::kill(pid as i32, libc::SIGKILL);
+                        }
                     }
+                    // Gone meanwhile, or there but unreadable.
+                    None => unreadable += u32::from(Path::new(&format!("/proc/{pid}")).exists()),
                 }
             }
         }
+        e.processes_left = found;
+        e.unreadable = unreadable;
         if found == 0 {
-            return true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(if round < 10 { 2 } else { 10 }));
     }
-    false
+    e
+}
+
+/// What the cleaning needs to know of a process, from `/proc/PID/status` read as bytes (a
+/// process chooses its own name: not necessarily UTF-8, never trusted to be).
+struct Process {
+    /// Every one of its uids (real, effective, saved, filesystem) is 0.
+    root: bool,
+    zombie: bool,
+}
+
+fn process_of(pid: u32) -> Option<Process> {
+    let status = std::fs::read(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &[u8]| -> Option<Vec<&[u8]>> {
+        status
+            .split(|b| *b == b'\n')
+            .find(|l| l.starts_with(key))
+            .map(|l| {
+                l[key.len()..]
+                    .split(|b| b.is_ascii_whitespace())
+                    .filter(|w| !w.is_empty())
+                    .collect()
+            })
+    };
+    let uids = field(b"Uid:")?;
+    let state = field(b"State:")?;
+    Some(Process {
+        root: uids.len() == 4 && uids.iter().all(|u| *u == b"0"),
+        zombie: state.first() == Some(&&b"Z"[..]),
+    })
 }
 
 fn counters() -> (u64, u64) {
@@ -516,42 +588,51 @@ fn counters() -> (u64, u64) {
     )
 }
 
-/// The workdir as a tar (links stored as links, never followed).
-fn pack(cap: u64) -> std::io::Result<Vec<u8>> {
+/// The selected files of the workdir (relative paths) as a tar, each opened without
+/// following a link; a file that cannot be packed (or past `cap` bytes in all) is refused
+/// with why.
+fn pack(
+    files: &[String],
+    cap: u64,
+    refused: &mut Vec<(String, String)>,
+) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
     let mut total = 0u64;
-    let mut stack = vec![std::path::PathBuf::from("/sandbox")];
-    while let Some(d) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&d)?.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let p = e.path();
-            let rel = p.strip_prefix("/sandbox").unwrap_or(&p).to_path_buf();
-            let meta = std::fs::symlink_metadata(&p)?;
-            if meta.is_dir() {
-                b.append_dir(&rel, &p)?;
-                stack.push(p);
-            } else if meta.is_file() {
-                total += meta.len();
-                if total > cap {
-                    break;
-                }
-                b.append_path_with_name(&p, &rel)?;
-            } else if meta.file_type().is_symlink() {
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                let target = std::fs::read_link(&p)?;
-                b.append_link(&mut h, &rel, target)?;
+    for rel in files {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(Path::new("/sandbox").join(rel));
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                refused.push((rel.clone(), e.to_string()));
+                continue;
             }
+        };
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            refused.push((rel.clone(), "not a regular file".into()));
+            continue;
         }
+        total += meta.len();
+        if total > cap {
+            refused.push((
+                rel.clone(),
+                "the files copied out exceed the size limit".into(),
+            ));
+            continue;
+        }
+        b.append_file(rel, &mut f)?;
     }
     b.into_inner()
 }
 
-/// Empties the writable places and removes System V objects; true when proven empty.
-fn clean() -> bool {
+/// Empties the writable places, puts their roots back as the container was made
+/// (`fresh`: owner, mode, extended attributes, ACLs included), removes System V objects,
+/// then collects the evidence and asks [`clean::verdict`].
+fn clean(killed: Evidence, fresh: &[Root]) -> Result<(), String> {
     for d in WRITABLE {
         if let Ok(rd) = std::fs::read_dir(d) {
             for e in rd.flatten() {
@@ -563,17 +644,157 @@ fn clean() -> bool {
             }
         }
     }
-    // SAFETY: chown/chmod of a path we own the mount of.
-    unsafe {
-        let p = c"/sandbox";
-        libc::chown(p.as_ptr(), UID, UID);
-        libc::chmod(p.as_ptr(), 0o755);
+    for f in fresh {
+        repair(f);
     }
     remove_ipc();
-    let empty = WRITABLE
+    let mut e = killed;
+    for d in WRITABLE {
+        if let Some(first) = std::fs::read_dir(d).ok().and_then(|mut rd| rd.next()) {
+            e.left.push(
+                first
+                    .map(|x| x.path().display().to_string())
+                    .unwrap_or_else(|err| format!("{d}: {err}")),
+            );
+        }
+    }
+    e.roots = snapshot_roots();
+    e.ipc_objects = ipc_ids().iter().map(|v| v.len() as u32).sum();
+    // Sockets of the job's processes close with them; a connection still closing on the
+    // loopback takes a few milliseconds (TIME_WAIT is off in these containers).
+    for _ in 0..50 {
+        e.sockets = sockets();
+        if e.sockets == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    clean::verdict(&e, fresh)
+}
+
+/// The TCP and UDP sockets of this network namespace.
+fn sockets() -> u32 {
+    ["tcp", "tcp6", "udp", "udp6"]
         .iter()
-        .all(|d| std::fs::read_dir(d).map_or(true, |mut rd| rd.next().is_none()));
-    empty && ipc_ids().iter().all(|v| v.is_empty())
+        .filter_map(|t| std::fs::read(format!("/proc/net/{t}")).ok())
+        .map(|b| {
+            b.split(|c| *c == b'\n')
+                .filter(|l| !l.is_empty())
+                .count()
+                .saturating_sub(1) as u32
+        })
+        .sum()
+}
+
+/// The writable places' roots as they are now: owner, group, mode, extended attributes
+/// (ACLs are the `system.posix_acl_*` ones), never following a link.
+fn snapshot_roots() -> Vec<Root> {
+    use std::os::unix::fs::MetadataExt;
+    WRITABLE
+        .iter()
+        .filter_map(|d| {
+            let m = std::fs::symlink_metadata(d).ok()?;
+            let xattrs = xattrs_of(d);
+            Some(Root {
+                path: d.to_string(),
+                uid: m.uid(),
+                gid: m.gid(),
+                mode: m.mode() & 0o7777,
+                acl: xattrs
+                    .as_ref()
+                    .map(|x| x.iter().any(|(n, _)| n.starts_with("system.posix_acl_"))),
+                xattrs,
+            })
+        })
+        .collect()
+}
+
+/// The extended attributes of `path` (name, hex value), sorted; None when they cannot be
+/// listed.
+fn xattrs_of(path: &str) -> Option<Vec<(String, String)>> {
+    let p = std::ffi::CString::new(path).ok()?;
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: a buffer of the size we pass.
+    let n = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr() as *mut _, names.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        // A file system without extended attributes has none.
+        return (e == Some(libc::ENOTSUP)).then(Vec::new);
+    }
+    let mut out = Vec::new();
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
+        let cname = std::ffi::CString::new(name).ok()?;
+        let mut value = vec![0u8; 64 << 10];
+        // SAFETY: as above.
+        let len = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr() as *mut _,
+                value.len(),
+            )
+        };
+        let hex: String = if len < 0 {
+            "?".into()
+        } else {
+            let digits: String = value[..len as usize]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("0x{digits}")
+        };
+        out.push((String::from_utf8_lossy(name).into_owned(), hex));
+    }
+    out.sort();
+    Some(out)
+}
+
+/// Puts a root back as it was (`fresh`): owner, mode, and extended attributes (ACLs
+/// included: a default ACL would make every later job's files read-only).
+fn repair(fresh: &Root) {
+    let Ok(p) = std::ffi::CString::new(fresh.path.as_str()) else {
+        return;
+    };
+    if let (Some(now), Some(want)) = (xattrs_of(&fresh.path), &fresh.xattrs) {
+        for (name, value) in &now {
+            if want.iter().any(|(n, v)| n == name && v == value) {
+                continue;
+            }
+            if let Ok(n) = std::ffi::CString::new(name.as_str()) {
+                // SAFETY: path and name are NUL-terminated.
+                unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) };
+            }
+        }
+        for (name, value) in want {
+            if now.iter().any(|(n, v)| n == name && v == value) {
+                continue;
+            }
+            let hex = value.trim_start_matches("0x");
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            if let Ok(n) = std::ffi::CString::new(name.as_str()) {
+                // SAFETY: as above, with a value buffer of the size we pass.
+                unsafe {
+                    libc::lsetxattr(
+                        p.as_ptr(),
+                        n.as_ptr(),
+                        bytes.as_ptr() as *const _,
+                        bytes.len(),
+                        0,
+                    )
+                };
+            }
+        }
+    }
+    // SAFETY: chown/chmod of a root this agent may change (CHOWN, FOWNER).
+    unsafe {
+        libc::lchown(p.as_ptr(), fresh.uid, fresh.gid);
+        libc::chmod(p.as_ptr(), fresh.mode);
+    }
 }
 
 /// System V ids in /proc/sysvipc (shm, msg, sem).

@@ -42,6 +42,10 @@ pub struct ContainerSpec {
     /// Warm containers on a local engine: this binary, bind-mounted read-only at
     /// [`AGENT_PATH`] and started as the container's job agent.
     pub agent: Option<std::path::PathBuf>,
+    /// Preloaded Python (README, "Preloaded Python"): the start-up variables of a Python
+    /// job, with which the agent initialises the image's CPython when it starts, before any
+    /// job ran in the container.
+    pub preload: Option<Vec<(String, String)>>,
 }
 
 /// Where the agent binary appears inside a container.
@@ -106,6 +110,9 @@ pub struct Container {
     pub keep_on_timeout: bool,
     /// Podman: the tmpfs volumes of its `/sandbox` and `/tmp`, removed with it.
     volumes: Vec<String>,
+    /// Warm containers without an agent: their writable places' roots as made
+    /// ([`crate::backend::clean`]).
+    pub fresh: Option<Vec<crate::backend::clean::Root>>,
 }
 
 /// The process rlimit of Podman containers: this host's hard limit, at most 32768 (what
@@ -219,13 +226,23 @@ impl Container {
                     .push(format!("{}:{AGENT_PATH}:ro", bin.display()));
             }
             let mut sec = vec!["no-new-privileges".to_string()];
-            if podman && engine.local && engine.endpoint.starts_with("unix://") {
+            // The project's profile (super::seccomp): Docker takes its JSON, Podman a path on
+            // its own machine (so only a local Podman gets it).
+            if !podman {
+                sec.push(format!("seccomp={}", super::seccomp::profile()));
+            } else if engine.local && engine.endpoint.starts_with("unix://") {
                 if let Some(p) = super::seccomp::local_profile_path() {
                     sec.push(format!("seccomp={}", p.display()));
                 }
             }
             host.security_opt = Some(sec);
             host.readonly_rootfs = Some(true);
+            // No TIME_WAIT in the container's network namespace: a connection a job closed
+            // must not keep its port from the next job of a warm container.
+            host.sysctls = Some(HashMap::from([(
+                "net.ipv4.tcp_max_tw_buckets".to_string(),
+                "0".to_string(),
+            )]));
             host.tmpfs = Some(tmpfs);
             host.shm_size = Some(l.disk.min(i64::MAX as u64) as i64);
             host.ipc_mode = Some("private".into());
@@ -299,6 +316,7 @@ impl Container {
             counters: (0, 0),
             keep_on_timeout: false,
             volumes,
+            fresh: None,
         };
         let attach = bollard::query_parameters::AttachContainerOptionsBuilder::default()
             .stdin(true)
@@ -326,7 +344,7 @@ impl Container {
                 )
             })?;
         if spec.agent.is_some() {
-            if let Err(e) = c.start_agent().await {
+            if let Err(e) = c.start_agent(spec.preload.as_deref()).await {
                 // An image the binary cannot run in (another libc, say): one exec per step.
                 tracing::debug!("no agent in a container of {}: {e}", spec.image);
             }
@@ -338,14 +356,50 @@ impl Container {
         self.agent.is_some()
     }
 
-    async fn start_agent(&mut self) -> Result<(), String> {
+    /// The roots of the writable places, as [`crate::backend::clean::SCRIPT`] sees them.
+    pub async fn snapshot_roots(&mut self) -> Result<Vec<crate::backend::clean::Root>, String> {
+        let argv: Vec<String> = [
+            "/bin/sh",
+            "-c",
+            crate::backend::clean::SCRIPT,
+            "sh",
+            "snapshot",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = self
+            .exec(
+                &argv,
+                Some("0:0"),
+                &[],
+                None,
+                1 << 16,
+                Duration::from_secs(30),
+                &CancellationToken::new(),
+            )
+            .await?;
+        Ok(crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr)).roots)
+    }
+
+    async fn start_agent(&mut self, preload: Option<&[(String, String)]>) -> Result<(), String> {
         let opts = CreateExecOptions::<String> {
             cmd: Some(vec![AGENT_PATH.into(), super::agent::SUBCOMMAND.into()]),
             attach_stdin: Some(true),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             user: Some("0:0".into()),
-            env: Some(vec!["LLM_SANDBOX_AGENT=1".into()]),
+            env: Some(
+                std::iter::once("LLM_SANDBOX_AGENT=1".to_string())
+                    .chain(preload.map(|env| {
+                        format!(
+                            "{}={}",
+                            super::agent::PRELOAD_ENV,
+                            serde_json::to_string(env).unwrap_or_default()
+                        )
+                    }))
+                    .collect(),
+            ),
             working_dir: Some("/".into()),
             ..Default::default()
         };
@@ -366,7 +420,7 @@ impl Container {
             output,
             buf: Vec::new(),
         };
-        let line = tokio::time::timeout(Duration::from_secs(10), read_line(&mut conn))
+        let line = tokio::time::timeout(Duration::from_secs(10), read_line(&mut conn, 4096))
             .await
             .map_err(|_| "the agent did not answer within 10s".to_string())??;
         if line.trim() != super::agent::READY {
@@ -387,13 +441,17 @@ impl Container {
         let conn = self.agent.as_mut().ok_or("no agent")?;
         let mut line = serde_json::to_vec(job).map_err(|e| e.to_string())?;
         line.push(b'\n');
+        // The largest answer the job's limits allow: each step's two streams and the packed
+        // workdir, base64-encoded, and the JSON around them.
+        let raw: u64 = job.steps.iter().map(|s| 2 * s.cap).sum::<u64>() + job.collect_cap;
+        let max = (raw.saturating_mul(4) / 3 + (1 << 20)).min(usize::MAX as u64) as usize;
         let exchange = async {
             conn.input
                 .write_all(&line)
                 .await
                 .map_err(|e| format!("cannot reach the agent: {e}"))?;
             conn.input.flush().await.map_err(|e| e.to_string())?;
-            read_line(conn).await
+            read_line(conn, max).await
         };
         let got = tokio::select! {
             r = tokio::time::timeout(timeout, exchange) => r.map_err(|_| "the agent did not answer in time".to_string()),
@@ -712,13 +770,24 @@ impl Drop for Container {
 }
 
 /// The next line of the agent's stdout (its stderr is ignored).
-async fn read_line(conn: &mut AgentConn) -> Result<String, String> {
+/// One line of the agent's stdout, at most `max` bytes. Linear in what arrives: each
+/// chunk is scanned once for the end of the line (a 40 MiB answer was scanned again per
+/// chunk before).
+async fn read_line(conn: &mut AgentConn, max: usize) -> Result<String, String> {
+    let mut scanned = 0;
     loop {
-        if let Some(i) = conn.buf.iter().position(|b| *b == b'\n') {
-            let rest = conn.buf.split_off(i + 1);
+        if let Some(i) = conn.buf[scanned..].iter().position(|b| *b == b'\n') {
+            let rest = conn.buf.split_off(scanned + i + 1);
             let mut line = std::mem::replace(&mut conn.buf, rest);
             line.pop();
             return String::from_utf8(line).map_err(|e| e.to_string());
+        }
+        scanned = conn.buf.len();
+        if scanned > max {
+            return Err(format!(
+                "the agent's answer is larger than {} (the job's output and file limits allow no more)",
+                crate::spec::units::format_size(max as u64)
+            ));
         }
         match conn.output.next().await {
             Some(Ok(LogOutput::StdOut { message })) => conn.buf.extend_from_slice(&message),

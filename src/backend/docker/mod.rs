@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// The sandbox user of the run phase.
-pub const SANDBOX_USER: &str = "1000:1000";
+/// The sandbox user of the run phase ([`tarball::SANDBOX_UID`]).
+pub const SANDBOX_USER: &str = "60999:60999";
 
 /// How long the prepare phase (libraries, setup) may take.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -274,6 +274,7 @@ pub async fn template(
         name: container_name(),
         maintenance_caps: false,
         agent: None,
+        preload: None,
     };
     let mut c = Container::start(engine.clone(), &spec)
         .await
@@ -374,6 +375,7 @@ pub fn run_spec(job: &PlannedJob, image: &str, env: Vec<(String, String)>) -> Co
         name: container_name(),
         maintenance_caps: false,
         agent: None,
+        preload: None,
     }
 }
 
@@ -486,9 +488,10 @@ struct Finished {
     clean: bool,
 }
 
-/// The end of a job in its container, one exec as the sandbox user: kill every process of
-/// the sandbox user, read the cgroup's counters, pack the workdir when `collect`, and for a
-/// warm container (`clean`) empty the writable places and prove they are empty.
+/// The end of a job in its container, one exec of [`crate::backend::clean::SCRIPT`]: kill
+/// every process of the job, read the cgroup's counters, pack the workdir when `collect`,
+/// and for a warm container (`clean`, as root) empty the writable places and prove it
+/// clean against its roots as made ([`Container::fresh`]).
 async fn finish(
     c: &mut Container,
     collect: bool,
@@ -496,63 +499,13 @@ async fn finish(
     cap: u64,
     cancel: &CancellationToken,
 ) -> Result<Finished, String> {
-    // $1: pack the workdir; $2: clean (as root, warm containers). Only shell built-ins
-    // run while processes of the job may still exist.
-    const SCRIPT: &str = r#"killall_user() {
-  n=0
-  for s in /proc/[0-9]*/status; do
-    while read -r k a b c; do
-      if [ "$k" = "Uid:" ]; then
-        if [ "$a" = 1000 ] || [ "$b" = 1000 ] || [ "$c" = 1000 ]; then
-          p=${s#/proc/}; kill -9 "${p%/status}" 2>/dev/null; n=$((n+1))
-        fi
-        break
-      fi
-    done < "$s" 2>/dev/null
-  done
-  [ $n = 0 ]
-}
-busy=0
-if [ "$2" = 1 ]; then
-  i=0
-  until killall_user; do
-    i=$((i+1)); [ $i -ge 60 ] && { busy=1; break; }
-    sleep 0.05
-  done
-else
-  kill -9 -1 2>/dev/null
-fi
-for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
-  [ -r "$f" ] && while read -r k v; do echo "$k $v" >&2; done < "$f"
-done
-if [ "$1" = 1 ]; then tar -c -C /sandbox . || exit 3; fi
-if [ "$2" = 1 ]; then
-  W="/sandbox /tmp /dev/shm /dev/mqueue"
-  find $W -mindepth 1 -delete 2>/dev/null
-  chmod 0755 /sandbox 2>/dev/null
-  left=""
-  for d in $W; do
-    for f in "$d"/* "$d"/.[!.]* "$d"/..?*; do
-      if [ -e "$f" ] || [ -L "$f" ]; then left="$f"; break 2; fi
-    done
-  done
-  ipc=0
-  for t in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
-    [ -r "$t" ] || continue
-    k=0; while read -r line; do k=$((k+1)); done < "$t"
-    [ $k -gt 1 ] && ipc=$((ipc+k-1))
-  done
-  if [ $busy = 0 ] && [ -z "$left" ]; then echo "clean yes ipc=$ipc" >&2
-  else echo "clean no busy=$busy left=$left ipc=$ipc" >&2; fi
-fi
-exit 0"#;
     let argv: Vec<String> = vec![
         "/bin/sh".into(),
         "-c".into(),
-        SCRIPT.into(),
+        crate::backend::clean::SCRIPT.into(),
         "sh".into(),
+        if clean { "clean" } else { "end" }.into(),
         if collect { "1" } else { "0" }.into(),
-        if clean { "1" } else { "0" }.into(),
     ];
     let timeout = Duration::from_secs(60);
     let user = if clean { "0:0" } else { SANDBOX_USER };
@@ -573,57 +526,31 @@ exit 0"#;
             .await;
     }
     let r = r?;
-    let mut ev = LimitEvents {
+    let out = crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr));
+    let (oom, pids) = (
+        out.oom_kills.unwrap_or(c.counters.0),
+        out.pids_max.unwrap_or(c.counters.1),
+    );
+    let ev = LimitEvents {
         enforcement: "container cgroup".into(),
+        oom_killed: oom > c.counters.0,
+        pids_limit_hit: pids > c.counters.1,
         ..Default::default()
     };
-    let (mut oom, mut pids) = c.counters;
-    let mut is_clean = false;
-    let mut ipc_left = false;
-    for line in String::from_utf8_lossy(&r.stderr).lines() {
-        let mut it = line.split_whitespace();
-        match (it.next(), it.next()) {
-            (Some("oom_kill"), Some(n)) => oom = n.parse().unwrap_or(oom),
-            (Some("max"), Some(n)) => pids = n.parse().unwrap_or(pids),
-            (Some("clean"), Some("yes")) => {
-                is_clean = true;
-                ipc_left = it.next() != Some("ipc=0");
-            }
-            (Some("clean"), Some(_)) => tracing::debug!("warm container not clean: {line}"),
-            _ => {}
-        }
-    }
-    ev.oom_killed = oom > c.counters.0;
-    ev.pids_limit_hit = pids > c.counters.1;
     c.counters = (oom, pids);
     let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
-    if clean && ok && is_clean && ipc_left {
-        // System V objects can only be removed by their owner: every process of the job
-        // is gone now, so a process of the sandbox user removes them, then they are
-        // counted again.
-        let argv: Vec<String> = vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            "ipcrm -a 2>/dev/null; cat /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem 2>/dev/null | grep -c . || true".into(),
-        ];
-        let rm = c
-            .exec(
-                &argv,
-                Some(SANDBOX_USER),
-                &[],
-                None,
-                1 << 12,
-                timeout,
-                cancel,
-            )
-            .await;
-        // Three header lines remain when every object is gone.
-        is_clean = rm.is_ok_and(|r| String::from_utf8_lossy(&r.stdout).trim() == "3");
-    }
+    let is_clean = clean
+        && ok
+        && match (&out.evidence, &c.fresh) {
+            (Some(e), Some(fresh)) => crate::backend::clean::verdict(e, fresh)
+                .map_err(|why| tracing::debug!("warm container not clean: {why}"))
+                .is_ok(),
+            _ => false,
+        };
     Ok(Finished {
         limits: ev,
         tar: (collect && ok).then_some(r.stdout),
-        clean: clean && ok && is_clean,
+        clean: is_clean,
     })
 }
 
@@ -712,6 +639,11 @@ fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
     spec.kind = "warm";
     spec.maintenance_caps = true;
     spec.agent = agent_binary();
+    if crate::sandbox::pyembed::asked(job.lang, warm_settings(job).2) {
+        // What a Python job's steps start with (its own `env` may differ: such a job then
+        // starts python3 itself).
+        spec.preload = Some(base_env(job.lang, &[], false));
+    }
     let recycle = warm_settings(job)
         .1
         .unwrap_or(pool::DEFAULT_RECYCLE_AFTER)
@@ -1054,7 +986,8 @@ async fn run_steps_agent(
                 must_succeed: s.kind != StepKind::Run,
             })
             .collect(),
-        collect: !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty(),
+        collect_globs: crate::plots::artifact_globs(job),
+        collect_paths: job.expect.files.iter().map(|f| f.path.clone()).collect(),
         collect_cap: job.limits.disk,
         preload: crate::sandbox::pyembed::asked(job.lang, warm_settings(job).2),
     };
@@ -1120,14 +1053,31 @@ async fn run_steps_agent(
     msgs.push(Msg::Limits(ev));
     if let Some(t) = a.tar.as_deref().and_then(base64_decode) {
         match collected(job, ctx, &c.id, &t) {
-            Ok((msg, dir)) => {
+            Ok((mut msg, dir)) => {
+                if let Msg::Collected { refused, .. } = &mut msg {
+                    refused.extend(a.refused.iter().cloned());
+                }
                 msgs.push(msg);
                 outcome.out_dir = Some(dir);
             }
             Err(r) => return *r,
         }
     }
-    *reusable = a.clean && a.error.is_none();
+    if let Some(e) = &a.error {
+        // The steps ran, what came after did not (packing the files).
+        msgs.push(Msg::Error {
+            message: e.clone(),
+            hint: None,
+        });
+    }
+    // A job that timed out or flooded its output takes its container down with it, as one
+    // without an agent does (README, "Docker"): only a proven-clean container of a job
+    // that ended by itself is reused.
+    *reusable =
+        a.clean && a.error.is_none() && !a.steps.iter().any(|s| s.timed_out || s.output_limit_hit);
+    if let Some(why) = &a.unclean {
+        tracing::debug!("warm container not clean: {why}");
+    }
     outcome.msgs = msgs;
     outcome.wall = started.elapsed();
     report_of(job, ctx, &outcome)

@@ -44,7 +44,15 @@ impl Warm for Container {
         let mut s = spec.spec.clone();
         s.name = crate::backend::native::sandbox_id();
         let engine = spec.engine.clone();
-        async move { Container::start(engine, &s).await }
+        async move {
+            let mut c = Container::start(engine, &s).await?;
+            if !c.has_agent() {
+                // The roots of its writable places as made: what the clean proof compares
+                // with after every job (the agent takes its own snapshot).
+                c.fresh = Some(c.snapshot_roots().await?);
+            }
+            Ok(c)
+        }
     }
 
     fn can_reuse(&self, recycle_after: u32) -> bool {
@@ -93,6 +101,7 @@ struct Key {
     disk: u64,
     open_files: u64,
     network: bool,
+    preload: bool,
 }
 
 pub struct Pool<T: Warm> {
@@ -120,6 +129,7 @@ pub fn pool(engine: &Arc<Engine>, spec: &ContainerSpec) -> Arc<Pool<Container>> 
         disk: l.disk,
         open_files: l.open_files,
         network: spec.network,
+        preload: spec.preload.is_some(),
     };
     let mut all = POOLS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {

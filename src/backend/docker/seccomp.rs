@@ -1,9 +1,12 @@
-//! The seccomp profile of Podman containers. Podman's default profile allows `unshare`,
-//! `setns` and namespace flags of `clone` (for nested containers); Docker's does not. Its
-//! Docker-compatible API takes a profile only as a path on the engine's machine, so for a
-//! local engine the runner writes this profile (the native sandbox's deny list: EPERM for
-//! the same syscalls, ENOSYS for `clone3`, EPERM for `clone` with a namespace flag) to a
-//! file named by its content hash and passes that path.
+//! The seccomp profile of the run phase's containers: the native sandbox's filters as an
+//! OCI/Docker profile (EPERM for the same deny list, ENOSYS for `clone3`, EPERM for `clone`
+//! with a namespace flag, EAFNOSUPPORT for socket families outside the native allow-list).
+//! The engines' own defaults differ (Podman's allows `unshare`, `setns` and namespace flags
+//! of `clone`; Docker 20.10's allows `io_uring_setup`, `ptrace(PTRACE_TRACEME)` and
+//! `AF_VSOCK`), so every container gets this one. Docker takes the profile's JSON in the
+//! request; Podman's Docker-compatible API takes only a path on the engine's machine, so for
+//! a local Podman the runner writes it to a file named by its content hash below its private
+//! directory and passes that path.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -28,7 +31,41 @@ pub fn profile() -> String {
     let mut rules = vec![
         serde_json::json!({"names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}),
         serde_json::json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
+        // A container has no user namespace of its own, so the per-user count of inotify
+        // instances is the host's, shared by every container job (the native sandbox
+        // limits it per sandbox instead): refused, as if the kernel had no inotify
+        // (programs that watch files fall back to polling).
+        serde_json::json!({"names": ["inotify_init", "inotify_init1"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
     ];
+    // Sockets by family (crate::sandbox::seccomp::SOCKET_FAMILIES): every other value of
+    // the family argument, one comparison a rule as libseccomp wants them.
+    let allowed: Vec<u64> = crate::sandbox::seccomp::SOCKET_FAMILIES
+        .iter()
+        .map(|(_, f)| *f as u64)
+        .collect();
+    let top = allowed.iter().max().copied().unwrap_or(0);
+    let refuse = |args: serde_json::Value| {
+        serde_json::json!({
+            "names": ["socket", "socketpair"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": libc::EAFNOSUPPORT,
+            "args": args,
+        })
+    };
+    for family in (0..top).filter(|f| !allowed.contains(f)) {
+        rules.push(refuse(serde_json::json!([
+            {"index": 0, "value": family, "op": "SCMP_CMP_EQ"}
+        ])));
+    }
+    rules.push(refuse(serde_json::json!([
+        {"index": 0, "value": top + 1, "op": "SCMP_CMP_GE"}
+    ])));
+    for protocol in crate::sandbox::seccomp::NETLINK_PROTOCOLS {
+        rules.push(refuse(serde_json::json!([
+            {"index": 0, "value": libc::AF_NETLINK, "op": "SCMP_CMP_EQ"},
+            {"index": 2, "value": protocol, "op": "SCMP_CMP_NE"}
+        ])));
+    }
     for flag in CLONE_NS_FLAGS {
         rules.push(serde_json::json!({
             "names": ["clone"],
@@ -48,22 +85,18 @@ pub fn local_profile_path() -> Option<PathBuf> {
         use sha2::Digest;
         let body = profile();
         let hash = format!("{:x}", sha2::Sha256::digest(body.as_bytes()));
-        let dir = if nix::unistd::geteuid().is_root() {
-            PathBuf::from("/run/llm-sandbox")
-        } else {
-            std::env::var_os("XDG_RUNTIME_DIR")
-                .filter(|d| !d.is_empty())
-                .map(|d| PathBuf::from(d).join("llm-sandbox"))
-                .unwrap_or_else(|| {
-                    std::env::temp_dir().join(format!("llm-sandbox-{}", nix::unistd::getuid()))
-                })
+        let dir = match crate::run::owner::runs_root() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("cannot write the Podman seccomp profile: {e}");
+                return None;
+            }
         };
         let path = dir.join(format!("seccomp-podman-{}.json", &hash[..16]));
         if std::fs::read(&path).ok().as_deref() == Some(body.as_bytes()) {
             return Some(path);
         }
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
             let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
             std::io::Write::write_all(&mut tmp, body.as_bytes())?;
             tmp.persist(&path).map_err(|e| e.error)?;

@@ -6,8 +6,11 @@
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-/// The uid/gid of the sandbox user inside the default images.
-pub const SANDBOX_UID: u64 = 1000;
+/// The uid/gid of the sandbox user of containers and pods (the user `sandbox` of the
+/// default images). Containers have no user namespace: this is a uid of the host's too, so
+/// it is one no host user has (not 1000, the first user of most machines), and whatever
+/// per-user kernel count a job uses up is not a host user's (README, "Security").
+pub const SANDBOX_UID: u64 = 60_999;
 
 /// The command that unpacks a tar stream from stdin into the workdir of a container or
 /// pod (`tar` of the image; owners from the archive ignored, mtimes set to now).
@@ -205,6 +208,18 @@ fn ensure_dirs(dest: &Path, rel: Option<&Path>) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_sandbox_user_is_one_uid_everywhere() {
+        let uid = super::SANDBOX_UID.to_string();
+        assert_eq!(super::super::SANDBOX_USER, format!("{uid}:{uid}"));
+        assert_ne!(super::SANDBOX_UID, 1000, "the first user of most machines");
+        let script = include_str!("../../../scripts/build-images");
+        assert!(
+            script.contains(&format!("sandbox_uid={uid}\n")),
+            "scripts/build-images makes the user `sandbox` with another uid"
+        );
+    }
+
     use super::*;
 
     #[test]

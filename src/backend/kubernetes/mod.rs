@@ -398,6 +398,8 @@ pub struct SandboxPod {
     pub dead: bool,
     /// Jobs it has run (warm pods).
     pub uses: u32,
+    /// Warm pods: the roots of its writable places as made ([`crate::backend::clean`]).
+    pub fresh: Option<Vec<crate::backend::clean::Root>>,
     /// The cgroup's OOM kills and pids-limit hits seen so far (warm pods).
     counters: (u64, u64),
     born: Instant,
@@ -435,6 +437,7 @@ impl SandboxPod {
             name,
             dead: false,
             uses: 0,
+            fresh: None,
             counters: (0, 0),
             born: Instant::now(),
         };
@@ -706,7 +709,35 @@ impl docker::pool::Warm for SandboxPod {
             spec.namespace.clone(),
             spec.start_timeout,
         );
-        async move { SandboxPod::start(cluster, &ns, m, t, &CancellationToken::new()).await }
+        async move {
+            let cancel = CancellationToken::new();
+            let mut p = SandboxPod::start(cluster, &ns, m, t, &cancel).await?;
+            // The roots of its writable places as made: what the clean proof compares with.
+            let argv: Vec<String> = [
+                "/bin/sh",
+                "-c",
+                crate::backend::clean::SCRIPT,
+                "sh",
+                "snapshot",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            match p
+                .exec(&argv, None, 1 << 16, Duration::from_secs(30), &cancel)
+                .await
+            {
+                Ok(r) => {
+                    let out = crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr));
+                    p.fresh = Some(out.roots);
+                    Ok(p)
+                }
+                Err(e) => {
+                    p.delete().await;
+                    Err(e)
+                }
+            }
+        }
     }
 
     fn can_reuse(&self, recycle_after: u32) -> bool {
@@ -1210,53 +1241,9 @@ async fn run_steps(
     docker::report_of(job, ctx, &outcome)
 }
 
-/// The end of a job in its pod, one exec as the sandbox user: `$1` = 1 packs the workdir
-/// (a tar on stdout); `$2` = 1 (warm pods) kills every process but the keep-alive (pid 1)
-/// and this one, empties `/sandbox`, `/tmp` and `/dev/shm`, removes System V IPC objects,
-/// and says `clean yes` only when a check proves all of that. The cgroup's counters go to
-/// stderr. Only shell built-ins run while processes of the job may still exist.
-pub const FINISH_SCRIPT: &str = r#"kill -9 -1 2>/dev/null
-for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
-  [ -r "$f" ] && while read -r k v; do echo "$k $v" >&2; done < "$f"
-done
-if [ "$1" = 1 ]; then tar -c -C /sandbox . || exit 3; fi
-if [ "$2" = 1 ]; then
-  busy=0; i=0
-  while :; do
-    n=0
-    for d in /proc/[0-9]*; do
-      p=${d#/proc/}
-      if [ "$p" = 1 ] || [ "$p" = $$ ]; then continue; fi
-      st=x
-      read -r _ _ st _ < "$d/stat" 2>/dev/null || continue
-      [ "$st" = Z ] && continue
-      kill -9 "$p" 2>/dev/null && n=$((n+1))
-    done
-    [ $n = 0 ] && break
-    i=$((i+1)); [ $i -ge 200 ] && { busy=1; break; }
-  done
-  find /sandbox /tmp /dev/shm -mindepth 1 -delete 2>/dev/null
-  ipcrm -a 2>/dev/null
-  left=""
-  for d in /sandbox /tmp /dev/shm; do
-    for f in "$d"/* "$d"/.[!.]* "$d"/..?*; do
-      if [ -e "$f" ] || [ -L "$f" ]; then left="$f"; break 2; fi
-    done
-  done
-  ipc=0
-  for t in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
-    [ -r "$t" ] || continue
-    k=0; while read -r line; do k=$((k+1)); done < "$t"
-    [ $k -gt 1 ] && ipc=$((ipc+k-1))
-  done
-  if [ $busy = 0 ] && [ -z "$left" ] && [ $ipc = 0 ]; then echo "clean yes" >&2
-  else echo "clean no busy=$busy left=$left ipc=$ipc" >&2; fi
-fi
-exit 0"#;
-
-/// The end of a job in its pod (one exec, [`FINISH_SCRIPT`]): the limit events since the
-/// last job, the workdir's tar when `collect`, and (`clean`) whether the pod was proven
-/// clean.
+/// The end of a job in its pod (one exec of [`crate::backend::clean::SCRIPT`], as the pod's
+/// user): the limit events since the last job, the workdir's tar when `collect`, and
+/// (`clean`, warm pods) whether the pod was proven clean against its roots as made.
 async fn finish(
     p: &mut SandboxPod,
     collect: bool,
@@ -1267,26 +1254,19 @@ async fn finish(
     let argv: Vec<String> = vec![
         "/bin/sh".into(),
         "-c".into(),
-        FINISH_SCRIPT.into(),
+        crate::backend::clean::SCRIPT.into(),
         "sh".into(),
+        if clean { "clean" } else { "end" }.into(),
         if collect { "1" } else { "0" }.into(),
-        if clean { "1" } else { "0" }.into(),
     ];
     let r = p
         .exec(&argv, None, cap, Duration::from_secs(60), cancel)
         .await?;
-    let (mut oom, mut pids) = p.counters;
-    let mut is_clean = false;
-    for line in String::from_utf8_lossy(&r.stderr).lines() {
-        let mut it = line.split_whitespace();
-        match (it.next(), it.next()) {
-            (Some("oom_kill"), Some(n)) => oom = n.parse().unwrap_or(oom),
-            (Some("max"), Some(n)) => pids = n.parse().unwrap_or(pids),
-            (Some("clean"), Some("yes")) => is_clean = true,
-            (Some("clean"), Some(_)) => tracing::debug!("warm pod not clean: {line}"),
-            _ => {}
-        }
-    }
+    let out = crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr));
+    let (oom, pids) = (
+        out.oom_kills.unwrap_or(p.counters.0),
+        out.pids_max.unwrap_or(p.counters.1),
+    );
     let ev = LimitEvents {
         enforcement: "pod cgroup".into(),
         oom_killed: oom > p.counters.0,
@@ -1295,11 +1275,15 @@ async fn finish(
     };
     p.counters = (oom, pids);
     let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
-    Ok((
-        ev,
-        (collect && ok).then_some(r.stdout),
-        clean && ok && is_clean,
-    ))
+    let is_clean = clean
+        && ok
+        && match (&out.evidence, &p.fresh) {
+            (Some(e), Some(fresh)) => crate::backend::clean::verdict(e, fresh)
+                .map_err(|why| tracing::debug!("warm pod not clean: {why}"))
+                .is_ok(),
+            _ => false,
+        };
+    Ok((ev, (collect && ok).then_some(r.stdout), is_clean))
 }
 
 #[cfg(test)]

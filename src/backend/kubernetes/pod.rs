@@ -6,7 +6,7 @@
 //!   `runtimeClassName`, `priorityClassName`, `imagePullSecrets`, …), its other volumes and
 //!   the sandbox container's `imagePullPolicy`, `resources.requests` (capped at the job's
 //!   limits) and extra `volumeMounts`;
-//! - always ours: the pod and container security contexts (non-root uid 1000, no privilege
+//! - always ours: the pod and container security contexts (non-root uid 60999, no privilege
 //!   escalation, every capability dropped, read-only root filesystem, seccomp
 //!   `RuntimeDefault`), `automountServiceAccountToken: false`, `enableServiceLinks: false`,
 //!   no host namespaces, `restartPolicy: Never`, the container's command, the
@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 /// The sandbox container's name.
 pub const CONTAINER: &str = "sandbox";
 /// The uid and gid everything in the pod runs as.
-pub const UID: i64 = 1000;
+pub const UID: i64 = crate::backend::docker::tarball::SANDBOX_UID as i64;
 /// Label: the pod is ours.
 pub const LABEL: &str = "llm-sandbox";
 /// Label: the runner that owns it (`ls-<pid>-<starttime>`).
@@ -466,7 +466,7 @@ mod tests {
         assert_eq!(spec["automountServiceAccountToken"], false);
         assert_eq!(spec["restartPolicy"], "Never");
         assert_eq!(spec["activeDeadlineSeconds"], 30);
-        assert_eq!(spec["securityContext"]["runAsUser"], 1000);
+        assert_eq!(spec["securityContext"]["runAsUser"], UID);
         assert_eq!(spec["securityContext"]["supplementalGroups"], json!([5000]));
         assert_eq!(spec["securityContext"]["sysctls"], Value::Null);
         let c = &spec["containers"][0];

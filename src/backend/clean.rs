@@ -1,0 +1,350 @@
+//! The proof that a warm container or pod is clean: after a job, nothing of it may reach
+//! the next job that runs there. One rule for every backend that reuses sandboxes (Docker
+//! and Podman containers, Kubernetes pods; native sandboxes are never reused):
+//!
+//! - **processes**: every process of the sandbox is killed but pid 1 (the keep-alive),
+//!   the cleaner itself and root's (the agent, the engine's init: a job never runs as
+//!   root). A process is found through `/proc`, which no process can leave; one whose
+//!   `/proc` entry exists but cannot be read makes the sandbox not clean.
+//! - **files**: `/sandbox`, `/tmp`, `/dev/shm` and `/dev/mqueue` are emptied, and their
+//!   roots must be as they were when the sandbox was made: owner, group, mode, ACLs and
+//!   extended attributes ([`Root`], snapshotted before any job ran).
+//! - **IPC and sockets**: no System V IPC object and no TCP or UDP socket is left (a
+//!   TIME_WAIT on the sandbox's loopback would make the next job's `bind` fail).
+//!
+//! Two collectors gather the [`Evidence`], and this module's [`verdict`] judges it: the
+//! agent of a warm container (in Rust, inside it: it also repairs roots, which needs
+//! syscalls no shell tool of an arbitrary image offers), and [`SCRIPT`] (POSIX sh and
+//! coreutils, for pods and containers without an agent; `getfattr` when the image has it).
+//! A sandbox that is not proven clean is removed, never reused.
+
+use serde::{Deserialize, Serialize};
+
+/// The writable places of a sandbox, emptied after every job.
+pub const WRITABLE: &[&str] = &["/sandbox", "/tmp", "/dev/shm", "/dev/mqueue"];
+
+/// A writable place's root as the sandbox was made (or as a job left it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Root {
+    pub path: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits (with setuid, setgid, sticky).
+    pub mode: u32,
+    /// Whether it has a POSIX ACL; None: not known (the collector could not tell).
+    pub acl: Option<bool>,
+    /// Its extended attributes (name, hex value), sorted; None: not known (no `getfattr`).
+    pub xattrs: Option<Vec<(String, String)>>,
+}
+
+/// What a collector found after cleaning.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Processes still alive after the last round of killing.
+    pub processes_left: u32,
+    /// `/proc` entries of live processes that could not be read.
+    pub unreadable: u32,
+    /// Entries left in a writable place (the first few).
+    pub left: Vec<String>,
+    /// The writable places' roots.
+    pub roots: Vec<Root>,
+    /// System V IPC objects left.
+    pub ipc_objects: u32,
+    /// TCP and UDP sockets left in the sandbox's network namespace.
+    pub sockets: u32,
+}
+
+/// Whether `e` proves the sandbox clean, against its roots as made (`fresh`); `Err` says
+/// what is not.
+pub fn verdict(e: &Evidence, fresh: &[Root]) -> Result<(), String> {
+    if e.processes_left > 0 {
+        return Err(format!(
+            "{} process(es) survived the kill",
+            e.processes_left
+        ));
+    }
+    if e.unreadable > 0 {
+        return Err(format!(
+            "{} process(es) whose /proc entry could not be read",
+            e.unreadable
+        ));
+    }
+    if let Some(first) = e.left.first() {
+        return Err(format!("left behind: {first}"));
+    }
+    for f in fresh {
+        let Some(now) = e.roots.iter().find(|r| r.path == f.path) else {
+            return Err(format!("{} was not examined", f.path));
+        };
+        if (now.uid, now.gid, now.mode) != (f.uid, f.gid, f.mode) {
+            return Err(format!(
+                "{} is {}:{} {:04o}, was {}:{} {:04o}",
+                f.path, now.uid, now.gid, now.mode, f.uid, f.gid, f.mode
+            ));
+        }
+        if let (Some(a), Some(b)) = (now.acl, f.acl) {
+            if a != b {
+                return Err(format!(
+                    "{} has {} ACL",
+                    f.path,
+                    if a { "an" } else { "no" }
+                ));
+            }
+        }
+        if let (Some(a), Some(b)) = (&now.xattrs, &f.xattrs) {
+            if a != b {
+                return Err(format!("{}'s extended attributes changed", f.path));
+            }
+        }
+    }
+    if e.ipc_objects > 0 {
+        return Err(format!("{} System V IPC object(s) left", e.ipc_objects));
+    }
+    if e.sockets > 0 {
+        return Err(format!("{} socket(s) left", e.sockets));
+    }
+    Ok(())
+}
+
+/// The shell collector (pods, and containers without an agent), as `sh -c SCRIPT sh MODE
+/// PACK`: MODE `snapshot` prints the roots only (right after the sandbox is made), `clean`
+/// kills, empties and prints the evidence, `end` only kills (sandboxes used once); PACK 1
+/// writes a tar of `/sandbox` to stdout before anything is emptied. The cgroup's counters
+/// (`oom_kill N`, `max N`) and the evidence go to stderr, one fact a line ([`parse`]).
+/// Only shell built-ins run while a process of the job may still exist.
+pub const SCRIPT: &str = r##"W="/sandbox /tmp /dev/shm /dev/mqueue"
+roots() {
+  for d in $W; do
+    [ -d "$d" ] || continue
+    s=$(stat -c '%u %g %a' "$d" 2>/dev/null) || continue
+    set -- $(ls -ld "$d" 2>/dev/null)
+    case "$1" in *+) acl=1 ;; ?*) acl=0 ;; *) acl=- ;; esac
+    echo "root $d $s $acl" >&2
+    if command -v getfattr >/dev/null 2>&1; then
+      echo "xattrs $d" >&2
+      getfattr -h -d -m - -e hex "$d" 2>/dev/null | while IFS= read -r l; do
+        case "$l" in "#"*|"") ;; *) echo "xattr $d $l" >&2 ;; esac
+      done
+    fi
+  done
+}
+if [ "$1" = snapshot ]; then roots; exit 0; fi
+# Every process but pid 1, this shell and root's; prints how many are left.
+kill_round() {
+  n=0; u=0
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    if [ "$p" = 1 ] || [ "$p" = $$ ]; then continue; fi
+    ids=""; st=""
+    while read -r k a b c e; do
+      case "$k" in Uid:) ids="$a $b $c $e" ;; State:) st=$a ;; esac
+    done < "$d/status" 2>/dev/null
+    if [ -z "$ids" ]; then [ -d "$d" ] && u=$((u+1)); continue; fi
+    [ "$ids" = "0 0 0 0" ] && continue
+    [ "$st" = Z ] && continue
+    kill -9 "$p" 2>/dev/null; n=$((n+1))
+  done
+}
+i=0
+while :; do
+  kill_round
+  [ $n = 0 ] && break
+  i=$((i+1)); [ $i -ge 100 ] && break
+done
+for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
+  [ -r "$f" ] && while read -r k v; do echo "$k $v" >&2; done < "$f"
+done
+if [ "$2" = 1 ]; then tar -c -C /sandbox . || exit 3; fi
+[ "$1" = clean ] || exit 0
+echo "processes-left $n" >&2
+echo "unreadable $u" >&2
+find $W -mindepth 1 -delete 2>/dev/null
+for d in $W; do
+  for f in "$d"/* "$d"/.[!.]* "$d"/..?*; do
+    if [ -e "$f" ] || [ -L "$f" ]; then echo "left $f" >&2; break; fi
+  done
+done
+roots
+ipc=0
+for t in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
+  [ -r "$t" ] || continue
+  k=0; while read -r line; do k=$((k+1)); done < "$t"
+  [ $k -gt 1 ] && ipc=$((ipc+k-1))
+done
+if [ $ipc -gt 0 ] && ipcrm -a 2>/dev/null; then
+  ipc=0
+  for t in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
+    [ -r "$t" ] || continue
+    k=0; while read -r line; do k=$((k+1)); done < "$t"
+    [ $k -gt 1 ] && ipc=$((ipc+k-1))
+  done
+fi
+echo "ipc $ipc" >&2
+sk=0
+for t in /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6; do
+  [ -r "$t" ] || continue
+  k=0; while read -r line; do k=$((k+1)); done < "$t"
+  [ $k -gt 1 ] && sk=$((sk+k-1))
+done
+echo "sockets $sk" >&2
+echo "examined" >&2
+exit 0"##;
+
+/// What [`SCRIPT`] said on stderr.
+#[derive(Debug, Default)]
+pub struct ScriptOutput {
+    /// The cgroup's OOM kills and pids-limit hits, when it could read them.
+    pub oom_kills: Option<u64>,
+    pub pids_max: Option<u64>,
+    /// The evidence, when it cleaned (`clean` mode to its end).
+    pub evidence: Option<Evidence>,
+    /// The roots it printed (every mode).
+    pub roots: Vec<Root>,
+}
+
+/// Parses [`SCRIPT`]'s stderr.
+pub fn parse(stderr: &str) -> ScriptOutput {
+    let mut out = ScriptOutput::default();
+    let mut e = Evidence::default();
+    let mut examined = false;
+    for line in stderr.lines() {
+        let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let num = || rest.trim().parse::<u64>().ok();
+        match key {
+            "oom_kill" => out.oom_kills = num(),
+            "max" => out.pids_max = num(),
+            "processes-left" => e.processes_left = num().unwrap_or(1) as u32,
+            "unreadable" => e.unreadable = num().unwrap_or(1) as u32,
+            "left" => e.left.push(rest.to_string()),
+            "ipc" => e.ipc_objects = num().unwrap_or(1) as u32,
+            "sockets" => e.sockets = num().unwrap_or(1) as u32,
+            "examined" => examined = true,
+            "root" => {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if let [path, uid, gid, mode, acl] = f[..] {
+                    out.roots.push(Root {
+                        path: path.to_string(),
+                        uid: uid.parse().unwrap_or(u32::MAX),
+                        gid: gid.parse().unwrap_or(u32::MAX),
+                        mode: u32::from_str_radix(mode, 8).unwrap_or(u32::MAX),
+                        acl: match acl {
+                            "1" => Some(true),
+                            "0" => Some(false),
+                            _ => None,
+                        },
+                        xattrs: None,
+                    });
+                }
+            }
+            "xattrs" => {
+                if let Some(r) = out.roots.iter_mut().find(|r| r.path == rest) {
+                    r.xattrs = Some(Vec::new());
+                }
+            }
+            "xattr" => {
+                let (path, attr) = rest.split_once(' ').unwrap_or((rest, ""));
+                let (name, value) = attr.split_once('=').unwrap_or((attr, ""));
+                if let Some(list) = out
+                    .roots
+                    .iter_mut()
+                    .find(|r| r.path == path)
+                    .and_then(|r| r.xattrs.as_mut())
+                {
+                    list.push((name.to_string(), value.to_string()));
+                    list.sort();
+                }
+            }
+            _ => {}
+        }
+    }
+    if examined {
+        e.roots = out.roots.clone();
+        out.evidence = Some(e);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(path: &str, mode: u32) -> Root {
+        Root {
+            path: path.into(),
+            uid: 0,
+            gid: 0,
+            mode,
+            acl: Some(false),
+            xattrs: Some(vec![]),
+        }
+    }
+
+    #[test]
+    fn a_clean_sandbox_passes_and_every_trace_fails() {
+        let fresh = vec![root("/sandbox", 0o755), root("/tmp", 0o1777)];
+        let clean = Evidence {
+            roots: fresh.clone(),
+            ..Default::default()
+        };
+        assert_eq!(verdict(&clean, &fresh), Ok(()));
+        let mut cases: Vec<(Evidence, &str)> = Vec::new();
+        let mut e = clean.clone();
+        e.processes_left = 1;
+        cases.push((e, "survived"));
+        let mut e = clean.clone();
+        e.unreadable = 2;
+        cases.push((e, "could not be read"));
+        let mut e = clean.clone();
+        e.left = vec!["/tmp/x".into()];
+        cases.push((e, "/tmp/x"));
+        let mut e = clean.clone();
+        e.roots[0].mode = 0o777;
+        cases.push((e, "0777"));
+        let mut e = clean.clone();
+        e.roots[0].acl = Some(true);
+        cases.push((e, "ACL"));
+        let mut e = clean.clone();
+        e.roots[1].xattrs = Some(vec![("user.x".into(), "0x31".into())]);
+        cases.push((e, "extended attributes"));
+        let mut e = clean.clone();
+        e.roots.pop();
+        cases.push((e, "not examined"));
+        let mut e = clean.clone();
+        e.ipc_objects = 1;
+        cases.push((e, "IPC"));
+        let mut e = clean.clone();
+        e.sockets = 1;
+        cases.push((e, "socket"));
+        for (e, why) in cases {
+            let got = verdict(&e, &fresh).unwrap_err();
+            assert!(got.contains(why), "{got} does not say {why}");
+        }
+        // What a collector could not tell is not held against it.
+        let mut e = clean.clone();
+        e.roots[1].xattrs = None;
+        e.roots[1].acl = None;
+        assert_eq!(verdict(&e, &fresh), Ok(()));
+    }
+
+    #[test]
+    fn the_scripts_lines_make_the_evidence() {
+        let out = parse(
+            "oom_kill 3\nmax 1\nprocesses-left 0\nunreadable 0\nleft /tmp/.x\nroot /sandbox 1000 1000 755 1\nxattrs /sandbox\nxattr /sandbox user.k=0x76\nroot /tmp 0 0 1777 0\nipc 0\nsockets 2\nexamined\n",
+        );
+        assert_eq!((out.oom_kills, out.pids_max), (Some(3), Some(1)));
+        let e = out.evidence.unwrap();
+        assert_eq!(e.left, ["/tmp/.x"]);
+        assert_eq!(e.sockets, 2);
+        assert_eq!(e.roots[0].mode, 0o755);
+        assert_eq!(e.roots[0].acl, Some(true));
+        assert_eq!(
+            e.roots[0].xattrs,
+            Some(vec![("user.k".to_string(), "0x76".to_string())])
+        );
+        assert_eq!(e.roots[1].xattrs, None);
+        assert!(
+            parse("oom_kill 1\n").evidence.is_none(),
+            "no `examined`: no proof"
+        );
+    }
+}
