@@ -28,6 +28,8 @@ use std::time::Duration;
 const DIFF_LINES: usize = 20;
 /// Lines of stderr shown under a compile failure.
 const STDERR_TAIL: usize = 15;
+/// Bytes of one line of a job's text shown (a diff line, a line of stderr, a message).
+const LINE_BYTES: usize = 400;
 
 const RESET: &str = "\x1b[0m";
 const BOLD: &str = "\x1b[1m";
@@ -230,27 +232,27 @@ impl TerminalReporter {
             Status::Timeout | Status::Error => {
                 let msg = job.message.as_deref().unwrap_or(job.status.as_str());
                 for l in msg.lines() {
-                    text.push_str(&format!("{indent}{}\n", visible(l)));
+                    text.push_str(&format!("{indent}{}\n", shown(l)));
                 }
             }
             Status::Failed => {
                 if let Some(msg) = &job.message {
                     for l in msg.lines() {
-                        text.push_str(&format!("{indent}{}\n", visible(l)));
+                        text.push_str(&format!("{indent}{}\n", shown(l)));
                     }
                 }
                 for c in job.checks.iter().filter(|c| !c.passed) {
                     // The job's message already says it when it is the only failed check.
                     if job.message.as_deref() != Some(c.message.as_str()) {
                         for l in c.message.lines() {
-                            text.push_str(&format!("{indent}{}\n", visible(l)));
+                            text.push_str(&format!("{indent}{}\n", shown(l)));
                         }
                     }
                     if let (Some(e), Some(a)) = (&c.expected, &c.actual) {
                         let diff = unified_diff(e, a);
                         let lines: Vec<&str> = diff.lines().collect();
                         for l in lines.iter().take(DIFF_LINES) {
-                            let l = &*visible(l);
+                            let l = &*shown(l);
                             let painted = if l.starts_with("---") || l.starts_with("+++") {
                                 self.paint(BOLD, l)
                             } else if l.starts_with('-') {
@@ -284,7 +286,7 @@ impl TerminalReporter {
                         text.push_str(&format!("{indent}| ... ({skip} earlier lines)\n"));
                     }
                     for l in &lines[skip..] {
-                        text.push_str(&format!("{indent}| {}\n", visible(l)));
+                        text.push_str(&format!("{indent}| {}\n", shown(l)));
                     }
                 }
             }
@@ -358,6 +360,22 @@ impl TerminalReporter {
     }
 }
 
+/// One line of a job's text as shown: at most [`LINE_BYTES`] of it, [`visible`].
+fn shown(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= LINE_BYTES {
+        return visible(line);
+    }
+    let mut at = LINE_BYTES;
+    while !line.is_char_boundary(at) {
+        at -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{} ... ({} more bytes)",
+        visible(&line[..at]),
+        line.len() - at
+    ))
+}
+
 /// `text` as it may reach a terminal: what a job printed is data, never commands for the
 /// terminal. Control characters other than newline and tab (escape sequences, carriage
 /// returns, C1 controls) and the Unicode direction overrides are shown escaped (`\x1b`,
@@ -392,6 +410,10 @@ mod tests {
             visible("\x1b[2J\x1b]52;c;aGk=\x07\rPASS\u{9b}\u{202e}x"),
             "\\x1b[2J\\x1b]52;c;aGk=\\x07\\rPASS\\x9b\\u{202e}x"
         );
+        let long = "é".repeat(300);
+        let got = shown(&long);
+        assert!(got.ends_with(" ... (200 more bytes)"), "{got}");
+        assert_eq!(got.len(), 400 + " ... (200 more bytes)".len());
     }
     use super::*;
     use crate::report::model::CheckResult;
