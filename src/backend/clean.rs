@@ -129,6 +129,16 @@ roots() {
   done
 }
 if [ "$1" = snapshot ]; then roots; exit 0; fi
+# The entries of /proc tables (their lines but the header) in all of "$@".
+entries() {
+  c=0
+  for t in "$@"; do
+    [ -r "$t" ] || continue
+    k=0; while read -r line; do k=$((k+1)); done < "$t"
+    [ $k -gt 1 ] && c=$((c+k-1))
+  done
+  echo $c
+}
 # Every process but pid 1, this shell and root's; prints how many are left.
 kill_round() {
   n=0; u=0
@@ -165,30 +175,40 @@ for d in $W; do
   done
 done
 roots
-ipc=0
-for t in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
-  [ -r "$t" ] || continue
-  k=0; while read -r line; do k=$((k+1)); done < "$t"
-  [ $k -gt 1 ] && ipc=$((ipc+k-1))
-done
-if [ $ipc -gt 0 ] && ipcrm -a 2>/dev/null; then
-  ipc=0
-  for t in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
-    [ -r "$t" ] || continue
-    k=0; while read -r line; do k=$((k+1)); done < "$t"
-    [ $k -gt 1 ] && ipc=$((ipc+k-1))
-  done
-fi
+IPC="/proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem"
+ipc=$(entries $IPC)
+if [ "$ipc" -gt 0 ] && ipcrm -a 2>/dev/null; then ipc=$(entries $IPC); fi
 echo "ipc $ipc" >&2
-sk=0
-for t in /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6; do
-  [ -r "$t" ] || continue
-  k=0; while read -r line; do k=$((k+1)); done < "$t"
-  [ $k -gt 1 ] && sk=$((sk+k-1))
-done
-echo "sockets $sk" >&2
+echo "sockets $(entries /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6)" >&2
 echo "examined" >&2
 exit 0"##;
+
+/// The command line of [`SCRIPT`] in `mode` (`snapshot`, `clean`, `end`), packing the
+/// workdir to stdout with `pack`.
+pub fn script_argv(mode: &str, pack: bool) -> Vec<String> {
+    [
+        "/bin/sh",
+        "-c",
+        SCRIPT,
+        "sh",
+        mode,
+        if pack { "1" } else { "0" },
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Whether a sandbox cleaned by [`SCRIPT`] is proven clean against its roots as made
+/// (`fresh`; none taken: never); why not goes to the debug log.
+pub fn proven(out: &ScriptOutput, fresh: Option<&[Root]>, what: &str) -> bool {
+    match (&out.evidence, fresh) {
+        (Some(e), Some(fresh)) => verdict(e, fresh)
+            .map_err(|why| tracing::debug!("{what} not clean: {why}"))
+            .is_ok(),
+        _ => false,
+    }
+}
 
 /// What [`SCRIPT`] said on stderr.
 #[derive(Debug, Default)]

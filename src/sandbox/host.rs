@@ -224,15 +224,7 @@ fn spawn_server() -> std::io::Result<Server> {
         .kill_on_drop(true);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
-        cmd.pre_exec(move || {
-            if theirs_raw == CONTROL_FD {
-                let flags = libc::fcntl(CONTROL_FD, libc::F_GETFD);
-                libc::fcntl(CONTROL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(theirs_raw, CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || super::place_fd(theirs_raw, CONTROL_FD));
     }
     let child = cmd.spawn()?;
     drop(theirs);

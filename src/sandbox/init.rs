@@ -802,14 +802,7 @@ fn exec_child(
         libc::setpgid(0, 0);
         // The job's processes are the OOM killer's first choice in the sandbox's memory
         // limit, never the init or the sandbox server (README, "Security").
-        let adj = libc::open(
-            c"/proc/self/oom_score_adj".as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        );
-        if adj >= 0 {
-            libc::write(adj, b"1000".as_ptr() as *const _, 4);
-            libc::close(adj);
-        }
+        super::oom_first();
         // stdio
         if let Some(o) = out {
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);

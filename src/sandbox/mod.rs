@@ -124,6 +124,37 @@ pub struct SandboxConfig {
     pub preload: bool,
 }
 
+/// Makes the calling process (a job's step, between fork and exec) the OOM killer's first
+/// choice: `oom_score_adj` 1000, which any process may raise itself to. Async-signal-safe.
+pub fn oom_first() {
+    // SAFETY: open/write/close of a proc file with a NUL-terminated path.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            libc::write(fd, b"1000".as_ptr() as *const libc::c_void, 4);
+            libc::close(fd);
+        }
+    }
+}
+
+/// Puts `from` at fd `to`, without close-on-exec, in a child between fork and exec (what it
+/// inherits there). Async-signal-safe.
+pub(crate) fn place_fd(from: i32, to: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl/dup2 on fds of this process.
+    unsafe {
+        if from == to {
+            let flags = libc::fcntl(to, libc::F_GETFD);
+            libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+        } else if libc::dup2(from, to) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Entry used by `main`: if argv is `__sandbox CONFIG`, run the helper and never return.
 pub fn maybe_run_helper() {
     let mut args = std::env::args_os();

@@ -11,7 +11,7 @@
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,7 +95,7 @@ pub fn start(program: &Path, pid: Pid) -> Result<UserNet, String> {
     unsafe {
         cmd.pre_exec(move || {
             for (from, to) in [(ready_raw, 3), (exit_raw, 4)] {
-                place_fd(from, to)?;
+                super::place_fd(from, to)?;
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             Ok(())
@@ -145,18 +145,4 @@ pub fn start(program: &Path, pid: Pid) -> Result<UserNet, String> {
         msg.push_str(" (this user may not open /dev/net/tun: allow it, e.g. `chmod 0666 /dev/net/tun`, or run the job with `backend = \"docker\"`)");
     }
     Err(msg)
-}
-
-/// Puts `from` at fd `to` without close-on-exec (in a child between fork and exec).
-fn place_fd(from: RawFd, to: RawFd) -> std::io::Result<()> {
-    // SAFETY: fcntl/dup2 on fds of this process.
-    unsafe {
-        if from == to {
-            let flags = libc::fcntl(to, libc::F_GETFD);
-            libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-        } else if libc::dup2(from, to) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

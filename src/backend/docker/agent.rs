@@ -296,14 +296,7 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     unsafe {
         cmd.pre_exec(move || {
             // The OOM killer's first choice in the container, before this agent.
-            let adj = libc::open(
-                c"/proc/self/oom_score_adj".as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            if adj >= 0 {
-                libc::write(adj, b"1000".as_ptr() as *const _, 4);
-                libc::close(adj);
-            }
+            crate::sandbox::oom_first();
             if libc::setsid() < 0
                 || libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setgid(UID) != 0

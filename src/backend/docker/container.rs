@@ -358,16 +358,7 @@ impl Container {
 
     /// The roots of the writable places, as [`crate::backend::clean::SCRIPT`] sees them.
     pub async fn snapshot_roots(&mut self) -> Result<Vec<crate::backend::clean::Root>, String> {
-        let argv: Vec<String> = [
-            "/bin/sh",
-            "-c",
-            crate::backend::clean::SCRIPT,
-            "sh",
-            "snapshot",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let argv = crate::backend::clean::script_argv("snapshot", false);
         let r = self
             .exec(
                 &argv,

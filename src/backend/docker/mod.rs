@@ -499,14 +499,7 @@ async fn finish(
     cap: u64,
     cancel: &CancellationToken,
 ) -> Result<Finished, String> {
-    let argv: Vec<String> = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        crate::backend::clean::SCRIPT.into(),
-        "sh".into(),
-        if clean { "clean" } else { "end" }.into(),
-        if collect { "1" } else { "0" }.into(),
-    ];
+    let argv = crate::backend::clean::script_argv(if clean { "clean" } else { "end" }, collect);
     let timeout = Duration::from_secs(60);
     let user = if clean { "0:0" } else { SANDBOX_USER };
     let mut r = c
@@ -539,14 +532,8 @@ async fn finish(
     };
     c.counters = (oom, pids);
     let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
-    let is_clean = clean
-        && ok
-        && match (&out.evidence, &c.fresh) {
-            (Some(e), Some(fresh)) => crate::backend::clean::verdict(e, fresh)
-                .map_err(|why| tracing::debug!("warm container not clean: {why}"))
-                .is_ok(),
-            _ => false,
-        };
+    let is_clean =
+        clean && ok && crate::backend::clean::proven(&out, c.fresh.as_deref(), "warm container");
     Ok(Finished {
         limits: ev,
         tar: (collect && ok).then_some(r.stdout),

@@ -713,16 +713,7 @@ impl docker::pool::Warm for SandboxPod {
             let cancel = CancellationToken::new();
             let mut p = SandboxPod::start(cluster, &ns, m, t, &cancel).await?;
             // The roots of its writable places as made: what the clean proof compares with.
-            let argv: Vec<String> = [
-                "/bin/sh",
-                "-c",
-                crate::backend::clean::SCRIPT,
-                "sh",
-                "snapshot",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            let argv = crate::backend::clean::script_argv("snapshot", false);
             match p
                 .exec(&argv, None, 1 << 16, Duration::from_secs(30), &cancel)
                 .await
@@ -1251,14 +1242,7 @@ async fn finish(
     cap: u64,
     cancel: &CancellationToken,
 ) -> Result<(LimitEvents, Option<Vec<u8>>, bool), String> {
-    let argv: Vec<String> = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        crate::backend::clean::SCRIPT.into(),
-        "sh".into(),
-        if clean { "clean" } else { "end" }.into(),
-        if collect { "1" } else { "0" }.into(),
-    ];
+    let argv = crate::backend::clean::script_argv(if clean { "clean" } else { "end" }, collect);
     let r = p
         .exec(&argv, None, cap, Duration::from_secs(60), cancel)
         .await?;
@@ -1275,14 +1259,8 @@ async fn finish(
     };
     p.counters = (oom, pids);
     let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
-    let is_clean = clean
-        && ok
-        && match (&out.evidence, &p.fresh) {
-            (Some(e), Some(fresh)) => crate::backend::clean::verdict(e, fresh)
-                .map_err(|why| tracing::debug!("warm pod not clean: {why}"))
-                .is_ok(),
-            _ => false,
-        };
+    let is_clean =
+        clean && ok && crate::backend::clean::proven(&out, p.fresh.as_deref(), "warm pod");
     Ok((ev, (collect && ok).then_some(r.stdout), is_clean))
 }
 
