@@ -1,4 +1,4 @@
-//! `expect` checks (SPEC §1): pure functions from a job's outcome to [`CheckResult`]s.
+//! `expect` checks (README, "A job file"): pure functions from a job's outcome to [`CheckResult`]s.
 //!
 //! Conventions (documented in the README as well):
 //!

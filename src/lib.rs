@@ -24,7 +24,7 @@ pub use session::{ExecOutput, Session, SessionBuilder};
 pub use spec::types::{BackendKind, Lang};
 pub use stream::{OutputChunk, StdStream};
 
-/// Exit codes of the command line (SPEC §3), in one table.
+/// Exit codes of the command line (README, "Command line"), in one table.
 pub mod exit_codes {
     /// Every selected job passed (or was skipped).
     pub const OK: i32 = 0;

@@ -1,4 +1,4 @@
-//! The library API (SPEC §5): a sandbox session in which code and commands run one after
+//! The library API (README, "Library API"): a sandbox session in which code and commands run one after
 //! another, sharing a workdir.
 //!
 //! ```no_run
@@ -480,7 +480,7 @@ enum Inner {
     Kube(Option<kubernetes::SandboxPod>),
 }
 
-/// A sandbox session (SPEC §5): on `native`, every call runs in a fresh namespace sandbox
+/// A sandbox session (README, "Library API"): on `native`, every call runs in a fresh namespace sandbox
 /// sharing a host workdir; on `docker`, one hardened container lives as long as the session.
 pub struct Session {
     b: SessionBuilder,

@@ -1,4 +1,4 @@
-//! The library API (SPEC §5) on the Docker backend: one hardened container per session.
+//! The library API (README, "Library API") on the Docker backend: one hardened container per session.
 //!
 //! Needs a running Docker daemon and the local images `llm-sandbox/{python,cpp,bash}`
 //! (`scripts/engines docker && scripts/build-images docker`). When docker is not usable the

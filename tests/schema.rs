@@ -35,7 +35,7 @@ fn assert_no_drift(kind: &str) {
     );
     assert_eq!(
         checked_v["$schema"], "https://json-schema.org/draft/2020-12/schema",
-        "{rel}: SPEC §1 says JSON Schema 2020-12"
+        "{rel}: the README (A job file) says JSON Schema 2020-12"
     );
 }
 

@@ -1,4 +1,4 @@
-//! The library API (SPEC §5) on the native backend.
+//! The library API (README, "Library API") on the native backend.
 
 #[allow(dead_code)]
 mod common;

@@ -544,7 +544,7 @@ async fn run_in(
     report
 }
 
-/// Turns what the sandbox said into a job report (statuses of SPEC §2).
+/// Turns what the sandbox said into a job report (statuses of README, "Statuses and exit codes").
 pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
     let mut r = error_report(job, Phase::Prepare, String::new());
     r.image = Some("host".into());

@@ -1,4 +1,4 @@
-//! The JSON report (SPEC §4, `schemas/report.schema.json`).
+//! The JSON report (README, "Reports", `schemas/report.schema.json`).
 
 use super::model::{JobReport, Report, Status, Summary};
 use super::passk::{default_ks, group_reports};

@@ -1,4 +1,4 @@
-//! JUnit XML (SPEC §4), via quick-junit (nextest's serializer).
+//! JUnit XML (README, "Reports"), via quick-junit (nextest's serializer).
 //!
 //! `<testsuites>` holds one `<testsuite>` per job file (name = the file path, in
 //! first-appearance order) and one `<testcase>` per job (`classname` and `file` = the job

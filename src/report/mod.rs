@@ -1,6 +1,6 @@
 //! Reporters: they consume [`model::Event`]s and [`model::JobReport`]s; they never run anything.
 //!
-//! * [`json`]: the JSON report (SPEC §4), built once at the end of a run.
+//! * [`json`]: the JSON report (README, "Reports"), built once at the end of a run.
 //! * [`junit`]: JUnit XML for CI consumers (Jenkins, GitLab, GitHub).
 //! * [`passk`]: pass@k over groups (Chen et al. 2021).
 //! * [`terminal`]: the human output of `run` on stderr (progress bar, one line per job,

@@ -1,4 +1,4 @@
-//! The report data model (SPEC §4): what the runner produces for each job and run.
+//! The report data model (README, "Reports"): what the runner produces for each job and run.
 //! `schemas/report.schema.json` is generated from these types.
 
 use crate::spec::types::{BackendKind, Lang};
@@ -6,7 +6,7 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// SPEC §2.
+/// README, "Statuses and exit codes".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {

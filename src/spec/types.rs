@@ -1,4 +1,4 @@
-//! The job-file data model (SPEC §1). One model for TOML and YAML.
+//! The job-file data model (README, "A job file"). One model for TOML and YAML.
 //!
 //! Every job field is optional here because `[defaults]` uses the same type and a job
 //! inherits what it does not set. `plan` turns these raw specs into [`crate::plan::PlannedJob`].
@@ -29,7 +29,7 @@ pub struct JobFile {
     pub jobs: Vec<JobSpec>,
 }
 
-/// Languages (SPEC §1).
+/// Languages (README, "A job file").
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
 )]
@@ -48,7 +48,7 @@ pub enum Lang {
     Bash,
 }
 
-/// Backends (SPEC §1).
+/// Backends (README, "A job file").
 #[derive(
     Debug,
     Clone,
@@ -249,7 +249,7 @@ pub struct Limits {
     /// Size of the writable workdir `/sandbox` (default 64MiB); `/tmp` gets the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<ByteSize>,
-    /// Open files per process (default 256). Extension of SPEC §1.
+    /// Open files per process (default 256). Extension of README, "A job file".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
 }
@@ -301,7 +301,7 @@ pub struct Expect {
     pub files: Option<IndexMap<String, FileExpect>>,
 }
 
-/// One job, or the `[defaults]` of a file (SPEC §1).
+/// One job, or the `[defaults]` of a file (README, "A job file").
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
