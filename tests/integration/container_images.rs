@@ -3,8 +3,7 @@
 //! `keep_template`, and nothing of the run left behind (containers, volumes, unkept
 //! images), checked with the engine's own CLI through the runner's owner label.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::{backend_selected, engine_cli as cli, engine_objects as ours, Scratch};
 use serde_json::Value;

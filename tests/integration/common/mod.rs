@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: the built binary, scratch directories holding
 //! job files, `run --json -` reports parsed into jobs by name, and the rule deciding which
-//! backends the backend-generic suites (tests/conformance.rs, tests/adversarial.rs) run on.
+//! backends the backend-generic suites (tests/integration/conformance.rs, tests/integration/adversarial.rs) run on.
 //!
 //! Each test binary includes this module with `mod common;` (`#[allow(dead_code)]` where it
 //! uses only part of it).
@@ -43,7 +43,7 @@ pub fn bin() -> Command {
     c
 }
 
-/// Library tests (tests/session.rs) are not the llm-sandbox binary: point the library's
+/// Library tests (tests/integration/session.rs) are not the llm-sandbox binary: point the library's
 /// sandbox helper at it.
 pub fn use_binary_as_helper() {
     std::env::set_var("LLM_SANDBOX_HELPER", BIN);

@@ -4,8 +4,7 @@
 //! disabled functions, endless loops; 5 samples per task) checked by both, through
 //! examples/humaneval/compare.py, which fails on any differing verdict or pass@k.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,12 +1,11 @@
 //! Streaming output: the library's streaming calls (native always, docker with the engine
-//! rule of tests/common) and `llm-sandbox exec --backend docker` streaming to the terminal.
+//! rule of tests/integration/common) and `llm-sandbox exec --backend docker` streaming to the terminal.
 //!
 //! Docker needs a running daemon and the local images `llm-sandbox/{python,bash}`
 //! (`scripts/engines docker && scripts/build-images docker`); without them the docker
 //! tests print "SKIPPED: ..." and pass, or fail under `CI=true`.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use futures_util::StreamExt;
 use llm_sandbox::plan::job::ResolvedLimits;

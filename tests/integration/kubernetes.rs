@@ -4,13 +4,12 @@
 //! the merged pod as the API server receives it, cleanup at the end, on Ctrl-C and after a
 //! killed run. The pod-spec building itself has snapshot tests in
 //! src/backend/kubernetes/pod.rs; the conformance suite runs on the fake too
-//! (tests/conformance.rs).
+//! (tests/integration/conformance.rs).
 //!
 //! `real_cluster`: the same kind of job on the cluster of `$KUBECONFIG` (kind, k3s, ...;
 //! see the README), skipped when it is not set.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::{field, FakeCluster, Scratch};
 use serde_json::Value;

@@ -3,8 +3,7 @@
 //! server, initialises, lists the tools and runs code (several languages, a failure, a
 //! timeout, /etc/shadow, an unknown language, output limits, matplotlib plots).
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -4,8 +4,7 @@
 //! `[watch] round N done` line printed after it. Waits poll with generous timeouts; the
 //! only fixed waits check that something does *not* happen.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::Scratch;
 use serde_json::Value;

@@ -23,7 +23,7 @@
 //! (`scripts/engines docker`, `scripts/build-images docker bash`). When one is missing the
 //! test says "SKIPPED: ..." on stderr and passes, or fails under `CI=true` or
 //! `LLM_SANDBOX_REQUIRE_ENGINES=1`; a `LLM_SANDBOX_TEST_BACKENDS` without docker skips it
-//! (tests/common). The daemon is stopped and its directory removed when
+//! (tests/integration/common). The daemon is stopped and its directory removed when
 //! its guard drops, also when the test panics.
 
 use std::fmt::Write as _;
@@ -39,8 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 /// The image the jobs run in (the default of `lang = "bash"`), copied from the main daemon.
 const IMAGE: &str = common::DEFAULT_IMAGE;

@@ -5,8 +5,7 @@
 //! tests say "SKIPPED: ..." and pass, or fail under `CI=true`. The library test needs PyPI
 //! (reachable directly or through the machine's proxy settings).
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use llm_sandbox::session::SessionError;
 use llm_sandbox::{BackendKind, Lang, Session, SessionBuilder};

@@ -1,7 +1,6 @@
 //! The library API (README, "Library API") on the native backend.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use llm_sandbox::session::SessionError;
 use llm_sandbox::{BackendKind, Lang, Session};

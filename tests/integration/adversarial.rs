@@ -1,13 +1,12 @@
 //! The adversarial suite: hostile programs, each contained, reported with the right status,
 //! and the runner goes on with the next job. Written once, run against every backend of
 //! [`common::backends()`] (native, and each container engine that is available; see
-//! tests/common/mod.rs).
+//! tests/integration/common/mod.rs).
 //!
 //! Every case runs through the CLI with a secret in the runner's environment and a TCP
 //! listener on 127.0.0.1 that must never be reached.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::{backends, bin, status, text, Scratch};
 use serde_json::Value;

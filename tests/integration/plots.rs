@@ -3,8 +3,7 @@
 //! backend under test; programs that do not plot are unaffected; sessions hand them out
 //! with `take_plots`.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::{backend_selected, run_yaml, strict};
 use llm_sandbox::{BackendKind, Lang, Session};

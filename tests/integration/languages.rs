@@ -2,8 +2,7 @@
 //! A language whose toolchain is missing on this host is reported as skipped, or fails the
 //! test when CI=true or LLM_SANDBOX_REQUIRE_ENGINES=1 (scripts/test installs them all).
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 /// (lang, program that prints "hello <first stdin line>" and exits 3).
 const PROGRAMS: &[(&str, &str)] = &[

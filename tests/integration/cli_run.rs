@@ -3,8 +3,7 @@
 //! `native` backend, and inspect the JSON report (`--json -` / `--json FILE`), the JUnit
 //! report (`--junit FILE`), the artifacts directory and the exit code.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use assert_cmd::prelude::*;
 use common::{check, Scratch};

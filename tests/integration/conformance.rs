@@ -16,8 +16,7 @@
 //! (passing and failing), exit codes, a compile error, the timeout, and the memory, output,
 //! pids and disk limits, network off, non-root.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::{backend_selected, field, status, Run, Scratch};
 use serde_json::Value;
@@ -711,7 +710,7 @@ code = "id -u"
 /// The job file of `cases`.
 fn job_file(cases: &[Case]) -> String {
     let mut f = String::from(
-        "# The conformance suite (tests/conformance.rs).\n[defaults]\ntimeout = \"20s\"\n",
+        "# The conformance suite (tests/integration/conformance.rs).\n[defaults]\ntimeout = \"20s\"\n",
     );
     for c in cases {
         f.push_str(&format!(

@@ -2,8 +2,7 @@
 //! on, the machine's package-manager configuration), then read-only in the job's sandbox.
 //! Needs PyPI and the npm registry (reachable on this project's machines).
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::Scratch;
 

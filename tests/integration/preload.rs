@@ -11,8 +11,7 @@
 //! tells how it ran by `/proc/self/exe`: the interpreter's binary, or llm-sandbox's (the
 //! host's binary on native, `/.llm-sandbox/agent` in a container).
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::{backends, field, status, Scratch};
 use serde_json::Value;

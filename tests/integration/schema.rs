@@ -2,8 +2,7 @@
 //! (drift test), and every job file shipped under jobs/ and examples/ validates against
 //! `schemas/job.schema.json`.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,7 @@
 //! Warm containers: a container that ran one job is reused for the next only when nothing
 //! of the first job is left (processes, files, IPC objects), and jobs never see each other.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::Scratch;
 

@@ -3,8 +3,7 @@
 //! docker, podman). Container cases run with `-j 1`, so that a warm container serves one
 //! job after another: what one job leaves must never decide a later job's verdict.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::{backends, field, status, text, Scratch};
 use serde_json::Value;

@@ -1,9 +1,8 @@
 //! CLI-level bad input: exit code 2, reported before anything runs, with the file name and
-//! line:column of the problem. (Deeper spec-error tests live in tests/spec_errors.rs.)
+//! line:column of the problem. (Deeper spec-error tests live in tests/integration/spec_errors.rs.)
 //! Also: `validate` accepts the shipped jobs/ and `plan --format json` lists the jobs.
 
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::bin;
 use serde_json::Value;
