@@ -7,9 +7,12 @@
 
 use crate::lang;
 use crate::plan::job::ResolvedLimits;
+use crate::report::model::cut;
 use crate::spec::types::{BackendKind, Lang};
 use crate::spec::units::{format_size, parse_duration, parse_size};
 use crate::Session;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
@@ -217,19 +220,6 @@ fn error_result(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
 
-/// Cuts `s` to at most `cap` bytes (on a character boundary); true when it was cut.
-fn cut(s: &mut String, cap: usize) -> bool {
-    if s.len() <= cap {
-        return false;
-    }
-    let mut end = cap;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    true
-}
-
 #[tool_router]
 impl SandboxServer {
     pub fn new(args: McpArgs) -> Self {
@@ -432,7 +422,7 @@ impl SandboxServer {
         }
         let mut content = vec![ContentBlock::text(text)];
         for p in plots.iter().take(shown) {
-            content.push(ContentBlock::image(base64(&p.png), "image/png"));
+            content.push(ContentBlock::image(STANDARD.encode(&p.png), "image/png"));
         }
         let summary = RunSummary {
             language: lang.to_string(),
@@ -526,29 +516,6 @@ impl SandboxServer {
 
 fn opt(c: Option<i32>) -> String {
     c.map(|c| c.to_string()).unwrap_or_else(|| "none".into())
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        s.push(T[(n >> 18) as usize & 63] as char);
-        s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        s.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    s
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -649,14 +616,5 @@ mod tests {
         assert_eq!(s, "a");
         let mut s = "abc".to_string();
         assert!(!cut(&mut s, 3));
-    }
-
-    #[test]
-    fn base64_of_known_values() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"\x89PNG"), "iVBORw==");
     }
 }

@@ -101,16 +101,24 @@ pub const REPORT_STREAM_CAP: usize = 256 << 10;
 /// What a check keeps of its expected and actual text (for its diff).
 pub const CHECK_TEXT_CAP: usize = 64 << 10;
 
-/// Cuts `s` to at most `cap` bytes at a character boundary; whether it cut.
-fn cut(s: &mut String, cap: usize) -> bool {
-    if s.len() <= cap {
-        return false;
+/// The largest character boundary of `s` at or below `at` (`s.len()` when `at` is past it).
+pub fn char_floor(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
     }
-    let mut at = cap;
+    let mut at = at;
     while !s.is_char_boundary(at) {
         at -= 1;
     }
-    s.truncate(at);
+    at
+}
+
+/// Cuts `s` to at most `cap` bytes at a character boundary; whether it cut.
+pub fn cut(s: &mut String, cap: usize) -> bool {
+    if s.len() <= cap {
+        return false;
+    }
+    s.truncate(char_floor(s, cap));
     s.shrink_to_fit();
     true
 }

@@ -365,10 +365,7 @@ fn shown(line: &str) -> std::borrow::Cow<'_, str> {
     if line.len() <= LINE_BYTES {
         return visible(line);
     }
-    let mut at = LINE_BYTES;
-    while !line.is_char_boundary(at) {
-        at -= 1;
-    }
+    let at = crate::report::model::char_floor(line, LINE_BYTES);
     std::borrow::Cow::Owned(format!(
         "{} ... ({} more bytes)",
         visible(&line[..at]),

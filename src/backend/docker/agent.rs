@@ -9,6 +9,7 @@
 //! Protocol: one JSON line per job on stdin ([`AgentJob`]), one JSON line per answer on
 //! stdout ([`AgentResult`]); `READY` first. Bytes travel base64-encoded.
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -230,7 +231,7 @@ fn run_job(job: &AgentJob, fresh: &[Root]) -> AgentResult {
     );
     if (!job.collect_globs.is_empty() || !job.collect_paths.is_empty()) && r.error.is_none() {
         match pack(&wanted.files, job.collect_cap, &mut r.refused) {
-            Ok(t) => r.tar = Some(super::base64(&t)),
+            Ok(t) => r.tar = Some(super::B64.encode(&t)),
             Err(e) => r.error = Some(format!("cannot pack the job's files: {e}")),
         }
         r.refused.extend(wanted.refused);
@@ -242,7 +243,9 @@ fn run_job(job: &AgentJob, fresh: &[Root]) -> AgentResult {
 }
 
 fn decode(s: &str) -> Result<Vec<u8>, String> {
-    super::base64_decode(s).ok_or_else(|| "invalid base64".to_string())
+    super::B64
+        .decode(s)
+        .map_err(|e| format!("invalid base64: {e}"))
 }
 
 /// Unpacks the inputs (from the host, trusted) into the empty workdir, owned by the user.
@@ -467,8 +470,8 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
             res.signal = st.signal();
         }
     }
-    res.stdout = super::base64(&obuf);
-    res.stderr = super::base64(&ebuf);
+    res.stdout = super::B64.encode(&obuf);
+    res.stderr = super::B64.encode(&ebuf);
     res.duration_ms = started.elapsed().as_millis() as u64;
     res
 }

@@ -24,6 +24,9 @@ use crate::sandbox::host::Outcome;
 use crate::sandbox::proto::{LimitEvents, Msg, StepResult};
 use crate::sandbox::StepKind;
 use crate::spec::types::{BackendKind, Lang};
+/// The agent's protocol and inline inputs carry bytes as standard, padded base64.
+pub(crate) use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use container::{Container, ContainerSpec, ExecResult};
 use engine::{Endpoint, Engine};
 use std::path::Path;
@@ -434,52 +437,6 @@ fn wrapped(argv: &[String], inline: bool, cpu: Option<u64>) -> Vec<String> {
     a
 }
 
-/// Decodes standard base64 (padding optional); None on a bad character.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
-/// Standard base64 with padding.
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// What the end of a job found in its container.
 struct Finished {
     limits: LimitEvents,
@@ -725,7 +682,7 @@ async fn run_steps(
     };
     // Small inputs ride along with the first step (one exec less per job); larger ones,
     // or images without `base64`, go in through their own exec.
-    let mut inline = (tar.len() <= INLINE_INPUT_MAX).then(|| base64(&tar));
+    let mut inline = (tar.len() <= INLINE_INPUT_MAX).then(|| B64.encode(&tar));
     if inline.is_none() {
         if let Err(e) = c.put_tar(&tar, cancel).await {
             if cancel.is_cancelled() {
@@ -956,14 +913,14 @@ async fn run_steps_agent(
     let kinds: Vec<StepKind> = steps.iter().map(|s| s.kind).collect();
     let total: u64 = steps.iter().map(|s| s.timeout_ms).sum();
     let request = agent::AgentJob {
-        inputs: base64(&tar),
+        inputs: B64.encode(&tar),
         steps: steps
             .iter()
             .map(|s| agent::AgentStep {
                 argv: s.argv.clone(),
                 env: env.clone(),
                 stdin: (s.kind == StepKind::Run)
-                    .then(|| job.stdin.as_deref().map(|x| base64(x.as_bytes())))
+                    .then(|| job.stdin.as_deref().map(|x| B64.encode(x.as_bytes())))
                     .flatten(),
                 timeout_ms: s.timeout_ms,
                 cap: s.capture_cap,
@@ -1005,8 +962,8 @@ async fn run_steps_agent(
                 .exit_code
                 .map(i64::from)
                 .or(s.signal.map(|g| 128 + i64::from(g))),
-            stdout: base64_decode(&s.stdout).unwrap_or_default(),
-            stderr: base64_decode(&s.stderr).unwrap_or_default(),
+            stdout: B64.decode(&s.stdout).ok().unwrap_or_default(),
+            stderr: B64.decode(&s.stderr).ok().unwrap_or_default(),
             stdout_truncated: s.stdout_truncated,
             stderr_truncated: s.stderr_truncated,
             output_limit_hit: s.output_limit_hit,
@@ -1038,7 +995,7 @@ async fn run_steps_agent(
     };
     c.counters = (a.oom_kills, a.pids_max_hits);
     msgs.push(Msg::Limits(ev));
-    if let Some(t) = a.tar.as_deref().and_then(base64_decode) {
+    if let Some(t) = a.tar.as_deref().and_then(|t| B64.decode(t).ok()) {
         match collected(job, ctx, &c.id, &t) {
             Ok((mut msg, dir)) => {
                 if let Msg::Collected { refused, .. } = &mut msg {
@@ -1138,27 +1095,6 @@ pub async fn finish_run() {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(super::base64(b""), "");
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"fo"), "Zm8=");
-        assert_eq!(super::base64(b"foo"), "Zm9v");
-        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(super::base64(&[0xff, 0xfe, 0x00]), "//4A");
-        for data in [
-            &b""[..],
-            b"f",
-            b"fo",
-            b"foo",
-            b"foob",
-            &[0u8, 255, 7, 9, 128][..],
-        ] {
-            assert_eq!(super::base64_decode(&super::base64(data)).unwrap(), data);
-        }
-        assert!(super::base64_decode("a$b").is_none());
-    }
-
     #[test]
     fn wrapper_keeps_argv_and_sets_limits() {
         let argv = vec!["python3".to_string(), "a b".to_string()];
