@@ -25,10 +25,10 @@ use std::path::{Component, Path};
 
 /// Longest snippet of a line quoted in a check message.
 const SNIPPET: usize = 80;
-/// Above this many lines on either side, [`unified_diff`] reports only the first difference.
-const DIFF_MAX_LINES: usize = 2000;
 /// Lines of context around each hunk of [`unified_diff`].
 const DIFF_CONTEXT: usize = 3;
+/// How long [`unified_diff`] may search for a minimal diff.
+const DIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Evaluates every check of `expect`; the job passes when all results pass.
 ///
@@ -488,18 +488,11 @@ fn json_key_path(at: &str, key: &str) -> String {
     }
 }
 
-/// One line of a diff, before hunking.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Op<'a> {
-    Same(&'a str),
-    Del(&'a str),
-    Add(&'a str),
-}
-
-/// A unified line diff (`--- expected` / `+++ actual`, 3 lines of context) of two texts;
-/// empty when they are equal. When either side has more than 2000 lines, only the first
-/// differing line is shown.
+/// A unified line diff (`--- expected` / `+++ actual`, 3 lines of context, Myers' algorithm
+/// from `similar`) of two texts; empty when they are equal. A diff that would take long (huge
+/// inputs) is cut short by a deadline and stays correct, only less minimal.
 pub fn unified_diff(expected: &str, actual: &str) -> String {
+    use std::fmt::Write;
     if expected == actual {
         return String::new();
     }
@@ -516,74 +509,39 @@ pub fn unified_diff(expected: &str, actual: &str) -> String {
         out.push_str(&format!("\\ {note}\n"));
         return out;
     }
-
-    if e.len() > DIFF_MAX_LINES || a.len() > DIFF_MAX_LINES {
-        let i = e
-            .iter()
-            .zip(a.iter())
-            .position(|(x, y)| x != y)
-            .unwrap_or(e.len().min(a.len()));
-        out.push_str(&format!(
-            "@@ first difference at line {} (inputs too large for a full diff) @@\n",
-            i + 1
-        ));
-        if let Some(x) = e.get(i) {
-            out.push_str(&format!("-{}\n", show_cr(x)));
+    let diff = similar::TextDiff::configure()
+        .timeout(DIFF_TIMEOUT)
+        .diff_slices(&e, &a);
+    for group in diff.grouped_ops(DIFF_CONTEXT) {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else {
+            continue;
+        };
+        let range = |start: usize, end: usize| {
+            let len = end - start;
+            match len {
+                0 => format!("{start},0"),
+                1 => format!("{}", start + 1),
+                _ => format!("{},{len}", start + 1),
+            }
+        };
+        let _ = writeln!(
+            out,
+            "@@ -{} +{} @@",
+            range(first.old_range().start, last.old_range().end),
+            range(first.new_range().start, last.new_range().end)
+        );
+        for op in &group {
+            for change in diff.iter_changes(op) {
+                let sign = match change.tag() {
+                    similar::ChangeTag::Equal => ' ',
+                    similar::ChangeTag::Delete => '-',
+                    similar::ChangeTag::Insert => '+',
+                };
+                let _ = writeln!(out, "{sign}{}", show_cr(change.value()));
+            }
         }
-        if let Some(y) = a.get(i) {
-            out.push_str(&format!("+{}\n", show_cr(y)));
-        }
-        return out;
     }
-
-    let ops = diff_ops(&e, &a);
-    render_hunks(&ops, &mut out);
     out
-}
-
-/// LCS line diff: common prefix/suffix trimmed, then a DP table over the middle.
-fn diff_ops<'a>(e: &[&'a str], a: &[&'a str]) -> Vec<Op<'a>> {
-    let prefix = e.iter().zip(a.iter()).take_while(|(x, y)| x == y).count();
-    let suffix = e[prefix..]
-        .iter()
-        .rev()
-        .zip(a[prefix..].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count();
-    let em = &e[prefix..e.len() - suffix];
-    let am = &a[prefix..a.len() - suffix];
-    let (n, m) = (em.len(), am.len());
-    // lcs[i][j] = LCS length of em[i..] and am[j..]; sizes ≤ 2000 so u16 is enough.
-    let w = m + 1;
-    let mut lcs = vec![0u16; (n + 1) * w];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i * w + j] = if em[i] == am[j] {
-                lcs[(i + 1) * w + j + 1] + 1
-            } else {
-                lcs[(i + 1) * w + j].max(lcs[i * w + j + 1])
-            };
-        }
-    }
-    let mut ops: Vec<Op> = e[..prefix].iter().map(|l| Op::Same(l)).collect();
-    let (mut i, mut j) = (0, 0);
-    while i < n && j < m {
-        if em[i] == am[j] {
-            ops.push(Op::Same(em[i]));
-            i += 1;
-            j += 1;
-        } else if lcs[(i + 1) * w + j] >= lcs[i * w + j + 1] {
-            ops.push(Op::Del(em[i]));
-            i += 1;
-        } else {
-            ops.push(Op::Add(am[j]));
-            j += 1;
-        }
-    }
-    ops.extend(em[i..].iter().map(|l| Op::Del(l)));
-    ops.extend(am[j..].iter().map(|l| Op::Add(l)));
-    ops.extend(e[e.len() - suffix..].iter().map(|l| Op::Same(l)));
-    ops
 }
 
 /// A trailing CR (a CRLF line ending) is invisible on a terminal: show it as `\r`.
@@ -591,71 +549,6 @@ fn show_cr(line: &str) -> std::borrow::Cow<'_, str> {
     match line.strip_suffix('\r') {
         Some(l) => format!("{l}\\r").into(),
         None => line.into(),
-    }
-}
-
-fn render_hunks(ops: &[Op], out: &mut String) {
-    use std::fmt::Write;
-    // Indices of changed ops, grouped into hunks whose context windows touch.
-    let changes: Vec<usize> = ops
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| !matches!(o, Op::Same(_)))
-        .map(|(i, _)| i)
-        .collect();
-    let mut k = 0;
-    while k < changes.len() {
-        let start = changes[k].saturating_sub(DIFF_CONTEXT);
-        let mut end = changes[k];
-        while k + 1 < changes.len() && changes[k + 1] <= end + 2 * DIFF_CONTEXT + 1 {
-            k += 1;
-            end = changes[k];
-        }
-        let end = (end + DIFF_CONTEXT + 1).min(ops.len());
-        k += 1;
-
-        // Line numbers (1-based) at `start` on each side.
-        let (mut old_line, mut new_line) = (1, 1);
-        for op in &ops[..start] {
-            match op {
-                Op::Same(_) => {
-                    old_line += 1;
-                    new_line += 1;
-                }
-                Op::Del(_) => old_line += 1,
-                Op::Add(_) => new_line += 1,
-            }
-        }
-        let old_len = ops[start..end]
-            .iter()
-            .filter(|o| !matches!(o, Op::Add(_)))
-            .count();
-        let new_len = ops[start..end]
-            .iter()
-            .filter(|o| !matches!(o, Op::Del(_)))
-            .count();
-        let range = |line: usize, len: usize| {
-            if len == 0 {
-                format!("{},0", line - 1)
-            } else if len == 1 {
-                format!("{line}")
-            } else {
-                format!("{line},{len}")
-            }
-        };
-        let _ = writeln!(
-            out,
-            "@@ -{} +{} @@",
-            range(old_line, old_len),
-            range(new_line, new_len)
-        );
-        for op in &ops[start..end] {
-            let _ = match op {
-                Op::Same(l) => writeln!(out, " {}", show_cr(l)),
-                Op::Del(l) => writeln!(out, "-{}", show_cr(l)),
-                Op::Add(l) => writeln!(out, "+{}", show_cr(l)),
-            };
-        }
     }
 }
 
@@ -1020,11 +913,11 @@ mod tests {
     }
 
     #[test]
-    fn diff_large_falls_back() {
+    fn diff_of_large_texts_shows_the_change() {
         let exp: String = (0..3000).map(|i| format!("{i}\n")).collect();
         let act = exp.replace("\n1500\n", "\nX\n");
         let d = unified_diff(&exp, &act);
-        assert!(d.contains("first difference at line 1501"), "{d}");
-        assert!(d.contains("-1500\n+X\n"));
+        assert!(d.contains("@@ -1498,7 +1498,7 @@"), "{d}");
+        assert!(d.contains("-1500\n+X\n"), "{d}");
     }
 }
