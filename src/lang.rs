@@ -21,8 +21,20 @@ pub struct LangSpec {
     pub tools: &'static [&'static str],
     /// Debian package(s) that provide the toolchain (for messages and `doctor`).
     pub debian_packages: &'static str,
-    /// Package-manager command of the prepare phase; `{libs}` expands to the libraries.
-    pub install: &'static str,
+    /// `libraries` on the container backends: the prepare phase's shell command (run as
+    /// root in a container of the image; `{libs}` expands to the names, validated before)
+    /// and the image changes the template needs. None: the language has no package manager
+    /// of its own (use `setup` or a Dockerfile).
+    pub container_install: Option<ContainerInstall>,
+    /// `libraries` on the native backend: installed into a directory that later sandboxes
+    /// see read-only. None: install them on the host, or use a container backend.
+    pub native_install: Option<NativeInstall>,
+    /// Other names the language goes by (the MCP server, `exec --lang`).
+    pub aliases: &'static [&'static str],
+    /// File extensions of its programs (`exec FILE` infers the language from them).
+    pub extensions: &'static [&'static str],
+    /// Extra arguments of the compile step in the default container images.
+    pub container_compile_extra: &'static [&'static str],
     /// Default container image (built locally by `scripts/build-images`).
     pub default_image: &'static str,
     /// Extra environment of compile and run steps.
@@ -30,6 +42,25 @@ pub struct LangSpec {
     /// Whether an address-space rlimit can stand in for a memory cgroup (false for
     /// runtimes that reserve huge virtual ranges: the JVM, Go, node).
     pub address_space_limit_ok: bool,
+}
+
+/// How `libraries` are installed on the container backends.
+#[derive(Debug)]
+pub struct ContainerInstall {
+    /// Shell command; `{libs}` expands to the library names.
+    pub command: &'static str,
+    /// Dockerfile instructions the template image gets (e.g. `ENV NODE_PATH=...`).
+    pub changes: &'static [&'static str],
+}
+
+/// How `libraries` are installed on the native backend: `argv` (`{tool}` is the language's
+/// first host program, `{npm}` the host's npm, `{dir}` the install directory), then the
+/// library names; jobs get `env_var=env_value` (`{dir}` expanded).
+#[derive(Debug)]
+pub struct NativeInstall {
+    pub argv: &'static [&'static str],
+    pub env_var: &'static str,
+    pub env_value: &'static str,
 }
 
 pub static TABLE: &[LangSpec] = &[
@@ -40,7 +71,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["python3", "-B", "{file}"],
         tools: &["python3"],
         debian_packages: "python3",
-        install: "pip install --no-cache-dir {libs}",
+        container_install: Some(ContainerInstall { command: "PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore {libs}", changes: &[] }),
+        native_install: Some(NativeInstall { argv: &["{tool}", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check", "--no-warn-script-location", "--target", "{dir}", "--"], env_var: "PYTHONPATH", env_value: "{dir}" }),
+        aliases: &["py", "python3"],
+        extensions: &["py"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/python:latest",
         env: &[("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1"), ("MPLBACKEND", "Agg")],
         address_space_limit_ok: true,
@@ -52,7 +87,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["node", "--max-old-space-size={mem_mb}", "{file}"],
         tools: &["node"],
         debian_packages: "nodejs",
-        install: "npm install --no-audit --no-fund {libs}",
+        container_install: Some(ContainerInstall { command: "npm install -g --no-audit --no-fund {libs}", changes: &["ENV NODE_PATH=/usr/local/lib/node_modules"] }),
+        native_install: Some(NativeInstall { argv: &["{npm}", "install", "--no-audit", "--no-fund", "--no-save", "--prefix", "{dir}"], env_var: "NODE_PATH", env_value: "{dir}/node_modules" }),
+        aliases: &["js", "node", "nodejs", "node.js"],
+        extensions: &["js", "mjs", "cjs"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/node:latest",
         env: &[],
         address_space_limit_ok: false,
@@ -67,7 +106,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["node", "--max-old-space-size={mem_mb}", "main.js"],
         tools: &["tsc", "node"],
         debian_packages: "nodejs and `npm install -g typescript @types/node`",
-        install: "npm install --no-audit --no-fund {libs}",
+        container_install: Some(ContainerInstall { command: "npm install -g --no-audit --no-fund {libs}", changes: &["ENV NODE_PATH=/usr/local/lib/node_modules"] }),
+        native_install: Some(NativeInstall { argv: &["{npm}", "install", "--no-audit", "--no-fund", "--no-save", "--prefix", "{dir}"], env_var: "NODE_PATH", env_value: "{dir}/node_modules" }),
+        aliases: &["ts"],
+        extensions: &["ts"],
+        container_compile_extra: &["--typeRoots", "/usr/local/lib/node_modules/@types"],
         default_image: "llm-sandbox/node:latest",
         env: &[],
         address_space_limit_ok: false,
@@ -79,7 +122,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["java", "-Xmx{mem_mb}m", "-Xss8m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", ".", "{class}"],
         tools: &["javac", "java"],
         debian_packages: "default-jdk-headless",
-        install: "true",
+        container_install: None,
+        native_install: None,
+        aliases: &[],
+        extensions: &["java"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/java:latest",
         env: &[],
         address_space_limit_ok: false,
@@ -91,7 +138,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["./main"],
         tools: &["g++"],
         debian_packages: "g++",
-        install: "true",
+        container_install: None,
+        native_install: None,
+        aliases: &["c++", "cxx"],
+        extensions: &["cpp", "cc", "cxx", "c++"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/cpp:latest",
         env: &[],
         address_space_limit_ok: true,
@@ -103,7 +154,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["./main"],
         tools: &["gcc"],
         debian_packages: "gcc",
-        install: "true",
+        container_install: None,
+        native_install: None,
+        aliases: &[],
+        extensions: &["c"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/cpp:latest",
         env: &[],
         address_space_limit_ok: true,
@@ -115,7 +170,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["./main"],
         tools: &["go"],
         debian_packages: "golang-go",
-        install: "go install {libs}",
+        container_install: Some(ContainerInstall { command: "GOBIN=/usr/local/bin go install {libs}", changes: &[] }),
+        native_install: None,
+        aliases: &["golang"],
+        extensions: &["go"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/go:latest",
         env: &[("GOCACHE", "/tmp/.gocache"), ("GOPATH", "/tmp/.gopath"), ("GO111MODULE", "auto"), ("GOFLAGS", "-buildvcs=false"), ("GOTOOLCHAIN", "local"), ("CGO_ENABLED", "0")],
         address_space_limit_ok: false,
@@ -127,7 +186,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["ruby", "{file}"],
         tools: &["ruby"],
         debian_packages: "ruby",
-        install: "gem install --no-document {libs}",
+        container_install: Some(ContainerInstall { command: "gem install --no-document {libs}", changes: &[] }),
+        native_install: None,
+        aliases: &["rb"],
+        extensions: &["rb"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/ruby:latest",
         env: &[],
         address_space_limit_ok: true,
@@ -139,7 +202,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["./main"],
         tools: &["rustc"],
         debian_packages: "rustc",
-        install: "true",
+        container_install: None,
+        native_install: None,
+        aliases: &["rs"],
+        extensions: &["rs"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/rust:latest",
         env: &[],
         address_space_limit_ok: true,
@@ -151,7 +218,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["Rscript", "--vanilla", "{file}"],
         tools: &["Rscript"],
         debian_packages: "r-base-core",
-        install: "Rscript -e 'install.packages(commandArgs(TRUE), repos=\"https://cloud.r-project.org\")' {libs}",
+        container_install: Some(ContainerInstall { command: "Rscript -e 'install.packages(commandArgs(TRUE), repos=\"https://cloud.r-project.org\")' {libs}", changes: &[] }),
+        native_install: None,
+        aliases: &[],
+        extensions: &["r", "R"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/r:latest",
         env: &[],
         address_space_limit_ok: true,
@@ -163,7 +234,11 @@ pub static TABLE: &[LangSpec] = &[
         run: &["bash", "{file}"],
         tools: &["bash"],
         debian_packages: "bash",
-        install: "apt-get install -y {libs}",
+        container_install: Some(ContainerInstall { command: "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends {libs}", changes: &[] }),
+        native_install: None,
+        aliases: &["sh", "shell"],
+        extensions: &["sh", "bash"],
+        container_compile_extra: &[],
         default_image: "llm-sandbox/bash:latest",
         env: &[],
         address_space_limit_ok: true,
@@ -175,6 +250,26 @@ pub fn spec(lang: Lang) -> &'static LangSpec {
         .iter()
         .find(|s| s.lang == lang)
         .expect("every language has a table entry")
+}
+
+/// A language by its name or one of its aliases (case-insensitive): `py`, `js`, `c++`...
+pub fn parse_name(s: &str) -> Option<Lang> {
+    let s = s.trim().to_ascii_lowercase();
+    Lang::parse(&s).or_else(|| {
+        TABLE
+            .iter()
+            .find(|l| l.aliases.iter().any(|a| *a == s))
+            .map(|l| l.lang)
+    })
+}
+
+/// The language of a program file by its extension (`hello.cpp`: cpp).
+pub fn by_extension(path: &Path) -> Option<Lang> {
+    let ext = path.extension()?.to_str()?;
+    TABLE
+        .iter()
+        .find(|l| l.extensions.contains(&ext))
+        .map(|l| l.lang)
 }
 
 /// The source file name for this program (Java: the public class's name).
@@ -388,7 +483,31 @@ pub fn probe_cached(lang: Lang) -> Result<HostToolchain, String> {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn languages_by_alias_and_extension() {
+        use std::path::Path;
+        assert_eq!(parse_name("PY"), Some(Lang::Python));
+        assert_eq!(parse_name("c++"), Some(Lang::Cpp));
+        assert_eq!(parse_name("node.js"), Some(Lang::Javascript));
+        assert_eq!(parse_name("javascript"), Some(Lang::Javascript));
+        assert_eq!(parse_name("cobol"), None);
+        assert_eq!(by_extension(Path::new("dir/hello.cpp")), Some(Lang::Cpp));
+        assert_eq!(by_extension(Path::new("a.R")), Some(Lang::R));
+        assert_eq!(by_extension(Path::new("Main.java")), Some(Lang::Java));
+        assert_eq!(by_extension(Path::new("notes.txt")), None);
+        // Every language's own file name is one of its extensions.
+        for l in TABLE {
+            assert_eq!(
+                by_extension(Path::new(l.file)),
+                Some(l.lang),
+                "{:?}",
+                l.lang
+            );
+        }
+    }
 
     #[test]
     fn every_language_has_one_entry() {

@@ -70,34 +70,36 @@ async fn install_libraries(
 ) -> Result<PathBuf, Box<JobReport>> {
     use sha2::Digest;
     let fail = |m: String| Box::new(error_report(job, Phase::Prepare, m));
-    let (argv, env_var, env_val): (Vec<String>, &str, String) = match job.lang {
-        Lang::Python => (
-            [tc.programs[0].display().to_string(), "-m".into(), "pip".into(), "install".into(), "--no-cache-dir".into(), "--disable-pip-version-check".into(), "--no-warn-script-location".into(), "--target".into(), LIBS_DIR.into(), "--".into()]
-                .into_iter()
-                .chain(job.libraries.iter().cloned())
-                .collect(),
-            "PYTHONPATH",
-            LIBS_DIR.to_string(),
-        ),
-        Lang::Javascript | Lang::Typescript => {
-            let Some(npm) = lang::which("npm") else {
-                return Err(fail("`npm` was not found on this host (needed to install `libraries` for javascript): install npm (e.g. `apt-get install npm`)".into()));
-            };
-            (
-                [npm.display().to_string(), "install".into(), "--no-audit".into(), "--no-fund".into(), "--no-save".into(), "--prefix".into(), LIBS_DIR.into()]
-                    .into_iter()
-                    .chain(job.libraries.iter().cloned())
-                    .collect(),
-                "NODE_PATH",
-                format!("{LIBS_DIR}/node_modules"),
-            )
-        }
-        other => {
-            return Err(fail(format!(
-                "`libraries` on the native backend are installed for python (pip) and javascript/typescript (npm); for {other}, install them on the host or use a container backend"
-            )))
-        }
+    // The language table's install command (lang::LangSpec::native_install).
+    let Some(install) = &lang::spec(job.lang).native_install else {
+        return Err(fail(format!(
+            "`libraries` on the native backend are installed for python (pip) and javascript/typescript (npm); for {}, install them on the host or use a container backend",
+            job.lang
+        )));
     };
+    let npm = if install.argv.contains(&"{npm}") {
+        match lang::which("npm") {
+            Some(npm) => npm.display().to_string(),
+            None => return Err(fail(format!("`npm` was not found on this host (needed to install `libraries` for {}): install npm (e.g. `apt-get install npm`)", job.lang))),
+        }
+    } else {
+        String::new()
+    };
+    let tool = tc.programs[0].display().to_string();
+    let argv: Vec<String> = install
+        .argv
+        .iter()
+        .map(|a| {
+            a.replace("{tool}", &tool)
+                .replace("{npm}", &npm)
+                .replace("{dir}", LIBS_DIR)
+        })
+        .chain(job.libraries.iter().cloned())
+        .collect();
+    let (env_var, env_val) = (
+        install.env_var,
+        install.env_value.replace("{dir}", LIBS_DIR),
+    );
     let mut h = sha2::Sha256::new();
     h.update(job.lang.as_str());
     for l in &job.libraries {

@@ -155,20 +155,9 @@ fn language_names() -> String {
         .join(", ")
 }
 
-/// A language by name, with the aliases models tend to use.
+/// A language by name, with the aliases models tend to use (the language table's).
 pub fn parse_language(s: &str) -> Option<Lang> {
-    let s = s.trim().to_ascii_lowercase();
-    Lang::parse(&s).or(match s.as_str() {
-        "py" | "python3" => Some(Lang::Python),
-        "js" | "node" | "nodejs" | "node.js" => Some(Lang::Javascript),
-        "ts" => Some(Lang::Typescript),
-        "c++" | "cxx" => Some(Lang::Cpp),
-        "golang" => Some(Lang::Go),
-        "rb" => Some(Lang::Ruby),
-        "rs" => Some(Lang::Rust),
-        "sh" | "shell" => Some(Lang::Bash),
-        _ => None,
-    })
+    lang::parse_name(s)
 }
 
 /// Arguments of `run_code`.

@@ -98,7 +98,11 @@ pub fn steps(
         programs: spec.tools.iter().map(std::path::PathBuf::from).collect(),
         binds: vec![],
         path: vec![],
-        compile_extra: container_compile_extra(lang),
+        compile_extra: spec
+            .container_compile_extra
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
     };
     let mut steps = super::native::program_steps(lang, &tc, source, code, limits, timeout, args);
     if plots && lang == Lang::Python {
@@ -109,46 +113,18 @@ pub fn steps(
     steps
 }
 
-fn container_compile_extra(lang: Lang) -> Vec<String> {
-    match lang {
-        // The default node image has typescript and @types/node installed globally.
-        Lang::Typescript => vec![
-            "--typeRoots".into(),
-            "/usr/local/lib/node_modules/@types".into(),
-        ],
-        _ => vec![],
-    }
-}
-
 /// The prepare phase's install command for `libraries` (names validated at plan time),
-/// and the image changes it needs.
+/// and the image changes it needs: the language table's ([`lang::LangSpec::container_install`]).
 fn install_script(lang: Lang, libs: &[String]) -> Result<(String, Vec<String>), String> {
-    let libs = libs.join(" ");
-    Ok(match lang {
-        Lang::Python => (
-            format!("PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore {libs}"),
-            vec![],
-        ),
-        Lang::Javascript | Lang::Typescript => (
-            format!("npm install -g --no-audit --no-fund {libs}"),
-            vec!["ENV NODE_PATH=/usr/local/lib/node_modules".into()],
-        ),
-        Lang::Ruby => (format!("gem install --no-document {libs}"), vec![]),
-        Lang::Go => (format!("GOBIN=/usr/local/bin go install {libs}"), vec![]),
-        Lang::R => (
-            format!("Rscript -e 'install.packages(commandArgs(TRUE), repos=\"https://cloud.r-project.org\")' {libs}"),
-            vec![],
-        ),
-        Lang::Bash => (
-            format!("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends {libs}"),
-            vec![],
-        ),
-        other => {
-            return Err(format!(
-                "`libraries` are not supported for {other} on container backends (no package manager of its own): install them with `setup` commands or in a Dockerfile (`dockerfile = \"...\"`)"
-            ))
-        }
-    })
+    let Some(install) = &lang::spec(lang).container_install else {
+        return Err(format!(
+            "`libraries` are not supported for {lang} on container backends (no package manager of its own): install them with `setup` commands or in a Dockerfile (`dockerfile = \"...\"`)"
+        ));
+    };
+    Ok((
+        install.command.replace("{libs}", &libs.join(" ")),
+        install.changes.iter().map(|c| c.to_string()).collect(),
+    ))
 }
 
 /// Package-manager settings of the host that the prepare phase sees (proxies, index):
