@@ -54,7 +54,7 @@ fn config(dir: &Path, i: usize, argv: &[&str]) -> SandboxConfig {
     std::fs::create_dir_all(d.join("root")).unwrap();
     std::fs::create_dir_all(d.join("out")).unwrap();
     SandboxConfig {
-        id: format!("{}-bench-{i}", llm_sandbox::run::owner::prefix()),
+        id: format!("{}-bench-{i}", llm_sandbox::owner::prefix()),
         root_mount: d.join("root"),
         inputs_dir: None,
         out_dir: d.join("out"),

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod checks;
 pub mod lang;
 pub mod mcp;
+pub mod owner;
 pub mod plan;
 pub mod plots;
 pub mod report;

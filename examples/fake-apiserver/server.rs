@@ -108,10 +108,7 @@ impl FakeApiServer {
         let addr = listener.local_addr()?;
         sweep_stale_roots();
         let root = tempfile::Builder::new()
-            .prefix(&format!(
-                "{ROOT_PREFIX}{}-",
-                llm_sandbox::run::owner::prefix()
-            ))
+            .prefix(&format!("{ROOT_PREFIX}{}-", llm_sandbox::owner::prefix()))
             .tempdir()?;
         set_mode(root.path(), 0o755)?;
         let all_slots = tmpfs_slots(root.path());
@@ -242,13 +239,13 @@ fn sweep_stale_roots() {
     let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
-    let host = llm_sandbox::run::owner::hostname();
+    let host = llm_sandbox::owner::hostname();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(owner) = name.strip_prefix(ROOT_PREFIX) else {
             continue;
         };
-        if llm_sandbox::run::owner::stale_owner_pid(owner, &host).is_none() {
+        if llm_sandbox::owner::stale_owner_pid(owner, &host).is_none() {
             continue;
         }
         if let Ok(slots) = std::fs::read_dir(e.path()) {

@@ -253,7 +253,7 @@ async fn install_libraries(
 pub fn sandbox_id() -> String {
     format!(
         "{}-{}",
-        crate::run::owner::prefix(),
+        crate::owner::prefix(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
 }

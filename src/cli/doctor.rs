@@ -114,7 +114,7 @@ pub fn run(as_json: bool) -> i32 {
             llm_sandbox::sandbox::usernet::INSTALL_HINT
         ),
     };
-    let runtime_dir = match llm_sandbox::run::owner::runs_root() {
+    let runtime_dir = match llm_sandbox::owner::runs_root() {
         Ok(p) => Ok(format!("{} (private: 0700, yours)", p.display())),
         Err(e) => Err(e.to_string()),
     };

@@ -1,15 +1,14 @@
 //! The scheduler and executor: runs a plan's jobs concurrently on their backends and
 //! emits [`Event`]s. It never prints; reporters consume the events.
 
-pub mod owner;
-
 use crate::backend::{self, RunCtx};
+use crate::owner;
+pub use crate::owner::RunDir;
 use crate::plan::{Plan, PlannedJob};
 use crate::report::model::{Event, JobReport, Phase, Status};
 use crate::spec::types::BackendKind;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -57,46 +56,14 @@ pub fn default_parallelism() -> usize {
         .unwrap_or(1)
 }
 
-/// The private temporary directory of one run, removed when dropped.
-pub struct RunDir {
-    pub path: PathBuf,
-}
-
-impl RunDir {
-    pub fn create() -> std::io::Result<RunDir> {
-        let root = owner::runs_root()?;
-        let nonce: u32 = rand_u32();
-        let path = root.join(format!("{}-{nonce:08x}", owner::prefix()));
-        std::fs::create_dir(&path)?;
-        let o = owner::Owner {
-            tool: "llm-sandbox".into(),
-            run_id: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            host: owner::hostname(),
-            pid: std::process::id(),
-            started_at: chrono::Utc::now().to_rfc3339(),
-        };
-        std::fs::write(
-            path.join("owner.json"),
-            serde_json::to_vec_pretty(&o).unwrap_or_default(),
-        )?;
-        Ok(RunDir { path })
+/// Removes everything dead runners on this host left: run directories and cgroups.
+pub fn sweep_stale() {
+    if let Ok(root) = owner::runs_root() {
+        owner::sweep_stale_dirs(&root);
     }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+    if let Ok(mode) = crate::sandbox::cgroup::detect() {
+        crate::sandbox::cgroup::sweep_stale(&mode, &owner::hostname());
     }
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish() as u32
 }
 
 /// A skipped job's report.
@@ -119,7 +86,7 @@ pub async fn run_plan(
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) -> std::io::Result<Vec<JobReport>> {
-    owner::sweep_stale();
+    sweep_stale();
     let run_dir = RunDir::create()?;
     let mut ctx = RunCtx {
         run_dir: run_dir.path.clone(),

@@ -312,7 +312,7 @@ pub fn sweep_stale(mode: &Mode, host: &str) {
         let Ok(rd) = fs::read_dir(&p) else { continue };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if let Some(pid) = crate::run::owner::stale_owner_pid(&name, host) {
+            if let Some(pid) = crate::owner::stale_owner_pid(&name, host) {
                 let _ = pid;
                 let cg = Cgroup {
                     mode: mode.clone(),

@@ -173,13 +173,13 @@ static POOL: std::sync::Mutex<Vec<Server>> = std::sync::Mutex::new(Vec::new());
 fn warm_root() -> Option<PathBuf> {
     static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let root = crate::run::owner::runs_root().ok()?;
-        let dir = root.join(format!("{}-warm", crate::run::owner::prefix()));
+        let root = crate::owner::runs_root().ok()?;
+        let dir = root.join(format!("{}-warm", crate::owner::prefix()));
         std::fs::create_dir_all(&dir).ok()?;
-        let o = crate::run::owner::Owner {
+        let o = crate::owner::Owner {
             tool: "llm-sandbox".into(),
             run_id: "warm".into(),
-            host: crate::run::owner::hostname(),
+            host: crate::owner::hostname(),
             pid: std::process::id(),
             started_at: String::new(),
         };
@@ -210,7 +210,7 @@ fn spawn_server() -> std::io::Result<Server> {
     let theirs_raw = theirs.as_raw_fd();
     let mut cmd = tokio::process::Command::new(helper_path());
     cmd.arg(HELPER_SUBCOMMAND)
-        .arg(crate::run::owner::prefix())
+        .arg(crate::owner::prefix())
         .arg(warm_root().unwrap_or_default())
         .env_clear()
         .envs(

@@ -13,7 +13,7 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -889,7 +889,7 @@ fn exec_child(
         .iter()
         .map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_default())
         .collect();
-    let program = resolve(&step.argv[0], &cfg.path);
+    let program = super::resolve(&step.argv[0], &cfg.path);
     let mut writable: Vec<String> = vec!["/sandbox".into(), "/tmp".into(), "/dev/shm".into()];
     writable.extend(
         cfg.binds
@@ -919,21 +919,6 @@ fn exec_child(
     }
     let e = nix::unistd::execve(&program, &argv, &env).unwrap_err();
     fail(&format!("cannot execute {}", step.argv[0]), e as i32)
-}
-
-pub(crate) fn resolve(prog: &str, path: &[String]) -> CString {
-    if prog.contains('/') {
-        return CString::new(prog).unwrap_or_default();
-    }
-    for dir in path {
-        let p = Path::new(dir).join(prog);
-        if let Ok(m) = std::fs::metadata(&p) {
-            if m.is_file() && m.mode() & 0o111 != 0 {
-                return cstr(&p);
-            }
-        }
-    }
-    CString::new(prog).unwrap_or_default()
 }
 
 fn cpu_ms_children() -> u64 {
@@ -1207,8 +1192,11 @@ mod tests {
 
     #[test]
     fn resolve_uses_path() {
-        let p = super::resolve("sh", &["/nonexistent".into(), "/bin".into()]);
+        let p = super::super::resolve("sh", &["/nonexistent".into(), "/bin".into()]);
         assert_eq!(p.to_str().unwrap(), "/bin/sh");
-        assert_eq!(super::resolve("./main", &[]).to_str().unwrap(), "./main");
+        assert_eq!(
+            super::super::resolve("./main", &[]).to_str().unwrap(),
+            "./main"
+        );
     }
 }

@@ -124,6 +124,26 @@ pub struct SandboxConfig {
     pub preload: bool,
 }
 
+/// `prog` looked up in `path` as an `execve` of it would be (a name with a `/` as it is),
+/// for the init's steps and the preloaded interpreter alike.
+pub(crate) fn resolve(prog: &str, path: &[String]) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let c = |b: &[u8]| std::ffi::CString::new(b).unwrap_or_default();
+    if prog.contains('/') {
+        return c(prog.as_bytes());
+    }
+    for dir in path {
+        let p = std::path::Path::new(dir).join(prog);
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.is_file() && m.mode() & 0o111 != 0 {
+                return c(p.as_os_str().as_bytes());
+            }
+        }
+    }
+    c(prog.as_bytes())
+}
+
 /// Makes the calling process (a job's step, between fork and exec) the OOM killer's first
 /// choice: `oom_score_adj` 1000, which any process may raise itself to. Async-signal-safe.
 pub fn oom_first() {

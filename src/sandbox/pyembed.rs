@@ -104,11 +104,11 @@ fn python_script<'a>(argv: &'a [String], program: &Path) -> Option<&'a str> {
         .then_some(argv[2].as_str())
 }
 
-/// `prog` looked up in `path` as an execve of it would be ([`super::init::resolve`]).
+/// `prog` looked up in `path` as an execve of it would be ([`super::resolve`]).
 pub fn resolve_program(prog: &str, path: &[String]) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
     PathBuf::from(std::ffi::OsString::from_vec(
-        super::init::resolve(prog, path).into_bytes(),
+        super::resolve(prog, path).into_bytes(),
     ))
 }
 

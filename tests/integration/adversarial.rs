@@ -510,7 +510,7 @@ fn sigkill_of_the_runner_leaves_nothing_running() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let leftovers: Vec<_> = std::fs::read_dir(llm_sandbox::run::owner::runs_root_path())
+        let leftovers: Vec<_> = std::fs::read_dir(llm_sandbox::owner::runs_root_path())
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -72,10 +72,7 @@ fn docker(args: &[&str]) -> String {
 /// The containers of this test process (label `llm-sandbox.owner`) with this id, any state:
 /// one line "`<id> <state>`" each.
 fn our_container(id: &str) -> String {
-    let owner = format!(
-        "label=llm-sandbox.owner={}",
-        llm_sandbox::run::owner::prefix()
-    );
+    let owner = format!("label=llm-sandbox.owner={}", llm_sandbox::owner::prefix());
     docker(&[
         "ps",
         "-a",

@@ -3,7 +3,7 @@
 //! present → used, absent → pulled, `dockerfile` → built by content hash, `libraries` and
 //! `setup` → a template image committed from a prepare container.
 
-use crate::run::owner;
+use crate::owner;
 use crate::spec::types::BackendKind;
 use bollard::Docker;
 use futures_util::StreamExt;

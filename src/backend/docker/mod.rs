@@ -219,7 +219,7 @@ pub async fn template(
     parts.extend(setup.iter().map(String::as_str));
     let key = short_hash(&parts);
     let kept = format!("llm-sandbox/template:{key}");
-    let private = format!("llm-sandbox/template:{key}-{}", crate::run::owner::prefix());
+    let private = format!("llm-sandbox/template:{key}-{}", crate::owner::prefix());
     let lock = engine.key_lock(&kept);
     let _g = lock.lock().await;
     if engine.image_id(&kept).await.is_some() {

@@ -85,7 +85,7 @@ pub fn local_profile_path() -> Option<PathBuf> {
         use sha2::Digest;
         let body = profile();
         let hash = format!("{:x}", sha2::Sha256::digest(body.as_bytes()));
-        let dir = match crate::run::owner::runs_root() {
+        let dir = match crate::owner::runs_root() {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!("cannot write the Podman seccomp profile: {e}");

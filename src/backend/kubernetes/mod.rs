@@ -61,10 +61,10 @@ fn pods_api(c: &Cluster, ns: &str) -> Api<Pod> {
 /// The owner labels of this runner's pods.
 pub fn owner_labels() -> BTreeMap<String, String> {
     BTreeMap::from([
-        (pod::LABEL_OWNER.to_string(), crate::run::owner::prefix()),
+        (pod::LABEL_OWNER.to_string(), crate::owner::prefix()),
         (
             pod::LABEL_HOST.to_string(),
-            pod::label_value(&crate::run::owner::hostname()),
+            pod::label_value(&crate::owner::hostname()),
         ),
     ])
 }
@@ -226,7 +226,7 @@ pub fn from_client(client: kube::Client, namespace: Option<String>) -> Arc<Clust
 
 /// Deletes the pods that runners which are gone left on this host (by label only).
 async fn sweep_stale(c: &Cluster) {
-    let host = crate::run::owner::hostname();
+    let host = crate::owner::hostname();
     let sel = format!(
         "{}=1,{}={}",
         pod::LABEL,
@@ -247,7 +247,7 @@ async fn sweep_stale(c: &Cluster) {
         let Some(owner) = labels.get(pod::LABEL_OWNER) else {
             continue;
         };
-        if crate::run::owner::stale_owner_pid(owner, &host).is_none() {
+        if crate::owner::stale_owner_pid(owner, &host).is_none() {
             continue;
         }
         if let (Some(name), Some(ns)) = (&p.metadata.name, &p.metadata.namespace) {
@@ -284,7 +284,7 @@ pub async fn finish_run() {
 /// Deletes every pod of this runner in the cluster (all namespaces it can list, else its
 /// namespace).
 pub async fn delete_owned(c: &Cluster) {
-    let sel = format!("{}={}", pod::LABEL_OWNER, crate::run::owner::prefix());
+    let sel = format!("{}={}", pod::LABEL_OWNER, crate::owner::prefix());
     let lp = ListParams::default().labels(&sel);
     let all: Api<Pod> = Api::all(c.client.clone());
     let list = match with_timeout("listing pods", all.list(&lp)).await {
@@ -1108,7 +1108,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
 
 /// One ad hoc job (`llm-sandbox exec`) in a fresh pod; everything it made is removed.
 pub async fn run_adhoc(job: &PlannedJob, cancel: &CancellationToken) -> Result<JobReport, String> {
-    let dir = crate::run::RunDir::create()
+    let dir = crate::owner::RunDir::create()
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let ctx = RunCtx {
         run_dir: dir.path.clone(),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Owner {
@@ -179,14 +180,46 @@ pub fn sweep_stale_dirs(root: &Path) -> usize {
     removed
 }
 
-/// Removes everything dead runners left: run directories and cgroups.
-pub fn sweep_stale() {
-    if let Ok(root) = runs_root() {
-        sweep_stale_dirs(&root);
+/// The private temporary directory of one run, removed when dropped.
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn create() -> std::io::Result<RunDir> {
+        let root = runs_root()?;
+        let nonce: u32 = rand_u32();
+        let path = root.join(format!("{}-{nonce:08x}", prefix()));
+        std::fs::create_dir(&path)?;
+        let o = Owner {
+            tool: "llm-sandbox".into(),
+            run_id: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            host: hostname(),
+            pid: std::process::id(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+        };
+        std::fs::write(
+            path.join("owner.json"),
+            serde_json::to_vec_pretty(&o).unwrap_or_default(),
+        )?;
+        Ok(RunDir { path })
     }
-    if let Ok(mode) = crate::sandbox::cgroup::detect() {
-        crate::sandbox::cgroup::sweep_stale(&mode, &hostname());
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish() as u32
 }
 
 #[cfg(test)]
