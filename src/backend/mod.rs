@@ -2,6 +2,7 @@
 //! built in; the container backends plug in here.
 
 pub mod clean;
+pub mod container_job;
 pub mod docker;
 pub mod kubernetes;
 pub mod native;

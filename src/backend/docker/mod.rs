@@ -413,65 +413,115 @@ fn wrapped(argv: &[String], inline: bool, cpu: Option<u64>) -> Vec<String> {
     a
 }
 
-/// What the end of a job found in its container.
-struct Finished {
-    limits: LimitEvents,
-    tar: Option<Vec<u8>>,
-    /// Warm containers: every trace of the job is gone (checked, not assumed).
-    clean: bool,
-}
+impl crate::backend::container_job::ContainerSandbox for Container {
+    fn name(&self) -> &str {
+        &self.id
+    }
 
-/// The end of a job in its container, one exec of [`crate::backend::clean::SCRIPT`]: kill
-/// every process of the job, read the cgroup's counters, pack the workdir when `collect`,
-/// and for a warm container (`clean`, as root) empty the writable places and prove it
-/// clean against its roots as made ([`Container::fresh`]).
-async fn finish(
-    c: &mut Container,
-    collect: bool,
-    clean: bool,
-    cap: u64,
-    cancel: &CancellationToken,
-) -> Result<Finished, String> {
-    let argv = crate::backend::clean::script_argv(if clean { "clean" } else { "end" }, collect);
-    let timeout = Duration::from_secs(60);
-    let user = if clean { "0:0" } else { SANDBOX_USER };
-    let mut r = c
-        .exec(&argv, Some(user), &[], None, cap, timeout, cancel)
-        .await;
-    if r.is_err() && !c.dead {
-        // The pids limit may be exhausted by what the job left: make room, then retry
-        // (the container is not reused after that: its limit changed).
+    fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    fn count_job(&mut self) {
+        self.uses = self.uses.saturating_add(1);
+    }
+
+    fn counters(&mut self) -> &mut (u64, u64) {
+        &mut self.counters
+    }
+
+    fn fresh(&self) -> Option<&[crate::backend::clean::Root]> {
+        self.fresh.as_deref()
+    }
+
+    fn enforcement(&self) -> &'static str {
+        "container cgroup"
+    }
+
+    fn inline_inputs_max(&self) -> usize {
+        INLINE_INPUT_MAX
+    }
+
+    async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
+        Container::put_tar(self, tar, cancel).await
+    }
+
+    /// Small inputs ride along with the first step (one exec less per job), base64 in its
+    /// environment, unpacked by a shell prologue; an image where that fails (no `base64`)
+    /// gets them through their own exec.
+    async fn run_step(
+        &mut self,
+        job: &PlannedJob,
+        step: &crate::sandbox::Step,
+        env: &[(String, String)],
+        cpu: Option<u64>,
+        inputs: &mut Option<Vec<u8>>,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, String> {
+        let stdin =
+            (step.kind == StepKind::Run).then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
+        let timeout = Duration::from_millis(step.timeout_ms);
+        if let Some(tar) = inputs.take() {
+            let mut with = env.to_vec();
+            with.push((INLINE_VAR.into(), B64.encode(&tar)));
+            let r = self
+                .exec(
+                    &wrapped(&step.argv, true, cpu),
+                    Some(SANDBOX_USER),
+                    &with,
+                    stdin,
+                    step.capture_cap,
+                    timeout,
+                    cancel,
+                )
+                .await?;
+            if r.exit_code != Some(UNPACK_FAILED)
+                || !String::from_utf8_lossy(&r.stderr).contains(UNPACK_MARK)
+            {
+                return Ok(r);
+            }
+            tracing::debug!("inline input failed; copying it in with its own exec");
+            Container::put_tar(self, &tar, cancel).await?;
+        }
+        self.exec(
+            &wrapped(&step.argv, false, cpu),
+            Some(SANDBOX_USER),
+            env,
+            stdin,
+            step.capture_cap,
+            timeout,
+            cancel,
+        )
+        .await
+    }
+
+    /// As root to clean a warm container (its processes are the sandbox user's); when the
+    /// exec cannot start (the job left its pids limit exhausted), once more with room made
+    /// (the container is then not reused: its limit changed).
+    async fn end_exec(
+        &mut self,
+        argv: &[String],
+        clean: bool,
+        cap: u64,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, String> {
+        let timeout = crate::backend::container_job::END_TIMEOUT;
+        let user = if clean { "0:0" } else { SANDBOX_USER };
+        let r = self
+            .exec(argv, Some(user), &[], None, cap, timeout, cancel)
+            .await;
+        if r.is_ok() || self.dead {
+            return r;
+        }
         let up = bollard::models::ContainerUpdateBody {
-            pids_limit: Some(c.pids_limit + 64),
+            pids_limit: Some(self.pids_limit + 64),
             ..Default::default()
         };
-        let _ = c.engine.docker.update_container(&c.id, up).await;
-        c.uses = u32::MAX;
-        r = c
-            .exec(&argv, Some(user), &[], None, cap, timeout, cancel)
-            .await;
+        let _ = self.engine.docker.update_container(&self.id, up).await;
+        self.uses = u32::MAX;
+        self.exec(argv, Some(user), &[], None, cap, timeout, cancel)
+            .await
     }
-    let r = r?;
-    let out = crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr));
-    let (oom, pids) = (
-        out.oom_kills.unwrap_or(c.counters.0),
-        out.pids_max.unwrap_or(c.counters.1),
-    );
-    let ev = LimitEvents {
-        enforcement: "container cgroup".into(),
-        oom_killed: oom > c.counters.0,
-        pids_limit_hit: pids > c.counters.1,
-        ..Default::default()
-    };
-    c.counters = (oom, pids);
-    let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
-    let is_clean =
-        clean && ok && crate::backend::clean::proven(&out, c.fresh.as_deref(), "warm container");
-    Ok(Finished {
-        limits: ev,
-        tar: (collect && ok).then_some(r.stdout),
-        clean: is_clean,
-    })
 }
 
 /// What makes two jobs share a prepared environment (for de-duplication).
@@ -612,7 +662,8 @@ async fn run_in(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &st
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
-    let report = run_steps(&mut c, job, ctx, false, &mut false).await;
+    let report =
+        crate::backend::container_job::run(&mut c, job, ctx, image, false, &mut false).await;
     c.remove().await;
     report
 }
@@ -632,182 +683,11 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
     let report = if c.has_agent() {
         run_steps_agent(&mut c, job, ctx, &mut reusable).await
     } else {
-        run_steps(&mut c, job, ctx, true, &mut reusable).await
+        crate::backend::container_job::run(&mut c, job, ctx, image, true, &mut reusable).await
     };
     pool.release(c, reusable && !ctx.cancel.is_cancelled(), recycle)
         .await;
     report
-}
-
-/// Runs the job's steps in `c`. With `warm`, the container is cleaned afterwards and
-/// `reusable` says whether that was proven.
-async fn run_steps(
-    c: &mut Container,
-    job: &PlannedJob,
-    ctx: &RunCtx,
-    warm: bool,
-    reusable: &mut bool,
-) -> JobReport {
-    c.uses = c.uses.saturating_add(1);
-    let cancel = &ctx.cancel;
-    let started = Instant::now();
-    let source = lang::source_file(job.lang, &job.code);
-    let tar = match input_tar(job, &source) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    // Small inputs ride along with the first step (one exec less per job); larger ones,
-    // or images without `base64`, go in through their own exec.
-    let mut inline = (tar.len() <= INLINE_INPUT_MAX).then(|| B64.encode(&tar));
-    if inline.is_none() {
-        if let Err(e) = c.put_tar(&tar, cancel).await {
-            if cancel.is_cancelled() {
-                return interrupted(job);
-            }
-            return error_report(job, Phase::Prepare, e);
-        }
-    }
-    let mut msgs = Vec::new();
-    let mut outcome = Outcome::default();
-    let mut last_run = None;
-    let env = base_env(job.lang, &job.env, crate::plots::wanted(job));
-    for step in steps(
-        job.lang,
-        &source,
-        &job.code,
-        &job.limits,
-        job.timeout,
-        &job.args,
-        crate::plots::wanted(job),
-    ) {
-        let user = SANDBOX_USER;
-        let stdin =
-            (step.kind == StepKind::Run).then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
-        let timeout = Duration::from_millis(step.timeout_ms);
-        // The CPU-time limit of this job's processes (warm: the container outlives it).
-        let cpu = (warm && step.kind == StepKind::Run)
-            .then(|| job.timeout.as_millis().div_ceil(1000) as u64 + 1);
-        let mut r = None;
-        if let Some(b64) = inline.take() {
-            let argv = wrapped(&step.argv, true, cpu);
-            let mut env = env.clone();
-            env.push((INLINE_VAR.into(), b64));
-            let got = c
-                .exec(
-                    &argv,
-                    Some(user),
-                    &env,
-                    stdin,
-                    step.capture_cap,
-                    timeout,
-                    cancel,
-                )
-                .await;
-            match got {
-                Ok(x)
-                    if x.exit_code == Some(UNPACK_FAILED)
-                        && String::from_utf8_lossy(&x.stderr).contains(UNPACK_MARK) =>
-                {
-                    tracing::debug!("inline input failed; copying it in with its own exec");
-                    if let Err(e) = c.put_tar(&tar, cancel).await {
-                        if cancel.is_cancelled() {
-                            return interrupted(job);
-                        }
-                        return error_report(job, Phase::Prepare, e);
-                    }
-                }
-                Ok(x) => r = Some(x),
-                Err(e) => return error_report(job, phase_of(step.kind), e),
-            }
-        }
-        let r = match r {
-            Some(r) => r,
-            None => match c
-                .exec(
-                    &wrapped(&step.argv, false, cpu),
-                    Some(user),
-                    &env,
-                    stdin,
-                    step.capture_cap,
-                    timeout,
-                    cancel,
-                )
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => return error_report(job, phase_of(step.kind), e),
-            },
-        };
-        if r.cancelled {
-            return interrupted(job);
-        }
-        let mut sr = step_result(step.kind, &r, step.capture_cap);
-        if r.exit_code == Some(127) && step.kind != StepKind::Run {
-            sr.spawn_error = Some(format!(
-                "`{}` was not found in the image: {}",
-                step.argv[0],
-                String::from_utf8_lossy(&r.stderr).trim()
-            ));
-        }
-        if r.exit_code == Some(126) || (r.exit_code == Some(127) && is_exec_failure(&r)) {
-            sr.spawn_error = Some(format!(
-                "`{}` could not be started in image `{}`: {}",
-                step.argv[0],
-                job.image
-                    .as_deref()
-                    .unwrap_or(lang::spec(job.lang).default_image),
-                String::from_utf8_lossy(&r.stdout).trim()
-            ));
-        }
-        let ok = r.exit_code == Some(0) && !r.timed_out && !r.output_limit_hit;
-        if step.kind == StepKind::Run {
-            outcome.stdout = r.stdout.clone();
-            outcome.stderr = r.stderr.clone();
-            outcome.stdout_truncated = r.stdout_truncated;
-            outcome.stderr_truncated = r.stderr_truncated;
-            outcome.output_limit_hit = r.output_limit_hit;
-            last_run = Some(r.clone());
-        }
-        msgs.push(Msg::Step(sr));
-        if !ok && step.kind != StepKind::Run {
-            break;
-        }
-    }
-    let collect = !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty();
-    let needs_finish = !c.dead
-        && (warm
-            || last_run
-                .as_ref()
-                .is_some_and(|r| collect || r.exit_code != Some(0)));
-    if needs_finish {
-        match finish(c, collect, warm, job.limits.disk, cancel).await {
-            Ok(Finished {
-                limits: ev,
-                tar,
-                clean,
-            }) => {
-                *reusable = clean;
-                msgs.push(Msg::Limits(ev));
-                if let Some(tar) = tar {
-                    match collected(job, ctx, &c.id, &tar) {
-                        Ok((msg, dir)) => {
-                            msgs.push(msg);
-                            outcome.out_dir = Some(dir);
-                        }
-                        Err(r) => return *r,
-                    }
-                }
-            }
-            Err(e) if cancel.is_cancelled() => {
-                let _ = e;
-                return interrupted(job);
-            }
-            Err(e) => tracing::debug!("reading the container's counters failed: {e}"),
-        }
-    }
-    outcome.msgs = msgs;
-    outcome.wall = started.elapsed();
-    report_of(job, ctx, &outcome)
 }
 
 /// Unpacks the workdir's tar (safely) into a directory of the run.
@@ -1038,11 +918,6 @@ fn wanted(job: &PlannedJob, path: &str) -> bool {
                 .build()
                 .is_ok_and(|g| g.compile_matcher().is_match(path))
         })
-}
-
-fn is_exec_failure(r: &ExecResult) -> bool {
-    let out = String::from_utf8_lossy(&r.stdout);
-    out.contains("OCI runtime exec failed") || out.contains("executable file not found")
 }
 
 pub(crate) fn phase_of(kind: StepKind) -> Phase {

@@ -20,8 +20,6 @@ use super::{error_report, RunCtx};
 use crate::lang;
 use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase};
-use crate::sandbox::host::Outcome;
-use crate::sandbox::proto::{LimitEvents, Msg};
 use crate::sandbox::StepKind;
 use crate::spec::types::KubernetesConfig;
 use k8s_openapi::api::core::v1::Pod;
@@ -1084,7 +1082,8 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
             Err(e) => return failed(e),
         };
         let mut reusable = false;
-        let report = run_steps(&mut p, job, ctx, true, &mut reusable).await;
+        let report =
+            crate::backend::container_job::run(&mut p, job, ctx, &image, true, &mut reusable).await;
         let recycle = kcfg
             .and_then(|k| k.recycle_after)
             .unwrap_or(DEFAULT_RECYCLE_AFTER)
@@ -1097,7 +1096,8 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
-        let report = run_steps(&mut p, job, ctx, false, &mut false).await;
+        let report =
+            crate::backend::container_job::run(&mut p, job, ctx, &image, false, &mut false).await;
         p.delete().await;
         report
     };
@@ -1122,146 +1122,69 @@ pub async fn run_adhoc(job: &PlannedJob, cancel: &CancellationToken) -> Result<J
     Ok(report)
 }
 
-/// Runs the job's steps in its pod and builds its report.
-/// With `warm`, the pod is cleaned afterwards and `reusable` says whether that was proven.
-async fn run_steps(
-    p: &mut SandboxPod,
-    job: &PlannedJob,
-    ctx: &RunCtx,
-    warm: bool,
-    reusable: &mut bool,
-) -> JobReport {
-    p.uses = p.uses.saturating_add(1);
-    let cancel = &ctx.cancel;
-    let started = Instant::now();
-    let source = lang::source_file(job.lang, &job.code);
-    let tar = match docker::input_tar(job, &source) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    if let Err(e) = p.put_tar(&tar, cancel).await {
-        if cancel.is_cancelled() {
-            return docker::interrupted(job);
-        }
-        return error_report(job, Phase::Prepare, e);
+impl crate::backend::container_job::ContainerSandbox for SandboxPod {
+    fn name(&self) -> &str {
+        &self.name
     }
-    let plots = crate::plots::wanted(job);
-    let env = docker::base_env(job.lang, &job.env, plots);
-    let mut msgs = Vec::new();
-    let mut outcome = Outcome::default();
-    let mut last_run: Option<ExecResult> = None;
-    for step in docker::steps(
-        job.lang,
-        &source,
-        &job.code,
-        &job.limits,
-        job.timeout,
-        &job.args,
-        plots,
-    ) {
-        let run = step.kind == StepKind::Run;
-        let stdin = run.then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
-        let cpu = run.then(|| job.timeout.as_millis().div_ceil(1000) as u64 + 1);
-        let argv = step_argv(job.lang, &step, &env, job.limits.open_files, cpu);
-        let r = match p
-            .exec(
-                &argv,
-                stdin,
-                step.capture_cap,
-                Duration::from_millis(step.timeout_ms),
-                cancel,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return error_report(job, docker::phase_of(step.kind), e),
-        };
-        if r.cancelled {
-            return docker::interrupted(job);
-        }
-        let mut sr = docker::step_result(step.kind, &r, step.capture_cap);
-        if matches!(r.exit_code, Some(126) | Some(127)) && !run {
-            sr.spawn_error = Some(format!(
-                "`{}` could not be started in image `{}`: {}",
-                step.argv[0],
-                image_of(job, None),
-                String::from_utf8_lossy(&r.stderr).trim()
-            ));
-        }
-        let ok = r.exit_code == Some(0) && !r.timed_out && !r.output_limit_hit;
-        if run {
-            outcome.stdout = r.stdout.clone();
-            outcome.stderr = r.stderr.clone();
-            outcome.stdout_truncated = r.stdout_truncated;
-            outcome.stderr_truncated = r.stderr_truncated;
-            outcome.output_limit_hit = r.output_limit_hit;
-            last_run = Some(r);
-        }
-        msgs.push(Msg::Step(sr));
-        if !ok && !run {
-            break;
-        }
-    }
-    let collect = !job.artifacts.is_empty() || !job.expect.files.is_empty();
-    let needs_finish = !p.dead
-        && (warm
-            || last_run
-                .as_ref()
-                .is_some_and(|r| collect || r.exit_code != Some(0)));
-    if needs_finish {
-        match finish(p, collect, warm, job.limits.disk, cancel).await {
-            Ok((ev, tar, clean)) => {
-                *reusable = clean;
-                msgs.push(Msg::Limits(ev));
-                if let Some(tar) = tar {
-                    match docker::collected(job, ctx, &p.name, &tar) {
-                        Ok((msg, dir)) => {
-                            msgs.push(msg);
-                            outcome.out_dir = Some(dir);
-                        }
-                        Err(r) => return *r,
-                    }
-                }
-            }
-            Err(_) if cancel.is_cancelled() => return docker::interrupted(job),
-            Err(e) => tracing::debug!("the end of the job in its pod failed: {e}"),
-        }
-    }
-    outcome.msgs = msgs;
-    outcome.wall = started.elapsed();
-    docker::report_of(job, ctx, &outcome)
-}
 
-/// The end of a job in its pod (one exec of [`crate::backend::clean::SCRIPT`], as the pod's
-/// user): the limit events since the last job, the workdir's tar when `collect`, and
-/// (`clean`, warm pods) whether the pod was proven clean against its roots as made.
-async fn finish(
-    p: &mut SandboxPod,
-    collect: bool,
-    clean: bool,
-    cap: u64,
-    cancel: &CancellationToken,
-) -> Result<(LimitEvents, Option<Vec<u8>>, bool), String> {
-    let argv = crate::backend::clean::script_argv(if clean { "clean" } else { "end" }, collect);
-    let r = p
-        .exec(&argv, None, cap, Duration::from_secs(60), cancel)
-        .await?;
-    let out = crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr));
-    let (oom, pids) = (
-        out.oom_kills.unwrap_or(p.counters.0),
-        out.pids_max.unwrap_or(p.counters.1),
-    );
-    let ev = LimitEvents {
-        enforcement: "pod cgroup".into(),
-        oom_killed: oom > p.counters.0,
-        pids_limit_hit: pids > p.counters.1,
-        ..Default::default()
-    };
-    p.counters = (oom, pids);
-    let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
-    let is_clean =
-        clean && ok && crate::backend::clean::proven(&out, p.fresh.as_deref(), "warm pod");
-    Ok((ev, (collect && ok).then_some(r.stdout), is_clean))
+    fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    fn count_job(&mut self) {
+        self.uses = self.uses.saturating_add(1);
+    }
+
+    fn counters(&mut self) -> &mut (u64, u64) {
+        &mut self.counters
+    }
+
+    fn fresh(&self) -> Option<&[crate::backend::clean::Root]> {
+        self.fresh.as_deref()
+    }
+
+    fn enforcement(&self) -> &'static str {
+        "pod cgroup"
+    }
+
+    async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
+        SandboxPod::put_tar(self, tar, cancel).await
+    }
+
+    /// As the pod's user (its security context), with the job's environment only, the
+    /// workdir and the limits set by [`step_argv`]'s prologue.
+    async fn run_step(
+        &mut self,
+        job: &PlannedJob,
+        step: &crate::sandbox::Step,
+        env: &[(String, String)],
+        cpu: Option<u64>,
+        _inputs: &mut Option<Vec<u8>>,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, String> {
+        let stdin =
+            (step.kind == StepKind::Run).then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
+        let argv = step_argv(job.lang, step, env, job.limits.open_files, cpu);
+        self.exec(
+            &argv,
+            stdin,
+            step.capture_cap,
+            Duration::from_millis(step.timeout_ms),
+            cancel,
+        )
+        .await
+    }
+
+    async fn end_exec(
+        &mut self,
+        argv: &[String],
+        _clean: bool,
+        cap: u64,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, String> {
+        let timeout = crate::backend::container_job::END_TIMEOUT;
+        self.exec(argv, None, cap, timeout, cancel).await
+    }
 }
 
 #[cfg(test)]
