@@ -742,9 +742,23 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
     }
     if let Some(sig) = last.signal {
         if !limits.oom_killed {
+            // A program that ran out of memory under an address-space limit (or a runtime
+            // that aborts when an allocation fails) dies by one of these.
+            let memory_may = matches!(
+                sig,
+                libc::SIGSEGV | libc::SIGBUS | libc::SIGABRT | libc::SIGKILL
+            );
             notes.push(format!(
-                "the program was killed by signal {sig} ({})",
-                signal_name(sig)
+                "the program was killed by signal {sig} ({}){}",
+                signal_name(sig),
+                if memory_may {
+                    format!(
+                        "; the memory limit ({}) may be the cause",
+                        format_size(job.limits.memory)
+                    )
+                } else {
+                    String::new()
+                }
             ));
         }
     }

@@ -79,6 +79,14 @@ struct RunArgs {
 }
 
 impl RunArgs {
+    /// What clap cannot check: one report at most on stdout.
+    fn check(&self) -> Result<(), String> {
+        if self.json.as_deref() == Some("-") && self.junit.as_deref() == Some("-") {
+            return Err("--json - and --junit - would both write to stdout: give one of them a file (e.g. --junit report.xml)".into());
+        }
+        Ok(())
+    }
+
     fn run_options(&self) -> RunOptions {
         RunOptions {
             jobs: self
@@ -307,6 +315,10 @@ pub fn main() -> i32 {
 async fn dispatch(cmd: Command) -> i32 {
     match cmd {
         Command::Run { select, run: args } => {
+            if let Err(e) = args.check() {
+                eprintln!("error: {e}");
+                return exit_codes::BAD_INPUT;
+            }
             let Some(plan) = load_plan(&select) else {
                 return exit_codes::BAD_INPUT;
             };
@@ -352,7 +364,13 @@ async fn dispatch(cmd: Command) -> i32 {
             select,
             run: args,
             watch: w,
-        } => watch::watch(select, args, w).await,
+        } => {
+            if let Err(e) = args.check() {
+                eprintln!("error: {e}");
+                return exit_codes::BAD_INPUT;
+            }
+            watch::watch(select, args, w).await
+        }
         Command::Mcp(args) => llm_sandbox::mcp::serve(args).await,
         Command::Exec {
             lang,
@@ -399,7 +417,12 @@ fn load_plan(select: &SelectArgs) -> Option<Plan> {
         filters: select.filters.clone(),
     };
     match llm_sandbox::plan::plan_paths(&paths, &opts) {
-        Ok(p) => Some(p),
+        Ok(p) => {
+            for w in &p.warnings {
+                eprintln!("warning: {w}");
+            }
+            Some(p)
+        }
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e:?}");

@@ -427,6 +427,7 @@ impl State {
                 jobs: run,
                 files: found,
                 total_before_filter: self.files.values().map(|e| e.total).sum(),
+                warnings: Vec::new(),
             },
             total,
             errors,

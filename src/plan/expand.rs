@@ -56,6 +56,7 @@ pub fn plan_paths_diag(paths: &[PathBuf], opts: &PlanOptions) -> Result<Plan, Ve
     match plan_loaded(&loaded, opts) {
         Ok(mut plan) if errors.is_empty() => {
             plan.files = files;
+            plan.warnings = unused_vars(&loaded, opts);
             Ok(plan)
         }
         Ok(_) => Err(errors),
@@ -64,6 +65,52 @@ pub fn plan_paths_diag(paths: &[PathBuf], opts: &PlanOptions) -> Result<Plan, Ve
             Err(errors)
         }
     }
+}
+
+/// `--var` names no job file uses: defined in no file's `[vars]` and written in no job
+/// file or template file (a typo would otherwise be silently ignored).
+fn unused_vars(loaded: &[LoadedFile], opts: &PlanOptions) -> Vec<String> {
+    if opts.vars.is_empty() {
+        return Vec::new();
+    }
+    let mut texts: Vec<String> = Vec::new();
+    for lf in loaded {
+        texts.push(lf.source.text().to_string());
+        for j in lf.spec.jobs.iter().chain(lf.spec.defaults.iter()) {
+            if let Some(t) = &j.template_file {
+                texts.extend(std::fs::read_to_string(lf.dir.join(t)).ok());
+            }
+        }
+    }
+    let defined: std::collections::BTreeSet<&String> =
+        loaded.iter().flat_map(|lf| lf.spec.vars.keys()).collect();
+    let used = |name: &str| {
+        texts.iter().any(|t| {
+            t.match_indices(name).any(|(i, _)| {
+                let word = |c: char| c.is_alphanumeric() || c == '_';
+                !t[..i].chars().next_back().is_some_and(word)
+                    && !t[i + name.len()..].chars().next().is_some_and(word)
+            })
+        })
+    };
+    opts.vars
+        .iter()
+        .filter(|(k, _)| !defined.contains(k) && !used(k))
+        .map(|(k, _)| {
+            format!(
+                "--var {k}: no job file uses a variable `{k}` (the variables they define: {})",
+                if defined.is_empty() {
+                    "none".to_string()
+                } else {
+                    defined
+                        .iter()
+                        .map(|d| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )
+        })
+        .collect()
 }
 
 /// The job files named by `paths`: files as given, directories walked recursively in
@@ -187,6 +234,7 @@ pub fn plan_loaded(files: &[LoadedFile], opts: &PlanOptions) -> Result<Plan, Vec
         jobs: selected,
         files: files.iter().map(|f| f.path.clone()).collect(),
         total_before_filter: total,
+        warnings: Vec::new(),
     })
 }
 

@@ -33,4 +33,6 @@ pub struct Plan {
     pub files: Vec<PathBuf>,
     /// Every job before filtering (count).
     pub total_before_filter: usize,
+    /// What is not wrong enough to stop, but likely a mistake (a `--var` no file uses).
+    pub warnings: Vec<String>,
 }

@@ -86,11 +86,13 @@ fn failure_body(job: &JobReport) -> String {
         body.push('\n');
     }
     for c in job.checks.iter().filter(|c| !c.passed) {
-        if !body.is_empty() {
+        if !job.says(c) {
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            body.push_str(&c.message);
             body.push('\n');
         }
-        body.push_str(&c.message);
-        body.push('\n');
         if let (Some(e), Some(a)) = (&c.expected, &c.actual) {
             let diff = unified_diff(e, a);
             let lines: Vec<&str> = diff.lines().collect();
@@ -110,10 +112,11 @@ fn failure_body(job: &JobReport) -> String {
 }
 
 fn failure_message(job: &JobReport) -> String {
+    // The failed checks the job's message does not say already.
     let failed: Vec<&str> = job
         .checks
         .iter()
-        .filter(|c| !c.passed)
+        .filter(|c| !c.passed && !job.says(c))
         .map(|c| c.message.as_str())
         .collect();
     match (&job.message, failed.is_empty()) {

@@ -142,6 +142,14 @@ impl JobReport {
         }
     }
 
+    /// Whether the job's message already says what check `c` says (a failed job's message
+    /// is made of its failed checks' messages): reporters then show only the check's diff.
+    pub fn says(&self, c: &CheckResult) -> bool {
+        self.message
+            .as_deref()
+            .is_some_and(|m| m.contains(c.message.as_str()))
+    }
+
     /// A copy without the job's output and the checks' texts (for reporters that keep
     /// every job: counts, pass@k, the list of what did not pass).
     pub fn summary_copy(&self) -> JobReport {

@@ -242,8 +242,8 @@ impl TerminalReporter {
                     }
                 }
                 for c in job.checks.iter().filter(|c| !c.passed) {
-                    // The job's message already says it when it is the only failed check.
-                    if job.message.as_deref() != Some(c.message.as_str()) {
+                    // Not again when the job's message says it already.
+                    if !job.says(c) {
                         for l in c.message.lines() {
                             text.push_str(&format!("{indent}{}\n", shown(l)));
                         }

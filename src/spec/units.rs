@@ -166,6 +166,17 @@ impl Serialize for DurationSpec {
     }
 }
 
+/// A size written without a unit is bytes; below 1 MiB that is never a sensible limit
+/// (`memory = 512` killed jobs with SIGSEGV and no word of memory): the unit is asked for.
+fn bare_bytes(v: u64) -> Result<u64, String> {
+    if v < 1 << 20 {
+        return Err(format!(
+            "{v} without a unit means {v} bytes, too small for a limit: write the unit, e.g. \"{v}MiB\" (a number without a unit is bytes and must be at least 1MiB)"
+        ));
+    }
+    Ok(v)
+}
+
 struct SizeVisitor;
 impl de::Visitor<'_> for SizeVisitor {
     type Value = ByteSize;
@@ -173,19 +184,20 @@ impl de::Visitor<'_> for SizeVisitor {
         f.write_str(SIZE_HELP)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-        parse_size(v).map(ByteSize).map_err(E::custom)
+        let bytes = parse_size(v).map_err(E::custom)?;
+        if v.trim().bytes().all(|b| b.is_ascii_digit()) {
+            return bare_bytes(bytes).map(ByteSize).map_err(E::custom);
+        }
+        Ok(ByteSize(bytes))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-        if v == 0 {
-            return Err(E::custom("size must be at least one byte"));
-        }
-        Ok(ByteSize(v))
+        bare_bytes(v).map(ByteSize).map_err(E::custom)
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
         if v <= 0 {
             return Err(E::custom("size must be at least one byte"));
         }
-        Ok(ByteSize(v as u64))
+        bare_bytes(v as u64).map(ByteSize).map_err(E::custom)
     }
 }
 
@@ -262,5 +274,20 @@ mod tests {
         assert!(parse_size("MiB").is_err());
         assert_eq!(format_size(512 << 20), "512MiB");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn a_limit_without_a_unit_below_a_mebibyte_asks_for_one() {
+        let parse = |yaml: &str| serde_json::from_str::<ByteSize>(yaml);
+        let e = parse("512").unwrap_err().to_string();
+        assert!(
+            e.contains("512 without a unit means 512 bytes") && e.contains("\"512MiB\""),
+            "{e}"
+        );
+        let e = parse("\"512\"").unwrap_err().to_string();
+        assert!(e.contains("512MiB"), "{e}");
+        assert_eq!(parse("1048576").unwrap(), ByteSize(1 << 20));
+        assert_eq!(parse("\"512B\"").unwrap(), ByteSize(512));
+        assert_eq!(parse("\"512MiB\"").unwrap(), ByteSize(512 << 20));
     }
 }

@@ -47,6 +47,16 @@ fn assert_mentions(stderr: &str, needles: &[&str]) {
 }
 
 #[test]
+fn two_reports_on_stdout_are_a_usage_error() {
+    let err = bad_input(
+        "ok.toml",
+        "[[jobs]]\nname = \"x\"\nlang = \"bash\"\ncode = \"echo hi\"\n",
+        &["--junit", "-"],
+    );
+    assert_mentions(&err, &["--json - and --junit -", "stdout"]);
+}
+
+#[test]
 fn toml_syntax_error() {
     let err = bad_input(
         "syntax.toml",

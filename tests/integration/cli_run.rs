@@ -873,3 +873,89 @@ expect.stdout_regex = '^blocked \w+'
         "the sandbox connected to the host's loopback"
     );
 }
+
+/// A failure's reasons are said once: on the terminal (the job's message, then only each
+/// check's diff) and in JUnit's `message` attribute.
+#[test]
+fn a_failure_is_explained_once() {
+    let s = Scratch::new();
+    s.write(
+        "twice.yaml",
+        "jobs:\n  - { name: twice, lang: bash, code: 'exit 1', expect: { stdout: ok } }\n",
+    );
+    let out = s
+        .cmd()
+        .args(["run", "--no-progress", "--junit", "r.xml", "twice.yaml"])
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stderr);
+    for said in ["exit code 1, expected 0", "stdout is empty, expected `ok`"] {
+        assert_eq!(terminal.matches(said).count(), 1, "{said}:\n{terminal}");
+    }
+    assert!(
+        terminal.contains("-ok"),
+        "the diff is still shown:\n{terminal}"
+    );
+    let xml = std::fs::read_to_string(s.path().join("r.xml")).unwrap();
+    let message = xml
+        .split("message=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert_eq!(
+        message.matches("exit code 1, expected 0").count(),
+        1,
+        "{message}"
+    );
+    assert_eq!(message.matches("stdout is empty").count(), 1, "{message}");
+}
+
+/// `--var` with a name no job file uses is said (a typo would silently change nothing);
+/// one a file uses is not.
+#[test]
+fn an_unused_var_is_warned_about() {
+    let s = Scratch::new();
+    s.write(
+        "vars.toml",
+        "[vars]\ngreeting = \"hi\"\n\n[[jobs]]\nname = \"v\"\nlang = \"bash\"\ntemplate = \"echo {{ greeting }}\"\n",
+    );
+    let run = |var: &str| {
+        let out = s
+            .cmd()
+            .args(["run", "--no-progress", "--var", var, "vars.toml"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("greting=hello");
+    assert!(
+        err.contains("warning: --var greting: no job file uses a variable `greting` (the variables they define: greeting)"),
+        "{err}"
+    );
+    assert!(!run("greeting=hello").contains("warning"));
+}
+
+/// A limit written without a unit below 1 MiB is bytes, never meant: the unit is asked for,
+/// before anything runs.
+#[test]
+fn a_size_without_a_unit_asks_for_one() {
+    let s = Scratch::new();
+    s.write(
+        "mem.toml",
+        "[[jobs]]\nname = \"m\"\nlang = \"bash\"\ncode = \"true\"\nlimits = { memory = 512 }\n",
+    );
+    let out = s
+        .cmd()
+        .args(["run", "--no-progress", "mem.toml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("mem.toml:5:") && err.contains("\"512MiB\""),
+        "{err}"
+    );
+}
