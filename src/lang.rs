@@ -368,11 +368,17 @@ fn under_system_dirs(p: &Path) -> bool {
     SYSTEM_DIRS.iter().any(|d| p.starts_with(d))
 }
 
+/// How a job file moves a job to Docker, in messages; the command line says
+/// [`DOCKER_HINT_CLI`] instead.
+pub const DOCKER_HINT: &str = "run the job with `backend = \"docker\"`";
+/// [`DOCKER_HINT`] as the command line says it.
+pub const DOCKER_HINT_CLI: &str = "run it with `--backend docker`";
+
 /// The error of a toolchain program missing on the host: names the package to install.
 pub fn missing_tool(lang: Lang, tool: &str) -> String {
     let spec = spec(lang);
     format!(
-        "`{tool}` was not found on this host (needed for {lang} on the native backend): install {} (e.g. `apt-get install {}`), or run the job with `backend = \"docker\"`",
+        "`{tool}` was not found on this host (needed for {lang} on the native backend): install {} (e.g. `apt-get install {}`), or {DOCKER_HINT}",
         spec.debian_packages,
         spec.debian_packages.split_whitespace().next().unwrap_or(spec.debian_packages)
     )

@@ -145,9 +145,11 @@ enum Command {
     },
     /// Run one program; its output streams as it comes.
     Exec {
-        /// Language of the program.
+        /// Language of the program (a name or an alias: py, js, ts, c++...); default: from
+        /// FILE's extension.
         #[arg(long, value_parser = parse_lang)]
-        lang: Lang,
+        lang: Option<Lang>,
+        /// Where it runs: native (default), docker, podman or kubernetes.
         #[arg(long, value_parser = parse_backend)]
         backend: Option<BackendKind>,
         /// The program's code.
@@ -198,7 +200,7 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
 }
 
 fn parse_lang(s: &str) -> Result<Lang, String> {
-    Lang::parse(s).ok_or_else(|| {
+    llm_sandbox::lang::parse_name(s).ok_or_else(|| {
         format!(
             "unknown language {s:?}; valid: {}",
             Lang::ALL
@@ -786,7 +788,7 @@ async fn exec_kubernetes(
 }
 
 async fn exec(
-    lang: Lang,
+    lang: Option<Lang>,
     backend: Option<BackendKind>,
     code: Option<String>,
     file: Option<PathBuf>,
@@ -796,6 +798,21 @@ async fn exec(
 ) -> i32 {
     // `-`: the program comes from stdin, so the program itself gets none.
     let program_on_stdin = file.as_ref().is_some_and(|f| f.as_os_str() == "-");
+    let lang = match lang.or_else(|| file.as_deref().and_then(llm_sandbox::lang::by_extension)) {
+        Some(l) => l,
+        None => {
+            eprintln!(
+                "error: give the language with --lang ({}){}",
+                Lang::ALL.map(|l| l.as_str()).join(", "),
+                match &file {
+                    Some(f) if f.as_os_str() != "-" =>
+                        format!(": the extension of {} names none", f.display()),
+                    _ => String::new(),
+                }
+            );
+            return exit_codes::BAD_INPUT;
+        }
+    };
     let code = match (code, file) {
         (Some(c), _) => c,
         (None, Some(f)) if f.as_os_str() == "-" => {
@@ -854,6 +871,10 @@ async fn exec(
     drop(dir);
     match outcome {
         Err(e) => {
+            let e = e.replace(
+                llm_sandbox::lang::DOCKER_HINT,
+                llm_sandbox::lang::DOCKER_HINT_CLI,
+            );
             eprintln!("error: {e}");
             125
         }

@@ -145,8 +145,10 @@ pub(super) async fn watch(select: SelectArgs, args: RunArgs, w: WatchArgs) -> i3
                         if interrupted {
                             break;
                         }
-                        write_reports(&report, &args);
                         ran = Some(state.record(&report.jobs));
+                        // The reports hold the latest result of every watched job, not
+                        // only this round's.
+                        write_reports(&state.latest(&report, args.pass_at.as_deref()), &args);
                     }
                     Err(e) => eprintln!("error: {e}"),
                 }
@@ -508,6 +510,26 @@ impl State {
                 entry.lf = Some(lf);
             }
         }
+    }
+
+    /// A report of the latest result of every job still watched (in file and job order),
+    /// with this round's time.
+    fn latest(
+        &self,
+        round: &llm_sandbox::Report,
+        pass_at: Option<&[usize]>,
+    ) -> llm_sandbox::Report {
+        let jobs: Vec<JobReport> = self
+            .files
+            .values()
+            .filter(|e| e.live)
+            .flat_map(|e| e.jobs.iter())
+            .filter_map(|j| self.results.get(&j.name).map(|(_, r)| r.clone()))
+            .collect();
+        let started = chrono::DateTime::parse_from_rfc3339(&round.started_at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now());
+        llm_sandbox::report::json::build_report(started, round.duration_ms, jobs, pass_at)
     }
 
     /// Records a round's results; returns what changed status (for the footer).

@@ -334,13 +334,7 @@ fn duplicate_names(
                 )
                 .with_help("job names must be unique after expansion; put {{ index }} or every matrix key in the name");
             }
-            let related = SpecError::at(
-                &flf.source,
-                fspan,
-                format!("`{}` is first used by jobs[{}] here", jobs[first].name, of.job),
-                Some("first used here".into()),
-            );
-            SpecError::at(
+            let mut e = SpecError::at(
                 &lf.source,
                 span,
                 format!(
@@ -349,8 +343,16 @@ fn duplicate_names(
                 ),
                 Some("duplicate name".into()),
             )
-            .with_help("job names must be unique after expansion; put {{ index }} or matrix/row values in the name")
-            .with_related(related)
+            .with_help("job names must be unique after expansion; put {{ index }} or matrix/row values in the name");
+            // In the same file, the first use is shown beside it (in another, the message
+            // names its place: a second report of its own would read as a second error).
+            if of.file == fi {
+                if let Some(fspan) = fspan {
+                    e.labels
+                        .push((flf.source.widen(fspan), Some("first used here".into())));
+                }
+            }
+            e
         })
         .collect()
 }

@@ -135,7 +135,8 @@ impl TerminalReporter {
             }
             Event::JobFinished { id, report } => {
                 self.running.shift_remove(id);
-                let text = if self.opts.quiet && report.status.is_ok() {
+                // Jobs never started get no line each: the summary counts them.
+                let text = if (self.opts.quiet && report.status.is_ok()) || report.not_run() {
                     String::new()
                 } else {
                     self.job_text(report)
@@ -296,7 +297,19 @@ impl TerminalReporter {
 
     fn summary_text(&self, duration_ms: u64, interrupted: bool) -> String {
         let mut counts = [0usize; 5];
-        for r in &self.reports {
+        let ran: Vec<&JobReport> = self.reports.iter().filter(|r| !r.not_run()).collect();
+        // Never started: reported as such, or not reported at all (an interrupted run).
+        let not_run =
+            self.reports.len() - ran.len() + self.total.saturating_sub(self.reports.len());
+        let why_not = self
+            .reports
+            .iter()
+            .find(|r| r.not_run())
+            .and_then(|r| r.message.as_deref())
+            .and_then(|m| m.strip_prefix(crate::report::model::NOT_RUN))
+            .unwrap_or("the run was interrupted")
+            .to_string();
+        for r in &ran {
             counts[match r.status {
                 Status::Passed => 0,
                 Status::Failed => 1,
@@ -305,7 +318,7 @@ impl TerminalReporter {
                 Status::Skipped => 4,
             }] += 1;
         }
-        let n = self.reports.len();
+        let n = ran.len();
         let count = |k: usize, label: &str, color: &str| {
             let s = format!("{} {label}", counts[k]);
             if counts[k] > 0 {
@@ -315,7 +328,7 @@ impl TerminalReporter {
             }
         };
         let mut text = String::new();
-        let not_ok: Vec<&JobReport> = self.reports.iter().filter(|r| !r.status.is_ok()).collect();
+        let not_ok: Vec<&JobReport> = ran.iter().copied().filter(|r| !r.status.is_ok()).collect();
         // The failures again, so they are visible after a long scroll (quiet output is
         // already just the failures).
         if !not_ok.is_empty() && n > 1 && !self.opts.quiet {
@@ -335,9 +348,18 @@ impl TerminalReporter {
             count(3, "error", BOLD_MAGENTA),
             count(4, "skipped", YELLOW),
         ));
-        if interrupted {
-            let left = self.total.saturating_sub(n);
-            text.push_str(&self.paint(BOLD_RED, &format!(" (interrupted; {left} not run)")));
+        if not_run > 0 || interrupted {
+            text.push_str(&self.paint(
+                BOLD_RED,
+                &format!(
+                    "; {not_run} not run: {}",
+                    if interrupted {
+                        "interrupted"
+                    } else {
+                        why_not.as_str()
+                    }
+                ),
+            ));
         }
         text.push('\n');
 
@@ -347,6 +369,11 @@ impl TerminalReporter {
                 None => default_ks(&self.reports),
             };
             let (groups, mean) = group_reports(&self.reports, &ks);
+            if not_run > 0 {
+                text.push_str(&format!(
+                    "note: {not_run} jobs did not run, so pass@k is over the samples that did (some groups were cut short)\n"
+                ));
+            }
             for (k, v) in &mean {
                 let supporting = groups.iter().filter(|g| g.pass_at.contains_key(k)).count();
                 text.push_str(&format!(
@@ -592,7 +619,46 @@ mod tests {
             out.contains("        compilation failed\n        | main.c:1:1: error: expected ';'\n"),
             "{out}"
         );
-        assert!(out.contains("1 job run: 0 passed, 1 failed, 0 timeout, 0 error, 0 skipped (interrupted; 4 not run)"), "{out}");
+        assert!(out.contains("1 job run: 0 passed, 1 failed, 0 timeout, 0 error, 0 skipped; 4 not run: interrupted"), "{out}");
         assert_eq!(r.reports().len(), 1);
+    }
+
+    #[test]
+    fn jobs_never_started_get_one_summary_line() {
+        let buf = Buf::default();
+        let mut r = TerminalReporter::new(Box::new(buf.clone()), TerminalOptions::default());
+        r.handle(&Event::RunStarted { total: 40 });
+        for i in 0..40 {
+            let mut j = job(
+                &format!("j{i}"),
+                if i == 0 {
+                    Status::Failed
+                } else {
+                    Status::Skipped
+                },
+            );
+            j.group = Some("g".into());
+            if i > 0 {
+                j.message = Some(format!(
+                    "{}--fail-fast stopped the run",
+                    crate::report::model::NOT_RUN
+                ));
+            }
+            r.handle(&Event::JobFinished {
+                id: i,
+                report: Box::new(j),
+            });
+        }
+        r.handle(&Event::RunFinished {
+            duration_ms: 10,
+            interrupted: false,
+        });
+        let out = buf.text();
+        assert!(!out.contains("SKIP"), "a line per job not run:\n{out}");
+        assert!(
+            out.contains("1 job run: 0 passed, 1 failed, 0 timeout, 0 error, 0 skipped; 39 not run: --fail-fast stopped the run"),
+            "{out}"
+        );
+        assert!(out.contains("note: 39 jobs did not run"), "{out}");
     }
 }

@@ -171,11 +171,12 @@ impl Scheduler {
                 Some(p) if !self.stop.is_cancelled() && !self.ctx.cancel.is_cancelled() => p,
                 _ => {
                     let why = if self.ctx.cancel.is_cancelled() {
-                        "not run: the run was interrupted"
+                        "the run was interrupted"
                     } else {
-                        "not run: --fail-fast stopped the run"
+                        "--fail-fast stopped the run"
                     };
-                    let _ = self.done.send((job.id, skipped_report(&job, why)));
+                    let why = format!("{}{why}", crate::report::model::NOT_RUN);
+                    let _ = self.done.send((job.id, skipped_report(&job, &why)));
                     continue;
                 }
             };

@@ -27,7 +27,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to get the program, for messages.
 pub const INSTALL_HINT: &str =
-    "install slirp4netns (Debian/Ubuntu: `apt-get install slirp4netns`), or run the job with `backend = \"docker\"`";
+    "install slirp4netns (Debian/Ubuntu: `apt-get install slirp4netns`), or run the job with `backend = \"docker\"` (`exec`: `--backend docker`)";
 
 /// Names the `slirp4netns` to start instead of looking it up (empty: none, as if it were not
 /// installed).

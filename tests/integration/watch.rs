@@ -1,7 +1,7 @@
 //! End-to-end tests of `llm-sandbox watch`: they start the real binary on job files in a
 //! scratch directory (native backend), edit files, and observe which jobs each round ran
-//! through `--json FILE` (rewritten after every round with that round's jobs) and the
-//! `[watch] round N done` line printed after it. Waits poll with generous timeouts; the
+//! (their lines between `[watch] round N at` and `[watch] round N done`) and their results
+//! in `--json FILE` (rewritten after every round with the latest result of every job). Waits poll with generous timeouts; the
 //! only fixed waits check that something does *not* happen.
 
 use crate::common;
@@ -89,8 +89,34 @@ impl Watch {
         }
     }
 
-    /// Waits for round `n` to finish; returns its JSON report.
+    /// Waits for round `n` to finish; returns the jobs it ran: those of the JSON report
+    /// (which holds the latest result of every watched job) whose line the round printed,
+    /// as `{ jobs, summary: { total } }`.
     fn round(&mut self, n: usize) -> Value {
+        let report = self.round_report(n);
+        let err = self.stderr();
+        let start = err
+            .find(&format!("[watch] round {n} at"))
+            .unwrap_or_else(|| panic!("no round {n} header:\n{err}"));
+        let done = err[start..].find("done").map_or(err.len(), |i| start + i);
+        let printed = &err[start..done];
+        let ran: Vec<Value> = report["jobs"]
+            .as_array()
+            .expect("jobs[]")
+            .iter()
+            .filter(|j| {
+                let name = j["name"].as_str().unwrap();
+                printed
+                    .lines()
+                    .any(|l| l.contains(" [") && l.trim_end().ends_with(&format!(" {name}")))
+            })
+            .cloned()
+            .collect();
+        serde_json::json!({ "summary": { "total": ran.len() }, "jobs": ran })
+    }
+
+    /// Waits for round `n` to finish; returns the JSON report written after it.
+    fn round_report(&mut self, n: usize) -> Value {
         let marker = format!("[watch] round {n} done");
         self.wait_for(&marker, |e| e.contains(&marker));
         let text = std::fs::read_to_string(&self.json).expect("report.json");
@@ -216,6 +242,12 @@ fn an_input_change_reruns_only_its_job_with_the_new_content() {
     let r = w.round(3);
     assert_eq!(names(&r), ["job-b"], "an atomic save (rename) counts too");
     assert_eq!(job(&r, "job-b")["stdout"], "b2\n");
+    // The report holds every watched job: job-a's result of round 2, job-b's of round 3.
+    let all = w.round_report(3);
+    assert_eq!(names(&all), ["job-a", "job-b"]);
+    assert_eq!(all["summary"]["total"], 2);
+    assert_eq!(job(&all, "job-a")["stdout"], "a2\n");
+    assert_eq!(job(&all, "job-b")["stdout"], "b2\n");
     let err = w.stderr();
     assert!(err.contains("changed: b.txt"), "{err}");
     assert!(
