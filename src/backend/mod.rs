@@ -72,6 +72,7 @@ pub fn prepare_ahead(
 pub async fn finish_run() {
     docker::finish_run().await;
     kubernetes::finish_run().await;
+    crate::sandbox::host::shutdown_servers().await;
 }
 
 /// The host's proxy settings, which every backend's prepare phase (library installs) sees.

@@ -180,6 +180,12 @@ enum Command {
     },
     /// Model Context Protocol server on stdio: tools run_code and list_languages.
     Mcp(llm_sandbox::mcp::McpArgs),
+    /// Print a shell completion script (e.g. `llm-sandbox completions bash >
+    /// ~/.local/share/bash-completion/completions/llm-sandbox`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq)]
@@ -374,6 +380,17 @@ async fn dispatch(cmd: Command) -> i32 {
             watch::watch(select, args, w).await
         }
         Command::Mcp(args) => llm_sandbox::mcp::serve(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            quiet_on_closed_stdout();
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "llm-sandbox",
+                &mut std::io::stdout(),
+            );
+            exit_codes::OK
+        }
         Command::Exec {
             lang,
             backend,

@@ -118,9 +118,9 @@ impl TerminalReporter {
                         ProgressDrawTarget::stderr(),
                     );
                     let template = if self.opts.color {
-                        "{spinner:.green} [{elapsed_precise}] [{bar:30.cyan/blue}] {pos}/{len} {wide_msg}"
+                        "{spinner:.green} [{elapsed_precise}] [{bar:30.cyan/blue}] {pos}/{len} ETA {eta} {wide_msg}"
                     } else {
-                        "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} {wide_msg}"
+                        "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} ETA {eta} {wide_msg}"
                     };
                     if let Ok(style) = ProgressStyle::with_template(template) {
                         bar.set_style(style.progress_chars("=> "));

@@ -299,16 +299,33 @@ fn field(s: &str, key: &str) -> Option<u64> {
 
 /// Removes cgroups left by runs whose owner process is gone (names start with
 /// `<hostname>-<pid>-`). Never touches a live run's cgroups.
-pub fn sweep_stale(mode: &Mode, host: &str) {
-    let parents: Vec<PathBuf> = match mode {
-        Mode::V1 { memory, pids, cpu } => {
-            let mut v = vec![memory.clone(), pids.clone()];
-            v.extend(cpu.clone());
-            v
+impl Mode {
+    /// The directories the sandboxes' cgroups are made in (one per v1 controller).
+    fn parents(&self) -> Vec<PathBuf> {
+        match self {
+            Mode::V1 { memory, pids, cpu } => {
+                let mut v = vec![memory.clone(), pids.clone()];
+                v.extend(cpu.clone());
+                v
+            }
+            Mode::V2 { parent } => vec![parent.clone()],
         }
-        Mode::V2 { parent } => vec![parent.clone()],
-    };
-    for p in parents {
+    }
+
+    /// The cgroups whose names start with `prefix` (an owner label, `ls-<pid>-`).
+    pub fn owned_dirs(&self, prefix: &str) -> Vec<PathBuf> {
+        self.parents()
+            .iter()
+            .filter_map(|p| fs::read_dir(p).ok())
+            .flat_map(|rd| rd.flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path())
+            .collect()
+    }
+}
+
+pub fn sweep_stale(mode: &Mode, host: &str) {
+    for p in mode.parents() {
         let Ok(rd) = fs::read_dir(&p) else { continue };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();

@@ -170,11 +170,14 @@ static POOL: std::sync::Mutex<Vec<Server>> = std::sync::Mutex::new(Vec::new());
 /// (each in its own mount namespace; nothing appears in it on the host), below the runner's
 /// private root. None when that root cannot be used: servers then set every sandbox up
 /// when its job arrives.
+/// Made again when a server starts after [`shutdown_servers`] removed it.
 fn warm_root() -> Option<PathBuf> {
-    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = crate::owner::runs_root().ok()?;
-        let dir = root.join(format!("{}-warm", crate::owner::prefix()));
+    let root = crate::owner::runs_root().ok()?;
+    let dir = root.join(format!("{}-warm", crate::owner::prefix()));
+    if dir.join("owner.json").is_file() {
+        return Some(dir);
+    }
+    {
         std::fs::create_dir_all(&dir).ok()?;
         let o = crate::owner::Owner {
             tool: "llm-sandbox".into(),
@@ -190,8 +193,7 @@ fn warm_root() -> Option<PathBuf> {
             serde_json::to_vec(&o).unwrap_or_default(),
         );
         Some(dir)
-    })
-    .clone()
+    }
 }
 
 /// Set once a job asks for preloaded Python: servers started from then on may preload
@@ -253,11 +255,32 @@ fn give_back(mut s: Server) {
     }
 }
 
-/// Stops every idle sandbox server of this process (they also stop by themselves when
-/// this process exits).
-pub fn shutdown_servers() {
-    if let Ok(mut p) = POOL.lock() {
-        p.clear();
+/// Stops every idle sandbox server of this process and removes what they kept on the host
+/// (their slot cgroups, the warm sandboxes' directory), so that a run leaves nothing for
+/// the next one to sweep. Each server is told by its socket closing, and removes its own
+/// cgroup as it exits; one that has not exited within a second is killed. (Servers also
+/// stop by themselves when this process exits, leaving the sweeping to the next run.)
+pub async fn shutdown_servers() {
+    let servers: Vec<Server> = POOL
+        .lock()
+        .map(|mut p| p.drain(..).collect())
+        .unwrap_or_default();
+    let waits = servers.into_iter().map(|s| {
+        let Server { mut child, sock } = s;
+        drop(sock);
+        async move {
+            if tokio::time::timeout(Duration::from_secs(1), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    });
+    futures_util::future::join_all(waits).await;
+    let in_use = POOL.lock().map(|p| !p.is_empty()).unwrap_or(true);
+    if let (false, Some(dir)) = (in_use, warm_root()) {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

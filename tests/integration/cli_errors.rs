@@ -283,3 +283,18 @@ template = "print({{ matrix.i }})"
         &["dockr", "native, docker, podman, kubernetes"],
     );
 }
+
+/// `completions SHELL` prints a completion script that knows the subcommands and options.
+#[test]
+fn shell_completions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["run", "watch", "exec", "fail-fast", "junit"] {
+            assert!(script.contains(word), "{shell}: no {word} in\n{script}");
+        }
+    }
+    let out = bin().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

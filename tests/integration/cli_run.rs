@@ -959,3 +959,36 @@ fn a_size_without_a_unit_asks_for_one() {
         "{err}"
     );
 }
+
+/// A run that ends leaves nothing of its own for the next run to sweep: no directory
+/// below the runner's private root, no cgroup of its sandbox servers.
+#[test]
+fn a_finished_run_leaves_nothing_behind() {
+    let s = Scratch::new();
+    s.write(
+        "one.yaml",
+        "jobs:\n  - { name: a, lang: bash, code: 'echo a' }\n  - { name: b, lang: bash, code: 'echo b' }\n",
+    );
+    let child = s
+        .cmd()
+        .args(["run", "--no-progress", "-q", "one.yaml"])
+        .spawn()
+        .unwrap();
+    let mine = format!("ls-{}-", child.id());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let root = llm_sandbox::owner::runs_root_path();
+    let left: Vec<String> = std::fs::read_dir(&root)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&mine))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", root.display());
+    if let Ok(mode) = llm_sandbox::sandbox::cgroup::detect() {
+        let cgroups = mode.owned_dirs(&mine);
+        assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    }
+}
