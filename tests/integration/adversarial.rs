@@ -543,7 +543,9 @@ fn native_works_for_an_ordinary_user() {
     if !nix::unistd::geteuid().is_root()
         || Command::new("setpriv").arg("--version").output().is_err()
     {
-        eprintln!("SKIPPED native_works_for_an_ordinary_user: needs root (to become another user) and setpriv");
+        common::skipped(
+            "native_works_for_an_ordinary_user: needs root (to become another user) and setpriv",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -50,7 +50,7 @@ const HELLO: &str =
 #[test]
 fn the_private_directory_is_never_another_users() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED the_private_directory_is_never_another_users: needs root (to plant directories of another uid)");
+        common::skipped("the_private_directory_is_never_another_users: needs root (to plant directories of another uid)");
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -463,7 +463,9 @@ fn host_address() -> Option<std::net::Ipv4Addr> {
 #[test]
 fn native_network_is_its_own_namespace() {
     let Some(outside) = host_address() else {
-        eprintln!("SKIPPED native_network_is_its_own_namespace: this host has no non-loopback IPv4 address");
+        common::skipped(
+            "native_network_is_its_own_namespace: this host has no non-loopback IPv4 address",
+        );
         return;
     };
     if llm_sandbox::sandbox::usernet::find().is_none() {
@@ -472,7 +474,7 @@ fn native_network_is_its_own_namespace() {
             "slirp4netns is required ({}): scripts/test installs it",
             common::strict().unwrap_or_default()
         );
-        eprintln!("SKIPPED native_network_is_its_own_namespace: slirp4netns is not installed");
+        common::skipped("native_network_is_its_own_namespace: slirp4netns is not installed");
         return;
     }
     let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -992,3 +992,39 @@ fn a_finished_run_leaves_nothing_behind() {
         assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
     }
 }
+
+/// The README's first job file is `examples/first/jobs.toml`, which runs as written.
+#[test]
+fn the_readmes_first_job_file_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let after = readme
+        .split("This is `examples/first/jobs.toml`")
+        .nth(1)
+        .expect("the README introduces its first job file");
+    let block = after
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let file = std::fs::read_to_string(root.join("examples/first/jobs.toml")).unwrap();
+    let code = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    };
+    assert_eq!(
+        code(block),
+        code(&file),
+        "README and examples/first/jobs.toml differ"
+    );
+    let s = Scratch::new();
+    let r = s.run_json(&[root.join("examples/first").to_str().unwrap()]);
+    assert_eq!(r.code, 1, "one sample is wrong by design");
+    r.assert_status("hello", "passed");
+    r.assert_status("sum-0", "passed");
+    r.assert_status("sum-2", "failed");
+}

@@ -36,7 +36,7 @@ expect.stdout = "1.15.0\n"
 
 fn images_section(engine: &str) {
     if !backend_selected(engine) {
-        eprintln!("SKIPPED: {engine} image tests ({engine} not available)");
+        common::skipped(format!("{engine} image tests ({engine} not available)"));
         return;
     }
     let s = Scratch::new();

@@ -110,13 +110,13 @@ fn requirements_met() -> bool {
         if let Some(flag) = common::strict() {
             panic!("{what} (required: {flag})");
         }
-        eprintln!("SKIPPED: {what}");
+        common::skipped(what);
         return false;
     }
     // The main daemon answers and has the image; prints SKIPPED or panics by itself.
     if !common::backend_selected("docker") {
         if std::env::var_os("LLM_SANDBOX_TEST_BACKENDS").is_some() {
-            eprintln!("SKIPPED: docker remote tests: docker is not in LLM_SANDBOX_TEST_BACKENDS");
+            common::skipped("docker remote tests: docker is not in LLM_SANDBOX_TEST_BACKENDS");
         }
         return false;
     }

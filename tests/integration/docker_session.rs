@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// Skips the test (returns) when docker is not usable; panics under `CI=true`.
 macro_rules! require_docker {
     () => {
-        if !common::engine_available("docker") {
+        if !common::backend_selected("docker") {
             return;
         }
     };
@@ -470,7 +470,7 @@ async fn dropped_session_leaves_no_container() {
 /// The same Session API on Podman (the Docker module, through Podman's API service).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_session_runs_code_libraries_and_files_then_leaves_nothing() {
-    if !common::engine_available("podman") {
+    if !common::backend_selected("podman") {
         return;
     }
     let mut s = Session::builder()

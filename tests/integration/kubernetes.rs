@@ -619,9 +619,7 @@ async fn library_sessions_run_in_one_pod_with_a_callers_client() {
 #[test]
 fn real_cluster() {
     let Some(kubeconfig) = std::env::var_os("KUBECONFIG") else {
-        eprintln!(
-            "SKIPPED: real-cluster kubernetes test: KUBECONFIG is not set (see the README's Kubernetes backend section for kind and k3s)"
-        );
+        common::skipped("real-cluster kubernetes test: KUBECONFIG is not set (see the README's Kubernetes backend section for kind and k3s)");
         return;
     };
     let s = Scratch::new();

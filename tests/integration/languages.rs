@@ -57,9 +57,9 @@ fn every_language_runs_on_the_native_backend() {
         assert_eq!(j["exit_code"], 3, "{name}");
     }
     if !skipped.is_empty() {
-        eprintln!(
-            "SKIPPED languages (toolchain missing on this host): {}",
+        common::skipped(format!(
+            "languages (toolchain missing on this host): {}",
             skipped.join("; ")
-        );
+        ));
     }
 }

@@ -52,7 +52,7 @@ fn mcp_client_on_docker() {
         if let Some(strict) = common::strict() {
             panic!("docker is not available ({strict} requires it)");
         }
-        eprintln!("SKIPPED: docker is not available for the MCP test on docker");
+        common::skipped("docker is not available for the MCP test on docker");
         return;
     }
     run_client("docker");

@@ -29,7 +29,7 @@ fn matplotlib_on(backend: &str) -> bool {
     if let Some(s) = strict() {
         panic!("{why} ({s} requires it)");
     }
-    eprintln!("SKIPPED: {why}");
+    common::skipped(why);
     false
 }
 
@@ -133,7 +133,7 @@ fn plots_are_artifacts_on_docker() {
         if let Some(s) = strict() {
             panic!("docker is not available ({s} requires it)");
         }
-        eprintln!("SKIPPED: docker is not available");
+        common::skipped("docker is not available");
         return;
     }
     plots_become_artifacts("docker");
@@ -145,7 +145,7 @@ fn plots_are_artifacts_on_podman() {
         if let Some(s) = strict() {
             panic!("podman is not available ({s} requires it)");
         }
-        eprintln!("SKIPPED: podman is not available");
+        common::skipped("podman is not available");
         return;
     }
     plots_become_artifacts("podman");

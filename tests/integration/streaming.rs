@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// Skips the test (returns) when docker is not usable; panics under `CI=true`.
 macro_rules! require_docker {
     () => {
-        if !common::engine_available("docker") {
+        if !common::backend_selected("docker") {
             return;
         }
     };
@@ -276,7 +276,7 @@ async fn native_compiled() {
         if let Some(flag) = common::strict() {
             panic!("g++ is required ({flag}): {e}");
         }
-        eprintln!("SKIPPED: native C++: {e}");
+        common::skipped(format!("native C++: {e}"));
         return;
     }
     compiled(BackendKind::Native).await;
@@ -335,7 +335,7 @@ async fn docker_run_program() {
 /// Skips the test (returns) when podman is not usable; panics under `CI=true`.
 macro_rules! require_podman {
     () => {
-        if !common::engine_available("podman") {
+        if !common::backend_selected("podman") {
             return;
         }
     };

@@ -23,6 +23,22 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+/// Says that a test (or a part of it) was skipped, and why: a `SKIPPED: ...` line on
+/// stderr, and a line in the file `LLM_SANDBOX_SKIP_LOG` names (scripts/test prints them
+/// all at the end: nextest shows no output of a passing test).
+pub fn skipped(why: impl std::fmt::Display) {
+    eprintln!("SKIPPED: {why}");
+    if let Some(log) = std::env::var_os("LLM_SANDBOX_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{why}");
+        }
+    }
+}
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_llm-sandbox");
 
@@ -462,9 +478,8 @@ pub fn engine_available(engine: &str) -> bool {
                     "{engine} is required ({flag}) but {why}: run scripts/engines {engine} && scripts/build-images {engine}"
                 );
             }
-            eprintln!(
-                "SKIPPED: {engine} tests: {why} (run scripts/engines {engine} && scripts/build-images {engine}; CI=true makes this a failure)"
-            );
+            skipped(format!("{engine} tests: {why} (run scripts/engines {engine} && scripts/build-images {engine}; CI=true makes this a failure)"
+            ));
             false
         }
     })
@@ -712,6 +727,6 @@ pub fn venv_python(
     if let Some(strict) = strict() {
         panic!("{why} ({strict} requires it)");
     }
-    eprintln!("SKIPPED: {why}");
+    skipped(why);
     None
 }
