@@ -298,3 +298,23 @@ fn shell_completions() {
     let out = bin().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `doctor`: a backend that is not set up here (an engine not reachable, a cluster not
+/// configured) is "not available" (`--`) alike; FAIL is for the native backend only.
+#[test]
+fn doctor_says_not_available_alike() {
+    let out = bin()
+        .arg("doctor")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for backend in ["docker", "kubernetes"] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(backend))
+            .unwrap_or_else(|| panic!("no {backend} line:\n{text}"));
+        assert!(line.trim_start().starts_with("--"), "{line}");
+    }
+}
