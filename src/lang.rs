@@ -1,10 +1,99 @@
 //! One table of languages: file name, compile and run commands, package manager, default
 //! image, host toolchain probe. Adding a language is one entry in [`TABLE`].
 
-use crate::spec::types::Lang;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+/// Languages (README, "A job file"). A job file names one by its name or an alias of its
+/// table entry (`py`, `js`, `c++`...).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    Python,
+    Javascript,
+    Typescript,
+    Java,
+    Cpp,
+    C,
+    Go,
+    Ruby,
+    Rust,
+    R,
+    Bash,
+}
+
+impl Lang {
+    pub const ALL: [Lang; 11] = [
+        Lang::Python,
+        Lang::Javascript,
+        Lang::Typescript,
+        Lang::Java,
+        Lang::Cpp,
+        Lang::C,
+        Lang::Go,
+        Lang::Ruby,
+        Lang::Rust,
+        Lang::R,
+        Lang::Bash,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lang::Python => "python",
+            Lang::Javascript => "javascript",
+            Lang::Typescript => "typescript",
+            Lang::Java => "java",
+            Lang::Cpp => "cpp",
+            Lang::C => "c",
+            Lang::Go => "go",
+            Lang::Ruby => "ruby",
+            Lang::Rust => "rust",
+            Lang::R => "r",
+            Lang::Bash => "bash",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Lang> {
+        Lang::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Lang {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lang {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &[
+            "python",
+            "javascript",
+            "typescript",
+            "java",
+            "cpp",
+            "c",
+            "go",
+            "ruby",
+            "rust",
+            "r",
+            "bash",
+        ];
+        let s = String::deserialize(d)?;
+        // Exact names only here (case matters in a job file); aliases as in the table.
+        Lang::parse(&s)
+            .or_else(|| {
+                TABLE
+                    .iter()
+                    .find(|l| l.aliases.contains(&s.as_str()))
+                    .map(|l| l.lang)
+            })
+            .ok_or_else(|| serde::de::Error::unknown_variant(&s, NAMES))
+    }
+}
 
 /// Placeholders in commands: `{file}` the source file name, `{class}` the Java class name,
 /// `{mem_mb}` the memory limit in MiB (for runtimes that size their heap themselves).

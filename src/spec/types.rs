@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub use super::units::{ByteSize, DurationSpec};
+/// Languages live with their table (src/lang.rs).
+pub use crate::lang::Lang;
 
 /// A whole job file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -27,25 +29,6 @@ pub struct JobFile {
     /// The jobs.
     #[serde(default)]
     pub jobs: Vec<JobSpec>,
-}
-
-/// Languages (README, "A job file").
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Lang {
-    Python,
-    Javascript,
-    Typescript,
-    Java,
-    Cpp,
-    C,
-    Go,
-    Ruby,
-    Rust,
-    R,
-    Bash,
 }
 
 /// Backends (README, "A job file").
@@ -375,48 +358,6 @@ pub struct JobSpec {
     /// Kubernetes: a Pod manifest (inline or path) used as the sandbox pod's base.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_manifest: Option<PodManifest>,
-}
-
-impl Lang {
-    pub const ALL: [Lang; 11] = [
-        Lang::Python,
-        Lang::Javascript,
-        Lang::Typescript,
-        Lang::Java,
-        Lang::Cpp,
-        Lang::C,
-        Lang::Go,
-        Lang::Ruby,
-        Lang::Rust,
-        Lang::R,
-        Lang::Bash,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lang::Python => "python",
-            Lang::Javascript => "javascript",
-            Lang::Typescript => "typescript",
-            Lang::Java => "java",
-            Lang::Cpp => "cpp",
-            Lang::C => "c",
-            Lang::Go => "go",
-            Lang::Ruby => "ruby",
-            Lang::Rust => "rust",
-            Lang::R => "r",
-            Lang::Bash => "bash",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Lang> {
-        Lang::ALL.into_iter().find(|l| l.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for Lang {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 impl BackendKind {

@@ -1028,3 +1028,18 @@ fn the_readmes_first_job_file_runs_as_written() {
     r.assert_status("sum-0", "passed");
     r.assert_status("sum-2", "failed");
 }
+
+/// A job file may name a language by an alias of the language table, as `exec --lang` and
+/// the MCP server accept them.
+#[test]
+fn a_language_alias_names_the_language() {
+    let s = Scratch::new();
+    s.write(
+        "alias.yaml",
+        "jobs:\n  - { name: a, lang: py, code: 'print(1)', expect: { stdout: '1' } }\n  - { name: b, lang: sh, code: 'echo 2', expect: { stdout: '2' } }\n",
+    );
+    let r = s.run_json(&["alias.yaml"]);
+    assert_eq!(r.job("a")["lang"], "python");
+    r.assert_status("a", "passed");
+    r.assert_status("b", "passed");
+}
