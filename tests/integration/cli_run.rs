@@ -1043,3 +1043,22 @@ fn a_language_alias_names_the_language() {
     r.assert_status("a", "passed");
     r.assert_status("b", "passed");
 }
+
+/// A program killed by a signal that running out of memory also gives (SIGSEGV, SIGABRT,
+/// SIGBUS, SIGKILL) is told the memory limit may be the cause.
+#[test]
+fn a_signal_death_names_the_memory_limit() {
+    let s = Scratch::new();
+    s.write(
+        "sig.yaml",
+        "jobs:\n  - { name: segv, lang: bash, limits: { memory: 64MiB }, code: 'kill -SEGV $$' }\n",
+    );
+    let r = s.run_json(&["sig.yaml"]);
+    let j = r.assert_status("segv", "failed");
+    let m = j["message"].as_str().unwrap();
+    assert!(
+        m.contains("signal 11 (SIGSEGV)")
+            && m.contains("the memory limit (64MiB) may be the cause"),
+        "{m}"
+    );
+}
