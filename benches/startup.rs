@@ -70,6 +70,7 @@ fn config(dir: &Path, i: usize, argv: &[&str]) -> SandboxConfig {
             capture_cap: 1 << 20,
             as_root: false,
             limited: true,
+            cpu_seconds: Some(11),
         }],
         limits: SandboxLimits {
             memory: 512 << 20,

@@ -750,6 +750,7 @@ impl Session {
             capture_cap: self.b.limits.output,
             as_root: false,
             limited: true,
+            cpu_seconds: Some(self.b.limits.cpu_rlimit_secs(self.b.timeout)),
         }
     }
 

@@ -737,8 +737,8 @@ async fn create_pod(st: &Arc<State>, ns: &str, req: Request<Incoming>) -> Respon
 }
 
 /// The pod's cgroup counters as cgroup v2 shows them in a container's
-/// `/sys/fs/cgroup` (`memory.events`, `pids.events`): the fake counts the OOM kills and
-/// pids-limit hits of the pod's execs there.
+/// `/sys/fs/cgroup` (`memory.events`, `pids.events`; `memory.peak` is kept by each exec's
+/// end): the fake counts the OOM kills and pids-limit hits of the pod's execs there.
 fn write_counters(dir: &Path, oom_kills: u64, pids_max: u64) -> std::io::Result<()> {
     let cg = dir.join("cgroup");
     std::fs::create_dir_all(&cg)?;
@@ -1179,6 +1179,8 @@ fn exec_config(st: &State, p: &Pod, name: &str, argv: Vec<String>) -> SandboxCon
             capture_cap: u64::MAX,
             as_root: false,
             limited: true,
+            // As a real exec: only the limits the command sets itself (`ulimit -t`).
+            cpu_seconds: None,
         }],
         limits: SandboxLimits {
             memory: quantity_of(&limits["memory"])
@@ -1356,8 +1358,22 @@ async fn run_exec<S>(
             _ => None,
         });
         if let (Some(ev), Some(pod_dir)) = (ev, exec_dir.parent().and_then(Path::parent)) {
+            // The pod's memory peak: the largest of its execs' (their peak resident memory,
+            // as the sandbox measured it), as a container cgroup's `memory.peak` grows.
+            let exec_peak = o
+                .msgs
+                .iter()
+                .find_map(|m| match m {
+                    Msg::Step(s) => s.usage.map(|u| u.peak_memory_bytes),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            let cg = pod_dir.join("cgroup");
+            let peak = read_counter(&cg.join("memory.peak"), "");
+            if exec_peak > peak {
+                let _ = std::fs::write(cg.join("memory.peak"), format!("{exec_peak}\n"));
+            }
             if ev.oom_killed || ev.pids_limit_hit {
-                let cg = pod_dir.join("cgroup");
                 let oom = read_counter(&cg.join("memory.events"), "oom_kill ");
                 let pids = read_counter(&cg.join("pids.events"), "max ");
                 let _ = write_counters(

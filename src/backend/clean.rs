@@ -164,6 +164,9 @@ done
 for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
   [ -r "$f" ] && while read -r k v; do echo "$k $v" >&2; done < "$f"
 done
+for f in /sys/fs/cgroup/memory.peak /sys/fs/cgroup/memory/memory.max_usage_in_bytes; do
+  [ -r "$f" ] && read -r v < "$f" && echo "memory-peak $v" >&2 && break
+done
 if [ "$2" = 1 ]; then tar -c -C /sandbox . || exit 3; fi
 [ "$1" = clean ] || exit 0
 echo "processes-left $n" >&2
@@ -182,6 +185,28 @@ echo "ipc $ipc" >&2
 echo "sockets $(entries /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6)" >&2
 echo "examined" >&2
 exit 0"##;
+
+/// A sandbox cgroup's counters as last read (after the previous job): what grew since
+/// is the job's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub oom_kills: u64,
+    pub pids_max: u64,
+    /// The memory peak (since the sandbox was made); None before the first reading.
+    pub memory_peak: Option<u64>,
+}
+
+impl Counters {
+    /// The job's peak memory, from the sandbox's peak now: the peak, when the job raised
+    /// it (always the first job of a sandbox: nothing ran in it before); unknown when it
+    /// did not (an earlier job's peak was higher).
+    pub fn job_peak(&self, now: Option<u64>) -> Option<u64> {
+        let now = now?;
+        self.memory_peak
+            .is_none_or(|before| now > before)
+            .then_some(now)
+    }
+}
 
 /// The command line of [`SCRIPT`] in `mode` (`snapshot`, `clean`, `end`), packing the
 /// workdir to stdout with `pack`.
@@ -216,6 +241,8 @@ pub struct ScriptOutput {
     /// The cgroup's OOM kills and pids-limit hits, when it could read them.
     pub oom_kills: Option<u64>,
     pub pids_max: Option<u64>,
+    /// The cgroup's memory peak (since the sandbox was made), when it could read it.
+    pub memory_peak: Option<u64>,
     /// The evidence, when it cleaned (`clean` mode to its end).
     pub evidence: Option<Evidence>,
     /// The roots it printed (every mode).
@@ -233,6 +260,7 @@ pub fn parse(stderr: &str) -> ScriptOutput {
         match key {
             "oom_kill" => out.oom_kills = num(),
             "max" => out.pids_max = num(),
+            "memory-peak" => out.memory_peak = num(),
             "processes-left" => e.processes_left = num().unwrap_or(1) as u32,
             "unreadable" => e.unreadable = num().unwrap_or(1) as u32,
             "left" => e.left.push(rest.to_string()),

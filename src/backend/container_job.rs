@@ -8,7 +8,7 @@
 
 use super::clean;
 use super::docker::{self, container::ExecResult, step_result};
-use super::{error_report, RunCtx};
+use super::{error_report, step_shell, RunCtx};
 use crate::lang;
 use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase};
@@ -27,8 +27,8 @@ pub trait ContainerSandbox: Send {
     fn is_dead(&self) -> bool;
     /// Counts one more job run in it.
     fn count_job(&mut self);
-    /// The cgroup's OOM kills and pids-limit hits seen after the previous job.
-    fn counters(&mut self) -> &mut (u64, u64);
+    /// The cgroup's counters seen after the previous job.
+    fn counters(&mut self) -> &mut clean::Counters;
     /// Its writable places' roots as made (warm sandboxes), for [`clean::proven`].
     fn fresh(&self) -> Option<&[clean::Root]>;
     /// How its limits are enforced, for the report (`container cgroup`, `pod cgroup`).
@@ -44,17 +44,19 @@ pub trait ContainerSandbox: Send {
         tar: &[u8],
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Runs one step as the sandbox user with the job's environment and limits (`cpu`:
-    /// the CPU-time limit in seconds). `inputs`: the job's files, when this step is to put
-    /// them in ([`Self::inline_inputs_max`]); taken when it did.
+    /// Runs one step as the sandbox user with the job's environment and limits, behind
+    /// the [`step_shell::StepShell`] prologue. `inputs`: the job's files, when this step is
+    /// to put them in ([`Self::inline_inputs_max`]); taken when it did. `measure`: the
+    /// step's figures are to be appended to its stderr (the exec captures up to
+    /// [`step_shell::TRAILER_MAX`] more of it).
     #[allow(clippy::too_many_arguments)]
     fn run_step(
         &mut self,
         job: &PlannedJob,
         step: &Step,
         env: &[(String, String)],
-        cpu: Option<u64>,
         inputs: &mut Option<Vec<u8>>,
+        measure: Option<&step_shell::Measure>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<ExecResult, String>> + Send;
     /// Runs [`clean::SCRIPT`] (`argv`) at the end of a job (as root to `clean` a warm
@@ -110,9 +112,11 @@ pub async fn run<S: ContainerSandbox>(
         plots,
     ) {
         let run = step.kind == StepKind::Run;
-        // The CPU-time limit of the run step's processes.
-        let cpu = run.then(|| job.timeout.as_millis().div_ceil(1000) as u64 + 1);
-        let r = match s.run_step(job, &step, &env, cpu, &mut inputs, cancel).await {
+        let measure = run.then(step_shell::Measure::new);
+        let mut r = match s
+            .run_step(job, &step, &env, &mut inputs, measure.as_ref(), cancel)
+            .await
+        {
             Ok(r) => r,
             Err(_) if cancel.is_cancelled() => return docker::interrupted(job),
             Err(e) => return error_report(job, docker::phase_of(step.kind), e),
@@ -120,7 +124,12 @@ pub async fn run<S: ContainerSandbox>(
         if r.cancelled {
             return docker::interrupted(job);
         }
+        let usage = measure.and_then(|m| m.take(&mut r.stderr));
+        if measure_room_used(&mut r, step.capture_cap) {
+            tracing::debug!("the run step's output went past its cap");
+        }
         let mut sr = step_result(step.kind, &r, step.capture_cap);
+        sr.usage = usage;
         sr.spawn_error = spawn_error(&step, &r, image);
         let ok = r.exit_code == Some(0) && !r.timed_out && !r.output_limit_hit;
         msgs.push(Msg::Step(sr));
@@ -134,15 +143,18 @@ pub async fn run<S: ContainerSandbox>(
         }
     }
     let collect = !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty();
-    let needs_finish = !s.is_dead()
-        && (warm
-            || last_run
-                .as_ref()
-                .is_some_and(|r| collect || r.exit_code != Some(0)));
+    // After a run step, always: the end-of-job script reads the cgroup's memory peak.
+    let needs_finish = !s.is_dead() && (warm || last_run.is_some());
     if needs_finish {
         match finish(s, collect, warm, job.limits.disk, cancel).await {
             Ok((limits, tar, clean)) => {
                 *reusable = clean;
+                if let Some(u) = msgs.iter_mut().find_map(|m| match m {
+                    Msg::Step(sr) if sr.kind == Some(StepKind::Run) => sr.usage.as_mut(),
+                    _ => None,
+                }) {
+                    u.peak_memory_bytes = limits.memory_peak.unwrap_or(0);
+                }
                 msgs.push(Msg::Limits(limits));
                 if let Some(tar) = tar {
                     match docker::collected(job, ctx, s.name(), &tar) {
@@ -165,6 +177,25 @@ pub async fn run<S: ContainerSandbox>(
     outcome.msgs = msgs;
     outcome.wall = started.elapsed();
     docker::report_of(job, ctx, &outcome)
+}
+
+/// The cap again on what a measured step captured (it may capture
+/// [`step_shell::TRAILER_MAX`] bytes more per stream, for the figures): a stream past it is
+/// cut and the step's output limit hit, as if the exec had stopped there. Whether it was.
+fn measure_room_used(r: &mut ExecResult, cap: u64) -> bool {
+    let mut hit = false;
+    for (buf, truncated) in [
+        (&mut r.stdout, &mut r.stdout_truncated),
+        (&mut r.stderr, &mut r.stderr_truncated),
+    ] {
+        if buf.len() as u64 > cap {
+            buf.truncate(cap as usize);
+            *truncated = true;
+            hit = true;
+        }
+    }
+    r.output_limit_hit |= hit;
+    hit
 }
 
 /// Why a step's program could not start, from what its exec said: 127 from a compile or
@@ -209,15 +240,16 @@ async fn finish<S: ContainerSandbox>(
     let r = s.end_exec(&argv, clean, cap, cancel).await?;
     let out = clean::parse(&String::from_utf8_lossy(&r.stderr));
     let before = *s.counters();
-    let now = (
-        out.oom_kills.unwrap_or(before.0),
-        out.pids_max.unwrap_or(before.1),
-    );
+    let now = clean::Counters {
+        oom_kills: out.oom_kills.unwrap_or(before.oom_kills),
+        pids_max: out.pids_max.unwrap_or(before.pids_max),
+        memory_peak: out.memory_peak.or(before.memory_peak),
+    };
     let limits = LimitEvents {
         enforcement: s.enforcement().into(),
-        oom_killed: now.0 > before.0,
-        pids_limit_hit: now.1 > before.1,
-        ..Default::default()
+        oom_killed: now.oom_kills > before.oom_kills,
+        pids_limit_hit: now.pids_max > before.pids_max,
+        memory_peak: before.job_peak(out.memory_peak),
     };
     *s.counters() = now;
     let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;

@@ -6,6 +6,7 @@ pub mod container_job;
 pub mod docker;
 pub mod kubernetes;
 pub mod native;
+pub mod step_shell;
 
 use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase, Status};
@@ -137,6 +138,8 @@ pub fn error_report(job: &PlannedJob, phase: Phase, message: String) -> JobRepor
         group: job.group.clone(),
         tags: job.tags.clone(),
         signal: None,
+        cpu_ms: None,
+        peak_memory_bytes: None,
     }
 }
 

@@ -189,6 +189,7 @@ async fn install_libraries(
             capture_cap: job.limits.output,
             as_root: false,
             limited: false,
+            cpu_seconds: None,
         }],
         limits: SandboxLimits {
             memory: job.limits.memory.max(1 << 30),
@@ -376,6 +377,7 @@ pub fn program_steps(
             capture_cap: limits.output,
             as_root: false,
             limited: false,
+            cpu_seconds: None,
         });
     }
     let mut argv = lang::expand_command(spec.run, source, &class, mem_mb);
@@ -395,6 +397,7 @@ pub fn program_steps(
         capture_cap: limits.output,
         as_root: false,
         limited: true,
+        cpu_seconds: Some(limits.cpu_rlimit_secs(timeout)),
     });
     steps
 }
@@ -429,6 +432,7 @@ pub fn prepare(
             capture_cap: cap,
             as_root: false,
             limited: false,
+            cpu_seconds: None,
         });
     }
     steps.extend(program_steps(
@@ -544,6 +548,34 @@ async fn run_in(
         }
     }
     report
+}
+
+/// Whether the run step `last` used up its CPU time, and the message that says so: killed
+/// by RLIMIT_CPU (SIGXCPU at the soft limit, SIGKILL at the hard one when no OOM kill
+/// explains it), or, with `limits.cpu_time`, measured at or past it (a program of several
+/// processes each below the per-process rlimit).
+fn cpu_time_exceeded(job: &PlannedJob, last: &StepResult, oom_killed: bool) -> Option<String> {
+    let limit = job.limits.cpu_limit_ms(job.timeout);
+    let used = last.usage.map(|u| u.cpu_ms);
+    // RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL at the hard one (a second
+    // later); the kernel counts CPU time for it in ticks, which can run ahead of the
+    // rusage the step measured by several percent on a loaded machine.
+    let killed = last.signal == Some(libc::SIGXCPU)
+        || (last.signal == Some(libc::SIGKILL)
+            && used.is_some_and(|c| c * 10 >= limit * 9)
+            && !oom_killed);
+    let over = job.limits.cpu_time.is_some() && used.is_some_and(|c| c >= limit);
+    if !killed && !over {
+        return None;
+    }
+    let limit = format_duration(Duration::from_millis(limit));
+    Some(match (job.limits.cpu_time, used) {
+        (Some(_), Some(c)) => format!(
+            "CPU time limit exceeded: the program used {} of CPU time; `limits.cpu_time` is {limit}",
+            format_duration(Duration::from_millis(c))
+        ),
+        _ => format!("CPU time limit exceeded ({limit} of CPU time)"),
+    })
 }
 
 /// Turns what the sandbox said into a job report (statuses of README, "Statuses and exit codes").
@@ -678,7 +710,10 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
         r.message = Some(format!("the program could not start: {e}"));
         return r;
     }
-    let cpu_limit_ms = (job.timeout.as_millis() as u64).div_ceil(1000) * 1000 + 1000;
+    if let Some(u) = last.usage.filter(|_| last.kind == Some(StepKind::Run)) {
+        r.cpu_ms = Some(u.cpu_ms);
+        r.peak_memory_bytes = (u.peak_memory_bytes > 0).then_some(u.peak_memory_bytes);
+    }
     if last.timed_out {
         r.status = Status::Timeout;
         r.message = Some(format!(
@@ -687,14 +722,9 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
         ));
         return r;
     }
-    if last.signal == Some(libc::SIGXCPU)
-        || (last.signal == Some(libc::SIGKILL) && last.cpu_ms >= cpu_limit_ms && !limits.oom_killed)
-    {
+    if let Some(m) = cpu_time_exceeded(job, last, limits.oom_killed) {
         r.status = Status::Timeout;
-        r.message = Some(format!(
-            "CPU time limit exceeded ({} of CPU time)",
-            format_duration(Duration::from_millis(cpu_limit_ms))
-        ));
+        r.message = Some(m);
         return r;
     }
     let files_dir = o.msgs.iter().any(|m| matches!(m, Msg::Collected { .. }));

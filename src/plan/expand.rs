@@ -431,6 +431,7 @@ pub fn merge(d: &JobSpec, j: &JobSpec) -> JobSpec {
             output: b.output.or(a.output),
             disk: b.disk.or(a.disk),
             open_files: b.open_files.or(a.open_files),
+            cpu_time: b.cpu_time.or(a.cpu_time),
         }),
         _ => pick!(limits),
     };
@@ -956,6 +957,17 @@ impl<'a> FileCx<'a> {
             }
             if let Some(v) = l.open_files {
                 limits.open_files = v;
+            }
+            if let Some(v) = l.cpu_time {
+                if v.0.is_zero() {
+                    errors.push(self.err(
+                        job,
+                        &[key("limits"), key("cpu_time")],
+                        "`cpu_time` must be greater than 0",
+                        "must be > 0",
+                    ));
+                }
+                limits.cpu_time = Some(v.0);
             }
         }
         let artifacts = spec.artifacts.clone().unwrap_or_default();

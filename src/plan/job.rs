@@ -16,6 +16,8 @@ pub struct ResolvedLimits {
     pub output: u64,
     pub disk: u64,
     pub open_files: u64,
+    /// CPU time of the run step's processes, if limited ([`ResolvedLimits::cpu_limit_ms`]).
+    pub cpu_time: Option<Duration>,
 }
 
 impl Default for ResolvedLimits {
@@ -27,7 +29,33 @@ impl Default for ResolvedLimits {
             output: 1 << 20,
             disk: 64 << 20,
             open_files: 256,
+            cpu_time: None,
         }
+    }
+}
+
+/// The CPU-time limit that only backs up a wall-clock `timeout` (seconds): what every
+/// process of a job's sandbox gets where a limit is set once for all its steps.
+pub fn wall_cpu_limit_secs(timeout: Duration) -> u64 {
+    (timeout.as_millis() as u64).div_ceil(1000) + 1
+}
+
+impl ResolvedLimits {
+    /// The CPU time the run step's processes may use, in milliseconds: `cpu_time`, or else
+    /// the wall-clock `timeout` plus a second (a program busy with a thread or two more than
+    /// the wall clock allows is stopped by its timeout; this catches the rest). Every
+    /// backend enforces it with RLIMIT_CPU in whole seconds ([`Self::cpu_rlimit_secs`]) and
+    /// the report calls a run step whose measured CPU time reached `cpu_time` a timeout.
+    pub fn cpu_limit_ms(&self, timeout: Duration) -> u64 {
+        match self.cpu_time {
+            Some(c) => c.as_millis() as u64,
+            None => wall_cpu_limit_secs(timeout) * 1000,
+        }
+    }
+
+    /// RLIMIT_CPU of the run step's processes (seconds, rounded up).
+    pub fn cpu_rlimit_secs(&self, timeout: Duration) -> u64 {
+        self.cpu_limit_ms(timeout).div_ceil(1000).max(1)
     }
 }
 

@@ -7,7 +7,8 @@
 //! error and timeout carry `<error type="error|timeout">` with the runner's message; a
 //! skipped job carries `<skipped message="reason"/>`. Standard output and error go to
 //! `<system-out>` / `<system-err>`. Counts (`tests`, `failures`, `errors`, `skipped`,
-//! `time`) are on both `<testsuites>` and every `<testsuite>`.
+//! `time`) are on both `<testsuites>` and every `<testsuite>`. A job's resource figures
+//! (`cpu_ms`, `peak_memory_bytes`) are `<property>` elements of its `<testcase>`.
 //!
 //! Text is made XML 1.0 safe: ANSI escapes and characters XML 1.0 forbids (C0 controls
 //! other than tab/LF/CR, U+FFFE, U+FFFF) are removed.
@@ -175,6 +176,15 @@ fn test_case(job: &JobReport) -> TestCase {
     tc.set_classname(xml_safe(&job.file))
         .set_time(secs(job.duration_ms));
     tc.extra.insert("file".into(), xml_safe(&job.file).into());
+    // The resource figures (README, "Resource figures"), as `<properties>`.
+    for (name, v) in [
+        ("cpu_ms", job.cpu_ms),
+        ("peak_memory_bytes", job.peak_memory_bytes),
+    ] {
+        if let Some(v) = v {
+            tc.add_property(quick_junit::Property::new(name, v.to_string()));
+        }
+    }
     if !job.stdout.is_empty() || job.stdout_truncated {
         tc.set_system_out(xml_safe(&with_truncation_note(
             &job.stdout,

@@ -96,6 +96,8 @@ pub(crate) mod test_support {
             group: None,
             tags: vec![],
             signal: None,
+            cpu_ms: None,
+            peak_memory_bytes: None,
         }
     }
 

@@ -93,6 +93,15 @@ pub struct JobReport {
     /// Signal that ended the program, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// CPU time (user + system) of the run step's processes, in milliseconds (README,
+    /// "Resource figures"); absent when the job did not reach its run step or the backend
+    /// could not measure it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// Peak resident memory of the run step's processes, in bytes (README, "Resource
+    /// figures"); absent when it could not be measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// How the message of a job the run never started begins ([`JobReport::not_run`]).
@@ -186,6 +195,8 @@ impl JobReport {
             group: self.group.clone(),
             tags: self.tags.clone(),
             signal: self.signal,
+            cpu_ms: self.cpu_ms,
+            peak_memory_bytes: self.peak_memory_bytes,
         }
     }
 }

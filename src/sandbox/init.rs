@@ -8,7 +8,7 @@ use crate::lang::SYSTEM_DIRS;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::waitpid;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -818,8 +818,9 @@ fn exec_child(
         set_rlimit(libc::RLIMIT_FSIZE, l.disk, l.disk);
         set_rlimit(libc::RLIMIT_MSGQUEUE, 0, 0);
         if step.limited {
-            let cpu = step.timeout_ms.div_ceil(1000) + 1;
-            set_rlimit(libc::RLIMIT_CPU, cpu, cpu + 1);
+            if let Some(cpu) = step.cpu_seconds {
+                set_rlimit(libc::RLIMIT_CPU, cpu, cpu + 1);
+            }
             if l.address_space_fallback {
                 set_rlimit(
                     libc::RLIMIT_AS,
@@ -921,16 +922,6 @@ fn exec_child(
     fail(&format!("cannot execute {}", step.argv[0]), e as i32)
 }
 
-fn cpu_ms_children() -> u64 {
-    // SAFETY: getrusage into a zeroed struct.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
-        (ru.ru_utime.tv_sec as u64 + ru.ru_stime.tv_sec as u64) * 1000
-            + (ru.ru_utime.tv_usec as u64 + ru.ru_stime.tv_usec as u64) / 1000
-    }
-}
-
 /// Kills every process of the namespace but us, and reaps them all.
 fn kill_all_and_reap() {
     // SAFETY: kill(-1) from pid 1 signals every other process of the namespace.
@@ -970,7 +961,8 @@ fn run_step(cfg: &SandboxConfig, step: &Step, state: &mut State) -> StepResult {
             return res;
         }
     };
-    let cpu_before = cpu_ms_children();
+    let usage_before = super::usage::children();
+    let mut own_usage = None;
     let start = Instant::now();
     // SAFETY: init is single-threaded.
     let child = match unsafe { nix::unistd::fork() } {
@@ -1035,16 +1027,17 @@ fn run_step(cfg: &SandboxConfig, step: &Step, state: &mut State) -> StepResult {
                 &mut res.output_truncated,
             );
         }
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
-                    status = Some((Some(code), None))
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
-                    status = Some((None, Some(sig as i32)))
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
+        // wait4: the step's own process comes with its rusage (its peak memory).
+        while let Ok(Some((pid, st, u))) = super::usage::wait4_nohang(-1) {
+            if pid != child.as_raw() {
+                continue;
+            }
+            if libc::WIFEXITED(st) {
+                status = Some((Some(libc::WEXITSTATUS(st)), None));
+                own_usage = Some(u);
+            } else if libc::WIFSIGNALED(st) {
+                status = Some((None, Some(libc::WTERMSIG(st))));
+                own_usage = Some(u);
             }
         }
     }
@@ -1064,7 +1057,7 @@ fn run_step(cfg: &SandboxConfig, step: &Step, state: &mut State) -> StepResult {
         res.exit_code = code;
         res.signal = sig;
     }
-    res.cpu_ms = cpu_ms_children().saturating_sub(cpu_before);
+    res.usage = Some(super::usage::step(usage_before, own_usage));
     res.output = String::from_utf8_lossy(&output).into_owned();
     res
 }

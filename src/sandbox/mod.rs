@@ -21,6 +21,7 @@ pub mod landlock;
 pub mod proto;
 pub mod pyembed;
 pub mod seccomp;
+pub mod usage;
 pub mod usernet;
 
 use serde::{Deserialize, Serialize};
@@ -57,9 +58,12 @@ pub struct Step {
     /// Run as root inside the sandbox (prepare steps only); default false.
     #[serde(default)]
     pub as_root: bool,
-    /// Apply the run limits (address space, CPU time) to this step.
+    /// Apply the run limits (address space, processes, CPU time) to this step.
     #[serde(default = "yes")]
     pub limited: bool,
+    /// RLIMIT_CPU of the step's processes, in seconds ([`crate::plan::job::ResolvedLimits::cpu_rlimit_secs`]).
+    #[serde(default)]
+    pub cpu_seconds: Option<u64>,
 }
 
 fn yes() -> bool {

@@ -40,8 +40,9 @@ pub struct StepResult {
     pub output_truncated: bool,
     /// exec failed (program missing, …).
     pub spawn_error: Option<String>,
-    /// CPU seconds used by the step's processes (user + system).
-    pub cpu_ms: u64,
+    /// What the step's processes used ([`super::usage`]); None when it was not measured.
+    #[serde(default)]
+    pub usage: Option<super::usage::Usage>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

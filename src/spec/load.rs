@@ -281,7 +281,7 @@ pub fn field_help(field: &str) -> Option<String> {
         "skip" => "`skip` is true, false or a reason string".into(),
         "env" => "`env` is a table of string values, e.g. env = { MODE = \"fast\" }".into(),
         "stdout_contains" | "stderr_contains" | "contains" => format!("`{field}` is a string or a list of strings"),
-        "timeout" => "a duration such as \"500ms\", \"10s\", \"2m\"".into(),
+        "timeout" | "cpu_time" => "a duration such as \"500ms\", \"10s\", \"2m\"".into(),
         "memory" | "output" | "disk" => "a size such as \"512MiB\", \"64MB\" or a number of bytes".into(),
         "pod_manifest" => "a path to a YAML/JSON Pod manifest, or the manifest inline".into(),
         "exit_code" => "an integer exit code".into(),

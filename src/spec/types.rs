@@ -235,6 +235,11 @@ pub struct Limits {
     /// Open files per process (default 256). Extension of README, "A job file".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
+    /// CPU time of the run step's processes ("2s", "500ms"): past it the step is ended
+    /// and the job's status is `timeout`, however loaded the machine is (README, "Resource
+    /// figures"). Default: none (the wall-clock `timeout` bounds the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time: Option<DurationSpec>,
 }
 
 /// Checks on one file of the workdir after the run.

@@ -13,8 +13,9 @@
 //!
 //! Cases: hello in every language (native: typescript, rust and r only when the host has
 //! their toolchain), stdin, no stdin, args, env, workdir, input files, artifacts, expect.files
-//! (passing and failing), exit codes, a compile error, the timeout, and the memory, output,
-//! pids and disk limits, network off, non-root.
+//! (passing and failing), exit codes, a compile error, the timeout, the resource figures
+//! (`cpu_ms`, `peak_memory_bytes`) and `limits.cpu_time`, and the memory, output, pids and
+//! disk limits, network off, non-root.
 
 use crate::common;
 
@@ -173,11 +174,13 @@ fn brief(j: &Value) -> String {
         }
     };
     format!(
-        "    status={} phase={} exit_code={} duration_ms={}\n    message: {}\n    stdout: {:?}\n    stderr: {:?}\n    checks: {}",
+        "    status={} phase={} exit_code={} duration_ms={} cpu_ms={} peak_memory_bytes={}\n    message: {}\n    stdout: {:?}\n    stderr: {:?}\n    checks: {}",
         j["status"],
         j["phase"],
         j["exit_code"],
         j["duration_ms"],
+        j["cpu_ms"],
+        j["peak_memory_bytes"],
         field(j, "message"),
         cut(field(j, "stdout")),
         cut(field(j, "stderr")),
@@ -509,6 +512,122 @@ code = "echo started; sleep 30; echo never"
             v.ensure(
                 (900..10_000).contains(&ms),
                 format!("duration {ms} ms is not about 1s"),
+            );
+        },
+    ));
+    // Resource figures (README, "Resource figures"): measured the same way everywhere.
+    v.push(case(
+        "resources-busy",
+        "python",
+        "passed",
+        r#"
+code = """
+import time
+b = bytearray(160 * 1024 * 1024)
+for i in range(0, len(b), 4096):
+    b[i] = 1
+t = time.process_time()
+while time.process_time() - t < 0.5:
+    pass
+print("done")
+"""
+"#,
+        |v| {
+            let cpu = v.job["cpu_ms"].as_u64();
+            v.ensure(
+                cpu.is_some_and(|c| (450..3000).contains(&c)),
+                format!(
+                    "cpu_ms should be about 500 (a 0.5 s spin and the page faults), is {cpu:?}"
+                ),
+            );
+            let peak = v.job["peak_memory_bytes"].as_u64();
+            v.ensure(
+                peak.is_some_and(|p| (160 << 20..1 << 30).contains(&p)),
+                format!("peak_memory_bytes should be at least 160 MiB, is {peak:?}"),
+            );
+        },
+    ));
+    v.push(case(
+        "resources-small",
+        "python",
+        "passed",
+        r#"code = "print(1)""#,
+        |v| {
+            let cpu = v.job["cpu_ms"].as_u64();
+            v.ensure(
+                cpu.is_some_and(|c| c < 400),
+                format!("print(1) should use little CPU time, cpu_ms is {cpu:?}"),
+            );
+            // An exec-per-step sandbox knows its cgroup's peak only when a job raised it:
+            // a warm pod that ran a larger job before has no figure for this one.
+            let peak = v.job["peak_memory_bytes"].as_u64();
+            let may_lack = v.backend == "kubernetes";
+            v.ensure(
+                match peak {
+                    Some(p) => (1 << 20..64 << 20).contains(&p),
+                    None => may_lack,
+                },
+                format!("print(1) should report a few MB, peak_memory_bytes is {peak:?}"),
+            );
+        },
+    ));
+    v.push(case(
+        "cpu-time-limit",
+        "python",
+        "timeout",
+        r#"
+timeout = "30s"
+limits.cpu_time = "1s"
+code = """
+while True:
+    pass
+"""
+"#,
+        |v| {
+            let m = v.message();
+            v.ensure(
+                m.contains("CPU time"),
+                "the message should name the CPU time",
+            );
+            let ms = v.job["duration_ms"].as_u64().unwrap_or(0);
+            v.ensure(
+                ms < 15_000,
+                format!("the step should end near 1 s of CPU time, took {ms} ms"),
+            );
+        },
+    ));
+    v.push(case(
+        "cpu-time-total",
+        "python",
+        "timeout",
+        r#"
+timeout = "30s"
+limits.cpu_time = "1s"
+code = """
+import os, time
+pid = os.fork()
+t = time.process_time()
+while time.process_time() - t < 0.7:
+    pass
+if pid:
+    os.waitpid(pid, 0)
+print("both done")
+"""
+"#,
+        |v| {
+            // Two processes, each below the per-process limit, above it together.
+            v.ensure(
+                v.stdout().contains("both done"),
+                "both processes should finish (each is below the per-process limit)",
+            );
+            v.ensure(
+                v.message().contains("CPU time"),
+                "the message should say the CPU time was used up",
+            );
+            let cpu = v.job["cpu_ms"].as_u64();
+            v.ensure(
+                cpu.is_some_and(|c| c >= 1000),
+                format!("cpu_ms should count both processes, is {cpu:?}"),
             );
         },
     ));

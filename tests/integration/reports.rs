@@ -32,6 +32,8 @@ fn job(name: &str, file: &str, status: Status, ms: u64) -> JobReport {
         group: None,
         tags: vec![],
         signal: None,
+        cpu_ms: None,
+        peak_memory_bytes: None,
     }
 }
 

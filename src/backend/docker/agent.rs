@@ -69,6 +69,9 @@ pub struct AgentStepResult {
     pub stderr_truncated: bool,
     pub duration_ms: u64,
     pub spawn_error: Option<String>,
+    /// What the step's processes used ([`crate::sandbox::usage`]).
+    #[serde(default)]
+    pub usage: Option<crate::sandbox::usage::Usage>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -103,6 +106,11 @@ fn main() -> i32 {
     // Python step (which does not execve) must find no earlier job's data in the memory it
     // inherits from this process.
     crate::sandbox::pyembed::scrub_freed_memory(true);
+    // The step's orphans become this agent's children, reaped (and measured) by it.
+    // SAFETY: a plain prctl on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
     // The writable places' roots as the container was made: what every job must find.
     let fresh = snapshot_roots();
     // Preloaded Python: initialised now, while the container is as its image made it. Its
@@ -308,7 +316,12 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
                 return Err(std::io::Error::last_os_error());
             }
             if let Some(c) = cpu {
-                set_rlimit(libc::RLIMIT_CPU, c);
+                // SIGXCPU at the limit (unambiguous in the report), SIGKILL a second later.
+                let r = libc::rlimit {
+                    rlim_cur: c,
+                    rlim_max: c + 1,
+                };
+                libc::setrlimit(libc::RLIMIT_CPU, &r);
             }
             set_rlimit(libc::RLIMIT_NOFILE, nofile);
             if let Some((argv, env, program)) = &preloaded {
@@ -327,6 +340,7 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
             Ok(())
         });
     }
+    let usage_before = crate::sandbox::usage::children();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -368,13 +382,24 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     // Set once the program has exited: what it (or a process it left holding its output)
     // wrote until then is drained, then the step ends; leftovers are killed after it.
     let mut exited_at: Option<Instant> = None;
+    // The program's wait status and rusage, once reaped (wait4: std's wait gives no rusage).
+    let pid = child.id() as libc::pid_t;
+    let mut reaped: Option<(i32, crate::sandbox::usage::Usage)> = None;
+    let try_reap = |reaped: &mut Option<(i32, crate::sandbox::usage::Usage)>| {
+        if reaped.is_none() {
+            if let Ok(Some((_, st, u))) = crate::sandbox::usage::wait4_nohang(pid) {
+                *reaped = Some((st, u));
+            }
+        }
+        reaped.is_some()
+    };
     while out.is_some() || err.is_some() {
         let now = Instant::now();
         if now >= deadline {
             res.timed_out = true;
             break;
         }
-        if exited_at.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+        if exited_at.is_none() && try_reap(&mut reaped) {
             exited_at = Some(now);
         }
         if exited_at.is_some_and(|t| now.duration_since(t) > Duration::from_millis(20)) {
@@ -452,24 +477,39 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     } else {
         // Output closed: the program ended (or closed both streams): wait for it up to
         // the deadline.
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            }
+        while Instant::now() < deadline && !try_reap(&mut reaped) {
+            std::thread::sleep(Duration::from_millis(2));
         }
-        if matches!(child.try_wait(), Ok(None)) {
+        if !try_reap(&mut reaped) {
             res.timed_out = true;
             kill_all();
         }
     }
-    if let Ok(st) = child.wait() {
-        use std::os::unix::process::ExitStatusExt;
-        if !res.timed_out {
-            res.exit_code = st.code();
-            res.signal = st.signal();
+    if reaped.is_none() {
+        let mut st = 0;
+        // SAFETY: wait4 for our own child (dead or being killed) into a zeroed struct.
+        unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            if libc::wait4(pid, &mut st, 0, &mut ru) == pid {
+                reaped = Some((st, crate::sandbox::usage::of(&ru)));
+            }
         }
     }
+    // What the step left (orphans are this subreaper's children) is dead: reap it all.
+    kill_all();
+    while let Ok(Some(_)) = crate::sandbox::usage::wait4_nohang(-1) {}
+    if let Some((st, _)) = reaped.filter(|_| !res.timed_out) {
+        if libc::WIFEXITED(st) {
+            res.exit_code = Some(libc::WEXITSTATUS(st));
+        } else if libc::WIFSIGNALED(st) {
+            res.signal = Some(libc::WTERMSIG(st));
+        }
+    }
+    res.usage = Some(crate::sandbox::usage::step(
+        usage_before,
+        reaped.map(|(_, u)| u),
+    ));
+    drop(child);
     res.stdout = super::B64.encode(&obuf);
     res.stderr = super::B64.encode(&ebuf);
     res.duration_ms = started.elapsed().as_millis() as u64;

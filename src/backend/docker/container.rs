@@ -104,7 +104,7 @@ pub struct Container {
     pub uses: u32,
     /// The cgroup's counters after the previous job (oom kills, pids-limit hits), so that
     /// each job of a warm container sees only its own.
-    pub counters: (u64, u64),
+    pub counters: crate::backend::clean::Counters,
     /// Sessions: a timeout or an output flood kills the sandbox user's processes, not the
     /// container (its workdir lives on).
     pub keep_on_timeout: bool,
@@ -313,7 +313,7 @@ impl Container {
             pids_limit: spec.limits.pids as i64 + 2,
             agent: None,
             uses: 0,
-            counters: (0, 0),
+            counters: Default::default(),
             keep_on_timeout: false,
             volumes,
             fresh: None,

@@ -16,7 +16,7 @@ pub mod seccomp;
 pub mod tarball;
 
 use super::native::{copy_artifacts, to_report};
-use super::{error_report, RunCtx};
+use super::{error_report, step_shell, RunCtx};
 use crate::lang::{self, HostToolchain};
 use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase, Status};
@@ -349,7 +349,7 @@ pub fn run_spec(job: &PlannedJob, image: &str, env: Vec<(String, String)>) -> Co
         limits: job.limits.clone(),
         network: job.network,
         hardened: true,
-        cpu_seconds: Some(job.timeout.as_millis().div_ceil(1000) as u64 + 1),
+        cpu_seconds: Some(crate::plan::job::wall_cpu_limit_secs(job.timeout)),
         kind: "job",
         name: container_name(),
         maintenance_caps: false,
@@ -382,35 +382,8 @@ pub(crate) fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> St
         output: String::from_utf8_lossy(&output).into_owned(),
         output_truncated: r.stdout_truncated || r.stderr_truncated,
         spawn_error: None,
-        cpu_ms: 0,
+        usage: None,
     }
-}
-
-/// Inputs up to this size (a tar) travel base64-encoded in the first step's environment.
-const INLINE_INPUT_MAX: usize = 64 << 10;
-const INLINE_VAR: &str = "LLM_SANDBOX_IN";
-const UNPACK_FAILED: i64 = 125;
-const UNPACK_MARK: &str = "llm-sandbox: cannot unpack the job's files";
-
-/// `argv` behind a small shell prologue: unpack the inline input (`inline`), set the
-/// CPU-time limit (`cpu` seconds), then `exec` the program (same pid, same exit status).
-fn wrapped(argv: &[String], inline: bool, cpu: Option<u64>) -> Vec<String> {
-    if !inline && cpu.is_none() {
-        return argv.to_vec();
-    }
-    let mut script = String::new();
-    if inline {
-        script.push_str(&format!(
-            "printf '%s' \"${INLINE_VAR}\" | base64 -d | tar -x --no-same-owner -m -C /sandbox -f - || {{ echo \"{UNPACK_MARK}\" >&2; exit {UNPACK_FAILED}; }}; unset {INLINE_VAR}; "
-        ));
-    }
-    if let Some(cpu) = cpu {
-        script.push_str(&format!("ulimit -t {cpu} 2>/dev/null; "));
-    }
-    script.push_str("exec \"$@\"");
-    let mut a: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script, "sh".into()];
-    a.extend(argv.iter().cloned());
-    a
 }
 
 impl crate::backend::container_job::ContainerSandbox for Container {
@@ -426,7 +399,7 @@ impl crate::backend::container_job::ContainerSandbox for Container {
         self.uses = self.uses.saturating_add(1);
     }
 
-    fn counters(&mut self) -> &mut (u64, u64) {
+    fn counters(&mut self) -> &mut crate::backend::clean::Counters {
         &mut self.counters
     }
 
@@ -439,7 +412,7 @@ impl crate::backend::container_job::ContainerSandbox for Container {
     }
 
     fn inline_inputs_max(&self) -> usize {
-        INLINE_INPUT_MAX
+        step_shell::INLINE_INPUT_MAX
     }
 
     async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
@@ -454,29 +427,36 @@ impl crate::backend::container_job::ContainerSandbox for Container {
         job: &PlannedJob,
         step: &crate::sandbox::Step,
         env: &[(String, String)],
-        cpu: Option<u64>,
         inputs: &mut Option<Vec<u8>>,
+        measure: Option<&step_shell::Measure>,
         cancel: &CancellationToken,
     ) -> Result<ExecResult, String> {
         let stdin =
             (step.kind == StepKind::Run).then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
         let timeout = Duration::from_millis(step.timeout_ms);
+        let cap = step.capture_cap + measure.map_or(0, |_| step_shell::TRAILER_MAX);
+        let shell = |inline_input| step_shell::StepShell {
+            inline_input,
+            cpu_seconds: step.cpu_seconds,
+            measure,
+            ..Default::default()
+        };
         if let Some(tar) = inputs.take() {
             let mut with = env.to_vec();
-            with.push((INLINE_VAR.into(), B64.encode(&tar)));
+            with.push((step_shell::INLINE_VAR.into(), B64.encode(&tar)));
             let r = self
                 .exec(
-                    &wrapped(&step.argv, true, cpu),
+                    &shell(true).argv(&step.argv),
                     Some(SANDBOX_USER),
                     &with,
                     stdin,
-                    step.capture_cap,
+                    cap,
                     timeout,
                     cancel,
                 )
                 .await?;
-            if r.exit_code != Some(UNPACK_FAILED)
-                || !String::from_utf8_lossy(&r.stderr).contains(UNPACK_MARK)
+            if r.exit_code != Some(step_shell::UNPACK_FAILED)
+                || !String::from_utf8_lossy(&r.stderr).contains(step_shell::UNPACK_MARK)
             {
                 return Ok(r);
             }
@@ -484,11 +464,11 @@ impl crate::backend::container_job::ContainerSandbox for Container {
             Container::put_tar(self, &tar, cancel).await?;
         }
         self.exec(
-            &wrapped(&step.argv, false, cpu),
+            &shell(false).argv(&step.argv),
             Some(SANDBOX_USER),
             env,
             stdin,
-            step.capture_cap,
+            cap,
             timeout,
             cancel,
         )
@@ -780,8 +760,7 @@ async fn run_steps_agent(
                     .flatten(),
                 timeout_ms: s.timeout_ms,
                 cap: s.capture_cap,
-                cpu_seconds: (s.kind == StepKind::Run)
-                    .then(|| job.timeout.as_millis().div_ceil(1000) as u64 + 1),
+                cpu_seconds: s.cpu_seconds,
                 open_files: job.limits.open_files,
                 must_succeed: s.kind != StepKind::Run,
             })
@@ -830,6 +809,7 @@ async fn run_steps_agent(
         let mut sr = step_result(*kind, &r, job.limits.output);
         sr.exit_code = s.exit_code;
         sr.signal = s.signal;
+        sr.usage = s.usage;
         sr.spawn_error = s
             .spawn_error
             .clone()
@@ -845,11 +825,12 @@ async fn run_steps_agent(
     }
     let ev = LimitEvents {
         enforcement: "container cgroup".into(),
-        oom_killed: a.oom_kills > c.counters.0,
-        pids_limit_hit: a.pids_max_hits > c.counters.1,
+        oom_killed: a.oom_kills > c.counters.oom_kills,
+        pids_limit_hit: a.pids_max_hits > c.counters.pids_max,
         ..Default::default()
     };
-    c.counters = (a.oom_kills, a.pids_max_hits);
+    c.counters.oom_kills = a.oom_kills;
+    c.counters.pids_max = a.pids_max_hits;
     msgs.push(Msg::Limits(ev));
     if let Some(t) = a.tar.as_deref().and_then(|t| B64.decode(t).ok()) {
         match collected(job, ctx, &c.id, &t) {
@@ -941,18 +922,5 @@ pub async fn finish_run() {
     pool::drain_all().await;
     for e in engine::connected() {
         e.finish_run().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn wrapper_keeps_argv_and_sets_limits() {
-        let argv = vec!["python3".to_string(), "a b".to_string()];
-        assert_eq!(super::wrapped(&argv, false, None), argv);
-        let w = super::wrapped(&argv, true, Some(3));
-        assert_eq!(&w[4..], &argv[..]);
-        assert!(w[2].contains("base64 -d") && w[2].contains("ulimit -t 3"));
-        assert!(w[2].ends_with("exec \"$@\""));
     }
 }

@@ -16,6 +16,7 @@
 pub mod pod;
 
 use super::docker::{self, container::ExecResult};
+use super::step_shell::StepShell;
 use super::{error_report, RunCtx};
 use crate::lang;
 use crate::plan::PlannedJob;
@@ -399,7 +400,7 @@ pub struct SandboxPod {
     /// Warm pods: the roots of its writable places as made ([`crate::backend::clean`]).
     pub fresh: Option<Vec<crate::backend::clean::Root>>,
     /// The cgroup's OOM kills and pids-limit hits seen so far (warm pods).
-    counters: (u64, u64),
+    counters: crate::backend::clean::Counters,
     born: Instant,
 }
 
@@ -436,7 +437,7 @@ impl SandboxPod {
             dead: false,
             uses: 0,
             fresh: None,
-            counters: (0, 0),
+            counters: Default::default(),
             born: Instant::now(),
         };
         with_timeout(
@@ -934,35 +935,26 @@ fn readiness(p: &Pod) -> Ready {
     Ready::NotYet(format!("phase {phase}"))
 }
 
-/// `argv` behind a small shell prologue: the job's environment only (`env -i`, the image's
-/// PATH kept unless the job sets one), the workdir, the open-files and CPU-time limits.
-pub fn wrapped(
-    argv: &[String],
-    env: &[(String, String)],
-    open_files: u64,
-    cpu: Option<u64>,
-) -> Vec<String> {
-    let mut script = format!("cd /sandbox 2>/dev/null; ulimit -n {open_files} 2>/dev/null; ");
-    if let Some(cpu) = cpu {
-        script.push_str(&format!("ulimit -t {cpu} 2>/dev/null; "));
-    }
-    script.push_str("exec env -i PATH=\"$PATH\" \"$@\"");
-    let mut a: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script, "sh".into()];
-    a.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    a.extend(argv.iter().cloned());
-    a
-}
-
-/// The argv of an exec running `step` with `env` (see [`wrapped`]).
+/// The argv of an exec running `step` with `env` in a pod: the job's environment only
+/// (`env -i`, the image's PATH kept unless the job sets one), the workdir, the open-files
+/// and CPU-time limits ([`StepShell`]); `measure`: the run step's figures.
 pub fn step_argv(
     lang: crate::spec::types::Lang,
     step: &crate::sandbox::Step,
     env: &[(String, String)],
     open_files: u64,
-    cpu: Option<u64>,
+    measure: Option<&crate::backend::step_shell::Measure>,
 ) -> Vec<String> {
+    let shell = StepShell {
+        workdir: true,
+        open_files: Some(open_files),
+        cpu_seconds: step.cpu_seconds,
+        env: Some(env),
+        measure,
+        ..Default::default()
+    };
     typescript_types(
-        wrapped(&step.argv, env, open_files, cpu),
+        shell.argv(&step.argv),
         lang == crate::spec::types::Lang::Typescript && step.kind == StepKind::Compile,
     )
 }
@@ -1135,7 +1127,7 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
         self.uses = self.uses.saturating_add(1);
     }
 
-    fn counters(&mut self) -> &mut (u64, u64) {
+    fn counters(&mut self) -> &mut crate::backend::clean::Counters {
         &mut self.counters
     }
 
@@ -1158,17 +1150,18 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
         job: &PlannedJob,
         step: &crate::sandbox::Step,
         env: &[(String, String)],
-        cpu: Option<u64>,
         _inputs: &mut Option<Vec<u8>>,
+        measure: Option<&crate::backend::step_shell::Measure>,
         cancel: &CancellationToken,
     ) -> Result<ExecResult, String> {
         let stdin =
             (step.kind == StepKind::Run).then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
-        let argv = step_argv(job.lang, step, env, job.limits.open_files, cpu);
+        let argv = step_argv(job.lang, step, env, job.limits.open_files, measure);
+        let cap = step.capture_cap + measure.map_or(0, |_| crate::backend::step_shell::TRAILER_MAX);
         self.exec(
             &argv,
             stdin,
-            step.capture_cap,
+            cap,
             Duration::from_millis(step.timeout_ms),
             cancel,
         )
@@ -1192,27 +1185,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wrapper_clears_the_environment_and_keeps_argv() {
-        let argv = vec!["python3".to_string(), "a b".to_string()];
-        let env = vec![("K".to_string(), "v w".to_string())];
-        let w = wrapped(&argv, &env, 64, Some(3));
-        assert_eq!(&w[..2], &["/bin/sh", "-c"]);
-        assert!(w[2].contains("ulimit -n 64") && w[2].contains("ulimit -t 3"));
-        assert!(w[2].ends_with("exec env -i PATH=\"$PATH\" \"$@\""));
-        assert_eq!(&w[3..], &["sh", "K=v w", "python3", "a b"]);
-    }
-
-    #[test]
     fn typescript_finds_its_types_in_the_image() {
+        let wrapped = |argv: &[String]| {
+            StepShell {
+                workdir: true,
+                env: Some(&[]),
+                ..Default::default()
+            }
+            .argv(argv)
+        };
         let argv: Vec<String> = ["tsc", "--typeRoots", "/fixed", "main.ts"]
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let w = typescript_types(wrapped(&argv, &[], 8, None), true);
+        let w = typescript_types(wrapped(&argv), true);
         assert_eq!(&w[4..], &["tsc", "main.ts"]);
         assert!(w[2].starts_with("for d in /usr/local/lib/node_modules/@types"));
         assert!(w[2].contains("set -- \"$@\" --typeRoots \"$d\""));
-        let same = wrapped(&argv, &[], 8, None);
+        let same = wrapped(&argv);
         assert_eq!(typescript_types(same.clone(), false), same);
     }
 
