@@ -28,19 +28,95 @@ pub struct RunCtx {
     pub parallelism: usize,
 }
 
-/// Runs one job on its backend and returns its report (never panics, never errs: what
-/// goes wrong becomes status `error` with a message that says how to fix it).
-pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
-    match job.backend {
-        BackendKind::Native => native::run_job(job, ctx).await,
-        BackendKind::Docker | BackendKind::Podman => docker::run_job(job, ctx, job.backend).await,
-        BackendKind::Kubernetes => kubernetes::run_job(job, ctx).await,
+/// What the runner needs of a backend: one implementation per backend, found through
+/// [`of`] (the one place a [`BackendKind`] is turned into code to run). A new backend is
+/// one more implementation and one more arm there.
+pub trait Backend: Sync {
+    /// Runs one job and returns its report (never panics, never errs: what goes wrong
+    /// becomes status `error` with a message that says how to fix it).
+    fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport>;
+
+    /// The environment `job` needs made before it runs (an image, a template, warm
+    /// sandboxes), as a key (jobs with the same key share it); None when there is nothing
+    /// to prepare ahead.
+    fn prepare_key(&self, _job: &PlannedJob) -> Option<String> {
+        None
+    }
+
+    /// Makes that environment (failures are left to the jobs to report).
+    fn prepare_ahead<'a>(&'a self, _job: &'a PlannedJob, _ctx: &'a RunCtx) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// The end of a run: removes what the run left (sandboxes, servers, images built
+    /// without `keep_template`).
+    fn finish_run(&self) -> BoxFuture<'static, ()>;
+}
+
+/// A boxed future of a [`Backend`] method.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+struct Native;
+struct Container(BackendKind);
+struct Kubernetes;
+
+impl Backend for Native {
+    fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
+        Box::pin(native::run_job(job, ctx))
+    }
+    fn finish_run(&self) -> BoxFuture<'static, ()> {
+        Box::pin(crate::sandbox::host::shutdown_servers())
     }
 }
 
-/// Starts preparing the environments of container jobs (image pulls and builds,
-/// templates, warm containers) in the background, once per distinct environment, so that
-/// it overlaps with jobs already running. Failures are left to the jobs to report.
+/// Docker and Podman: one implementation, the engine told apart by the kind.
+impl Backend for Container {
+    fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
+        Box::pin(docker::run_job(job, ctx, self.0))
+    }
+    fn prepare_key(&self, job: &PlannedJob) -> Option<String> {
+        Some(docker::prepare_key(job))
+    }
+    fn prepare_ahead<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, ()> {
+        Box::pin(docker::prepare_ahead(job, ctx))
+    }
+    fn finish_run(&self) -> BoxFuture<'static, ()> {
+        // Docker's and Podman's pools and engines end together.
+        if self.0 == BackendKind::Docker {
+            Box::pin(docker::finish_run())
+        } else {
+            Box::pin(async {})
+        }
+    }
+}
+
+impl Backend for Kubernetes {
+    fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
+        Box::pin(kubernetes::run_job(job, ctx))
+    }
+    fn finish_run(&self) -> BoxFuture<'static, ()> {
+        Box::pin(kubernetes::finish_run())
+    }
+}
+
+/// The backend of a kind: the registry.
+pub fn of(kind: BackendKind) -> &'static dyn Backend {
+    match kind {
+        BackendKind::Native => &Native,
+        BackendKind::Docker => &Container(BackendKind::Docker),
+        BackendKind::Podman => &Container(BackendKind::Podman),
+        BackendKind::Kubernetes => &Kubernetes,
+    }
+}
+
+/// Runs one job on its backend and returns its report.
+pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+    of(job.backend).run_job(job, ctx).await
+}
+
+/// Starts preparing the environments of jobs ([`Backend::prepare_ahead`]: image pulls and
+/// builds, templates, warm containers) in the background, once per distinct environment,
+/// so that it overlaps with jobs already running. Failures are left to the jobs to report.
 /// `parallelism` says how many jobs of a backend run at once (warm pools start that many).
 pub fn prepare_ahead(
     jobs: &[PlannedJob],
@@ -50,10 +126,10 @@ pub fn prepare_ahead(
     let mut set = tokio::task::JoinSet::new();
     let mut seen: Vec<String> = Vec::new();
     for job in jobs.iter().filter(|j| j.skip.is_none()) {
-        if !matches!(job.backend, BackendKind::Docker | BackendKind::Podman) {
+        let backend = of(job.backend);
+        let Some(key) = backend.prepare_key(job) else {
             continue;
-        }
-        let key = docker::prepare_key(job);
+        };
         if seen.contains(&key) {
             continue;
         }
@@ -63,17 +139,22 @@ pub fn prepare_ahead(
             ..ctx.clone()
         };
         let job = job.clone();
-        set.spawn(async move { docker::prepare_ahead(&job, &ctx).await });
+        set.spawn(async move { backend.prepare_ahead(&job, &ctx).await });
     }
     set
 }
 
-/// The end of a run: every backend removes what the run left (containers, images built
-/// without `keep_template`).
+/// The end of a run: every backend removes what the run left ([`Backend::finish_run`]).
 pub async fn finish_run() {
-    docker::finish_run().await;
-    kubernetes::finish_run().await;
-    crate::sandbox::host::shutdown_servers().await;
+    // Container engines and clusters first, then the native sandbox servers.
+    for kind in [
+        BackendKind::Docker,
+        BackendKind::Podman,
+        BackendKind::Kubernetes,
+        BackendKind::Native,
+    ] {
+        of(kind).finish_run().await;
+    }
 }
 
 /// The host's proxy settings, which every backend's prepare phase (library installs) sees.

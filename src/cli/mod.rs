@@ -232,17 +232,12 @@ fn parse_backend_jobs(s: &str) -> Result<(BackendKind, usize), String> {
     let (b, n) = s
         .split_once('=')
         .ok_or_else(|| format!("expected BACKEND=N (e.g. docker=4), got {s:?}"))?;
-    let backend = match b.trim() {
-        "native" => BackendKind::Native,
-        "docker" => BackendKind::Docker,
-        "podman" => BackendKind::Podman,
-        "kubernetes" => BackendKind::Kubernetes,
-        other => {
-            return Err(format!(
-                "unknown backend {other:?} (one of native, docker, podman, kubernetes)"
-            ))
-        }
-    };
+    let backend = BackendKind::parse(b.trim()).ok_or_else(|| {
+        format!(
+            "unknown backend {:?} (one of native, docker, podman, kubernetes)",
+            b.trim()
+        )
+    })?;
     match n.trim().parse::<usize>() {
         Ok(n) if n >= 1 => Ok((backend, n)),
         _ => Err(format!(
