@@ -64,23 +64,7 @@ pub enum SessionError {
     Io(#[from] std::io::Error),
 }
 
-/// What one `run` or `execute_command` produced.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExecOutput {
-    /// None when the program was killed by a signal or timed out.
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-    pub timed_out: bool,
-    pub duration: Duration,
-    /// The compile step's output when compilation failed.
-    pub compile_output: Option<String>,
-    /// stdout or stderr went past the output limit (`limits.output`, per stream): what
-    /// came before it is kept (streaming: exactly the chunks sent), and the program was
-    /// stopped.
-    pub output_truncated: bool,
-}
+pub use crate::backend::ExecOutput;
 
 /// What a streaming call's [`futures_util::Stream`] yields: output chunks as they come,
 /// then exactly one `Done` with the buffered result (exit code, signal, timeout flag).

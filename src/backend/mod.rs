@@ -157,6 +157,25 @@ pub async fn finish_run() {
     }
 }
 
+/// What one ad hoc program produced (`Session::run`, `execute_command`, `llm-sandbox
+/// exec`): the result type of the backends' one-off runs, re-exported by `session`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecOutput {
+    /// None when the program was killed by a signal or timed out.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    pub duration: std::time::Duration,
+    /// The compile step's output when compilation failed.
+    pub compile_output: Option<String>,
+    /// stdout or stderr went past the output limit (`limits.output`, per stream): what
+    /// came before it is kept (streaming: exactly the chunks sent), and the program was
+    /// stopped.
+    pub output_truncated: bool,
+}
+
 /// The host's proxy settings, which every backend's prepare phase (library installs) sees.
 pub const PROXY_VARS: &[&str] = &[
     "HTTP_PROXY",

@@ -3,10 +3,10 @@
 
 use super::container::{Container, Live};
 use super::{base_env, endpoint, engine, job_image, run_spec, signal_of_exit, steps, SANDBOX_USER};
+use crate::backend::ExecOutput;
 use crate::lang;
 use crate::plan::PlannedJob;
 use crate::sandbox::StepKind;
-use crate::session::ExecOutput;
 use crate::spec::types::BackendKind;
 use crate::stream::ChunkSender;
 use std::time::Duration;
