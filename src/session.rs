@@ -98,6 +98,9 @@ pub struct SessionBuilder {
     client: Option<bollard::Docker>,
     kube_client: Option<kube::Client>,
     namespace: Option<String>,
+    /// What the session owns of the backends (its engine connection, its cluster): its
+    /// own, unless the MCP server shares one among its sessions.
+    scope: std::sync::Arc<crate::backend::Scope>,
 }
 
 impl std::fmt::Debug for SessionBuilder {
@@ -134,6 +137,7 @@ impl Default for SessionBuilder {
             client: None,
             kube_client: None,
             namespace: None,
+            scope: crate::backend::Scope::new(),
         }
     }
 }
@@ -230,6 +234,12 @@ impl SessionBuilder {
         self
     }
 
+    /// Opens the session in `scope` (the MCP server's, whose end removes what is left).
+    pub(crate) fn in_scope(mut self, scope: std::sync::Arc<crate::backend::Scope>) -> Self {
+        self.scope = scope;
+        self
+    }
+
     pub async fn open(self) -> Result<Session, SessionError> {
         match self.backend {
             BackendKind::Native => self.open_native().await,
@@ -269,7 +279,7 @@ impl SessionBuilder {
     async fn open_docker(mut self) -> Result<Session, SessionError> {
         let kind = self.backend;
         let engine = match self.client.take() {
-            Some(c) => docker::engine::from_client(c, kind).await,
+            Some(c) => docker::engine::from_client(c, kind, &self.scope).await,
             None => {
                 let base = std::env::current_dir().unwrap_or_default();
                 let ep = if kind == BackendKind::Podman {
@@ -283,7 +293,7 @@ impl SessionBuilder {
                     )
                 }
                 .map_err(SessionError::Engine)?;
-                docker::engine::connect(&ep, kind).await
+                docker::engine::connect(&self.scope, &ep, kind).await
             }
         }
         .map_err(SessionError::Engine)?;
@@ -332,14 +342,14 @@ impl SessionBuilder {
             ));
         }
         let cluster = match self.kube_client.take() {
-            Some(c) => kubernetes::from_client(c, self.namespace.clone()),
+            Some(c) => kubernetes::from_client(c, self.namespace.clone(), &self.scope),
             None => {
                 let cfg = crate::spec::types::KubernetesConfig {
                     namespace: self.namespace.clone(),
                     ..Default::default()
                 };
                 let base = std::env::current_dir().unwrap_or_default();
-                kubernetes::connect(Some(&cfg), &base)
+                kubernetes::connect(&self.scope, Some(&cfg), &base)
                     .await
                     .map_err(SessionError::Engine)?
             }
@@ -349,7 +359,7 @@ impl SessionBuilder {
             .clone()
             .unwrap_or_else(|| lang::spec(self.lang).default_image.to_string());
         let name = sandbox_id();
-        let owner = kubernetes::owner_labels();
+        let owner = kubernetes::owner_labels(&cluster);
         let spec = kubernetes::pod::build(&kubernetes::pod::PodParams {
             name: &name,
             image: &image,

@@ -14,9 +14,59 @@ use crate::spec::types::BackendKind;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
+/// What one run, one [`crate::Session`], one `llm-sandbox exec` or one MCP server owns of
+/// the backends: the engines it connected (and the images it built), its warm pools, the
+/// clusters it used and their pod pools. Two scopes in one process share none of it, and
+/// the end of one ([`Scope::finish`]) removes only what it made: its containers and pods
+/// carry its id as a label (README, "Architecture").
+pub struct Scope {
+    /// Unique in this process, and among processes (it begins with the owner prefix).
+    pub id: String,
+    pub(crate) engines: std::sync::Mutex<Vec<docker::engine::EngineSlot>>,
+    pub(crate) docker_pools: std::sync::Mutex<Vec<docker::pool::KeyedPool>>,
+    pub(crate) clusters: tokio::sync::Mutex<Vec<std::sync::Arc<kubernetes::Cluster>>>,
+    pub(crate) pod_pools: std::sync::Mutex<Vec<kubernetes::KeyedPodPool>>,
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope").field("id", &self.id).finish()
+    }
+}
+
+impl Scope {
+    pub fn new() -> std::sync::Arc<Scope> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::sync::Arc::new(Scope {
+            id: format!("{}-s{n}", crate::owner::prefix()),
+            engines: Default::default(),
+            docker_pools: Default::default(),
+            clusters: Default::default(),
+            pod_pools: Default::default(),
+        })
+    }
+
+    /// The end of this scope: every backend removes what it made in it
+    /// ([`Backend::finish`]).
+    pub async fn finish(&self) {
+        // Container engines and clusters first, then the native sandbox servers.
+        for kind in [
+            BackendKind::Docker,
+            BackendKind::Podman,
+            BackendKind::Kubernetes,
+            BackendKind::Native,
+        ] {
+            of(kind).finish(self).await;
+        }
+    }
+}
+
 /// What every backend needs from the runner.
 #[derive(Debug, Clone)]
 pub struct RunCtx {
+    /// What this run owns of the backends (engines, pools, clusters).
+    pub scope: std::sync::Arc<Scope>,
     /// This run's private, owner-labelled temporary directory.
     pub run_dir: PathBuf,
     /// Where artifacts go: `<artifacts_root>/<job name>/…`.
@@ -48,9 +98,9 @@ pub trait Backend: Sync {
         Box::pin(async {})
     }
 
-    /// The end of a run: removes what the run left (sandboxes, servers, images built
-    /// without `keep_template`).
-    fn finish_run(&self) -> BoxFuture<'static, ()>;
+    /// The end of a scope (a run, a session): removes what it left (sandboxes, images
+    /// built without `keep_template`; native: the idle sandbox servers).
+    fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()>;
 }
 
 /// A boxed future of a [`Backend`] method.
@@ -64,7 +114,8 @@ impl Backend for Native {
     fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
         Box::pin(native::run_job(job, ctx))
     }
-    fn finish_run(&self) -> BoxFuture<'static, ()> {
+    fn finish<'a>(&'a self, _scope: &'a Scope) -> BoxFuture<'a, ()> {
+        // The sandbox servers are the process's (a server is cheap to start again).
         Box::pin(crate::sandbox::host::shutdown_servers())
     }
 }
@@ -80,10 +131,10 @@ impl Backend for Container {
     fn prepare_ahead<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, ()> {
         Box::pin(docker::prepare_ahead(job, ctx))
     }
-    fn finish_run(&self) -> BoxFuture<'static, ()> {
+    fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
         // Docker's and Podman's pools and engines end together.
         if self.0 == BackendKind::Docker {
-            Box::pin(docker::finish_run())
+            Box::pin(docker::finish(scope))
         } else {
             Box::pin(async {})
         }
@@ -94,8 +145,8 @@ impl Backend for Kubernetes {
     fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
         Box::pin(kubernetes::run_job(job, ctx))
     }
-    fn finish_run(&self) -> BoxFuture<'static, ()> {
-        Box::pin(kubernetes::finish_run())
+    fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
+        Box::pin(kubernetes::finish(scope))
     }
 }
 
@@ -142,19 +193,6 @@ pub fn prepare_ahead(
         set.spawn(async move { backend.prepare_ahead(&job, &ctx).await });
     }
     set
-}
-
-/// The end of a run: every backend removes what the run left ([`Backend::finish_run`]).
-pub async fn finish_run() {
-    // Container engines and clusters first, then the native sandbox servers.
-    for kind in [
-        BackendKind::Docker,
-        BackendKind::Podman,
-        BackendKind::Kubernetes,
-        BackendKind::Native,
-    ] {
-        of(kind).finish_run().await;
-    }
 }
 
 /// What one ad hoc program produced (`Session::run`, `execute_command`, `llm-sandbox

@@ -183,6 +183,8 @@ pub struct RunCodeArgs {
 #[derive(Clone)]
 pub struct SandboxServer {
     args: Arc<McpArgs>,
+    /// What the server's sessions own of the backends; its end removes what is left.
+    scope: Arc<crate::backend::Scope>,
     slots: Arc<tokio::sync::Semaphore>,
     tool_router: ToolRouter<Self>,
 }
@@ -215,6 +217,7 @@ impl SandboxServer {
         let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
         SandboxServer {
             args: Arc::new(args),
+            scope: crate::backend::Scope::new(),
             slots,
             tool_router: Self::tool_router(),
         }
@@ -280,6 +283,7 @@ impl SandboxServer {
         };
         let started = std::time::Instant::now();
         let mut b = Session::builder()
+            .in_scope(self.scope.clone())
             .lang(lang)
             .backend(a.backend)
             .limits(a.limits())
@@ -536,6 +540,7 @@ pub async fn serve(args: McpArgs) -> i32 {
     }
     tracing::info!("serving MCP on stdio, backend {}", args.backend);
     let server = SandboxServer::new(args);
+    let scope = server.scope.clone();
     let service = match server.serve(rmcp::transport::stdio()).await {
         Ok(s) => s,
         Err(e) => {
@@ -550,7 +555,7 @@ pub async fn serve(args: McpArgs) -> i32 {
             crate::exit_codes::JOBS_FAILED
         }
     };
-    crate::backend::finish_run().await;
+    scope.finish().await;
     code
 }
 

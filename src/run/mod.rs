@@ -89,6 +89,7 @@ pub async fn run_plan(
     sweep_stale();
     let run_dir = RunDir::create()?;
     let mut ctx = RunCtx {
+        scope: backend::Scope::new(),
         run_dir: run_dir.path.clone(),
         artifacts_root: opts.artifacts_dir.clone(),
         cancel: cancel.clone(),
@@ -141,7 +142,7 @@ pub async fn run_plan(
         }
     }
     prepare.abort_all();
-    backend::finish_run().await;
+    ctx.scope.finish().await;
     drop(run_dir);
     Ok(reports.into_iter().flatten().collect())
 }

@@ -526,3 +526,48 @@ async fn podman_session_runs_code_libraries_and_files_then_leaves_nothing() {
         assert!(left.is_empty(), "podman {what}s left after close: {left:?}");
     }
 }
+
+/// A session beside a run in the same process (README, "Architecture": each has its own
+/// scope): the run's end removes its own warm containers, never the session's container,
+/// and the session goes on working after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_the_same_process_leaves_the_session_alone() {
+    require_docker!();
+    let mut s = open(Lang::Python).await;
+    let id = container_id(&mut s).await;
+    let dir = common::Scratch::new();
+    dir.write(
+        "jobs.toml",
+        "[[jobs]]\nname = \"beside\"\nlang = \"bash\"\nbackend = \"docker\"\ncode = \"echo beside\"\nexpect.stdout = \"beside\"\n",
+    );
+    let plan = llm_sandbox::plan::plan_paths(
+        &[dir.path().join("jobs.toml")],
+        &llm_sandbox::plan::PlanOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let opts = llm_sandbox::run::RunOptions {
+        jobs: 1,
+        fail_fast: false,
+        artifacts_dir: dir.path().join("artifacts"),
+        fresh_containers: false,
+        backend_jobs: vec![],
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let reports = llm_sandbox::run::run_plan(&plan, &opts, tx, Default::default())
+        .await
+        .expect("the run");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        reports[0].status,
+        llm_sandbox::Status::Passed,
+        "{:?}",
+        reports[0]
+    );
+    assert!(
+        our_container(&id).ends_with("running"),
+        "the run's end removed the session's container: {:?}",
+        our_container(&id)
+    );
+    assert_eq!(sh(&mut s, "echo still here").await.trim(), "still here");
+    s.close().await.expect("close");
+}

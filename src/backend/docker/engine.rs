@@ -16,6 +16,8 @@ use std::time::Duration;
 pub const LABEL: &str = "llm-sandbox";
 /// `ls-<pid>-<starttime>` of the runner that created it.
 pub const LABEL_OWNER: &str = "llm-sandbox.owner";
+/// The [`crate::backend::Scope`] that created it (a run, a session): what its end removes.
+pub const LABEL_SCOPE: &str = "llm-sandbox.scope";
 /// Host name of that runner (its pid means nothing elsewhere).
 pub const LABEL_HOST: &str = "llm-sandbox.host";
 /// `job`, `prepare`, `build`, `template`.
@@ -235,6 +237,8 @@ pub struct Engine {
     pub endpoint: String,
     /// Whether the daemon runs on this machine (stale-owner checks by pid apply).
     pub local: bool,
+    /// The id of the scope that connected it ([`LABEL_SCOPE`] of what it creates).
+    pub scope: String,
     /// Images this run built and must remove at its end (not kept).
     built: Mutex<Vec<String>>,
     /// One build/pull/prepare at a time per image key.
@@ -245,13 +249,20 @@ pub struct Engine {
 }
 
 type Slot = Arc<tokio::sync::OnceCell<Result<Arc<Engine>, String>>>;
+/// An engine of a [`crate::backend::Scope`], connected once.
+pub type EngineSlot = (Endpoint, BackendKind, Slot);
 
-static ENGINES: Mutex<Vec<(Endpoint, BackendKind, Slot)>> = Mutex::new(Vec::new());
-
-/// Connects once per endpoint per process (and sweeps what dead runs left on it).
-pub async fn connect(ep: &Endpoint, kind: BackendKind) -> Result<Arc<Engine>, String> {
+/// Connects once per endpoint per scope (and sweeps what dead runs left on it).
+pub async fn connect(
+    scope: &crate::backend::Scope,
+    ep: &Endpoint,
+    kind: BackendKind,
+) -> Result<Arc<Engine>, String> {
     let slot = {
-        let mut all = ENGINES.lock().map_err(|_| "engine registry poisoned")?;
+        let mut all = scope
+            .engines
+            .lock()
+            .map_err(|_| "engine registry poisoned")?;
         match all.iter().find(|(e, k, _)| e == ep && *k == kind) {
             Some((_, _, s)) => s.clone(),
             None => {
@@ -262,7 +273,7 @@ pub async fn connect(ep: &Endpoint, kind: BackendKind) -> Result<Arc<Engine>, St
         }
     };
     slot.get_or_init(|| async {
-        let e = open(ep, kind).await?;
+        let e = open(ep, kind, &scope.id).await?;
         e.sweep_stale().await;
         Ok(Arc::new(e))
     })
@@ -271,7 +282,11 @@ pub async fn connect(ep: &Endpoint, kind: BackendKind) -> Result<Arc<Engine>, St
 }
 
 /// Wraps a client the caller built (library API).
-pub async fn from_client(docker: Docker, kind: BackendKind) -> Result<Arc<Engine>, String> {
+pub async fn from_client(
+    docker: Docker,
+    kind: BackendKind,
+    scope: &crate::backend::Scope,
+) -> Result<Arc<Engine>, String> {
     let docker = docker
         .negotiate_version()
         .await
@@ -281,12 +296,14 @@ pub async fn from_client(docker: Docker, kind: BackendKind) -> Result<Arc<Engine
         kind,
         "caller-provided client".into(),
         true,
+        scope.id.clone(),
     )))
 }
 
-/// Every engine this process connected to (for the end-of-run cleanup).
-pub fn connected() -> Vec<Arc<Engine>> {
-    ENGINES
+/// Every engine the scope connected to (for its end).
+pub fn connected(scope: &crate::backend::Scope) -> Vec<Arc<Engine>> {
+    scope
+        .engines
         .lock()
         .map(|all| {
             all.iter()
@@ -296,7 +313,7 @@ pub fn connected() -> Vec<Arc<Engine>> {
         .unwrap_or_default()
 }
 
-async fn open(ep: &Endpoint, kind: BackendKind) -> Result<Engine, String> {
+async fn open(ep: &Endpoint, kind: BackendKind, scope: &str) -> Result<Engine, String> {
     use bollard::API_DEFAULT_VERSION as V;
     let host = ep.host.as_str();
     let client = if let Some(path) = host.strip_prefix("unix://") {
@@ -323,7 +340,7 @@ async fn open(ep: &Endpoint, kind: BackendKind) -> Result<Engine, String> {
         || host.contains("://127.0.0.1")
         || host.contains("://localhost")
         || host.contains("://[::1]");
-    let mut e = Engine::new(docker, kind, host.to_string(), local);
+    let mut e = Engine::new(docker, kind, host.to_string(), local, scope.to_string());
     if kind == BackendKind::Podman {
         e.limits_unenforced = rootless_cgroup_v1(&e, host).await;
     }
@@ -350,7 +367,7 @@ async fn rootless_cgroup_v1(e: &Engine, host: &str) -> Option<String> {
 /// What `doctor` says of an engine: its version and which default images it has. Connects
 /// without the sweep of [`connect`] (doctor changes nothing).
 pub async fn probe(ep: &Endpoint, kind: BackendKind) -> Result<(String, Vec<String>), String> {
-    let e = open(ep, kind).await?;
+    let e = open(ep, kind, "").await?;
     if let Some(why) = &e.limits_unenforced {
         return Err(why.clone());
     }
@@ -419,12 +436,19 @@ fn unreachable(kind: BackendKind, host: &str, why: &str) -> String {
 }
 
 impl Engine {
-    fn new(docker: Docker, kind: BackendKind, endpoint: String, local: bool) -> Engine {
+    fn new(
+        docker: Docker,
+        kind: BackendKind,
+        endpoint: String,
+        local: bool,
+        scope: String,
+    ) -> Engine {
         Engine {
             docker,
             kind,
             endpoint,
             local,
+            scope,
             built: Mutex::new(Vec::new()),
             locks: Mutex::new(HashMap::new()),
             limits_unenforced: None,
@@ -436,6 +460,7 @@ impl Engine {
         HashMap::from([
             (LABEL.to_string(), "1".to_string()),
             (LABEL_OWNER.to_string(), owner::prefix()),
+            (LABEL_SCOPE.to_string(), self.scope.clone()),
             (LABEL_HOST.to_string(), owner::hostname()),
             (LABEL_KIND.to_string(), kind.to_string()),
         ])
@@ -599,11 +624,10 @@ impl Engine {
         let _ = self.docker.remove_image(id, Some(opts), None).await;
     }
 
-    /// The end of a run: removes every container of this runner still there and the images
-    /// it built without `keep_template`.
+    /// The end of its scope (a run): removes every container of the scope still there and
+    /// the images it built without `keep_template`.
     pub async fn finish_run(&self) {
-        let filters =
-            HashMap::from([("label", vec![format!("{LABEL_OWNER}={}", owner::prefix())])]);
+        let filters = HashMap::from([("label", vec![format!("{LABEL_SCOPE}={}", self.scope)])]);
         let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -614,8 +638,7 @@ impl Engine {
             }
         }
         if self.kind == BackendKind::Podman {
-            let me = owner::prefix();
-            self.remove_volumes_where(|l, _| l.get(LABEL_OWNER) != Some(&me))
+            self.remove_volumes_where(|l, _| l.get(LABEL_SCOPE) != Some(&self.scope))
                 .await;
         }
         self.finish_session().await;

@@ -34,7 +34,9 @@ pub async fn exec_streaming(
     cancel: &CancellationToken,
 ) -> Result<ExecEnd, String> {
     let ep = endpoint(job)?;
-    let engine = engine::connect(&ep, kind).await?;
+    // Its own scope: the container and the images it builds are its own to remove.
+    let scope = crate::backend::Scope::new();
+    let engine = engine::connect(&scope, &ep, kind).await?;
     let image = job_image(&engine, job, cancel)
         .await
         .map_err(|(m, log)| match log {

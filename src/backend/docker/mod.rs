@@ -527,7 +527,7 @@ pub fn prepare_key(job: &PlannedJob) -> String {
 /// for warm containers, the pool's first containers.
 pub async fn prepare_ahead(job: &PlannedJob, ctx: &RunCtx) {
     let Ok(ep) = endpoint(job) else { return };
-    let Ok(engine) = engine::connect(&ep, job.backend).await else {
+    let Ok(engine) = engine::connect(&ctx.scope, &ep, job.backend).await else {
         return;
     };
     let Ok(image) = job_image(&engine, job, &ctx.cancel).await else {
@@ -538,7 +538,7 @@ pub async fn prepare_ahead(job: &PlannedJob, ctx: &RunCtx) {
         if !engine.local {
             spec.agent = None;
         }
-        pool::pool(&engine, &spec).prewarm(ctx.parallelism);
+        pool::pool(&ctx.scope, &engine, &spec).prewarm(ctx.parallelism);
     }
 }
 
@@ -608,7 +608,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobRe
         Ok(e) => e,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
-    let engine = match engine::connect(&ep, kind).await {
+    let engine = match engine::connect(&ctx.scope, &ep, kind).await {
         Ok(e) => e,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
@@ -654,7 +654,7 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
     if !engine.local {
         spec.agent = None;
     }
-    let pool = pool::pool(engine, &spec);
+    let pool = pool::pool(&ctx.scope, engine, &spec);
     let mut c = match pool.acquire(ctx.parallelism).await {
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
@@ -918,9 +918,9 @@ pub(crate) fn interrupted(job: &PlannedJob) -> JobReport {
 }
 
 /// The end of a run: removes what this run left on every engine it used.
-pub async fn finish_run() {
-    pool::drain_all().await;
-    for e in engine::connected() {
+pub async fn finish(scope: &crate::backend::Scope) {
+    pool::drain_all(scope).await;
+    for e in engine::connected(scope) {
         e.finish_run().await;
     }
 }

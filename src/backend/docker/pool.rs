@@ -92,7 +92,7 @@ pub const DEFAULT_RECYCLE_AFTER: u32 = 50;
 
 /// What makes two jobs' containers interchangeable.
 #[derive(Debug, Clone, PartialEq)]
-struct Key {
+pub struct Key {
     endpoint: String,
     image: String,
     memory: u64,
@@ -115,10 +115,15 @@ pub struct Pool<T: Warm> {
     starting: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-static POOLS: Mutex<Vec<(Key, Arc<Pool<Container>>)>> = Mutex::new(Vec::new());
+/// A warm pool of a [`crate::backend::Scope`], by what its containers are made from.
+pub type KeyedPool = (Key, Arc<Pool<Container>>);
 
-/// The pool for containers made from `spec` on `engine`.
-pub fn pool(engine: &Arc<Engine>, spec: &ContainerSpec) -> Arc<Pool<Container>> {
+/// The pool of the scope for containers made from `spec` on `engine`.
+pub fn pool(
+    scope: &crate::backend::Scope,
+    engine: &Arc<Engine>,
+    spec: &ContainerSpec,
+) -> Arc<Pool<Container>> {
     let l = &spec.limits;
     let key = Key {
         endpoint: engine.endpoint.clone(),
@@ -131,7 +136,7 @@ pub fn pool(engine: &Arc<Engine>, spec: &ContainerSpec) -> Arc<Pool<Container>> 
         network: spec.network,
         preload: spec.preload.is_some(),
     };
-    let mut all = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = scope.docker_pools.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {
         return p.clone();
     }
@@ -257,9 +262,10 @@ impl<T: Warm> Pool<T> {
     }
 }
 
-/// The end of a run: every warm container is removed.
-pub async fn drain_all() {
-    let pools: Vec<Arc<Pool<Container>>> = POOLS
+/// The end of a scope: every warm container of it is removed.
+pub async fn drain_all(scope: &crate::backend::Scope) {
+    let pools: Vec<Arc<Pool<Container>>> = scope
+        .docker_pools
         .lock()
         .map(|mut all| all.drain(..).map(|(_, p)| p).collect())
         .unwrap_or_default();

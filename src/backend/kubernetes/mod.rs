@@ -44,23 +44,23 @@ pub const NETWORK_POLICY: &str = "llm-sandbox-no-network";
 pub struct Cluster {
     pub client: kube::Client,
     pub namespace: String,
-    /// What identifies it (kubeconfig, context) among the clusters of this process.
+    /// What identifies it (kubeconfig, context) among the clusters of its scope.
     pub key: String,
+    /// The id of the [`crate::backend::Scope`] that connected it (a label of its pods).
+    pub scope: String,
     /// Namespaces whose deny-all NetworkPolicy exists (or could not be made).
     policies: Mutex<Vec<String>>,
 }
-
-static CLUSTERS: Mutex<Vec<Arc<Cluster>>> = Mutex::new(Vec::new());
-static CONNECT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn pods_api(c: &Cluster, ns: &str) -> Api<Pod> {
     Api::namespaced(c.client.clone(), ns)
 }
 
-/// The owner labels of this runner's pods.
-pub fn owner_labels() -> BTreeMap<String, String> {
+/// The owner labels of the pods of this runner's scope `c.scope`.
+pub fn owner_labels(c: &Cluster) -> BTreeMap<String, String> {
     BTreeMap::from([
         (pod::LABEL_OWNER.to_string(), crate::owner::prefix()),
+        (pod::LABEL_SCOPE.to_string(), c.scope.clone()),
         (
             pod::LABEL_HOST.to_string(),
             pod::label_value(&crate::owner::hostname()),
@@ -90,8 +90,12 @@ pub fn describe_error(e: &kube::Error) -> String {
     }
 }
 
-/// The cluster of `cfg` (paths relative to `base`): connected once per process.
-pub async fn connect(cfg: Option<&KubernetesConfig>, base: &Path) -> Result<Arc<Cluster>, String> {
+/// The cluster of `cfg` (paths relative to `base`): connected once per scope.
+pub async fn connect(
+    scope: &crate::backend::Scope,
+    cfg: Option<&KubernetesConfig>,
+    base: &Path,
+) -> Result<Arc<Cluster>, String> {
     let kubeconfig = cfg
         .and_then(|c| c.kubeconfig.as_deref())
         .map(|p| base.join(p));
@@ -103,13 +107,8 @@ pub async fn connect(cfg: Option<&KubernetesConfig>, base: &Path) -> Result<Arc<
         std::env::var_os("KUBECONFIG"),
         cfg.and_then(|c| c.namespace.as_deref())
     );
-    let _g = CONNECT.lock().await;
-    if let Some(c) = CLUSTERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|c| c.key == key)
-    {
+    let mut clusters = scope.clusters.lock().await;
+    if let Some(c) = clusters.iter().find(|c| c.key == key) {
         return Ok(c.clone());
     }
     let config = config_of(kubeconfig.as_deref(), context.clone()).await?;
@@ -117,12 +116,10 @@ pub async fn connect(cfg: Option<&KubernetesConfig>, base: &Path) -> Result<Arc<
         config,
         cfg.and_then(|c| c.namespace.clone()),
         key,
+        scope.id.clone(),
     )?);
     sweep_stale(&cluster).await;
-    CLUSTERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(cluster.clone());
+    clusters.push(cluster.clone());
     Ok(cluster)
 }
 
@@ -183,7 +180,7 @@ pub async fn probe() -> Result<Option<String>, String> {
     }
     let config = config_of(None, None).await?;
     let url = config.cluster_url.to_string();
-    let c = cluster_of(config, None, String::new())?;
+    let c = cluster_of(config, None, String::new(), String::new())?;
     let v = with_timeout("the API server", c.client.apiserver_version()).await?;
     Ok(Some(format!(
         "{url} (Kubernetes {}, namespace {})",
@@ -195,6 +192,7 @@ fn cluster_of(
     mut config: kube::Config,
     namespace: Option<String>,
     key: String,
+    scope: String,
 ) -> Result<Cluster, String> {
     config.connect_timeout = Some(Duration::from_secs(10));
     // Execs stream as long as their program runs: requests get their own timeouts.
@@ -207,17 +205,23 @@ fn cluster_of(
         client,
         namespace,
         key,
+        scope,
         policies: Mutex::new(Vec::new()),
     })
 }
 
 /// A cluster from a caller's client (library sessions); `namespace` defaults to the
 /// client's own default namespace.
-pub fn from_client(client: kube::Client, namespace: Option<String>) -> Arc<Cluster> {
+pub fn from_client(
+    client: kube::Client,
+    namespace: Option<String>,
+    scope: &crate::backend::Scope,
+) -> Arc<Cluster> {
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
     Arc::new(Cluster {
         client,
         key: format!("client|{namespace}"),
+        scope: scope.id.clone(),
         namespace,
         policies: Mutex::new(Vec::new()),
     })
@@ -265,25 +269,26 @@ pub async fn delete_pod(c: &Cluster, ns: &str, name: &str) {
     let _ = with_timeout("deleting a pod", pods_api(c, ns).delete(name, &dp)).await;
 }
 
-/// The end of a run: deletes every pod of this runner on every cluster it used.
-pub async fn finish_run() {
-    let pools: Vec<Arc<PodPool>> = POOLS
+/// The end of a scope (a run): deletes every pod of it on every cluster it used.
+pub async fn finish(scope: &crate::backend::Scope) {
+    let pools: Vec<Arc<PodPool>> = scope
+        .pod_pools
         .lock()
         .map(|mut all| all.drain(..).map(|(_, p)| p).collect())
         .unwrap_or_default();
     for p in pools {
         p.drain().await;
     }
-    let clusters: Vec<Arc<Cluster>> = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let clusters: Vec<Arc<Cluster>> = scope.clusters.lock().await.clone();
     for c in clusters {
         delete_owned(&c).await;
     }
 }
 
-/// Deletes every pod of this runner in the cluster (all namespaces it can list, else its
+/// Deletes every pod of the cluster's scope (all namespaces it can list, else its
 /// namespace).
 pub async fn delete_owned(c: &Cluster) {
-    let sel = format!("{}={}", pod::LABEL_OWNER, crate::owner::prefix());
+    let sel = format!("{}={}", pod::LABEL_SCOPE, c.scope);
     let lp = ListParams::default().labels(&sel);
     let all: Api<Pod> = Api::all(c.client.clone());
     let list = match with_timeout("listing pods", all.list(&lp)).await {
@@ -740,18 +745,19 @@ impl docker::pool::Warm for SandboxPod {
 }
 
 type PodPool = docker::pool::Pool<SandboxPod>;
+/// A pod pool of a [`crate::backend::Scope`], by its cluster, namespace and template.
+pub type KeyedPodPool = (String, Arc<PodPool>);
 
-static POOLS: Mutex<Vec<(String, Arc<PodPool>)>> = Mutex::new(Vec::new());
-
-/// The pool of pods made from `template` in `ns`.
+/// The scope's pool of pods made from `template` in `ns`.
 fn pool(
+    scope: &crate::backend::Scope,
     cluster: &Arc<Cluster>,
     ns: &str,
     template: Value,
     start_timeout: Duration,
 ) -> Arc<PodPool> {
     let key = format!("{}|{ns}|{template}", cluster.key);
-    let mut all = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = scope.pod_pools.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {
         return p.clone();
     }
@@ -770,8 +776,9 @@ fn pool(
 /// `pool`'s may be started ahead. (A run of many languages would otherwise keep `cap` idle
 /// pods per language until its end.) The deletions are awaited: the new pods are created
 /// after the evicted ones are gone, never on top of them.
-async fn make_room(pool: &Arc<PodPool>, cap: usize) -> usize {
-    let pools: Vec<Arc<PodPool>> = POOLS
+async fn make_room(scope: &crate::backend::Scope, pool: &Arc<PodPool>, cap: usize) -> usize {
+    let pools: Vec<Arc<PodPool>> = scope
+        .pod_pools
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
@@ -1023,7 +1030,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     };
     let kcfg = job.backends.kubernetes.as_ref();
     let base = job.file.parent().unwrap_or(Path::new("."));
-    let cluster = match connect(kcfg, base).await {
+    let cluster = match connect(&ctx.scope, kcfg, base).await {
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
@@ -1031,7 +1038,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     let ns = namespace_of(job, &cluster, manifest.as_ref());
     let warm = warm_for(job, ctx);
     let name = super::native::sandbox_id();
-    let owner = owner_labels();
+    let owner = owner_labels(&cluster);
     // The cluster stops the pod after this even when the runner is gone.
     let deadline = if warm {
         WARM_DEADLINE.as_secs()
@@ -1067,8 +1074,8 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         // Each pod of the pool gets its own name.
         let mut template = spec;
         template["metadata"]["name"] = Value::from("warm");
-        let pool = pool(&cluster, &ns, template, start_timeout);
-        let ahead = make_room(&pool, ctx.parallelism).await;
+        let pool = pool(&ctx.scope, &cluster, &ns, template, start_timeout);
+        let ahead = make_room(&ctx.scope, &pool, ctx.parallelism).await;
         let mut p = match pool.acquire(ahead).await {
             Ok(p) => p,
             Err(e) => return failed(e),
@@ -1103,6 +1110,7 @@ pub async fn run_adhoc(job: &PlannedJob, cancel: &CancellationToken) -> Result<J
     let dir = crate::owner::RunDir::create()
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let ctx = RunCtx {
+        scope: crate::backend::Scope::new(),
         run_dir: dir.path.clone(),
         artifacts_root: dir.path.join("artifacts"),
         cancel: cancel.clone(),
@@ -1110,7 +1118,7 @@ pub async fn run_adhoc(job: &PlannedJob, cancel: &CancellationToken) -> Result<J
         parallelism: 1,
     };
     let report = run_job(job, &ctx).await;
-    finish_run().await;
+    finish(&ctx.scope).await;
     Ok(report)
 }
 

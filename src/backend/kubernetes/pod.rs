@@ -27,6 +27,8 @@ pub const UID: i64 = crate::backend::docker::tarball::SANDBOX_UID as i64;
 pub const LABEL: &str = "llm-sandbox";
 /// Label: the runner that owns it (`ls-<pid>-<starttime>`).
 pub const LABEL_OWNER: &str = "llm-sandbox.owner";
+/// The [`crate::backend::Scope`] (a run, a session) whose pod it is: what its end deletes.
+pub const LABEL_SCOPE: &str = "llm-sandbox.scope";
 /// Label: the host of that runner.
 pub const LABEL_HOST: &str = "llm-sandbox.host";
 /// Label: what the pod is for (`job`, `warm`, `session`).
