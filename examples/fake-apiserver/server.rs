@@ -1385,7 +1385,19 @@ async fn run_exec<S>(
         }
     }
     let status = match outcome {
-        Ok(o) if o.cancelled => None,
+        Ok(o) if o.cancelled => {
+            // No status, as a real API server whose exec was torn down: say why (what a
+            // test that sees "ended without an exit status" needs to know).
+            eprintln!(
+                "fake-apiserver: the exec {argv:?} was stopped before it ended: {}",
+                if gone.is_cancelled() {
+                    "the client's WebSocket stream ended"
+                } else {
+                    "its pod was deleted"
+                }
+            );
+            None
+        }
         Ok(o) => {
             let step = o.msgs.iter().find_map(|m| match m {
                 Msg::Step(s) => Some(s.clone()),
