@@ -45,7 +45,19 @@ impl Warm for Container {
         s.name = crate::backend::native::sandbox_id();
         let engine = spec.engine.clone();
         async move {
-            let mut c = Container::start(engine, &s).await?;
+            let mut c = Container::start(engine.clone(), &s).await?;
+            if !c.has_agent() && !is_running(&engine, &c.id).await {
+                // Seen once under a full test suite's load: a container whose keep-alive
+                // process ended right after its start (its agent could not start either).
+                // One new container instead; a second one that dies says why.
+                tracing::warn!(
+                    "container {} ended right after its start; starting another",
+                    c.id
+                );
+                c.remove().await;
+                s.name = crate::backend::native::sandbox_id();
+                c = Container::start(engine, &s).await?;
+            }
             if !c.has_agent() {
                 // The roots of its writable places as made: what the clean proof compares
                 // with after every job (the agent takes its own snapshot).
