@@ -102,15 +102,7 @@ pub async fn run<S: ContainerSandbox>(
     let mut msgs = Vec::new();
     let mut outcome = Outcome::default();
     let mut last_run: Option<ExecResult> = None;
-    for step in docker::steps(
-        job.lang,
-        &source,
-        &job.code,
-        &job.limits,
-        job.timeout,
-        &job.args,
-        plots,
-    ) {
+    for step in docker::job_steps(job, &source, plots) {
         let run = step.kind == StepKind::Run;
         let measure = run.then(step_shell::Measure::new);
         let mut r = match s
@@ -125,9 +117,7 @@ pub async fn run<S: ContainerSandbox>(
             return docker::interrupted(job);
         }
         let usage = measure.and_then(|m| m.take(&mut r.stderr));
-        if measure_room_used(&mut r, step.capture_cap) {
-            tracing::debug!("the run step's output went past its cap");
-        }
+        cap_again(&mut r, step.capture_cap);
         let mut sr = step_result(step.kind, &r, step.capture_cap);
         sr.usage = usage;
         sr.spawn_error = spawn_error(&step, &r, image);
@@ -181,9 +171,8 @@ pub async fn run<S: ContainerSandbox>(
 
 /// The cap again on what a measured step captured (it may capture
 /// [`step_shell::TRAILER_MAX`] bytes more per stream, for the figures): a stream past it is
-/// cut and the step's output limit hit, as if the exec had stopped there. Whether it was.
-fn measure_room_used(r: &mut ExecResult, cap: u64) -> bool {
-    let mut hit = false;
+/// cut and the step's output limit hit, as if the exec had stopped there.
+fn cap_again(r: &mut ExecResult, cap: u64) {
     for (buf, truncated) in [
         (&mut r.stdout, &mut r.stdout_truncated),
         (&mut r.stderr, &mut r.stderr_truncated),
@@ -191,11 +180,9 @@ fn measure_room_used(r: &mut ExecResult, cap: u64) -> bool {
         if buf.len() as u64 > cap {
             buf.truncate(cap as usize);
             *truncated = true;
-            hit = true;
+            r.output_limit_hit = true;
         }
     }
-    r.output_limit_hit |= hit;
-    hit
 }
 
 /// Why a step's program could not start, from what its exec said: 127 from a compile or

@@ -3,7 +3,7 @@
 //! kills what a step leaves behind, and copies the requested files out.
 
 use super::proto::{self, Msg, StepResult};
-use super::{seccomp, SandboxConfig, Step, StepKind, CONTROL_FD, SANDBOX_UID};
+use super::{seccomp, set_rlimit, SandboxConfig, Step, StepKind, CONTROL_FD, SANDBOX_UID};
 use crate::lang::SYSTEM_DIRS;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{SigSet, Signal};
@@ -761,17 +761,6 @@ pub(crate) fn loopback_up() {
     }
 }
 
-fn set_rlimit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) {
-    let r = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit with a valid struct.
-    unsafe {
-        libc::setrlimit(res, &r);
-    }
-}
-
 /// In the forked child: become the sandbox user and exec. Never returns.
 fn exec_child(
     cfg: &SandboxConfig,
@@ -819,7 +808,7 @@ fn exec_child(
         set_rlimit(libc::RLIMIT_MSGQUEUE, 0, 0);
         if step.limited {
             if let Some(cpu) = step.cpu_seconds {
-                set_rlimit(libc::RLIMIT_CPU, cpu, cpu + 1);
+                super::set_cpu_rlimit(cpu);
             }
             if l.address_space_fallback {
                 set_rlimit(
@@ -1032,11 +1021,8 @@ fn run_step(cfg: &SandboxConfig, step: &Step, state: &mut State) -> StepResult {
             if pid != child.as_raw() {
                 continue;
             }
-            if libc::WIFEXITED(st) {
-                status = Some((Some(libc::WEXITSTATUS(st)), None));
-                own_usage = Some(u);
-            } else if libc::WIFSIGNALED(st) {
-                status = Some((None, Some(libc::WTERMSIG(st))));
+            if let Some(ended) = super::usage::ended(st) {
+                status = Some(ended);
                 own_usage = Some(u);
             }
         }

@@ -164,6 +164,26 @@ pub fn oom_first() {
     }
 }
 
+/// Sets a resource limit of the calling process (a step between fork and exec).
+/// Async-signal-safe.
+pub fn set_rlimit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) {
+    let r = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    unsafe {
+        libc::setrlimit(res, &r);
+    }
+}
+
+/// The CPU-time limit of a step's processes ([`Step::cpu_seconds`]): SIGXCPU at `secs`
+/// (what the report reads as the CPU limit), SIGKILL a second later for a program that
+/// ignores it. Async-signal-safe.
+pub fn set_cpu_rlimit(secs: u64) {
+    set_rlimit(libc::RLIMIT_CPU, secs, secs + 1);
+}
+
 /// Puts `from` at fd `to`, without close-on-exec, in a child between fork and exec (what it
 /// inherits there). Async-signal-safe.
 pub(crate) fn place_fd(from: i32, to: i32) -> std::io::Result<()> {

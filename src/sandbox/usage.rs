@@ -60,11 +60,32 @@ pub fn step(before: Usage, own: Option<Usage>) -> Usage {
 /// `wait4(pid, WNOHANG)`: the pid reaped, its wait status and rusage; None when nothing
 /// was ready, Err (ECHILD) when there is no child left to wait for.
 pub fn wait4_nohang(pid: libc::pid_t) -> std::io::Result<Option<(libc::pid_t, i32, Usage)>> {
+    wait4(pid, libc::WNOHANG)
+}
+
+/// `wait4(pid)`, blocking until `pid` ends (None only when interrupted).
+pub fn wait4_blocking(pid: libc::pid_t) -> std::io::Result<Option<(libc::pid_t, i32, Usage)>> {
+    wait4(pid, 0)
+}
+
+/// How a reaped process ended, from its wait status: (exit code, signal); None for a
+/// status that is not an end (stopped, continued).
+pub fn ended(status: i32) -> Option<(Option<i32>, Option<i32>)> {
+    if libc::WIFEXITED(status) {
+        Some((Some(libc::WEXITSTATUS(status)), None))
+    } else if libc::WIFSIGNALED(status) {
+        Some((None, Some(libc::WTERMSIG(status))))
+    } else {
+        None
+    }
+}
+
+fn wait4(pid: libc::pid_t, flags: i32) -> std::io::Result<Option<(libc::pid_t, i32, Usage)>> {
     let mut status = 0;
     // SAFETY: wait4 into a zeroed struct.
     unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        match libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) {
+        match libc::wait4(pid, &mut status, flags, &mut ru) {
             0 => Ok(None),
             p if p > 0 => Ok(Some((p, status, of(&ru)))),
             _ => {

@@ -266,17 +266,6 @@ fn unpack(b64: &str) -> Result<(), String> {
     ar.unpack("/sandbox").map_err(|e| e.to_string())
 }
 
-fn set_rlimit(res: libc::__rlimit_resource_t, v: u64) {
-    let r = libc::rlimit {
-        rlim_cur: v,
-        rlim_max: v,
-    };
-    // SAFETY: setrlimit with a valid struct.
-    unsafe {
-        libc::setrlimit(res, &r);
-    }
-}
-
 fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     let started = Instant::now();
     let mut res = AgentStepResult::default();
@@ -316,14 +305,9 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
                 return Err(std::io::Error::last_os_error());
             }
             if let Some(c) = cpu {
-                // SIGXCPU at the limit (unambiguous in the report), SIGKILL a second later.
-                let r = libc::rlimit {
-                    rlim_cur: c,
-                    rlim_max: c + 1,
-                };
-                libc::setrlimit(libc::RLIMIT_CPU, &r);
+                crate::sandbox::set_cpu_rlimit(c);
             }
-            set_rlimit(libc::RLIMIT_NOFILE, nofile);
+            crate::sandbox::set_rlimit(libc::RLIMIT_NOFILE, nofile, nofile);
             if let Some((argv, env, program)) = &preloaded {
                 crate::sandbox::pyembed::run_preloaded(
                     argv,
@@ -472,9 +456,7 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
         }
     }
     drop(stdin);
-    if res.timed_out || res.output_limit_hit || exited_at.is_some() {
-        kill_all();
-    } else {
+    if !(res.timed_out || res.output_limit_hit || exited_at.is_some()) {
         // Output closed: the program ended (or closed both streams): wait for it up to
         // the deadline.
         while Instant::now() < deadline && !try_reap(&mut reaped) {
@@ -482,28 +464,23 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
         }
         if !try_reap(&mut reaped) {
             res.timed_out = true;
-            kill_all();
         }
     }
-    if reaped.is_none() {
-        let mut st = 0;
-        // SAFETY: wait4 for our own child (dead or being killed) into a zeroed struct.
-        unsafe {
-            let mut ru: libc::rusage = std::mem::zeroed();
-            if libc::wait4(pid, &mut st, 0, &mut ru) == pid {
-                reaped = Some((st, crate::sandbox::usage::of(&ru)));
-            }
-        }
-    }
-    // What the step left (orphans are this subreaper's children) is dead: reap it all.
+    // Everything the step left is killed (the program too, when it still runs), then
+    // reaped: its orphans are this subreaper's children.
     kill_all();
-    while let Ok(Some(_)) = crate::sandbox::usage::wait4_nohang(-1) {}
-    if let Some((st, _)) = reaped.filter(|_| !res.timed_out) {
-        if libc::WIFEXITED(st) {
-            res.exit_code = Some(libc::WEXITSTATUS(st));
-        } else if libc::WIFSIGNALED(st) {
-            res.signal = Some(libc::WTERMSIG(st));
+    if reaped.is_none() {
+        if let Ok(Some((_, st, u))) = crate::sandbox::usage::wait4_blocking(pid) {
+            reaped = Some((st, u));
         }
+    }
+    while let Ok(Some(_)) = crate::sandbox::usage::wait4_nohang(-1) {}
+    if let Some((code, signal)) = reaped
+        .filter(|_| !res.timed_out)
+        .and_then(|(st, _)| crate::sandbox::usage::ended(st))
+    {
+        res.exit_code = code;
+        res.signal = signal;
     }
     res.usage = Some(crate::sandbox::usage::step(
         usage_before,

@@ -2,7 +2,9 @@
 //! output streamed as it comes, the terminal's stdin forwarded, the exact exit status.
 
 use super::container::{Container, Live};
-use super::{base_env, endpoint, engine, job_image, run_spec, signal_of_exit, steps, SANDBOX_USER};
+use super::{
+    base_env, endpoint, engine, job_image, job_steps, run_spec, signal_of_exit, SANDBOX_USER,
+};
 use crate::backend::ExecOutput;
 use crate::lang;
 use crate::plan::PlannedJob;
@@ -76,15 +78,7 @@ async fn run_in(
         return Err(e);
     }
     let env = base_env(job.lang, &job.env, false);
-    for step in steps(
-        job.lang,
-        &source,
-        &job.code,
-        &job.limits,
-        job.timeout,
-        &job.args,
-        false,
-    ) {
+    for step in job_steps(job, &source, false) {
         let run = step.kind == StepKind::Run;
         let live = if run {
             Live {

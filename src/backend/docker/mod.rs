@@ -113,6 +113,20 @@ pub fn steps(
     steps
 }
 
+/// [`steps`] of a planned job (`source`: its program's file name; `plots`: Python's plot
+/// hook wanted).
+pub fn job_steps(job: &PlannedJob, source: &str, plots: bool) -> Vec<crate::sandbox::Step> {
+    steps(
+        job.lang,
+        source,
+        &job.code,
+        &job.limits,
+        job.timeout,
+        &job.args,
+        plots,
+    )
+}
+
 /// The prepare phase's install command for `libraries` (names validated at plan time),
 /// and the image changes it needs: the language table's ([`lang::LangSpec::container_install`]).
 fn install_script(lang: Lang, libs: &[String]) -> Result<(String, Vec<String>), String> {
@@ -736,16 +750,9 @@ async fn run_steps_agent(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let env = base_env(job.lang, &job.env, crate::plots::wanted(job));
-    let steps = steps(
-        job.lang,
-        &source,
-        &job.code,
-        &job.limits,
-        job.timeout,
-        &job.args,
-        crate::plots::wanted(job),
-    );
+    let plots = crate::plots::wanted(job);
+    let env = base_env(job.lang, &job.env, plots);
+    let steps = job_steps(job, &source, plots);
     let kinds: Vec<StepKind> = steps.iter().map(|s| s.kind).collect();
     let total: u64 = steps.iter().map(|s| s.timeout_ms).sum();
     let request = agent::AgentJob {
