@@ -24,13 +24,13 @@
 
 use crate::backend::docker;
 use crate::backend::kubernetes;
-use crate::backend::native::{base_env, program_steps, sandbox_id};
+use crate::backend::native::{program_steps, sandbox_id};
 use crate::lang::{self, HostToolchain};
 use crate::owner::RunDir;
 use crate::plan::job::ResolvedLimits;
 use crate::sandbox::host;
 use crate::sandbox::proto::Msg;
-use crate::sandbox::{SandboxConfig, SandboxLimits, Step, StepKind};
+use crate::sandbox::{Step, StepKind};
 use crate::spec::types::{BackendKind, Lang};
 use crate::stream::{ChunkSender, OutputChunk};
 use futures_util::Stream;
@@ -983,54 +983,22 @@ impl Session {
         let dir = n.dir.as_ref().ok_or(SessionError::Closed)?;
         let id = sandbox_id();
         let sdir = dir.path.join(&id);
-        let (root, out) = (sdir.join("root"), sdir.join("out"));
-        std::fs::create_dir_all(&root)?;
-        std::fs::create_dir_all(&out)?;
-        let (mut env, path) = base_env(self.b.lang, &n.tc, &self.b.env);
-        let mut binds: Vec<crate::sandbox::Bind> =
-            n.tc.binds
-                .iter()
-                .map(|b| crate::sandbox::Bind {
-                    src: b.clone(),
-                    dest: b.clone(),
-                    writable: false,
-                })
-                .collect();
-        if let Some(hook) = &n.plot_hook {
-            binds.push(crate::sandbox::Bind {
-                src: hook.clone(),
-                dest: PathBuf::from(crate::plots::NATIVE_HOOK_DIR),
-                writable: false,
-            });
-            crate::plots::add_to_env(&mut env, crate::plots::NATIVE_HOOK_DIR);
-        }
         let l = &self.b.limits;
-        let cfg = SandboxConfig {
-            id,
-            root_mount: root,
-            inputs_dir: None,
-            out_dir: out,
-            persistent_workdir: Some(n.workdir.clone()),
-            binds,
-            rootfs: None,
-            path,
-            env,
-            steps,
-            limits: SandboxLimits {
-                memory: l.memory,
-                cpus: l.cpus,
-                pids: l.pids,
-                disk: l.disk,
-                open_files: l.open_files,
-                address_space_fallback: lang::spec(self.b.lang).address_space_limit_ok,
-            },
-            network: self.b.network,
-            user_net: crate::sandbox::usernet::for_sandbox(self.b.network),
-            collect_globs: vec![],
-            collect_paths: vec![],
-            collect_cap: 0,
-            preload: false,
-        };
+        let limits = crate::backend::native::sandbox_limits(self.b.lang, l);
+        let mut cfg = crate::backend::native::sandbox_config(
+            &id,
+            &sdir,
+            self.b.lang,
+            &n.tc,
+            &self.b.env,
+            limits,
+            self.b.network,
+        )?;
+        cfg.persistent_workdir = Some(n.workdir.clone());
+        cfg.steps = steps;
+        if let Some(hook) = &n.plot_hook {
+            crate::backend::native::add_plot_hook(&mut cfg, hook.clone());
+        }
         let o = match live {
             Some(tx) => host::run_streaming(&cfg, stdin, l.output, tx, &self.cancel).await,
             None => host::run(&cfg, stdin, l.output, &self.cancel).await,

@@ -150,62 +150,34 @@ async fn install_libraries(
     }
     let id = sandbox_id();
     let sdir = ctx.run_dir.join(&id);
-    let (root, out) = (sdir.join("root"), sdir.join("out"));
-    for d in [&root, &out] {
-        std::fs::create_dir_all(d)
-            .map_err(|e| fail(format!("cannot create {}: {e}", d.display())))?;
-    }
-    let (mut env, path) = base_env(job.lang, tc, &[]);
-    env.extend(package_env());
-    env.push(("npm_config_cache".into(), "/tmp/.npm".into()));
-    let mut binds: Vec<Bind> = tc
-        .binds
-        .iter()
-        .map(|b| Bind {
-            src: b.clone(),
-            dest: b.clone(),
-            writable: false,
-        })
-        .collect();
-    binds.push(Bind {
+    // Room to install: more memory, processes and disk than a job gets, and the network.
+    let limits = SandboxLimits {
+        memory: job.limits.memory.max(1 << 30),
+        cpus: 2.0,
+        pids: 512,
+        disk: 1 << 30,
+        open_files: 4096,
+        address_space_fallback: false,
+    };
+    let mut cfg = sandbox_config(&id, &sdir, job.lang, tc, &[], limits, true)
+        .map_err(|e| fail(format!("cannot create {}: {e}", sdir.display())))?;
+    cfg.env.extend(package_env());
+    cfg.env
+        .push(("npm_config_cache".into(), "/tmp/.npm".into()));
+    cfg.binds.push(Bind {
         src: dir.clone(),
         dest: PathBuf::from(LIBS_DIR),
         writable: true,
     });
-    let cfg = SandboxConfig {
-        id: id.clone(),
-        root_mount: root,
-        inputs_dir: None,
-        out_dir: out,
-        persistent_workdir: None,
-        binds,
-        rootfs: None,
-        path,
-        env,
-        steps: vec![Step {
-            kind: StepKind::Setup,
-            argv,
-            timeout_ms: 600_000,
-            capture_cap: job.limits.output,
-            as_root: false,
-            limited: false,
-            cpu_seconds: None,
-        }],
-        limits: SandboxLimits {
-            memory: job.limits.memory.max(1 << 30),
-            cpus: 2.0,
-            pids: 512,
-            disk: 1 << 30,
-            open_files: 4096,
-            address_space_fallback: false,
-        },
-        network: true,
-        user_net: crate::sandbox::usernet::for_sandbox(true),
-        collect_globs: vec![],
-        collect_paths: vec![],
-        collect_cap: 0,
-        preload: false,
-    };
+    cfg.steps.push(Step {
+        kind: StepKind::Setup,
+        argv,
+        timeout_ms: 600_000,
+        capture_cap: job.limits.output,
+        as_root: false,
+        limited: false,
+        cpu_seconds: None,
+    });
     let o = host::run(&cfg, None, job.limits.output, &ctx.cancel).await;
     let _ = std::fs::remove_dir_all(&sdir);
     let o = o.map_err(|e| fail(format!("cannot start the sandbox for the libraries: {e}")))?;
@@ -260,7 +232,7 @@ pub fn sandbox_id() -> String {
 }
 
 /// The environment of every step: nothing of the runner's environment leaks in.
-pub fn base_env(
+fn base_env(
     lang: Lang,
     tc: &HostToolchain,
     job_env: &[(String, String)],
@@ -274,9 +246,61 @@ pub fn base_env(
     (env, path)
 }
 
-fn native_binds(job: &PlannedJob, tc: &HostToolchain) -> Vec<Bind> {
-    let mut binds: Vec<Bind> = tc
-        .binds
+/// The part of a native sandbox's config every caller shares, built here once: its
+/// directories under `dir` (`root`, the new root's mount point; `out`, where files come
+/// out), the toolchain's directories bound read-only (an installed-libraries directory at
+/// [`LIBS_DIR`]), the language's environment and `PATH` with `job_env`, the limits, and the
+/// network. The caller adds what is its own: steps, inputs, more binds, collection, preload.
+pub fn sandbox_config(
+    id: &str,
+    dir: &Path,
+    lang: Lang,
+    tc: &HostToolchain,
+    job_env: &[(String, String)],
+    limits: SandboxLimits,
+    network: bool,
+) -> std::io::Result<SandboxConfig> {
+    let (root, out) = (dir.join("root"), dir.join("out"));
+    std::fs::create_dir_all(&root)?;
+    std::fs::create_dir_all(&out)?;
+    let (env, path) = base_env(lang, tc, job_env);
+    Ok(SandboxConfig {
+        id: id.to_string(),
+        root_mount: root,
+        inputs_dir: None,
+        out_dir: out,
+        persistent_workdir: None,
+        binds: toolchain_binds(tc),
+        rootfs: None,
+        path,
+        env,
+        steps: Vec::new(),
+        limits,
+        network,
+        user_net: crate::sandbox::usernet::for_sandbox(network),
+        collect_globs: vec![],
+        collect_paths: vec![],
+        collect_cap: 0,
+        preload: false,
+    })
+}
+
+/// A job's limits as the sandbox enforces them.
+pub fn sandbox_limits(lang: Lang, l: &crate::plan::job::ResolvedLimits) -> SandboxLimits {
+    SandboxLimits {
+        memory: l.memory,
+        cpus: l.cpus,
+        pids: l.pids,
+        disk: l.disk,
+        open_files: l.open_files,
+        address_space_fallback: lang::spec(lang).address_space_limit_ok,
+    }
+}
+
+/// The toolchain's directories, read-only where they are on the host (an installed
+/// libraries directory at [`LIBS_DIR`]).
+fn toolchain_binds(tc: &HostToolchain) -> Vec<Bind> {
+    tc.binds
         .iter()
         .map(|b| Bind {
             src: b.clone(),
@@ -290,7 +314,12 @@ fn native_binds(job: &PlannedJob, tc: &HostToolchain) -> Vec<Bind> {
             },
             writable: false,
         })
-        .collect();
+        .collect()
+}
+
+/// `backends.native.bind`: the job's own read-only binds.
+fn job_binds(job: &PlannedJob) -> Vec<Bind> {
+    let mut binds = Vec::new();
     if let Some(native) = &job.backends.native {
         let base = job.file.parent().unwrap_or(Path::new("."));
         for b in native.bind.iter().flatten() {
@@ -311,6 +340,17 @@ fn native_binds(job: &PlannedJob, tc: &HostToolchain) -> Vec<Bind> {
         }
     }
     binds
+}
+
+/// Plot capture ([`crate::plots`]): the hook's directory `hook`, read-only, last on
+/// `PYTHONPATH`.
+pub fn add_plot_hook(cfg: &mut SandboxConfig, hook: PathBuf) {
+    cfg.binds.push(Bind {
+        src: hook,
+        dest: PathBuf::from(crate::plots::NATIVE_HOOK_DIR),
+        writable: false,
+    });
+    crate::plots::add_to_env(&mut cfg.env, crate::plots::NATIVE_HOOK_DIR);
 }
 
 /// Writes the code and the input files into `in_dir`.
@@ -410,32 +450,33 @@ pub fn prepare(
     id: &str,
     dir: &Path,
 ) -> Result<SandboxConfig, String> {
-    let spec = lang::spec(job.lang);
     let source = lang::source_file(job.lang, &job.code);
-    let (in_dir, out_dir, root) = (dir.join("in"), dir.join("out"), dir.join("root"));
+    let in_dir = dir.join("in");
+    let limits = sandbox_limits(job.lang, &job.limits);
     let staged = stage_inputs(job, &in_dir, &source)
-        .and_then(|_| std::fs::create_dir_all(&out_dir))
-        .and_then(|_| std::fs::create_dir_all(&root));
-    if let Err(e) = staged {
-        return Err(format!(
-            "cannot stage the job's files in {}: {e}",
-            dir.display()
-        ));
-    }
-    let cap = job.limits.output;
-    let mut steps = Vec::new();
+        .and_then(|_| sandbox_config(id, dir, job.lang, tc, &job.env, limits, job.network));
+    let mut cfg = match staged {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(format!(
+                "cannot stage the job's files in {}: {e}",
+                dir.display()
+            ))
+        }
+    };
+    cfg.inputs_dir = Some(in_dir);
     for cmd in &job.setup {
-        steps.push(Step {
+        cfg.steps.push(Step {
             kind: StepKind::Setup,
             argv: vec!["/bin/sh".into(), "-c".into(), cmd.clone()],
             timeout_ms: COMPILE_TIMEOUT.as_millis() as u64,
-            capture_cap: cap,
+            capture_cap: job.limits.output,
             as_root: false,
             limited: false,
             cpu_seconds: None,
         });
     }
-    steps.extend(program_steps(
+    cfg.steps.extend(program_steps(
         job.lang,
         tc,
         &source,
@@ -444,66 +485,38 @@ pub fn prepare(
         job.timeout,
         &job.args,
     ));
-    let (mut env, path) = base_env(job.lang, tc, &job.env);
     if let Some(dir) = tc.binds.iter().find(|b| {
         b.file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with(LIBS_PREFIX))
     }) {
         if let Ok(line) = std::fs::read_to_string(dir.join(".llm-sandbox-complete")) {
             if let Some((k, v)) = line.split_once('=') {
-                env.retain(|(ek, _)| ek != k);
-                env.push((k.to_string(), v.to_string()));
+                cfg.env.retain(|(ek, _)| ek != k);
+                cfg.env.push((k.to_string(), v.to_string()));
             }
         }
     }
-    let rootfs = job
+    cfg.rootfs = job
         .backends
         .native
         .as_ref()
         .and_then(|n| n.rootfs.as_ref())
         .map(|r| job.file.parent().unwrap_or(Path::new(".")).join(r));
-    let mut binds = native_binds(job, tc);
-    if crate::plots::wanted(job) && rootfs.is_none() {
+    cfg.binds.extend(job_binds(job));
+    if crate::plots::wanted(job) && cfg.rootfs.is_none() {
         // Plot capture (crate::plots): the hook, read-only, last on PYTHONPATH. (A job's
         // own rootfs is read-only: no mount point can be made in it for the hook.)
         let hook = crate::plots::write_hook(dir)
             .map_err(|e| format!("cannot write the plot hook in {}: {e}", dir.display()))?;
-        binds.push(Bind {
-            src: hook,
-            dest: PathBuf::from(crate::plots::NATIVE_HOOK_DIR),
-            writable: false,
-        });
-        crate::plots::add_to_env(&mut env, crate::plots::NATIVE_HOOK_DIR);
+        add_plot_hook(&mut cfg, hook);
     }
-    let cfg = SandboxConfig {
-        id: id.to_string(),
-        root_mount: root,
-        inputs_dir: Some(in_dir),
-        out_dir: out_dir.clone(),
-        persistent_workdir: None,
-        binds,
-        rootfs,
-        path,
-        env,
-        steps,
-        limits: SandboxLimits {
-            memory: job.limits.memory,
-            cpus: job.limits.cpus,
-            pids: job.limits.pids,
-            disk: job.limits.disk,
-            open_files: job.limits.open_files,
-            address_space_fallback: spec.address_space_limit_ok,
-        },
-        network: job.network,
-        user_net: crate::sandbox::usernet::for_sandbox(job.network),
-        collect_globs: crate::plots::artifact_globs(job),
-        collect_paths: job.expect.files.iter().map(|f| f.path.clone()).collect(),
-        collect_cap: job.limits.disk,
-        preload: crate::sandbox::pyembed::asked(
-            job.lang,
-            job.backends.native.as_ref().and_then(|n| n.preload),
-        ),
-    };
+    cfg.collect_globs = crate::plots::artifact_globs(job);
+    cfg.collect_paths = job.expect.files.iter().map(|f| f.path.clone()).collect();
+    cfg.collect_cap = job.limits.disk;
+    cfg.preload = crate::sandbox::pyembed::asked(
+        job.lang,
+        job.backends.native.as_ref().and_then(|n| n.preload),
+    );
     if cfg.preload {
         host::PRELOAD_SERVERS.store(true, std::sync::atomic::Ordering::Relaxed);
     }
