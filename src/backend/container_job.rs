@@ -7,7 +7,8 @@
 //! ([`ContainerSandbox`]).
 
 use super::clean;
-use super::docker::{self, container::ExecResult, step_result};
+use super::docker::container::{ExecResult, Live};
+use super::docker::{self, step_result, tarball};
 use super::{error_report, step_shell, RunCtx};
 use crate::lang;
 use crate::plan::PlannedJob;
@@ -15,22 +16,52 @@ use crate::report::model::{JobReport, Phase};
 use crate::sandbox::host::Outcome;
 use crate::sandbox::proto::{LimitEvents, Msg};
 use crate::sandbox::{Step, StepKind};
+use crate::spec::types::Lang;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// What the job pipeline needs of a container or a pod.
-pub trait ContainerSandbox: Send {
+/// What a warm sandbox keeps between jobs, the same for containers and pods.
+#[derive(Debug, Default)]
+pub struct Reuse {
+    /// Jobs run in it so far.
+    pub uses: u32,
+    /// The cgroup's counters after the previous job (OOM kills, pids-limit hits, memory
+    /// peak), so that each job sees only its own.
+    pub counters: clean::Counters,
+    /// Its writable places' roots as made, for [`clean::proven`] (warm sandboxes).
+    pub fresh: Option<Vec<clean::Root>>,
+}
+
+/// How one step's program is started and fed: the job's language and environment, its
+/// open-files limit, its standard input, the job's files (when this step is to put them
+/// in: see [`ContainerSandbox::inline_inputs_max`]; taken when it did), whether its figures
+/// are to be measured, and what travels live.
+pub struct StepIo<'a> {
+    pub lang: Lang,
+    pub env: &'a [(String, String)],
+    pub open_files: u64,
+    /// None: empty.
+    pub stdin: Option<&'a [u8]>,
+    pub inputs: &'a mut Option<Vec<u8>>,
+    /// The step's figures are to be appended to its stderr (the exec captures up to
+    /// [`step_shell::TRAILER_MAX`] more of it).
+    pub measure: Option<&'a step_shell::Measure>,
+    /// Output as it comes, stdin as it comes (containers; a pod gives its output at the
+    /// end of the step, see [`ContainerSandbox::streams`]).
+    pub live: Live,
+}
+
+/// What the job pipeline and the library's sessions need of a container or a pod: the
+/// primitives (exec, remove), written once per backend; copying files in and out is
+/// written here, once, on top of them.
+pub trait ContainerSandbox: Send + Sized {
     /// Its name (messages, the folder of the files it gives back).
     fn name(&self) -> &str;
     /// It was killed (timeout, output flood, cancel): nothing more runs in it.
     fn is_dead(&self) -> bool;
-    /// Counts one more job run in it.
-    fn count_job(&mut self);
-    /// The cgroup's counters seen after the previous job.
-    fn counters(&mut self) -> &mut clean::Counters;
-    /// Its writable places' roots as made (warm sandboxes), for [`clean::proven`].
-    fn fresh(&self) -> Option<&[clean::Root]>;
+    /// What it keeps between jobs.
+    fn reuse(&mut self) -> &mut Reuse;
     /// How its limits are enforced, for the report (`container cgroup`, `pod cgroup`).
     fn enforcement(&self) -> &'static str;
     /// Inputs up to this size (a tar) may travel with the first step ([`Self::run_step`]);
@@ -38,25 +69,25 @@ pub trait ContainerSandbox: Send {
     fn inline_inputs_max(&self) -> usize {
         0
     }
-    /// Unpacks a tar into `/sandbox`.
-    fn put_tar(
+    /// Its execs hand their output over as it comes ([`StepIo::live`]).
+    fn streams(&self) -> bool;
+    /// Runs `argv` as the sandbox user in `/sandbox`, as it is (no step shell): stdin from
+    /// `stdin`, each stream captured up to `cap` bytes. Past the cap, past `timeout` or on
+    /// `cancel` its processes are killed. `Err` when it cannot run at all.
+    fn exec(
         &mut self,
-        tar: &[u8],
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        cap: u64,
+        timeout: Duration,
         cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<ExecResult, String>> + Send;
     /// Runs one step as the sandbox user with the job's environment and limits, behind
-    /// the [`step_shell::StepShell`] prologue. `inputs`: the job's files, when this step is
-    /// to put them in ([`Self::inline_inputs_max`]); taken when it did. `measure`: the
-    /// step's figures are to be appended to its stderr (the exec captures up to
-    /// [`step_shell::TRAILER_MAX`] more of it).
-    #[allow(clippy::too_many_arguments)]
+    /// the [`step_shell::StepShell`] prologue.
     fn run_step(
         &mut self,
-        job: &PlannedJob,
         step: &Step,
-        env: &[(String, String)],
-        inputs: &mut Option<Vec<u8>>,
-        measure: Option<&step_shell::Measure>,
+        io: StepIo<'_>,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<ExecResult, String>> + Send;
     /// Runs [`clean::SCRIPT`] (`argv`) at the end of a job (as root to `clean` a warm
@@ -68,7 +99,71 @@ pub trait ContainerSandbox: Send {
         cap: u64,
         cancel: &CancellationToken,
     ) -> impl Future<Output = Result<ExecResult, String>> + Send;
+    /// Removes it, and whatever still runs in it.
+    fn remove(self) -> impl Future<Output = ()> + Send;
+
+    /// Unpacks a tar into `/sandbox` (as the sandbox user).
+    fn put_tar(
+        &mut self,
+        tar: &[u8],
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        async move {
+            let argv = tarball::untar_argv();
+            let r = self
+                .exec(&argv, Some(tar), 1 << 16, TAR_TIMEOUT, cancel)
+                .await?;
+            if r.cancelled {
+                return Err("interrupted".into());
+            }
+            if r.exit_code != Some(0) {
+                return Err(format!(
+                    "copying the files into {} failed (tar: exit {:?}): {}",
+                    self.name(),
+                    r.exit_code,
+                    String::from_utf8_lossy(&r.stderr).trim()
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    /// A tar of `path` (relative to `/sandbox`; symlinks stored as links, never followed,
+    /// and refused as components of `path`), its files at most `cap` bytes.
+    fn get_tar(
+        &mut self,
+        path: &str,
+        cap: u64,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send {
+        async move {
+            let argv = tarball::tar_argv(path);
+            // Room for the tar's own headers.
+            let room = cap.saturating_add(1 << 20);
+            let r = self.exec(&argv, None, room, TAR_TIMEOUT, cancel).await?;
+            if r.cancelled {
+                return Err("interrupted".into());
+            }
+            if r.output_limit_hit {
+                return Err(format!(
+                    "larger than {}",
+                    crate::spec::units::format_size(cap)
+                ));
+            }
+            if r.exit_code != Some(0) {
+                return Err(format!(
+                    "tar: exit {:?}: {}",
+                    r.exit_code,
+                    String::from_utf8_lossy(&r.stderr).trim()
+                ));
+            }
+            Ok(r.stdout)
+        }
+    }
 }
+
+/// How long copying files in or out may take.
+const TAR_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `job` in `s` and makes its report. With `warm`, the sandbox is cleaned afterwards
 /// and `reusable` says whether that was proven. `image` names the image in messages.
@@ -80,7 +175,7 @@ pub async fn run<S: ContainerSandbox>(
     warm: bool,
     reusable: &mut bool,
 ) -> JobReport {
-    s.count_job();
+    s.reuse().uses = s.reuse().uses.saturating_add(1);
     let cancel = &ctx.cancel;
     let started = Instant::now();
     let source = lang::source_file(job.lang, &job.code);
@@ -105,10 +200,16 @@ pub async fn run<S: ContainerSandbox>(
     for step in docker::job_steps(job, &source, plots) {
         let run = step.kind == StepKind::Run;
         let measure = run.then(step_shell::Measure::new);
-        let mut r = match s
-            .run_step(job, &step, &env, &mut inputs, measure.as_ref(), cancel)
-            .await
-        {
+        let io = StepIo {
+            lang: job.lang,
+            env: &env,
+            open_files: job.limits.open_files,
+            stdin: run.then(|| job.stdin.as_deref().unwrap_or("").as_bytes()),
+            inputs: &mut inputs,
+            measure: measure.as_ref(),
+            live: Live::default(),
+        };
+        let mut r = match s.run_step(&step, io, cancel).await {
             Ok(r) => r,
             Err(_) if cancel.is_cancelled() => return docker::interrupted(job),
             Err(e) => return error_report(job, docker::phase_of(step.kind), e),
@@ -172,7 +273,7 @@ pub async fn run<S: ContainerSandbox>(
 /// The cap again on what a measured step captured (it may capture
 /// [`step_shell::TRAILER_MAX`] bytes more per stream, for the figures): a stream past it is
 /// cut and the step's output limit hit, as if the exec had stopped there.
-fn cap_again(r: &mut ExecResult, cap: u64) {
+pub(crate) fn cap_again(r: &mut ExecResult, cap: u64) {
     for (buf, truncated) in [
         (&mut r.stdout, &mut r.stdout_truncated),
         (&mut r.stderr, &mut r.stderr_truncated),
@@ -226,7 +327,7 @@ async fn finish<S: ContainerSandbox>(
     let argv = clean::script_argv(if clean { "clean" } else { "end" }, collect);
     let r = s.end_exec(&argv, clean, cap, cancel).await?;
     let out = clean::parse(&String::from_utf8_lossy(&r.stderr));
-    let before = *s.counters();
+    let before = s.reuse().counters;
     let now = clean::Counters {
         oom_kills: out.oom_kills.unwrap_or(before.oom_kills),
         pids_max: out.pids_max.unwrap_or(before.pids_max),
@@ -238,9 +339,11 @@ async fn finish<S: ContainerSandbox>(
         pids_limit_hit: now.pids_max > before.pids_max,
         memory_peak: before.job_peak(out.memory_peak),
     };
-    *s.counters() = now;
+    s.reuse().counters = now;
     let ok = r.exit_code == Some(0) && !r.output_limit_hit && !r.timed_out;
-    let proven = clean && ok && clean::proven(&out, s.fresh(), s.name());
+    let fresh = s.reuse().fresh.take();
+    let proven = clean && ok && clean::proven(&out, fresh.as_deref(), s.name());
+    s.reuse().fresh = fresh;
     Ok((limits, (collect && ok).then_some(r.stdout), proven))
 }
 

@@ -212,6 +212,11 @@ pub struct ExecOutput {
     /// came before it is kept (streaming: exactly the chunks sent), and the program was
     /// stopped.
     pub output_truncated: bool,
+    /// CPU time of the program's processes, in milliseconds (README, "Resource figures");
+    /// None where it was not measured (a streamed call on a container or a pod).
+    pub cpu_ms: Option<u64>,
+    /// Peak resident memory of the program's largest process, in bytes; native only.
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// The host's proxy settings, which every backend's prepare phase (library installs) sees.

@@ -727,78 +727,6 @@ fn write_reports(report: &llm_sandbox::Report, args: &RunArgs) -> bool {
     ok
 }
 
-/// `exec --backend kubernetes`: the program in a fresh pod of the cluster of $KUBECONFIG
-/// (or ~/.kube/config, in-cluster), with this process's stdin when it is not a terminal;
-/// its output is printed when it ends. Exit codes as for native `exec`.
-async fn exec_kubernetes(
-    lang: Lang,
-    code: String,
-    args: Vec<String>,
-    timeout: std::time::Duration,
-    network: bool,
-) -> i32 {
-    use llm_sandbox::report::model::Phase;
-    use llm_sandbox::Status;
-    use std::io::{IsTerminal, Write};
-    let mut job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
-    job.backend = BackendKind::Kubernetes;
-    if !std::io::stdin().is_terminal() {
-        let mut input = String::new();
-        if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-            eprintln!("error: cannot read standard input: {e}");
-            return exit_codes::BAD_INPUT;
-        }
-        job.stdin = Some(input);
-    }
-    let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        });
-    }
-    let r = match llm_sandbox::backend::kubernetes::run_adhoc(&job, &cancel).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 125;
-        }
-    };
-    print!("{}", r.stdout);
-    eprint!("{}", r.stderr);
-    let _ = std::io::stdout().flush();
-    let message = r.message.clone().unwrap_or_default();
-    match r.status {
-        Status::Timeout => {
-            eprintln!("llm-sandbox: {message}");
-            124
-        }
-        Status::Passed | Status::Failed if r.phase == Some(Phase::Run) => {
-            if r.signal.is_some() || r.stdout_truncated || r.stderr_truncated {
-                eprintln!("llm-sandbox: {message}");
-            }
-            r.exit_code.unwrap_or(128 + r.signal.unwrap_or(9))
-        }
-        _ => {
-            eprintln!(
-                "llm-sandbox: {}",
-                if message.is_empty() {
-                    "the program could not run"
-                } else {
-                    &message
-                }
-            );
-            if r.phase == Some(Phase::Compile) {
-                1
-            } else {
-                125
-            }
-        }
-    }
-}
-
 async fn exec(
     lang: Option<Lang>,
     backend: Option<BackendKind>,
@@ -848,18 +776,16 @@ async fn exec(
         }
     };
     let backend = backend.unwrap_or_default();
-    if backend == BackendKind::Kubernetes {
-        return exec_kubernetes(lang, code, args, timeout, network).await;
-    }
-    // Every backend of the docker module (its engine abstraction) takes this path.
-    if matches!(backend, BackendKind::Docker | BackendKind::Podman) {
+    if backend != BackendKind::Native {
+        // Containers and pods: through a library session of the backend.
         let mut job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
         job.backend = backend;
-        return exec_engine(&job, backend, !program_on_stdin).await;
-    }
-    if backend != BackendKind::Native {
-        eprintln!("error: the {backend} backend is not available in this version of llm-sandbox yet; use --backend native, docker, podman or kubernetes");
-        return exit_codes::JOBS_FAILED;
+        // A pod's exec does not stream: its stdin is read to the end first, so a terminal
+        // is not read at all.
+        let forward_stdin = !program_on_stdin
+            && (backend != BackendKind::Kubernetes
+                || !std::io::IsTerminal::is_terminal(&std::io::stdin()));
+        return exec_engine(&job, forward_stdin).await;
     }
     let job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
     let dir = match RunDir::create() {
@@ -938,11 +864,11 @@ async fn exec(
     }
 }
 
-/// `exec` on a container engine: the program's stdout and stderr are written to ours as
-/// they come, our stdin is forwarded to it (unless the program itself came from stdin),
-/// and its exit status becomes ours (124 on timeout, 128+N for signal N, 130 on Ctrl-C,
-/// which removes the container).
-async fn exec_engine(job: &PlannedJob, kind: BackendKind, forward_stdin: bool) -> i32 {
+/// `exec` on a container engine or a cluster: the program's stdout and stderr are written
+/// to ours as they come (a pod's when it ends), our stdin is forwarded to it (unless the
+/// program itself came from stdin), and its exit status becomes ours (124 on timeout,
+/// 128+N for signal N, 130 on Ctrl-C, which removes the container or pod).
+async fn exec_engine(job: &PlannedJob, forward_stdin: bool) -> i32 {
     use llm_sandbox::StdStream;
     let cancel = CancellationToken::new();
     {
@@ -992,7 +918,7 @@ async fn exec_engine(job: &PlannedJob, kind: BackendKind, forward_stdin: bool) -
         }
     };
     let (r, ()) = tokio::join!(
-        llm_sandbox::backend::docker::exec::exec_streaming(job, kind, stdin, tx, &cancel),
+        llm_sandbox::session::exec_job(job, stdin, tx, &cancel),
         printer
     );
     let end = match r {

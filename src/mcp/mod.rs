@@ -199,6 +199,12 @@ struct RunSummary {
     timed_out: bool,
     timeout_seconds: f64,
     duration_ms: u64,
+    /// The program's CPU time and peak memory where the backend measured them (README,
+    /// "Resource figures").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_memory_bytes: Option<u64>,
     stdout: String,
     stderr: String,
     stdout_truncated: bool,
@@ -387,6 +393,12 @@ impl SandboxServer {
             "{status}\nduration: {:.3}s\n",
             out.duration.as_secs_f64().max(0.0)
         );
+        if let Some(ms) = out.cpu_ms {
+            text.push_str(&format!("cpu: {:.3}s\n", ms as f64 / 1000.0));
+        }
+        if let Some(peak) = out.peak_memory_bytes {
+            text.push_str(&format!("peak memory: {}\n", format_size(peak)));
+        }
         for n in &notes {
             text.push_str(&format!("note: {n}\n"));
         }
@@ -425,6 +437,8 @@ impl SandboxServer {
             timed_out: out.timed_out,
             timeout_seconds: timeout.as_secs_f64(),
             duration_ms: out.duration.as_millis() as u64,
+            cpu_ms: out.cpu_ms,
+            peak_memory_bytes: out.peak_memory_bytes,
             stdout,
             stderr,
             stdout_truncated,

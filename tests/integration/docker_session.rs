@@ -103,6 +103,10 @@ async fn runs_python_code() {
     assert_eq!(out.stdout, "hi\n");
     assert_eq!(out.stderr, "oops\n");
     assert!(out.success() && !out.timed_out && out.compile_output.is_none());
+    // Resource figures come with the result (README, "Resource figures").
+    let busy = s.run("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n", &[]).await.unwrap();
+    let cpu = busy.cpu_ms.unwrap_or_else(|| panic!("no cpu_ms: {busy:?}"));
+    assert!((250..5000).contains(&cpu), "cpu_ms {cpu}: {busy:?}");
 
     let out = s.run("raise SystemExit(3)", &[]).await.unwrap();
     assert_eq!(out.exit_code, Some(3), "{out:?}");

@@ -570,6 +570,10 @@ async fn library_sessions_run_in_one_pod_with_a_callers_client() {
         (out.exit_code, out.stdout.as_str(), out.stderr.as_str()),
         (Some(3), "hi\n", "oops\n")
     );
+    // Resource figures come with the result (README, "Resource figures").
+    let busy = s.run("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n", &[]).await.unwrap();
+    let cpu = busy.cpu_ms.unwrap_or_else(|| panic!("no cpu_ms: {busy:?}"));
+    assert!((250..5000).contains(&cpu), "cpu_ms {cpu}: {busy:?}");
 
     let out = s
         .execute_command_with_stdin("tr a-z A-Z > upper.txt; cat upper.txt", b"kept\n")

@@ -18,6 +18,12 @@ async fn run_copy_in_execute_copy_out_close() {
     let out = s.run("print('hi')", &[]).await.unwrap();
     assert_eq!(out.exit_code, Some(0));
     assert_eq!(out.stdout, "hi\n");
+    // Resource figures come with the result (README, "Resource figures").
+    let busy = s.run("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n", &[]).await.unwrap();
+    let cpu = busy.cpu_ms.unwrap_or_else(|| panic!("no cpu_ms: {busy:?}"));
+    assert!((250..5000).contains(&cpu), "cpu_ms {cpu}: {busy:?}");
+    let peak = busy.peak_memory_bytes.unwrap_or(0);
+    assert!((1 << 20..1 << 30).contains(&peak), "peak {peak}: {busy:?}");
 
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("test.py");

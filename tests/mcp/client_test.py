@@ -107,6 +107,7 @@ async def main():
             check("hello from 3" in text_of(r), "python's stdout comes back", text_of(r))
             check(st.get("exit_code") == 0 and st.get("stdout") == "hello from 3\n", "structured result", repr(st))
             check("duration" in text_of(r) and isinstance(st.get("duration_ms"), int), "timing", text_of(r))
+            check(isinstance(st.get("cpu_ms"), int) and "cpu:" in text_of(r), "cpu figure", repr(st))
 
             # javascript
             r = await run(language="javascript", code="console.log([1,2,3].map(x => x * 2).join(','))")

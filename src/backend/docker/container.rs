@@ -100,19 +100,13 @@ pub struct Container {
     pub pids_limit: i64,
     /// The job agent's exec, when the container has one.
     agent: Option<AgentConn>,
-    /// Jobs run in it so far (warm containers).
-    pub uses: u32,
-    /// The cgroup's counters after the previous job (oom kills, pids-limit hits), so that
-    /// each job of a warm container sees only its own.
-    pub counters: crate::backend::clean::Counters,
+    /// What it keeps between jobs (warm containers).
+    pub reuse: crate::backend::container_job::Reuse,
     /// Sessions: a timeout or an output flood kills the sandbox user's processes, not the
     /// container (its workdir lives on).
     pub keep_on_timeout: bool,
     /// Podman: the tmpfs volumes of its `/sandbox` and `/tmp`, removed with it.
     volumes: Vec<String>,
-    /// Warm containers without an agent: their writable places' roots as made
-    /// ([`crate::backend::clean`]).
-    pub fresh: Option<Vec<crate::backend::clean::Root>>,
 }
 
 /// The process rlimit of Podman containers: this host's hard limit, at most 32768 (what
@@ -312,11 +306,9 @@ impl Container {
             dead: false,
             pids_limit: spec.limits.pids as i64 + 2,
             agent: None,
-            uses: 0,
-            counters: Default::default(),
+            reuse: Default::default(),
             keep_on_timeout: false,
             volumes,
-            fresh: None,
         };
         let attach = bollard::query_parameters::AttachContainerOptionsBuilder::default()
             .stdin(true)
@@ -641,33 +633,6 @@ impl Container {
         Ok(r)
     }
 
-    /// Unpacks a tar archive into the workdir (as the container's user).
-    pub async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
-        let argv = super::tarball::untar_argv();
-        let r = self
-            .exec(
-                &argv,
-                Some(super::SANDBOX_USER),
-                &[],
-                Some(tar),
-                1 << 16,
-                Duration::from_secs(120),
-                cancel,
-            )
-            .await?;
-        if r.cancelled {
-            return Err("interrupted".into());
-        }
-        if r.exit_code != Some(0) {
-            return Err(format!(
-                "copying the files into the container failed (tar: exit {:?}): {}",
-                r.exit_code,
-                String::from_utf8_lossy(&r.stderr).trim()
-            ));
-        }
-        Ok(())
-    }
-
     /// Kills every process of the sandbox user (the keep-alive runs as root and stays);
     /// the container itself when that cannot be done.
     pub async fn kill_processes(&mut self) {
@@ -688,34 +653,6 @@ impl Container {
         if r.is_err() {
             self.kill().await;
         }
-    }
-
-    /// A tar stream of `path` (relative to the workdir), at most `cap` bytes.
-    pub async fn get_tar(
-        &mut self,
-        path: &str,
-        cap: u64,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<u8>, String> {
-        let argv = super::tarball::tar_argv(path);
-        let r = self
-            .exec(
-                &argv,
-                Some(super::SANDBOX_USER),
-                &[],
-                None,
-                cap + (1 << 20),
-                Duration::from_secs(120),
-                cancel,
-            )
-            .await?;
-        if r.exit_code != Some(0) {
-            return Err(format!(
-                "cannot read it from the container: {}",
-                String::from_utf8_lossy(&r.stderr).trim()
-            ));
-        }
-        Ok(r.stdout)
     }
 
     /// Kills every process (the container stops; it can be removed).

@@ -10,7 +10,6 @@
 pub mod agent;
 pub mod container;
 pub mod engine;
-pub mod exec;
 pub mod pool;
 pub mod seccomp;
 pub mod tarball;
@@ -409,16 +408,8 @@ impl crate::backend::container_job::ContainerSandbox for Container {
         self.dead
     }
 
-    fn count_job(&mut self) {
-        self.uses = self.uses.saturating_add(1);
-    }
-
-    fn counters(&mut self) -> &mut crate::backend::clean::Counters {
-        &mut self.counters
-    }
-
-    fn fresh(&self) -> Option<&[crate::backend::clean::Root]> {
-        self.fresh.as_deref()
+    fn reuse(&mut self) -> &mut crate::backend::container_job::Reuse {
+        &mut self.reuse
     }
 
     fn enforcement(&self) -> &'static str {
@@ -429,8 +420,33 @@ impl crate::backend::container_job::ContainerSandbox for Container {
         step_shell::INLINE_INPUT_MAX
     }
 
-    async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
-        Container::put_tar(self, tar, cancel).await
+    fn streams(&self) -> bool {
+        true
+    }
+
+    async fn exec(
+        &mut self,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        cap: u64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, String> {
+        Container::exec(
+            self,
+            argv,
+            Some(SANDBOX_USER),
+            &[],
+            stdin,
+            cap,
+            timeout,
+            cancel,
+        )
+        .await
+    }
+
+    async fn remove(self) {
+        Container::remove(self).await
     }
 
     /// Small inputs ride along with the first step (one exec less per job), base64 in its
@@ -438,53 +454,59 @@ impl crate::backend::container_job::ContainerSandbox for Container {
     /// gets them through their own exec.
     async fn run_step(
         &mut self,
-        job: &PlannedJob,
         step: &crate::sandbox::Step,
-        env: &[(String, String)],
-        inputs: &mut Option<Vec<u8>>,
-        measure: Option<&step_shell::Measure>,
+        io: crate::backend::container_job::StepIo<'_>,
         cancel: &CancellationToken,
     ) -> Result<ExecResult, String> {
-        let stdin =
-            (step.kind == StepKind::Run).then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
         let timeout = Duration::from_millis(step.timeout_ms);
-        let cap = step.capture_cap + measure.map_or(0, |_| step_shell::TRAILER_MAX);
+        let measure = io.measure;
+        let cap = step
+            .capture_cap
+            .saturating_add(measure.map_or(0, |_| step_shell::TRAILER_MAX));
         let shell = |inline_input| step_shell::StepShell {
             inline_input,
             cpu_seconds: step.cpu_seconds,
             measure,
             ..Default::default()
         };
-        if let Some(tar) = inputs.take() {
-            let mut with = env.to_vec();
-            with.push((step_shell::INLINE_VAR.into(), B64.encode(&tar)));
-            let r = self
-                .exec(
+        // Streamed steps get their inputs in first (an inline attempt might have to be
+        // repeated, and what streamed cannot be).
+        let streamed = io.live.tx.is_some() || io.live.stdin.is_some();
+        match io.inputs.take() {
+            Some(tar) if streamed => self.put_tar(&tar, cancel).await?,
+            Some(tar) => {
+                let mut with = io.env.to_vec();
+                with.push((step_shell::INLINE_VAR.into(), B64.encode(&tar)));
+                let r = Container::exec(
+                    self,
                     &shell(true).argv(&step.argv),
                     Some(SANDBOX_USER),
                     &with,
-                    stdin,
+                    io.stdin,
                     cap,
                     timeout,
                     cancel,
                 )
                 .await?;
-            if r.exit_code != Some(step_shell::UNPACK_FAILED)
-                || !String::from_utf8_lossy(&r.stderr).contains(step_shell::UNPACK_MARK)
-            {
-                return Ok(r);
+                if r.exit_code != Some(step_shell::UNPACK_FAILED)
+                    || !String::from_utf8_lossy(&r.stderr).contains(step_shell::UNPACK_MARK)
+                {
+                    return Ok(r);
+                }
+                tracing::debug!("inline input failed; copying it in with its own exec");
+                self.put_tar(&tar, cancel).await?;
             }
-            tracing::debug!("inline input failed; copying it in with its own exec");
-            Container::put_tar(self, &tar, cancel).await?;
+            None => {}
         }
-        self.exec(
+        self.exec_live(
             &shell(false).argv(&step.argv),
             Some(SANDBOX_USER),
-            env,
-            stdin,
+            io.env,
+            io.stdin,
             cap,
             timeout,
             cancel,
+            io.live,
         )
         .await
     }
@@ -512,7 +534,7 @@ impl crate::backend::container_job::ContainerSandbox for Container {
             ..Default::default()
         };
         let _ = self.engine.docker.update_container(&self.id, up).await;
-        self.uses = u32::MAX;
+        self.reuse.uses = u32::MAX;
         self.exec(argv, Some(user), &[], None, cap, timeout, cancel)
             .await
     }
@@ -743,7 +765,7 @@ async fn run_steps_agent(
     ctx: &RunCtx,
     reusable: &mut bool,
 ) -> JobReport {
-    c.uses = c.uses.saturating_add(1);
+    c.reuse.uses = c.reuse.uses.saturating_add(1);
     let started = Instant::now();
     let source = lang::source_file(job.lang, &job.code);
     let tar = match input_tar(job, &source) {
@@ -832,12 +854,12 @@ async fn run_steps_agent(
     }
     let ev = LimitEvents {
         enforcement: "container cgroup".into(),
-        oom_killed: a.oom_kills > c.counters.oom_kills,
-        pids_limit_hit: a.pids_max_hits > c.counters.pids_max,
+        oom_killed: a.oom_kills > c.reuse.counters.oom_kills,
+        pids_limit_hit: a.pids_max_hits > c.reuse.counters.pids_max,
         ..Default::default()
     };
-    c.counters.oom_kills = a.oom_kills;
-    c.counters.pids_max = a.pids_max_hits;
+    c.reuse.counters.oom_kills = a.oom_kills;
+    c.reuse.counters.pids_max = a.pids_max_hits;
     msgs.push(Msg::Limits(ev));
     if let Some(t) = a.tar.as_deref().and_then(|t| B64.decode(t).ok()) {
         match collected(job, ctx, &c.id, &t) {

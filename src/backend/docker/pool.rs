@@ -61,14 +61,14 @@ impl Warm for Container {
             if !c.has_agent() {
                 // The roots of its writable places as made: what the clean proof compares
                 // with after every job (the agent takes its own snapshot).
-                c.fresh = Some(c.snapshot_roots().await?);
+                c.reuse.fresh = Some(c.snapshot_roots().await?);
             }
             Ok(c)
         }
     }
 
     fn can_reuse(&self, recycle_after: u32) -> bool {
-        !self.dead && self.uses < recycle_after
+        !self.dead && self.reuse.uses < recycle_after
     }
 
     fn remove(self) -> impl Future<Output = ()> + Send {

@@ -400,12 +400,8 @@ pub struct SandboxPod {
     pub name: String,
     /// An exec could not be stopped: nothing more runs in it.
     pub dead: bool,
-    /// Jobs it has run (warm pods).
-    pub uses: u32,
-    /// Warm pods: the roots of its writable places as made ([`crate::backend::clean`]).
-    pub fresh: Option<Vec<crate::backend::clean::Root>>,
-    /// The cgroup's OOM kills and pids-limit hits seen so far (warm pods).
-    counters: crate::backend::clean::Counters,
+    /// What it keeps between jobs (warm pods).
+    pub reuse: crate::backend::container_job::Reuse,
     born: Instant,
 }
 
@@ -440,9 +436,7 @@ impl SandboxPod {
             namespace: namespace.to_string(),
             name,
             dead: false,
-            uses: 0,
-            fresh: None,
-            counters: Default::default(),
+            reuse: Default::default(),
             born: Instant::now(),
         };
         with_timeout(
@@ -635,56 +629,6 @@ impl SandboxPod {
             self.delete().await;
         }
     }
-
-    /// Unpacks a tar archive into `/sandbox` (as the sandbox user).
-    pub async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
-        let argv = docker::tarball::untar_argv();
-        let r = self
-            .exec(&argv, Some(tar), 1 << 16, Duration::from_secs(120), cancel)
-            .await?;
-        if r.cancelled {
-            return Err("interrupted".into());
-        }
-        if r.exit_code != Some(0) {
-            return Err(format!(
-                "copying the files into the pod failed (tar: exit {:?}): {}",
-                r.exit_code,
-                String::from_utf8_lossy(&r.stderr).trim()
-            ));
-        }
-        Ok(())
-    }
-
-    /// A tar of `path` (relative to `/sandbox`; symlinks stored as links, never followed,
-    /// and refused as components of `path`).
-    pub async fn get_tar(
-        &mut self,
-        path: &str,
-        cap: u64,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<u8>, String> {
-        let argv = docker::tarball::tar_argv(path);
-        let r = self
-            .exec(&argv, None, cap, Duration::from_secs(120), cancel)
-            .await?;
-        if r.cancelled {
-            return Err("interrupted".into());
-        }
-        if r.output_limit_hit {
-            return Err(format!(
-                "larger than {}",
-                crate::spec::units::format_size(cap)
-            ));
-        }
-        if r.exit_code != Some(0) {
-            return Err(format!(
-                "tar: exit {:?}: {}",
-                r.exit_code,
-                String::from_utf8_lossy(&r.stderr).trim()
-            ));
-        }
-        Ok(r.stdout)
-    }
 }
 
 /// Jobs a warm pod runs before it is replaced, unless `recycle_after` says otherwise.
@@ -724,7 +668,7 @@ impl docker::pool::Warm for SandboxPod {
             {
                 Ok(r) => {
                     let out = crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr));
-                    p.fresh = Some(out.roots);
+                    p.reuse.fresh = Some(out.roots);
                     Ok(p)
                 }
                 Err(e) => {
@@ -736,7 +680,7 @@ impl docker::pool::Warm for SandboxPod {
     }
 
     fn can_reuse(&self, recycle_after: u32) -> bool {
-        !self.dead && self.uses < recycle_after && self.born.elapsed() < WARM_DEADLINE / 2
+        !self.dead && self.reuse.uses < recycle_after && self.born.elapsed() < WARM_DEADLINE / 2
     }
 
     async fn remove(self) {
@@ -1105,23 +1049,6 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     report
 }
 
-/// One ad hoc job (`llm-sandbox exec`) in a fresh pod; everything it made is removed.
-pub async fn run_adhoc(job: &PlannedJob, cancel: &CancellationToken) -> Result<JobReport, String> {
-    let dir = crate::owner::RunDir::create()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    let ctx = RunCtx {
-        scope: crate::backend::Scope::new(),
-        run_dir: dir.path.clone(),
-        artifacts_root: dir.path.join("artifacts"),
-        cancel: cancel.clone(),
-        fresh_containers: true,
-        parallelism: 1,
-    };
-    let report = run_job(job, &ctx).await;
-    finish(&ctx.scope).await;
-    Ok(report)
-}
-
 impl crate::backend::container_job::ContainerSandbox for SandboxPod {
     fn name(&self) -> &str {
         &self.name
@@ -1131,49 +1058,52 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
         self.dead
     }
 
-    fn count_job(&mut self) {
-        self.uses = self.uses.saturating_add(1);
-    }
-
-    fn counters(&mut self) -> &mut crate::backend::clean::Counters {
-        &mut self.counters
-    }
-
-    fn fresh(&self) -> Option<&[crate::backend::clean::Root]> {
-        self.fresh.as_deref()
+    fn reuse(&mut self) -> &mut crate::backend::container_job::Reuse {
+        &mut self.reuse
     }
 
     fn enforcement(&self) -> &'static str {
         "pod cgroup"
     }
 
-    async fn put_tar(&mut self, tar: &[u8], cancel: &CancellationToken) -> Result<(), String> {
-        SandboxPod::put_tar(self, tar, cancel).await
+    fn streams(&self) -> bool {
+        false
+    }
+
+    async fn exec(
+        &mut self,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        cap: u64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult, String> {
+        SandboxPod::exec(self, argv, stdin, cap, timeout, cancel).await
+    }
+
+    async fn remove(self) {
+        self.delete().await
     }
 
     /// As the pod's user (its security context), with the job's environment only, the
-    /// workdir and the limits set by [`step_argv`]'s prologue.
+    /// workdir and the limits set by [`step_argv`]'s prologue. Nothing streams: the
+    /// output comes when the step ends.
     async fn run_step(
         &mut self,
-        job: &PlannedJob,
         step: &crate::sandbox::Step,
-        env: &[(String, String)],
-        _inputs: &mut Option<Vec<u8>>,
-        measure: Option<&crate::backend::step_shell::Measure>,
+        io: crate::backend::container_job::StepIo<'_>,
         cancel: &CancellationToken,
     ) -> Result<ExecResult, String> {
-        let stdin =
-            (step.kind == StepKind::Run).then(|| job.stdin.as_deref().unwrap_or("").as_bytes());
-        let argv = step_argv(job.lang, step, env, job.limits.open_files, measure);
-        let cap = step.capture_cap + measure.map_or(0, |_| crate::backend::step_shell::TRAILER_MAX);
-        self.exec(
-            &argv,
-            stdin,
-            cap,
-            Duration::from_millis(step.timeout_ms),
-            cancel,
-        )
-        .await
+        if let Some(tar) = io.inputs.take() {
+            self.put_tar(&tar, cancel).await?;
+        }
+        let argv = step_argv(io.lang, step, io.env, io.open_files, io.measure);
+        let cap = step.capture_cap.saturating_add(
+            io.measure
+                .map_or(0, |_| crate::backend::step_shell::TRAILER_MAX),
+        );
+        let timeout = Duration::from_millis(step.timeout_ms);
+        SandboxPod::exec(self, &argv, io.stdin, cap, timeout, cancel).await
     }
 
     async fn end_exec(
@@ -1184,7 +1114,7 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
         cancel: &CancellationToken,
     ) -> Result<ExecResult, String> {
         let timeout = crate::backend::container_job::END_TIMEOUT;
-        self.exec(argv, None, cap, timeout, cancel).await
+        SandboxPod::exec(self, argv, None, cap, timeout, cancel).await
     }
 }
 
