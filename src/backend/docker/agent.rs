@@ -6,10 +6,11 @@
 //! sandbox user, read the cgroup's counters, pack the workdir when asked, empty every
 //! writable place, remove System V IPC objects, and prove all of that before answering.
 //!
-//! Protocol: one JSON line per job on stdin ([`AgentJob`]), one JSON line per answer on
-//! stdout ([`AgentResult`]); `READY` first. Bytes travel base64-encoded.
+//! Protocol: `READY` and a newline first, then one message per job on stdin
+//! ([`AgentJob`]) and one per answer on stdout ([`AgentResult`]), framed by
+//! [`super::frame`]: a JSON header and the bytes as raw, length-prefixed blobs.
 
-use base64::Engine as _;
+use super::frame::{self, Framed};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -28,8 +29,9 @@ use crate::backend::clean::{self, Evidence, Root, WRITABLE};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentJob {
-    /// A tar of the job's files (base64).
-    pub inputs: String,
+    /// A tar of the job's files (a blob).
+    #[serde(skip)]
+    pub inputs: Vec<u8>,
     pub steps: Vec<AgentStep>,
     /// The files of `/sandbox` to pack into the answer (artifacts, file checks; the
     /// selection of [`crate::sandbox::collect::select`]), up to `collect_cap` bytes.
@@ -46,8 +48,9 @@ pub struct AgentJob {
 pub struct AgentStep {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
-    /// Standard input (base64); none: empty.
-    pub stdin: Option<String>,
+    /// Standard input (a blob).
+    #[serde(skip)]
+    pub stdin: Vec<u8>,
     pub timeout_ms: u64,
     /// Per stream.
     pub cap: u64,
@@ -63,8 +66,11 @@ pub struct AgentStepResult {
     pub signal: Option<i32>,
     pub timed_out: bool,
     pub output_limit_hit: bool,
-    pub stdout: String,
-    pub stderr: String,
+    /// Blobs.
+    #[serde(skip)]
+    pub stdout: Vec<u8>,
+    #[serde(skip)]
+    pub stderr: Vec<u8>,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub duration_ms: u64,
@@ -79,7 +85,9 @@ pub struct AgentResult {
     pub steps: Vec<AgentStepResult>,
     pub oom_kills: u64,
     pub pids_max_hits: u64,
-    pub tar: Option<String>,
+    /// The packed files (a blob, the last one when present).
+    #[serde(skip)]
+    pub tar: Option<Vec<u8>>,
     /// Wanted files that were not packed, and why.
     #[serde(default)]
     pub refused: Vec<(String, String)>,
@@ -91,6 +99,65 @@ pub struct AgentResult {
     pub unclean: Option<String>,
     pub error: Option<String>,
 }
+
+impl Framed for AgentJob {
+    /// The inputs, then each step's stdin.
+    fn take_blobs(&mut self) -> Vec<Vec<u8>> {
+        let mut blobs = vec![std::mem::take(&mut self.inputs)];
+        blobs.extend(self.steps.iter_mut().map(|s| std::mem::take(&mut s.stdin)));
+        blobs
+    }
+
+    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), String> {
+        if blobs.len() != 1 + self.steps.len() {
+            return Err(format!(
+                "{} blobs for {} steps",
+                blobs.len(),
+                self.steps.len()
+            ));
+        }
+        let mut it = blobs.into_iter();
+        self.inputs = it.next().unwrap_or_default();
+        for (s, b) in self.steps.iter_mut().zip(it) {
+            s.stdin = b;
+        }
+        Ok(())
+    }
+}
+
+impl Framed for AgentResult {
+    /// Each step's stdout and stderr, then the packed files when there are any.
+    fn take_blobs(&mut self) -> Vec<Vec<u8>> {
+        let mut blobs = Vec::with_capacity(2 * self.steps.len() + 1);
+        for s in &mut self.steps {
+            blobs.push(std::mem::take(&mut s.stdout));
+            blobs.push(std::mem::take(&mut s.stderr));
+        }
+        blobs.extend(self.tar.take());
+        blobs
+    }
+
+    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), String> {
+        let outputs = 2 * self.steps.len();
+        if blobs.len() != outputs && blobs.len() != outputs + 1 {
+            return Err(format!(
+                "{} blobs for {} steps",
+                blobs.len(),
+                self.steps.len()
+            ));
+        }
+        let mut it = blobs.into_iter();
+        for s in &mut self.steps {
+            s.stdout = it.next().unwrap_or_default();
+            s.stderr = it.next().unwrap_or_default();
+        }
+        self.tar = it.next();
+        Ok(())
+    }
+}
+
+/// The largest request the agent reads: the job's files and stdin (the runner's own).
+const REQUEST_MAX: u64 = 4 << 30;
 
 /// Runs the agent when the binary was started as `llm-sandbox __agent`.
 pub fn maybe_run_agent() {
@@ -130,33 +197,30 @@ fn main() -> i32 {
     if out.write_all(format!("{READY}\n").as_bytes()).is_err() {
         return 1;
     }
+    let stdin = std::mem::ManuallyDrop::new(unsafe_fd_file(0));
+    let mut input = frame::Blocking(&*stdin);
     loop {
-        let line = match read_line(0) {
-            Ok(Some(l)) => l,
-            Ok(None) => return 0,
-            Err(_) => return 1,
-        };
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
         if crate::sandbox::pyembed::loaded() {
             crate::sandbox::pyembed::scrub_stack();
         }
-        let result = match serde_json::from_slice::<AgentJob>(&line) {
-            Ok(job) => run_job(&job, &fresh),
+        // Each part is read into a buffer of its own size, freed (and so overwritten)
+        // after use.
+        let result = match frame::block_on(frame::read::<AgentJob, _>(&mut input, REQUEST_MAX)) {
+            Ok(Some(job)) => run_job(&job, &fresh),
+            Ok(None) => return 0,
             Err(e) => AgentResult {
                 error: Some(format!("bad request: {e}")),
                 ..Default::default()
             },
         };
-        drop(line);
-        let mut s = serde_json::to_string(&result).unwrap_or_default();
-        drop(result);
-        s.push('\n');
-        if out.write_all(s.as_bytes()).is_err() {
+        let answer = match frame::encode(result) {
+            Ok(a) => a,
+            Err(_) => return 1,
+        };
+        if out.write_all(&answer).is_err() {
             return 1;
         }
-        drop(s);
+        drop(answer);
     }
 }
 
@@ -165,31 +229,6 @@ fn unsafe_fd_file(fd: i32) -> std::fs::File {
     use std::os::fd::FromRawFd;
     // SAFETY: one of this process's standard fds, wrapped without being closed (ManuallyDrop).
     unsafe { std::fs::File::from_raw_fd(fd) }
-}
-
-/// One request line from `fd`, read in chunks into a buffer that only ever holds this line
-/// (the runner sends the next request after this one's answer), freed (and so
-/// overwritten) after use; the chunk buffer is zeroed as it goes.
-fn read_line(fd: i32) -> std::io::Result<Option<Vec<u8>>> {
-    let mut f = std::mem::ManuallyDrop::new(unsafe_fd_file(fd));
-    let mut line = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
-    loop {
-        let n = match f.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Ok((!line.is_empty()).then_some(line));
-        }
-        line.extend_from_slice(&chunk[..n]);
-        chunk[..n].fill(0);
-        if line.last() == Some(&b'\n') {
-            line.pop();
-            return Ok(Some(line));
-        }
-    }
 }
 
 /// The environment a step's program gets: the container's (the image's ENV: PATH,
@@ -239,7 +278,7 @@ fn run_job(job: &AgentJob, fresh: &[Root]) -> AgentResult {
     );
     if (!job.collect_globs.is_empty() || !job.collect_paths.is_empty()) && r.error.is_none() {
         match pack(&wanted.files, job.collect_cap, &mut r.refused) {
-            Ok(t) => r.tar = Some(super::B64.encode(&t)),
+            Ok(t) => r.tar = Some(t),
             Err(e) => r.error = Some(format!("cannot pack the job's files: {e}")),
         }
         r.refused.extend(wanted.refused);
@@ -250,16 +289,9 @@ fn run_job(job: &AgentJob, fresh: &[Root]) -> AgentResult {
     r
 }
 
-fn decode(s: &str) -> Result<Vec<u8>, String> {
-    super::B64
-        .decode(s)
-        .map_err(|e| format!("invalid base64: {e}"))
-}
-
 /// Unpacks the inputs (from the host, trusted) into the empty workdir, owned by the user.
-fn unpack(b64: &str) -> Result<(), String> {
-    let data = decode(b64)?;
-    let mut ar = tar::Archive::new(data.as_slice());
+fn unpack(data: &[u8]) -> Result<(), String> {
+    let mut ar = tar::Archive::new(data);
     ar.set_preserve_ownerships(true);
     ar.set_preserve_permissions(true);
     ar.set_overwrite(true);
@@ -269,13 +301,7 @@ fn unpack(b64: &str) -> Result<(), String> {
 fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     let started = Instant::now();
     let mut res = AgentStepResult::default();
-    let stdin_data = match step.stdin.as_deref().map(decode).transpose() {
-        Ok(d) => d.unwrap_or_default(),
-        Err(e) => {
-            res.spawn_error = Some(e);
-            return res;
-        }
-    };
+    let stdin_data = &step.stdin;
     let mut cmd = std::process::Command::new(&step.argv[0]);
     let env = step_env(&step.env);
     cmd.args(&step.argv[1..])
@@ -487,8 +513,8 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
         reaped.map(|(_, u)| u),
     ));
     drop(child);
-    res.stdout = super::B64.encode(&obuf);
-    res.stderr = super::B64.encode(&ebuf);
+    res.stdout = obuf;
+    res.stderr = ebuf;
     res.duration_ms = started.elapsed().as_millis() as u64;
     res
 }

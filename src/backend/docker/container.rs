@@ -403,11 +403,19 @@ impl Container {
             output,
             buf: Vec::new(),
         };
-        let line = tokio::time::timeout(Duration::from_secs(10), read_line(&mut conn, 4096))
-            .await
-            .map_err(|_| "the agent did not answer within 10s".to_string())??;
-        if line.trim() != super::agent::READY {
-            return Err(format!("the agent said {line:?}"));
+        let ready = format!("{}\n", super::agent::READY);
+        let said = tokio::time::timeout(
+            Duration::from_secs(10),
+            super::frame::Source::exact(&mut conn, ready.len()),
+        )
+        .await
+        .map_err(|_| "the agent did not answer within 10s".to_string())??
+        .unwrap_or_default();
+        if said != ready.as_bytes() {
+            return Err(format!(
+                "the agent said {:?}",
+                String::from_utf8_lossy(&said)
+            ));
         }
         self.agent = Some(conn);
         Ok(())
@@ -417,41 +425,38 @@ impl Container {
     /// the container is killed.
     pub async fn agent_job(
         &mut self,
-        job: &super::agent::AgentJob,
+        job: super::agent::AgentJob,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<super::agent::AgentResult, String> {
         let conn = self.agent.as_mut().ok_or("no agent")?;
-        let mut line = serde_json::to_vec(job).map_err(|e| e.to_string())?;
-        line.push(b'\n');
-        // The largest answer the job's limits allow: each step's two streams and the packed
-        // workdir, base64-encoded, and the JSON around them.
-        let raw: u64 = job.steps.iter().map(|s| 2 * s.cap).sum::<u64>() + job.collect_cap;
-        let max = (raw.saturating_mul(4) / 3 + (1 << 20)).min(usize::MAX as u64) as usize;
+        // The largest answer the job's limits allow: each step's two streams, the packed
+        // files, and the header around them.
+        let max: u64 =
+            job.steps.iter().map(|s| 2 * s.cap).sum::<u64>() + job.collect_cap + (1 << 20);
+        let request = super::frame::encode(job)?;
         let exchange = async {
             conn.input
-                .write_all(&line)
+                .write_all(&request)
                 .await
                 .map_err(|e| format!("cannot reach the agent: {e}"))?;
             conn.input.flush().await.map_err(|e| e.to_string())?;
-            read_line(conn, max).await
+            super::frame::read::<super::agent::AgentResult, _>(conn, max)
+                .await?
+                .ok_or_else(|| "the agent exited".to_string())
         };
         let got = tokio::select! {
             r = tokio::time::timeout(timeout, exchange) => r.map_err(|_| "the agent did not answer in time".to_string()),
             _ = cancel.cancelled() => Err("interrupted".to_string()),
         };
-        let answer = match got {
-            Ok(Ok(a)) => a,
+        match got {
+            Ok(Ok(a)) => Ok(a),
             Ok(Err(e)) | Err(e) => {
                 self.agent = None;
                 self.kill().await;
-                return Err(e);
+                Err(e)
             }
-        };
-        serde_json::from_str(&answer).map_err(|e| {
-            self.dead = true;
-            format!("the agent's answer is not valid: {e}")
-        })
+        }
     }
 
     /// Runs `argv` in the container and captures its output (each stream capped at `cap`
@@ -697,34 +702,24 @@ impl Drop for Container {
     }
 }
 
-/// The next line of the agent's stdout (its stderr is ignored).
-/// One line of the agent's stdout, at most `max` bytes. Linear in what arrives: each
-/// chunk is scanned once for the end of the line (a 40 MiB answer was scanned again per
-/// chunk before).
-async fn read_line(conn: &mut AgentConn, max: usize) -> Result<String, String> {
-    let mut scanned = 0;
-    loop {
-        if let Some(i) = conn.buf[scanned..].iter().position(|b| *b == b'\n') {
-            let rest = conn.buf.split_off(scanned + i + 1);
-            let mut line = std::mem::replace(&mut conn.buf, rest);
-            line.pop();
-            return String::from_utf8(line).map_err(|e| e.to_string());
-        }
-        scanned = conn.buf.len();
-        if scanned > max {
-            return Err(format!(
-                "the agent's answer is larger than {} (the job's output and file limits allow no more)",
-                crate::spec::units::format_size(max as u64)
-            ));
-        }
-        match conn.output.next().await {
-            Some(Ok(LogOutput::StdOut { message })) => conn.buf.extend_from_slice(&message),
-            Some(Ok(LogOutput::StdErr { message })) => {
-                tracing::debug!("agent: {}", String::from_utf8_lossy(&message).trim())
+impl super::frame::Source for AgentConn {
+    /// From the agent's stdout (its stderr goes to the debug log).
+    async fn exact(&mut self, n: usize) -> Result<Option<Vec<u8>>, String> {
+        while self.buf.len() < n {
+            match self.output.next().await {
+                Some(Ok(LogOutput::StdOut { message })) => self.buf.extend_from_slice(&message),
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    tracing::debug!("agent: {}", String::from_utf8_lossy(&message).trim())
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Err(format!("the agent's stream broke: {}", error_chain(&e)))
+                }
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err("the agent exited".into()),
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("the agent's stream broke: {}", error_chain(&e))),
-            None => return Err("the agent exited".into()),
         }
+        let rest = self.buf.split_off(n);
+        Ok(Some(std::mem::replace(&mut self.buf, rest)))
     }
 }

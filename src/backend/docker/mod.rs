@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod container;
 pub mod engine;
+pub mod frame;
 pub mod pool;
 pub mod seccomp;
 pub mod tarball;
@@ -23,7 +24,7 @@ use crate::sandbox::host::Outcome;
 use crate::sandbox::proto::{LimitEvents, Msg, StepResult};
 use crate::sandbox::StepKind;
 use crate::spec::types::{BackendKind, Lang};
-/// The agent's protocol and inline inputs carry bytes as standard, padded base64.
+/// Inline inputs travel as standard, padded base64 (in an environment variable).
 pub(crate) use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use container::{Container, ContainerSpec, ExecResult};
@@ -778,15 +779,16 @@ async fn run_steps_agent(
     let kinds: Vec<StepKind> = steps.iter().map(|s| s.kind).collect();
     let total: u64 = steps.iter().map(|s| s.timeout_ms).sum();
     let request = agent::AgentJob {
-        inputs: B64.encode(&tar),
+        inputs: tar,
         steps: steps
             .iter()
             .map(|s| agent::AgentStep {
                 argv: s.argv.clone(),
                 env: env.clone(),
-                stdin: (s.kind == StepKind::Run)
-                    .then(|| job.stdin.as_deref().map(|x| B64.encode(x.as_bytes())))
-                    .flatten(),
+                stdin: match (s.kind, &job.stdin) {
+                    (StepKind::Run, Some(x)) => x.as_bytes().to_vec(),
+                    _ => vec![],
+                },
                 timeout_ms: s.timeout_ms,
                 cap: s.capture_cap,
                 cpu_seconds: s.cpu_seconds,
@@ -801,7 +803,7 @@ async fn run_steps_agent(
     };
     let answer = c
         .agent_job(
-            &request,
+            request,
             Duration::from_millis(total) + Duration::from_secs(30),
             &ctx.cancel,
         )
@@ -809,7 +811,7 @@ async fn run_steps_agent(
     if ctx.cancel.is_cancelled() {
         return interrupted(job);
     }
-    let a = match answer {
+    let mut a = match answer {
         Ok(a) => a,
         Err(e) => return error_report(job, Phase::Run, e),
     };
@@ -820,14 +822,14 @@ async fn run_steps_agent(
     }
     let mut outcome = Outcome::default();
     let mut msgs = Vec::new();
-    for (kind, s) in kinds.iter().zip(&a.steps) {
+    for (kind, s) in kinds.iter().zip(a.steps.iter_mut()) {
         let r = ExecResult {
             exit_code: s
                 .exit_code
                 .map(i64::from)
                 .or(s.signal.map(|g| 128 + i64::from(g))),
-            stdout: B64.decode(&s.stdout).ok().unwrap_or_default(),
-            stderr: B64.decode(&s.stderr).ok().unwrap_or_default(),
+            stdout: std::mem::take(&mut s.stdout),
+            stderr: std::mem::take(&mut s.stderr),
             stdout_truncated: s.stdout_truncated,
             stderr_truncated: s.stderr_truncated,
             output_limit_hit: s.output_limit_hit,
@@ -861,8 +863,8 @@ async fn run_steps_agent(
     c.reuse.counters.oom_kills = a.oom_kills;
     c.reuse.counters.pids_max = a.pids_max_hits;
     msgs.push(Msg::Limits(ev));
-    if let Some(t) = a.tar.as_deref().and_then(|t| B64.decode(t).ok()) {
-        match collected(job, ctx, &c.id, &t) {
+    if let Some(t) = a.tar.as_deref() {
+        match collected(job, ctx, &c.id, t) {
             Ok((mut msg, dir)) => {
                 if let Msg::Collected { refused, .. } = &mut msg {
                     refused.extend(a.refused.iter().cloned());

@@ -1,0 +1,195 @@
+//! How the runner and the warm containers' agent ([`super::agent`]) frame their messages:
+//! a JSON header and the message's bytes (inputs, stdin, output, packed files) as raw
+//! blobs, every part length-prefixed, so neither side scans for a delimiter, encodes bytes
+//! as text, or guesses a size before it reads.
+//!
+//! ```text
+//! message := blobs:u32 | json_len:u64 | json | (blob_len:u64 | blob) × blobs   (little-endian)
+//! ```
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io::Read;
+
+/// A message whose bytes travel as blobs beside its JSON header.
+pub trait Framed: Serialize + DeserializeOwned {
+    /// Moves its bytes out, in an order of its own (the JSON header then lacks them).
+    fn take_blobs(&mut self) -> Vec<Vec<u8>>;
+    /// Puts them back, in the order of [`Framed::take_blobs`]; Err when they do not fit
+    /// the header.
+    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), String>;
+}
+
+/// The frame of `msg`.
+pub fn encode<T: Framed>(mut msg: T) -> Result<Vec<u8>, String> {
+    let blobs = msg.take_blobs();
+    let json = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
+    drop(msg);
+    let total = 12 + json.len() + blobs.iter().map(|b| 8 + b.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for b in &blobs {
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    Ok(out)
+}
+
+/// Where a frame is read from: the agent's stdin (blocking) or the runner's end of the
+/// agent's exec (async).
+pub trait Source {
+    /// Exactly `n` bytes; Ok(None) when the source ended before the first of them.
+    fn exact(
+        &mut self,
+        n: usize,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, String>>;
+}
+
+/// Reads one message, refusing one whose parts add up to more than `max` bytes. Ok(None):
+/// the source ended between messages.
+pub async fn read<T: Framed, S: Source>(src: &mut S, max: u64) -> Result<Option<T>, String> {
+    let Some(head) = src.exact(12).await? else {
+        return Ok(None);
+    };
+    let count = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as u64;
+    let json_len = u64::from_le_bytes(head[4..].try_into().unwrap_or_default());
+    let mut budget = Budget { left: max };
+    budget.take(json_len.saturating_add(count.saturating_mul(8)))?;
+    let json = need(src.exact(json_len as usize).await?)?;
+    let mut msg: T = serde_json::from_slice(&json).map_err(|e| format!("bad message: {e}"))?;
+    drop(json);
+    let mut blobs = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = need(src.exact(8).await?)?;
+        let len = u64::from_le_bytes(len[..].try_into().unwrap_or_default());
+        budget.take(len)?;
+        blobs.push(need(src.exact(len as usize).await?)?);
+    }
+    msg.put_blobs(blobs)?;
+    Ok(Some(msg))
+}
+
+struct Budget {
+    left: u64,
+}
+
+impl Budget {
+    fn take(&mut self, n: u64) -> Result<(), String> {
+        self.left = self.left.checked_sub(n).ok_or_else(|| {
+            "the message is larger than the limits allow (the job's output and file limits)"
+                .to_string()
+        })?;
+        Ok(())
+    }
+}
+
+fn need(part: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
+    part.ok_or_else(|| "the message ended early".to_string())
+}
+
+/// A blocking reader as a [`Source`] (the agent's stdin; run with a no-op waker: it
+/// never waits on the runtime).
+pub struct Blocking<R: Read>(pub R);
+
+impl<R: Read> Source for Blocking<R> {
+    async fn exact(&mut self, n: usize) -> Result<Option<Vec<u8>>, String> {
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match self.0.read(&mut buf[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err("the message ended early".into()),
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(Some(buf))
+    }
+}
+
+/// Runs a future that never waits on a runtime (a [`Blocking`] read) to its end.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    struct Msg {
+        name: String,
+        #[serde(skip)]
+        a: Vec<u8>,
+        #[serde(skip)]
+        b: Option<Vec<u8>>,
+    }
+
+    impl Framed for Msg {
+        fn take_blobs(&mut self) -> Vec<Vec<u8>> {
+            let mut v = vec![std::mem::take(&mut self.a)];
+            v.extend(self.b.take());
+            v
+        }
+        fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), String> {
+            let mut it = blobs.into_iter();
+            self.a = it.next().ok_or("no a")?;
+            self.b = it.next();
+            Ok(())
+        }
+    }
+
+    fn read_all(bytes: &[u8], max: u64) -> Result<Vec<Msg>, String> {
+        let mut src = Blocking(bytes);
+        let mut out = vec![];
+        while let Some(m) = block_on(read::<Msg, _>(&mut src, max))? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn messages_round_trip_with_any_bytes() {
+        let m1 = Msg {
+            name: "one\n{\"x\"".into(),
+            a: (0..=255).collect(),
+            b: Some(b"\n\n\0".to_vec()),
+        };
+        let m2 = Msg {
+            name: "two".into(),
+            a: vec![],
+            b: None,
+        };
+        let mut bytes = encode(m1.clone()).unwrap();
+        bytes.extend(encode(m2.clone()).unwrap());
+        assert_eq!(read_all(&bytes, 1 << 20).unwrap(), vec![m1, m2]);
+    }
+
+    #[test]
+    fn a_message_past_the_budget_or_cut_short_is_refused() {
+        let m = Msg {
+            name: "x".into(),
+            a: vec![7; 1000],
+            b: None,
+        };
+        let bytes = encode(m).unwrap();
+        let e = read_all(&bytes, 500).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        let e = read_all(&bytes[..bytes.len() - 1], 1 << 20).unwrap_err();
+        assert!(e.contains("ended early"), "{e}");
+        // A forged length does not make the reader allocate it.
+        let mut forged = bytes.clone();
+        forged[4..12].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(read_all(&forged, 1 << 20).is_err());
+    }
+}
