@@ -91,6 +91,8 @@ struct State {
     policies: Mutex<BTreeMap<(String, String), Value>>,
     seq: std::sync::atomic::AtomicU64,
     toolchains: (Vec<PathBuf>, Vec<String>),
+    /// The sandbox servers the execs run on (the fake's own scope).
+    servers: Arc<host::Servers>,
 }
 
 /// A running fake API server.
@@ -120,6 +122,7 @@ impl FakeApiServer {
             policies: Mutex::new(BTreeMap::new()),
             seq: std::sync::atomic::AtomicU64::new(1),
             toolchains: toolchains(),
+            servers: Arc::new(host::Servers::new()),
         });
         let stop = CancellationToken::new();
         let (st, stop2) = (state.clone(), stop.clone());
@@ -1100,6 +1103,7 @@ fn exec(
         flag(query, "stdout"),
         flag(query, "stderr"),
     );
+    let servers = st.servers.clone();
     tokio::spawn(async move {
         let Ok(up) = on_upgrade.await else { return };
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -1110,6 +1114,7 @@ fn exec(
         .await;
         run_exec(
             ws,
+            &servers,
             cfg_base,
             command,
             proto == V5,
@@ -1231,6 +1236,7 @@ fn frame(channel: u8, data: &[u8]) -> Message {
 
 async fn run_exec<S>(
     ws: tokio_tungstenite::WebSocketStream<S>,
+    servers: &host::Servers,
     cfg: SandboxConfig,
     argv: Vec<String>,
     v5: bool,
@@ -1339,7 +1345,7 @@ async fn run_exec<S>(
         stdout: out_w,
         stderr: err_w,
     };
-    let run = async { host::run_with(&cfg, io, &run_cancel).await };
+    let run = async { host::run_with(servers, &cfg, io, &run_cancel).await };
     tokio::pin!(run);
     let outcome = tokio::select! {
         o = &mut run => o,

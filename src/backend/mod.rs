@@ -26,6 +26,8 @@ pub struct Scope {
     pub(crate) docker_pools: std::sync::Mutex<Vec<docker::pool::KeyedPool>>,
     pub(crate) clusters: tokio::sync::Mutex<Vec<std::sync::Arc<kubernetes::Cluster>>>,
     pub(crate) pod_pools: std::sync::Mutex<Vec<kubernetes::KeyedPodPool>>,
+    /// The native sandbox servers.
+    pub(crate) servers: crate::sandbox::host::Servers,
 }
 
 impl std::fmt::Debug for Scope {
@@ -44,6 +46,7 @@ impl Scope {
             docker_pools: Default::default(),
             clusters: Default::default(),
             pod_pools: Default::default(),
+            servers: Default::default(),
         })
     }
 
@@ -114,9 +117,8 @@ impl Backend for Native {
     fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
         Box::pin(native::run_job(job, ctx))
     }
-    fn finish<'a>(&'a self, _scope: &'a Scope) -> BoxFuture<'a, ()> {
-        // The sandbox servers are the process's (a server is cheap to start again).
-        Box::pin(crate::sandbox::host::shutdown_servers())
+    fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
+        Box::pin(scope.servers.shutdown())
     }
 }
 

@@ -178,7 +178,14 @@ async fn install_libraries(
         limited: false,
         cpu_seconds: None,
     });
-    let o = host::run(&cfg, None, job.limits.output, &ctx.cancel).await;
+    let o = host::run(
+        &ctx.scope.servers,
+        &cfg,
+        None,
+        job.limits.output,
+        &ctx.cancel,
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&sdir);
     let o = o.map_err(|e| fail(format!("cannot start the sandbox for the libraries: {e}")))?;
     let step = o.msgs.iter().find_map(|m| {
@@ -537,7 +544,7 @@ async fn run_in(
     let out_dir = cfg.out_dir.clone();
     let cap = job.limits.output;
     let stdin = job.stdin.as_ref().map(|s| s.as_bytes().to_vec());
-    let outcome = match host::run(&cfg, stdin, cap, &ctx.cancel).await {
+    let outcome = match host::run(&ctx.scope.servers, &cfg, stdin, cap, &ctx.cancel).await {
         Ok(o) => o,
         Err(e) => {
             return error_report(
@@ -939,12 +946,14 @@ pub async fn exec_inherit(
 ) -> Result<Outcome, String> {
     let tc = lang::probe_cached(job.lang)?;
     let cfg = prepare(job, &tc, &sandbox_id(), dir)?;
-    host::run_with(&cfg, host::Io::Inherit, cancel)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot start the sandbox helper {}: {e}",
-                host::helper_path().display()
-            )
-        })
+    // Servers of its own, stopped at its end.
+    let servers = host::Servers::new();
+    let o = host::run_with(&servers, &cfg, host::Io::Inherit, cancel).await;
+    servers.shutdown().await;
+    o.map_err(|e| {
+        format!(
+            "cannot start the sandbox helper {}: {e}",
+            host::helper_path().display()
+        )
+    })
 }

@@ -169,7 +169,6 @@ pub(super) async fn watch(select: SelectArgs, args: RunArgs, w: WatchArgs) -> i3
         }
     }
     drop(fs);
-    llm_sandbox::sandbox::host::shutdown_servers().await;
     if cancel.is_cancelled() {
         eprintln!("[watch] interrupted: stopped");
     } else {

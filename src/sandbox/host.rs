@@ -117,14 +117,16 @@ pub enum Io {
     },
 }
 
-/// Runs one sandbox described by `cfg`.
+/// Runs one sandbox described by `cfg` on one of `servers`.
 pub async fn run(
+    servers: &Servers,
     cfg: &SandboxConfig,
     stdin: Option<Vec<u8>>,
     output_cap: u64,
     cancel: &CancellationToken,
 ) -> std::io::Result<Outcome> {
     run_with(
+        servers,
         cfg,
         Io::Capture {
             stdin,
@@ -138,6 +140,7 @@ pub async fn run(
 
 /// Like [`run`], sending the run step's stdout and stderr to `live` as they come.
 pub async fn run_streaming(
+    servers: &Servers,
     cfg: &SandboxConfig,
     stdin: Option<Vec<u8>>,
     output_cap: u64,
@@ -145,6 +148,7 @@ pub async fn run_streaming(
     cancel: &CancellationToken,
 ) -> std::io::Result<Outcome> {
     run_with(
+        servers,
         cfg,
         Io::Capture {
             stdin,
@@ -163,21 +167,50 @@ struct Server {
     sock: OwnedFd,
 }
 
-/// Idle servers of this process.
-static POOL: std::sync::Mutex<Vec<Server>> = std::sync::Mutex::new(Vec::new());
+/// The sandbox servers of one scope (a run, a session, an `exec`; README,
+/// "Architecture"): the idle ones, and the directory their warm sandboxes mount their
+/// root on. Two scopes share no server, and the end of one ([`Servers::shutdown`]) stops
+/// only its own. Dropped without a shutdown, its servers are killed (and what they left on
+/// the host is swept by a later run).
+pub struct Servers {
+    idle: std::sync::Mutex<Vec<Server>>,
+    /// `<owner prefix>-warm-<n>`, unique in this process.
+    name: String,
+}
 
-/// An owner-labelled directory the servers' warm sandboxes mount their root on
-/// (each in its own mount namespace; nothing appears in it on the host), below the runner's
-/// private root. None when that root cannot be used: servers then set every sandbox up
-/// when its job arrives.
-/// Made again when a server starts after [`shutdown_servers`] removed it.
-fn warm_root() -> Option<PathBuf> {
-    let root = crate::owner::runs_root().ok()?;
-    let dir = root.join(format!("{}-warm", crate::owner::prefix()));
-    if dir.join("owner.json").is_file() {
-        return Some(dir);
+impl Default for Servers {
+    fn default() -> Self {
+        Servers::new()
     }
-    {
+}
+
+impl std::fmt::Debug for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Servers").field("name", &self.name).finish()
+    }
+}
+
+impl Servers {
+    pub fn new() -> Servers {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Servers {
+            idle: Default::default(),
+            name: format!("{}-warm-{n}", crate::owner::prefix()),
+        }
+    }
+
+    /// An owner-labelled directory these servers' warm sandboxes mount their root on (each
+    /// in its own mount namespace; nothing appears in it on the host), below the runner's
+    /// private root. None when that root cannot be used: servers then set every sandbox up
+    /// when its job arrives. Made again when a server starts after [`Servers::shutdown`]
+    /// removed it.
+    fn warm_root(&self) -> Option<PathBuf> {
+        let root = crate::owner::runs_root().ok()?;
+        let dir = root.join(&self.name);
+        if dir.join("owner.json").is_file() {
+            return Some(dir);
+        }
         std::fs::create_dir_all(&dir).ok()?;
         let o = crate::owner::Owner {
             tool: "llm-sandbox".into(),
@@ -194,6 +227,86 @@ fn warm_root() -> Option<PathBuf> {
         );
         Some(dir)
     }
+
+    fn take(&self) -> std::io::Result<Server> {
+        loop {
+            let s = self.idle.lock().map(|mut p| p.pop()).unwrap_or(None);
+            match s {
+                Some(mut s) => {
+                    if matches!(s.child.try_wait(), Ok(None)) {
+                        return Ok(s);
+                    }
+                }
+                None => return spawn_server(self.warm_root()),
+            }
+        }
+    }
+
+    fn give_back(&self, mut s: Server) {
+        if matches!(s.child.try_wait(), Ok(None)) {
+            if let Ok(mut p) = self.idle.lock() {
+                p.push(s);
+            }
+        }
+    }
+
+    /// Stops every idle server and removes what they kept on the host (their slot cgroups,
+    /// the warm sandboxes' directory), so that a run leaves nothing for the next one to
+    /// sweep. Each server is told by its socket closing, and removes its own cgroup as it
+    /// exits; one that has not exited within a second is killed. A server busy with a job
+    /// is not touched (it goes back to the idle ones, for the next shutdown or the drop).
+    pub async fn shutdown(&self) {
+        let servers: Vec<Server> = self
+            .idle
+            .lock()
+            .map(|mut p| p.drain(..).collect())
+            .unwrap_or_default();
+        stop(servers).await;
+        let in_use = self.idle.lock().map(|p| !p.is_empty()).unwrap_or(true);
+        if !in_use {
+            if let Ok(root) = crate::owner::runs_root() {
+                let _ = std::fs::remove_dir_all(root.join(&self.name));
+            }
+        }
+    }
+}
+
+impl Drop for Servers {
+    /// Dropped without a shutdown (a session dropped without `close`): its idle servers
+    /// are stopped in the background as [`Servers::shutdown`] would (killed at once
+    /// outside a runtime).
+    fn drop(&mut self) {
+        let servers: Vec<Server> = self.idle.get_mut().map(std::mem::take).unwrap_or_default();
+        let dir = crate::owner::runs_root().map(|r| r.join(&self.name));
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move {
+                stop(servers).await;
+                if let Ok(dir) = dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            });
+        }
+    }
+}
+
+/// Stops `servers`: each is told by its socket closing (and removes its own cgroup as it
+/// exits); one that has not exited within a second is killed.
+async fn stop(servers: Vec<Server>) {
+    {
+        let waits = servers.into_iter().map(|s| {
+            let Server { mut child, sock } = s;
+            drop(sock);
+            async move {
+                if tokio::time::timeout(Duration::from_secs(1), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+        });
+        futures_util::future::join_all(waits).await;
+    }
 }
 
 /// Set once a job asks for preloaded Python: servers started from then on may preload
@@ -201,7 +314,7 @@ fn warm_root() -> Option<PathBuf> {
 pub static PRELOAD_SERVERS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-fn spawn_server() -> std::io::Result<Server> {
+fn spawn_server(warm_root: Option<PathBuf>) -> std::io::Result<Server> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -213,7 +326,7 @@ fn spawn_server() -> std::io::Result<Server> {
     let mut cmd = tokio::process::Command::new(helper_path());
     cmd.arg(HELPER_SUBCOMMAND)
         .arg(crate::owner::prefix())
-        .arg(warm_root().unwrap_or_default())
+        .arg(warm_root.unwrap_or_default())
         .env_clear()
         .envs(
             PRELOAD_SERVERS
@@ -231,57 +344,6 @@ fn spawn_server() -> std::io::Result<Server> {
     let child = cmd.spawn()?;
     drop(theirs);
     Ok(Server { child, sock: ours })
-}
-
-fn take_server() -> std::io::Result<Server> {
-    loop {
-        let s = POOL.lock().map(|mut p| p.pop()).unwrap_or(None);
-        match s {
-            Some(mut s) => {
-                if matches!(s.child.try_wait(), Ok(None)) {
-                    return Ok(s);
-                }
-            }
-            None => return spawn_server(),
-        }
-    }
-}
-
-fn give_back(mut s: Server) {
-    if matches!(s.child.try_wait(), Ok(None)) {
-        if let Ok(mut p) = POOL.lock() {
-            p.push(s);
-        }
-    }
-}
-
-/// Stops every idle sandbox server of this process and removes what they kept on the host
-/// (their slot cgroups, the warm sandboxes' directory), so that a run leaves nothing for
-/// the next one to sweep. Each server is told by its socket closing, and removes its own
-/// cgroup as it exits; one that has not exited within a second is killed. (Servers also
-/// stop by themselves when this process exits, leaving the sweeping to the next run.)
-pub async fn shutdown_servers() {
-    let servers: Vec<Server> = POOL
-        .lock()
-        .map(|mut p| p.drain(..).collect())
-        .unwrap_or_default();
-    let waits = servers.into_iter().map(|s| {
-        let Server { mut child, sock } = s;
-        drop(sock);
-        async move {
-            if tokio::time::timeout(Duration::from_secs(1), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
-    });
-    futures_util::future::join_all(waits).await;
-    let in_use = POOL.lock().map(|p| !p.is_empty()).unwrap_or(true);
-    if let (false, Some(dir)) = (in_use, warm_root()) {
-        let _ = std::fs::remove_dir_all(dir);
-    }
 }
 
 /// The configuration as an anonymous file (memfd) holding its JSON: the server reads it
@@ -311,6 +373,7 @@ fn send_request(s: &Server, fds: [RawFd; super::REQUEST_FDS]) -> std::io::Result
 
 /// Runs one sandbox with the given stdio.
 pub async fn run_with(
+    servers: &Servers,
     cfg: &SandboxConfig,
     io: Io,
     cancel: &CancellationToken,
@@ -376,7 +439,7 @@ pub async fn run_with(
     };
 
     let cfg_fd = config_fd(cfg)?;
-    let mut server = take_server()?;
+    let mut server = servers.take()?;
     let fds = [
         stdin_fd.as_raw_fd(),
         stdout_fd.as_raw_fd(),
@@ -387,7 +450,7 @@ pub async fn run_with(
     if let Err(e) = send_request(&server, fds) {
         // A server that cannot take requests is replaced once.
         drop(server);
-        server = spawn_server()?;
+        server = spawn_server(servers.warm_root())?;
         send_request(&server, fds).map_err(|_| e)?;
     }
     // The sandbox holds its own copies now.
@@ -482,7 +545,7 @@ pub async fn run_with(
     outcome.wall = started.elapsed();
     outcome.out_dir = Some(cfg.out_dir.clone());
     if healthy {
-        give_back(server);
+        servers.give_back(server);
     }
     Ok(outcome)
 }

@@ -685,7 +685,13 @@ impl Session {
     /// Ends the session and removes everything it created.
     pub async fn close(mut self) -> Result<(), SessionError> {
         self.cancel.cancel();
-        self.inner.close().await
+        let r = self.inner.close().await;
+        // The scope's native sandbox servers, unless another session shares the scope
+        // (the MCP server's sessions).
+        if std::sync::Arc::strong_count(&self.b.scope) == 1 {
+            self.b.scope.servers.shutdown().await;
+        }
+        r
     }
 }
 

@@ -68,8 +68,11 @@ impl NativeSession {
         }
         let stdin = stdin.all().await;
         let o = match live {
-            Some(tx) => host::run_streaming(&cfg, stdin, b.limits.output, tx, cancel).await,
-            None => host::run(&cfg, stdin, b.limits.output, cancel).await,
+            Some(tx) => {
+                host::run_streaming(&b.scope.servers, &cfg, stdin, b.limits.output, tx, cancel)
+                    .await
+            }
+            None => host::run(&b.scope.servers, &cfg, stdin, b.limits.output, cancel).await,
         }?;
         let _ = std::fs::remove_dir_all(&sdir);
         let mut out = ExecOutput {

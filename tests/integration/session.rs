@@ -114,3 +114,85 @@ async fn compile_errors_timeouts_and_unavailable_backends() {
     assert!(out.timed_out && out.exit_code.is_none(), "{out:?}");
     s.close().await.unwrap();
 }
+
+/// The sandbox servers this test process started (children running the helper).
+fn our_sandbox_servers() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // "pid (comm) state ppid ...": the ppid is the second field after the comm.
+        let ppid = stat.rsplit(") ").next().and_then(|r| r.split(' ').nth(1));
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let helper = cmd
+            .split(|b| *b == 0)
+            .any(|a| a == llm_sandbox::sandbox::HELPER_SUBCOMMAND.as_bytes());
+        if ppid == Some(me.as_str()) && helper {
+            found.push(pid);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A session and a run in one process each have their own native sandbox servers (their
+/// own scope, README "Architecture"): the run's end stops its servers, never the
+/// session's, which goes on using the one it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_the_same_process_leaves_the_sessions_servers_alone() {
+    common::use_binary_as_helper();
+    let mut s = Session::builder()
+        .lang(Lang::Bash)
+        .backend(BackendKind::Native)
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(s.execute_command("echo one").await.unwrap().stdout, "one\n");
+    let before = our_sandbox_servers();
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    let dir = common::Scratch::new();
+    dir.write(
+        "jobs.toml",
+        "[[jobs]]\nname = \"beside\"\nlang = \"bash\"\ncode = \"echo beside\"\nexpect.stdout = \"beside\"\n",
+    );
+    let plan = llm_sandbox::plan::plan_paths(
+        &[dir.path().join("jobs.toml")],
+        &llm_sandbox::plan::PlanOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let opts = llm_sandbox::run::RunOptions {
+        jobs: 1,
+        fail_fast: false,
+        artifacts_dir: dir.path().join("artifacts"),
+        fresh_containers: false,
+        backend_jobs: vec![],
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let reports = llm_sandbox::run::run_plan(&plan, &opts, tx, Default::default())
+        .await
+        .expect("the run");
+    assert_eq!(
+        reports[0].status,
+        llm_sandbox::Status::Passed,
+        "{:?}",
+        reports[0]
+    );
+    // The run's server is gone, the session's is still there and still used.
+    assert_eq!(our_sandbox_servers(), before);
+    assert_eq!(s.execute_command("echo two").await.unwrap().stdout, "two\n");
+    assert_eq!(our_sandbox_servers(), before);
+    s.close().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !our_sandbox_servers().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        our_sandbox_servers(),
+        Vec::<u32>::new(),
+        "close stops the session's servers"
+    );
+}
