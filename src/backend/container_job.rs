@@ -9,7 +9,7 @@
 use super::clean;
 use super::docker::container::{ExecResult, Live};
 use super::docker::{self, step_result, tarball};
-use super::{error_report, step_shell, RunCtx};
+use super::{error_report, step_shell, Error, RunCtx};
 use crate::lang;
 use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase};
@@ -81,7 +81,7 @@ pub trait ContainerSandbox: Send + Sized {
         cap: u64,
         timeout: Duration,
         cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<ExecResult, String>> + Send;
+    ) -> impl Future<Output = Result<ExecResult, Error>> + Send;
     /// Runs one step as the sandbox user with the job's environment and limits, behind
     /// the [`step_shell::StepShell`] prologue.
     fn run_step(
@@ -89,7 +89,7 @@ pub trait ContainerSandbox: Send + Sized {
         step: &Step,
         io: StepIo<'_>,
         cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<ExecResult, String>> + Send;
+    ) -> impl Future<Output = Result<ExecResult, Error>> + Send;
     /// Runs [`clean::SCRIPT`] (`argv`) at the end of a job (as root to `clean` a warm
     /// container, where that is how its user is set).
     fn end_exec(
@@ -98,7 +98,7 @@ pub trait ContainerSandbox: Send + Sized {
         clean: bool,
         cap: u64,
         cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<ExecResult, String>> + Send;
+    ) -> impl Future<Output = Result<ExecResult, Error>> + Send;
     /// Removes it, and whatever still runs in it.
     fn remove(self) -> impl Future<Output = ()> + Send;
 
@@ -107,22 +107,22 @@ pub trait ContainerSandbox: Send + Sized {
         &mut self,
         tar: &[u8],
         cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<(), String>> + Send {
+    ) -> impl Future<Output = Result<(), Error>> + Send {
         async move {
             let argv = tarball::untar_argv();
             let r = self
                 .exec(&argv, Some(tar), 1 << 16, TAR_TIMEOUT, cancel)
                 .await?;
             if r.cancelled {
-                return Err("interrupted".into());
+                return Err(Error::Interrupted);
             }
             if r.exit_code != Some(0) {
-                return Err(format!(
+                return Err(Error::Sandbox(format!(
                     "copying the files into {} failed (tar: exit {:?}): {}",
                     self.name(),
                     r.exit_code,
                     String::from_utf8_lossy(&r.stderr).trim()
-                ));
+                )));
             }
             Ok(())
         }
@@ -135,27 +135,27 @@ pub trait ContainerSandbox: Send + Sized {
         path: &str,
         cap: u64,
         cancel: &CancellationToken,
-    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send {
+    ) -> impl Future<Output = Result<Vec<u8>, Error>> + Send {
         async move {
             let argv = tarball::tar_argv(path);
             // Room for the tar's own headers.
             let room = cap.saturating_add(1 << 20);
             let r = self.exec(&argv, None, room, TAR_TIMEOUT, cancel).await?;
             if r.cancelled {
-                return Err("interrupted".into());
+                return Err(Error::Interrupted);
             }
             if r.output_limit_hit {
-                return Err(format!(
+                return Err(Error::Sandbox(format!(
                     "larger than {}",
                     crate::spec::units::format_size(cap)
-                ));
+                )));
             }
             if r.exit_code != Some(0) {
-                return Err(format!(
+                return Err(Error::Sandbox(format!(
                     "tar: exit {:?}: {}",
                     r.exit_code,
                     String::from_utf8_lossy(&r.stderr).trim()
-                ));
+                )));
             }
             Ok(r.stdout)
         }
@@ -181,16 +181,16 @@ pub async fn run<S: ContainerSandbox>(
     let source = lang::source_file(job.lang, &job.code);
     let tar = match docker::input_tar(job, &source) {
         Ok(t) => t,
-        Err(r) => return *r,
+        Err(e) => return super::prepare_error_report(job, e),
     };
     let mut inputs = None;
     if tar.len() <= s.inline_inputs_max() {
         inputs = Some(tar);
     } else if let Err(e) = s.put_tar(&tar, cancel).await {
-        if cancel.is_cancelled() {
+        if e == Error::Interrupted || cancel.is_cancelled() {
             return docker::interrupted(job);
         }
-        return error_report(job, Phase::Prepare, e);
+        return error_report(job, Phase::Prepare, e.to_string());
     }
     let plots = crate::plots::wanted(job);
     let env = docker::base_env(job.lang, &job.env, plots);
@@ -211,8 +211,9 @@ pub async fn run<S: ContainerSandbox>(
         };
         let mut r = match s.run_step(&step, io, cancel).await {
             Ok(r) => r,
+            Err(Error::Interrupted) => return docker::interrupted(job),
             Err(_) if cancel.is_cancelled() => return docker::interrupted(job),
-            Err(e) => return error_report(job, docker::phase_of(step.kind), e),
+            Err(e) => return error_report(job, docker::phase_of(step.kind), e.to_string()),
         };
         if r.cancelled {
             return docker::interrupted(job);
@@ -253,10 +254,11 @@ pub async fn run<S: ContainerSandbox>(
                             msgs.push(msg);
                             outcome.out_dir = Some(dir);
                         }
-                        Err(r) => return *r,
+                        Err(e) => return error_report(job, Phase::Run, e),
                     }
                 }
             }
+            Err(Error::Interrupted) => return docker::interrupted(job),
             Err(_) if cancel.is_cancelled() => return docker::interrupted(job),
             Err(e) => tracing::debug!("the end of the job in {} failed: {e}", s.name()),
         }
@@ -323,7 +325,7 @@ async fn finish<S: ContainerSandbox>(
     clean: bool,
     cap: u64,
     cancel: &CancellationToken,
-) -> Result<(LimitEvents, Option<Vec<u8>>, bool), String> {
+) -> Result<(LimitEvents, Option<Vec<u8>>, bool), Error> {
     let argv = clean::script_argv(if clean { "clean" } else { "end" }, collect);
     let r = s.end_exec(&argv, clean, cap, cancel).await?;
     let out = clean::parse(&String::from_utf8_lossy(&r.stderr));

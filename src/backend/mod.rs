@@ -4,9 +4,12 @@
 pub mod clean;
 pub mod container_job;
 pub mod docker;
+pub mod error;
 pub mod kubernetes;
 pub mod native;
 pub mod step_shell;
+
+pub use error::Error;
 
 use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase, Status};
@@ -104,6 +107,10 @@ pub trait Backend: Sync {
     /// The end of a scope (a run, a session): removes what it left (sandboxes, images
     /// built without `keep_template`; native: the idle sandbox servers).
     fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()>;
+
+    /// `llm-sandbox doctor`: whether this backend works here (what it found), or why not
+    /// and how to set it up ([`Error::Unavailable`]). Changes nothing.
+    fn doctor(&self) -> BoxFuture<'_, Result<String, Error>>;
 }
 
 /// A boxed future of a [`Backend`] method.
@@ -119,6 +126,32 @@ impl Backend for Native {
     }
     fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
         Box::pin(scope.servers.shutdown())
+    }
+    /// A real sandbox: `echo ok` through the whole native path (a library session).
+    fn doctor(&self) -> BoxFuture<'_, Result<String, Error>> {
+        Box::pin(async {
+            let fail = |e: crate::session::SessionError| Error::Unavailable(e.to_string());
+            let mut s = crate::Session::builder()
+                .lang(crate::spec::types::Lang::Bash)
+                .open()
+                .await
+                .map_err(fail)?;
+            let out = s.execute_command("echo ok").await.map_err(fail)?;
+            let _ = s.close().await;
+            if out.stdout.trim() != "ok" {
+                return Err(Error::Unavailable(format!(
+                    "a test sandbox printed {:?} (stderr {:?})",
+                    out.stdout, out.stderr
+                )));
+            }
+            Ok(format!(
+                "Linux namespaces (user, mount, pid, net, ipc, uts, cgroup), seccomp, {}",
+                match crate::sandbox::landlock::abi() {
+                    0 => "no Landlock (kernel without it)".to_string(),
+                    n => format!("Landlock ABI {n}"),
+                }
+            ))
+        })
     }
 }
 
@@ -141,6 +174,10 @@ impl Backend for Container {
             Box::pin(async {})
         }
     }
+    /// The engine a job without `backends` settings would use, and its default images.
+    fn doctor(&self) -> BoxFuture<'_, Result<String, Error>> {
+        Box::pin(docker::engine::doctor(self.0))
+    }
 }
 
 impl Backend for Kubernetes {
@@ -149,6 +186,14 @@ impl Backend for Kubernetes {
     }
     fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
         Box::pin(kubernetes::finish(scope))
+    }
+    /// The cluster of $KUBECONFIG, ~/.kube/config or in-cluster, and its version.
+    fn doctor(&self) -> BoxFuture<'_, Result<String, Error>> {
+        Box::pin(async {
+            kubernetes::probe().await?.ok_or_else(|| {
+                Error::Unavailable("no cluster configured ($KUBECONFIG, ~/.kube/config, in-cluster, or `backends.kubernetes.kubeconfig` in a job file)".into())
+            })
+        })
     }
 }
 
@@ -262,7 +307,21 @@ pub fn sandbox_env(
 }
 
 /// A report for a job that could not run.
-pub fn error_report(job: &PlannedJob, phase: Phase, message: String) -> JobReport {
+/// The report of a job whose environment could not be made: status `error` in the
+/// prepare phase, the build's log (when there is one) as its stderr.
+pub fn prepare_error_report(job: &PlannedJob, e: Error) -> JobReport {
+    match e {
+        Error::Prepare { message, log } => {
+            let mut r = error_report(job, Phase::Prepare, message);
+            r.stderr = log.unwrap_or_default();
+            r
+        }
+        e => error_report(job, Phase::Prepare, e),
+    }
+}
+
+pub fn error_report(job: &PlannedJob, phase: Phase, message: impl std::fmt::Display) -> JobReport {
+    let message = message.to_string();
     JobReport {
         name: job.name.clone(),
         file: job.file.display().to_string(),

@@ -1,6 +1,6 @@
 //! The native backend: one fresh namespace sandbox per job (see [`crate::sandbox`]).
 
-use super::{error_report, sanitize_name, RunCtx};
+use super::{error_report, prepare_error_report, sanitize_name, Error, RunCtx};
 use crate::checks;
 use crate::lang::{self, HostToolchain};
 use crate::plan::job::ResolvedLimits;
@@ -67,9 +67,9 @@ async fn install_libraries(
     job: &PlannedJob,
     tc: &HostToolchain,
     ctx: &RunCtx,
-) -> Result<PathBuf, Box<JobReport>> {
+) -> Result<PathBuf, Error> {
     use sha2::Digest;
-    let fail = |m: String| Box::new(error_report(job, Phase::Prepare, m));
+    let fail = |message: String| Error::Prepare { message, log: None };
     // The language table's install command (lang::LangSpec::native_install).
     let Some(install) = &lang::spec(job.lang).native_install else {
         return Err(fail(format!(
@@ -201,19 +201,14 @@ async fn install_libraries(
                 .map_err(|e| fail(e.to_string()))?;
             Ok(dir)
         }
-        Some(s) => {
-            let mut r = error_report(
-                job,
-                Phase::Prepare,
-                format!(
-                    "installing the libraries {:?} failed ({})",
-                    job.libraries,
-                    describe_exit(&s)
-                ),
-            );
-            r.stderr = s.output;
-            Err(Box::new(r))
-        }
+        Some(s) => Err(Error::Prepare {
+            message: format!(
+                "installing the libraries {:?} failed ({})",
+                job.libraries,
+                describe_exit(&s)
+            ),
+            log: Some(s.output),
+        }),
         None => Err(fail(format!(
             "installing the libraries {:?} failed: {}",
             job.libraries,
@@ -384,7 +379,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     } else {
         match install_libraries(job, &tc, ctx).await {
             Ok(dir) => Some(dir),
-            Err(report) => return *report,
+            Err(e) => return prepare_error_report(job, e),
         }
     };
     let mut tc = tc;
@@ -456,7 +451,7 @@ pub fn prepare(
     tc: &HostToolchain,
     id: &str,
     dir: &Path,
-) -> Result<SandboxConfig, String> {
+) -> Result<SandboxConfig, Error> {
     let source = lang::source_file(job.lang, &job.code);
     let in_dir = dir.join("in");
     let limits = sandbox_limits(job.lang, &job.limits);
@@ -465,10 +460,10 @@ pub fn prepare(
     let mut cfg = match staged {
         Ok(c) => c,
         Err(e) => {
-            return Err(format!(
+            return Err(Error::Sandbox(format!(
                 "cannot stage the job's files in {}: {e}",
                 dir.display()
-            ))
+            )))
         }
     };
     cfg.inputs_dir = Some(in_dir);
@@ -513,8 +508,12 @@ pub fn prepare(
     if crate::plots::wanted(job) && cfg.rootfs.is_none() {
         // Plot capture (crate::plots): the hook, read-only, last on PYTHONPATH. (A job's
         // own rootfs is read-only: no mount point can be made in it for the hook.)
-        let hook = crate::plots::write_hook(dir)
-            .map_err(|e| format!("cannot write the plot hook in {}: {e}", dir.display()))?;
+        let hook = crate::plots::write_hook(dir).map_err(|e| {
+            Error::Sandbox(format!(
+                "cannot write the plot hook in {}: {e}",
+                dir.display()
+            ))
+        })?;
         add_plot_hook(&mut cfg, hook);
     }
     cfg.collect_globs = crate::plots::artifact_globs(job);
@@ -943,17 +942,17 @@ pub async fn exec_inherit(
     job: &PlannedJob,
     dir: &Path,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Result<Outcome, String> {
-    let tc = lang::probe_cached(job.lang)?;
+) -> Result<Outcome, Error> {
+    let tc = lang::probe_cached(job.lang).map_err(Error::Unavailable)?;
     let cfg = prepare(job, &tc, &sandbox_id(), dir)?;
     // Servers of its own, stopped at its end.
     let servers = host::Servers::new();
     let o = host::run_with(&servers, &cfg, host::Io::Inherit, cancel).await;
     servers.shutdown().await;
     o.map_err(|e| {
-        format!(
+        Error::Sandbox(format!(
             "cannot start the sandbox helper {}: {e}",
             host::helper_path().display()
-        )
+        ))
     })
 }

@@ -3,104 +3,43 @@
 use llm_sandbox::lang;
 use llm_sandbox::sandbox::cgroup;
 use llm_sandbox::spec::types::{BackendKind, Lang};
-use llm_sandbox::Session;
 use serde_json::json;
 
-/// Tries a real sandbox: `/bin/true` through the whole native path.
-fn native_check() -> Result<(), String> {
+/// One backend's check ([`llm_sandbox::backend::Backend::doctor`]), on a runtime of its
+/// own (the checks run side by side).
+fn check(kind: BackendKind) -> Result<String, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let mut s = Session::builder()
-            .lang(Lang::Bash)
-            .open()
-            .await
-            .map_err(|e| e.to_string())?;
-        let out = s
-            .execute_command("echo ok")
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = s.close().await;
-        if out.stdout.trim() == "ok" {
-            Ok(())
-        } else {
-            Err(format!(
-                "a test sandbox printed {:?} (stderr {:?})",
-                out.stdout, out.stderr
-            ))
-        }
-    })
-}
-
-/// The kubernetes backend's cluster, if one is configured (`Ok(None)`: none).
-fn kubernetes_check() -> Result<Option<String>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(llm_sandbox::backend::kubernetes::probe())
-}
-
-/// A container engine (docker or podman) found from the environment, as a job without
-/// `backends` settings would: `Ok(description)` or `Err(what is wrong and how to fix it)`.
-fn engine_check(kind: BackendKind) -> Result<String, String> {
-    use llm_sandbox::backend::docker::engine;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let (ep, found) = if kind == BackendKind::Podman {
-        let (ep, source) = engine::Endpoint::resolve_podman(None, std::path::Path::new("."))?;
-        (ep, source.describe())
-    } else {
-        let ep = engine::Endpoint::resolve(None, None, std::path::Path::new("."))?;
-        let from = if std::env::var_os("DOCKER_HOST").is_some() {
-            "DOCKER_HOST"
-        } else {
-            "the local socket"
-        };
-        (ep, from)
-    };
-    let (version, missing) = rt.block_on(engine::probe(&ep, kind))?;
-    let images = if missing.is_empty() {
-        "every default image present".to_string()
-    } else {
-        format!(
-            "default images missing: {} (build them: scripts/build-images {kind})",
-            missing.join(", ")
-        )
-    };
-    Ok(format!(
-        "{kind} {version} at {} ({found}); {images}",
-        ep.host
-    ))
+    rt.block_on(llm_sandbox::backend::of(kind).doctor())
+        .map_err(|e| e.to_string())
 }
 
 pub fn run(as_json: bool) -> i32 {
-    let kube = std::thread::spawn(kubernetes_check);
-    let native = std::thread::spawn(native_check)
-        .join()
-        .unwrap_or_else(|_| Err("the check panicked".into()));
-    let engines: Vec<(BackendKind, Result<String, String>)> =
-        [BackendKind::Docker, BackendKind::Podman]
-            .into_iter()
-            .map(|k| {
-                let r = std::thread::spawn(move || engine_check(k))
-                    .join()
-                    .unwrap_or_else(|_| Err("the check panicked".into()));
-                (k, r)
-            })
-            .collect();
-    let kube = kube
-        .join()
-        .unwrap_or_else(|_| Err("the check panicked".into()));
-    let kube_detail = match &kube {
-        Ok(Some(c)) => c.clone(),
-        Ok(None) => "no cluster configured ($KUBECONFIG, ~/.kube/config, in-cluster, or `backends.kubernetes.kubeconfig` in a job file)".into(),
-        Err(e) => e.clone(),
+    // Every backend's check, side by side.
+    let checks: Vec<_> = BackendKind::ALL
+        .into_iter()
+        .map(|k| (k, std::thread::spawn(move || check(k))))
+        .collect();
+    let mut results: Vec<(BackendKind, Result<String, String>)> = checks
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k,
+                t.join()
+                    .unwrap_or_else(|_| Err("the check panicked".into())),
+            )
+        })
+        .collect();
+    let result_of = |results: &mut Vec<(BackendKind, Result<String, String>)>, kind| {
+        let i = results.iter().position(|(k, _)| *k == kind).unwrap_or(0);
+        results.remove(i).1
     };
+    let native = result_of(&mut results, BackendKind::Native);
+    let kube = result_of(&mut results, BackendKind::Kubernetes);
+    // Docker, then Podman.
+    let engines = results;
     let limits = cgroup::detect();
     let user_net = llm_sandbox::sandbox::usernet::find();
     let network_detail = match &user_net {
@@ -129,6 +68,7 @@ pub fn run(as_json: bool) -> i32 {
                 "native": {
                     "ok": native.is_ok(),
                     "detail": native.as_ref().err(),
+                    "sandbox": native.as_ref().ok(),
                     "limits": match &limits { Ok(m) => m.describe(), Err(e) => format!("rlimits only: {e}") },
                     "landlock_abi": llm_sandbox::sandbox::landlock::abi(),
                     "network": {"ok": user_net.is_some(), "detail": network_detail},
@@ -136,7 +76,7 @@ pub fn run(as_json: bool) -> i32 {
                 },
                 "docker": {"ok": engines[0].1.is_ok(), "detail": match &engines[0].1 { Ok(d) | Err(d) => d }},
                 "podman": {"ok": engines[1].1.is_ok(), "detail": match &engines[1].1 { Ok(d) | Err(d) => d }},
-                "kubernetes": {"ok": matches!(kube, Ok(Some(_))), "detail": kube_detail},
+                "kubernetes": {"ok": kube.is_ok(), "detail": match &kube { Ok(d) | Err(d) => d }},
             },
             "languages": langs.iter().map(|(l, r)| json!({
                 "lang": l,
@@ -150,13 +90,7 @@ pub fn run(as_json: bool) -> i32 {
     }
     println!("Backends");
     match &native {
-        Ok(()) => println!(
-            "  ok    native      Linux namespaces (user, mount, pid, net, ipc, uts, cgroup), seccomp, {}",
-            match llm_sandbox::sandbox::landlock::abi() {
-                0 => "no Landlock (kernel without it)".to_string(),
-                n => format!("Landlock ABI {n}"),
-            }
-        ),
+        Ok(d) => println!("  ok    native      {d}"),
         Err(e) => println!("  FAIL  native      {e}"),
     }
     match &limits {
@@ -179,11 +113,10 @@ pub fn run(as_json: bool) -> i32 {
     }
     // As for the engines: a backend that is not set up here is not available ("--"), not
     // failing; FAIL is for the native backend, which must work.
-    let mark = match &kube {
-        Ok(Some(_)) => "ok  ",
-        Ok(None) | Err(_) => "--  ",
-    };
-    println!("  {mark}  kubernetes  {kube_detail}");
+    match &kube {
+        Ok(d) => println!("  ok    kubernetes  {d}"),
+        Err(e) => println!("  --    kubernetes  {e}"),
+    }
     println!("\nLanguages (native backend)");
     for (l, r) in &langs {
         match r {

@@ -809,7 +809,7 @@ async fn exec(
     drop(dir);
     match outcome {
         Err(e) => {
-            let e = e.replace(
+            let e = e.to_string().replace(
                 llm_sandbox::lang::DOCKER_HINT,
                 llm_sandbox::lang::DOCKER_HINT_CLI,
             );

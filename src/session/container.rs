@@ -85,10 +85,8 @@ impl<S: SessionContainer> ContainerSession<S> {
         if let Some(mut old) = self.sandbox.take() {
             let files = old.get_tar(".", b.limits.disk, cancel).await;
             old.remove().await;
-            let files = files.map_err(SessionError::Sandbox)?;
-            next.put_tar(&files, cancel)
-                .await
-                .map_err(SessionError::Sandbox)?;
+            let files = files?;
+            next.put_tar(&files, cancel).await?;
         }
         self.sandbox = Some(next);
         self.libs = all;
@@ -134,10 +132,7 @@ impl<S: SessionContainer> ContainerSession<S> {
                 measure: measure.as_ref(),
                 live: io_live,
             };
-            let mut r = s
-                .run_step(&step, io, cancel)
-                .await
-                .map_err(SessionError::Sandbox)?;
+            let mut r = s.run_step(&step, io, cancel).await?;
             if r.cancelled {
                 return Err(SessionError::Interrupted);
             }
@@ -173,7 +168,7 @@ impl<S: SessionContainer> ContainerSession<S> {
             .sandbox()?
             .get_tar(&shown, cap, cancel)
             .await
-            .map_err(|e| SessionError::BadPath(shown.clone(), e))?;
+            .map_err(|e| SessionError::BadPath(shown.clone(), e.to_string()))?;
         let tmp = tempfile::tempdir()?;
         let x = tarball::extract(tar.as_slice(), tmp.path(), cap)?;
         if let Some((_, why)) = x.refused.iter().find(|(p, _)| *p == shown) {
@@ -205,8 +200,7 @@ impl<S: SessionContainer> ContainerSession<S> {
             .map(|s| s.to_string())
             .collect();
         s.exec(&rm, None, 1 << 12, Duration::from_secs(30), cancel)
-            .await
-            .map_err(SessionError::Sandbox)?;
+            .await?;
         Ok(plots)
     }
 }
@@ -260,10 +254,7 @@ impl<S: SessionContainer> SessionSandbox for ContainerSession<S> {
         Box::pin(async move {
             self.add_libraries(b, libs, cancel).await?;
             let tar = tarball::build(&[(source.to_string(), code.as_bytes().to_vec(), 0o644)])?;
-            self.sandbox()?
-                .put_tar(&tar, cancel)
-                .await
-                .map_err(SessionError::Sandbox)?;
+            self.sandbox()?.put_tar(&tar, cancel).await?;
             Ok(docker::steps(
                 b.lang, source, code, &b.limits, b.timeout, args, true,
             ))
@@ -293,10 +284,7 @@ impl<S: SessionContainer> SessionSandbox for ContainerSession<S> {
             let data = std::fs::read(src)?;
             let mode = std::fs::metadata(src)?.permissions().mode() & 0o755 | 0o644;
             let tar = tarball::build(&[(rel.display().to_string(), data, mode)])?;
-            self.sandbox()?
-                .put_tar(&tar, cancel)
-                .await
-                .map_err(SessionError::Sandbox)
+            Ok(self.sandbox()?.put_tar(&tar, cancel).await?)
         })
     }
 
@@ -362,11 +350,7 @@ impl SessionContainer for Container {
                 b.keep_template,
                 cancel,
             )
-            .await
-            .map_err(|(message, log)| SessionError::Prepare {
-                message,
-                log: log.unwrap_or_default(),
-            })?
+            .await?
         };
         let spec = docker::container::ContainerSpec {
             image,
@@ -382,9 +366,7 @@ impl SessionContainer for Container {
             agent: None,
             preload: None,
         };
-        let mut c = Container::start(origin.engine.clone(), &spec)
-            .await
-            .map_err(SessionError::Engine)?;
+        let mut c = Container::start(origin.engine.clone(), &spec).await?;
         c.keep_on_timeout = true;
         Ok(c)
     }
@@ -412,29 +394,21 @@ pub(super) async fn open_docker(
                     .map(|(e, _)| e)
             } else {
                 docker::engine::Endpoint::resolve(b.docker_host.as_deref(), b.tls.as_ref(), &base)
-            }
-            .map_err(SessionError::Engine)?;
+            }?;
             docker::engine::connect(&b.scope, &ep, kind).await
         }
-    }
-    .map_err(SessionError::Engine)?;
+    }?;
     let base = match &b.dockerfile {
         Some(df) => {
             let df = std::path::absolute(df)?;
-            engine
-                .build_dockerfile(&df, b.keep_template)
-                .await
-                .map_err(SessionError::Engine)?
+            engine.build_dockerfile(&df, b.keep_template).await?
         }
         None => {
             let image = b
                 .image
                 .clone()
                 .unwrap_or_else(|| lang::spec(b.lang).default_image.to_string());
-            engine
-                .ensure_image(&image)
-                .await
-                .map_err(SessionError::Engine)?;
+            engine.ensure_image(&image).await?;
             image
         }
     };
@@ -473,18 +447,16 @@ impl SessionContainer for SandboxPod {
             deadline_secs: None,
             owner: &owner,
             manifest: None,
-        })
-        .map_err(SessionError::Engine)?;
+        })?;
         let ns = origin.cluster.namespace.clone();
-        SandboxPod::start(
+        Ok(SandboxPod::start(
             origin.cluster.clone(),
             &ns,
             spec,
             kubernetes::DEFAULT_START_TIMEOUT,
             cancel,
         )
-        .await
-        .map_err(SessionError::Engine)
+        .await?)
     }
 
     async fn finish(_: &Cluster) {}
@@ -514,9 +486,7 @@ pub(super) async fn open_kube(
                 ..Default::default()
             };
             let base = std::env::current_dir().unwrap_or_default();
-            kubernetes::connect(&b.scope, Some(&cfg), &base)
-                .await
-                .map_err(SessionError::Engine)?
+            kubernetes::connect(&b.scope, Some(&cfg), &base).await?
         }
     };
     let image = b

@@ -66,6 +66,22 @@ pub enum SessionError {
 
 pub use crate::backend::ExecOutput;
 
+/// A backend's error, with its kind kept.
+impl From<crate::backend::Error> for SessionError {
+    fn from(e: crate::backend::Error) -> Self {
+        use crate::backend::Error as E;
+        match e {
+            E::Unavailable(m) | E::Engine(m) => SessionError::Engine(m),
+            E::Prepare { message, log } => SessionError::Prepare {
+                message,
+                log: log.unwrap_or_default(),
+            },
+            E::Sandbox(m) | E::Protocol(m) => SessionError::Sandbox(m),
+            E::Interrupted => SessionError::Interrupted,
+        }
+    }
+}
+
 /// How [`exec_job`] ended.
 #[derive(Debug, Default)]
 pub struct ExecEnd {
@@ -87,7 +103,7 @@ pub async fn exec_job(
     stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
     out: ChunkSender,
     cancel: &CancellationToken,
-) -> Result<ExecEnd, String> {
+) -> Result<ExecEnd, SessionError> {
     let mut b = Session::builder()
         .lang(job.lang)
         .backend(job.backend)
@@ -116,7 +132,7 @@ pub async fn exec_job(
         })
     };
     let mut s = tokio::select! {
-        s = b.open() => s.map_err(|e| e.to_string())?,
+        s = b.open() => s?,
         _ = cancel.cancelled() => return interrupted(),
     };
     let stop = s.cancel_token();
@@ -140,7 +156,7 @@ pub async fn exec_job(
         }),
         Err(SessionError::Interrupted) => interrupted(),
         Err(_) if cancel.is_cancelled() => interrupted(),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 

@@ -108,13 +108,13 @@ impl Framed for AgentJob {
         blobs
     }
 
-    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), String> {
+    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), crate::backend::Error> {
         if blobs.len() != 1 + self.steps.len() {
-            return Err(format!(
+            return Err(crate::backend::Error::Protocol(format!(
                 "{} blobs for {} steps",
                 blobs.len(),
                 self.steps.len()
-            ));
+            )));
         }
         let mut it = blobs.into_iter();
         self.inputs = it.next().unwrap_or_default();
@@ -137,14 +137,14 @@ impl Framed for AgentResult {
         blobs
     }
 
-    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), String> {
+    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), crate::backend::Error> {
         let outputs = 2 * self.steps.len();
         if blobs.len() != outputs && blobs.len() != outputs + 1 {
-            return Err(format!(
+            return Err(crate::backend::Error::Protocol(format!(
                 "{} blobs for {} steps",
                 blobs.len(),
                 self.steps.len()
-            ));
+            )));
         }
         let mut it = blobs.into_iter();
         for s in &mut self.steps {

@@ -4,6 +4,7 @@
 //! closes and the container stops by itself.
 
 use super::engine::{error_chain, Engine};
+use crate::backend::Error;
 use crate::plan::job::ResolvedLimits;
 use crate::stream::{ChunkSender, OutputChunk, StdStream};
 use bollard::container::LogOutput;
@@ -137,11 +138,11 @@ fn ulimit(name: &str, v: u64) -> ResourcesUlimits {
 
 impl Container {
     /// Creates and starts a container (its start-up is paid once; every step execs into it).
-    pub async fn start(engine: Arc<Engine>, spec: &ContainerSpec) -> Result<Container, String> {
+    pub async fn start(engine: Arc<Engine>, spec: &ContainerSpec) -> Result<Container, Error> {
         let l = &spec.limits;
         let podman = engine.kind == crate::spec::types::BackendKind::Podman;
         if let Some(why) = engine.limits_unenforced.as_ref().filter(|_| spec.hardened) {
-            return Err(why.clone());
+            return Err(Error::Unavailable(why.clone()));
         }
         let mut host = HostConfig {
             init: Some(true),
@@ -290,12 +291,12 @@ impl Container {
             Ok(c) => c,
             Err(e) => {
                 engine.remove_volumes(&volumes).await;
-                return Err(format!(
+                return Err(Error::Engine(format!(
                     "cannot create a container from `{}` on {}: {}",
                     spec.image,
                     engine.endpoint,
                     error_chain(&e)
-                ));
+                )));
             }
         };
         let mut c = Container {
@@ -318,7 +319,13 @@ impl Container {
             .docker
             .attach_container(&c.id, Some(attach))
             .await
-            .map_err(|e| format!("cannot attach to container {}: {}", c.id, error_chain(&e)))?;
+            .map_err(|e| {
+                Error::Engine(format!(
+                    "cannot attach to container {}: {}",
+                    c.id,
+                    error_chain(&e)
+                ))
+            })?;
         c.keepalive = Some(a.input);
         drop(a.output);
         engine
@@ -329,11 +336,11 @@ impl Container {
             )
             .await
             .map_err(|e| {
-                format!(
+                Error::Engine(format!(
                     "cannot start a container from `{}`: {}",
                     spec.image,
                     error_chain(&e)
-                )
+                ))
             })?;
         if spec.agent.is_some() {
             if let Err(e) = c.start_agent(spec.preload.as_deref()).await {
@@ -349,7 +356,7 @@ impl Container {
     }
 
     /// The roots of the writable places, as [`crate::backend::clean::SCRIPT`] sees them.
-    pub async fn snapshot_roots(&mut self) -> Result<Vec<crate::backend::clean::Root>, String> {
+    pub async fn snapshot_roots(&mut self) -> Result<Vec<crate::backend::clean::Root>, Error> {
         let argv = crate::backend::clean::script_argv("snapshot", false);
         let r = self
             .exec(
@@ -365,7 +372,7 @@ impl Container {
         Ok(crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr)).roots)
     }
 
-    async fn start_agent(&mut self, preload: Option<&[(String, String)]>) -> Result<(), String> {
+    async fn start_agent(&mut self, preload: Option<&[(String, String)]>) -> Result<(), Error> {
         let opts = CreateExecOptions::<String> {
             cmd: Some(vec![AGENT_PATH.into(), super::agent::SUBCOMMAND.into()]),
             attach_stdin: Some(true),
@@ -390,13 +397,13 @@ impl Container {
         let exec = docker
             .create_exec(&self.id, opts)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| Error::Engine(error_chain(&e)))?;
         let StartExecResults::Attached { output, input } = docker
             .start_exec(&exec.id, None)
             .await
-            .map_err(|e| error_chain(&e))?
+            .map_err(|e| Error::Engine(error_chain(&e)))?
         else {
-            return Err("the agent started detached".into());
+            return Err(Error::Protocol("the agent started detached".into()));
         };
         let mut conn = AgentConn {
             input,
@@ -409,13 +416,13 @@ impl Container {
             super::frame::Source::exact(&mut conn, ready.len()),
         )
         .await
-        .map_err(|_| "the agent did not answer within 10s".to_string())??
+        .map_err(|_| Error::Protocol("the agent did not answer within 10s".into()))??
         .unwrap_or_default();
         if said != ready.as_bytes() {
-            return Err(format!(
+            return Err(Error::Protocol(format!(
                 "the agent said {:?}",
                 String::from_utf8_lossy(&said)
-            ));
+            )));
         }
         self.agent = Some(conn);
         Ok(())
@@ -428,8 +435,11 @@ impl Container {
         job: super::agent::AgentJob,
         timeout: Duration,
         cancel: &CancellationToken,
-    ) -> Result<super::agent::AgentResult, String> {
-        let conn = self.agent.as_mut().ok_or("no agent")?;
+    ) -> Result<super::agent::AgentResult, Error> {
+        let conn = self
+            .agent
+            .as_mut()
+            .ok_or_else(|| Error::Protocol("no agent".into()))?;
         // The largest answer the job's limits allow: each step's two streams, the packed
         // files, and the header around them.
         let max: u64 =
@@ -439,15 +449,18 @@ impl Container {
             conn.input
                 .write_all(&request)
                 .await
-                .map_err(|e| format!("cannot reach the agent: {e}"))?;
-            conn.input.flush().await.map_err(|e| e.to_string())?;
+                .map_err(|e| Error::Sandbox(format!("cannot reach the agent: {e}")))?;
+            conn.input
+                .flush()
+                .await
+                .map_err(|e| Error::Sandbox(format!("cannot reach the agent: {e}")))?;
             super::frame::read::<super::agent::AgentResult, _>(conn, max)
                 .await?
-                .ok_or_else(|| "the agent exited".to_string())
+                .ok_or_else(|| Error::Sandbox("the agent exited".into()))
         };
         let got = tokio::select! {
-            r = tokio::time::timeout(timeout, exchange) => r.map_err(|_| "the agent did not answer in time".to_string()),
-            _ = cancel.cancelled() => Err("interrupted".to_string()),
+            r = tokio::time::timeout(timeout, exchange) => r.map_err(|_| Error::Sandbox("the agent did not answer in time".into())),
+            _ = cancel.cancelled() => Err(Error::Interrupted),
         };
         match got {
             Ok(Ok(a)) => Ok(a),
@@ -471,7 +484,7 @@ impl Container {
         cap: u64,
         timeout: Duration,
         cancel: &CancellationToken,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         self.exec_live(
             argv,
             user,
@@ -497,7 +510,7 @@ impl Container {
         timeout: Duration,
         cancel: &CancellationToken,
         live: Live,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         self.exec_inner(argv, user, env, stdin, cap, timeout, cancel, true, live)
             .await
     }
@@ -515,7 +528,7 @@ impl Container {
         // false for the exec that kills processes itself: on trouble the container goes.
         enforce: bool,
         live: Live,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         let started = Instant::now();
         let Live {
             tx,
@@ -533,19 +546,18 @@ impl Container {
             ..Default::default()
         };
         let docker = &self.engine.docker;
-        let exec = docker
-            .create_exec(&self.id, opts)
-            .await
-            .map_err(|e| format!("cannot exec in the container: {}", error_chain(&e)))?;
+        let exec = docker.create_exec(&self.id, opts).await.map_err(|e| {
+            Error::Engine(format!("cannot exec in the container: {}", error_chain(&e)))
+        })?;
         let StartExecResults::Attached {
             mut output,
             mut input,
         } = docker
             .start_exec(&exec.id, None)
             .await
-            .map_err(|e| format!("cannot start the exec: {}", error_chain(&e)))?
+            .map_err(|e| Error::Engine(format!("cannot start the exec: {}", error_chain(&e))))?
         else {
-            return Err("the exec started detached".into());
+            return Err(Error::Engine("the exec started detached".into()));
         };
         let writer = match (stdin_live, stdin) {
             (Some(mut rx), _) => Some(tokio::spawn(async move {
@@ -576,7 +588,7 @@ impl Container {
                     Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => (StdStream::Stdout, message),
                     Some(Ok(LogOutput::StdErr { message })) => (StdStream::Stderr, message),
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(format!("the exec stream broke: {}", error_chain(&e))),
+                    Some(Err(e)) => return Err(Error::Sandbox(format!("the exec stream broke: {}", error_chain(&e)))),
                     None => break,
                 },
                 _ = &mut deadline => { r.timed_out = true; break; }
@@ -628,10 +640,9 @@ impl Container {
                 self.kill().await;
             }
         } else {
-            let info = docker
-                .inspect_exec(&exec.id)
-                .await
-                .map_err(|e| format!("cannot read the exit code: {}", error_chain(&e)))?;
+            let info = docker.inspect_exec(&exec.id).await.map_err(|e| {
+                Error::Engine(format!("cannot read the exit code: {}", error_chain(&e)))
+            })?;
             r.exit_code = info.exit_code;
         }
         r.duration = started.elapsed();
@@ -704,7 +715,7 @@ impl Drop for Container {
 
 impl super::frame::Source for AgentConn {
     /// From the agent's stdout (its stderr goes to the debug log).
-    async fn exact(&mut self, n: usize) -> Result<Option<Vec<u8>>, String> {
+    async fn exact(&mut self, n: usize) -> Result<Option<Vec<u8>>, Error> {
         while self.buf.len() < n {
             match self.output.next().await {
                 Some(Ok(LogOutput::StdOut { message })) => self.buf.extend_from_slice(&message),
@@ -713,10 +724,13 @@ impl super::frame::Source for AgentConn {
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    return Err(format!("the agent's stream broke: {}", error_chain(&e)))
+                    return Err(Error::Sandbox(format!(
+                        "the agent's stream broke: {}",
+                        error_chain(&e)
+                    )))
                 }
                 None if self.buf.is_empty() => return Ok(None),
-                None => return Err("the agent exited".into()),
+                None => return Err(Error::Sandbox("the agent exited".into())),
             }
         }
         let rest = self.buf.split_off(n);

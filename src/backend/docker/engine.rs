@@ -3,6 +3,7 @@
 //! present → used, absent → pulled, `dockerfile` → built by content hash, `libraries` and
 //! `setup` → a template image committed from a prepare container.
 
+use crate::backend::Error;
 use crate::owner;
 use crate::spec::types::BackendKind;
 use bollard::Docker;
@@ -69,7 +70,7 @@ impl Endpoint {
         host: Option<&str>,
         tls: Option<&crate::spec::types::TlsConfig>,
         base: &Path,
-    ) -> Result<Endpoint, String> {
+    ) -> Result<Endpoint, Error> {
         let env_host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
         let host = host
             .map(String::from)
@@ -104,14 +105,16 @@ impl Endpoint {
         };
         if let Some(t) = &tls {
             if host.starts_with("unix://") {
-                return Err(format!("TLS settings apply to tcp:// hosts, not to {host}"));
+                return Err(Error::Unavailable(format!(
+                    "TLS settings apply to tcp:// hosts, not to {host}"
+                )));
             }
             for (what, p) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
                 if !p.is_file() {
-                    return Err(format!(
+                    return Err(Error::Unavailable(format!(
                         "the TLS {what} file {} of the Docker host {host} does not exist (set backends.docker.tls.{what}, or DOCKER_CERT_PATH)",
                         p.display()
-                    ));
+                    )));
                 }
             }
         }
@@ -172,7 +175,7 @@ impl Endpoint {
     pub fn resolve_podman(
         socket: Option<&str>,
         base: &Path,
-    ) -> Result<(Endpoint, PodmanSource), String> {
+    ) -> Result<(Endpoint, PodmanSource), Error> {
         let as_host = |s: &str| -> Result<String, String> {
             if s.contains("://") {
                 if s.starts_with("unix://") || s.starts_with("tcp://") || s.starts_with("http://") {
@@ -189,7 +192,7 @@ impl Endpoint {
         if let Some(s) = socket.filter(|s| !s.is_empty()) {
             return Ok((
                 Endpoint {
-                    host: as_host(s)?,
+                    host: as_host(s).map_err(Error::Unavailable)?,
                     tls: None,
                 },
                 PodmanSource::Config,
@@ -199,7 +202,8 @@ impl Endpoint {
             .ok()
             .filter(|s| !s.is_empty())
         {
-            let host = as_host(&s).map_err(|e| format!("CONTAINER_HOST: {e}"))?;
+            let host =
+                as_host(&s).map_err(|e| Error::Unavailable(format!("CONTAINER_HOST: {e}")))?;
             return Ok((Endpoint { host, tls: None }, PodmanSource::ContainerHost));
         }
         let rootful = Path::new(PODMAN_ROOTFUL_SOCKET);
@@ -248,7 +252,7 @@ pub struct Engine {
     pub limits_unenforced: Option<String>,
 }
 
-type Slot = Arc<tokio::sync::OnceCell<Result<Arc<Engine>, String>>>;
+type Slot = Arc<tokio::sync::OnceCell<Result<Arc<Engine>, Error>>>;
 /// An engine of a [`crate::backend::Scope`], connected once.
 pub type EngineSlot = (Endpoint, BackendKind, Slot);
 
@@ -257,12 +261,12 @@ pub async fn connect(
     scope: &crate::backend::Scope,
     ep: &Endpoint,
     kind: BackendKind,
-) -> Result<Arc<Engine>, String> {
+) -> Result<Arc<Engine>, Error> {
     let slot = {
         let mut all = scope
             .engines
             .lock()
-            .map_err(|_| "engine registry poisoned")?;
+            .map_err(|_| Error::Engine("engine registry poisoned".into()))?;
         match all.iter().find(|(e, k, _)| e == ep && *k == kind) {
             Some((_, _, s)) => s.clone(),
             None => {
@@ -286,11 +290,11 @@ pub async fn from_client(
     docker: Docker,
     kind: BackendKind,
     scope: &crate::backend::Scope,
-) -> Result<Arc<Engine>, String> {
+) -> Result<Arc<Engine>, Error> {
     let docker = docker
         .negotiate_version()
         .await
-        .map_err(|e| format!("cannot reach the {kind} engine: {e}"))?;
+        .map_err(|e| Error::Unavailable(format!("cannot reach the {kind} engine: {e}")))?;
     Ok(Arc::new(Engine::new(
         docker,
         kind,
@@ -313,12 +317,16 @@ pub fn connected(scope: &crate::backend::Scope) -> Vec<Arc<Engine>> {
         .unwrap_or_default()
 }
 
-async fn open(ep: &Endpoint, kind: BackendKind, scope: &str) -> Result<Engine, String> {
+async fn open(ep: &Endpoint, kind: BackendKind, scope: &str) -> Result<Engine, Error> {
     use bollard::API_DEFAULT_VERSION as V;
     let host = ep.host.as_str();
     let client = if let Some(path) = host.strip_prefix("unix://") {
         if !Path::new(path).exists() {
-            return Err(unreachable(kind, host, &format!("{path} does not exist")));
+            return Err(Error::Unavailable(unreachable(
+                kind,
+                host,
+                &format!("{path} does not exist"),
+            )));
         }
         Docker::connect_with_unix(host, CLIENT_TIMEOUT_S, V)
     } else if let Some(t) = &ep.tls {
@@ -327,15 +335,15 @@ async fn open(ep: &Endpoint, kind: BackendKind, scope: &str) -> Result<Engine, S
     } else if host.starts_with("tcp://") || host.starts_with("http://") {
         Docker::connect_with_http(host, CLIENT_TIMEOUT_S, V)
     } else {
-        return Err(format!(
+        return Err(Error::Unavailable(format!(
             "unsupported {kind} host `{host}`: use unix:///path/to/docker.sock or tcp://host:port"
-        ));
+        )));
     }
-    .map_err(|e| unreachable(kind, host, &e.to_string()))?;
+    .map_err(|e| Error::Unavailable(unreachable(kind, host, &e.to_string())))?;
     let docker = tokio::time::timeout(Duration::from_secs(20), client.negotiate_version())
         .await
-        .map_err(|_| unreachable(kind, host, "no answer within 20s"))?
-        .map_err(|e| unreachable(kind, host, &error_chain(&e)))?;
+        .map_err(|_| Error::Unavailable(unreachable(kind, host, "no answer within 20s")))?
+        .map_err(|e| Error::Unavailable(unreachable(kind, host, &error_chain(&e))))?;
     let local = host.starts_with("unix://")
         || host.contains("://127.0.0.1")
         || host.contains("://localhost")
@@ -366,16 +374,16 @@ async fn rootless_cgroup_v1(e: &Engine, host: &str) -> Option<String> {
 
 /// What `doctor` says of an engine: its version and which default images it has. Connects
 /// without the sweep of [`connect`] (doctor changes nothing).
-pub async fn probe(ep: &Endpoint, kind: BackendKind) -> Result<(String, Vec<String>), String> {
+pub async fn probe(ep: &Endpoint, kind: BackendKind) -> Result<(String, Vec<String>), Error> {
     let e = open(ep, kind, "").await?;
     if let Some(why) = &e.limits_unenforced {
-        return Err(why.clone());
+        return Err(Error::Unavailable(why.clone()));
     }
     let version = e
         .docker
         .version()
         .await
-        .map_err(|err| unreachable(kind, &ep.host, &error_chain(&err)))?
+        .map_err(|err| Error::Unavailable(unreachable(kind, &ep.host, &error_chain(&err))))?
         .version
         .unwrap_or_else(|| "?".into());
     let mut missing = Vec::new();
@@ -386,6 +394,37 @@ pub async fn probe(ep: &Endpoint, kind: BackendKind) -> Result<(String, Vec<Stri
         }
     }
     Ok((version, missing))
+}
+
+/// `doctor` for an engine found from the environment, as a job without `backends`
+/// settings would find it: its version, where it was found, and which default images it
+/// lacks.
+pub async fn doctor(kind: BackendKind) -> Result<String, Error> {
+    let (ep, found) = if kind == BackendKind::Podman {
+        let (ep, source) = Endpoint::resolve_podman(None, Path::new("."))?;
+        (ep, source.describe())
+    } else {
+        let ep = Endpoint::resolve(None, None, Path::new("."))?;
+        let from = if std::env::var_os("DOCKER_HOST").is_some() {
+            "DOCKER_HOST"
+        } else {
+            "the local socket"
+        };
+        (ep, from)
+    };
+    let (version, missing) = probe(&ep, kind).await?;
+    let images = if missing.is_empty() {
+        "every default image present".to_string()
+    } else {
+        format!(
+            "default images missing: {} (build them: scripts/build-images {kind})",
+            missing.join(", ")
+        )
+    };
+    Ok(format!(
+        "{kind} {version} at {} ({found}); {images}",
+        ep.host
+    ))
 }
 
 /// An error and its sources, one line.
@@ -553,7 +592,7 @@ impl Engine {
 
     /// A named volume of the local driver that is a tmpfs mounted with `options` (Podman
     /// passes them to mount(2) as they are), labelled as ours.
-    pub async fn create_tmpfs_volume(&self, name: &str, options: &str) -> Result<(), String> {
+    pub async fn create_tmpfs_volume(&self, name: &str, options: &str) -> Result<(), Error> {
         let body = bollard::models::VolumeCreateRequest {
             name: Some(name.to_string()),
             driver: Some("local".into()),
@@ -570,11 +609,11 @@ impl Engine {
             .await
             .map(|_| ())
             .map_err(|e| {
-                format!(
+                Error::Engine(format!(
                     "cannot create the tmpfs volume {name} on {}: {}",
                     self.endpoint,
                     error_chain(&e)
-                )
+                ))
             })
     }
 
@@ -663,7 +702,7 @@ impl Engine {
     }
 
     /// Makes `image` available: present → used, absent → pulled.
-    pub async fn ensure_image(&self, image: &str) -> Result<String, String> {
+    pub async fn ensure_image(&self, image: &str) -> Result<String, Error> {
         let lock = self.lock(image);
         let _g = lock.lock().await;
         if let Some(id) = self.image_id(image).await {
@@ -689,22 +728,27 @@ impl Engine {
         }
         match self.image_id(image).await {
             Some(id) => Ok(id),
-            None => Err(format!(
+            None => Err(Error::Prepare {
+                message: format!(
                 "image `{image}` is not on the {} engine at {} and could not be pulled ({}); build the default images with `scripts/build-images {}`, or load/build `{image}` there",
                 self.kind,
                 self.endpoint,
                 last_err.unwrap_or_else(|| "no error given".into()),
                 if self.kind == BackendKind::Podman { "podman" } else { "docker" }
-            )),
+            ),
+                log: None,
+            }),
         }
     }
 
     /// Builds a Dockerfile (its folder is the context), tagged by the hash of the context;
     /// an image with that tag is reused.
-    pub async fn build_dockerfile(&self, dockerfile: &Path, keep: bool) -> Result<String, String> {
+    pub async fn build_dockerfile(&self, dockerfile: &Path, keep: bool) -> Result<String, Error> {
         let dir = dockerfile.parent().unwrap_or(Path::new("."));
-        let (context, hash) = context_tar(dir, dockerfile)
-            .map_err(|e| format!("cannot read the build context {}: {e}", dir.display()))?;
+        let (context, hash) = context_tar(dir, dockerfile).map_err(|e| Error::Prepare {
+            message: format!("cannot read the build context {}: {e}", dir.display()),
+            log: None,
+        })?;
         let tag = format!("llm-sandbox/build:{}", &hash[..16]);
         let lock = self.lock(&tag);
         let _g = lock.lock().await;
@@ -747,18 +791,16 @@ impl Engine {
             }
         }
         if let Some(e) = err {
-            return Err(format!(
-                "building {} failed: {e}\n{}",
-                dockerfile.display(),
-                tail(&log, 30)
-            ));
+            return Err(Error::Prepare {
+                message: format!("building {} failed: {e}", dockerfile.display()),
+                log: Some(tail(&log, 30)),
+            });
         }
         if self.image_id(&tag).await.is_none() {
-            return Err(format!(
-                "building {} produced no image:\n{}",
-                dockerfile.display(),
-                tail(&log, 30)
-            ));
+            return Err(Error::Prepare {
+                message: format!("building {} produced no image:", dockerfile.display()),
+                log: Some(tail(&log, 30)),
+            });
         }
         if !keep {
             self.built
@@ -863,8 +905,12 @@ mod tests {
             ..tls.clone()
         };
         let e = Endpoint::resolve(Some("tcp://h:1"), Some(&bad), d.path()).unwrap_err();
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("missing.pem") && e.contains("tls.ca"), "{e}");
-        let e = Endpoint::resolve(Some("unix:///x.sock"), Some(&tls), d.path()).unwrap_err();
+        let e = Endpoint::resolve(Some("unix:///x.sock"), Some(&tls), d.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tcp://"), "{e}");
     }
 

@@ -7,6 +7,7 @@
 //! message := blobs:u32 | json_len:u64 | json | (blob_len:u64 | blob) × blobs   (little-endian)
 //! ```
 
+use crate::backend::Error;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::Read;
@@ -17,13 +18,13 @@ pub trait Framed: Serialize + DeserializeOwned {
     fn take_blobs(&mut self) -> Vec<Vec<u8>>;
     /// Puts them back, in the order of [`Framed::take_blobs`]; Err when they do not fit
     /// the header.
-    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), String>;
+    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), Error>;
 }
 
 /// The frame of `msg`.
-pub fn encode<T: Framed>(mut msg: T) -> Result<Vec<u8>, String> {
+pub fn encode<T: Framed>(mut msg: T) -> Result<Vec<u8>, Error> {
     let blobs = msg.take_blobs();
-    let json = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(&msg).map_err(|e| Error::Protocol(e.to_string()))?;
     drop(msg);
     let total = 12 + json.len() + blobs.iter().map(|b| 8 + b.len()).sum::<usize>();
     let mut out = Vec::with_capacity(total);
@@ -44,12 +45,12 @@ pub trait Source {
     fn exact(
         &mut self,
         n: usize,
-    ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, String>>;
+    ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, Error>>;
 }
 
 /// Reads one message, refusing one whose parts add up to more than `max` bytes. Ok(None):
 /// the source ended between messages.
-pub async fn read<T: Framed, S: Source>(src: &mut S, max: u64) -> Result<Option<T>, String> {
+pub async fn read<T: Framed, S: Source>(src: &mut S, max: u64) -> Result<Option<T>, Error> {
     let Some(head) = src.exact(12).await? else {
         return Ok(None);
     };
@@ -58,7 +59,8 @@ pub async fn read<T: Framed, S: Source>(src: &mut S, max: u64) -> Result<Option<
     let mut budget = Budget { left: max };
     budget.take(json_len.saturating_add(count.saturating_mul(8)))?;
     let json = need(src.exact(json_len as usize).await?)?;
-    let mut msg: T = serde_json::from_slice(&json).map_err(|e| format!("bad message: {e}"))?;
+    let mut msg: T =
+        serde_json::from_slice(&json).map_err(|e| Error::Protocol(format!("bad message: {e}")))?;
     drop(json);
     let mut blobs = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -76,17 +78,19 @@ struct Budget {
 }
 
 impl Budget {
-    fn take(&mut self, n: u64) -> Result<(), String> {
+    fn take(&mut self, n: u64) -> Result<(), Error> {
         self.left = self.left.checked_sub(n).ok_or_else(|| {
-            "the message is larger than the limits allow (the job's output and file limits)"
-                .to_string()
+            Error::Protocol(
+                "the message is larger than the limits allow (the job's output and file limits)"
+                    .into(),
+            )
         })?;
         Ok(())
     }
 }
 
-fn need(part: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
-    part.ok_or_else(|| "the message ended early".to_string())
+fn need(part: Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
+    part.ok_or_else(|| Error::Protocol("the message ended early".into()))
 }
 
 /// A blocking reader as a [`Source`] (the agent's stdin; run with a no-op waker: it
@@ -94,16 +98,16 @@ fn need(part: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
 pub struct Blocking<R: Read>(pub R);
 
 impl<R: Read> Source for Blocking<R> {
-    async fn exact(&mut self, n: usize) -> Result<Option<Vec<u8>>, String> {
+    async fn exact(&mut self, n: usize) -> Result<Option<Vec<u8>>, Error> {
         let mut buf = vec![0u8; n];
         let mut got = 0;
         while got < n {
             match self.0.read(&mut buf[got..]) {
                 Ok(0) if got == 0 => return Ok(None),
-                Ok(0) => return Err("the message ended early".into()),
+                Ok(0) => return Err(Error::Protocol("the message ended early".into())),
                 Ok(k) => got += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(Error::Protocol(e.to_string())),
             }
         }
         Ok(Some(buf))
@@ -141,15 +145,15 @@ mod tests {
             v.extend(self.b.take());
             v
         }
-        fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), String> {
+        fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), Error> {
             let mut it = blobs.into_iter();
-            self.a = it.next().ok_or("no a")?;
+            self.a = it.next().ok_or(Error::Protocol("no a".into()))?;
             self.b = it.next();
             Ok(())
         }
     }
 
-    fn read_all(bytes: &[u8], max: u64) -> Result<Vec<Msg>, String> {
+    fn read_all(bytes: &[u8], max: u64) -> Result<Vec<Msg>, Error> {
         let mut src = Blocking(bytes);
         let mut out = vec![];
         while let Some(m) = block_on(read::<Msg, _>(&mut src, max))? {
@@ -183,9 +187,11 @@ mod tests {
             b: None,
         };
         let bytes = encode(m).unwrap();
-        let e = read_all(&bytes, 500).unwrap_err();
+        let e = read_all(&bytes, 500).unwrap_err().to_string();
         assert!(e.contains("larger than"), "{e}");
-        let e = read_all(&bytes[..bytes.len() - 1], 1 << 20).unwrap_err();
+        let e = read_all(&bytes[..bytes.len() - 1], 1 << 20)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ended early"), "{e}");
         // A forged length does not make the reader allocate it.
         let mut forged = bytes.clone();

@@ -16,7 +16,7 @@ pub mod seccomp;
 pub mod tarball;
 
 use super::native::{copy_artifacts, to_report};
-use super::{error_report, step_shell, RunCtx};
+use super::{error_report, prepare_error_report, step_shell, Error, RunCtx};
 use crate::lang::{self, HostToolchain};
 use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase, Status};
@@ -41,7 +41,7 @@ pub const SANDBOX_USER: &str = "60999:60999";
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The endpoint a job's settings (or the environment) name.
-pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, String> {
+pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, Error> {
     let base = job.file.parent().unwrap_or(Path::new("."));
     if job.backend == BackendKind::Podman {
         let p = job.backends.podman.as_ref();
@@ -181,18 +181,15 @@ pub async fn job_image(
     engine: &Arc<Engine>,
     job: &PlannedJob,
     cancel: &CancellationToken,
-) -> Result<String, (String, Option<String>)> {
+) -> Result<String, Error> {
     let base = match &job.dockerfile {
-        Some(df) => engine
-            .build_dockerfile(df, job.keep_template)
-            .await
-            .map_err(|e| (e, None))?,
+        Some(df) => engine.build_dockerfile(df, job.keep_template).await?,
         None => {
             let image = job
                 .image
                 .clone()
                 .unwrap_or_else(|| lang::spec(job.lang).default_image.to_string());
-            engine.ensure_image(&image).await.map_err(|e| (e, None))?;
+            engine.ensure_image(&image).await?;
             image
         }
     };
@@ -222,7 +219,7 @@ pub async fn template(
     setup: &[String],
     keep: bool,
     cancel: &CancellationToken,
-) -> Result<String, (String, Option<String>)> {
+) -> Result<String, Error> {
     let base_id = engine
         .image_id(base)
         .await
@@ -246,7 +243,8 @@ pub async fn template(
     let mut script = String::from("set -e\n");
     let mut changes = vec![];
     if !libraries.is_empty() {
-        let (cmd, ch) = install_script(lang, libraries).map_err(|e| (e, None))?;
+        let (cmd, ch) = install_script(lang, libraries)
+            .map_err(|message| Error::Prepare { message, log: None })?;
         script.push_str(&cmd);
         script.push('\n');
         changes = ch;
@@ -269,9 +267,7 @@ pub async fn template(
         agent: None,
         preload: None,
     };
-    let mut c = Container::start(engine.clone(), &spec)
-        .await
-        .map_err(|e| (e, None))?;
+    let mut c = Container::start(engine.clone(), &spec).await?;
     let argv: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script];
     let r = c
         .exec(
@@ -288,7 +284,7 @@ pub async fn template(
         Ok(r) => r,
         Err(e) => {
             c.remove().await;
-            return Err((e, None));
+            return Err(e);
         }
     };
     let log = format!(
@@ -313,10 +309,10 @@ pub async fn template(
             (true, false) => "the setup commands".to_string(),
             _ => format!("installing the libraries {libraries:?} or the setup commands"),
         };
-        return Err((
-            format!("{what} failed in the prepare phase ({why})"),
-            Some(log),
-        ));
+        return Err(Error::Prepare {
+            message: format!("{what} failed in the prepare phase ({why})"),
+            log: Some(log),
+        });
     }
     let (repo, t) = tag.rsplit_once(':').unwrap_or((tag.as_str(), "latest"));
     let mut all_changes = changes;
@@ -340,13 +336,10 @@ pub async fn template(
         .await;
     c.remove().await;
     committed.map_err(|e| {
-        (
-            format!(
-                "cannot commit the template image: {}",
-                engine::error_chain(&e)
-            ),
-            None,
-        )
+        Error::Engine(format!(
+            "cannot commit the template image: {}",
+            engine::error_chain(&e)
+        ))
     })?;
     if !keep {
         engine.built_by_run(&tag);
@@ -432,7 +425,7 @@ impl crate::backend::container_job::ContainerSandbox for Container {
         cap: u64,
         timeout: Duration,
         cancel: &CancellationToken,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         Container::exec(
             self,
             argv,
@@ -458,7 +451,7 @@ impl crate::backend::container_job::ContainerSandbox for Container {
         step: &crate::sandbox::Step,
         io: crate::backend::container_job::StepIo<'_>,
         cancel: &CancellationToken,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         let timeout = Duration::from_millis(step.timeout_ms);
         let measure = io.measure;
         let cap = step
@@ -521,7 +514,7 @@ impl crate::backend::container_job::ContainerSandbox for Container {
         clean: bool,
         cap: u64,
         cancel: &CancellationToken,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         let timeout = crate::backend::container_job::END_TIMEOUT;
         let user = if clean { "0:0" } else { SANDBOX_USER };
         let r = self
@@ -651,11 +644,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobRe
     };
     let image = match job_image(&engine, job, &ctx.cancel).await {
         Ok(i) => i,
-        Err((m, log)) => {
-            let mut r = error_report(job, Phase::Prepare, m);
-            r.stderr = log.unwrap_or_default();
-            return r;
-        }
+        Err(e) => return prepare_error_report(job, e),
     };
     let mut report = if warm_for(job, ctx) {
         run_warm(&engine, job, ctx, &image).await
@@ -713,7 +702,7 @@ pub(crate) fn collected(
     ctx: &RunCtx,
     id: &str,
     tar: &[u8],
-) -> Result<(Msg, std::path::PathBuf), Box<JobReport>> {
+) -> Result<(Msg, std::path::PathBuf), Error> {
     let dir = ctx
         .run_dir
         .join(format!("{}-{}-out", id.get(..12).unwrap_or(id), job.id));
@@ -733,10 +722,8 @@ pub(crate) fn collected(
                 dir,
             ))
         }
-        Err(e) => Err(Box::new(error_report(
-            job,
-            Phase::Run,
-            format!("cannot unpack the files copied out of the container: {e}"),
+        Err(e) => Err(Error::Sandbox(format!(
+            "cannot unpack the files copied out of the container: {e}"
         ))),
     }
 }
@@ -771,7 +758,7 @@ async fn run_steps_agent(
     let source = lang::source_file(job.lang, &job.code);
     let tar = match input_tar(job, &source) {
         Ok(t) => t,
-        Err(r) => return *r,
+        Err(e) => return prepare_error_report(job, e),
     };
     let plots = crate::plots::wanted(job);
     let env = base_env(job.lang, &job.env, plots);
@@ -872,7 +859,7 @@ async fn run_steps_agent(
                 msgs.push(msg);
                 outcome.out_dir = Some(dir);
             }
-            Err(r) => return *r,
+            Err(e) => return error_report(job, Phase::Run, e),
         }
     }
     if let Some(e) = &a.error {
@@ -896,28 +883,22 @@ async fn run_steps_agent(
 }
 
 /// The tar of the job's program and input files.
-pub(crate) fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Box<JobReport>> {
+pub(crate) fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Error> {
     let mut entries = vec![(source.to_string(), job.code.as_bytes().to_vec(), 0o644)];
     for f in &job.files {
         use std::os::unix::fs::PermissionsExt;
-        let data = std::fs::read(&f.src).map_err(|e| {
-            Box::new(error_report(
-                job,
-                Phase::Prepare,
-                format!("cannot read the input file {}: {e}", f.src.display()),
-            ))
+        let data = std::fs::read(&f.src).map_err(|e| Error::Prepare {
+            message: format!("cannot read the input file {}: {e}", f.src.display()),
+            log: None,
         })?;
         let mode = std::fs::metadata(&f.src)
             .map(|m| m.permissions().mode() & 0o755)
             .unwrap_or(0o644);
         entries.push((f.dest.clone(), data, mode | 0o644));
     }
-    tarball::build(&entries).map_err(|e| {
-        Box::new(error_report(
-            job,
-            Phase::Prepare,
-            format!("cannot pack the input files: {e}"),
-        ))
+    tarball::build(&entries).map_err(|e| Error::Prepare {
+        message: format!("cannot pack the input files: {e}"),
+        log: None,
     })
 }
 
@@ -944,7 +925,7 @@ pub(crate) fn interrupted(job: &PlannedJob) -> JobReport {
     error_report(
         job,
         Phase::Run,
-        "interrupted: the run was cancelled before this job finished".into(),
+        "interrupted: the run was cancelled before this job finished",
     )
 }
 

@@ -11,6 +11,7 @@
 
 use super::container::{Container, ContainerSpec};
 use super::engine::Engine;
+use crate::backend::Error;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 pub trait Warm: Send + Sized + 'static {
     /// What a new one is started from.
     type Spec: Send + Sync + 'static;
-    fn start(spec: &Self::Spec) -> impl Future<Output = Result<Self, String>> + Send;
+    fn start(spec: &Self::Spec) -> impl Future<Output = Result<Self, Error>> + Send;
     /// Whether it may run another job (alive, fewer than `recycle_after` jobs so far).
     fn can_reuse(&self, recycle_after: u32) -> bool;
     fn remove(self) -> impl Future<Output = ()> + Send;
@@ -40,7 +41,7 @@ pub struct DockerWarm {
 impl Warm for Container {
     type Spec = DockerWarm;
 
-    fn start(spec: &DockerWarm) -> impl Future<Output = Result<Self, String>> + Send {
+    fn start(spec: &DockerWarm) -> impl Future<Output = Result<Self, Error>> + Send {
         let mut s = spec.spec.clone();
         s.name = crate::backend::native::sandbox_id();
         let engine = spec.engine.clone();
@@ -172,7 +173,7 @@ impl<T: Warm> Pool<T> {
 
     /// A clean sandbox: an idle one, else a new one. Starts more in the background so
     /// that `ahead` sandboxes are there when the next jobs come.
-    pub async fn acquire(self: &Arc<Self>, ahead: usize) -> Result<T, String> {
+    pub async fn acquire(self: &Arc<Self>, ahead: usize) -> Result<T, Error> {
         let c = loop {
             let got = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match got {

@@ -18,6 +18,7 @@ pub mod pod;
 use super::docker::{self, container::ExecResult};
 use super::step_shell::StepShell;
 use super::{error_report, RunCtx};
+use crate::backend::Error;
 use crate::lang;
 use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase};
@@ -71,14 +72,14 @@ pub fn owner_labels(c: &Cluster) -> BTreeMap<String, String> {
 async fn with_timeout<T>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, String> {
+) -> Result<T, Error> {
     match tokio::time::timeout(API_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {}", describe_error(&e))),
-        Err(_) => Err(format!(
+        Ok(Err(e)) => Err(Error::Engine(format!("{what}: {}", describe_error(&e)))),
+        Err(_) => Err(Error::Engine(format!(
             "{what}: the API server did not answer within {}s",
             API_TIMEOUT.as_secs()
-        )),
+        ))),
     }
 }
 
@@ -95,7 +96,7 @@ pub async fn connect(
     scope: &crate::backend::Scope,
     cfg: Option<&KubernetesConfig>,
     base: &Path,
-) -> Result<Arc<Cluster>, String> {
+) -> Result<Arc<Cluster>, Error> {
     let kubeconfig = cfg
         .and_then(|c| c.kubeconfig.as_deref())
         .map(|p| base.join(p));
@@ -128,7 +129,7 @@ pub async fn connect(
 async fn config_of(
     kubeconfig: Option<&Path>,
     context: Option<String>,
-) -> Result<kube::Config, String> {
+) -> Result<kube::Config, Error> {
     let opts = kube::config::KubeConfigOptions {
         context: context.clone(),
         cluster: None,
@@ -136,41 +137,41 @@ async fn config_of(
     };
     Ok(if let Some(path) = kubeconfig {
         let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-            format!(
+            Error::Unavailable(format!(
                 "backends.kubernetes.kubeconfig: cannot read {}: {e}",
                 path.display()
-            )
+            ))
         })?;
         kube::Config::from_custom_kubeconfig(kc, &opts)
             .await
             .map_err(|e| {
-                format!(
+                Error::Unavailable(format!(
                     "backends.kubernetes.kubeconfig {}: {}",
                     path.display(),
                     docker::engine::error_chain(&e)
-                )
+                ))
             })?
     } else if context.is_some() {
         kube::Config::from_kubeconfig(&opts).await.map_err(|e| {
-            format!(
+            Error::Unavailable(format!(
                 "backends.kubernetes.context {:?}: {} (the kubeconfig is $KUBECONFIG or ~/.kube/config)",
                 context.as_deref().unwrap_or(""),
                 docker::engine::error_chain(&e)
-            )
+            ))
         })?
     } else {
         kube::Config::infer().await.map_err(|e| {
-            format!(
+            Error::Unavailable(format!(
                 "no Kubernetes cluster configured: set `backends.kubernetes.kubeconfig`, $KUBECONFIG or ~/.kube/config, or run inside a cluster ({})",
                 docker::engine::error_chain(&e)
-            )
+            ))
         })?
     })
 }
 
 /// `doctor`: the cluster of $KUBECONFIG / ~/.kube/config / in-cluster and its version,
 /// touching nothing. `Ok(None)`: no cluster is configured.
-pub async fn probe() -> Result<Option<String>, String> {
+pub async fn probe() -> Result<Option<String>, Error> {
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     let configured = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
         || home.is_some_and(|h| h.join(".kube/config").is_file())
@@ -193,14 +194,18 @@ fn cluster_of(
     namespace: Option<String>,
     key: String,
     scope: String,
-) -> Result<Cluster, String> {
+) -> Result<Cluster, Error> {
     config.connect_timeout = Some(Duration::from_secs(10));
     // Execs stream as long as their program runs: requests get their own timeouts.
     config.read_timeout = None;
     config.write_timeout = Some(API_TIMEOUT);
     let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
-    let client = kube::Client::try_from(config)
-        .map_err(|e| format!("cannot make a Kubernetes client: {}", describe_error(&e)))?;
+    let client = kube::Client::try_from(config).map_err(|e| {
+        Error::Unavailable(format!(
+            "cannot make a Kubernetes client: {}",
+            describe_error(&e)
+        ))
+    })?;
     Ok(Cluster {
         client,
         namespace,
@@ -347,7 +352,7 @@ async fn ensure_network_policy(c: &Cluster, ns: &str) {
 
 /// The job's Pod manifest: the job's `pod_manifest`, else `backends.kubernetes.pod_manifest`
 /// (inline, or a YAML/JSON file relative to the job file).
-pub fn manifest_of(job: &PlannedJob) -> Result<Option<Value>, String> {
+pub fn manifest_of(job: &PlannedJob) -> Result<Option<Value>, Error> {
     if let Some(m) = &job.pod_manifest {
         return Ok(Some(m.clone()));
     }
@@ -362,19 +367,21 @@ pub fn manifest_of(job: &PlannedJob) -> Result<Option<Value>, String> {
         Some(PodManifest::Inline(m)) => Ok(Some(Value::Object(m.clone()))),
         Some(PodManifest::Path(p)) => {
             let path = job.file.parent().unwrap_or(Path::new(".")).join(p);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                format!(
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::Prepare {
+                log: None,
+                message: format!(
                     "backends.kubernetes.pod_manifest: cannot read {}: {e}",
                     path.display()
-                )
+                ),
             })?;
             serde_saphyr::from_str_with_options::<Value>(&text, crate::spec::load::yaml_options())
                 .map(Some)
-                .map_err(|e| {
-                    format!(
+                .map_err(|e| Error::Prepare {
+                    log: None,
+                    message: format!(
                         "backends.kubernetes.pod_manifest: {} does not parse: {e}",
                         path.display()
-                    )
+                    ),
                 })
         }
     }
@@ -418,9 +425,11 @@ impl SandboxPod {
         manifest: Value,
         start_timeout: Duration,
         cancel: &CancellationToken,
-    ) -> Result<SandboxPod, String> {
-        let pod: Pod = serde_json::from_value(manifest)
-            .map_err(|e| format!("pod_manifest does not make a valid Pod: {e}"))?;
+    ) -> Result<SandboxPod, Error> {
+        let pod: Pod = serde_json::from_value(manifest).map_err(|e| Error::Prepare {
+            message: format!("pod_manifest does not make a valid Pod: {e}"),
+            log: None,
+        })?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         let network_on = pod
             .metadata
@@ -453,7 +462,7 @@ impl SandboxPod {
         }
     }
 
-    async fn wait_ready(&self, bound: Duration, cancel: &CancellationToken) -> Result<(), String> {
+    async fn wait_ready(&self, bound: Duration, cancel: &CancellationToken) -> Result<(), Error> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(20);
         let mut last: String;
@@ -462,33 +471,39 @@ impl SandboxPod {
                 Ok(Ok(p)) => match readiness(&p) {
                     Ready::Yes => return Ok(()),
                     Ready::Never(why) => {
-                        return Err(format!(
-                            "the sandbox pod {}/{} cannot start: {why}",
-                            self.namespace, self.name
-                        ))
+                        return Err(Error::Prepare {
+                            message: format!(
+                                "the sandbox pod {}/{} cannot start: {why}",
+                                self.namespace, self.name
+                            ),
+                            log: None,
+                        })
                     }
                     Ready::NotYet(why) => last = why,
                 },
                 Ok(Err(kube::Error::Api(r))) if r.code == 404 => {
-                    return Err(format!(
+                    return Err(Error::Sandbox(format!(
                         "the sandbox pod {}/{} was deleted before it started",
                         self.namespace, self.name
-                    ))
+                    )))
                 }
                 Ok(Err(e)) => last = describe_error(&e),
                 Err(_) => last = "the API server does not answer".into(),
             }
             if started.elapsed() >= bound {
-                return Err(format!(
+                return Err(Error::Prepare {
+                    message: format!(
                     "the sandbox pod {}/{} did not become ready within {} ({last}); raise `backends.kubernetes.start_timeout` if the cluster is just slow",
                     self.namespace,
                     self.name,
                     crate::spec::units::format_duration(bound)
-                ));
+                ),
+                    log: None,
+                });
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = cancel.cancelled() => return Err("interrupted: the run was cancelled before this job finished".into()),
+                _ = cancel.cancelled() => return Err(Error::Interrupted),
             }
             pause = (pause * 2).min(Duration::from_millis(500));
         }
@@ -510,7 +525,7 @@ impl SandboxPod {
         cap: u64,
         timeout: Duration,
         cancel: &CancellationToken,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         let r = self.exec_inner(argv, stdin, cap, timeout, cancel).await?;
         if (r.timed_out || r.output_limit_hit) && !r.cancelled {
             self.kill_processes(cancel).await;
@@ -525,7 +540,7 @@ impl SandboxPod {
         cap: u64,
         timeout: Duration,
         cancel: &CancellationToken,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         let started = Instant::now();
         let mut r = ExecResult::default();
         let ap = AttachParams::default()
@@ -538,8 +553,8 @@ impl SandboxPod {
         let mut proc = tokio::select! {
             p = tokio::time::timeout(API_TIMEOUT, connect) => match p {
                 Ok(Ok(p)) => p,
-                Ok(Err(e)) => return Err(format!("cannot exec in pod {}/{}: {}", self.namespace, self.name, describe_error(&e))),
-                Err(_) => return Err(format!("cannot exec in pod {}/{}: no answer within {}s", self.namespace, self.name, API_TIMEOUT.as_secs())),
+                Ok(Err(e)) => return Err(Error::Engine(format!("cannot exec in pod {}/{}: {}", self.namespace, self.name, describe_error(&e)))),
+                Err(_) => return Err(Error::Engine(format!("cannot exec in pod {}/{}: no answer within {}s", self.namespace, self.name, API_TIMEOUT.as_secs()))),
             },
             _ = cancel.cancelled() => {
                 r.cancelled = true;
@@ -558,7 +573,7 @@ impl SandboxPod {
         };
         let (Some(mut out), Some(mut err)) = (proc.stdout(), proc.stderr()) else {
             proc.abort();
-            return Err("the exec has no stdout or stderr".into());
+            return Err(Error::Engine("the exec has no stdout or stderr".into()));
         };
         let status = proc.take_status();
         let deadline = tokio::time::sleep(timeout.saturating_sub(started.elapsed()));
@@ -605,12 +620,12 @@ impl SandboxPod {
         proc.abort();
         r.duration = started.elapsed();
         let Some(s) = status else {
-            return Err(format!(
+            return Err(Error::Sandbox(format!(
                 "the exec in pod {}/{} ended without an exit status (the connection broke or the pod went away)",
                 self.namespace, self.name
-            ));
+            )));
         };
-        r.exit_code = Some(exit_code_of(&s)?);
+        r.exit_code = Some(exit_code_of(&s).map_err(Error::Sandbox)?);
         Ok(r)
     }
 
@@ -649,7 +664,7 @@ pub struct WarmPod {
 impl docker::pool::Warm for SandboxPod {
     type Spec = WarmPod;
 
-    fn start(spec: &WarmPod) -> impl std::future::Future<Output = Result<Self, String>> + Send {
+    fn start(spec: &WarmPod) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
         let mut m = spec.template.clone();
         m["metadata"]["name"] = Value::from(super::native::sandbox_id());
         let (cluster, ns, t) = (
@@ -1008,8 +1023,11 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         .and_then(|k| k.start_timeout)
         .map(|d| d.0)
         .unwrap_or(DEFAULT_START_TIMEOUT);
-    let failed = |e: String| {
-        let mut r = error_report(job, Phase::Prepare, e);
+    let failed = |e: Error| {
+        let mut r = match e {
+            Error::Interrupted => docker::interrupted(job),
+            e => super::prepare_error_report(job, e),
+        };
         r.image = Some(image.clone());
         r.duration_ms = started.elapsed().as_millis() as u64;
         r
@@ -1077,7 +1095,7 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
         cap: u64,
         timeout: Duration,
         cancel: &CancellationToken,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         SandboxPod::exec(self, argv, stdin, cap, timeout, cancel).await
     }
 
@@ -1093,7 +1111,7 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
         step: &crate::sandbox::Step,
         io: crate::backend::container_job::StepIo<'_>,
         cancel: &CancellationToken,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         if let Some(tar) = io.inputs.take() {
             self.put_tar(&tar, cancel).await?;
         }
@@ -1112,7 +1130,7 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
         _clean: bool,
         cap: u64,
         cancel: &CancellationToken,
-    ) -> Result<ExecResult, String> {
+    ) -> Result<ExecResult, Error> {
         let timeout = crate::backend::container_job::END_TIMEOUT;
         SandboxPod::exec(self, argv, None, cap, timeout, cancel).await
     }

@@ -15,6 +15,7 @@
 //!   `limits`), the name and namespace;
 //! - refused: more than one container, init or ephemeral containers, `hostPath` volumes.
 
+use crate::backend::Error;
 use crate::plan::job::ResolvedLimits;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -141,23 +142,34 @@ fn obj(v: &Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
 }
 
+/// A job's `pod_manifest` that cannot be used: an error of its prepare phase.
+macro_rules! invalid {
+    ($($t:tt)*) => {
+        Error::Prepare { message: format!($($t)*), log: None }
+    };
+}
+
 /// The pod manifest (JSON) of a sandbox; `Err` names what in `pod_manifest` is refused.
-pub fn build(p: &PodParams) -> Result<Value, String> {
+pub fn build(p: &PodParams) -> Result<Value, Error> {
     let user = match p.manifest {
         None => Map::new(),
         Some(Value::Object(m)) => m.clone(),
-        Some(_) => return Err("pod_manifest: expected a Pod manifest (a mapping)".into()),
+        Some(_) => {
+            return Err(invalid!(
+                "pod_manifest: expected a Pod manifest (a mapping)"
+            ))
+        }
     };
     if let Some(kind) = user.get("kind") {
         if kind != "Pod" {
-            return Err(format!(
+            return Err(invalid!(
                 "pod_manifest: `kind` is {kind}, expected \"Pod\" (a Pod manifest, not a Deployment or Job)"
             ));
         }
     }
     if let Some(v) = user.get("apiVersion") {
         if v != "v1" {
-            return Err(format!(
+            return Err(invalid!(
                 "pod_manifest: `apiVersion` is {v}, expected \"v1\""
             ));
         }
@@ -170,7 +182,7 @@ pub fn build(p: &PodParams) -> Result<Value, String> {
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty())
         {
-            return Err(format!(
+            return Err(invalid!(
                 "pod_manifest: `spec.{key}` is not supported: the sandbox pod has exactly one container"
             ));
         }
@@ -181,7 +193,7 @@ pub fn build(p: &PodParams) -> Result<Value, String> {
         .cloned()
         .unwrap_or_default();
     if ucontainers.len() > 1 {
-        return Err(format!(
+        return Err(invalid!(
             "pod_manifest: `spec.containers` has {} containers; the sandbox pod has exactly one (its settings are merged into the sandbox container)",
             ucontainers.len()
         ));
@@ -224,7 +236,7 @@ pub fn build(p: &PodParams) -> Result<Value, String> {
     {
         let name = v.get("name").and_then(Value::as_str).unwrap_or("");
         if v.get("hostPath").is_some() {
-            return Err(format!(
+            return Err(invalid!(
                 "pod_manifest: volume `{name}` is a hostPath volume; sandbox pods may not mount host directories"
             ));
         }
@@ -509,6 +521,8 @@ mod tests {
         ];
         for (m, want) in cases {
             let e = build(&params(&l, &o, Some(&m))).unwrap_err();
+            assert!(matches!(e, Error::Prepare { .. }), "{e:?}");
+            let e = e.to_string();
             assert!(e.contains("pod_manifest") && e.contains(want), "{e}");
         }
     }
