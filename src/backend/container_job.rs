@@ -7,16 +7,17 @@
 //! ([`ContainerSandbox`]).
 
 use super::clean;
-use super::docker::container::{ExecResult, Live};
-use super::docker::{self, step_result, tarball};
+use super::native::{copy_artifacts, to_report};
+use super::tarball;
 use super::{error_report, step_shell, Error, RunCtx};
-use crate::lang;
+use crate::lang::{self, HostToolchain};
 use crate::plan::PlannedJob;
-use crate::report::model::{JobReport, Phase};
+use crate::report::model::{JobReport, Phase, Status};
 use crate::sandbox::host::Outcome;
-use crate::sandbox::proto::{LimitEvents, Msg};
+use crate::sandbox::proto::{LimitEvents, Msg, StepResult};
 use crate::sandbox::{Step, StepKind};
 use crate::spec::types::Lang;
+use crate::stream::ChunkSender;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -179,7 +180,7 @@ pub async fn run<S: ContainerSandbox>(
     let cancel = &ctx.cancel;
     let started = Instant::now();
     let source = lang::source_file(job.lang, &job.code);
-    let tar = match docker::input_tar(job, &source) {
+    let tar = match input_tar(job, &source) {
         Ok(t) => t,
         Err(e) => return super::prepare_error_report(job, e),
     };
@@ -188,16 +189,16 @@ pub async fn run<S: ContainerSandbox>(
         inputs = Some(tar);
     } else if let Err(e) = s.put_tar(&tar, cancel).await {
         if e == Error::Interrupted || cancel.is_cancelled() {
-            return docker::interrupted(job);
+            return interrupted(job);
         }
         return error_report(job, Phase::Prepare, e.to_string());
     }
     let plots = crate::plots::wanted(job);
-    let env = docker::base_env(job.lang, &job.env, plots);
+    let env = base_env(job.lang, &job.env, plots);
     let mut msgs = Vec::new();
     let mut outcome = Outcome::default();
     let mut last_run: Option<ExecResult> = None;
-    for step in docker::job_steps(job, &source, plots) {
+    for step in job_steps(job, &source, plots) {
         let run = step.kind == StepKind::Run;
         let measure = run.then(step_shell::Measure::new);
         let io = StepIo {
@@ -211,12 +212,12 @@ pub async fn run<S: ContainerSandbox>(
         };
         let mut r = match s.run_step(&step, io, cancel).await {
             Ok(r) => r,
-            Err(Error::Interrupted) => return docker::interrupted(job),
-            Err(_) if cancel.is_cancelled() => return docker::interrupted(job),
-            Err(e) => return error_report(job, docker::phase_of(step.kind), e.to_string()),
+            Err(Error::Interrupted) => return interrupted(job),
+            Err(_) if cancel.is_cancelled() => return interrupted(job),
+            Err(e) => return error_report(job, phase_of(step.kind), e.to_string()),
         };
         if r.cancelled {
-            return docker::interrupted(job);
+            return interrupted(job);
         }
         let usage = measure.and_then(|m| m.take(&mut r.stderr));
         cap_again(&mut r, step.capture_cap);
@@ -249,7 +250,7 @@ pub async fn run<S: ContainerSandbox>(
                 }
                 msgs.push(Msg::Limits(limits));
                 if let Some(tar) = tar {
-                    match docker::collected(job, ctx, s.name(), &tar) {
+                    match collected(job, ctx, s.name(), &tar) {
                         Ok((msg, dir)) => {
                             msgs.push(msg);
                             outcome.out_dir = Some(dir);
@@ -258,8 +259,8 @@ pub async fn run<S: ContainerSandbox>(
                     }
                 }
             }
-            Err(Error::Interrupted) => return docker::interrupted(job),
-            Err(_) if cancel.is_cancelled() => return docker::interrupted(job),
+            Err(Error::Interrupted) => return interrupted(job),
+            Err(_) if cancel.is_cancelled() => return interrupted(job),
             Err(e) => tracing::debug!("the end of the job in {} failed: {e}", s.name()),
         }
     }
@@ -269,7 +270,7 @@ pub async fn run<S: ContainerSandbox>(
     }
     outcome.msgs = msgs;
     outcome.wall = started.elapsed();
-    docker::report_of(job, ctx, &outcome)
+    report_of(job, ctx, &outcome)
 }
 
 /// The cap again on what a measured step captured (it may capture
@@ -351,3 +352,228 @@ async fn finish<S: ContainerSandbox>(
 
 /// How long the end of a job may take.
 pub const END_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The environment of every step: the language's variables and the job's own; nothing of
+/// the runner's environment. The image's PATH is kept.
+/// With `plots`, python's plot capture is set up (see [`steps`]).
+pub fn base_env(lang: Lang, job_env: &[(String, String)], plots: bool) -> Vec<(String, String)> {
+    let mut env = super::sandbox_env(lang, job_env, None);
+    if plots && lang == Lang::Python {
+        // Plot capture: the run step writes the hook to CONTAINER_HOOK_DIR (see `steps`).
+        crate::plots::add_to_env(&mut env, crate::plots::CONTAINER_HOOK_DIR);
+        env.push((PLOT_HOOK_VAR.into(), crate::plots::HOOK.into()));
+    }
+    env
+}
+
+/// The plot hook's source, which python run steps write to a file before starting.
+const PLOT_HOOK_VAR: &str = "LLM_SANDBOX_PLOT_HOOK";
+
+/// Python's run step behind a prologue that writes the plot hook (from the environment,
+/// so any image with `/bin/sh` gets it, with no extra exec), then `exec`s the program.
+fn with_plot_hook(argv: Vec<String>) -> Vec<String> {
+    let dir = crate::plots::CONTAINER_HOOK_DIR;
+    let script = format!(
+        "{{ [ -d {dir} ] || mkdir -p {dir}; }} 2>/dev/null && printf '%s' \"${PLOT_HOOK_VAR}\" > {dir}/sitecustomize.py 2>/dev/null; unset {PLOT_HOOK_VAR}; exec \"$@\""
+    );
+    let mut a: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script, "sh".into()];
+    a.extend(argv);
+    a
+}
+
+/// The compile and run steps, with programs looked up in the image's PATH.
+pub fn steps(
+    lang: Lang,
+    source: &str,
+    code: &str,
+    limits: &crate::plan::job::ResolvedLimits,
+    timeout: Duration,
+    args: &[String],
+    plots: bool,
+) -> Vec<crate::sandbox::Step> {
+    let spec = lang::spec(lang);
+    let tc = HostToolchain {
+        programs: spec.tools.iter().map(std::path::PathBuf::from).collect(),
+        binds: vec![],
+        path: vec![],
+        compile_extra: spec
+            .container_compile_extra
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+    };
+    let mut steps = super::native::program_steps(lang, &tc, source, code, limits, timeout, args);
+    if plots && lang == Lang::Python {
+        for s in steps.iter_mut().filter(|s| s.kind == StepKind::Run) {
+            s.argv = with_plot_hook(std::mem::take(&mut s.argv));
+        }
+    }
+    steps
+}
+
+/// [`steps`] of a planned job (`source`: its program's file name; `plots`: Python's plot
+/// hook wanted).
+pub fn job_steps(job: &PlannedJob, source: &str, plots: bool) -> Vec<crate::sandbox::Step> {
+    steps(
+        job.lang,
+        source,
+        &job.code,
+        &job.limits,
+        job.timeout,
+        &job.args,
+        plots,
+    )
+}
+
+/// Docker reports a process killed by signal N as exit code 128+N.
+pub fn signal_of_exit(code: Option<i32>) -> Option<i32> {
+    code.filter(|c| (129..=128 + 31).contains(c))
+        .map(|c| c - 128)
+}
+
+pub(crate) fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
+    let code = r.exit_code.map(|c| c as i32);
+    let signal = signal_of_exit(code);
+    let mut output = Vec::new();
+    if kind != StepKind::Run {
+        output.extend_from_slice(&r.stdout);
+        output.extend_from_slice(&r.stderr);
+        output.truncate(merged_cap as usize);
+    }
+    StepResult {
+        kind: Some(kind),
+        exit_code: code,
+        signal,
+        timed_out: r.timed_out,
+        duration_ms: r.duration.as_millis() as u64,
+        output: String::from_utf8_lossy(&output).into_owned(),
+        output_truncated: r.stdout_truncated || r.stderr_truncated,
+        spawn_error: None,
+        usage: None,
+    }
+}
+
+/// Unpacks the workdir's tar (safely) into a directory of the run.
+pub(crate) fn collected(
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    id: &str,
+    tar: &[u8],
+) -> Result<(Msg, std::path::PathBuf), Error> {
+    let dir = ctx
+        .run_dir
+        .join(format!("{}-{}-out", id.get(..12).unwrap_or(id), job.id));
+    let _ = std::fs::remove_dir_all(&dir);
+    match std::fs::create_dir_all(&dir).and_then(|_| tarball::extract(tar, &dir, job.limits.disk)) {
+        Ok(x) => {
+            let refused = x
+                .refused
+                .into_iter()
+                .filter(|(p, _)| wanted(job, p))
+                .collect();
+            Ok((
+                Msg::Collected {
+                    files: x.files,
+                    refused,
+                },
+                dir,
+            ))
+        }
+        Err(e) => Err(Error::Sandbox(format!(
+            "cannot unpack the files copied out of the container: {e}"
+        ))),
+    }
+}
+
+/// The job's report from what happened in its container; artifacts copied out.
+pub(crate) fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
+    let mut report = to_report(job, outcome);
+    if let Some(dir) = &outcome.out_dir {
+        if !crate::plots::artifact_globs(job).is_empty() && report.status != Status::Error {
+            match copy_artifacts(job, dir, &ctx.artifacts_root) {
+                Ok(a) => report.artifacts = a,
+                Err(e) => {
+                    report.status = Status::Error;
+                    report.message = Some(format!("cannot copy the artifacts out: {e}"));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    report
+}
+
+/// The tar of the job's program and input files.
+pub(crate) fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Error> {
+    let mut entries = vec![(source.to_string(), job.code.as_bytes().to_vec(), 0o644)];
+    for f in &job.files {
+        use std::os::unix::fs::PermissionsExt;
+        let data = std::fs::read(&f.src).map_err(|e| Error::Prepare {
+            message: format!("cannot read the input file {}: {e}", f.src.display()),
+            log: None,
+        })?;
+        let mode = std::fs::metadata(&f.src)
+            .map(|m| m.permissions().mode() & 0o755)
+            .unwrap_or(0o644);
+        entries.push((f.dest.clone(), data, mode | 0o644));
+    }
+    tarball::build(&entries).map_err(|e| Error::Prepare {
+        message: format!("cannot pack the input files: {e}"),
+        log: None,
+    })
+}
+
+/// Whether a refused path matters to the job (an artifact glob or a checked file).
+fn wanted(job: &PlannedJob, path: &str) -> bool {
+    job.expect.files.iter().any(|f| f.path == path)
+        || job.artifacts.iter().any(|g| {
+            globset::GlobBuilder::new(g)
+                .literal_separator(true)
+                .build()
+                .is_ok_and(|g| g.compile_matcher().is_match(path))
+        })
+}
+
+pub(crate) fn phase_of(kind: StepKind) -> Phase {
+    match kind {
+        StepKind::Setup => Phase::Prepare,
+        StepKind::Compile => Phase::Compile,
+        _ => Phase::Run,
+    }
+}
+
+pub(crate) fn interrupted(job: &PlannedJob) -> JobReport {
+    error_report(
+        job,
+        Phase::Run,
+        "interrupted: the run was cancelled before this job finished",
+    )
+}
+
+/// What one exec produced.
+#[derive(Debug, Default, Clone)]
+pub struct ExecResult {
+    pub exit_code: Option<i64>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Output went past the cap: the container was killed.
+    pub output_limit_hit: bool,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    pub duration: Duration,
+}
+
+/// Streaming options of an exec (the default: none, everything buffered).
+#[derive(Default)]
+pub struct Live {
+    /// Receives stdout and stderr as they come (within the cap).
+    pub tx: Option<ChunkSender>,
+    /// Keep nothing in the result's `stdout`/`stderr` (the output only goes to `tx`; the
+    /// cap still applies).
+    pub discard: bool,
+    /// The program's stdin as it comes (closing the channel closes its stdin); instead of
+    /// the bytes given to the exec.
+    pub stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+}

@@ -7,7 +7,9 @@ pub mod docker;
 pub mod error;
 pub mod kubernetes;
 pub mod native;
+pub mod pool;
 pub mod step_shell;
+pub mod tarball;
 
 pub use error::Error;
 
@@ -127,31 +129,8 @@ impl Backend for Native {
     fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
         Box::pin(scope.servers.shutdown())
     }
-    /// A real sandbox: `echo ok` through the whole native path (a library session).
     fn doctor(&self) -> BoxFuture<'_, Result<String, Error>> {
-        Box::pin(async {
-            let fail = |e: crate::session::SessionError| Error::Unavailable(e.to_string());
-            let mut s = crate::Session::builder()
-                .lang(crate::spec::types::Lang::Bash)
-                .open()
-                .await
-                .map_err(fail)?;
-            let out = s.execute_command("echo ok").await.map_err(fail)?;
-            let _ = s.close().await;
-            if out.stdout.trim() != "ok" {
-                return Err(Error::Unavailable(format!(
-                    "a test sandbox printed {:?} (stderr {:?})",
-                    out.stdout, out.stderr
-                )));
-            }
-            Ok(format!(
-                "Linux namespaces (user, mount, pid, net, ipc, uts, cgroup), seccomp, {}",
-                match crate::sandbox::landlock::abi() {
-                    0 => "no Landlock (kernel without it)".to_string(),
-                    n => format!("Landlock ABI {n}"),
-                }
-            ))
-        })
+        Box::pin(native::doctor())
     }
 }
 

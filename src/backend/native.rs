@@ -937,6 +937,69 @@ pub(crate) fn copy_artifacts(
     Ok(copied)
 }
 
+/// `doctor`: a real sandbox, `echo ok` through the whole native path (the helper, its
+/// server, the init, every confinement), in a scope of its own.
+pub async fn doctor() -> Result<String, Error> {
+    let unavailable = |e: String| Error::Unavailable(e);
+    let tc = lang::probe_cached(Lang::Bash).map_err(unavailable)?;
+    let dir = crate::owner::RunDir::create()
+        .map_err(|e| unavailable(format!("cannot create a run directory: {e}")))?;
+    let id = sandbox_id();
+    let limits = sandbox_limits(Lang::Bash, &ResolvedLimits::default());
+    let mut cfg = sandbox_config(
+        &id,
+        &dir.path.join(&id),
+        Lang::Bash,
+        &tc,
+        &[],
+        limits,
+        false,
+    )
+    .map_err(|e| unavailable(e.to_string()))?;
+    cfg.steps.push(Step {
+        kind: StepKind::Run,
+        argv: vec!["/bin/sh".into(), "-c".into(), "echo ok".into()],
+        timeout_ms: 30_000,
+        capture_cap: 1 << 16,
+        as_root: false,
+        limited: true,
+        cpu_seconds: Some(31),
+    });
+    let servers = host::Servers::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let o = host::run(&servers, &cfg, None, 1 << 16, &cancel).await;
+    servers.shutdown().await;
+    let o = o.map_err(|e| {
+        unavailable(format!(
+            "cannot start the sandbox helper {}: {e}",
+            host::helper_path().display()
+        ))
+    })?;
+    let said = String::from_utf8_lossy(&o.stdout);
+    if said.trim() != "ok" {
+        let why = o.msgs.iter().find_map(|m| match m {
+            Msg::Error { message, hint } => Some(match hint {
+                Some(h) => format!("{message}: {h}"),
+                None => message.clone(),
+            }),
+            _ => None,
+        });
+        return Err(unavailable(why.unwrap_or_else(|| {
+            format!(
+                "a test sandbox printed {said:?} (stderr {:?})",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })));
+    }
+    Ok(format!(
+        "Linux namespaces (user, mount, pid, net, ipc, uts, cgroup), seccomp, {}",
+        match crate::sandbox::landlock::abi() {
+            0 => "no Landlock (kernel without it)".to_string(),
+            n => format!("Landlock ABI {n}"),
+        }
+    ))
+}
+
 /// Runs one job with the runner's own stdio (`exec`): output streams as it comes.
 pub async fn exec_inherit(
     job: &PlannedJob,

@@ -13,8 +13,8 @@
 //! Text is made XML 1.0 safe: ANSI escapes and characters XML 1.0 forbids (C0 controls
 //! other than tab/LF/CR, U+FFFE, U+FFFF) are removed.
 
+use super::diff::unified_diff;
 use super::model::{JobReport, Report, Status};
-use crate::checks::unified_diff;
 use indexmap::IndexMap;
 use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
 use std::time::Duration;

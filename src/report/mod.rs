@@ -6,6 +6,7 @@
 //! * [`terminal`]: the human output of `run` on stderr (progress bar, one line per job,
 //!   summary).
 
+pub mod diff;
 pub mod json;
 pub mod junit;
 pub mod model;

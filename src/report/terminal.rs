@@ -16,9 +16,9 @@
 //! above it). With `quiet`, only non-passing jobs and the summary are printed. Colours only
 //! when asked for ([`TerminalOptions::detect`]: stderr is a terminal, `NO_COLOR` unset).
 
+use super::diff::unified_diff;
 use super::model::{Event, JobReport, Phase, Status};
 use super::passk::{default_ks, group_reports};
-use crate::checks::unified_diff;
 use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};

@@ -4,11 +4,11 @@
 //! exec behind the one step shell, files come out as a tar.
 
 use super::{BoxFut, Input, SessionBuilder, SessionError, SessionSandbox};
-use crate::backend::container_job::{cap_again, ContainerSandbox, StepIo};
-use crate::backend::docker::container::{Container, ExecResult, Live};
-use crate::backend::docker::{self, tarball};
+use crate::backend::container_job::{cap_again, ContainerSandbox, ExecResult, Live, StepIo};
+use crate::backend::docker::{self, container::Container};
 use crate::backend::kubernetes::{self, SandboxPod};
 use crate::backend::step_shell::Measure;
+use crate::backend::tarball;
 use crate::backend::ExecOutput;
 use crate::lang;
 use crate::sandbox::{Step, StepKind};
@@ -102,7 +102,7 @@ impl<S: SessionContainer> ContainerSession<S> {
         discard: bool,
         cancel: &CancellationToken,
     ) -> Result<ExecOutput, SessionError> {
-        let env = docker::base_env(b.lang, &b.env, true);
+        let env = crate::backend::container_job::base_env(b.lang, &b.env, true);
         let s = self.sandbox()?;
         let streams = s.streams();
         let mut stdin = Some(stdin);
@@ -225,7 +225,7 @@ fn fold_step(out: &mut ExecOutput, kind: StepKind, r: &ExecResult) -> bool {
     out.duration += r.duration;
     out.exit_code = r.exit_code.map(|c| c as i32);
     out.timed_out = r.timed_out;
-    out.signal = docker::signal_of_exit(out.exit_code);
+    out.signal = crate::backend::container_job::signal_of_exit(out.exit_code);
     out.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
     out.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
     out.output_truncated = r.output_limit_hit || r.stdout_truncated || r.stderr_truncated;
@@ -255,7 +255,7 @@ impl<S: SessionContainer> SessionSandbox for ContainerSession<S> {
             self.add_libraries(b, libs, cancel).await?;
             let tar = tarball::build(&[(source.to_string(), code.as_bytes().to_vec(), 0o644)])?;
             self.sandbox()?.put_tar(&tar, cancel).await?;
-            Ok(docker::steps(
+            Ok(crate::backend::container_job::steps(
                 b.lang, source, code, &b.limits, b.timeout, args, true,
             ))
         })
@@ -355,7 +355,7 @@ impl SessionContainer for Container {
         let spec = docker::container::ContainerSpec {
             image,
             user: "0:0".into(),
-            env: docker::base_env(b.lang, &b.env, true),
+            env: crate::backend::container_job::base_env(b.lang, &b.env, true),
             limits: b.limits.clone(),
             network: b.network,
             hardened: true,

@@ -667,7 +667,7 @@ fn preloaded_python_runs_nothing_a_job_planted_as_root() {
         let uid = if backend == "native" {
             1000
         } else {
-            llm_sandbox::backend::docker::tarball::SANDBOX_UID as u32
+            llm_sandbox::backend::tarball::SANDBOX_UID as u32
         };
         assert_eq!(
             field(j, "stdout").trim(),

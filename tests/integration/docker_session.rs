@@ -251,7 +251,7 @@ async fn copy_round_trip_nested() {
         listing,
         format!(
             "./a/b/c/in.bin\n./top.bin\n{} 70000\n",
-            llm_sandbox::backend::docker::tarball::SANDBOX_UID
+            llm_sandbox::backend::tarball::SANDBOX_UID
         )
     );
 
@@ -379,7 +379,7 @@ async fn no_network_by_default_and_not_root() {
         .map(str::trim)
         .collect();
     assert_eq!(ifaces, ["lo"], "{dev}");
-    let uid = llm_sandbox::backend::docker::tarball::SANDBOX_UID;
+    let uid = llm_sandbox::backend::tarball::SANDBOX_UID;
     assert_eq!(sh(&mut s, "id -u; id -g").await, format!("{uid}\n{uid}\n"));
     let out = s.execute_command("touch /etc/x").await.unwrap();
     assert_ne!(
@@ -428,10 +428,7 @@ async fn caller_provided_client() {
     let out = s.run("echo \"from $(id -u)\"", &[]).await.unwrap();
     assert_eq!(
         out.stdout,
-        format!(
-            "from {}\n",
-            llm_sandbox::backend::docker::tarball::SANDBOX_UID
-        ),
+        format!("from {}\n", llm_sandbox::backend::tarball::SANDBOX_UID),
         "{out:?}"
     );
     let id = container_id(&mut s).await;
@@ -489,10 +486,7 @@ async fn podman_session_runs_code_libraries_and_files_then_leaves_nothing() {
         .unwrap();
     assert_eq!(
         out.stdout,
-        format!(
-            "hi {}\n",
-            llm_sandbox::backend::docker::tarball::SANDBOX_UID
-        ),
+        format!("hi {}\n", llm_sandbox::backend::tarball::SANDBOX_UID),
         "{out:?}"
     );
     sh(&mut s, "echo kept > /sandbox/state.txt").await;

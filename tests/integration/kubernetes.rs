@@ -342,7 +342,7 @@ pod_manifest = "pod.yaml"
     assert_eq!(c["securityContext"]["privileged"], false);
     assert_eq!(
         c["securityContext"]["runAsUser"],
-        llm_sandbox::backend::docker::tarball::SANDBOX_UID
+        llm_sandbox::backend::tarball::SANDBOX_UID
     );
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["resources"]["limits"]["memory"], "256Mi");

@@ -24,7 +24,7 @@ pub const SUBCOMMAND: &str = "__agent";
 /// interpreter with them when it starts, before any job has run in the container.
 pub const PRELOAD_ENV: &str = "LLM_SANDBOX_AGENT_PRELOAD";
 pub const READY: &str = "LLM-SANDBOX-AGENT-READY 1";
-const UID: u32 = super::tarball::SANDBOX_UID as u32;
+const UID: u32 = crate::backend::tarball::SANDBOX_UID as u32;
 use crate::backend::clean::{self, Evidence, Root, WRITABLE};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,10 +3,12 @@
 //! the runner's attached stdin: when the runner goes away, even by SIGKILL, the stream
 //! closes and the container stops by itself.
 
-use super::engine::{error_chain, Engine};
+use super::engine::Engine;
+use crate::backend::container_job::{ExecResult, Live};
+use crate::backend::error::error_chain;
 use crate::backend::Error;
 use crate::plan::job::ResolvedLimits;
-use crate::stream::{ChunkSender, OutputChunk, StdStream};
+use crate::stream::{OutputChunk, StdStream};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
@@ -58,34 +60,6 @@ struct AgentConn {
     output:
         Pin<Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
     buf: Vec<u8>,
-}
-
-/// What one exec produced.
-#[derive(Debug, Default, Clone)]
-pub struct ExecResult {
-    pub exit_code: Option<i64>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    /// Output went past the cap: the container was killed.
-    pub output_limit_hit: bool,
-    pub timed_out: bool,
-    pub cancelled: bool,
-    pub duration: Duration,
-}
-
-/// Streaming options of an exec (the default: none, everything buffered).
-#[derive(Default)]
-pub struct Live {
-    /// Receives stdout and stderr as they come (within the cap).
-    pub tx: Option<ChunkSender>,
-    /// Keep nothing in the result's `stdout`/`stderr` (the output only goes to `tx`; the
-    /// cap still applies).
-    pub discard: bool,
-    /// The program's stdin as it comes (closing the channel closes its stdin); instead of
-    /// the bytes given to the exec.
-    pub stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
 }
 
 /// A running sandbox container.
@@ -169,7 +143,7 @@ impl Container {
                         WORKDIR,
                         format!(
                             "uid={uid},gid={uid},mode=0755",
-                            uid = super::tarball::SANDBOX_UID
+                            uid = crate::backend::tarball::SANDBOX_UID
                         ),
                     ),
                     ("/tmp", "mode=1777".to_string()),
@@ -196,7 +170,7 @@ impl Container {
                 let inodes = (l.disk / 4096).clamp(1024, 1 << 20);
                 tmpfs.insert(
                     WORKDIR.to_string(),
-                    format!("rw,exec,nosuid,nodev,size={},nr_inodes={inodes},mode=0755,uid={uid},gid={uid}", l.disk, uid = super::tarball::SANDBOX_UID),
+                    format!("rw,exec,nosuid,nodev,size={},nr_inodes={inodes},mode=0755,uid={uid},gid={uid}", l.disk, uid = crate::backend::tarball::SANDBOX_UID),
                 );
                 tmpfs.insert(
                     "/tmp".to_string(),

@@ -3,6 +3,7 @@
 //! present → used, absent → pulled, `dockerfile` → built by content hash, `libraries` and
 //! `setup` → a template image committed from a prepare container.
 
+use crate::backend::error::error_chain;
 use crate::backend::Error;
 use crate::owner;
 use crate::spec::types::BackendKind;
@@ -425,21 +426,6 @@ pub async fn doctor(kind: BackendKind) -> Result<String, Error> {
         "{kind} {version} at {} ({found}); {images}",
         ep.host
     ))
-}
-
-/// An error and its sources, one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 fn unreachable(kind: BackendKind, host: &str, why: &str) -> String {

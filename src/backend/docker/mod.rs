@@ -13,21 +13,22 @@ pub mod engine;
 pub mod frame;
 pub mod pool;
 pub mod seccomp;
-pub mod tarball;
 
-use super::native::{copy_artifacts, to_report};
+use super::container_job::{
+    base_env, collected, input_tar, interrupted, job_steps, report_of, step_result, ExecResult,
+};
 use super::{error_report, prepare_error_report, step_shell, Error, RunCtx};
-use crate::lang::{self, HostToolchain};
+use crate::lang::{self};
 use crate::plan::PlannedJob;
-use crate::report::model::{JobReport, Phase, Status};
+use crate::report::model::{JobReport, Phase};
 use crate::sandbox::host::Outcome;
-use crate::sandbox::proto::{LimitEvents, Msg, StepResult};
+use crate::sandbox::proto::{LimitEvents, Msg};
 use crate::sandbox::StepKind;
 use crate::spec::types::{BackendKind, Lang};
 /// Inline inputs travel as standard, padded base64 (in an environment variable).
 pub(crate) use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use container::{Container, ContainerSpec, ExecResult};
+use container::{Container, ContainerSpec};
 use engine::{Endpoint, Engine};
 use std::path::Path;
 use std::sync::Arc;
@@ -52,78 +53,6 @@ pub fn endpoint(job: &PlannedJob) -> Result<Endpoint, Error> {
         d.and_then(|d| d.host.as_deref()),
         d.and_then(|d| d.tls.as_ref()),
         base,
-    )
-}
-
-/// The environment of every step: the language's variables and the job's own; nothing of
-/// the runner's environment. The image's PATH is kept.
-/// With `plots`, python's plot capture is set up (see [`steps`]).
-pub fn base_env(lang: Lang, job_env: &[(String, String)], plots: bool) -> Vec<(String, String)> {
-    let mut env = super::sandbox_env(lang, job_env, None);
-    if plots && lang == Lang::Python {
-        // Plot capture: the run step writes the hook to CONTAINER_HOOK_DIR (see `steps`).
-        crate::plots::add_to_env(&mut env, crate::plots::CONTAINER_HOOK_DIR);
-        env.push((PLOT_HOOK_VAR.into(), crate::plots::HOOK.into()));
-    }
-    env
-}
-
-/// The plot hook's source, which python run steps write to a file before starting.
-const PLOT_HOOK_VAR: &str = "LLM_SANDBOX_PLOT_HOOK";
-
-/// Python's run step behind a prologue that writes the plot hook (from the environment,
-/// so any image with `/bin/sh` gets it, with no extra exec), then `exec`s the program.
-fn with_plot_hook(argv: Vec<String>) -> Vec<String> {
-    let dir = crate::plots::CONTAINER_HOOK_DIR;
-    let script = format!(
-        "{{ [ -d {dir} ] || mkdir -p {dir}; }} 2>/dev/null && printf '%s' \"${PLOT_HOOK_VAR}\" > {dir}/sitecustomize.py 2>/dev/null; unset {PLOT_HOOK_VAR}; exec \"$@\""
-    );
-    let mut a: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script, "sh".into()];
-    a.extend(argv);
-    a
-}
-
-/// The compile and run steps, with programs looked up in the image's PATH.
-pub fn steps(
-    lang: Lang,
-    source: &str,
-    code: &str,
-    limits: &crate::plan::job::ResolvedLimits,
-    timeout: Duration,
-    args: &[String],
-    plots: bool,
-) -> Vec<crate::sandbox::Step> {
-    let spec = lang::spec(lang);
-    let tc = HostToolchain {
-        programs: spec.tools.iter().map(std::path::PathBuf::from).collect(),
-        binds: vec![],
-        path: vec![],
-        compile_extra: spec
-            .container_compile_extra
-            .iter()
-            .map(|a| a.to_string())
-            .collect(),
-    };
-    let mut steps = super::native::program_steps(lang, &tc, source, code, limits, timeout, args);
-    if plots && lang == Lang::Python {
-        for s in steps.iter_mut().filter(|s| s.kind == StepKind::Run) {
-            s.argv = with_plot_hook(std::mem::take(&mut s.argv));
-        }
-    }
-    steps
-}
-
-/// [`steps`] of a planned job (`source`: its program's file name; `plots`: Python's plot
-/// hook wanted).
-pub fn job_steps(job: &PlannedJob, source: &str, plots: bool) -> Vec<crate::sandbox::Step> {
-    steps(
-        job.lang,
-        source,
-        &job.code,
-        &job.limits,
-        job.timeout,
-        &job.args,
-        plots,
     )
 }
 
@@ -338,7 +267,7 @@ pub async fn template(
     committed.map_err(|e| {
         Error::Engine(format!(
             "cannot commit the template image: {}",
-            engine::error_chain(&e)
+            crate::backend::error::error_chain(&e)
         ))
     })?;
     if !keep {
@@ -362,34 +291,6 @@ pub fn run_spec(job: &PlannedJob, image: &str, env: Vec<(String, String)>) -> Co
         maintenance_caps: false,
         agent: None,
         preload: None,
-    }
-}
-
-/// Docker reports a process killed by signal N as exit code 128+N.
-pub fn signal_of_exit(code: Option<i32>) -> Option<i32> {
-    code.filter(|c| (129..=128 + 31).contains(c))
-        .map(|c| c - 128)
-}
-
-pub(crate) fn step_result(kind: StepKind, r: &ExecResult, merged_cap: u64) -> StepResult {
-    let code = r.exit_code.map(|c| c as i32);
-    let signal = signal_of_exit(code);
-    let mut output = Vec::new();
-    if kind != StepKind::Run {
-        output.extend_from_slice(&r.stdout);
-        output.extend_from_slice(&r.stderr);
-        output.truncate(merged_cap as usize);
-    }
-    StepResult {
-        kind: Some(kind),
-        exit_code: code,
-        signal,
-        timed_out: r.timed_out,
-        duration_ms: r.duration.as_millis() as u64,
-        output: String::from_utf8_lossy(&output).into_owned(),
-        output_truncated: r.stdout_truncated || r.stderr_truncated,
-        spawn_error: None,
-        usage: None,
     }
 }
 
@@ -696,56 +597,6 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
     report
 }
 
-/// Unpacks the workdir's tar (safely) into a directory of the run.
-pub(crate) fn collected(
-    job: &PlannedJob,
-    ctx: &RunCtx,
-    id: &str,
-    tar: &[u8],
-) -> Result<(Msg, std::path::PathBuf), Error> {
-    let dir = ctx
-        .run_dir
-        .join(format!("{}-{}-out", id.get(..12).unwrap_or(id), job.id));
-    let _ = std::fs::remove_dir_all(&dir);
-    match std::fs::create_dir_all(&dir).and_then(|_| tarball::extract(tar, &dir, job.limits.disk)) {
-        Ok(x) => {
-            let refused = x
-                .refused
-                .into_iter()
-                .filter(|(p, _)| wanted(job, p))
-                .collect();
-            Ok((
-                Msg::Collected {
-                    files: x.files,
-                    refused,
-                },
-                dir,
-            ))
-        }
-        Err(e) => Err(Error::Sandbox(format!(
-            "cannot unpack the files copied out of the container: {e}"
-        ))),
-    }
-}
-
-/// The job's report from what happened in its container; artifacts copied out.
-pub(crate) fn report_of(job: &PlannedJob, ctx: &RunCtx, outcome: &Outcome) -> JobReport {
-    let mut report = to_report(job, outcome);
-    if let Some(dir) = &outcome.out_dir {
-        if !crate::plots::artifact_globs(job).is_empty() && report.status != Status::Error {
-            match copy_artifacts(job, dir, &ctx.artifacts_root) {
-                Ok(a) => report.artifacts = a,
-                Err(e) => {
-                    report.status = Status::Error;
-                    report.message = Some(format!("cannot copy the artifacts out: {e}"));
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    report
-}
-
 /// A job through the container's agent: one request, one answer, no exec.
 async fn run_steps_agent(
     c: &mut Container,
@@ -880,53 +731,6 @@ async fn run_steps_agent(
     outcome.msgs = msgs;
     outcome.wall = started.elapsed();
     report_of(job, ctx, &outcome)
-}
-
-/// The tar of the job's program and input files.
-pub(crate) fn input_tar(job: &PlannedJob, source: &str) -> Result<Vec<u8>, Error> {
-    let mut entries = vec![(source.to_string(), job.code.as_bytes().to_vec(), 0o644)];
-    for f in &job.files {
-        use std::os::unix::fs::PermissionsExt;
-        let data = std::fs::read(&f.src).map_err(|e| Error::Prepare {
-            message: format!("cannot read the input file {}: {e}", f.src.display()),
-            log: None,
-        })?;
-        let mode = std::fs::metadata(&f.src)
-            .map(|m| m.permissions().mode() & 0o755)
-            .unwrap_or(0o644);
-        entries.push((f.dest.clone(), data, mode | 0o644));
-    }
-    tarball::build(&entries).map_err(|e| Error::Prepare {
-        message: format!("cannot pack the input files: {e}"),
-        log: None,
-    })
-}
-
-/// Whether a refused path matters to the job (an artifact glob or a checked file).
-fn wanted(job: &PlannedJob, path: &str) -> bool {
-    job.expect.files.iter().any(|f| f.path == path)
-        || job.artifacts.iter().any(|g| {
-            globset::GlobBuilder::new(g)
-                .literal_separator(true)
-                .build()
-                .is_ok_and(|g| g.compile_matcher().is_match(path))
-        })
-}
-
-pub(crate) fn phase_of(kind: StepKind) -> Phase {
-    match kind {
-        StepKind::Setup => Phase::Prepare,
-        StepKind::Compile => Phase::Compile,
-        _ => Phase::Run,
-    }
-}
-
-pub(crate) fn interrupted(job: &PlannedJob) -> JobReport {
-    error_report(
-        job,
-        Phase::Run,
-        "interrupted: the run was cancelled before this job finished",
-    )
 }
 
 /// The end of a run: removes what this run left on every engine it used.

@@ -15,7 +15,7 @@
 
 pub mod pod;
 
-use super::docker::{self, container::ExecResult};
+use super::container_job::ExecResult;
 use super::step_shell::StepShell;
 use super::{error_report, RunCtx};
 use crate::backend::Error;
@@ -87,7 +87,7 @@ async fn with_timeout<T>(
 pub fn describe_error(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(r) => format!("{} ({}, HTTP {})", r.message, r.reason, r.code),
-        other => docker::engine::error_chain(other),
+        other => crate::backend::error::error_chain(other),
     }
 }
 
@@ -148,7 +148,7 @@ async fn config_of(
                 Error::Unavailable(format!(
                     "backends.kubernetes.kubeconfig {}: {}",
                     path.display(),
-                    docker::engine::error_chain(&e)
+                    crate::backend::error::error_chain(&e)
                 ))
             })?
     } else if context.is_some() {
@@ -156,14 +156,14 @@ async fn config_of(
             Error::Unavailable(format!(
                 "backends.kubernetes.context {:?}: {} (the kubeconfig is $KUBECONFIG or ~/.kube/config)",
                 context.as_deref().unwrap_or(""),
-                docker::engine::error_chain(&e)
+                crate::backend::error::error_chain(&e)
             ))
         })?
     } else {
         kube::Config::infer().await.map_err(|e| {
             Error::Unavailable(format!(
                 "no Kubernetes cluster configured: set `backends.kubernetes.kubeconfig`, $KUBECONFIG or ~/.kube/config, or run inside a cluster ({})",
-                docker::engine::error_chain(&e)
+                crate::backend::error::error_chain(&e)
             ))
         })?
     })
@@ -661,7 +661,7 @@ pub struct WarmPod {
     start_timeout: Duration,
 }
 
-impl docker::pool::Warm for SandboxPod {
+impl crate::backend::pool::Warm for SandboxPod {
     type Spec = WarmPod;
 
     fn start(spec: &WarmPod) -> impl std::future::Future<Output = Result<Self, Error>> + Send {
@@ -703,7 +703,7 @@ impl docker::pool::Warm for SandboxPod {
     }
 }
 
-type PodPool = docker::pool::Pool<SandboxPod>;
+type PodPool = crate::backend::pool::Pool<SandboxPod>;
 /// A pod pool of a [`crate::backend::Scope`], by its cluster, namespace and template.
 pub type KeyedPodPool = (String, Arc<PodPool>);
 
@@ -720,7 +720,7 @@ fn pool(
     if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {
         return p.clone();
     }
-    let p = docker::pool::Pool::new(WarmPod {
+    let p = crate::backend::pool::Pool::new(WarmPod {
         cluster: cluster.clone(),
         namespace: ns.to_string(),
         template,
@@ -1025,7 +1025,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         .unwrap_or(DEFAULT_START_TIMEOUT);
     let failed = |e: Error| {
         let mut r = match e {
-            Error::Interrupted => docker::interrupted(job),
+            Error::Interrupted => crate::backend::container_job::interrupted(job),
             e => super::prepare_error_report(job, e),
         };
         r.image = Some(image.clone());

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 /// The sandbox container's name.
 pub const CONTAINER: &str = "sandbox";
 /// The uid and gid everything in the pod runs as.
-pub const UID: i64 = crate::backend::docker::tarball::SANDBOX_UID as i64;
+pub const UID: i64 = crate::backend::tarball::SANDBOX_UID as i64;
 /// Label: the pod is ours.
 pub const LABEL: &str = "llm-sandbox";
 /// Label: the runner that owns it (`ls-<pid>-<starttime>`).

@@ -211,9 +211,9 @@ mod tests {
     #[test]
     fn the_sandbox_user_is_one_uid_everywhere() {
         let uid = super::SANDBOX_UID.to_string();
-        assert_eq!(super::super::SANDBOX_USER, format!("{uid}:{uid}"));
+        assert_eq!(crate::backend::docker::SANDBOX_USER, format!("{uid}:{uid}"));
         assert_ne!(super::SANDBOX_UID, 1000, "the first user of most machines");
-        let script = include_str!("../../../scripts/build-images");
+        let script = include_str!("../../scripts/build-images");
         assert!(
             script.contains(&format!("sandbox_uid={uid}\n")),
             "scripts/build-images makes the user `sandbox` with another uid"
