@@ -577,3 +577,196 @@ pub struct Live {
     /// the bytes given to the exec.
     pub stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline without an engine: a recording test double of a sandbox.
+    use super::*;
+    use crate::plan::PlannedJob;
+    use crate::report::model::Status;
+
+    /// Says what each call was, and answers as a sandbox whose compile step exits
+    /// `compile_exit` and whose run step prints `hello` in 0.3 s of CPU.
+    struct Fake {
+        calls: Vec<String>,
+        reuse: Reuse,
+        compile_exit: i64,
+    }
+
+    impl Fake {
+        fn new(compile_exit: i64) -> Fake {
+            Fake {
+                calls: vec![],
+                reuse: Reuse::default(),
+                compile_exit,
+            }
+        }
+    }
+
+    fn done(code: i64, stdout: &str, stderr: &str) -> ExecResult {
+        ExecResult {
+            exit_code: Some(code),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            ..Default::default()
+        }
+    }
+
+    impl ContainerSandbox for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn is_dead(&self) -> bool {
+            false
+        }
+        fn reuse(&mut self) -> &mut Reuse {
+            &mut self.reuse
+        }
+        fn enforcement(&self) -> &'static str {
+            "fake cgroup"
+        }
+        fn inline_inputs_max(&self) -> usize {
+            1 << 20
+        }
+        fn streams(&self) -> bool {
+            false
+        }
+        async fn exec(
+            &mut self,
+            argv: &[String],
+            _stdin: Option<&[u8]>,
+            _cap: u64,
+            _timeout: Duration,
+            _cancel: &CancellationToken,
+        ) -> Result<ExecResult, Error> {
+            self.calls.push(format!("exec {}", argv[0]));
+            Ok(done(0, "", ""))
+        }
+        async fn run_step(
+            &mut self,
+            step: &Step,
+            io: StepIo<'_>,
+            _cancel: &CancellationToken,
+        ) -> Result<ExecResult, Error> {
+            let inputs = io.inputs.take().map(|t| t.len());
+            self.calls.push(format!(
+                "{:?} inputs:{} stdin:{:?} measured:{}",
+                step.kind,
+                inputs.is_some(),
+                io.stdin.map(|s| String::from_utf8_lossy(s).into_owned()),
+                io.measure.is_some()
+            ));
+            Ok(match step.kind {
+                StepKind::Compile => done(self.compile_exit, "", "main.c:1: error: nope\n"),
+                _ => {
+                    let trailer = io.measure.map(|m| m.trailer("0m0.250s", "0m0.050s"));
+                    done(0, "hello\n", &trailer.unwrap_or_default())
+                }
+            })
+        }
+        async fn end_exec(
+            &mut self,
+            _argv: &[String],
+            clean: bool,
+            _cap: u64,
+            _cancel: &CancellationToken,
+        ) -> Result<ExecResult, Error> {
+            self.calls.push(format!("end clean:{clean}"));
+            Ok(done(0, "", "oom_kill 0\nmax 0\nmemory-peak 12345678\n"))
+        }
+        async fn remove(self) {}
+    }
+
+    fn ctx() -> (RunCtx, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = RunCtx {
+            scope: crate::backend::Scope::new(),
+            run_dir: dir.path().to_path_buf(),
+            artifacts_root: dir.path().join("artifacts"),
+            cancel: CancellationToken::new(),
+            fresh_containers: true,
+            parallelism: 1,
+        };
+        (ctx, dir)
+    }
+
+    fn job(lang: Lang, code: &str) -> PlannedJob {
+        let mut j = PlannedJob::adhoc(lang, code.into(), vec![], Duration::from_secs(5), false);
+        j.backend = crate::spec::types::BackendKind::Docker;
+        j.stdin = Some("in".into());
+        j.expect.stdout = Some("hello".into());
+        j
+    }
+
+    #[tokio::test]
+    async fn a_job_is_files_in_one_step_per_exec_then_the_end_exec() {
+        let (ctx, _dir) = ctx();
+        let mut s = Fake::new(0);
+        let r = run(
+            &mut s,
+            &job(Lang::Python, "print('hello')"),
+            &ctx,
+            "img",
+            false,
+            &mut false,
+        )
+        .await;
+        assert_eq!(r.status, Status::Passed, "{r:?}");
+        assert_eq!(
+            s.calls,
+            [
+                "Run inputs:true stdin:Some(\"in\") measured:true",
+                "end clean:false"
+            ]
+        );
+        // The figures: CPU from the step's trailer (cut off its stderr), the peak from the
+        // end-of-job script.
+        assert_eq!(r.cpu_ms, Some(300));
+        assert_eq!(r.peak_memory_bytes, Some(12345678));
+        assert_eq!(r.stderr, "");
+        assert_eq!(s.reuse.uses, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_compile_step_ends_the_job_before_its_run_step() {
+        let (ctx, _dir) = ctx();
+        let mut s = Fake::new(1);
+        let r = run(
+            &mut s,
+            &job(Lang::C, "int main(){}"),
+            &ctx,
+            "img",
+            false,
+            &mut false,
+        )
+        .await;
+        assert_eq!(r.phase, Some(Phase::Compile), "{r:?}");
+        assert_ne!(r.status, Status::Passed);
+        assert!(
+            r.stderr.contains("error: nope") || r.message.as_deref().unwrap_or("").contains("nope"),
+            "{r:?}"
+        );
+        // No run step, and no end exec: nothing ran whose figures it could read.
+        assert_eq!(s.calls, ["Compile inputs:true stdin:None measured:false"]);
+    }
+
+    #[tokio::test]
+    async fn a_warm_sandbox_is_cleaned_and_reused_only_when_proven() {
+        let (ctx, _dir) = ctx();
+        let mut s = Fake::new(0);
+        let mut reusable = true;
+        let r = run(
+            &mut s,
+            &job(Lang::Python, "print('hello')"),
+            &ctx,
+            "img",
+            true,
+            &mut reusable,
+        )
+        .await;
+        assert_eq!(r.status, Status::Passed, "{r:?}");
+        assert_eq!(s.calls.last().map(String::as_str), Some("end clean:true"));
+        // The fake's end exec proves nothing (no roots, no process evidence): not reused.
+        assert!(!reusable);
+    }
+}

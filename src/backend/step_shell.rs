@@ -110,6 +110,13 @@ impl Measure {
         }
     }
 
+    /// The line the shell appends for a step that used `user` and `sys` (POSIX `times`
+    /// format, e.g. `0m0.250s`): what a test double of a sandbox says.
+    #[cfg(test)]
+    pub(crate) fn trailer(&self, user: &str, sys: &str) -> String {
+        format!("\n{} 0m0.000s 0m0.000s\n{user} {sys}\n", self.mark)
+    }
+
     /// Cuts the figures off the end of `stderr` and reads them (the peak memory is left
     /// at 0: the shell cannot see it).
     pub fn take(&self, stderr: &mut Vec<u8>) -> Option<Usage> {
