@@ -398,20 +398,19 @@ pub(super) async fn open_docker(
             docker::engine::connect(&b.scope, &ep, kind).await
         }
     }?;
-    let base = match &b.dockerfile {
-        Some(df) => {
-            let df = std::path::absolute(df)?;
-            engine.build_dockerfile(&df, b.keep_template).await?
-        }
-        None => {
-            let image = b
-                .image
-                .clone()
-                .unwrap_or_else(|| lang::spec(b.lang).default_image.to_string());
-            engine.ensure_image(&image).await?;
-            image
-        }
-    };
+    let dockerfile = b
+        .dockerfile
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()?;
+    let base = docker::base_image(
+        &engine,
+        dockerfile.as_deref(),
+        b.image.as_deref(),
+        b.lang,
+        b.keep_template,
+    )
+    .await?;
     ContainerSession::open(Images { engine, base }, b, cancel).await
 }
 

@@ -533,27 +533,11 @@ async fn a_run_in_the_same_process_leaves_the_session_alone() {
     require_docker!();
     let mut s = open(Lang::Python).await;
     let id = container_id(&mut s).await;
-    let dir = common::Scratch::new();
-    dir.write(
-        "jobs.toml",
-        "[[jobs]]\nname = \"beside\"\nlang = \"bash\"\nbackend = \"docker\"\ncode = \"echo beside\"\nexpect.stdout = \"beside\"\n",
-    );
-    let plan = llm_sandbox::plan::plan_paths(
-        &[dir.path().join("jobs.toml")],
-        &llm_sandbox::plan::PlanOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e:?}"));
-    let opts = llm_sandbox::run::RunOptions {
-        jobs: 1,
-        fail_fast: false,
-        artifacts_dir: dir.path().join("artifacts"),
-        fresh_containers: false,
-        backend_jobs: vec![],
-    };
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let reports = llm_sandbox::run::run_plan(&plan, &opts, tx, Default::default())
-        .await
-        .expect("the run");
+    let reports = common::Scratch::new()
+        .run_in_process(
+            "[[jobs]]\nname = \"beside\"\nlang = \"bash\"\nbackend = \"docker\"\ncode = \"echo beside\"\nexpect.stdout = \"beside\"\n",
+        )
+        .await;
     assert_eq!(reports.len(), 1);
     assert_eq!(
         reports[0].status,

@@ -154,27 +154,11 @@ async fn a_run_in_the_same_process_leaves_the_sessions_servers_alone() {
     let before = our_sandbox_servers();
     assert_eq!(before.len(), 1, "{before:?}");
 
-    let dir = common::Scratch::new();
-    dir.write(
-        "jobs.toml",
-        "[[jobs]]\nname = \"beside\"\nlang = \"bash\"\ncode = \"echo beside\"\nexpect.stdout = \"beside\"\n",
-    );
-    let plan = llm_sandbox::plan::plan_paths(
-        &[dir.path().join("jobs.toml")],
-        &llm_sandbox::plan::PlanOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e:?}"));
-    let opts = llm_sandbox::run::RunOptions {
-        jobs: 1,
-        fail_fast: false,
-        artifacts_dir: dir.path().join("artifacts"),
-        fresh_containers: false,
-        backend_jobs: vec![],
-    };
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let reports = llm_sandbox::run::run_plan(&plan, &opts, tx, Default::default())
-        .await
-        .expect("the run");
+    let reports = common::Scratch::new()
+        .run_in_process(
+            "[[jobs]]\nname = \"beside\"\nlang = \"bash\"\ncode = \"echo beside\"\nexpect.stdout = \"beside\"\n",
+        )
+        .await;
     assert_eq!(
         reports[0].status,
         llm_sandbox::Status::Passed,

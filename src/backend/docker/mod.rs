@@ -104,6 +104,23 @@ fn container_name() -> String {
     super::native::sandbox_id()
 }
 
+/// The image before libraries: `dockerfile` built, or `image` (the language's default
+/// when none) present or pulled.
+pub async fn base_image(
+    engine: &Engine,
+    dockerfile: Option<&Path>,
+    image: Option<&str>,
+    lang: Lang,
+    keep: bool,
+) -> Result<String, Error> {
+    if let Some(df) = dockerfile {
+        return engine.build_dockerfile(df, keep).await;
+    }
+    let image = image.unwrap_or(lang::spec(lang).default_image).to_string();
+    engine.ensure_image(&image).await?;
+    Ok(image)
+}
+
 /// The image a job runs in: its Dockerfile built, or its image (default per language)
 /// present or pulled, then the template with its libraries and setup.
 pub async fn job_image(
@@ -111,17 +128,14 @@ pub async fn job_image(
     job: &PlannedJob,
     cancel: &CancellationToken,
 ) -> Result<String, Error> {
-    let base = match &job.dockerfile {
-        Some(df) => engine.build_dockerfile(df, job.keep_template).await?,
-        None => {
-            let image = job
-                .image
-                .clone()
-                .unwrap_or_else(|| lang::spec(job.lang).default_image.to_string());
-            engine.ensure_image(&image).await?;
-            image
-        }
-    };
+    let base = base_image(
+        engine,
+        job.dockerfile.as_deref(),
+        job.image.as_deref(),
+        job.lang,
+        job.keep_template,
+    )
+    .await?;
     if job.libraries.is_empty() && job.setup.is_empty() {
         return Ok(base);
     }

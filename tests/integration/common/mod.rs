@@ -102,6 +102,28 @@ impl Scratch {
         self.dir.path()
     }
 
+    /// Runs the jobs of `toml` (written as `jobs.toml`) in this process, through the
+    /// library's runner (one job at a time), and returns their reports.
+    pub async fn run_in_process(&self, toml: &str) -> Vec<llm_sandbox::JobReport> {
+        self.write("jobs.toml", toml);
+        let plan = llm_sandbox::plan::plan_paths(
+            &[self.path().join("jobs.toml")],
+            &llm_sandbox::plan::PlanOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let opts = llm_sandbox::run::RunOptions {
+            jobs: 1,
+            fail_fast: false,
+            artifacts_dir: self.path().join("artifacts"),
+            fresh_containers: false,
+            backend_jobs: vec![],
+        };
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        llm_sandbox::run::run_plan(&plan, &opts, tx, Default::default())
+            .await
+            .expect("the run")
+    }
+
     /// Writes `content` to `rel` (parent directories created); returns the full path.
     pub fn write(&self, rel: &str, content: &str) -> PathBuf {
         let p = self.dir.path().join(rel);
