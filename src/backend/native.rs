@@ -523,9 +523,6 @@ pub fn prepare(
         job.lang,
         job.backends.native.as_ref().and_then(|n| n.preload),
     );
-    if cfg.preload {
-        host::PRELOAD_SERVERS.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
     Ok(cfg)
 }
 

@@ -176,6 +176,10 @@ pub struct Servers {
     idle: std::sync::Mutex<Vec<Server>>,
     /// `<owner prefix>-warm-<n>`, unique in this process.
     name: String,
+    /// Set once a sandbox asks for preloaded Python: servers started from then on may
+    /// preload (they scrub the memory they free from their start, which costs a little,
+    /// so only then).
+    preload: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Servers {
@@ -197,6 +201,7 @@ impl Servers {
         Servers {
             idle: Default::default(),
             name: format!("{}-warm-{n}", crate::owner::prefix()),
+            preload: Default::default(),
         }
     }
 
@@ -237,9 +242,14 @@ impl Servers {
                         return Ok(s);
                     }
                 }
-                None => return spawn_server(self.warm_root()),
+                None => return self.spawn(),
             }
         }
+    }
+
+    fn spawn(&self) -> std::io::Result<Server> {
+        let preload = self.preload.load(std::sync::atomic::Ordering::Relaxed);
+        spawn_server(self.warm_root(), preload)
     }
 
     fn give_back(&self, mut s: Server) {
@@ -309,12 +319,7 @@ async fn stop(servers: Vec<Server>) {
     }
 }
 
-/// Set once a job asks for preloaded Python: servers started from then on may preload
-/// (they scrub the memory they free from their start, which costs a little, so only then).
-pub static PRELOAD_SERVERS: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-fn spawn_server(warm_root: Option<PathBuf>) -> std::io::Result<Server> {
+fn spawn_server(warm_root: Option<PathBuf>, preload: bool) -> std::io::Result<Server> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -328,11 +333,7 @@ fn spawn_server(warm_root: Option<PathBuf>) -> std::io::Result<Server> {
         .arg(crate::owner::prefix())
         .arg(warm_root.unwrap_or_default())
         .env_clear()
-        .envs(
-            PRELOAD_SERVERS
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .then_some((super::helper::PRELOAD_ENV, "1")),
-        )
+        .envs(preload.then_some((super::helper::PRELOAD_ENV, "1")))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -439,6 +440,11 @@ pub async fn run_with(
     };
 
     let cfg_fd = config_fd(cfg)?;
+    if cfg.preload {
+        servers
+            .preload
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut server = servers.take()?;
     let fds = [
         stdin_fd.as_raw_fd(),
@@ -450,7 +456,7 @@ pub async fn run_with(
     if let Err(e) = send_request(&server, fds) {
         // A server that cannot take requests is replaced once.
         drop(server);
-        server = spawn_server(servers.warm_root())?;
+        server = servers.spawn()?;
         send_request(&server, fds).map_err(|_| e)?;
     }
     // The sandbox holds its own copies now.
