@@ -17,7 +17,7 @@
 //! * Files are read from the directory where the runner copied them; a symlink or anything
 //!   that is not a regular file counts as missing (never followed).
 
-use crate::plan::job::{FileCheck, ResolvedExpect};
+use crate::plan::job::{Compare, FileCheck, ResolvedExpect};
 use crate::report::diff::split_lines;
 use crate::report::model::CheckResult;
 use regex::Regex;
@@ -57,7 +57,12 @@ pub fn evaluate(
     });
 
     if let Some(want) = &expect.stdout {
-        out.push(judge_check("stdout", "stdout", want, stdout));
+        out.push(match expect.compare {
+            Compare::Lines => judge_check("stdout", "stdout", want, stdout),
+            Compare::Exact => exact_check("stdout", "stdout", want, stdout),
+            Compare::Tokens => tokens_check("stdout", want, stdout, None),
+            Compare::Float(eps) => tokens_check("stdout", want, stdout, Some(eps)),
+        });
     }
     if let Some(want) = &expect.stdout_exact {
         out.push(exact_check("stdout_exact", "stdout", want, stdout));
@@ -202,6 +207,54 @@ fn judge_check(kind: &str, stream: &str, want: &str, got: &str) -> CheckResult {
         format!("{stream} {what}")
     };
     fail_diff(kind, message, want, got)
+}
+
+/// `compare = "tokens"` / `{ float = EPS }`: the same whitespace-separated tokens; with
+/// `eps`, two tokens that both read as numbers are equal when their absolute or relative
+/// difference is at most `eps` (testlib's `doubleCompare`).
+fn tokens_check(kind: &str, want: &str, got: &str, eps: Option<f64>) -> CheckResult {
+    let (w, g): (Vec<&str>, Vec<&str>) = (
+        want.split_ascii_whitespace().collect(),
+        got.split_ascii_whitespace().collect(),
+    );
+    let same = |a: &str, b: &str| {
+        a == b
+            || eps.is_some_and(|eps| match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(x), Ok(y)) if x.is_finite() && y.is_finite() => {
+                    let d = (x - y).abs();
+                    d <= eps || d <= eps * x.abs().max(y.abs())
+                }
+                (Ok(x), Ok(y)) => x == y || (x.is_nan() && y.is_nan()),
+                _ => false,
+            })
+    };
+    let how = match eps {
+        Some(e) => format!("tokens (numbers within {e})"),
+        None => "tokens".to_string(),
+    };
+    let first = w.iter().zip(&g).position(|(a, b)| !same(a, b));
+    let message = match first {
+        Some(i) => format!(
+            "stdout token {} differs: expected {}, got {}",
+            i + 1,
+            snippet(w[i]),
+            snippet(g[i])
+        ),
+        None if w.len() == g.len() => return pass(kind, format!("stdout {how} match")),
+        None if w.len() > g.len() => format!(
+            "stdout has {} tokens, expected {} (the next would be {})",
+            g.len(),
+            w.len(),
+            snippet(w[g.len()])
+        ),
+        None => format!(
+            "stdout has {} tokens, expected {} (extra: {})",
+            g.len(),
+            w.len(),
+            snippet(g[w.len()])
+        ),
+    };
+    fail_diff(kind, message, want.to_string(), got.to_string())
 }
 
 fn exact_check(kind: &str, stream: &str, want: &str, got: &str) -> CheckResult {
@@ -794,5 +847,35 @@ mod tests {
         let r = run(&"0".repeat(64));
         assert!(!r.passed);
         assert!(r.message.contains(&digest));
+    }
+
+    #[test]
+    fn stdout_compare_modes() {
+        let check = |compare, want: &str, got: &str| {
+            let e = ResolvedExpect {
+                stdout: Some(want.into()),
+                compare,
+                ..Default::default()
+            };
+            one(evaluate(&e, Some(0), got, "", None), "stdout")
+        };
+        // lines (default): trailing spaces and blank lines do not count, inner ones do.
+        assert!(check(Compare::Lines, "1 2\n", "1 2  \n\n").passed);
+        assert!(!check(Compare::Lines, "1 2", "1  2").passed);
+        // exact: byte for byte.
+        assert!(check(Compare::Exact, "1\n", "1\n").passed);
+        assert!(!check(Compare::Exact, "1\n", "1").passed);
+        // tokens: any whitespace between them.
+        assert!(check(Compare::Tokens, "1 2\n3", "1\n2   3\n").passed);
+        let r = check(Compare::Tokens, "1 2 3", "1 2 4");
+        assert!(!r.passed && r.message.contains("token 3"), "{}", r.message);
+        let r = check(Compare::Tokens, "1 2 3", "1 2");
+        assert!(!r.passed && r.message.contains("2 tokens, expected 3"), "{}", r.message);
+        // float: absolute or relative difference.
+        assert!(check(Compare::Float(1e-6), "0.3333333", "0.33333331").passed);
+        assert!(check(Compare::Float(1e-6), "1000000000", "1000000001").passed);
+        assert!(!check(Compare::Float(1e-6), "0.5", "0.501").passed);
+        assert!(!check(Compare::Float(1e-6), "abc 1", "abd 1").passed);
+        assert!(check(Compare::Float(1e-6), "YES 2.0", "YES 2").passed);
     }
 }

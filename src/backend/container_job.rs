@@ -237,7 +237,8 @@ pub async fn run<S: ContainerSandbox>(
     }
     let collect = !crate::plots::artifact_globs(job).is_empty() || !job.expect.files.is_empty();
     // After a run step, always: the end-of-job script reads the cgroup's memory peak.
-    let needs_finish = !s.is_dead() && (warm || last_run.is_some());
+    // And to copy the files out (a build's whole `/sandbox`).
+    let needs_finish = !s.is_dead() && (warm || last_run.is_some() || collect);
     if needs_finish {
         match finish(s, collect, warm, job.limits.disk, cancel).await {
             Ok((limits, tar, clean)) => {
@@ -414,7 +415,7 @@ pub fn steps(
 /// [`steps`] of a planned job (`source`: its program's file name; `plots`: Python's plot
 /// hook wanted).
 pub fn job_steps(job: &PlannedJob, source: &str, plots: bool) -> Vec<crate::sandbox::Step> {
-    steps(
+    let mut all = steps(
         job.lang,
         source,
         &job.code,
@@ -422,7 +423,9 @@ pub fn job_steps(job: &PlannedJob, source: &str, plots: bool) -> Vec<crate::sand
         job.timeout,
         &job.args,
         plots,
-    )
+    );
+    all.retain(|s| job.part.wants(s.kind));
+    all
 }
 
 /// Docker reports a process killed by signal N as exit code 128+N.

@@ -1,6 +1,7 @@
 //! Backends: where a job's sandbox lives. `native` (Linux namespaces, the default) is
 //! built in; the container backends plug in here.
 
+pub mod cases;
 pub mod clean;
 pub mod container_job;
 pub mod docker;
@@ -188,7 +189,12 @@ pub fn of(kind: BackendKind) -> &'static dyn Backend {
 
 /// Runs one job on its backend and returns its report.
 pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
-    of(job.backend).run_job(job, ctx).await
+    let backend = of(job.backend);
+    if !job.cases.is_empty() {
+        // Built once, then a run per case: the same on every backend.
+        return cases::run(backend, job, ctx).await;
+    }
+    backend.run_job(job, ctx).await
 }
 
 /// Starts preparing the environments of jobs ([`Backend::prepare_ahead`]: image pulls and
@@ -323,6 +329,9 @@ pub fn error_report(job: &PlannedJob, phase: Phase, message: impl std::fmt::Disp
         signal: None,
         cpu_ms: None,
         peak_memory_bytes: None,
+        cases_total: None,
+        cases_passed: None,
+        cases: vec![],
     }
 }
 

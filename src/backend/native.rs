@@ -498,6 +498,7 @@ pub fn prepare(
             }
         }
     }
+    cfg.steps.retain(|s| job.part.wants(s.kind));
     cfg.rootfs = job
         .backends
         .native

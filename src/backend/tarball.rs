@@ -159,11 +159,14 @@ pub fn extract(archive: impl Read, dest: &Path, cap: u64) -> std::io::Result<Ext
                     break;
                 }
                 total += size;
+                // Its permission bits, at most rwxr-xr-x (a built program stays
+                // executable: a job's cases run it), never less than rw-r--r--.
+                let mode = entry.header().mode().unwrap_or(0o644) & 0o755 | 0o644;
                 let mut f = match std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o644)
+                    .mode(mode)
                     .open(&target)
                 {
                     Ok(f) => f,

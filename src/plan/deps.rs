@@ -8,7 +8,7 @@
 //! compiled globs, `.dockerignore`) that match the paths of file-system events.
 
 use crate::spec::load::LoadedFile;
-use crate::spec::types::{FileSpec, JobSpec, PodManifest};
+use crate::spec::types::{CasesSpec, FileSpec, JobSpec, PodManifest};
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
@@ -80,6 +80,35 @@ pub fn job_deps(file: &Path, dir: &Path, spec: &JobSpec) -> Vec<Dep> {
     }
     if let Some(PodManifest::Path(p)) = &spec.pod_manifest {
         push(Dep::Path(resolve_in(dir, p)));
+    }
+    // Test cases: their input and answer files.
+    if let Some(f) = spec.expect.as_ref().and_then(|e| e.stdout_file.as_ref()) {
+        push(Dep::Path(resolve_in(dir, f)));
+    }
+    match &spec.cases {
+        Some(CasesSpec::Pattern(p)) if !p.contains("{{") => {
+            let inputs = resolve_in(dir, p);
+            push(Dep::Glob(inputs.clone()));
+            // The answers beside them (`X.out`, `X.ans`).
+            if let (Some(parent), Some(name)) = (inputs.parent(), inputs.file_name()) {
+                let stem = Path::new(name).file_stem().unwrap_or(name);
+                for ext in ["out", "ans"] {
+                    let mut n = stem.to_os_string();
+                    n.push(".");
+                    n.push(ext);
+                    push(Dep::Glob(parent.join(n)));
+                }
+            }
+        }
+        Some(CasesSpec::List(list)) => {
+            for c in list {
+                let answer = c.expect.as_ref().and_then(|e| e.stdout_file.as_ref());
+                for f in [c.stdin_file.as_ref(), answer].into_iter().flatten() {
+                    push(Dep::Path(resolve_in(dir, f)));
+                }
+            }
+        }
+        _ => {}
     }
     out
 }

@@ -4,6 +4,7 @@
 //! Every error is a [`SpecError`] naming the file, the job (index and name), the field,
 //! and the line:col where one exists; all errors of all files are collected.
 
+mod cases;
 mod dataset;
 mod validate;
 
@@ -15,7 +16,8 @@ use crate::spec::error::{did_you_mean, into_reports, Source, SpecError};
 use crate::spec::load::{is_job_file, load_file_diag, LoadedFile};
 use crate::spec::span::{path_string, Seg};
 use crate::spec::types::{
-    BackendKind, Expect, FileExpect, JobSpec, Lang, Limits, OneOrMany, PodManifest, Skip,
+    BackendKind, CasesSpec, Expect, FileExpect, JobSpec, Lang, Limits, OneOrMany, PodManifest,
+    Skip,
 };
 use minijinja::value::{merge_maps, Value};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
@@ -439,6 +441,7 @@ pub fn merge(d: &JobSpec, j: &JobSpec) -> JobSpec {
         (Some(a), Some(b)) => Some(Expect {
             exit_code: b.exit_code.or(a.exit_code),
             stdout: b.stdout.clone().or_else(|| a.stdout.clone()),
+            stdout_file: b.stdout_file.clone().or_else(|| a.stdout_file.clone()),
             stderr: b.stderr.clone().or_else(|| a.stderr.clone()),
             stdout_exact: b.stdout_exact.clone().or_else(|| a.stdout_exact.clone()),
             stdout_contains: b
@@ -504,6 +507,9 @@ pub fn merge(d: &JobSpec, j: &JobSpec) -> JobSpec {
         tags: pick!(tags),
         skip: pick!(skip),
         pod_manifest: pick!(pod_manifest),
+        cases: pick!(cases),
+        compare: pick!(compare),
+        cases_stop: pick!(cases_stop),
     }
 }
 
@@ -609,6 +615,8 @@ struct JobT {
     args: Vec<TStr>,
     env: Vec<(String, TStr)>,
     expect: ExpectT,
+    /// `cases` as a template rendering to a JSON list of `{ input, output }`.
+    cases: Option<TStr>,
 }
 
 /// `(index, (combination, matrix), (row number, row))` of one expanded job.
@@ -791,6 +799,20 @@ impl<'a> FileCx<'a> {
         let job = JobRef {
             ji,
             name: spec.name.as_deref(),
+        };
+        // `expect.stdout_file`: the expected stdout read from its file.
+        let read_expect;
+        let spec = match spec.expect.as_ref().filter(|e| e.stdout_file.is_some()) {
+            Some(e) => {
+                let mut e = e.clone();
+                self.resolve_stdout_file(&job, &[key("expect")], &mut e, &mut errors);
+                read_expect = JobSpec {
+                    expect: Some(e),
+                    ..spec.clone()
+                };
+                &read_expect
+            }
+            None => spec,
         };
         let prepared = self.prepare(&job, spec, &mut errors);
         let rows = self.rows(&job, spec, &mut errors);
@@ -1060,6 +1082,21 @@ impl<'a> FileCx<'a> {
             Some(Skip::Reason(r)) if r.trim().is_empty() => Some("skipped".to_string()),
             Some(Skip::Reason(r)) => Some(r.clone()),
         };
+        let compare = self.resolve_compare(job, spec.compare.as_ref(), errors);
+        let cases = match &spec.cases {
+            Some(CasesSpec::Pattern(p)) if !is_template(p) => {
+                self.resolve_cases_glob(job, p, errors)
+            }
+            Some(CasesSpec::List(l)) if l.is_empty() => {
+                errors.push(
+                    self.err(job, &[key("cases")], "`cases` is an empty list", "no case")
+                        .with_help("list at least one case, or remove `cases` to run the job once"),
+                );
+                vec![]
+            }
+            Some(CasesSpec::List(l)) => self.resolve_cases_list(job, l, errors),
+            _ => vec![],
+        };
         let proto = PlannedJob {
             id: 0,
             name: String::new(),
@@ -1084,11 +1121,17 @@ impl<'a> FileCx<'a> {
             limits,
             network: spec.network.unwrap_or(false),
             artifacts,
-            expect: ResolvedExpect::default(),
+            expect: ResolvedExpect {
+                compare,
+                ..Default::default()
+            },
             group: None,
             tags: spec.tags.clone().unwrap_or_default(),
             skip,
             pod_manifest,
+            cases,
+            cases_stop: spec.cases_stop.unwrap_or_default(),
+            part: Default::default(),
             backends: self.backends.clone(),
             deps: Arc::new(super::deps::job_deps(&self.lf.path, &self.lf.dir, spec)),
         };
@@ -1383,6 +1426,12 @@ impl<'a> FileCx<'a> {
             .stdin
             .as_ref()
             .map(|s| add(s, f(&[key("stdin")]), "stdin".into(), false, errors));
+        let cases = match &spec.cases {
+            Some(CasesSpec::Pattern(p)) if is_template(p) => {
+                Some(add(p, f(&[key("cases")]), "cases".into(), true, errors))
+            }
+            _ => None,
+        };
         let args = spec
             .args
             .iter()
@@ -1569,6 +1618,7 @@ impl<'a> FileCx<'a> {
             args,
             env,
             expect,
+            cases,
         })
     }
 
@@ -1692,6 +1742,7 @@ impl<'a> FileCx<'a> {
             Tpl(usize, minijinja::Error),
             Regex(Vec<Seg>, String, String),
             Path(Vec<Seg>, String, String),
+            Cases(String),
         }
         let mut job_obj: Vec<(&str, Value)> = vec![
             ("lang", Value::from(p.lang.as_str())),
@@ -1741,6 +1792,9 @@ impl<'a> FileCx<'a> {
             }
             j.group = ro(&jt.group).map_err(tf)?;
             j.stdin = ro(&jt.stdin).map_err(tf)?;
+            if let Some(c) = &jt.cases {
+                j.cases = cases::parse_rendered(&r(c).map_err(tf)?).map_err(Fail::Cases)?;
+            }
             j.args = rv(&jt.args).map_err(tf)?;
             j.env = jt
                 .env
@@ -1799,6 +1853,7 @@ impl<'a> FileCx<'a> {
                     vec![key("expect"), key("stderr_regex")],
                 )?,
                 files,
+                compare: p.proto.expect.compare,
             };
             Ok(j)
         };
@@ -1826,6 +1881,7 @@ impl<'a> FileCx<'a> {
             let id = match &f {
                 Fail::Tpl(i, e) => format!("t{i}{:?}", e.kind()),
                 Fail::Regex(s, _, _) | Fail::Path(s, _, _) => path_string(s),
+                Fail::Cases(_) => "cases".into(),
             };
             fails
                 .entry(id)
@@ -1854,6 +1910,9 @@ impl<'a> FileCx<'a> {
                     .err(job, &sub, format!("invalid regex `{re}` after rendering{}: {why}", row_desc()), "invalid regular expression")
                     .with_help("regexes use Rust `regex` syntax; when inserting data into a regex, escape it"),
                 Fail::Path(sub, p, why) => self.err(job, &sub, format!("checked file `{p}`{} {why}", row_desc()), "outside the workdir"),
+                Fail::Cases(why) => self
+                    .err(job, &[key("cases")], format!("`cases`{}: {why}", row_desc()), "not a list of cases")
+                    .with_help("a `cases` template renders to a JSON list of objects with `input` and `output` strings, e.g. cases = \"{{ row.tests | tojson }}\""),
             });
         }
         vec![]

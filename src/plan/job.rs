@@ -81,6 +81,95 @@ pub struct FileCheck {
     pub sha256: Option<String>,
 }
 
+/// How an expected `stdout` is compared (README, "Test cases").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compare {
+    /// Trailing whitespace of each line and trailing blank lines ignored (the judge
+    /// convention).
+    #[default]
+    Lines,
+    /// Byte for byte.
+    Exact,
+    /// The same whitespace-separated tokens.
+    Tokens,
+    /// Tokens; two numeric tokens are equal within this absolute or relative difference.
+    Float(f64),
+}
+
+/// A case's own checks, added to its job's (`None`/empty: the job's hold).
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct CaseExpect {
+    pub exit_code: Option<i32>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub stdout_exact: Option<String>,
+    pub stdout_contains: Vec<String>,
+    pub stderr_contains: Vec<String>,
+    pub stdout_regex: Option<String>,
+    pub stderr_regex: Option<String>,
+}
+
+/// One test case of a job (README, "Test cases").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Case {
+    pub name: String,
+    /// Standard input (None: empty).
+    pub stdin: Option<String>,
+    /// Replaces the job's `args`.
+    pub args: Option<Vec<String>>,
+    pub expect: CaseExpect,
+}
+
+impl ResolvedExpect {
+    /// The job's checks with a case's added: a case's value replaces the job's, its lists
+    /// add to the job's.
+    pub fn with_case(&self, c: &CaseExpect) -> ResolvedExpect {
+        let mut e = self.clone();
+        if let Some(x) = c.exit_code {
+            e.exit_code = x;
+        }
+        for (mine, theirs) in [
+            (&mut e.stdout, &c.stdout),
+            (&mut e.stderr, &c.stderr),
+            (&mut e.stdout_exact, &c.stdout_exact),
+            (&mut e.stdout_regex, &c.stdout_regex),
+            (&mut e.stderr_regex, &c.stderr_regex),
+        ] {
+            if theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        }
+        e.stdout_contains.extend(c.stdout_contains.iter().cloned());
+        e.stderr_contains.extend(c.stderr_contains.iter().cloned());
+        e
+    }
+}
+
+/// Which steps of a job run: all of them, only what makes the program (setup, compile:
+/// the build of a job with cases, whose `/sandbox` is kept), or only the run step (a case,
+/// its program built before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    #[default]
+    All,
+    Build,
+    Run,
+}
+
+impl Part {
+    /// Whether a step of `kind` runs.
+    pub fn wants(self, kind: crate::sandbox::StepKind) -> bool {
+        use crate::sandbox::StepKind;
+        match self {
+            Part::All => true,
+            Part::Build => kind != StepKind::Run,
+            Part::Run => kind == StepKind::Run,
+        }
+    }
+}
+
 /// `expect`, rendered; regexes already validated at plan time.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct ResolvedExpect {
@@ -93,6 +182,8 @@ pub struct ResolvedExpect {
     pub stdout_regex: Option<String>,
     pub stderr_regex: Option<String>,
     pub files: Vec<FileCheck>,
+    /// How `stdout` is compared.
+    pub compare: Compare,
 }
 
 /// Per-file backend settings, shared by all jobs of a file.
@@ -132,6 +223,12 @@ pub struct PlannedJob {
     /// Some(reason) when the job is skipped.
     pub skip: Option<String>,
     pub pod_manifest: Option<serde_json::Value>,
+    /// Test cases: the program is built once and run once per case (README, "Test
+    /// cases"); empty: the job runs once.
+    pub cases: Vec<Case>,
+    pub cases_stop: crate::spec::types::CasesStop,
+    /// Which of its steps run (a job with cases is run as its build, then its cases).
+    pub part: Part,
     #[serde(skip)]
     pub backends: SharedBackends,
     /// What the job reads from disk (job file, program, dataset, inputs, Dockerfile and
@@ -174,6 +271,9 @@ impl PlannedJob {
             tags: vec![],
             skip: None,
             pod_manifest: None,
+            cases: vec![],
+            cases_stop: Default::default(),
+            part: Part::All,
             backends: Arc::new(Default::default()),
             deps: Arc::new(vec![]),
         }

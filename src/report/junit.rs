@@ -14,7 +14,7 @@
 //! other than tab/LF/CR, U+FFFE, U+FFFF) are removed.
 
 use super::diff::unified_diff;
-use super::model::{JobReport, Report, Status};
+use super::model::{CaseReport, JobReport, Report, Status};
 use indexmap::IndexMap;
 use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
 use std::time::Duration;
@@ -200,6 +200,28 @@ fn test_case(job: &JobReport) -> TestCase {
     tc
 }
 
+/// A case of `job` as a report of its own, for its `<testcase>`.
+fn case_as_job(job: &JobReport, c: &CaseReport) -> JobReport {
+    JobReport {
+        name: format!("{}/{}", job.name, c.name),
+        status: c.status,
+        exit_code: c.exit_code,
+        duration_ms: c.duration_ms,
+        stdout: c.stdout.clone(),
+        stderr: c.stderr.clone(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        message: c.message.clone(),
+        checks: c.checks.clone(),
+        cpu_ms: c.cpu_ms,
+        peak_memory_bytes: c.peak_memory_bytes,
+        cases_total: None,
+        cases_passed: None,
+        cases: vec![],
+        ..job.summary_copy()
+    }
+}
+
 /// Renders the report as JUnit XML.
 pub fn to_junit(report: &Report) -> String {
     let mut suites: IndexMap<&str, (TestSuite, u64, usize)> = IndexMap::new();
@@ -207,10 +229,19 @@ pub fn to_junit(report: &Report) -> String {
         let entry = suites
             .entry(job.file.as_str())
             .or_insert_with(|| (TestSuite::new(xml_safe(&job.file)), 0, 0));
-        entry.0.add_test_case(test_case(job));
         entry.1 += job.duration_ms;
-        if job.status == Status::Skipped {
-            entry.2 += 1;
+        // A job with test cases: one <testcase> per case, `job/case` (README, "Test
+        // cases"); one that could not be built is one <testcase> with why.
+        let cases: Vec<JobReport> = job.cases.iter().map(|c| case_as_job(job, c)).collect();
+        for j in if cases.is_empty() {
+            std::slice::from_ref(job)
+        } else {
+            &cases[..]
+        } {
+            entry.0.add_test_case(test_case(j));
+            if j.status == Status::Skipped {
+                entry.2 += 1;
+            }
         }
     }
 

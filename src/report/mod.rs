@@ -99,6 +99,9 @@ pub(crate) mod test_support {
             signal: None,
             cpu_ms: None,
             peak_memory_bytes: None,
+            cases_total: None,
+            cases_passed: None,
+            cases: vec![],
         }
     }
 

@@ -102,6 +102,36 @@ pub struct JobReport {
     /// figures"); absent when it could not be measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
+    /// A job with test cases (README, "Test cases"): how many it has, how many passed, and
+    /// each case that ran, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cases_total: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cases_passed: Option<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<CaseReport>,
+}
+
+/// The result of one test case of a job: its own run step, checks and figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CaseReport {
+    pub name: String,
+    pub status: Status,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub message: Option<String>,
+    pub checks: Vec<CheckResult>,
+    /// Its output, kept for a case that did not pass (the checks saw all of it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
 }
 
 /// How the message of a job the run never started begins ([`JobReport::not_run`]).
@@ -197,6 +227,9 @@ impl JobReport {
             signal: self.signal,
             cpu_ms: self.cpu_ms,
             peak_memory_bytes: self.peak_memory_bytes,
+            cases_total: self.cases_total,
+            cases_passed: self.cases_passed,
+            cases: Vec::new(),
         }
     }
 }

@@ -215,6 +215,9 @@ impl TerminalReporter {
             self.paint(DIM, &visible(&job.file)),
             self.paint(BOLD, &visible(&job.name))
         );
+        if let (Some(total), Some(passed)) = (job.cases_total, job.cases_passed) {
+            line.push_str(&format!(" ({passed}/{total} cases)"));
+        }
         if job.status == Status::Skipped {
             if let Some(reason) = &job.message {
                 line.push_str(&format!(": {}", visible(reason)));

@@ -1138,6 +1138,12 @@ fn copy_out(rel: &str, out_dir: RawFd, room: u64) -> Result<u64, String> {
     )
     .map_err(|e| e.to_string())?;
     let mut dst = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(dst) });
+    // Its permission bits as in the sandbox, at most rwxr-xr-x (a built program stays
+    // executable: a job's cases run it).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o755 | 0o644;
+    dst.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| e.to_string())?;
     let n = std::io::copy(&mut (&mut src).take(room), &mut dst).map_err(|e| e.to_string())?;
     Ok(n)
 }

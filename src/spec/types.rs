@@ -210,6 +210,63 @@ pub enum Skip {
     Reason(String),
 }
 
+/// `cases` (README, "Test cases"): a glob of input files (`"tests/*.in"`, each `X.in` with
+/// its expected output in `X.out` or `X.ans` beside it), a template rendering to a JSON
+/// list of `{ input, output }` objects, or a list of cases.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum CasesSpec {
+    Pattern(String),
+    List(Vec<CaseSpec>),
+}
+
+/// One test case of a job: its input and what its output must be; the job's program,
+/// limits and `expect` apply too.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaseSpec {
+    /// Default: `case-N` (1-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// A file (relative to the job file) whose content is the standard input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_file: Option<String>,
+    /// Replace the job's `args` for this case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Added to the job's `expect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+}
+
+/// How an expected `stdout` is compared: `"lines"` (default), `"exact"`, `"tokens"`, or
+/// `{ float = 1e-6 }`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum CompareSpec {
+    Mode(String),
+    Float(FloatCompare),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FloatCompare {
+    /// Two numeric tokens are equal when their absolute or relative difference is at
+    /// most this.
+    pub float: f64,
+}
+
+/// Whether a job's cases stop at the first that does not pass.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CasesStop {
+    #[default]
+    FirstFailure,
+    Never,
+}
+
 /// `setup`: one shell command or a list.
 pub type Setup = OneOrMany;
 
@@ -272,6 +329,9 @@ pub struct Expect {
     /// Equal after trimming trailing whitespace of each line and trailing blank lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
+    /// A file (relative to the job file) whose content is the expected `stdout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr: Option<String>,
     /// Byte-for-byte equal.
@@ -363,6 +423,16 @@ pub struct JobSpec {
     /// Kubernetes: a Pod manifest (inline or path) used as the sandbox pod's base.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_manifest: Option<PodManifest>,
+    /// Test cases: the program is compiled once and run once per case (README, "Test
+    /// cases").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cases: Option<CasesSpec>,
+    /// How expected `stdout` is compared (default `"lines"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<CompareSpec>,
+    /// `"first-failure"` (default) or `"never"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cases_stop: Option<CasesStop>,
 }
 
 impl BackendKind {

@@ -34,6 +34,9 @@ fn job(name: &str, file: &str, status: Status, ms: u64) -> JobReport {
         signal: None,
         cpu_ms: None,
         peak_memory_bytes: None,
+        cases_total: None,
+        cases_passed: None,
+        cases: vec![],
     }
 }
 
