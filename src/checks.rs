@@ -870,7 +870,11 @@ mod tests {
         let r = check(Compare::Tokens, "1 2 3", "1 2 4");
         assert!(!r.passed && r.message.contains("token 3"), "{}", r.message);
         let r = check(Compare::Tokens, "1 2 3", "1 2");
-        assert!(!r.passed && r.message.contains("2 tokens, expected 3"), "{}", r.message);
+        assert!(
+            !r.passed && r.message.contains("2 tokens, expected 3"),
+            "{}",
+            r.message
+        );
         // float: absolute or relative difference.
         assert!(check(Compare::Float(1e-6), "0.3333333", "0.33333331").passed);
         assert!(check(Compare::Float(1e-6), "1000000000", "1000000001").passed);

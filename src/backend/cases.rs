@@ -127,10 +127,7 @@ fn report(job: &PlannedJob, ran: Vec<JobReport>, started: Instant) -> JobReport 
     } else {
         // Every case that ran passed, but not all ran (interrupted).
         r.status = Status::Error;
-        r.message = Some(format!(
-            "interrupted after {} of {total} cases",
-            ran.len()
-        ));
+        r.message = Some(format!("interrupted after {} of {total} cases", ran.len()));
     }
     // The figures of the job: the CPU of all its cases, the largest peak.
     r.cpu_ms = ran.iter().map(|c| c.cpu_ms).sum();

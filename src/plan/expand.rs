@@ -16,8 +16,7 @@ use crate::spec::error::{did_you_mean, into_reports, Source, SpecError};
 use crate::spec::load::{is_job_file, load_file_diag, LoadedFile};
 use crate::spec::span::{path_string, Seg};
 use crate::spec::types::{
-    BackendKind, CasesSpec, Expect, FileExpect, JobSpec, Lang, Limits, OneOrMany, PodManifest,
-    Skip,
+    BackendKind, CasesSpec, Expect, FileExpect, JobSpec, Lang, Limits, OneOrMany, PodManifest, Skip,
 };
 use minijinja::value::{merge_maps, Value};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};

@@ -88,6 +88,13 @@ const INPUTS: &[(&str, &str)] = &[
     ("data/parts/b.txt", "b\n"),
     ("data/tree/top.txt", "root\n"),
     ("data/tree/sub/leaf.txt", "leaf\n"),
+    // Test cases (README, "Test cases"): the third answer is wrong on purpose.
+    ("cases/1.in", "1 2\n"),
+    ("cases/1.out", "3\n"),
+    ("cases/2.in", "10 20\n"),
+    ("cases/2.ans", "30\n"),
+    ("cases/3.in", "5 5\n"),
+    ("cases/3.out", "11\n"),
 ];
 
 /// One job of the conformance file and what every backend must report for it.
@@ -512,6 +519,111 @@ code = "echo started; sleep 30; echo never"
             v.ensure(
                 (900..10_000).contains(&ms),
                 format!("duration {ms} ms is not about 1s"),
+            );
+        },
+    ));
+    // Test cases (README, "Test cases"): compiled once, a fresh sandbox per case (the
+    // program leaves a file behind; no later case may see it), each case its own verdict
+    // and figures.
+    v.push(case(
+        "cases-compiled",
+        "c",
+        "failed",
+        r#"
+code = """
+#include <stdio.h>
+int main(void) {
+    long a, b;
+    if (scanf("%ld %ld", &a, &b) != 2) return 3;
+    FILE *f = fopen("left-behind.txt", "a");
+    fputs("x\\n", f);
+    fclose(f);
+    f = fopen("left-behind.txt", "r");
+    int lines = 0, c;
+    while ((c = fgetc(f)) != EOF) lines += c == '\\n';
+    if (lines != 1) printf("an earlier case left %d lines\\n", lines - 1);
+    printf("%ld\\n", a + b);
+    return 0;
+}
+"""
+cases = "cases/*.in"
+cases_stop = "never"
+"#,
+        |v| {
+            v.ensure(
+                v.job["cases_total"] == 3 && v.job["cases_passed"] == 2,
+                format!(
+                    "cases: 2 of 3 should pass, got {}/{}",
+                    v.job["cases_passed"], v.job["cases_total"]
+                ),
+            );
+            let cases = v.job["cases"].as_array().cloned().unwrap_or_default();
+            let seen: Vec<(String, String)> = cases
+                .iter()
+                .map(|c| {
+                    let name = c["name"].as_str().unwrap_or("").to_string();
+                    (name, status(c).to_string())
+                })
+                .collect();
+            v.ensure(
+                seen == [
+                    ("1".to_string(), "passed".to_string()),
+                    ("2".to_string(), "passed".to_string()),
+                    ("3".to_string(), "failed".to_string()),
+                ],
+                format!("the cases' names and verdicts: {seen:?}"),
+            );
+            v.ensure(
+                cases.iter().all(|c| c["cpu_ms"].as_u64().is_some()),
+                "every case that ran reports its cpu_ms",
+            );
+            v.ensure(
+                v.message().starts_with("case 3:"),
+                format!("the job's message should name case 3: {}", v.message()),
+            );
+            v.ensure(
+                v.stdout().trim() == "10",
+                format!("the job's stdout is the failing case's: {:?}", v.stdout()),
+            );
+        },
+    ));
+    v.push(case(
+        "cases-first-failure",
+        "python",
+        "failed",
+        r#"
+code = "a, b = map(float, input().split()); print(a / b)"
+compare = { float = 1e-6 }
+cases = [
+  { name = "third", stdin = "1 3", expect.stdout = "0.333" },
+  { name = "half", stdin = "1 2", expect.stdout = "0.5000000001" },
+]
+"#,
+        |v| {
+            let cases = v.job["cases"].as_array().cloned().unwrap_or_default();
+            let seen: Vec<&str> = cases.iter().map(status).collect();
+            v.ensure(
+                seen == ["failed", "skipped"] && v.job["cases_passed"] == 0,
+                format!("the first case fails (0.333 is not within 1e-6), the second does not run: {seen:?}"),
+            );
+        },
+    ));
+    v.push(case(
+        "cases-float",
+        "python",
+        "passed",
+        r#"
+code = "a, b = map(float, input().split()); print(a / b)"
+compare = { float = 1e-6 }
+cases = [
+  { name = "third", stdin = "1 3", expect.stdout = "0.3333333" },
+  { name = "half", stdin = "1 2", expect.stdout = "0.5000000001" },
+]
+"#,
+        |v| {
+            v.ensure(
+                v.job["cases_total"] == 2 && v.job["cases_passed"] == 2,
+                format!("both cases pass: {}", v.job["cases_passed"]),
             );
         },
     ));

@@ -13,6 +13,7 @@ mod container_images;
 mod docker_remote;
 mod docker_session;
 mod humaneval;
+mod judge;
 mod kubernetes;
 mod languages;
 mod libraries;

@@ -265,6 +265,44 @@ const CASES: &[(&str, &str, &[&str])] = &[
         "",
         &["no_jobs.toml", "no jobs in this file"],
     ),
+    (
+        "cases_glob_nothing.toml",
+        "cases_glob_nothing.toml:5:9",
+        &[
+            "`cases`: `data/nothing/*.in` matches no file",
+            "X.out` or `X.ans`",
+        ],
+    ),
+    (
+        "cases_no_answer.toml",
+        "cases_no_answer.toml:5:9",
+        &[
+            "case input `data/cases/b.in` has no expected output",
+            "`data/cases/b.out` or `data/cases/b.ans`",
+        ],
+    ),
+    (
+        "cases_rendered_not_list.toml",
+        "cases_rendered_not_list.toml:6:9",
+        &[
+            "cases_rows.jsonl row 1",
+            "did not render to a JSON list",
+            "`input` and `output`",
+        ],
+    ),
+    (
+        "cases_both_stdin.toml",
+        "cases_both_stdin.toml:5:52",
+        &["`cases[0].stdin_file`: `stdin` and `stdin_file` are both set"],
+    ),
+    (
+        "compare_unknown.yaml",
+        "compare_unknown.yaml:5:14",
+        &[
+            "unknown `compare` value `numbers`",
+            "\"lines\" (the default), \"exact\", \"tokens\", or { float = 1e-6 }",
+        ],
+    ),
 ];
 
 #[test]

@@ -138,13 +138,15 @@ impl FileCx<'_> {
             );
             return vec![];
         }
+        // Paths are shown as written: relative to the job file's folder.
+        let base = self.resolve(".");
         let mut cases = Vec::with_capacity(found.len());
         for input in found {
             let answer = ["out", "ans"]
                 .iter()
                 .map(|ext| input.with_extension(ext))
                 .find(|p| p.is_file() && *p != input);
-            let shown = shown_path(&input, &self.lf.dir);
+            let shown = shown_path(&input, &base);
             let Some(answer) = answer else {
                 errors.push(
                     self.err(
@@ -152,8 +154,8 @@ impl FileCx<'_> {
                         &sub,
                         format!(
                             "case input `{shown}` has no expected output (`{}` or `{}` beside it)",
-                            shown_path(&input.with_extension("out"), &self.lf.dir),
-                            shown_path(&input.with_extension("ans"), &self.lf.dir)
+                            shown_path(&input.with_extension("out"), &base),
+                            shown_path(&input.with_extension("ans"), &base)
                         ),
                         "an input without its answer",
                     )
@@ -167,7 +169,7 @@ impl FileCx<'_> {
                     errors.push(self.err(
                         job,
                         &sub,
-                        format!("cannot read `{}`: {e}", shown_path(p, &self.lf.dir)),
+                        format!("cannot read `{}`: {e}", shown_path(p, &base)),
                         "cannot read this file",
                     ));
                     None
@@ -227,11 +229,19 @@ impl FileCx<'_> {
                 let mut s = expect_at.clone();
                 s.push(key("files"));
                 errors.push(
-                    self.err(job, &s, "`expect.files` is not checked per case", "not per case")
-                        .with_help("check files in the job's own `expect.files`"),
+                    self.err(
+                        job,
+                        &s,
+                        "`expect.files` is not checked per case",
+                        "not per case",
+                    )
+                    .with_help("check files in the job's own `expect.files`"),
                 );
             }
-            for (f, re) in [("stdout_regex", &e.stdout_regex), ("stderr_regex", &e.stderr_regex)] {
+            for (f, re) in [
+                ("stdout_regex", &e.stdout_regex),
+                ("stderr_regex", &e.stderr_regex),
+            ] {
                 if let Some(Err(err)) = re.as_deref().map(regex::Regex::new) {
                     let mut s = expect_at.clone();
                     s.push(key(f));
@@ -264,7 +274,12 @@ impl FileCx<'_> {
     }
 
     /// Case names are unique within a job (they name its JUnit test cases).
-    pub(super) fn check_case_names(&self, job: &JobRef, cases: &[Case], errors: &mut Vec<SpecError>) {
+    pub(super) fn check_case_names(
+        &self,
+        job: &JobRef,
+        cases: &[Case],
+        errors: &mut Vec<SpecError>,
+    ) {
         let mut seen = std::collections::HashSet::new();
         for (i, c) in cases.iter().enumerate() {
             if c.name.is_empty() || !seen.insert(c.name.as_str()) {
@@ -295,7 +310,9 @@ pub(super) fn parse_rendered(text: &str) -> Result<Vec<Case>, String> {
     let mut cases = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let serde_json::Value::Object(mut o) = item else {
-            return Err(format!("item {i} is not an object with `input` and `output`"));
+            return Err(format!(
+                "item {i} is not an object with `input` and `output`"
+            ));
         };
         let text_of = |v: serde_json::Value, what: &str| match v {
             serde_json::Value::String(s) => Ok(s),
@@ -305,7 +322,10 @@ pub(super) fn parse_rendered(text: &str) -> Result<Vec<Case>, String> {
             Some(v) => text_of(v, "input")?,
             None => return Err(format!("item {i} has no `input`")),
         };
-        let output = o.remove("output").map(|v| text_of(v, "output")).transpose()?;
+        let output = o
+            .remove("output")
+            .map(|v| text_of(v, "output"))
+            .transpose()?;
         let name = match o.remove("name") {
             Some(v) => text_of(v, "name")?,
             None => format!("case-{}", i + 1),

@@ -1,0 +1,118 @@
+//! Judge-style evaluation (README, "Test cases"): cases from a dataset row, one JUnit
+//! `<testcase>` per case, the terminal's `k/n cases`, and pass@k counting a sample as
+//! correct only when every case passes. Every backend runs cases through the same code
+//! (`tests/integration/conformance.rs` has them on each).
+
+use crate::common;
+
+use common::{status, Scratch};
+
+/// A CodeContests-style dataset: one row per sample, its tests in the row. `wrong` gets the
+/// second case wrong, `right` passes all; both of one problem, one group.
+const ROWS: &str = r#"{"id": "right", "code": "a, b = map(int, input().split())\nprint(a + b)", "tests": [{"input": "1 2\n", "output": "3\n"}, {"input": "40 2\n", "output": "42\n"}]}
+{"id": "wrong", "code": "a, b = map(int, input().split())\nprint(a + b if a < 10 else 0)", "tests": [{"input": "1 2\n", "output": "3\n"}, {"input": "40 2\n", "output": "42\n"}]}
+"#;
+
+const JOBS: &str = r#"
+[[jobs]]
+name = "sum-{{ row.id }}"
+lang = "python"
+dataset = "rows.jsonl"
+template = "{{ row.code }}"
+group = "sum"
+cases = "{{ row.tests | tojson }}"
+cases_stop = "never"
+"#;
+
+#[test]
+fn dataset_cases_junit_terminal_and_pass_at_k() {
+    common::use_binary_as_helper();
+    let s = Scratch::new();
+    s.write("rows.jsonl", ROWS);
+    s.write("jobs.toml", JOBS);
+    let r = s.run_json(&["--backend", "native", "--junit", "junit.xml", "jobs.toml"]);
+    assert_eq!(r.code, 1, "one sample fails: {}", r.stderr);
+    let jobs = r.jobs();
+    let right = &jobs["sum-right"];
+    let wrong = &jobs["sum-wrong"];
+    assert_eq!(status(right), "passed", "{right}");
+    assert_eq!(
+        (
+            right["cases_total"].as_u64(),
+            right["cases_passed"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(status(wrong), "failed", "{wrong}");
+    assert_eq!(
+        (
+            wrong["cases_total"].as_u64(),
+            wrong["cases_passed"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    let names: Vec<&str> = wrong["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["case-1", "case-2"]);
+    assert_eq!(status(&wrong["cases"][1]), "failed");
+    assert!(
+        wrong["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("case case-2:"),
+        "{}",
+        wrong["message"]
+    );
+    // pass@1 over the group: one of the two samples passes every case.
+    assert_eq!(r.report["pass_at"]["1"].as_f64(), Some(0.5), "{}", r.report);
+    assert_eq!(r.report["groups"][0]["passed"], 1, "{}", r.report["groups"]);
+
+    // JUnit: one testcase per case, `job/case`.
+    let xml = std::fs::read_to_string(s.path().join("junit.xml")).unwrap();
+    for case in [
+        "sum-right/case-1",
+        "sum-right/case-2",
+        "sum-wrong/case-1",
+        "sum-wrong/case-2",
+    ] {
+        assert!(xml.contains(&format!("name=\"{case}\"")), "{case} in {xml}");
+    }
+    assert!(
+        xml.contains("tests=\"4\"") && xml.contains("failures=\"1\""),
+        "{xml}"
+    );
+
+    // The terminal: one line per job with its cases.
+    assert!(r.stderr.contains("sum-wrong (1/2 cases)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("-42") && r.stderr.contains("+0"),
+        "the failing case's diff: {}",
+        r.stderr
+    );
+}
+
+/// A program that cannot be compiled: no case runs, the job says why.
+#[test]
+fn a_compile_error_runs_no_case() {
+    common::use_binary_as_helper();
+    let s = Scratch::new();
+    s.write("t/1.in", "1\n");
+    s.write("t/1.out", "1\n");
+    s.write(
+        "jobs.toml",
+        "[[jobs]]\nname = \"broken\"\nlang = \"c\"\ncode = \"int main( {\"\ncases = \"t/*.in\"\n",
+    );
+    let r = s.run_json(&["--backend", "native", "jobs.toml"]);
+    let j = &r.jobs()["broken"];
+    assert_eq!(status(j), "failed", "{j}");
+    assert_eq!(j["phase"], "compile", "{j}");
+    assert_eq!(
+        (j["cases_total"].as_u64(), j["cases_passed"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert!(j["cases"].as_array().is_none_or(|c| c.is_empty()), "{j}");
+}
