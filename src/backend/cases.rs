@@ -6,11 +6,18 @@
 //! native sandbox, a warm container proven clean) isolates one case from the next.
 
 use super::{sanitize_name, Backend, RunCtx};
-use crate::plan::job::{InputFile, Part, PlannedJob, ResolvedExpect};
-use crate::report::model::{CaseReport, JobReport, Status};
+use crate::plan::job::{Case, Checker, InputFile, Part, PlannedJob, ResolvedExpect};
+use crate::report::model::{CaseReport, CheckResult, JobReport, Phase, Status};
 use crate::spec::types::{BackendKind, CasesStop};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// A scope's built checkers, by what they are made from: their files (as a case's inputs
+/// are), or why the checker could not be built.
+pub(crate) type BuiltCheckers =
+    tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Result<Vec<InputFile>, String>>>>>;
 
 /// Runs `job`'s cases on `backend` and makes the job's report.
 pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobReport {
@@ -33,6 +40,19 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
             }
         }
     }
+    let checker = match &job.checker {
+        Some(ch) => match checker_files(backend, job, ch, ctx).await {
+            Ok(files) => Some((ch, files)),
+            Err(why) => {
+                let mut r = super::error_report(job, Phase::Prepare, why);
+                r.cases_total = Some(job.cases.len());
+                r.cases_passed = Some(0);
+                r.duration_ms = started.elapsed().as_millis() as u64;
+                return r;
+            }
+        },
+        None => None,
+    };
     let mut ran: Vec<JobReport> = Vec::with_capacity(job.cases.len());
     for c in &job.cases {
         let mut cj = job.clone();
@@ -44,8 +64,29 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
             cj.args = a.clone();
         }
         cj.expect = job.expect.with_case(&c.expect);
+        // With a checker, the expected stdout is its ANSWER file, not compared here.
+        let answer = match checker {
+            Some(_) => cj.expect.stdout.take(),
+            None => None,
+        };
         cj.files = files.clone();
-        let r = backend.run_job(&cj, ctx).await;
+        let mut r = backend.run_job(&cj, ctx).await;
+        if let (Some((ch, files)), Status::Passed) = (&checker, r.status) {
+            let dir = ctx.run_dir.join(format!("check-{}-{}", job.id, ran.len()));
+            judge(
+                backend,
+                job,
+                ch,
+                files,
+                c,
+                answer.as_deref(),
+                &dir,
+                &mut r,
+                ctx,
+            )
+            .await;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         let failed = r.status != Status::Passed;
         ran.push(r);
         if ctx.cancel.is_cancelled() || (failed && job.cases_stop == CasesStop::FirstFailure) {
@@ -172,4 +213,153 @@ fn report(job: &PlannedJob, ran: Vec<JobReport>, started: Instant) -> JobReport 
         .chain(not_run)
         .collect();
     r
+}
+
+/// The checker's files, built once per scope (a compiled checker: its build; an
+/// interpreted one: its source).
+async fn checker_files(
+    backend: &dyn Backend,
+    job: &PlannedJob,
+    ch: &Checker,
+    ctx: &RunCtx,
+) -> Result<Vec<InputFile>, String> {
+    use sha2::Digest;
+    let cj = checker_job(job, ch);
+    let key = format!(
+        "{}|{:?}|{}|{:x}",
+        job.backend,
+        job.backends.docker.as_ref().and_then(|d| d.host.clone()),
+        ch.lang,
+        sha2::Sha256::digest(ch.code.as_bytes())
+    );
+    let cell = ctx
+        .scope
+        .checkers
+        .lock()
+        .await
+        .entry(key)
+        .or_default()
+        .clone();
+    cell.get_or_init(|| async {
+        if !needs_build(&cj) {
+            let dir = ctx.run_dir.join(format!("checker-{}", job.id));
+            let src = dir.join("source");
+            std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::write(&src, &ch.code))
+                .map_err(|e| format!("cannot write the checker's program: {e}"))?;
+            return Ok(vec![InputFile {
+                src,
+                dest: crate::lang::source_file(ch.lang, &ch.code),
+            }]);
+        }
+        build(backend, &cj, ctx).await.map_err(|r| {
+            format!(
+                "the checker ({}) could not be built: {}{}",
+                ch.lang,
+                r.message.unwrap_or_default(),
+                if r.stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{}", r.stderr)
+                }
+            )
+        })
+    })
+    .await
+    .clone()
+}
+
+/// The checker as a job of `job`'s backend: its own language (and default image), the
+/// job's limits and timeout.
+fn checker_job(job: &PlannedJob, ch: &Checker) -> PlannedJob {
+    let mut cj = PlannedJob::adhoc(ch.lang, ch.code.clone(), vec![], job.timeout, false);
+    cj.id = job.id;
+    cj.name = format!("{}/checker", job.name);
+    cj.file = job.file.clone();
+    cj.backend = job.backend;
+    cj.backends = job.backends.clone();
+    cj.limits = job.limits.clone();
+    cj
+}
+
+/// Runs the checker on one case that ran (`r`, passed so far): `checker INPUT OUTPUT
+/// ANSWER` in a sandbox of its own; its verdict becomes a check of the case (exit 0
+/// accepted; 1 wrong answer and 2 presentation error: `failed`, the checker's stderr the
+/// message; anything else: `error`, the checker failed).
+#[allow(clippy::too_many_arguments)]
+async fn judge(
+    backend: &dyn Backend,
+    job: &PlannedJob,
+    ch: &Checker,
+    files: &[InputFile],
+    case: &Case,
+    answer: Option<&str>,
+    dir: &Path,
+    r: &mut JobReport,
+    ctx: &RunCtx,
+) {
+    const NAMES: [&str; 3] = ["input.txt", "output.txt", "answer.txt"];
+    let mut cj = checker_job(job, ch);
+    cj.name = format!("{}/{}/checker", job.name, case.name);
+    cj.part = if needs_build(&cj) {
+        Part::Run
+    } else {
+        Part::All
+    };
+    cj.files = files.to_vec();
+    cj.args = NAMES.iter().map(|n| n.to_string()).collect();
+    let texts = [
+        case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or(""),
+        r.stdout.as_str(),
+        answer.unwrap_or(""),
+    ];
+    for (name, text) in NAMES.iter().zip(texts) {
+        let src = dir.join(name);
+        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&src, text)) {
+            r.status = Status::Error;
+            r.message = Some(format!("cannot write the checker's {name}: {e}"));
+            return;
+        }
+        cj.files.push(InputFile {
+            src,
+            dest: name.to_string(),
+        });
+    }
+    let c = backend.run_job(&cj, ctx).await;
+    let said = c.stderr.trim().to_string();
+    let verdict = match (c.status, c.exit_code) {
+        (Status::Passed | Status::Failed, Some(0)) => Ok(if said.is_empty() {
+            "the checker accepted the output".to_string()
+        } else {
+            format!("the checker accepted the output: {said}")
+        }),
+        (Status::Failed, Some(1)) => Err(format!("wrong answer: {said}")),
+        (Status::Failed, Some(2)) => Err(format!("presentation error: {said}")),
+        _ => {
+            r.status = Status::Error;
+            r.message = Some(format!(
+                "the checker failed ({}): {}",
+                c.exit_code
+                    .map(|e| format!("exit code {e}"))
+                    .unwrap_or_else(|| c.status.as_str().to_string()),
+                c.message.clone().unwrap_or(said)
+            ));
+            return;
+        }
+    };
+    let (passed, message) = match verdict {
+        Ok(m) => (true, m),
+        Err(m) => (false, m),
+    };
+    r.checks.push(CheckResult {
+        kind: "checker".into(),
+        passed,
+        message: message.clone(),
+        expected: None,
+        actual: None,
+    });
+    if !passed {
+        r.status = Status::Failed;
+        r.message = Some(message);
+    }
 }

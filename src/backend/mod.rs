@@ -34,6 +34,8 @@ pub struct Scope {
     pub(crate) pod_pools: std::sync::Mutex<Vec<kubernetes::KeyedPodPool>>,
     /// The native sandbox servers.
     pub(crate) servers: crate::sandbox::host::Servers,
+    /// Checker programs built in this scope (each once: README, "Test cases").
+    pub(crate) checkers: cases::BuiltCheckers,
 }
 
 impl std::fmt::Debug for Scope {
@@ -53,6 +55,7 @@ impl Scope {
             clusters: Default::default(),
             pod_pools: Default::default(),
             servers: Default::default(),
+            checkers: Default::default(),
         })
     }
 

@@ -509,6 +509,7 @@ pub fn merge(d: &JobSpec, j: &JobSpec) -> JobSpec {
         cases: pick!(cases),
         compare: pick!(compare),
         cases_stop: pick!(cases_stop),
+        checker: pick!(checker),
     }
 }
 
@@ -1082,6 +1083,16 @@ impl<'a> FileCx<'a> {
             Some(Skip::Reason(r)) => Some(r.clone()),
         };
         let compare = self.resolve_compare(job, spec.compare.as_ref(), errors);
+        let checker = spec
+            .checker
+            .as_ref()
+            .and_then(|c| self.resolve_checker(job, c, errors));
+        if checker.is_some() && spec.cases.is_none() {
+            errors.push(
+                self.err(job, &[key("checker")], "a `checker` judges test cases, and this job has none", "no `cases`")
+                    .with_help("add `cases` (a glob of inputs, a list, or a template): the checker runs after each case as `checker INPUT OUTPUT ANSWER`"),
+            );
+        }
         let cases = match &spec.cases {
             Some(CasesSpec::Pattern(p)) if !is_template(p) => {
                 self.resolve_cases_glob(job, p, errors)
@@ -1130,6 +1141,7 @@ impl<'a> FileCx<'a> {
             pod_manifest,
             cases,
             cases_stop: spec.cases_stop.unwrap_or_default(),
+            checker,
             part: Default::default(),
             backends: self.backends.clone(),
             deps: Arc::new(super::deps::job_deps(&self.lf.path, &self.lf.dir, spec)),

@@ -110,6 +110,13 @@ pub struct CaseExpect {
     pub stderr_regex: Option<String>,
 }
 
+/// A job's checker program (README, "Test cases").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Checker {
+    pub lang: Lang,
+    pub code: String,
+}
+
 /// One test case of a job (README, "Test cases").
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Case {
@@ -227,6 +234,8 @@ pub struct PlannedJob {
     /// cases"); empty: the job runs once.
     pub cases: Vec<Case>,
     pub cases_stop: crate::spec::types::CasesStop,
+    /// Judges each case's output (`checker INPUT OUTPUT ANSWER`).
+    pub checker: Option<Checker>,
     /// Which of its steps run (a job with cases is run as its build, then its cases).
     pub part: Part,
     #[serde(skip)]
@@ -273,6 +282,7 @@ impl PlannedJob {
             pod_manifest: None,
             cases: vec![],
             cases_stop: Default::default(),
+            checker: None,
             part: Part::All,
             backends: Arc::new(Default::default()),
             deps: Arc::new(vec![]),

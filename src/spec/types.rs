@@ -258,6 +258,20 @@ pub struct FloatCompare {
     pub float: f64,
 }
 
+/// A checker program (README, "Test cases"): run as `checker INPUT OUTPUT ANSWER` (three
+/// files) after each case; exit 0 accepted, 1 wrong answer, 2 presentation error (testlib's
+/// convention), anything else an error of the checker.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckerSpec {
+    pub lang: Lang,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Relative to the job file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_file: Option<String>,
+}
+
 /// Whether a job's cases stop at the first that does not pass.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -433,6 +447,9 @@ pub struct JobSpec {
     /// `"first-failure"` (default) or `"never"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cases_stop: Option<CasesStop>,
+    /// Judges each case's output instead of comparing it with the expected one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checker: Option<CheckerSpec>,
 }
 
 impl BackendKind {

@@ -608,6 +608,56 @@ cases = [
             );
         },
     ));
+    // A checker (testlib's convention: `checker INPUT OUTPUT ANSWER`, exit 0 accepted, 1
+    // wrong answer), compiled once, run in a sandbox of its own after each case.
+    v.push(case(
+        "cases-checker",
+        "python",
+        "failed",
+        r#"
+code = "n = int(input()); print(3, n - 3) if n > 8 else print(1, 1)"
+cases = [{ name = "ten", stdin = "10" }, { name = "seven", stdin = "7" }]
+cases_stop = "never"
+checker = { lang = "c", code = """
+#include <stdio.h>
+int main(int argc, char **argv) {
+    if (argc != 4) { fprintf(stderr, "usage: checker INPUT OUTPUT ANSWER"); return 3; }
+    long n, a, b;
+    FILE *in = fopen(argv[1], "r"), *out = fopen(argv[2], "r"), *ans = fopen(argv[3], "r");
+    if (!in || !out || !ans || fscanf(in, "%ld", &n) != 1) return 3;
+    if (fscanf(out, "%ld %ld", &a, &b) != 2) { fprintf(stderr, "expected two numbers"); return 2; }
+    if (a + b != n) { fprintf(stderr, "%ld + %ld is not %ld", a, b, n); return 1; }
+    fprintf(stderr, "ok %ld + %ld", a, b);
+    return 0;
+}
+""" }
+"#,
+        |v| {
+            let cases = v.job["cases"].as_array().cloned().unwrap_or_default();
+            let seen: Vec<&str> = cases.iter().map(status).collect();
+            v.ensure(
+                seen == ["passed", "failed"],
+                format!("the checker's verdicts: {seen:?}"),
+            );
+            let checker_said = |c: &Value| {
+                c["checks"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|k| k["kind"] == "checker"))
+                    .and_then(|k| k["message"].as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let first = cases.first().map(checker_said).unwrap_or_default();
+            v.ensure(
+                first.contains("ok 3 + 7"),
+                format!("the first case's checker message: {first:?}"),
+            );
+            v.ensure(
+                v.message() == "case seven: wrong answer: 1 + 1 is not 7",
+                format!("the job's message: {:?}", v.message()),
+            );
+        },
+    ));
     v.push(case(
         "cases-float",
         "python",

@@ -116,3 +116,59 @@ fn a_compile_error_runs_no_case() {
     );
     assert!(j["cases"].as_array().is_none_or(|c| c.is_empty()), "{j}");
 }
+
+/// examples/judge: every verdict of its README's table, on native.
+#[test]
+fn the_example_judge_gives_the_verdicts_of_its_readme() {
+    common::use_binary_as_helper();
+    const TABLE: &[(&str, &str, u64, u64)] = &[
+        ("sum/accepted-cpp", "passed", 3, 3),
+        ("sum/accepted-java", "passed", 3, 3),
+        ("sum/accepted-python", "passed", 3, 3),
+        ("sum/wrong-cpp", "failed", 2, 3),
+        ("sum/slow-cpp", "timeout", 2, 3),
+        ("sum/memory-cpp", "failed", 2, 3),
+        ("sum/compile-error-cpp", "failed", 0, 3),
+        ("sum/runtime-error-python", "failed", 2, 3),
+        ("circle/accepted-python", "passed", 2, 2),
+        ("circle/rough-python", "failed", 0, 2),
+        ("pair/accepted-python", "passed", 2, 2),
+        ("pair/wrong-python", "failed", 0, 2),
+    ];
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/judge/judge.toml");
+    let s = Scratch::new();
+    let r = s.run_json(&["--backend", "native", example.to_str().unwrap()]);
+    let jobs = r.jobs();
+    let readme = std::fs::read_to_string(example.with_file_name("README.md")).unwrap();
+    let java = common::have("javac");
+    let mut wrong = vec![];
+    for (name, want, passed, total) in TABLE {
+        assert!(
+            readme.contains(&format!("| `{name}` | {want} | {passed}/{total} |")),
+            "the README's table lacks {name} {want} {passed}/{total}"
+        );
+        if name.contains("java") && !java {
+            common::skipped(format!("examples/judge {name}: javac is not installed"));
+            continue;
+        }
+        let j = &jobs[*name];
+        let got = (
+            status(j),
+            j["cases_passed"].as_u64(),
+            j["cases_total"].as_u64(),
+        );
+        if got != (*want, Some(*passed), Some(*total)) {
+            wrong.push(format!(
+                "{name}: {got:?}, want {want} {passed}/{total}: {}",
+                j["message"]
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let memory = &jobs["sum/memory-cpp"]["message"];
+    assert!(
+        memory.as_str().unwrap_or("").contains("memory limit"),
+        "{memory}"
+    );
+}

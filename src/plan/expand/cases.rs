@@ -2,10 +2,10 @@
 //! time, each mistake an error naming the field.
 
 use super::{key, FileCx, JobRef};
-use crate::plan::job::{Case, CaseExpect, Compare};
+use crate::plan::job::{Case, CaseExpect, Checker, Compare};
 use crate::spec::error::SpecError;
 use crate::spec::span::Seg;
-use crate::spec::types::{CaseSpec, CompareSpec, Expect};
+use crate::spec::types::{CaseSpec, CheckerSpec, CompareSpec, Expect};
 use std::path::{Path, PathBuf};
 
 /// The valid values of `compare`, for messages.
@@ -54,6 +54,34 @@ impl FileCx<'_> {
                 Compare::Float(f.float)
             }
         }
+    }
+
+    /// `checker`: its program, from `code` or `code_file`.
+    pub(super) fn resolve_checker(
+        &self,
+        job: &JobRef,
+        c: &CheckerSpec,
+        errors: &mut Vec<SpecError>,
+    ) -> Option<Checker> {
+        let code = match (&c.code, &c.code_file) {
+            (Some(code), None) => Some(code.clone()),
+            (None, Some(f)) => self.read_named(job, &[key("checker"), key("code_file")], f, errors),
+            (Some(_), Some(_)) => {
+                errors.push(
+                    self.err(job, &[key("checker"), key("code_file")], "`code` and `code_file` are both set", "second program")
+                        .with_help("give the checker's program inline (`code`) or in a file (`code_file`), not both"),
+                );
+                None
+            }
+            (None, None) => {
+                errors.push(
+                    self.err(job, &[key("checker")], "the checker has no program", "no `code` or `code_file`")
+                        .with_help("e.g. checker = { lang = \"cpp\", code_file = \"check.cpp\" }: run as `checker INPUT OUTPUT ANSWER`, exit 0 accepted, 1 wrong answer, 2 presentation error"),
+                );
+                None
+            }
+        }?;
+        Some(Checker { lang: c.lang, code })
     }
 
     /// A file named by a job field (relative to the job file), read as text.

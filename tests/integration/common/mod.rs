@@ -39,6 +39,12 @@ pub fn skipped(why: impl std::fmt::Display) {
     }
 }
 
+/// Whether `program` is on this host's PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_llm-sandbox");
 
