@@ -53,47 +53,81 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
         },
         None => None,
     };
-    let mut ran: Vec<JobReport> = Vec::with_capacity(job.cases.len());
-    for c in &job.cases {
-        let mut cj = job.clone();
-        cj.cases = vec![];
-        cj.part = part;
-        cj.name = format!("{}/{}", job.name, c.name);
-        cj.stdin = c.stdin.clone().or_else(|| job.stdin.clone());
-        if let Some(a) = &c.args {
-            cj.args = a.clone();
+    // The cases, in order; as many at once as the backend has free job slots (this job's
+    // own, and any other job does not use right now).
+    let mut results: Vec<Option<JobReport>> = vec![None; job.cases.len()];
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    let mut next = 0;
+    let mut stopped = false;
+    loop {
+        while next < job.cases.len() && !stopped && !ctx.cancel.is_cancelled() {
+            let extra = if running.is_empty() {
+                None
+            } else {
+                match ctx.slots.as_ref().map(|s| s.clone().try_acquire_owned()) {
+                    Some(Ok(p)) => Some(p),
+                    _ => break,
+                }
+            };
+            let (i, c) = (next, &job.cases[next]);
+            next += 1;
+            let case_job = case_job(job, c, part, &files, checker.is_some());
+            let checker = &checker;
+            running.push(async move {
+                let (cj, answer) = case_job;
+                let mut r = backend.run_job(&cj, ctx).await;
+                if let (Some((ch, files)), Status::Passed) = (checker, r.status) {
+                    let dir = ctx.run_dir.join(format!("check-{}-{i}", job.id));
+                    judge(backend, job, ch, files, c, answer.as_deref(), &dir, &mut r, ctx).await;
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                drop(extra);
+                (i, r)
+            });
         }
-        cj.expect = job.expect.with_case(&c.expect);
-        // With a checker, the expected stdout is its ANSWER file, not compared here.
-        let answer = match checker {
-            Some(_) => cj.expect.stdout.take(),
-            None => None,
+        let Some((i, r)) = futures_util::StreamExt::next(&mut running).await else {
+            break;
         };
-        cj.files = files.clone();
-        let mut r = backend.run_job(&cj, ctx).await;
-        if let (Some((ch, files)), Status::Passed) = (&checker, r.status) {
-            let dir = ctx.run_dir.join(format!("check-{}-{}", job.id, ran.len()));
-            judge(
-                backend,
-                job,
-                ch,
-                files,
-                c,
-                answer.as_deref(),
-                &dir,
-                &mut r,
-                ctx,
-            )
-            .await;
-            let _ = std::fs::remove_dir_all(&dir);
+        if r.status != Status::Passed && job.cases_stop == CasesStop::FirstFailure {
+            stopped = true;
         }
+        results[i] = Some(r);
+    }
+    // In order, up to the first gap (a case not run) or, with `first-failure`, the first
+    // case that did not pass: the same report whichever case ended first.
+    let mut ran: Vec<JobReport> = Vec::with_capacity(job.cases.len());
+    for r in results {
+        let Some(r) = r else { break };
         let failed = r.status != Status::Passed;
         ran.push(r);
-        if ctx.cancel.is_cancelled() || (failed && job.cases_stop == CasesStop::FirstFailure) {
+        if failed && job.cases_stop == CasesStop::FirstFailure {
             break;
         }
     }
     report(job, ran, started)
+}
+
+/// A case as a job of its own (built files as inputs, only its run step when built), and
+/// its expected stdout when a checker judges it (then it is the ANSWER file, not compared).
+fn case_job(
+    job: &PlannedJob,
+    c: &Case,
+    part: Part,
+    files: &[InputFile],
+    checked: bool,
+) -> (PlannedJob, Option<String>) {
+    let mut cj = job.clone();
+    cj.cases = vec![];
+    cj.part = part;
+    cj.name = format!("{}/{}", job.name, c.name);
+    cj.stdin = c.stdin.clone().or_else(|| job.stdin.clone());
+    if let Some(a) = &c.args {
+        cj.args = a.clone();
+    }
+    cj.expect = job.expect.with_case(&c.expect);
+    let answer = if checked { cj.expect.stdout.take() } else { None };
+    cj.files = files.to_vec();
+    (cj, answer)
 }
 
 /// Whether the program is made before it runs: a compiled language, or `setup` commands

@@ -689,6 +689,7 @@ mod tests {
             cancel: CancellationToken::new(),
             fresh_containers: true,
             parallelism: 1,
+            slots: None,
         };
         (ctx, dir)
     }

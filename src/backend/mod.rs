@@ -88,6 +88,9 @@ pub struct RunCtx {
     pub fresh_containers: bool,
     /// How many jobs run at once (warm pools start that many containers ahead).
     pub parallelism: usize,
+    /// The backend's job slots (one held by every running job): a job with test cases runs
+    /// more of its cases at once on slots no other job is using.
+    pub slots: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 /// What the runner needs of a backend: one implementation per backend, found through

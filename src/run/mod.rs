@@ -95,6 +95,7 @@ pub async fn run_plan(
         cancel: cancel.clone(),
         fresh_containers: opts.fresh_containers,
         parallelism: opts.jobs.max(1),
+        slots: None,
     };
     let _ = events.send(Event::RunStarted {
         total: plan.jobs.len(),
@@ -117,9 +118,11 @@ pub async fn run_plan(
     let mut schedulers = tokio::task::JoinSet::new();
     for (b, jobs) in per_backend {
         ctx.parallelism = opts.jobs_for(b);
+        let sem = Arc::new(Semaphore::new(opts.jobs_for(b)));
+        ctx.slots = Some(sem.clone());
         let sched = Scheduler {
             ctx: ctx.clone(),
-            sem: Arc::new(Semaphore::new(opts.jobs_for(b))),
+            sem,
             stop: stop_scheduling.clone(),
             fail_fast: opts.fail_fast,
             events: events.clone(),
