@@ -78,7 +78,18 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
                 let mut r = backend.run_job(&cj, ctx).await;
                 if let (Some((ch, files)), Status::Passed) = (checker, r.status) {
                     let dir = ctx.run_dir.join(format!("check-{}-{i}", job.id));
-                    judge(backend, job, ch, files, c, answer.as_deref(), &dir, &mut r, ctx).await;
+                    judge(
+                        backend,
+                        job,
+                        ch,
+                        files,
+                        c,
+                        answer.as_deref(),
+                        &dir,
+                        &mut r,
+                        ctx,
+                    )
+                    .await;
                     let _ = std::fs::remove_dir_all(&dir);
                 }
                 drop(extra);
@@ -125,7 +136,11 @@ fn case_job(
         cj.args = a.clone();
     }
     cj.expect = job.expect.with_case(&c.expect);
-    let answer = if checked { cj.expect.stdout.take() } else { None };
+    let answer = if checked {
+        cj.expect.stdout.take()
+    } else {
+        None
+    };
     cj.files = files.to_vec();
     (cj, answer)
 }
