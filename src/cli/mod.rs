@@ -34,9 +34,14 @@ struct SelectArgs {
     /// Override every job's backend.
     #[arg(long, value_parser = parse_backend)]
     backend: Option<BackendKind>,
-    /// Select jobs: a name glob, or tag:NAME (repeatable; any match selects).
+    /// Select jobs: a name glob, or tag:NAME (repeatable; any match selects); !GLOB or
+    /// !tag:NAME excludes. A selection with no job is an error.
     #[arg(long = "filter", value_name = "EXPR")]
     filters: Vec<String>,
+    /// Only shard I of N of the selected jobs (1-based; by a hash of the job name, the
+    /// same on every machine): N machines with 1/N .. N/N run each job once.
+    #[arg(long, value_name = "I/N", value_parser = llm_sandbox::plan::Shard::parse)]
+    shard: Option<llm_sandbox::plan::Shard>,
     /// Override a template variable (repeatable).
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
     vars: Vec<(String, String)>,
@@ -429,6 +434,7 @@ fn load_plan(select: &SelectArgs) -> Option<Plan> {
         vars: select.vars.clone(),
         backend_override: select.backend,
         filters: select.filters.clone(),
+        shard: select.shard,
     };
     match llm_sandbox::plan::plan_paths(&paths, &opts) {
         Ok(p) => {

@@ -92,6 +92,7 @@ pub(super) async fn watch(select: SelectArgs, args: RunArgs, w: WatchArgs) -> i3
         vars: select.vars.clone(),
         backend_override: select.backend,
         filters: select.filters.clone(),
+        shard: select.shard,
     };
     // Options that are wrong whatever the files say (an invalid --filter).
     if let Err(errors) = llm_sandbox::plan::plan_loaded(&[], &plan_opts) {

@@ -228,6 +228,17 @@ pub fn plan_loaded(files: &[LoadedFile], opts: &PlanOptions) -> Result<Plan, Vec
     let total = jobs.len();
     let filters = filters.expect("no filter error");
     let mut selected: Vec<PlannedJob> = jobs.into_iter().filter(|j| filters.matches(j)).collect();
+    if total > 0 && selected.is_empty() && !opts.filters.is_empty() {
+        let shown: Vec<String> = opts.filters.iter().map(|f| format!("`{f}`")).collect();
+        return Err(vec![SpecError::msg(format!(
+            "no job matches the filters {} ({total} jobs in the files)",
+            shown.join(", ")
+        ))
+        .with_help("a filter is a glob on job names (`add-*`) or `tag:NAME`, any of which selects; `!GLOB` and `!tag:NAME` exclude; `llm-sandbox plan` lists the names")]);
+    }
+    if let Some(shard) = opts.shard {
+        selected.retain(|j| shard.holds(&j.name));
+    }
     for (i, j) in selected.iter_mut().enumerate() {
         j.id = i;
     }
@@ -239,8 +250,14 @@ pub fn plan_loaded(files: &[LoadedFile], opts: &PlanOptions) -> Result<Plan, Vec
     })
 }
 
-/// `--filter`: `tag:NAME` or a glob on the job name; any match selects.
+/// `--filter`: `tag:NAME` or a glob on the job name; any match selects (every job when
+/// there is none); `!EXPR` excludes what it matches.
 struct Filters {
+    include: Selector,
+    exclude: Selector,
+}
+
+struct Selector {
     tags: Vec<String>,
     globs: Option<globset::GlobSet>,
     empty: bool,
@@ -248,6 +265,23 @@ struct Filters {
 
 impl Filters {
     fn new(exprs: &[String]) -> Result<Filters, SpecError> {
+        let (ex, inc): (Vec<String>, Vec<String>) =
+            exprs.iter().cloned().partition(|e| e.starts_with('!'));
+        let ex: Vec<String> = ex.iter().map(|e| e[1..].to_string()).collect();
+        Ok(Filters {
+            include: Selector::new(&inc)?,
+            exclude: Selector::new(&ex)?,
+        })
+    }
+
+    fn matches(&self, j: &PlannedJob) -> bool {
+        (self.include.empty || self.include.matches(j))
+            && (self.exclude.empty || !self.exclude.matches(j))
+    }
+}
+
+impl Selector {
+    fn new(exprs: &[String]) -> Result<Selector, SpecError> {
         let mut tags = vec![];
         let mut b = globset::GlobSetBuilder::new();
         let mut any_glob = false;
@@ -260,7 +294,7 @@ impl Filters {
                     .build()
                     .map_err(|err| {
                         SpecError::msg(format!("invalid --filter `{e}`: {err}")).with_help(
-                            "a filter is a glob on job names (e.g. `add-*`) or `tag:NAME`",
+                            "a filter is a glob on job names (e.g. `add-*`) or `tag:NAME`; `!` before one excludes",
                         )
                     })?;
                 b.add(g);
@@ -275,7 +309,7 @@ impl Filters {
         } else {
             None
         };
-        Ok(Filters {
+        Ok(Selector {
             empty: exprs.is_empty(),
             tags,
             globs,
@@ -283,8 +317,7 @@ impl Filters {
     }
 
     fn matches(&self, j: &PlannedJob) -> bool {
-        self.empty
-            || self.tags.iter().any(|t| j.tags.contains(t))
+        self.tags.iter().any(|t| j.tags.contains(t))
             || self.globs.as_ref().is_some_and(|g| g.is_match(&j.name))
     }
 }

@@ -20,8 +20,46 @@ pub struct PlanOptions {
     pub vars: Vec<(String, String)>,
     /// `--backend B` overrides every job's backend.
     pub backend_override: Option<BackendKind>,
-    /// `--filter EXPR` (name glob, or `tag:NAME`); a job is selected when any filter matches.
+    /// `--filter EXPR` (name glob, or `tag:NAME`); a job is selected when any filter
+    /// matches; `!EXPR` excludes what it matches.
     pub filters: Vec<String>,
+    /// `--shard I/N` (1-based): the jobs whose name hashes to shard I of N.
+    pub shard: Option<Shard>,
+}
+
+/// `--shard I/N`: a deterministic part of the selected jobs, the same on every machine (by
+/// a hash of the job's name), so that N machines together run each job once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 1-based.
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    /// `I/N` with 1 <= I <= N.
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let bad = || {
+            format!("invalid shard `{s}`: use I/N with 1 <= I <= N, e.g. 2/3 (the second of three)")
+        };
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<u64>().map_err(|_| bad())?,
+            n.trim().parse::<u64>().map_err(|_| bad())?,
+        );
+        if count == 0 || index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Whether the job named `name` is in this shard.
+    pub fn holds(&self, name: &str) -> bool {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(name.as_bytes());
+        let n = u64::from_le_bytes(h[..8].try_into().unwrap_or_default());
+        n % self.count == self.index - 1
+    }
 }
 
 /// The expanded jobs of all given paths.

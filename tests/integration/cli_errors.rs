@@ -318,3 +318,29 @@ fn doctor_says_not_available_alike() {
         assert!(line.trim_start().starts_with("--"), "{line}");
     }
 }
+
+#[test]
+fn a_selection_with_no_job_is_an_error_naming_the_filters() {
+    let jobs =
+        "[[jobs]]\nname = \"add-1\"\nlang = \"bash\"\ncode = \"echo 1\"\ntags = [\"fast\"]\n";
+    let err = bad_input("sel.toml", jobs, &["--filter", "mul-*"]);
+    assert_mentions(
+        &err,
+        &[
+            "no job matches the filters `mul-*`",
+            "1 jobs in the files",
+            "!GLOB",
+        ],
+    );
+    let err = bad_input("sel.toml", jobs, &["--filter", "!tag:fast"]);
+    assert_mentions(&err, &["no job matches the filters `!tag:fast`"]);
+}
+
+#[test]
+fn bad_shards_are_usage_errors() {
+    let jobs = "[[jobs]]\nname = \"x\"\nlang = \"bash\"\ncode = \"echo 1\"\n";
+    for bad in ["0/3", "4/3", "x/y", "3", "1/0"] {
+        let err = bad_input("shard.toml", jobs, &["--shard", bad]);
+        assert_mentions(&err, &[&format!("invalid shard `{bad}`"), "1 <= I <= N"]);
+    }
+}

@@ -327,3 +327,49 @@ fn big_dataset_is_fast() {
     // Generous for debug builds; release is far faster.
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
 }
+
+#[test]
+fn exclusions_and_shards() {
+    let mut text = String::new();
+    for i in 0..40 {
+        let tag = if i % 4 == 0 {
+            "tags = [\"slow\"]\n"
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "[[jobs]]\nname = \"job-{i}\"\nlang = \"bash\"\ncode = \"x\"\n{tag}"
+        ));
+    }
+    let names = |filters: &[&str], shard: Option<&str>| -> Vec<String> {
+        let opts = PlanOptions {
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+            shard: shard.map(|s| crate::plan::Shard::parse(s).unwrap()),
+            ..Default::default()
+        };
+        let p = plan_in(&[("s.toml", &text)], "s.toml", &opts).unwrap();
+        p.jobs.iter().map(|j| j.name.clone()).collect()
+    };
+    // `!` excludes, alone or after an inclusion.
+    assert_eq!(names(&["!tag:slow"], None).len(), 30);
+    assert_eq!(
+        names(&["job-1*", "!job-10", "!tag:slow"], None),
+        ["job-1", "job-11", "job-13", "job-14", "job-15", "job-17", "job-18", "job-19"]
+    );
+    // Three shards: every job exactly once, none empty here, the same on every call.
+    let parts: Vec<Vec<String>> = (1..=3)
+        .map(|i| names(&[], Some(&format!("{i}/3"))))
+        .collect();
+    let mut all: Vec<String> = parts.concat();
+    all.sort();
+    let mut want = names(&[], None);
+    want.sort();
+    assert_eq!(all, want);
+    assert!(parts.iter().all(|p| !p.is_empty()), "{parts:?}");
+    assert_eq!(parts[1], names(&[], Some("2/3")));
+    // A shard of a filtered selection.
+    let slow: Vec<String> = (1..=2)
+        .flat_map(|i| names(&["tag:slow"], Some(&format!("{i}/2"))))
+        .collect();
+    assert_eq!(slow.len(), 10);
+}
