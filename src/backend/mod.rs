@@ -338,6 +338,8 @@ pub fn error_report(job: &PlannedJob, phase: Phase, message: impl std::fmt::Disp
         cases_total: None,
         cases_passed: None,
         cases: vec![],
+        flaky: false,
+        attempts: None,
     }
 }
 

@@ -68,6 +68,10 @@ struct RunArgs {
     /// Stop scheduling after the first job that does not pass.
     #[arg(long)]
     fail_fast: bool,
+    /// Run a job that fails, times out or errs again, up to N more times; one that passes
+    /// on a retry is `passed` and `flaky`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
     /// Container backends: one new container per job instead of warm containers
     /// (each proven clean between jobs).
     #[arg(long)]
@@ -102,6 +106,7 @@ impl RunArgs {
             artifacts_dir: self.artifacts_dir(),
             fresh_containers: self.fresh_containers,
             backend_jobs: self.backend_jobs.clone(),
+            retries: self.retries,
         }
     }
 

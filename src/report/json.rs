@@ -14,6 +14,7 @@ pub fn summarize(jobs: &[JobReport]) -> Summary {
         ..Summary::default()
     };
     for j in jobs {
+        s.flaky += usize::from(j.flaky);
         match j.status {
             Status::Passed => s.passed += 1,
             Status::Failed => s.failed += 1,
@@ -114,7 +115,8 @@ mod tests {
                 failed: 1,
                 timeout: 1,
                 error: 1,
-                skipped: 1
+                skipped: 1,
+                flaky: 0,
             }
         );
         assert!(r.groups.is_none());

@@ -102,6 +102,8 @@ pub(crate) mod test_support {
             cases_total: None,
             cases_passed: None,
             cases: vec![],
+            flaky: false,
+            attempts: None,
         }
     }
 

@@ -110,6 +110,12 @@ pub struct JobReport {
     pub cases_passed: Option<usize>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cases: Vec<CaseReport>,
+    /// `--retries`: it passed only on a retry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flaky: bool,
+    /// `--retries`: how many times it ran (absent: once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// The result of one test case of a job: its own run step, checks and figures.
@@ -230,6 +236,8 @@ impl JobReport {
             cases_total: self.cases_total,
             cases_passed: self.cases_passed,
             cases: Vec::new(),
+            flaky: self.flaky,
+            attempts: self.attempts,
         }
     }
 }
@@ -242,6 +250,9 @@ pub struct Summary {
     pub timeout: usize,
     pub error: usize,
     pub skipped: usize,
+    /// Passed only on a retry (`--retries`; counted in `passed` too).
+    #[serde(default)]
+    pub flaky: usize,
 }
 
 /// pass@k of one group.

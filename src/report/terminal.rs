@@ -218,6 +218,14 @@ impl TerminalReporter {
         if let (Some(total), Some(passed)) = (job.cases_total, job.cases_passed) {
             line.push_str(&format!(" ({passed}/{total} cases)"));
         }
+        if let Some(n) = job.attempts {
+            let what = if job.flaky {
+                "flaky, passed on attempt"
+            } else {
+                "attempts:"
+            };
+            line.push_str(&self.paint(YELLOW, &format!(" ({what} {n})")));
+        }
         if job.status == Status::Skipped {
             if let Some(reason) = &job.message {
                 line.push_str(&format!(": {}", visible(reason)));
@@ -351,6 +359,10 @@ impl TerminalReporter {
             count(3, "error", BOLD_MAGENTA),
             count(4, "skipped", YELLOW),
         ));
+        let flaky = ran.iter().filter(|r| r.flaky).count();
+        if flaky > 0 {
+            text.push_str(&self.paint(YELLOW, &format!(" ({flaky} flaky)")));
+        }
         if not_run > 0 || interrupted {
             text.push_str(&self.paint(
                 BOLD_RED,

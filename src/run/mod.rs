@@ -23,6 +23,8 @@ pub struct RunOptions {
     pub fresh_containers: bool,
     /// `--backend-jobs B=N`: a backend's own concurrency (default `jobs`).
     pub backend_jobs: Vec<(BackendKind, usize)>,
+    /// `--retries N`: a job that fails, times out or errs runs again, up to N more times.
+    pub retries: u32,
 }
 
 impl RunOptions {
@@ -46,6 +48,7 @@ impl Default for RunOptions {
             fresh_containers: false,
             backend_jobs: vec![],
             artifacts_dir: PathBuf::from(".llm-sandbox/artifacts"),
+            retries: 0,
         }
     }
 }
@@ -125,6 +128,7 @@ pub async fn run_plan(
             sem,
             stop: stop_scheduling.clone(),
             fail_fast: opts.fail_fast,
+            retries: opts.retries,
             events: events.clone(),
             done: done_tx.clone(),
         };
@@ -150,12 +154,46 @@ pub async fn run_plan(
     Ok(reports.into_iter().flatten().collect())
 }
 
+/// What tells a program which attempt of its job it is (`--retries`).
+pub const ATTEMPT_VAR: &str = "LLM_SANDBOX_ATTEMPT";
+
+/// Runs `job`, and again while it fails, times out or errs, up to `retries` more times
+/// (`--retries`, as nextest does): one that passes on a retry is `passed` and `flaky`;
+/// `attempts` says how many runs it took. An interrupted run is not retried. With retries,
+/// the program sees which attempt it is in `LLM_SANDBOX_ATTEMPT` (1, 2, ...).
+async fn run_with_retries(job: &PlannedJob, ctx: &RunCtx, retries: u32) -> JobReport {
+    if retries == 0 {
+        return backend::run_job(job, ctx).await;
+    }
+    let attempt = |n: u32| {
+        let mut j = job.clone();
+        j.env.push((ATTEMPT_VAR.into(), n.to_string()));
+        j
+    };
+    let mut r = backend::run_job(&attempt(1), ctx).await;
+    let mut attempts = 1;
+    while attempts <= retries
+        && matches!(r.status, Status::Failed | Status::Timeout | Status::Error)
+        && !ctx.cancel.is_cancelled()
+    {
+        tracing::info!("{}: {}; retrying", job.name, r.status.as_str());
+        attempts += 1;
+        r = backend::run_job(&attempt(attempts), ctx).await;
+    }
+    if attempts > 1 {
+        r.attempts = Some(attempts);
+        r.flaky = r.status == Status::Passed;
+    }
+    r
+}
+
 /// The scheduler of one backend: a slot per running job.
 struct Scheduler {
     ctx: RunCtx,
     sem: Arc<Semaphore>,
     stop: CancellationToken,
     fail_fast: bool,
+    retries: u32,
     events: mpsc::UnboundedSender<Event>,
     done: mpsc::UnboundedSender<(usize, JobReport)>,
 }
@@ -191,9 +229,10 @@ impl Scheduler {
             let ctx = self.ctx.clone();
             let stop = self.stop.clone();
             let fail_fast = self.fail_fast;
+            let retries = self.retries;
             let done = self.done.clone();
             set.spawn(async move {
-                let r = backend::run_job(&job, &ctx).await;
+                let r = run_with_retries(&job, &ctx, retries).await;
                 if fail_fast && !r.status.is_ok() {
                     stop.cancel();
                 }

@@ -1062,3 +1062,49 @@ fn a_signal_death_names_the_memory_limit() {
         "{m}"
     );
 }
+
+/// `--retries N`: a job that fails and then passes is `passed` and `flaky`, with its
+/// attempts; one that keeps failing runs N + 1 times and stays failed; the summary counts
+/// the flaky ones (README, "Command line").
+#[test]
+fn retries_report_flaky_jobs_and_attempts() {
+    common::use_binary_as_helper();
+    let (_s, r) = common::run_yaml(
+        r#"
+jobs:
+  - name: second-time-lucky
+    lang: bash
+    code: '[ "$LLM_SANDBOX_ATTEMPT" -ge 2 ] && echo ok || { echo "attempt $LLM_SANDBOX_ATTEMPT"; exit 1; }'
+    expect: { stdout: ok }
+  - name: always-wrong
+    lang: bash
+    code: echo "attempt $LLM_SANDBOX_ATTEMPT"; exit 3
+  - name: fine
+    lang: bash
+    code: echo fine
+"#,
+        &["--retries", "2"],
+    );
+    let jobs = r.jobs();
+    let lucky = &jobs["second-time-lucky"];
+    assert_eq!(common::status(lucky), "passed", "{lucky}");
+    assert_eq!(
+        (lucky["flaky"].as_bool(), lucky["attempts"].as_u64()),
+        (Some(true), Some(2))
+    );
+    let wrong = &jobs["always-wrong"];
+    assert_eq!(common::status(wrong), "failed");
+    assert_eq!(
+        (wrong["flaky"].as_bool(), wrong["attempts"].as_u64()),
+        (None, Some(3))
+    );
+    assert_eq!(common::field(wrong, "stdout"), "attempt 3\n");
+    let fine = &jobs["fine"];
+    assert!(
+        fine.get("attempts").is_none() && fine.get("flaky").is_none(),
+        "{fine}"
+    );
+    assert_eq!(r.report["summary"]["flaky"], 1);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("(1 flaky)"), "{}", r.stderr);
+}

@@ -37,6 +37,8 @@ fn job(name: &str, file: &str, status: Status, ms: u64) -> JobReport {
         cases_total: None,
         cases_passed: None,
         cases: vec![],
+        flaky: false,
+        attempts: None,
     }
 }
 

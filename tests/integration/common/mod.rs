@@ -123,6 +123,7 @@ impl Scratch {
             artifacts_dir: self.path().join("artifacts"),
             fresh_containers: false,
             backend_jobs: vec![],
+            retries: 0,
         };
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         llm_sandbox::run::run_plan(&plan, &opts, tx, Default::default())
