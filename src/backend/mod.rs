@@ -316,6 +316,7 @@ pub fn error_report(job: &PlannedJob, phase: Phase, message: impl std::fmt::Disp
     JobReport {
         name: job.name.clone(),
         file: job.file.display().to_string(),
+        line: job.line,
         lang: job.lang,
         backend: job.backend,
         image: job.image.clone(),

@@ -694,8 +694,16 @@ async fn execute(
     let t0 = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let mut reporter = TerminalReporter::stderr(args.quiet, args.no_progress, args.pass_at.clone());
+    // Under GitHub Actions, failures are also workflow annotations (on stderr, which the
+    // runner reads too: stdout may carry a report).
+    let github = llm_sandbox::report::github::enabled();
     let printer = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
+            if let (true, Event::JobFinished { report, .. }) = (github, &ev) {
+                if let Some(a) = llm_sandbox::report::github::annotation(report) {
+                    eprintln!("{a}");
+                }
+            }
             reporter.handle(&ev);
         }
         reporter

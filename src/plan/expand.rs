@@ -1140,10 +1140,14 @@ impl<'a> FileCx<'a> {
             Some(CasesSpec::List(l)) => self.resolve_cases_list(job, l, errors),
             _ => vec![],
         };
+        let line = name_span(self.lf, job.ji)
+            .0
+            .map(|r| line_of(self.lf.source.text(), r.start).0 + 1);
         let proto = PlannedJob {
             id: 0,
             name: String::new(),
             file: self.lf.path.clone(),
+            line,
             lang,
             backend,
             image: spec.image.clone(),

@@ -204,6 +204,8 @@ pub struct PlannedJob {
     pub name: String,
     /// The job file, as given on the command line (relative when it was relative).
     pub file: PathBuf,
+    /// The 1-based line of its entry in the job file (its `name`), when known.
+    pub line: Option<usize>,
     pub lang: Lang,
     pub backend: BackendKind,
     /// Explicit image (None: the language's default for container backends).
@@ -259,6 +261,7 @@ impl PlannedJob {
             id: 0,
             name: "exec".into(),
             file: PathBuf::from("<exec>"),
+            line: None,
             lang,
             backend: BackendKind::Native,
             image: None,

@@ -7,6 +7,7 @@
 //!   summary).
 
 pub mod diff;
+pub mod github;
 pub mod json;
 pub mod junit;
 pub mod model;
@@ -72,6 +73,7 @@ pub(crate) mod test_support {
         JobReport {
             name: name.to_string(),
             file: "jobs/basic.toml".to_string(),
+            line: None,
             lang: Lang::Python,
             backend: BackendKind::Native,
             image: Some("host".to_string()),

@@ -62,6 +62,9 @@ pub struct CheckResult {
 pub struct JobReport {
     pub name: String,
     pub file: String,
+    /// The line of the job's entry in its file (1-based), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
     pub lang: Lang,
     pub backend: BackendKind,
     /// Image or environment the job ran in (`host` for native).
@@ -214,6 +217,7 @@ impl JobReport {
         JobReport {
             name: self.name.clone(),
             file: self.file.clone(),
+            line: self.line,
             lang: self.lang,
             backend: self.backend,
             image: self.image.clone(),

@@ -1108,3 +1108,33 @@ jobs:
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("(1 flaky)"), "{}", r.stderr);
 }
+
+/// Under `GITHUB_ACTIONS=true`, a job that does not pass is also a workflow annotation on
+/// its job file's line; elsewhere there is none.
+#[test]
+fn github_actions_annotations_name_the_file_and_line() {
+    common::use_binary_as_helper();
+    let s = common::Scratch::new();
+    s.write(
+        "gh.toml",
+        "[[jobs]]\nname = \"ok\"\nlang = \"bash\"\ncode = \"echo ok\"\n\n[[jobs]]\nname = \"bad\"\nlang = \"bash\"\ncode = \"echo 1\"\nexpect.stdout = \"2\"\n",
+    );
+    let run = |github: bool| {
+        let mut c = s.cmd();
+        c.env_remove("GITHUB_ACTIONS");
+        if github {
+            c.env("GITHUB_ACTIONS", "true");
+        }
+        common::run_report(c.args(["run", "--json", "-", "--no-progress", "gh.toml"]))
+    };
+    let r = run(true);
+    assert!(
+        r.stderr
+            .contains("::error file=gh.toml,line=7,title=bad (failed)::stdout differs at line 1"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.matches("::error").count(), 1, "{}", r.stderr);
+    assert_eq!(r.jobs()["bad"]["line"], 7);
+    assert!(!run(false).stderr.contains("::error"));
+}

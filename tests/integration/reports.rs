@@ -12,6 +12,7 @@ fn job(name: &str, file: &str, status: Status, ms: u64) -> JobReport {
     JobReport {
         name: name.into(),
         file: file.into(),
+        line: None,
         lang: Lang::Python,
         backend: BackendKind::Native,
         image: Some("host".into()),
