@@ -177,6 +177,22 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// One report from the JSON reports of a job set's shards (`run --shard I/N`): jobs
+    /// joined, summary and pass@k recomputed from the jobs.
+    Merge {
+        /// The shards' JSON reports (`run --shard I/N --json FILE`).
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Write the merged JSON report to FILE (- for stdout).
+        #[arg(long, value_name = "FILE")]
+        json: Option<String>,
+        /// Write the merged JUnit XML report to FILE (- for stdout).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<String>,
+        /// pass@k values (default: those of the merged reports).
+        #[arg(long = "pass-at", value_delimiter = ',', value_parser = parse_k)]
+        pass_at: Option<Vec<usize>>,
+    },
     /// Print a JSON Schema.
     Schema {
         #[arg(value_enum, default_value_t = SchemaKind::Job)]
@@ -405,6 +421,12 @@ async fn dispatch(cmd: Command) -> i32 {
             network,
             args,
         } => exec(lang, backend, code, file, timeout, network, args).await,
+        Command::Merge {
+            reports,
+            json,
+            junit,
+            pass_at,
+        } => merge(&reports, json.as_deref(), junit.as_deref(), pass_at),
         Command::Schema { kind } => {
             let v = match kind {
                 SchemaKind::Job => llm_sandbox::schema::job_schema(),
@@ -713,12 +735,14 @@ async fn execute(
         .map_err(|e| e.to_string())?;
     let duration_ms = t0.elapsed().as_millis() as u64;
     let interrupted = cancel.is_cancelled();
-    let report = llm_sandbox::report::json::build_report(
+    let mut report = llm_sandbox::report::json::build_report(
         started_at,
         duration_ms,
         reports,
         args.pass_at.as_deref(),
     );
+    report.job_set = Some(plan.job_set.clone()).filter(|s| !s.is_empty());
+    report.shard = plan.shard.map(|s| s.to_string());
     let _ = tx.send(Event::RunFinished {
         duration_ms,
         interrupted,
@@ -726,6 +750,138 @@ async fn execute(
     drop(tx);
     let _ = printer.await;
     Ok((report, interrupted))
+}
+
+/// `llm-sandbox merge`: reads the shards' reports, checks that they are of one job set and
+/// one report version and that no job is in two of them, and writes one report.
+fn merge(
+    paths: &[PathBuf],
+    json: Option<&str>,
+    junit: Option<&str>,
+    pass_at: Option<Vec<usize>>,
+) -> i32 {
+    use llm_sandbox::report::json::REPORT_VERSION;
+    if json == Some("-") && junit == Some("-") {
+        eprintln!(
+            "error: --json - and --junit - would both write to stdout: give one of them a file"
+        );
+        return exit_codes::BAD_INPUT;
+    }
+    let mut reports = Vec::new();
+    for p in paths {
+        let read = std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| {
+            serde_json::from_slice::<llm_sandbox::Report>(&b).map_err(|e| {
+                format!("not an llm-sandbox JSON report ({e}); give the files of `run --json FILE`")
+            })
+        });
+        match read {
+            Ok(r) if r.version != REPORT_VERSION => {
+                eprintln!(
+                    "error: {}: report version {}, this llm-sandbox reads version {REPORT_VERSION}; merge reports of one llm-sandbox version",
+                    p.display(),
+                    r.version
+                );
+                return exit_codes::BAD_INPUT;
+            }
+            Ok(r) => reports.push((p, r)),
+            Err(e) => {
+                eprintln!("error: {}: {e}", p.display());
+                return exit_codes::BAD_INPUT;
+            }
+        }
+    }
+    let (first_path, first) = &reports[0];
+    for (p, r) in &reports[1..] {
+        if r.job_set != first.job_set {
+            eprintln!(
+                "error: {} and {} are reports of different job sets ({} and {}): merge the shards of one `run` (same files, filters and variables)",
+                first_path.display(),
+                p.display(),
+                first.job_set.as_deref().unwrap_or("unknown"),
+                r.job_set.as_deref().unwrap_or("unknown")
+            );
+            return exit_codes::BAD_INPUT;
+        }
+    }
+    let mut seen: std::collections::HashMap<String, &PathBuf> = Default::default();
+    for (p, r) in &reports {
+        for j in &r.jobs {
+            if let Some(other) = seen.insert(j.name.clone(), p) {
+                eprintln!(
+                    "error: job `{}` is in both {} and {}: each job must be in one shard (the same shard given twice?)",
+                    j.name,
+                    other.display(),
+                    p.display()
+                );
+                return exit_codes::BAD_INPUT;
+            }
+        }
+    }
+    let ks: Option<Vec<usize>> = pass_at.or_else(|| {
+        first
+            .pass_at
+            .as_ref()
+            .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
+    });
+    let started = reports
+        .iter()
+        .filter_map(|(_, r)| chrono::DateTime::parse_from_rfc3339(&r.started_at).ok())
+        .min()
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(chrono::Utc::now);
+    let duration_ms = reports
+        .iter()
+        .map(|(_, r)| r.duration_ms)
+        .max()
+        .unwrap_or(0);
+    let job_set = first.job_set.clone();
+    let mut jobs: Vec<llm_sandbox::JobReport> =
+        reports.into_iter().flat_map(|(_, r)| r.jobs).collect();
+    // The unsharded run's order: by job file, then the job's line, then name.
+    jobs.sort_by(|a, b| (&a.file, a.line, &a.name).cmp(&(&b.file, b.line, &b.name)));
+    let mut report =
+        llm_sandbox::report::json::build_report(started, duration_ms, jobs, ks.as_deref());
+    report.job_set = job_set;
+    let s = &report.summary;
+    eprintln!(
+        "merged {} reports: {} jobs: {} passed, {} failed, {} timeout, {} error, {} skipped{}",
+        paths.len(),
+        s.total,
+        s.passed,
+        s.failed,
+        s.timeout,
+        s.error,
+        s.skipped,
+        report
+            .pass_at
+            .as_ref()
+            .map(|m| m
+                .iter()
+                .map(|(k, v)| format!("; pass@{k} {v:.3}"))
+                .collect::<String>())
+            .unwrap_or_default()
+    );
+    let mut ok = true;
+    if let Some(dest) = json {
+        if let Err(e) = llm_sandbox::report::json::write_json(&report, dest) {
+            eprintln!("error: cannot write the JSON report to {dest}: {e}");
+            ok = false;
+        }
+    }
+    if let Some(dest) = junit {
+        if let Err(e) = llm_sandbox::report::junit::write_junit(&report, dest) {
+            eprintln!("error: cannot write the JUnit report to {dest}: {e}");
+            ok = false;
+        }
+    }
+    if !ok {
+        return exit_codes::JOBS_FAILED;
+    }
+    if report.jobs.iter().all(|j| j.status.is_ok()) {
+        exit_codes::OK
+    } else {
+        exit_codes::JOBS_FAILED
+    }
 }
 
 /// Writes `--json` and `--junit`; false (and why, on stderr) when one could not be written.

@@ -430,6 +430,8 @@ impl State {
                 files: found,
                 total_before_filter: self.files.values().map(|e| e.total).sum(),
                 warnings: Vec::new(),
+                job_set: String::new(),
+                shard: None,
             },
             total,
             errors,

@@ -236,6 +236,19 @@ pub fn plan_loaded(files: &[LoadedFile], opts: &PlanOptions) -> Result<Plan, Vec
         ))
         .with_help("a filter is a glob on job names (`add-*`) or `tag:NAME`, any of which selects; `!GLOB` and `!tag:NAME` exclude; `llm-sandbox plan` lists the names")]);
     }
+    let job_set = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for j in &selected {
+            h.update(j.name.as_bytes());
+            h.update([0]);
+        }
+        h.finalize()
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
     if let Some(shard) = opts.shard {
         selected.retain(|j| shard.holds(&j.name));
     }
@@ -247,6 +260,8 @@ pub fn plan_loaded(files: &[LoadedFile], opts: &PlanOptions) -> Result<Plan, Vec
         files: files.iter().map(|f| f.path.clone()).collect(),
         total_before_filter: total,
         warnings: Vec::new(),
+        job_set,
+        shard: opts.shard,
     })
 }
 

@@ -36,6 +36,12 @@ pub struct Shard {
     pub count: u64,
 }
 
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
 impl Shard {
     /// `I/N` with 1 <= I <= N.
     pub fn parse(s: &str) -> Result<Shard, String> {
@@ -73,4 +79,8 @@ pub struct Plan {
     pub total_before_filter: usize,
     /// What is not wrong enough to stop, but likely a mistake (a `--var` no file uses).
     pub warnings: Vec<String>,
+    /// What identifies the selected jobs before `--shard` (a hash of their names): the
+    /// reports of one job set's shards carry the same one (`llm-sandbox merge`).
+    pub job_set: String,
+    pub shard: Option<Shard>,
 }

@@ -52,6 +52,8 @@ pub fn build_report(
         summary,
         jobs,
         groups,
+        job_set: None,
+        shard: None,
         pass_at: top,
     }
 }

@@ -284,6 +284,13 @@ pub struct Report {
     pub jobs: Vec<JobReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<GroupReport>>,
+    /// What identifies the job set (a hash of the selected jobs' names before `--shard`),
+    /// and which shard of it this report is: `llm-sandbox merge` joins the shards of one
+    /// job set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_set: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     /// k → mean pass@k over groups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pass_at: Option<IndexMap<String, f64>>,

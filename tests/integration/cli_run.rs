@@ -1138,3 +1138,87 @@ fn github_actions_annotations_name_the_file_and_line() {
     assert_eq!(r.jobs()["bad"]["line"], 7);
     assert!(!run(false).stderr.contains("::error"));
 }
+
+/// `run --shard I/N` on N "machines", then `merge`: every job exactly once, and the summary
+/// and pass@k of the unsharded run; reports of another job set, or one shard twice, are
+/// refused (exit 2).
+#[test]
+fn shards_merge_into_the_unsharded_report() {
+    common::use_binary_as_helper();
+    let s = common::Scratch::new();
+    let rows: String = (0..12)
+        .map(|i| {
+            format!(
+                "{{\"i\": {i}, \"task\": \"t{}\", \"ok\": {}}}\n",
+                i % 4,
+                i % 3 != 0
+            )
+        })
+        .collect();
+    s.write("rows.jsonl", &rows);
+    s.write(
+        "jobs.toml",
+        "[[jobs]]\nname = \"s-{{ row.i }}\"\nlang = \"bash\"\ndataset = \"rows.jsonl\"\ngroup = \"{{ row.task }}\"\ntemplate = \"{% if row.ok %}echo yes{% else %}echo no{% endif %}\"\nexpect.stdout = \"yes\"\n",
+    );
+    let whole = s.run_json(&["--pass-at", "1,2", "jobs.toml"]);
+    for i in 1..=3 {
+        let out = s
+            .cmd()
+            .args(["run", "--no-progress", "--pass-at", "1,2", "--shard"])
+            .arg(format!("{i}/3"))
+            .args(["--json", &format!("shard{i}.json"), "jobs.toml"])
+            .output()
+            .unwrap();
+        assert!(out.status.code().is_some(), "shard {i}");
+    }
+    let merged = common::run_report(s.cmd().args([
+        "merge",
+        "shard1.json",
+        "shard2.json",
+        "shard3.json",
+        "--json",
+        "-",
+    ]));
+    assert_eq!(merged.code, 1, "some jobs fail: {}", merged.stderr);
+    let names = |r: &common::Run| {
+        let mut v: Vec<String> = r.jobs().keys().cloned().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&merged), names(&whole));
+    assert_eq!(merged.report["summary"], whole.report["summary"]);
+    assert_eq!(merged.report["pass_at"], whole.report["pass_at"]);
+    assert_eq!(merged.report["groups"], whole.report["groups"]);
+    assert_eq!(merged.report["job_set"], whole.report["job_set"]);
+
+    // One shard twice.
+    let out = s
+        .cmd()
+        .args(["merge", "shard1.json", "shard1.json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is in both shard1.json and shard1.json"),
+        "{err}"
+    );
+    // Another job set.
+    let other = s.run_json(&["--filter", "s-1*", "jobs.toml"]);
+    std::fs::write(s.path().join("other.json"), other.report.to_string()).unwrap();
+    let out = s
+        .cmd()
+        .args(["merge", "shard1.json", "other.json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("different job sets"), "{err}");
+    // Not a report.
+    s.write("junk.json", "{\"hello\": 1}");
+    let out = s.cmd().args(["merge", "junk.json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("junk.json: not an llm-sandbox JSON report")
+    );
+}
