@@ -72,6 +72,10 @@ struct RunArgs {
     /// on a retry is `passed` and `flaky`.
     #[arg(long, value_name = "N", default_value_t = 0)]
     retries: u32,
+    /// Only the jobs that did not pass in the last run (.llm-sandbox/last-report.json), or
+    /// in REPORT (`--rerun-failed=REPORT`, a JSON report).
+    #[arg(long, value_name = "REPORT", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    rerun_failed: Option<String>,
     /// Container backends: one new container per job instead of warm containers
     /// (each proven clean between jobs).
     #[arg(long)]
@@ -348,9 +352,19 @@ async fn dispatch(cmd: Command) -> i32 {
                 eprintln!("error: {e}");
                 return exit_codes::BAD_INPUT;
             }
-            let Some(plan) = load_plan(&select) else {
+            let Some(mut plan) = load_plan(&select) else {
                 return exit_codes::BAD_INPUT;
             };
+            if let Some(from) = &args.rerun_failed {
+                match only_failed(&mut plan, from) {
+                    Ok(0) => return exit_codes::OK,
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return exit_codes::BAD_INPUT;
+                    }
+                }
+            }
             run(plan, &args).await
         }
         Command::Validate { select } => {
@@ -689,6 +703,12 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
             return exit_codes::JOBS_FAILED;
         }
     };
+    // Kept for `--rerun-failed` without a REPORT.
+    if let Err(e) = std::fs::create_dir_all(".llm-sandbox")
+        .and_then(|_| llm_sandbox::report::json::write_json(&report, LAST_REPORT))
+    {
+        tracing::warn!("cannot keep the report in {LAST_REPORT}: {e}");
+    }
     let mut code = if report.jobs.iter().all(|j| j.status.is_ok()) {
         exit_codes::OK
     } else {
@@ -750,6 +770,49 @@ async fn execute(
     drop(tx);
     let _ = printer.await;
     Ok((report, interrupted))
+}
+
+/// Where every `run` keeps its JSON report, for `--rerun-failed` without a REPORT.
+const LAST_REPORT: &str = ".llm-sandbox/last-report.json";
+
+/// `--rerun-failed [REPORT]`: keeps the planned jobs that did not pass in REPORT (failed,
+/// timed out, errors, and those an interrupted run never started). Returns how many.
+fn only_failed(plan: &mut Plan, from: &str) -> Result<usize, String> {
+    let path = if from.is_empty() { LAST_REPORT } else { from };
+    let text = std::fs::read(path).map_err(|e| {
+        if from.is_empty() {
+            format!("--rerun-failed: no report of a last run ({LAST_REPORT}: {e}); run the jobs first, or give a report: --rerun-failed REPORT.json")
+        } else {
+            format!("--rerun-failed: cannot read {path}: {e}")
+        }
+    })?;
+    let report: llm_sandbox::Report = serde_json::from_slice(&text)
+        .map_err(|e| format!("--rerun-failed: {path} is not an llm-sandbox JSON report: {e}"))?;
+    let failed: std::collections::HashSet<&str> = report
+        .jobs
+        .iter()
+        .filter(|j| !j.status.is_ok() || j.not_run())
+        .map(|j| j.name.as_str())
+        .collect();
+    plan.jobs.retain(|j| failed.contains(j.name.as_str()));
+    for (i, j) in plan.jobs.iter_mut().enumerate() {
+        j.id = i;
+    }
+    let gone = failed.len() - plan.jobs.len();
+    eprintln!(
+        "--rerun-failed: {} of the {} jobs that did not pass in {path}{}",
+        plan.jobs.len(),
+        failed.len(),
+        if gone > 0 {
+            format!(" ({gone} are not in the selected job files any more)")
+        } else {
+            String::new()
+        }
+    );
+    if failed.is_empty() {
+        eprintln!("nothing to rerun: every job of {path} passed");
+    }
+    Ok(plan.jobs.len())
 }
 
 /// `llm-sandbox merge`: reads the shards' reports, checks that they are of one job set and

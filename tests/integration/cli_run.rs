@@ -1222,3 +1222,48 @@ fn shards_merge_into_the_unsharded_report() {
         String::from_utf8_lossy(&out.stderr).contains("junk.json: not an llm-sandbox JSON report")
     );
 }
+
+/// `--rerun-failed`: only the jobs that did not pass in the last run (or in a given
+/// report); nothing to rerun is a success.
+#[test]
+fn rerun_failed_runs_only_what_did_not_pass() {
+    common::use_binary_as_helper();
+    let s = common::Scratch::new();
+    s.write(
+        "jobs.toml",
+        "[[jobs]]\nname = \"good\"\nlang = \"bash\"\ncode = \"echo ok\"\n\n[[jobs]]\nname = \"bad\"\nlang = \"bash\"\ncode = \"exit 1\"\n\n[[jobs]]\nname = \"slow\"\nlang = \"bash\"\ncode = \"sleep 5\"\ntimeout = \"200ms\"\n",
+    );
+    let first = s.run_json(&["jobs.toml"]);
+    assert_eq!(first.jobs().len(), 3);
+    let again = s.run_json(&["--rerun-failed", "jobs.toml"]);
+    let mut names: Vec<String> = again.jobs().keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["bad", "slow"], "{}", again.stderr);
+    assert!(
+        again.stderr.contains("2 of the 2 jobs that did not pass"),
+        "{}",
+        again.stderr
+    );
+    // From a given report.
+    std::fs::write(s.path().join("first.json"), first.report.to_string()).unwrap();
+    let given = s.run_json(&[
+        "--rerun-failed=first.json",
+        "--filter",
+        "!slow",
+        "jobs.toml",
+    ]);
+    assert_eq!(given.jobs().keys().collect::<Vec<_>>(), ["bad"]);
+    // Nothing failed: nothing runs, success.
+    s.write(
+        "jobs.toml",
+        "[[jobs]]\nname = \"good\"\nlang = \"bash\"\ncode = \"echo ok\"\n",
+    );
+    let _ = s.run_json(&["jobs.toml"]);
+    let out = s
+        .cmd()
+        .args(["run", "--no-progress", "--rerun-failed", "jobs.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to rerun"));
+}
