@@ -12,7 +12,7 @@ use llm_sandbox::report::terminal::TerminalReporter;
 use llm_sandbox::run::{RunDir, RunOptions};
 use llm_sandbox::spec::types::{BackendKind, Lang};
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +72,10 @@ struct RunArgs {
     /// on a retry is `passed` and `flaky`.
     #[arg(long, value_name = "N", default_value_t = 0)]
     retries: u32,
+    /// Continue the last interrupted run of the same job set: jobs with a result in its
+    /// journal (.llm-sandbox/journal/) are not run again, and are in the reports.
+    #[arg(long)]
+    resume: bool,
     /// Only the jobs that did not pass in the last run (.llm-sandbox/last-report.json), or
     /// in REPORT (`--rerun-failed=REPORT`, a JSON report).
     #[arg(long, value_name = "REPORT", num_args = 0..=1, require_equals = true, default_missing_value = "")]
@@ -111,6 +115,7 @@ impl RunArgs {
             fresh_containers: self.fresh_containers,
             backend_jobs: self.backend_jobs.clone(),
             retries: self.retries,
+            journal: None,
         }
     }
 
@@ -695,14 +700,49 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
             }
         });
     }
-    let opts = args.run_options();
-    let (report, interrupted) = match execute(&plan, &opts, args, &cancel).await {
+    let mut opts = args.run_options();
+    // The journal of this job set (and shard): results as they finish, for --resume.
+    let set = match plan.shard {
+        Some(s) => format!("{}-shard-{}-of-{}", plan.job_set, s.index, s.count),
+        None => plan.job_set.clone(),
+    };
+    let journal_path = llm_sandbox::run::journal::path_of(Path::new(".llm-sandbox"), &set);
+    let order: std::collections::HashMap<String, usize> =
+        plan.jobs.iter().map(|j| (j.name.clone(), j.id)).collect();
+    let (mut plan, resumed) = if args.resume {
+        resume(plan, &journal_path)
+    } else {
+        (plan, vec![])
+    };
+    opts.journal = Some((journal_path, args.resume));
+    for (i, j) in plan.jobs.iter_mut().enumerate() {
+        j.id = i;
+    }
+    let (mut report, interrupted) = match execute(&plan, &opts, args, &cancel).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
             return exit_codes::JOBS_FAILED;
         }
     };
+    if !resumed.is_empty() {
+        // The reports hold every job: those of the journal, and those run now.
+        let mut jobs = resumed;
+        jobs.append(&mut report.jobs);
+        jobs.sort_by_key(|j| order.get(&j.name).copied().unwrap_or(usize::MAX));
+        let started = chrono::DateTime::parse_from_rfc3339(&report.started_at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now());
+        let (job_set, shard) = (report.job_set.take(), report.shard.take());
+        report = llm_sandbox::report::json::build_report(
+            started,
+            report.duration_ms,
+            jobs,
+            args.pass_at.as_deref(),
+        );
+        report.job_set = job_set;
+        report.shard = shard;
+    }
     // Kept for `--rerun-failed` without a REPORT.
     if let Err(e) = std::fs::create_dir_all(".llm-sandbox")
         .and_then(|_| llm_sandbox::report::json::write_json(&report, LAST_REPORT))
@@ -770,6 +810,80 @@ async fn execute(
     drop(tx);
     let _ = printer.await;
     Ok((report, interrupted))
+}
+
+/// `--resume`: the plan without the jobs whose result is in the journal at `path` (matched
+/// by what decides their outcome: `run::journal::job_key`), and those results. Says what it
+/// found: how many are done, which jobs are new or changed since.
+fn resume(mut plan: Plan, path: &Path) -> (Plan, Vec<llm_sandbox::JobReport>) {
+    use llm_sandbox::run::journal;
+    let (done, bad) = match journal::read(path) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!(
+                "--resume: no journal of this job set ({}: {e}): running every job",
+                path.display()
+            );
+            return (plan, vec![]);
+        }
+    };
+    if bad > 0 {
+        eprintln!(
+            "warning: --resume: skipped {bad} unreadable line(s) of {} (a run killed while writing one?)",
+            path.display()
+        );
+    }
+    let names: std::collections::HashSet<&str> = done.values().map(|r| r.name.as_str()).collect();
+    let mut resumed = vec![];
+    let mut changed = vec![];
+    let mut new = 0;
+    let mut run = vec![];
+    for j in std::mem::take(&mut plan.jobs) {
+        match done.get(&journal::job_key(&j)) {
+            Some(r) => {
+                let mut r = r.clone();
+                r.name = j.name.clone();
+                r.line = j.line;
+                resumed.push(r);
+            }
+            None => {
+                if names.contains(j.name.as_str()) {
+                    changed.push(j.name.clone());
+                } else {
+                    new += 1;
+                }
+                run.push(j);
+            }
+        }
+    }
+    let shown: Vec<&str> = changed.iter().take(10).map(String::as_str).collect();
+    eprintln!(
+        "--resume: {} of {} jobs have a result in {}; running {}{}{}",
+        resumed.len(),
+        resumed.len() + run.len(),
+        path.display(),
+        run.len(),
+        if changed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; changed since: {}{}",
+                shown.join(", "),
+                if changed.len() > shown.len() {
+                    format!(" and {} more", changed.len() - shown.len())
+                } else {
+                    String::new()
+                }
+            )
+        },
+        if new > 0 && !done.is_empty() {
+            format!("; {new} not run before")
+        } else {
+            String::new()
+        }
+    );
+    plan.jobs = run;
+    (plan, resumed)
 }
 
 /// Where every `run` keeps its JSON report, for `--rerun-failed` without a REPORT.

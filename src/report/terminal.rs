@@ -369,7 +369,7 @@ impl TerminalReporter {
                 &format!(
                     "; {not_run} not run: {}",
                     if interrupted {
-                        "interrupted"
+                        "interrupted; `run --resume` runs only what did not finish"
                     } else {
                         why_not.as_str()
                     }

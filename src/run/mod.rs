@@ -1,6 +1,8 @@
 //! The scheduler and executor: runs a plan's jobs concurrently on their backends and
 //! emits [`Event`]s. It never prints; reporters consume the events.
 
+pub mod journal;
+
 use crate::backend::{self, RunCtx};
 use crate::owner;
 pub use crate::owner::RunDir;
@@ -25,6 +27,9 @@ pub struct RunOptions {
     pub backend_jobs: Vec<(BackendKind, usize)>,
     /// `--retries N`: a job that fails, times out or errs runs again, up to N more times.
     pub retries: u32,
+    /// The journal every finished job's result is appended to, and whether it is kept
+    /// (`--resume`) or started anew ([`journal`]).
+    pub journal: Option<(PathBuf, bool)>,
 }
 
 impl RunOptions {
@@ -49,6 +54,7 @@ impl Default for RunOptions {
             backend_jobs: vec![],
             artifacts_dir: PathBuf::from(".llm-sandbox/artifacts"),
             retries: 0,
+            journal: None,
         }
     }
 }
@@ -135,8 +141,25 @@ pub async fn run_plan(
         schedulers.spawn(sched.run(jobs));
     }
     drop(done_tx);
+    let mut journal = match &opts.journal {
+        Some((path, resume)) => match journal::Journal::open(path, *resume) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::warn!("cannot write the journal {}: {e}", path.display());
+                None
+            }
+        },
+        None => None,
+    };
     while let Some((id, mut r)) = done_rx.recv().await {
         r.bound();
+        // What did not run, or was stopped by the interruption, runs again on --resume.
+        let unfinished = r.not_run() || (r.status == Status::Error && cancel.is_cancelled());
+        if let Some(j) = journal.as_mut().filter(|_| !unfinished) {
+            if let Err(e) = j.append(journal::job_key(&plan.jobs[id]), &r) {
+                tracing::warn!("cannot write the journal {}: {e}", j.path.display());
+            }
+        }
         let _ = events.send(Event::JobFinished {
             id,
             report: Box::new(r.clone()),
@@ -147,6 +170,9 @@ pub async fn run_plan(
         if let Err(e) = res {
             return Err(std::io::Error::other(format!("a scheduler failed: {e}")));
         }
+    }
+    if let Some(j) = journal.as_mut() {
+        let _ = j.sync();
     }
     prepare.abort_all();
     ctx.scope.finish().await;

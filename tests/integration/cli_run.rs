@@ -1267,3 +1267,75 @@ fn rerun_failed_runs_only_what_did_not_pass() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to rerun"));
 }
+
+/// `--resume` after the runner was killed (SIGKILL): the jobs that finished are not run
+/// again and are in the reports with their results; the one that was running runs; a job
+/// changed since is said and runs again; without a journal, everything runs.
+#[test]
+fn resume_after_a_killed_run() {
+    common::use_binary_as_helper();
+    let s = common::Scratch::new();
+    let jobs = |first: &str| {
+        format!(
+            "[[jobs]]\nname = \"quick-1\"\nlang = \"bash\"\ncode = \"{first}\"\n\n[[jobs]]\nname = \"quick-2\"\nlang = \"bash\"\ncode = \"echo two\"\n\n[[jobs]]\nname = \"quick-3\"\nlang = \"bash\"\ncode = \"echo three\"\n\n[[jobs]]\nname = \"slow\"\nlang = \"bash\"\ncode = \"sleep 3; echo slow\"\n"
+        )
+    };
+    s.write("jobs.toml", &jobs("echo one"));
+    let none = s.run_json(&["--resume", "-j", "1", "jobs.toml"]);
+    assert!(
+        none.stderr.contains("--resume: no journal of this job set")
+            && none.stderr.contains("running every job"),
+        "{}",
+        none.stderr
+    );
+    assert_eq!(none.jobs().len(), 4);
+    // A fresh run, killed while `slow` runs (the three quick ones are in the journal).
+    let journal_dir = s.path().join(".llm-sandbox/journal");
+    let _ = std::fs::remove_dir_all(&journal_dir);
+    let mut child = s
+        .cmd()
+        .args(["run", "--no-progress", "-j", "1", "jobs.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = || -> usize {
+        std::fs::read_dir(&journal_dir)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while lines() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(lines(), 3, "the quick jobs' results are in the journal");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let r = s.run_json(&["--resume", "-j", "1", "jobs.toml"]);
+    assert!(
+        r.stderr.contains("--resume: 3 of 4 jobs have a result"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.jobs().len(), 4, "every job is in the report");
+    assert!(r.jobs().values().all(|j| common::status(j) == "passed"));
+    assert_eq!(common::field(&r.jobs()["quick-2"], "stdout"), "two\n");
+    assert_eq!(common::field(&r.jobs()["slow"], "stdout"), "slow\n");
+
+    // Nothing left: resuming again runs nothing; a changed job is said and runs.
+    s.write("jobs.toml", &jobs("echo ONE"));
+    let r = s.run_json(&["--resume", "jobs.toml"]);
+    assert!(
+        r.stderr.contains("--resume: 3 of 4 jobs have a result"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("changed since: quick-1"), "{}", r.stderr);
+    assert_eq!(common::field(&r.jobs()["quick-1"], "stdout"), "ONE\n");
+    assert_eq!(r.jobs().len(), 4);
+}
