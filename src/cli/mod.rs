@@ -718,7 +718,7 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
     for (i, j) in plan.jobs.iter_mut().enumerate() {
         j.id = i;
     }
-    let (mut report, interrupted) = match execute(&plan, &opts, args, &cancel).await {
+    let (mut report, interrupted) = match execute(&plan, &opts, args, &cancel, &resumed).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -771,6 +771,7 @@ async fn execute(
     opts: &RunOptions,
     args: &RunArgs,
     cancel: &CancellationToken,
+    resumed: &[llm_sandbox::JobReport],
 ) -> Result<(llm_sandbox::Report, bool), String> {
     let started_at = chrono::Utc::now();
     let t0 = Instant::now();
@@ -790,6 +791,11 @@ async fn execute(
         }
         reporter
     });
+    if !resumed.is_empty() {
+        let _ = tx.send(Event::Resumed {
+            reports: resumed.to_vec(),
+        });
+    }
     let reports = llm_sandbox::run::run_plan(plan, opts, tx.clone(), cancel.clone())
         .await
         .map_err(|e| e.to_string())?;

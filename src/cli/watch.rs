@@ -141,7 +141,7 @@ pub(super) async fn watch(select: SelectArgs, args: RunArgs, w: WatchArgs) -> i3
             }
             let mut ran = None;
             if !round.plan.jobs.is_empty() {
-                match execute(&round.plan, &opts, &args, &cancel).await {
+                match execute(&round.plan, &opts, &args, &cancel, &[]).await {
                     Ok((report, interrupted)) => {
                         if interrupted {
                             break;

@@ -299,8 +299,23 @@ pub struct Report {
 /// The one contract between the runner and the reporters (nextest's model).
 #[derive(Debug, Clone)]
 pub enum Event {
-    RunStarted { total: usize },
-    JobStarted { id: usize, name: String },
-    JobFinished { id: usize, report: Box<JobReport> },
-    RunFinished { duration_ms: u64, interrupted: bool },
+    RunStarted {
+        total: usize,
+    },
+    JobStarted {
+        id: usize,
+        name: String,
+    },
+    JobFinished {
+        id: usize,
+        report: Box<JobReport>,
+    },
+    RunFinished {
+        duration_ms: u64,
+        interrupted: bool,
+    },
+    /// `--resume`: the results kept from the journal (not run again), for the summary.
+    Resumed {
+        reports: Vec<JobReport>,
+    },
 }

@@ -129,6 +129,10 @@ impl TerminalReporter {
                     self.bar = Some(bar);
                 }
             }
+            Event::Resumed { reports } => {
+                self.reports
+                    .extend(reports.iter().map(JobReport::summary_copy));
+            }
             Event::JobStarted { id, name } => {
                 self.running.insert(*id, name.clone());
                 self.update_message();

@@ -1323,6 +1323,11 @@ fn resume_after_a_killed_run() {
         r.stderr
     );
     assert_eq!(r.jobs().len(), 4, "every job is in the report");
+    assert!(
+        r.stderr.contains("4 jobs run: 4 passed"),
+        "the summary counts them too: {}",
+        r.stderr
+    );
     assert!(r.jobs().values().all(|j| common::status(j) == "passed"));
     assert_eq!(common::field(&r.jobs()["quick-2"], "stdout"), "two\n");
     assert_eq!(common::field(&r.jobs()["slow"], "stdout"), "slow\n");
