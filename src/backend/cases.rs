@@ -202,16 +202,8 @@ fn report(job: &PlannedJob, ran: Vec<JobReport>, started: Instant) -> JobReport 
     r.duration_ms = started.elapsed().as_millis() as u64;
     r.cases_total = Some(total);
     r.cases_passed = Some(passed);
-    if let (Some(i), Some(m)) = (first_bad, r.message.take()) {
-        r.message = Some(format!("case {}: {m}", job.cases[i].name));
-    } else if let Some(i) = first_bad {
-        let why = ran[i]
-            .checks
-            .iter()
-            .find(|c| !c.passed)
-            .map(|c| c.message.clone())
-            .unwrap_or_else(|| ran[i].status.as_str().to_string());
-        r.message = Some(format!("case {}: {why}", job.cases[i].name));
+    if let Some(i) = first_bad {
+        r.message = Some(format!("case {}: {}", job.cases[i].name, ran[i].why()));
     } else if passed == total {
         r.message = None;
     } else {
@@ -240,7 +232,6 @@ fn report(job: &PlannedJob, ran: Vec<JobReport>, started: Instant) -> JobReport 
         stdout: String::new(),
         stderr: String::new(),
     });
-    let not_run: Vec<CaseReport> = not_run.collect();
     r.cases = ran
         .into_iter()
         .zip(&job.cases)

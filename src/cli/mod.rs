@@ -730,18 +730,7 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
         let mut jobs = resumed;
         jobs.append(&mut report.jobs);
         jobs.sort_by_key(|j| order.get(&j.name).copied().unwrap_or(usize::MAX));
-        let started = chrono::DateTime::parse_from_rfc3339(&report.started_at)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .unwrap_or_else(|_| chrono::Utc::now());
-        let (job_set, shard) = (report.job_set.take(), report.shard.take());
-        report = llm_sandbox::report::json::build_report(
-            started,
-            report.duration_ms,
-            jobs,
-            args.pass_at.as_deref(),
-        );
-        report.job_set = job_set;
-        report.shard = shard;
+        report = llm_sandbox::report::json::with_jobs(&report, jobs, args.pass_at.as_deref());
     }
     // Kept for `--rerun-failed` without a REPORT.
     if let Err(e) = std::fs::create_dir_all(".llm-sandbox")
@@ -819,7 +808,7 @@ async fn execute(
 }
 
 /// `--resume`: the plan without the jobs whose result is in the journal at `path` (matched
-/// by what decides their outcome: `run::journal::job_key`), and those results. Says what it
+/// by what decides their outcome: `run::journal::Keys`), and those results. Says what it
 /// found: how many are done, which jobs are new or changed since.
 fn resume(mut plan: Plan, path: &Path) -> (Plan, Vec<llm_sandbox::JobReport>) {
     use llm_sandbox::run::journal;
@@ -840,12 +829,13 @@ fn resume(mut plan: Plan, path: &Path) -> (Plan, Vec<llm_sandbox::JobReport>) {
         );
     }
     let names: std::collections::HashSet<&str> = done.values().map(|r| r.name.as_str()).collect();
+    let mut keys = journal::Keys::default();
     let mut resumed = vec![];
     let mut changed = vec![];
     let mut new = 0;
     let mut run = vec![];
     for j in std::mem::take(&mut plan.jobs) {
-        match done.get(&journal::job_key(&j)) {
+        match done.get(&keys.of(&j)) {
             Some(r) => {
                 let mut r = r.clone();
                 r.name = j.name.clone();
@@ -914,10 +904,8 @@ fn only_failed(plan: &mut Plan, from: &str) -> Result<usize, String> {
         .filter(|j| !j.status.is_ok() || j.not_run())
         .map(|j| j.name.as_str())
         .collect();
+    // (run() numbers the jobs left.)
     plan.jobs.retain(|j| failed.contains(j.name.as_str()));
-    for (i, j) in plan.jobs.iter_mut().enumerate() {
-        j.id = i;
-    }
     let gone = failed.len() - plan.jobs.len();
     eprintln!(
         "--rerun-failed: {} of the {} jobs that did not pass in {path}{}",

@@ -528,10 +528,7 @@ impl State {
             .flat_map(|e| e.jobs.iter())
             .filter_map(|j| self.results.get(&j.name).map(|(_, r)| r.clone()))
             .collect();
-        let started = chrono::DateTime::parse_from_rfc3339(&round.started_at)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .unwrap_or_else(|_| chrono::Utc::now());
-        llm_sandbox::report::json::build_report(started, round.duration_ms, jobs, pass_at)
+        llm_sandbox::report::json::with_jobs(round, jobs, pass_at)
     }
 
     /// Records a round's results; returns what changed status (for the footer).

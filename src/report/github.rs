@@ -14,16 +14,7 @@ pub fn annotation(job: &JobReport) -> Option<String> {
     if matches!(job.status, Status::Passed | Status::Skipped) {
         return None;
     }
-    let why = job
-        .message
-        .clone()
-        .or_else(|| {
-            job.checks
-                .iter()
-                .find(|c| !c.passed)
-                .map(|c| c.message.clone())
-        })
-        .unwrap_or_else(|| job.status.as_str().to_string());
+    let why = job.why();
     let mut props = format!("file={}", property(&job.file));
     if let Some(l) = job.line {
         props.push_str(&format!(",line={l}"));

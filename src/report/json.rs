@@ -58,6 +58,18 @@ pub fn build_report(
     }
 }
 
+/// `like` with other jobs (the latest of a watch, a resumed run's with the journal's): its
+/// time, job set and shard kept; summary, groups and pass@k made from `jobs`.
+pub fn with_jobs(like: &Report, jobs: Vec<JobReport>, pass_at: Option<&[usize]>) -> Report {
+    let started = DateTime::parse_from_rfc3339(&like.started_at)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now());
+    let mut r = build_report(started, like.duration_ms, jobs, pass_at);
+    r.job_set.clone_from(&like.job_set);
+    r.shard.clone_from(&like.shard);
+    r
+}
+
 /// Serializes the report as pretty JSON (with a final newline).
 pub fn to_json(report: &Report) -> String {
     let mut s = serde_json::to_string_pretty(report).expect("a report always serializes");

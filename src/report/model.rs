@@ -211,6 +211,20 @@ impl JobReport {
             .is_some_and(|m| m.contains(c.message.as_str()))
     }
 
+    /// Why it did not pass, in one line: its message, else its first failed check's,
+    /// else its status.
+    pub fn why(&self) -> String {
+        self.message
+            .clone()
+            .or_else(|| {
+                self.checks
+                    .iter()
+                    .find(|c| !c.passed)
+                    .map(|c| c.message.clone())
+            })
+            .unwrap_or_else(|| self.status.as_str().to_string())
+    }
+
     /// A copy without the job's output and the checks' texts (for reporters that keep
     /// every job: counts, pass@k, the list of what did not pass).
     pub fn summary_copy(&self) -> JobReport {

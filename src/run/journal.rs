@@ -28,30 +28,42 @@ pub struct Journal {
     pub path: PathBuf,
 }
 
-/// What identifies a job's outcome: its whole planned form (program, inputs' names and
-/// contents, stdin, args, environment, limits, checks, cases, backend, image...) but its
-/// position in the plan.
-pub fn job_key(job: &PlannedJob) -> String {
-    use sha2::Digest;
-    let mut v = serde_json::to_value(job).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("id");
-        o.remove("line");
-    }
-    let mut h = sha2::Sha256::new();
-    h.update(v.to_string().as_bytes());
-    for f in &job.files {
-        h.update([0]);
-        match std::fs::read(&f.src) {
-            Ok(b) => h.update(&b),
-            Err(e) => h.update(e.to_string().as_bytes()),
+/// Jobs' keys: what identifies a job's outcome, its whole planned form (program, inputs'
+/// names and contents, stdin, args, environment, limits, checks, cases, backend, image...)
+/// but its position in the plan. Each input file is read and hashed once, however many
+/// jobs share it (a dataset's rows often do).
+#[derive(Default)]
+pub struct Keys {
+    files: HashMap<PathBuf, Vec<u8>>,
+}
+
+impl Keys {
+    pub fn of(&mut self, job: &PlannedJob) -> String {
+        use sha2::Digest;
+        let mut v = serde_json::to_value(job).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("id");
+            o.remove("line");
         }
+        let mut h = sha2::Sha256::new();
+        h.update(v.to_string().as_bytes());
+        for f in &job.files {
+            h.update([0]);
+            let digest =
+                self.files
+                    .entry(f.src.clone())
+                    .or_insert_with(|| match std::fs::read(&f.src) {
+                        Ok(b) => sha2::Sha256::digest(&b).to_vec(),
+                        Err(e) => e.to_string().into_bytes(),
+                    });
+            h.update(&digest[..]);
+        }
+        h.finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
-    h.finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Where the journal of the job set `job_set` lives, below `dir` (`.llm-sandbox`).
@@ -176,10 +188,10 @@ mod tests {
             std::time::Duration::from_secs(1),
             false,
         );
-        let k = job_key(&a);
+        let k = Keys::default().of(&a);
         a.id = 7;
-        assert_eq!(job_key(&a), k);
+        assert_eq!(Keys::default().of(&a), k);
         a.code = "echo 2".into();
-        assert_ne!(job_key(&a), k);
+        assert_ne!(Keys::default().of(&a), k);
     }
 }

@@ -151,12 +151,13 @@ pub async fn run_plan(
         },
         None => None,
     };
+    let mut keys = journal::Keys::default();
     while let Some((id, mut r)) = done_rx.recv().await {
         r.bound();
         // What did not run, or was stopped by the interruption, runs again on --resume.
         let unfinished = r.not_run() || (r.status == Status::Error && cancel.is_cancelled());
         if let Some(j) = journal.as_mut().filter(|_| !unfinished) {
-            if let Err(e) = j.append(journal::job_key(&plan.jobs[id]), &r) {
+            if let Err(e) = j.append(keys.of(&plan.jobs[id]), &r) {
                 tracing::warn!("cannot write the journal {}: {e}", j.path.display());
             }
         }
