@@ -98,10 +98,7 @@ struct RunArgs {
 impl RunArgs {
     /// What clap cannot check: one report at most on stdout.
     fn check(&self) -> Result<(), String> {
-        if self.json.as_deref() == Some("-") && self.junit.as_deref() == Some("-") {
-            return Err("--json - and --junit - would both write to stdout: give one of them a file (e.g. --junit report.xml)".into());
-        }
-        Ok(())
+        one_on_stdout(self.json.as_deref(), self.junit.as_deref())
     }
 
     fn run_options(&self) -> RunOptions {
@@ -743,7 +740,7 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
     } else {
         exit_codes::JOBS_FAILED
     };
-    if !write_reports(&report, args) {
+    if !write_reports(&report, args.json.as_deref(), args.junit.as_deref()) {
         code = exit_codes::JOBS_FAILED;
     }
     if interrupted {
@@ -932,10 +929,8 @@ fn merge(
     pass_at: Option<Vec<usize>>,
 ) -> i32 {
     use llm_sandbox::report::json::REPORT_VERSION;
-    if json == Some("-") && junit == Some("-") {
-        eprintln!(
-            "error: --json - and --junit - would both write to stdout: give one of them a file"
-        );
+    if let Err(e) = one_on_stdout(json, junit) {
+        eprintln!("error: {e}");
         return exit_codes::BAD_INPUT;
     }
     let mut reports = Vec::new();
@@ -1032,20 +1027,7 @@ fn merge(
                 .collect::<String>())
             .unwrap_or_default()
     );
-    let mut ok = true;
-    if let Some(dest) = json {
-        if let Err(e) = llm_sandbox::report::json::write_json(&report, dest) {
-            eprintln!("error: cannot write the JSON report to {dest}: {e}");
-            ok = false;
-        }
-    }
-    if let Some(dest) = junit {
-        if let Err(e) = llm_sandbox::report::junit::write_junit(&report, dest) {
-            eprintln!("error: cannot write the JUnit report to {dest}: {e}");
-            ok = false;
-        }
-    }
-    if !ok {
+    if !write_reports(&report, json, junit) {
         return exit_codes::JOBS_FAILED;
     }
     if report.jobs.iter().all(|j| j.status.is_ok()) {
@@ -1056,21 +1038,29 @@ fn merge(
 }
 
 /// Writes `--json` and `--junit`; false (and why, on stderr) when one could not be written.
-fn write_reports(report: &llm_sandbox::Report, args: &RunArgs) -> bool {
+fn write_reports(report: &llm_sandbox::Report, json: Option<&str>, junit: Option<&str>) -> bool {
     let mut ok = true;
-    if let Some(dest) = &args.json {
+    if let Some(dest) = json {
         if let Err(e) = llm_sandbox::report::json::write_json(report, dest) {
             eprintln!("error: cannot write the JSON report to {dest}: {e}");
             ok = false;
         }
     }
-    if let Some(dest) = &args.junit {
+    if let Some(dest) = junit {
         if let Err(e) = llm_sandbox::report::junit::write_junit(report, dest) {
             eprintln!("error: cannot write the JUnit report to {dest}: {e}");
             ok = false;
         }
     }
     ok
+}
+
+/// At most one report on stdout (`--json -`, `--junit -`).
+fn one_on_stdout(json: Option<&str>, junit: Option<&str>) -> Result<(), String> {
+    if json == Some("-") && junit == Some("-") {
+        return Err("--json - and --junit - would both write to stdout: give one of them a file (e.g. --junit report.xml)".into());
+    }
+    Ok(())
 }
 
 async fn exec(

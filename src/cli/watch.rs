@@ -149,7 +149,8 @@ pub(super) async fn watch(select: SelectArgs, args: RunArgs, w: WatchArgs) -> i3
                         ran = Some(state.record(&report.jobs));
                         // The reports hold the latest result of every watched job, not
                         // only this round's.
-                        write_reports(&state.latest(&report, args.pass_at.as_deref()), &args);
+                        let latest = state.latest(&report, args.pass_at.as_deref());
+                        write_reports(&latest, args.json.as_deref(), args.junit.as_deref());
                     }
                     Err(e) => eprintln!("error: {e}"),
                 }
