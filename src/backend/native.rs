@@ -543,16 +543,7 @@ async fn run_in(
     let stdin = job.stdin.as_ref().map(|s| s.as_bytes().to_vec());
     let outcome = match host::run(&ctx.scope.servers, &cfg, stdin, cap, &ctx.cancel).await {
         Ok(o) => o,
-        Err(e) => {
-            return error_report(
-                job,
-                Phase::Prepare,
-                format!(
-                    "cannot start the sandbox helper {}: {e}",
-                    host::helper_path().display()
-                ),
-            )
-        }
+        Err(e) => return error_report(job, Phase::Prepare, helper_failed(e)),
     };
     let mut report = to_report(job, &outcome);
     if report.status != Status::Error && !crate::plots::artifact_globs(job).is_empty() {
@@ -963,16 +954,14 @@ pub async fn doctor() -> Result<String, Error> {
         limited: true,
         cpu_seconds: Some(31),
     });
-    let servers = host::Servers::new();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let o = host::run(&servers, &cfg, None, 1 << 16, &cancel).await;
-    servers.shutdown().await;
-    let o = o.map_err(|e| {
-        unavailable(format!(
-            "cannot start the sandbox helper {}: {e}",
-            host::helper_path().display()
-        ))
-    })?;
+    let io = host::Io::Capture {
+        stdin: None,
+        cap: 1 << 16,
+        live: None,
+    };
+    let o = host::run_once(&cfg, io, &Default::default())
+        .await
+        .map_err(|e| unavailable(helper_failed(e)))?;
     let said = String::from_utf8_lossy(&o.stdout);
     if said.trim() != "ok" {
         let why = o.msgs.iter().find_map(|m| match m {
@@ -1006,14 +995,15 @@ pub async fn exec_inherit(
 ) -> Result<Outcome, Error> {
     let tc = lang::probe_cached(job.lang).map_err(Error::Unavailable)?;
     let cfg = prepare(job, &tc, &sandbox_id(), dir)?;
-    // Servers of its own, stopped at its end.
-    let servers = host::Servers::new();
-    let o = host::run_with(&servers, &cfg, host::Io::Inherit, cancel).await;
-    servers.shutdown().await;
-    o.map_err(|e| {
-        Error::Sandbox(format!(
-            "cannot start the sandbox helper {}: {e}",
-            host::helper_path().display()
-        ))
-    })
+    host::run_once(&cfg, host::Io::Inherit, cancel)
+        .await
+        .map_err(|e| Error::Sandbox(helper_failed(e)))
+}
+
+/// Why a sandbox did not start: the helper could not be run.
+fn helper_failed(e: std::io::Error) -> String {
+    format!(
+        "cannot start the sandbox helper {}: {e}",
+        host::helper_path().display()
+    )
 }

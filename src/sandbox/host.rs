@@ -372,6 +372,19 @@ fn send_request(s: &Server, fds: [RawFd; super::REQUEST_FDS]) -> std::io::Result
     Ok(())
 }
 
+/// Runs one sandbox on servers of its own, stopped at its end (a one-off: `exec`,
+/// `doctor`).
+pub async fn run_once(
+    cfg: &SandboxConfig,
+    io: Io,
+    cancel: &CancellationToken,
+) -> std::io::Result<Outcome> {
+    let servers = Servers::new();
+    let o = run_with(&servers, cfg, io, cancel).await;
+    servers.shutdown().await;
+    o
+}
+
 /// Runs one sandbox with the given stdio.
 pub async fn run_with(
     servers: &Servers,
