@@ -608,13 +608,7 @@ pub fn to_report(job: &PlannedJob, o: &Outcome) -> JobReport {
             }
         })
         .unwrap_or_default();
-    let error = o.msgs.iter().find_map(|m| match m {
-        Msg::Error { message, hint } => Some(match hint {
-            Some(h) => format!("{message}: {h}"),
-            None => message.clone(),
-        }),
-        _ => None,
-    });
+    let error = o.msgs.iter().find_map(Msg::error_text);
     let refused: Vec<String> = o
         .msgs
         .iter()
@@ -964,13 +958,7 @@ pub async fn doctor() -> Result<String, Error> {
         .map_err(|e| unavailable(helper_failed(e)))?;
     let said = String::from_utf8_lossy(&o.stdout);
     if said.trim() != "ok" {
-        let why = o.msgs.iter().find_map(|m| match m {
-            Msg::Error { message, hint } => Some(match hint {
-                Some(h) => format!("{message}: {h}"),
-                None => message.clone(),
-            }),
-            _ => None,
-        });
+        let why = o.msgs.iter().find_map(Msg::error_text);
         return Err(unavailable(why.unwrap_or_else(|| {
             format!(
                 "a test sandbox printed {said:?} (stderr {:?})",

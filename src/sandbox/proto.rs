@@ -28,6 +28,19 @@ pub enum Msg {
     },
 }
 
+impl Msg {
+    /// An `Error`'s text, its hint after the message.
+    pub fn error_text(&self) -> Option<String> {
+        match self {
+            Msg::Error { message, hint } => Some(match hint {
+                Some(h) => format!("{message}: {h}"),
+                None => message.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepResult {
     pub kind: Option<StepKind>,

@@ -90,14 +90,9 @@ impl NativeSession {
         }
         let mut last = None;
         for m in &o.msgs {
-            match m {
-                Msg::Step(s) => last = Some(s.clone()),
-                Msg::Error { message, hint } if last.is_none() => {
-                    return Err(SessionError::Sandbox(match hint {
-                        Some(h) => format!("{message}: {h}"),
-                        None => message.clone(),
-                    }))
-                }
+            match (m, m.error_text()) {
+                (Msg::Step(s), _) => last = Some(s.clone()),
+                (_, Some(e)) if last.is_none() => return Err(SessionError::Sandbox(e)),
                 _ => {}
             }
         }
