@@ -207,14 +207,14 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
 /// builds, templates, warm containers) in the background, once per distinct environment,
 /// so that it overlaps with jobs already running. Failures are left to the jobs to report.
 /// `parallelism` says how many jobs of a backend run at once (warm pools start that many).
-pub fn prepare_ahead(
-    jobs: &[PlannedJob],
+pub fn prepare_ahead<'a>(
+    jobs: impl IntoIterator<Item = &'a PlannedJob>,
     ctx: &RunCtx,
     parallelism: impl Fn(BackendKind) -> usize,
 ) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
     let mut seen: Vec<String> = Vec::new();
-    for job in jobs.iter().filter(|j| j.skip.is_none()) {
+    for job in jobs.into_iter().filter(|j| j.skip.is_none()) {
         let backend = of(job.backend);
         let Some(key) = backend.prepare_key(job) else {
             continue;

@@ -9,6 +9,7 @@ use llm_sandbox::exit_codes;
 use llm_sandbox::plan::{Plan, PlanOptions, PlannedJob};
 use llm_sandbox::report::model::Event;
 use llm_sandbox::report::terminal::TerminalReporter;
+use llm_sandbox::report::{Jobs, Streamed};
 use llm_sandbox::run::{RunDir, RunOptions};
 use llm_sandbox::spec::types::{BackendKind, Lang};
 use std::io::Read;
@@ -112,7 +113,6 @@ impl RunArgs {
             fresh_containers: self.fresh_containers,
             backend_jobs: self.backend_jobs.clone(),
             retries: self.retries,
-            journal: None,
         }
     }
 
@@ -697,45 +697,59 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
             }
         });
     }
-    let mut opts = args.run_options();
-    // The journal of this job set (and shard): results as they finish, for --resume.
+    let opts = args.run_options();
+    // The journal of this job set (and shard): results as they finish, for --resume; the
+    // reports are written from it.
     let set = match plan.shard {
         Some(s) => format!("{}-shard-{}-of-{}", plan.job_set, s.index, s.count),
         None => plan.job_set.clone(),
     };
     let journal_path = llm_sandbox::run::journal::path_of(Path::new(".llm-sandbox"), &set);
-    let order: std::collections::HashMap<String, usize> =
-        plan.jobs.iter().map(|j| (j.name.clone(), j.id)).collect();
-    let (mut plan, resumed) = if args.resume {
-        resume(plan, &journal_path)
-    } else {
-        (plan, vec![])
+    let existed = journal_path.exists();
+    let journal = match llm_sandbox::run::Journal::open(&journal_path, args.resume) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!(
+                "warning: cannot write the journal {} ({e}): this run cannot be resumed",
+                journal_path.display()
+            );
+            match llm_sandbox::run::Journal::temporary() {
+                Ok(j) => j,
+                Err(e) => {
+                    eprintln!("error: cannot create a temporary file for the results: {e}");
+                    return exit_codes::JOBS_FAILED;
+                }
+            }
+        }
     };
-    opts.journal = Some((journal_path, args.resume));
+    let mut plan = plan;
     for (i, j) in plan.jobs.iter_mut().enumerate() {
         j.id = i;
     }
-    let (mut report, interrupted) = match execute(&plan, &opts, args, &cancel, &resumed).await {
+    let mut results = llm_sandbox::run::Results::new(journal, &plan.jobs);
+    let resumed = if args.resume {
+        resume(&plan, &mut results, existed)
+    } else {
+        None
+    };
+    let (ran, interrupted) = match execute(&plan, &opts, args, &cancel, &mut results, resumed).await
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
             return exit_codes::JOBS_FAILED;
         }
     };
-    if !resumed.is_empty() {
-        // The reports hold every job: those of the journal, and those run now.
-        let mut jobs = resumed;
-        jobs.append(&mut report.jobs);
-        jobs.sort_by_key(|j| order.get(&j.name).copied().unwrap_or(usize::MAX));
-        report = llm_sandbox::report::json::with_jobs(&report, jobs, args.pass_at.as_deref());
-    }
+    // The reports hold every job (those `--resume` kept too), read back from the journal.
+    let jobs = results.jobs();
+    let report = run_report(&plan, &results.tally, &ran, Streamed(&jobs), args);
     // Kept for `--rerun-failed` without a REPORT.
     if let Err(e) = std::fs::create_dir_all(".llm-sandbox")
         .and_then(|_| llm_sandbox::report::json::write_json(&report, LAST_REPORT))
     {
         tracing::warn!("cannot keep the report in {LAST_REPORT}: {e}");
     }
-    let mut code = if report.jobs.iter().all(|j| j.status.is_ok()) {
+    let mut code = if results.tally.all_ok() {
         exit_codes::OK
     } else {
         exit_codes::JOBS_FAILED
@@ -749,16 +763,44 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
     code
 }
 
-/// Runs `plan` once: each job's line on stderr as it finishes (with why, for those that
-/// did not pass), then the summary. Returns the report (jobs in plan order) and whether
-/// `cancel` interrupted the run; Err when the runner itself could not start.
+/// When a run started, and how long it took.
+struct Ran {
+    started_at: chrono::DateTime<chrono::Utc>,
+    duration_ms: u64,
+}
+
+/// The report of a run of `plan`: counted by `tally`, its jobs `jobs`.
+fn run_report<J>(
+    plan: &Plan,
+    tally: &llm_sandbox::report::Tally,
+    ran: &Ran,
+    jobs: J,
+    args: &RunArgs,
+) -> llm_sandbox::Report<J> {
+    let mut report = llm_sandbox::report::json::report_of(
+        tally,
+        ran.started_at,
+        ran.duration_ms,
+        jobs,
+        args.pass_at.as_deref(),
+    );
+    report.job_set = Some(plan.job_set.clone()).filter(|s| !s.is_empty());
+    report.shard = plan.shard.map(|s| s.to_string());
+    report
+}
+
+/// Runs the jobs of `plan` that have no result in `results` yet: each job's line on stderr
+/// as it finishes (with why, for those that did not pass), then the summary (of `resumed`
+/// too). Returns when it ran and whether `cancel` interrupted it; Err when the runner
+/// itself could not start, or lost results.
 async fn execute(
     plan: &Plan,
     opts: &RunOptions,
     args: &RunArgs,
     cancel: &CancellationToken,
-    resumed: &[llm_sandbox::JobReport],
-) -> Result<(llm_sandbox::Report, bool), String> {
+    results: &mut llm_sandbox::run::Results,
+    resumed: Option<llm_sandbox::run::journal::Resumed>,
+) -> Result<(Ran, bool), String> {
     let started_at = chrono::Utc::now();
     let t0 = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
@@ -777,106 +819,93 @@ async fn execute(
         }
         reporter
     });
-    if !resumed.is_empty() {
+    if let Some(r) = resumed {
         let _ = tx.send(Event::Resumed {
-            reports: resumed.to_vec(),
+            tally: r.tally,
+            not_passed: r.not_passed,
         });
     }
-    let reports = llm_sandbox::run::run_plan(plan, opts, tx.clone(), cancel.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let outcome =
+        llm_sandbox::run::run_plan_into(plan, opts, tx.clone(), cancel.clone(), results).await;
     let duration_ms = t0.elapsed().as_millis() as u64;
     let interrupted = cancel.is_cancelled();
-    let mut report = llm_sandbox::report::json::build_report(
-        started_at,
-        duration_ms,
-        reports,
-        args.pass_at.as_deref(),
-    );
-    report.job_set = Some(plan.job_set.clone()).filter(|s| !s.is_empty());
-    report.shard = plan.shard.map(|s| s.to_string());
     let _ = tx.send(Event::RunFinished {
         duration_ms,
         interrupted,
     });
     drop(tx);
     let _ = printer.await;
-    Ok((report, interrupted))
+    outcome.map_err(|e| e.to_string())?;
+    Ok((
+        Ran {
+            started_at,
+            duration_ms,
+        },
+        interrupted,
+    ))
 }
 
-/// `--resume`: the plan without the jobs whose result is in the journal at `path` (matched
-/// by what decides their outcome: `run::journal::Keys`), and those results. Says what it
-/// found: how many are done, which jobs are new or changed since.
-fn resume(mut plan: Plan, path: &Path) -> (Plan, Vec<llm_sandbox::JobReport>) {
-    use llm_sandbox::run::journal;
-    let (done, bad) = match journal::read(path) {
-        Ok(x) => x,
+/// `--resume`: takes the results the journal of this job set already has (matched by what
+/// decides their outcome: `run::journal::Keys`) as theirs. Says what it found: how many are
+/// done, which jobs are new or changed since.
+fn resume(
+    plan: &Plan,
+    results: &mut llm_sandbox::run::Results,
+    existed: bool,
+) -> Option<llm_sandbox::run::journal::Resumed> {
+    let path = results.journal.path.clone();
+    if !existed {
+        eprintln!(
+            "--resume: no journal of this job set ({} does not exist): running every job",
+            path.display()
+        );
+        return None;
+    }
+    let mut keys = llm_sandbox::run::journal::Keys::default();
+    let r = match results.resume(&plan.jobs, &mut keys) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!(
-                "--resume: no journal of this job set ({}: {e}): running every job",
+                "--resume: cannot read the journal {} ({e}): running every job",
                 path.display()
             );
-            return (plan, vec![]);
+            return None;
         }
     };
-    if bad > 0 {
+    if r.bad > 0 {
         eprintln!(
-            "warning: --resume: skipped {bad} unreadable line(s) of {} (a run killed while writing one?)",
+            "warning: --resume: skipped {} unreadable line(s) of {} (a run killed while writing one?)",
+            r.bad,
             path.display()
         );
     }
-    let names: std::collections::HashSet<&str> = done.values().map(|r| r.name.as_str()).collect();
-    let mut keys = journal::Keys::default();
-    let mut resumed = vec![];
-    let mut changed = vec![];
-    let mut new = 0;
-    let mut run = vec![];
-    for j in std::mem::take(&mut plan.jobs) {
-        match done.get(&keys.of(&j)) {
-            Some(r) => {
-                let mut r = r.clone();
-                r.name = j.name.clone();
-                r.line = j.line;
-                resumed.push(r);
-            }
-            None => {
-                if names.contains(j.name.as_str()) {
-                    changed.push(j.name.clone());
-                } else {
-                    new += 1;
-                }
-                run.push(j);
-            }
-        }
-    }
-    let shown: Vec<&str> = changed.iter().take(10).map(String::as_str).collect();
+    let kept = r.kept.len();
+    let run = plan.jobs.len() - kept;
+    let shown: Vec<&str> = r.changed.iter().take(10).map(String::as_str).collect();
     eprintln!(
-        "--resume: {} of {} jobs have a result in {}; running {}{}{}",
-        resumed.len(),
-        resumed.len() + run.len(),
+        "--resume: {kept} of {} jobs have a result in {}; running {run}{}{}",
+        plan.jobs.len(),
         path.display(),
-        run.len(),
-        if changed.is_empty() {
+        if r.changed.is_empty() {
             String::new()
         } else {
             format!(
                 "; changed since: {}{}",
                 shown.join(", "),
-                if changed.len() > shown.len() {
-                    format!(" and {} more", changed.len() - shown.len())
+                if r.changed.len() > shown.len() {
+                    format!(" and {} more", r.changed.len() - shown.len())
                 } else {
                     String::new()
                 }
             )
         },
-        if new > 0 && !done.is_empty() {
-            format!("; {new} not run before")
+        if r.new > 0 && (kept > 0 || !r.changed.is_empty()) {
+            format!("; {} not run before", r.new)
         } else {
             String::new()
         }
     );
-    plan.jobs = run;
-    (plan, resumed)
+    Some(r)
 }
 
 /// Where every `run` keeps its JSON report, for `--rerun-failed` without a REPORT.
@@ -1038,7 +1067,11 @@ fn merge(
 }
 
 /// Writes `--json` and `--junit`; false (and why, on stderr) when one could not be written.
-fn write_reports(report: &llm_sandbox::Report, json: Option<&str>, junit: Option<&str>) -> bool {
+fn write_reports<J: Jobs + serde::Serialize>(
+    report: &llm_sandbox::Report<J>,
+    json: Option<&str>,
+    junit: Option<&str>,
+) -> bool {
     let mut ok = true;
     if let Some(dest) = json {
         if let Err(e) = llm_sandbox::report::json::write_json(report, dest) {

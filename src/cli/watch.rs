@@ -14,7 +14,7 @@
 //!   other files keep running. Ctrl-C (or SIGTERM) interrupts the round, tears its
 //!   sandboxes down and exits 0; a second Ctrl-C exits at once.
 
-use super::{execute, write_reports, RunArgs, SelectArgs};
+use super::{execute, run_report, write_reports, RunArgs, SelectArgs};
 use indexmap::IndexMap;
 use llm_sandbox::exit_codes;
 use llm_sandbox::plan::deps::{self, Dep, WatchDep};
@@ -141,7 +141,25 @@ pub(super) async fn watch(select: SelectArgs, args: RunArgs, w: WatchArgs) -> i3
             }
             let mut ran = None;
             if !round.plan.jobs.is_empty() {
-                match execute(&round.plan, &opts, &args, &cancel, &[]).await {
+                // (watch keeps every job's latest result in memory anyway)
+                let mut results = match llm_sandbox::run::Journal::temporary() {
+                    Ok(j) => llm_sandbox::run::Results::new(j, &round.plan.jobs),
+                    Err(e) => {
+                        eprintln!("error: cannot create a temporary file for the results: {e}");
+                        break;
+                    }
+                };
+                let outcome = execute(&round.plan, &opts, &args, &cancel, &mut results, None)
+                    .await
+                    .and_then(|(ran, interrupted)| {
+                        let tally = results.tally.clone();
+                        let jobs = results.into_reports().map_err(|e| e.to_string())?;
+                        Ok((
+                            run_report(&round.plan, &tally, &ran, jobs, &args),
+                            interrupted,
+                        ))
+                    });
+                match outcome {
                     Ok((report, interrupted)) => {
                         if interrupted {
                             break;

@@ -1,7 +1,8 @@
 //! The JSON report (README, "Reports", `schemas/report.schema.json`).
 
-use super::model::{JobReport, Report, Status, Summary};
-use super::passk::{default_ks, group_reports};
+use super::model::{JobReport, Report, Summary};
+use super::passk::Tally;
+use super::Jobs;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Report format version.
@@ -9,47 +10,36 @@ pub const REPORT_VERSION: u32 = 1;
 
 /// Counts jobs by status.
 pub fn summarize(jobs: &[JobReport]) -> Summary {
-    let mut s = Summary {
-        total: jobs.len(),
-        ..Summary::default()
-    };
-    for j in jobs {
-        s.flaky += usize::from(j.flaky);
-        match j.status {
-            Status::Passed => s.passed += 1,
-            Status::Failed => s.failed += 1,
-            Status::Timeout => s.timeout += 1,
-            Status::Error => s.error += 1,
-            Status::Skipped => s.skipped += 1,
-        }
-    }
-    s
+    Tally::of(jobs).summary
 }
 
 /// Builds the whole report. `groups` and the top-level `pass_at` are present only when
-/// some job has a group; `pass_at` (the `--pass-at` list) defaults to [`default_ks`].
+/// some job has a group; `pass_at` (the `--pass-at` list) defaults to
+/// [`Tally::default_ks`].
 pub fn build_report(
     started_at: DateTime<Utc>,
     duration_ms: u64,
     jobs: Vec<JobReport>,
     pass_at: Option<&[usize]>,
 ) -> Report {
-    let summary = summarize(&jobs);
-    let (groups, top) = if jobs.iter().any(|j| j.group.is_some()) {
-        let ks = match pass_at {
-            Some(ks) => ks.to_vec(),
-            None => default_ks(&jobs),
-        };
-        let (groups, top) = group_reports(&jobs, &ks);
-        (Some(groups), Some(top))
-    } else {
-        (None, None)
-    };
+    report_of(&Tally::of(&jobs), started_at, duration_ms, jobs, pass_at)
+}
+
+/// The report of jobs counted in `tally`, which `jobs` yields (in memory, or read back
+/// from a run's journal one at a time: [`Jobs`]).
+pub fn report_of<J>(
+    tally: &Tally,
+    started_at: DateTime<Utc>,
+    duration_ms: u64,
+    jobs: J,
+    pass_at: Option<&[usize]>,
+) -> Report<J> {
+    let (groups, top) = tally.report_pass_at(pass_at).unzip();
     Report {
         version: REPORT_VERSION,
         started_at: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         duration_ms,
-        summary,
+        summary: tally.summary.clone(),
         jobs,
         groups,
         job_set: None,
@@ -71,21 +61,33 @@ pub fn with_jobs(like: &Report, jobs: Vec<JobReport>, pass_at: Option<&[usize]>)
 }
 
 /// Serializes the report as pretty JSON (with a final newline).
-pub fn to_json(report: &Report) -> String {
-    let mut s = serde_json::to_string_pretty(report).expect("a report always serializes");
-    s.push('\n');
-    s
+pub fn to_json<J: Jobs + serde::Serialize>(report: &Report<J>) -> String {
+    let mut out = Vec::new();
+    json_to(report, &mut out).expect("a report in memory always serializes");
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// Writes the report as pretty JSON (with a final newline) to `out`, one job at a time.
+pub fn json_to<J: Jobs + serde::Serialize>(
+    report: &Report<J>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, report).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
 }
 
 /// Writes the report to `dest` (`-` = standard output; a path is written atomically).
-pub fn write_json(report: &Report, dest: &str) -> std::io::Result<()> {
-    super::write_dest(dest, to_json(report).as_bytes())
+pub fn write_json<J: Jobs + serde::Serialize>(
+    report: &Report<J>,
+    dest: &str,
+) -> std::io::Result<()> {
+    super::write_dest_with(dest, &mut |w| json_to(report, w))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::model::{CheckResult, Phase};
+    use crate::report::model::{CheckResult, Phase, Status};
     use crate::report::test_support::{check, job};
     use chrono::TimeZone;
 

@@ -15,8 +15,10 @@
 
 use super::diff::unified_diff;
 use super::model::{CaseReport, JobReport, Report, Status};
+use super::Jobs;
 use indexmap::IndexMap;
 use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
+use std::io::Write;
 use std::time::Duration;
 
 /// Name of the `<testsuites>` element.
@@ -222,54 +224,136 @@ fn case_as_job(job: &JobReport, c: &CaseReport) -> JobReport {
     }
 }
 
-/// Renders the report as JUnit XML.
-pub fn to_junit(report: &Report) -> String {
-    let mut suites: IndexMap<&str, (TestSuite, u64, usize)> = IndexMap::new();
-    for job in &report.jobs {
-        let entry = suites
-            .entry(job.file.as_str())
-            .or_insert_with(|| (TestSuite::new(xml_safe(&job.file)), 0, 0));
-        entry.1 += job.duration_ms;
-        // A job with test cases: one <testcase> per case, `job/case` (README, "Test
-        // cases"); one that could not be built is one <testcase> with why.
-        let cases: Vec<JobReport> = job.cases.iter().map(|c| case_as_job(job, c)).collect();
-        for j in if cases.is_empty() {
-            std::slice::from_ref(job)
-        } else {
-            &cases[..]
-        } {
-            entry.0.add_test_case(test_case(j));
-            if j.status == Status::Skipped {
-                entry.2 += 1;
-            }
-        }
+/// The `<testcase>`s of one job: one per test case of a job with cases (`job/case`,
+/// README "Test cases"); a job without (or one that could not be built) is one.
+fn test_cases(job: &JobReport) -> Vec<TestCase> {
+    if job.cases.is_empty() {
+        vec![test_case(job)]
+    } else {
+        job.cases
+            .iter()
+            .map(|c| test_case(&case_as_job(job, c)))
+            .collect()
     }
+}
 
-    let mut junit = quick_junit::Report::new(REPORT_NAME);
-    junit.set_time(secs(report.duration_ms));
-    if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&report.started_at) {
-        junit.set_timestamp(ts);
-    }
-    let mut skipped_total = 0;
-    for (_, (mut suite, ms, skipped)) in suites {
-        suite.set_time(secs(ms));
-        suite
-            .extra
-            .insert("skipped".into(), skipped.to_string().into());
-        skipped_total += skipped;
-        junit.add_test_suite(suite);
-    }
-    let xml = junit
+/// One `<testcase>` element as quick-junit writes it, indented for its place in a
+/// `<testsuite>`: the report is written one job at a time, so quick-junit (which holds a
+/// whole report) serializes one test case at a time.
+fn test_case_xml(tc: TestCase) -> String {
+    let mut one = quick_junit::Report::new(REPORT_NAME);
+    let mut suite = TestSuite::new("-");
+    suite.add_test_case(tc);
+    one.add_test_suite(suite);
+    let xml = one
         .to_string()
         .expect("serializing JUnit XML to memory cannot fail");
-    // quick-junit has no `skipped` attribute on <testsuites>; consumers read it there too.
-    let open = format!("<testsuites name=\"{REPORT_NAME}\"");
-    xml.replacen(&open, &format!("{open} skipped=\"{skipped_total}\""), 1)
+    // (Any `<` in a name or text is escaped: the first `<testcase` is the element.)
+    let start = xml
+        .find("<testcase")
+        .map_or(0, |i| xml[..i].rfind('\n').map_or(0, |n| n + 1));
+    let end = xml.rfind("    </testsuite>").unwrap_or(xml.len());
+    xml[start..end].to_string()
+}
+
+/// Counts of one `<testsuite>` (or of `<testsuites>`).
+#[derive(Default)]
+struct Counts {
+    tests: usize,
+    failures: usize,
+    errors: usize,
+    skipped: usize,
+    ms: u64,
+}
+
+impl Counts {
+    fn add(&mut self, status: Status) {
+        self.tests += 1;
+        match status {
+            Status::Failed => self.failures += 1,
+            Status::Timeout | Status::Error => self.errors += 1,
+            Status::Skipped => self.skipped += 1,
+            Status::Passed => {}
+        }
+    }
+}
+
+fn secs_text(ms: u64) -> String {
+    format!("{:.3}", ms as f64 / 1000.0)
+}
+
+/// Renders the report as JUnit XML.
+pub fn to_junit<J: Jobs>(report: &Report<J>) -> String {
+    let mut out = Vec::new();
+    junit_to(report, &mut out).expect("a report in memory always serializes");
+    String::from_utf8(out).expect("XML is UTF-8")
+}
+
+/// Writes the report as JUnit XML to `out`, one job at a time: a first pass counts each
+/// suite's test cases, a second writes them (the jobs are read twice, never held).
+pub fn junit_to<J: Jobs>(report: &Report<J>, out: &mut dyn Write) -> std::io::Result<()> {
+    use quick_xml::escape::escape;
+    let jobs = &report.jobs;
+    // Suites by job file, in first-appearance order, with their jobs' positions.
+    let mut suites: IndexMap<String, (Counts, Vec<usize>)> = IndexMap::new();
+    let mut all = Counts::default();
+    for i in 0..jobs.count() {
+        let job = jobs.job(i)?;
+        let (counts, members) = match suites.get_index_of(job.file.as_str()) {
+            Some(s) => &mut suites[s],
+            None => suites.entry(job.file.clone()).or_default(),
+        };
+        counts.ms += job.duration_ms;
+        members.push(i);
+        let statuses: Vec<Status> = if job.cases.is_empty() {
+            vec![job.status]
+        } else {
+            job.cases.iter().map(|c| c.status).collect()
+        };
+        for st in statuses {
+            counts.add(st);
+            all.add(st);
+        }
+    }
+    writeln!(out, r#"<?xml version="1.0" encoding="UTF-8"?>"#)?;
+    write!(
+        out,
+        r#"<testsuites name="{REPORT_NAME}" skipped="{}" tests="{}" failures="{}" errors="{}""#,
+        all.skipped, all.tests, all.failures, all.errors
+    )?;
+    if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&report.started_at) {
+        write!(
+            out,
+            r#" timestamp="{}""#,
+            ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+        )?;
+    }
+    writeln!(out, r#" time="{}">"#, secs_text(report.duration_ms))?;
+    for (file, (c, members)) in &suites {
+        writeln!(
+            out,
+            r#"    <testsuite name="{}" tests="{}" disabled="{}" errors="{}" failures="{}" time="{}" skipped="{}">"#,
+            escape(xml_safe(file).as_str()),
+            c.tests,
+            c.skipped,
+            c.errors,
+            c.failures,
+            secs_text(c.ms),
+            c.skipped
+        )?;
+        for &i in members {
+            for tc in test_cases(&*jobs.job(i)?) {
+                out.write_all(test_case_xml(tc).as_bytes())?;
+            }
+        }
+        writeln!(out, "    </testsuite>")?;
+    }
+    writeln!(out, "</testsuites>")
 }
 
 /// Writes the JUnit XML to `dest` (`-` = standard output; a path is written atomically).
-pub fn write_junit(report: &Report, dest: &str) -> std::io::Result<()> {
-    super::write_dest(dest, to_junit(report).as_bytes())
+pub fn write_junit<J: Jobs>(report: &Report<J>, dest: &str) -> std::io::Result<()> {
+    super::write_dest_with(dest, &mut |w| junit_to(report, w))
 }
 
 #[cfg(test)]

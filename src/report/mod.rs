@@ -16,30 +16,82 @@ pub mod terminal;
 
 pub use json::{build_report, write_json};
 pub use junit::{to_junit, write_junit};
-pub use passk::{default_ks, group_reports, pass_at_k};
+pub use passk::{default_ks, group_reports, pass_at_k, Tally};
 pub use terminal::{TerminalOptions, TerminalReporter};
 
+use model::JobReport;
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
+
+/// The jobs of a report, in order, one at a time. A run's are read back from its journal
+/// (`run::Results`), so that a report of any size is written in bounded memory (README,
+/// "Long runs"); a report read from a file has them in memory.
+pub trait Jobs {
+    fn count(&self) -> usize;
+    fn job(&self, i: usize) -> std::io::Result<Cow<'_, JobReport>>;
+}
+
+impl Jobs for Vec<JobReport> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn job(&self, i: usize) -> std::io::Result<Cow<'_, JobReport>> {
+        Ok(Cow::Borrowed(&self[i]))
+    }
+}
+
+/// Any [`Jobs`], serialized as the JSON array of a report's `jobs`, one job read at a time.
+pub struct Streamed<'a>(pub &'a dyn Jobs);
+
+impl Jobs for Streamed<'_> {
+    fn count(&self) -> usize {
+        self.0.count()
+    }
+    fn job(&self, i: usize) -> std::io::Result<Cow<'_, JobReport>> {
+        self.0.job(i)
+    }
+}
+
+impl serde::Serialize for Streamed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.0.count()))?;
+        for i in 0..self.0.count() {
+            let job = self.0.job(i).map_err(S::Error::custom)?;
+            seq.serialize_element(job.as_ref())?;
+        }
+        seq.end()
+    }
+}
 
 /// Writes `contents` to `dest`: `-` is standard output; anything else is a file path,
 /// written atomically (a temporary file in the same directory, then renamed), parent
 /// directories created as needed.
 pub fn write_dest(dest: &str, contents: &[u8]) -> std::io::Result<()> {
+    write_dest_with(dest, &mut |w| w.write_all(contents))
+}
+
+/// [`write_dest`] of what `write` writes, through a buffer (nothing is held whole).
+pub fn write_dest_with(
+    dest: &str,
+    write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     if dest == "-" {
         let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        lock.write_all(contents)?;
-        return lock.flush();
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+        write(&mut out)?;
+        return out.flush();
     }
     let path = Path::new(dest);
     // Something that exists and is not a regular file (/dev/null, /dev/stdout, a FIFO) is
     // written to in place: replacing it by rename would destroy it.
     if let Ok(meta) = std::fs::metadata(path) {
         if !meta.is_file() {
-            let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
-            f.write_all(contents)?;
-            return f.flush();
+            let f = std::fs::OpenOptions::new().write(true).open(path)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, f);
+            write(&mut out)?;
+            return out.flush();
         }
     }
     let parent = match path.parent() {
@@ -57,8 +109,11 @@ pub fn write_dest(dest: &str, contents: &[u8]) -> std::io::Result<()> {
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     }
-    tmp.write_all(contents)?;
-    tmp.flush()?;
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
+        write(&mut out)?;
+        out.flush()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

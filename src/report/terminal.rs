@@ -18,7 +18,7 @@
 
 use super::diff::unified_diff;
 use super::model::{Event, JobReport, Phase, Status};
-use super::passk::{default_ks, group_reports};
+use super::passk::Tally;
 use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -76,9 +76,21 @@ pub struct TerminalReporter {
     opts: TerminalOptions,
     bar: Option<ProgressBar>,
     running: IndexMap<usize, String>,
-    reports: Vec<JobReport>,
+    /// Every finished job counted (also those never started, and those `--resume` kept).
+    tally: Tally,
+    /// Jobs of this run finished so far (of `total`).
+    finished: usize,
+    /// Of the finished jobs, those the run never started, and why the first was not.
+    not_run: usize,
+    why_not: Option<String>,
+    /// The lines of the jobs that did not pass, for the summary (at most [`NOT_PASSED_KEPT`]).
+    not_passed: Vec<String>,
+    not_passed_more: usize,
     total: usize,
 }
+
+/// Lines of jobs that did not pass the summary repeats (the reports have them all).
+const NOT_PASSED_KEPT: usize = 1000;
 
 impl TerminalReporter {
     /// A reporter writing to `out`. The progress bar (when `opts.progress`) always draws on
@@ -89,7 +101,12 @@ impl TerminalReporter {
             opts,
             bar: None,
             running: IndexMap::new(),
-            reports: Vec::new(),
+            tally: Tally::default(),
+            finished: 0,
+            not_run: 0,
+            why_not: None,
+            not_passed: Vec::new(),
+            not_passed_more: 0,
             total: 0,
         }
     }
@@ -101,10 +118,31 @@ impl TerminalReporter {
         TerminalReporter::new(Box::new(std::io::stderr()), opts)
     }
 
-    /// The reports of the jobs finished so far, in finishing order, without their output
-    /// ([`JobReport::summary_copy`]).
-    pub fn reports(&self) -> &[JobReport] {
-        &self.reports
+    /// What the jobs finished so far count.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// Notes a finished job (or one `--resume` kept) for the summary: its line if it did
+    /// not pass (the tally counts it).
+    fn note(&mut self, report: &JobReport) {
+        if report.not_run() {
+            self.not_run += 1;
+            if self.why_not.is_none() {
+                self.why_not = report
+                    .message
+                    .as_deref()
+                    .and_then(|m| m.strip_prefix(crate::report::model::NOT_RUN))
+                    .map(str::to_string);
+            }
+        } else if !report.status.is_ok() {
+            if self.not_passed.len() < NOT_PASSED_KEPT {
+                let line = self.job_line(report);
+                self.not_passed.push(line);
+            } else {
+                self.not_passed_more += 1;
+            }
+        }
     }
 
     /// Handles one event. Write errors (a closed stderr) are ignored.
@@ -129,9 +167,11 @@ impl TerminalReporter {
                     self.bar = Some(bar);
                 }
             }
-            Event::Resumed { reports } => {
-                self.reports
-                    .extend(reports.iter().map(JobReport::summary_copy));
+            Event::Resumed { tally, not_passed } => {
+                self.tally.merge(tally);
+                for r in not_passed {
+                    self.note(r);
+                }
             }
             Event::JobStarted { id, name } => {
                 self.running.insert(*id, name.clone());
@@ -150,7 +190,9 @@ impl TerminalReporter {
                     bar.inc(1);
                 }
                 self.update_message();
-                self.reports.push(report.summary_copy());
+                self.finished += 1;
+                self.tally.add(report);
+                self.note(report);
             }
             Event::RunFinished {
                 duration_ms,
@@ -311,29 +353,18 @@ impl TerminalReporter {
     }
 
     fn summary_text(&self, duration_ms: u64, interrupted: bool) -> String {
-        let mut counts = [0usize; 5];
-        let ran: Vec<&JobReport> = self.reports.iter().filter(|r| !r.not_run()).collect();
+        let s = &self.tally.summary;
         // Never started: reported as such, or not reported at all (an interrupted run).
-        let not_run =
-            self.reports.len() - ran.len() + self.total.saturating_sub(self.reports.len());
-        let why_not = self
-            .reports
-            .iter()
-            .find(|r| r.not_run())
-            .and_then(|r| r.message.as_deref())
-            .and_then(|m| m.strip_prefix(crate::report::model::NOT_RUN))
-            .unwrap_or("the run was interrupted")
-            .to_string();
-        for r in &ran {
-            counts[match r.status {
-                Status::Passed => 0,
-                Status::Failed => 1,
-                Status::Timeout => 2,
-                Status::Error => 3,
-                Status::Skipped => 4,
-            }] += 1;
-        }
-        let n = ran.len();
+        let not_run = self.not_run + self.total.saturating_sub(self.finished);
+        let why_not = self.why_not.as_deref().unwrap_or("the run was interrupted");
+        let counts = [
+            s.passed,
+            s.failed,
+            s.timeout,
+            s.error,
+            s.skipped - self.not_run,
+        ];
+        let n = s.total - self.not_run;
         let count = |k: usize, label: &str, color: &str| {
             let s = format!("{} {label}", counts[k]);
             if counts[k] > 0 {
@@ -343,13 +374,18 @@ impl TerminalReporter {
             }
         };
         let mut text = String::new();
-        let not_ok: Vec<&JobReport> = ran.iter().copied().filter(|r| !r.status.is_ok()).collect();
         // The failures again, so they are visible after a long scroll (quiet output is
         // already just the failures).
-        if !not_ok.is_empty() && n > 1 && !self.opts.quiet {
+        if !self.not_passed.is_empty() && n > 1 && !self.opts.quiet {
             text.push_str(&format!("{}\n", self.paint(BOLD, "Not passed:")));
-            for r in &not_ok {
-                text.push_str(&self.job_line(r));
+            for line in &self.not_passed {
+                text.push_str(line);
+            }
+            if self.not_passed_more > 0 {
+                text.push_str(&format!(
+                    "... and {} more (the reports have them all)\n",
+                    self.not_passed_more
+                ));
             }
         }
         text.push_str(&format!(
@@ -363,7 +399,7 @@ impl TerminalReporter {
             count(3, "error", BOLD_MAGENTA),
             count(4, "skipped", YELLOW),
         ));
-        let flaky = ran.iter().filter(|r| r.flaky).count();
+        let flaky = s.flaky;
         if flaky > 0 {
             text.push_str(&self.paint(YELLOW, &format!(" ({flaky} flaky)")));
         }
@@ -375,19 +411,14 @@ impl TerminalReporter {
                     if interrupted {
                         "interrupted; `run --resume` runs only what did not finish"
                     } else {
-                        why_not.as_str()
+                        why_not
                     }
                 ),
             ));
         }
         text.push('\n');
 
-        if self.reports.iter().any(|r| r.group.is_some()) {
-            let ks = match &self.opts.pass_at {
-                Some(ks) => ks.clone(),
-                None => default_ks(&self.reports),
-            };
-            let (groups, mean) = group_reports(&self.reports, &ks);
+        if let Some((groups, mean)) = self.tally.report_pass_at(self.opts.pass_at.as_deref()) {
             if not_run > 0 {
                 text.push_str(&format!(
                     "note: {not_run} jobs did not run, so pass@k is over the samples that did (some groups were cut short)\n"
@@ -639,7 +670,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("1 job run: 0 passed, 1 failed, 0 timeout, 0 error, 0 skipped; 4 not run: interrupted"), "{out}");
-        assert_eq!(r.reports().len(), 1);
+        assert_eq!(r.tally().summary.total, 1);
     }
 
     #[test]

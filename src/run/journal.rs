@@ -7,27 +7,39 @@
 
 use crate::plan::PlannedJob;
 use crate::report::model::JobReport;
+use crate::report::{Jobs, Tally};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::io::Write;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Lines between two fsyncs.
 const SYNC_EVERY: usize = 32;
 
 #[derive(Serialize, Deserialize)]
-struct Line {
-    key: String,
-    report: JobReport,
+struct Line<K, R> {
+    /// The job's key ([`Keys`]); empty for a job the run did not finish (interrupted, never
+    /// started): in the run's reports, but run again on `--resume`.
+    key: K,
+    report: R,
 }
 
-/// The journal of one job set, open for appending.
+/// Where a result is in a journal: its line's offset and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    offset: u64,
+    len: u32,
+}
+
+/// The journal of one job set, open for appending and reading back.
 pub struct Journal {
     file: std::fs::File,
+    end: u64,
     unsynced: usize,
     pub path: PathBuf,
 }
-
 /// Jobs' keys: what identifies a job's outcome, its whole planned form (program, inputs'
 /// names and contents, stdin, args, environment, limits, checks, cases, backend, image...)
 /// but its position in the plan. Each input file is read and hashed once, however many
@@ -71,26 +83,6 @@ pub fn path_of(dir: &Path, job_set: &str) -> PathBuf {
     dir.join("journal").join(format!("{job_set}.jsonl"))
 }
 
-/// The results in the journal at `path`, by job key (the last one of a key wins), and the
-/// number of lines that could not be read (a torn last line after a crash, corruption).
-pub fn read(path: &Path) -> std::io::Result<(HashMap<String, JobReport>, usize)> {
-    let text = std::fs::read(path)?;
-    let mut out = HashMap::new();
-    let mut bad = 0;
-    for line in text.split(|b| *b == b'\n') {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match serde_json::from_slice::<Line>(line) {
-            Ok(l) => {
-                out.insert(l.key, l.report);
-            }
-            Err(_) => bad += 1,
-        }
-    }
-    Ok((out, bad))
-}
-
 /// Whether the file at `path` ends in the middle of a line.
 fn ends_torn(path: &Path) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
@@ -112,6 +104,7 @@ impl Journal {
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .truncate(false)
             .open(path)?;
@@ -121,32 +114,237 @@ impl Journal {
             // A line cut short by a crash stays one bad line: the next starts on its own.
             (&file).write_all(b"\n")?;
         }
+        let end = file.metadata()?.len();
         Ok(Journal {
             file,
+            end,
             unsynced: 0,
             path: path.to_path_buf(),
         })
     }
 
-    /// Appends one finished job's result.
-    pub fn append(&mut self, key: String, report: &JobReport) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&Line {
-            key,
-            report: report.clone(),
+    /// A journal nobody resumes from (an unnamed temporary file): where a run that cannot
+    /// write its journal (a read-only directory), or a library caller's, keeps its results.
+    pub fn temporary() -> std::io::Result<Journal> {
+        Ok(Journal {
+            file: tempfile::tempfile()?,
+            end: 0,
+            unsynced: 0,
+            path: PathBuf::from("(a temporary file)"),
         })
-        .map_err(std::io::Error::other)?;
+    }
+
+    /// Appends one job's result (`key` empty: the run did not finish it); where it is.
+    pub fn append(&mut self, key: &str, report: &JobReport) -> std::io::Result<At> {
+        let mut line = serde_json::to_vec(&Line { key, report }).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
+        let len = u32::try_from(line.len())
+            .map_err(|_| std::io::Error::other("a job's result over 4 GiB"))?;
+        (&self.file).write_all(&line)?;
+        let at = At {
+            offset: self.end,
+            len,
+        };
+        self.end += u64::from(len);
         self.unsynced += 1;
         if self.unsynced >= SYNC_EVERY {
             self.sync()?;
         }
-        Ok(())
+        Ok(at)
+    }
+
+    /// The result at `at`.
+    pub fn read(&self, at: At) -> std::io::Result<JobReport> {
+        let mut buf = vec![0; at.len as usize];
+        self.file.read_exact_at(&mut buf, at.offset)?;
+        let line: Line<String, JobReport> = serde_json::from_slice(&buf).map_err(|e| {
+            std::io::Error::other(format!(
+                "{} changed under the run: {e}",
+                self.path.display()
+            ))
+        })?;
+        Ok(line.report)
+    }
+
+    /// The finished results already in the journal (when resuming): where each key's last
+    /// one is, the names of the jobs they are of, and how many lines could not be read (a
+    /// torn last line after a crash, corruption). Read line by line: nothing is held but
+    /// the index.
+    pub fn index(&self) -> std::io::Result<Index> {
+        let mut idx = Index::default();
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, From(&self.file, 0));
+        let mut offset = 0u64;
+        let mut buf = Vec::new();
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+        }
+        loop {
+            buf.clear();
+            let n = reader.read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let at = At {
+                offset,
+                len: n as u32,
+            };
+            offset += n as u64;
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Line<String, Named>>(&buf) {
+                Ok(l) if l.key.is_empty() => {}
+                Ok(l) => {
+                    idx.names.insert(l.report.name);
+                    idx.at.insert(l.key, at);
+                }
+                Err(_) => idx.bad += 1,
+            }
+        }
+        Ok(idx)
     }
 
     pub fn sync(&mut self) -> std::io::Result<()> {
         self.unsynced = 0;
         self.file.sync_data()
+    }
+}
+
+/// Reads a file from a position of its own (the file's cursor is not moved).
+struct From<'a>(&'a std::fs::File, u64);
+
+impl std::io::Read for From<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read_at(buf, self.1)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+}
+
+/// What a journal holds ([`Journal::index`]).
+#[derive(Debug, Default)]
+pub struct Index {
+    pub at: HashMap<String, At>,
+    pub names: HashSet<String>,
+    pub bad: usize,
+}
+
+/// A run's results: each job's in the journal, and in memory only where it is and the
+/// [`Tally`] (README, "Long runs"). The reports are written from it, one job at a time.
+pub struct Results {
+    pub journal: Journal,
+    at: Vec<Option<At>>,
+    pub tally: Tally,
+}
+
+/// What `--resume` found ([`Results::resume`]).
+#[derive(Debug, Default)]
+pub struct Resumed {
+    /// The jobs kept, by plan id.
+    pub kept: Vec<usize>,
+    /// Jobs with a result under another key: changed since.
+    pub changed: Vec<String>,
+    /// Jobs not in the journal at all.
+    pub new: usize,
+    /// Lines that could not be read.
+    pub bad: usize,
+    /// What the kept results count, and those of them that did not pass (without output).
+    pub tally: Tally,
+    pub not_passed: Vec<JobReport>,
+}
+
+impl Results {
+    /// The results of the jobs of a plan, kept in `journal`. Groups are counted in the
+    /// plan's order, whichever job finishes first.
+    pub fn new(journal: Journal, jobs: &[PlannedJob]) -> Results {
+        Results {
+            journal,
+            at: vec![None; jobs.len()],
+            tally: Tally::with_groups(jobs.iter().filter_map(|j| j.group.as_deref())),
+        }
+    }
+
+    /// `--resume`: takes the results the journal already has for `jobs` (matched by key:
+    /// [`Keys`]) as theirs; a kept result whose job moved in its file is appended again
+    /// with its new line.
+    pub fn resume(&mut self, jobs: &[PlannedJob], keys: &mut Keys) -> std::io::Result<Resumed> {
+        let idx = self.journal.index()?;
+        let mut out = Resumed {
+            bad: idx.bad,
+            ..Resumed::default()
+        };
+        for j in jobs {
+            let Some(&at) = idx.at.get(&keys.of(j)) else {
+                if idx.names.contains(&j.name) {
+                    out.changed.push(j.name.clone());
+                } else {
+                    out.new += 1;
+                }
+                continue;
+            };
+            let mut r = self.journal.read(at)?;
+            let at = if r.line != j.line || r.name != j.name {
+                r.line = j.line;
+                r.name.clone_from(&j.name);
+                self.journal.append(&keys.of(j), &r)?
+            } else {
+                at
+            };
+            self.at[j.id] = Some(at);
+            self.tally.add(&r);
+            out.tally.add(&r);
+            if !r.status.is_ok() {
+                out.not_passed.push(r.summary_copy());
+            }
+            out.kept.push(j.id);
+        }
+        Ok(out)
+    }
+
+    /// Whether job `id` has its result.
+    pub fn has(&self, id: usize) -> bool {
+        self.at.get(id).is_some_and(Option::is_some)
+    }
+
+    /// Records job `id`'s result: `key` empty when the run did not finish it (see [`Line`]).
+    pub fn add(&mut self, id: usize, key: &str, report: &JobReport) -> std::io::Result<()> {
+        let at = self.journal.append(key, report)?;
+        self.at[id] = Some(at);
+        self.tally.add(report);
+        Ok(())
+    }
+
+    /// The results, in plan order, for the reports.
+    pub fn jobs(&self) -> Written<'_> {
+        Written {
+            journal: &self.journal,
+            at: self.at.iter().flatten().copied().collect(),
+        }
+    }
+
+    /// Every result, in plan order, in memory (for a library caller, or `watch`).
+    pub fn into_reports(self) -> std::io::Result<Vec<JobReport>> {
+        self.at
+            .iter()
+            .flatten()
+            .map(|&at| self.journal.read(at))
+            .collect()
+    }
+}
+
+/// The results of a run, read back from its journal one at a time ([`Jobs`]).
+pub struct Written<'a> {
+    journal: &'a Journal,
+    at: Vec<At>,
+}
+
+impl Jobs for Written<'_> {
+    fn count(&self) -> usize {
+        self.at.len()
+    }
+    fn job(&self, i: usize) -> std::io::Result<Cow<'_, JobReport>> {
+        self.journal.read(self.at[i]).map(Cow::Owned)
     }
 }
 
@@ -161,22 +359,79 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = path_of(d.path(), "set");
         let mut j = Journal::open(&p, false).unwrap();
-        j.append("a".into(), &job("one", Status::Passed)).unwrap();
-        j.append("b".into(), &job("two", Status::Failed)).unwrap();
+        j.append("a", &job("one", Status::Passed)).unwrap();
+        let two = j.append("b", &job("two", Status::Failed)).unwrap();
+        j.append("", &job("never started", Status::Skipped))
+            .unwrap();
+        assert_eq!(j.read(two).unwrap().name, "two");
         drop(j);
         // A crash in the middle of a line.
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"{\"key\": \"c\", \"report\": {\"na").unwrap();
-        let (got, bad) = read(&p).unwrap();
-        assert_eq!(bad, 1);
-        assert_eq!(got["a"].name, "one");
-        assert_eq!(got["b"].status, Status::Failed);
-        // Resuming appends; a new run starts empty.
+        // Resuming reads what finished, and appends.
         let mut j = Journal::open(&p, true).unwrap();
-        j.append("c".into(), &job("three", Status::Passed)).unwrap();
-        assert_eq!(read(&p).unwrap().0.len(), 3);
-        drop(Journal::open(&p, false).unwrap());
-        assert_eq!(read(&p).unwrap(), (HashMap::new(), 0));
+        let idx = j.index().unwrap();
+        assert_eq!(idx.bad, 1);
+        assert_eq!(
+            idx.at.len(),
+            2,
+            "the job never started is no result: {idx:?}"
+        );
+        assert_eq!(j.read(idx.at["a"]).unwrap().name, "one");
+        assert_eq!(j.read(idx.at["b"]).unwrap().status, Status::Failed);
+        assert!(idx.names.contains("two") && !idx.names.contains("never started"));
+        let three = j.append("c", &job("three", Status::Passed)).unwrap();
+        assert_eq!(j.read(three).unwrap().name, "three");
+        assert_eq!(j.index().unwrap().at.len(), 3);
+        // A new run starts empty.
+        let j = Journal::open(&p, false).unwrap();
+        assert!(j.index().unwrap().at.is_empty());
+    }
+
+    #[test]
+    fn reports_written_from_the_journal_are_those_of_the_jobs_in_memory() {
+        use crate::report::{json, junit, Streamed};
+        let d = tempfile::tempdir().unwrap();
+        let mut plan = vec![];
+        let mut reports = vec![];
+        for (i, st) in [
+            Status::Passed,
+            Status::Failed,
+            Status::Skipped,
+            Status::Passed,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut j = PlannedJob::adhoc(
+                crate::spec::types::Lang::Bash,
+                format!("echo {i}"),
+                vec![],
+                std::time::Duration::from_secs(1),
+                false,
+            );
+            j.id = i;
+            j.name = format!("j{i}");
+            j.group = Some(format!("g{}", i % 2));
+            let mut r = job(&j.name, st);
+            r.group.clone_from(&j.group);
+            r.stdout = format!("out {i}\n").repeat(100);
+            plan.push(j);
+            reports.push(r);
+        }
+        let mut results = Results::new(Journal::open(&d.path().join("j"), false).unwrap(), &plan);
+        let mut keys = Keys::default();
+        // Finishing in another order than the plan's.
+        for i in [3, 1, 0, 2] {
+            results.add(i, &keys.of(&plan[i]), &reports[i]).unwrap();
+        }
+        let t = chrono::Utc::now();
+        let written = results.jobs();
+        let streamed = json::report_of(&results.tally, t, 5, Streamed(&written), Some(&[1]));
+        let in_memory = json::build_report(t, 5, reports.clone(), Some(&[1]));
+        assert_eq!(json::to_json(&streamed), json::to_json(&in_memory));
+        assert_eq!(junit::to_junit(&streamed), junit::to_junit(&in_memory));
+        assert_eq!(results.into_reports().unwrap(), reports);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 pub mod journal;
 
+pub use journal::{Journal, Results};
+
 use crate::backend::{self, RunCtx};
 use crate::owner;
 pub use crate::owner::RunDir;
@@ -27,9 +29,6 @@ pub struct RunOptions {
     pub backend_jobs: Vec<(BackendKind, usize)>,
     /// `--retries N`: a job that fails, times out or errs runs again, up to N more times.
     pub retries: u32,
-    /// The journal every finished job's result is appended to, and whether it is kept
-    /// (`--resume`) or started anew ([`journal`]).
-    pub journal: Option<(PathBuf, bool)>,
 }
 
 impl RunOptions {
@@ -54,7 +53,6 @@ impl Default for RunOptions {
             backend_jobs: vec![],
             artifacts_dir: PathBuf::from(".llm-sandbox/artifacts"),
             retries: 0,
-            journal: None,
         }
     }
 }
@@ -83,18 +81,34 @@ pub fn skipped_report(job: &PlannedJob, reason: &str) -> JobReport {
     r
 }
 
-/// Runs every job of the plan; returns the reports in plan order. Events go to `events`
-/// as jobs start and finish. Each backend has its own scheduler and concurrency limit, so
-/// batches of different backends run at the same time; within a backend, jobs start in
-/// plan order. Container images and templates are prepared ahead, while jobs run.
-/// Cancelling `cancel` (Ctrl-C) stops scheduling and tears down the running sandboxes;
-/// their jobs are reported as errors, the unstarted ones as skipped.
+/// Runs every job of the plan; returns the reports in plan order ([`run_plan_into`], with
+/// a temporary journal read back at the end).
 pub async fn run_plan(
     plan: &Plan,
     opts: &RunOptions,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) -> std::io::Result<Vec<JobReport>> {
+    let mut results = Results::new(Journal::temporary()?, &plan.jobs);
+    run_plan_into(plan, opts, events, cancel, &mut results).await?;
+    results.into_reports()
+}
+
+/// Runs every job of the plan that has no result in `results` yet (`--resume` put some
+/// there), each one's result going to `results` (its journal) as it finishes. Events go to
+/// `events` as jobs start and finish. Each backend has its own scheduler and concurrency
+/// limit, so batches of different backends run at the same time; within a backend, jobs
+/// start in plan order. Container images and templates are prepared ahead, while jobs run.
+/// Cancelling `cancel` (Ctrl-C) stops scheduling and tears down the running sandboxes;
+/// their jobs are reported as errors, the unstarted ones as skipped (neither is a result
+/// `--resume` keeps). Jobs' ids are their positions in `plan.jobs`.
+pub async fn run_plan_into(
+    plan: &Plan,
+    opts: &RunOptions,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
+    results: &mut Results,
+) -> std::io::Result<()> {
     sweep_stale();
     let run_dir = RunDir::create()?;
     let mut ctx = RunCtx {
@@ -106,24 +120,27 @@ pub async fn run_plan(
         parallelism: opts.jobs.max(1),
         slots: None,
     };
-    let _ = events.send(Event::RunStarted {
-        total: plan.jobs.len(),
-    });
+    let todo: Vec<&PlannedJob> = plan.jobs.iter().filter(|j| !results.has(j.id)).collect();
+    let _ = events.send(Event::RunStarted { total: todo.len() });
     let stop_scheduling = CancellationToken::new();
-    let mut reports: Vec<Option<JobReport>> = vec![None; plan.jobs.len()];
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, JobReport)>();
     let mut per_backend: Vec<(BackendKind, Vec<PlannedJob>)> = Vec::new();
-    for job in &plan.jobs {
+    for job in &todo {
         if let Some(reason) = &job.skip {
             let _ = done_tx.send((job.id, skipped_report(job, reason)));
             continue;
         }
         match per_backend.iter_mut().find(|(b, _)| *b == job.backend) {
-            Some((_, v)) => v.push(job.clone()),
-            None => per_backend.push((job.backend, vec![job.clone()])),
+            Some((_, v)) => v.push((*job).clone()),
+            None => per_backend.push((job.backend, vec![(*job).clone()])),
         }
     }
-    let mut prepare = backend::prepare_ahead(&plan.jobs, &ctx, |b| opts.jobs_for(b));
+    let mut prepare = backend::prepare_ahead(
+        per_backend.iter().flat_map(|(_, js)| js.iter()),
+        &ctx,
+        |b| opts.jobs_for(b),
+    );
+    drop(todo);
     let mut schedulers = tokio::task::JoinSet::new();
     for (b, jobs) in per_backend {
         ctx.parallelism = opts.jobs_for(b);
@@ -141,44 +158,45 @@ pub async fn run_plan(
         schedulers.spawn(sched.run(jobs));
     }
     drop(done_tx);
-    let mut journal = match &opts.journal {
-        Some((path, resume)) => match journal::Journal::open(path, *resume) {
-            Ok(j) => Some(j),
-            Err(e) => {
-                tracing::warn!("cannot write the journal {}: {e}", path.display());
-                None
-            }
-        },
-        None => None,
-    };
     let mut keys = journal::Keys::default();
+    let mut lost = None;
     while let Some((id, mut r)) = done_rx.recv().await {
         r.bound();
         // What did not run, or was stopped by the interruption, runs again on --resume.
         let unfinished = r.not_run() || (r.status == Status::Error && cancel.is_cancelled());
-        if let Some(j) = journal.as_mut().filter(|_| !unfinished) {
-            if let Err(e) = j.append(keys.of(&plan.jobs[id]), &r) {
-                tracing::warn!("cannot write the journal {}: {e}", j.path.display());
-            }
+        let key = if unfinished {
+            String::new()
+        } else {
+            keys.of(&plan.jobs[id])
+        };
+        if let Err(e) = results.add(id, &key, &r) {
+            tracing::error!(
+                "cannot write the journal {}: {e}",
+                results.journal.path.display()
+            );
+            lost.get_or_insert(e);
         }
         let _ = events.send(Event::JobFinished {
             id,
-            report: Box::new(r.clone()),
+            report: Box::new(r),
         });
-        reports[id] = Some(r);
     }
     while let Some(res) = schedulers.join_next().await {
         if let Err(e) = res {
             return Err(std::io::Error::other(format!("a scheduler failed: {e}")));
         }
     }
-    if let Some(j) = journal.as_mut() {
-        let _ = j.sync();
-    }
+    let synced = results.journal.sync();
     prepare.abort_all();
     ctx.scope.finish().await;
     drop(run_dir);
-    Ok(reports.into_iter().flatten().collect())
+    match lost {
+        Some(e) => Err(std::io::Error::other(format!(
+            "results were lost: cannot write the journal {}: {e}",
+            results.journal.path.display()
+        ))),
+        None => synced,
+    }
 }
 
 /// What tells a program which attempt of its job it is (`--retries`).

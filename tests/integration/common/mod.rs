@@ -124,7 +124,6 @@ impl Scratch {
             fresh_containers: false,
             backend_jobs: vec![],
             retries: 0,
-            journal: None,
         };
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         llm_sandbox::run::run_plan(&plan, &opts, tx, Default::default())
