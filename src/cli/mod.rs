@@ -60,6 +60,9 @@ struct RunArgs {
     /// Write the JUnit XML report to FILE (- for stdout).
     #[arg(long, value_name = "FILE")]
     junit: Option<String>,
+    /// Write a self-contained HTML report to FILE (- for stdout).
+    #[arg(long, value_name = "FILE")]
+    html: Option<String>,
     /// Artifacts directory (default .llm-sandbox/artifacts).
     #[arg(long, value_name = "DIR")]
     artifacts: Option<PathBuf>,
@@ -99,7 +102,15 @@ struct RunArgs {
 impl RunArgs {
     /// What clap cannot check: one report at most on stdout.
     fn check(&self) -> Result<(), String> {
-        one_on_stdout(self.json.as_deref(), self.junit.as_deref())
+        self.dests().one_on_stdout()
+    }
+
+    fn dests(&self) -> Dests<'_> {
+        Dests {
+            json: self.json.as_deref(),
+            junit: self.junit.as_deref(),
+            html: self.html.as_deref(),
+        }
     }
 
     fn run_options(&self) -> RunOptions {
@@ -195,6 +206,9 @@ enum Command {
         /// Write the merged JUnit XML report to FILE (- for stdout).
         #[arg(long, value_name = "FILE")]
         junit: Option<String>,
+        /// Write the merged report as one self-contained HTML page to FILE (- for stdout).
+        #[arg(long, value_name = "FILE")]
+        html: Option<String>,
         /// pass@k values (default: those of the merged reports).
         #[arg(long = "pass-at", value_delimiter = ',', value_parser = parse_k)]
         pass_at: Option<Vec<usize>>,
@@ -441,8 +455,17 @@ async fn dispatch(cmd: Command) -> i32 {
             reports,
             json,
             junit,
+            html,
             pass_at,
-        } => merge(&reports, json.as_deref(), junit.as_deref(), pass_at),
+        } => merge(
+            &reports,
+            Dests {
+                json: json.as_deref(),
+                junit: junit.as_deref(),
+                html: html.as_deref(),
+            },
+            pass_at,
+        ),
         Command::Schema { kind } => {
             let v = match kind {
                 SchemaKind::Job => llm_sandbox::schema::job_schema(),
@@ -754,7 +777,7 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
     } else {
         exit_codes::JOBS_FAILED
     };
-    if !write_reports(&report, args.json.as_deref(), args.junit.as_deref()) {
+    if !write_reports(&report, args.dests()) {
         code = exit_codes::JOBS_FAILED;
     }
     if interrupted {
@@ -953,12 +976,11 @@ fn only_failed(plan: &mut Plan, from: &str) -> Result<usize, String> {
 /// one report version and that no job is in two of them, and writes one report.
 fn merge(
     paths: &[PathBuf],
-    json: Option<&str>,
-    junit: Option<&str>,
+    dests: Dests,
     pass_at: Option<Vec<usize>>,
 ) -> i32 {
     use llm_sandbox::report::json::REPORT_VERSION;
-    if let Err(e) = one_on_stdout(json, junit) {
+    if let Err(e) = dests.one_on_stdout() {
         eprintln!("error: {e}");
         return exit_codes::BAD_INPUT;
     }
@@ -1056,7 +1078,7 @@ fn merge(
                 .collect::<String>())
             .unwrap_or_default()
     );
-    if !write_reports(&report, json, junit) {
+    if !write_reports(&report, dests) {
         return exit_codes::JOBS_FAILED;
     }
     if report.jobs.iter().all(|j| j.status.is_ok()) {
@@ -1066,34 +1088,53 @@ fn merge(
     }
 }
 
-/// Writes `--json` and `--junit`; false (and why, on stderr) when one could not be written.
-fn write_reports<J: Jobs + serde::Serialize>(
-    report: &llm_sandbox::Report<J>,
-    json: Option<&str>,
-    junit: Option<&str>,
-) -> bool {
-    let mut ok = true;
-    if let Some(dest) = json {
-        if let Err(e) = llm_sandbox::report::json::write_json(report, dest) {
-            eprintln!("error: cannot write the JSON report to {dest}: {e}");
-            ok = false;
-        }
-    }
-    if let Some(dest) = junit {
-        if let Err(e) = llm_sandbox::report::junit::write_junit(report, dest) {
-            eprintln!("error: cannot write the JUnit report to {dest}: {e}");
-            ok = false;
-        }
-    }
-    ok
+/// Where the reports go: `--json`, `--junit`, `--html` (a file, `-` for stdout).
+#[derive(Clone, Copy)]
+struct Dests<'a> {
+    json: Option<&'a str>,
+    junit: Option<&'a str>,
+    html: Option<&'a str>,
 }
 
-/// At most one report on stdout (`--json -`, `--junit -`).
-fn one_on_stdout(json: Option<&str>, junit: Option<&str>) -> Result<(), String> {
-    if json == Some("-") && junit == Some("-") {
-        return Err("--json - and --junit - would both write to stdout: give one of them a file (e.g. --junit report.xml)".into());
+impl Dests<'_> {
+    /// At most one report on stdout.
+    fn one_on_stdout(&self) -> Result<(), String> {
+        let on_stdout: Vec<&str> = [
+            ("--json -", self.json),
+            ("--junit -", self.junit),
+            ("--html -", self.html),
+        ]
+        .into_iter()
+        .filter(|(_, d)| *d == Some("-"))
+        .map(|(flag, _)| flag)
+        .collect();
+        if on_stdout.len() > 1 {
+            return Err(format!(
+                "{} would all write to stdout: give all but one of them a file (e.g. --junit report.xml)",
+                on_stdout.join(" and ")
+            ));
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// Writes the reports `dests` asks for; false (and why, on stderr) when one could not be
+/// written.
+fn write_reports<J: Jobs + serde::Serialize>(report: &llm_sandbox::Report<J>, dests: Dests) -> bool {
+    use llm_sandbox::report::{html, json, junit};
+    let mut ok = true;
+    let mut write = |what: &str, dest: Option<&str>, f: &dyn Fn(&str) -> std::io::Result<()>| {
+        if let Some(dest) = dest {
+            if let Err(e) = f(dest) {
+                eprintln!("error: cannot write the {what} report to {dest}: {e}");
+                ok = false;
+            }
+        }
+    };
+    write("JSON", dests.json, &|d| json::write_json(report, d));
+    write("JUnit", dests.junit, &|d| junit::write_junit(report, d));
+    write("HTML", dests.html, &|d| html::write_html(report, d));
+    ok
 }
 
 async fn exec(

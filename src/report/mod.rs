@@ -1,13 +1,16 @@
 //! Reporters: they consume [`model::Event`]s and [`model::JobReport`]s; they never run anything.
 //!
-//! * [`json`]: the JSON report (README, "Reports"), built once at the end of a run.
+//! * [`json`]: the JSON report (README, "Reports"), written at the end of a run, one job at a
+//!   time (a run's jobs are read back from its journal: [`Jobs`]).
 //! * [`junit`]: JUnit XML for CI consumers (Jenkins, GitLab, GitHub).
+//! * [`html`]: one self-contained HTML page.
 //! * [`passk`]: pass@k over groups (Chen et al. 2021).
 //! * [`terminal`]: the human output of `run` on stderr (progress bar, one line per job,
 //!   summary).
 
 pub mod diff;
 pub mod github;
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod model;

@@ -12,6 +12,7 @@ mod conformance;
 mod container_images;
 mod docker_remote;
 mod docker_session;
+mod html_report;
 mod humaneval;
 mod judge;
 mod kubernetes;
