@@ -974,11 +974,7 @@ fn only_failed(plan: &mut Plan, from: &str) -> Result<usize, String> {
 
 /// `llm-sandbox merge`: reads the shards' reports, checks that they are of one job set and
 /// one report version and that no job is in two of them, and writes one report.
-fn merge(
-    paths: &[PathBuf],
-    dests: Dests,
-    pass_at: Option<Vec<usize>>,
-) -> i32 {
+fn merge(paths: &[PathBuf], dests: Dests, pass_at: Option<Vec<usize>>) -> i32 {
     use llm_sandbox::report::json::REPORT_VERSION;
     if let Err(e) = dests.one_on_stdout() {
         eprintln!("error: {e}");
@@ -1120,7 +1116,10 @@ impl Dests<'_> {
 
 /// Writes the reports `dests` asks for; false (and why, on stderr) when one could not be
 /// written.
-fn write_reports<J: Jobs + serde::Serialize>(report: &llm_sandbox::Report<J>, dests: Dests) -> bool {
+fn write_reports<J: Jobs + serde::Serialize>(
+    report: &llm_sandbox::Report<J>,
+    dests: Dests,
+) -> bool {
     use llm_sandbox::report::{html, json, junit};
     let mut ok = true;
     let mut write = |what: &str, dest: Option<&str>, f: &dyn Fn(&str) -> std::io::Result<()>| {

@@ -74,10 +74,23 @@ fn the_html_report_renders_in_a_browser_and_filters_by_status() {
     s.write("jobs.toml", JOBS);
     let out = s
         .cmd()
-        .args(["run", "--no-progress", "--html", "report.html", "--json", "r.json", "jobs.toml"])
+        .args([
+            "run",
+            "--no-progress",
+            "--html",
+            "report.html",
+            "--json",
+            "r.json",
+            "jobs.toml",
+        ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let page = s.path().join("report.html");
     let html = std::fs::read_to_string(&page).unwrap();
     // Self-contained, and the program's output is text, not markup.
@@ -85,8 +98,14 @@ fn the_html_report_renders_in_a_browser_and_filters_by_status() {
         assert!(!html.contains(external), "{external} in the page");
     }
     assert!(html.contains("&lt;script&gt;document.title"), "{html}");
-    assert!(html.contains("<span class=\"add\">+6</span>"), "the diff: {html}");
-    assert!(html.contains("<span class=\"del\">-5</span>"), "the diff: {html}");
+    assert!(
+        html.contains("<span class=\"add\">+6</span>"),
+        "the diff: {html}"
+    );
+    assert!(
+        html.contains("<span class=\"del\">-5</span>"),
+        "the diff: {html}"
+    );
     assert_eq!(html.matches("<tr class=\"job\"").count(), 5);
     assert_eq!(html.matches("<tr class=\"group\"").count(), 3);
 
@@ -101,9 +120,19 @@ fn the_html_report_renders_in_a_browser_and_filters_by_status() {
     // Its script ran, and `#status=failed,timeout` shows only those three.
     let dom = chromium(browser, &page, "#status=failed,timeout", &["--dump-dom"]);
     let dom_text = String::from_utf8_lossy(&dom.stdout);
-    assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
-    assert!(dom_text.contains("data-ready=\"yes\""), "the script did not finish:\n{dom_text}");
-    assert!(dom_text.contains("<span id=\"shown\">3</span>"), "{dom_text}");
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    assert!(
+        dom_text.contains("data-ready=\"yes\""),
+        "the script did not finish:\n{dom_text}"
+    );
+    assert!(
+        dom_text.contains("<span id=\"shown\">3</span>"),
+        "{dom_text}"
+    );
     assert!(
         dom_text.contains("<title>llm-sandbox report</title>"),
         "the job's output ran as script:\n{dom_text}"
@@ -121,7 +150,10 @@ fn the_html_report_renders_in_a_browser_and_filters_by_status() {
     // Without a filter every job shows; the chart counted all five.
     let dom = chromium(browser, &page, "", &["--dump-dom"]);
     let dom_text = String::from_utf8_lossy(&dom.stdout);
-    assert!(dom_text.contains("<span id=\"shown\">5</span>"), "{dom_text}");
+    assert!(
+        dom_text.contains("<span id=\"shown\">5</span>"),
+        "{dom_text}"
+    );
     let counted: usize = dom_text
         .split("data-count=\"")
         .skip(1)
@@ -135,13 +167,24 @@ fn the_html_report_renders_in_a_browser_and_filters_by_status() {
         browser,
         &page,
         "",
-        &[&format!("--screenshot={}", shot.display()), "--window-size=1200,1400"],
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,1400",
+        ],
     );
-    assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     // A blank 1200x1400 page compresses to a few KB; text, tables and the chart do not.
-    assert!(png.len() > 20_000, "a {} byte screenshot: blank?", png.len());
+    assert!(
+        png.len() > 20_000,
+        "a {} byte screenshot: blank?",
+        png.len()
+    );
 }
 
 #[test]
@@ -150,7 +193,13 @@ fn merge_writes_the_html_report_of_the_shards() {
     s.write("jobs.toml", JOBS);
     for i in 1..=2 {
         s.cmd()
-            .args(["run", "--no-progress", "--shard", &format!("{i}/2"), "--json"])
+            .args([
+                "run",
+                "--no-progress",
+                "--shard",
+                &format!("{i}/2"),
+                "--json",
+            ])
             .arg(format!("s{i}.json"))
             .arg("jobs.toml")
             .output()
@@ -161,10 +210,18 @@ fn merge_writes_the_html_report_of_the_shards() {
         .args(["merge", "s1.json", "s2.json", "--html", "all.html"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let html = std::fs::read_to_string(s.path().join("all.html")).unwrap();
     assert_eq!(html.matches("<tr class=\"job\"").count(), 5);
-    assert!(html.contains("<span class=\"failed\" data-status=\"failed\">2 failed</span>"), "{html}");
+    assert!(
+        html.contains("<span class=\"failed\" data-status=\"failed\">2 failed</span>"),
+        "{html}"
+    );
     // Two reports on stdout are one too many.
     let out = s
         .cmd()
