@@ -729,6 +729,7 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
     };
     let journal_path = llm_sandbox::run::journal::path_of(Path::new(".llm-sandbox"), &set);
     let existed = journal_path.exists();
+    llm_sandbox::run::journal::prune(&journal_path);
     let journal = match llm_sandbox::run::Journal::open(&journal_path, args.resume) {
         Ok(j) => j,
         Err(e) => {
@@ -938,19 +939,33 @@ const LAST_REPORT: &str = ".llm-sandbox/last-report.json";
 /// timed out, errors, and those an interrupted run never started). Returns how many.
 fn only_failed(plan: &mut Plan, from: &str) -> Result<usize, String> {
     let path = if from.is_empty() { LAST_REPORT } else { from };
-    let text = std::fs::read(path).map_err(|e| {
+    let text = std::fs::File::open(path).map_err(|e| {
         if from.is_empty() {
             format!("--rerun-failed: no report of a last run ({LAST_REPORT}: {e}); run the jobs first, or give a report: --rerun-failed REPORT.json")
         } else {
             format!("--rerun-failed: cannot read {path}: {e}")
         }
     })?;
-    let report: llm_sandbox::Report = serde_json::from_slice(&text)
+    // Only what says whether a job passed is read (a report's outputs can be large).
+    #[derive(serde::Deserialize)]
+    struct Job {
+        name: String,
+        status: llm_sandbox::Status,
+        #[serde(default)]
+        message: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Jobs {
+        jobs: Vec<Job>,
+    }
+    let report: Jobs = serde_json::from_reader(std::io::BufReader::new(text))
         .map_err(|e| format!("--rerun-failed: {path} is not an llm-sandbox JSON report: {e}"))?;
+    let not_run =
+        |j: &Job| llm_sandbox::report::model::never_started(j.status, j.message.as_deref());
     let failed: std::collections::HashSet<&str> = report
         .jobs
         .iter()
-        .filter(|j| !j.status.is_ok() || j.not_run())
+        .filter(|j| !j.status.is_ok() || not_run(j))
         .map(|j| j.name.as_str())
         .collect();
     // (run() numbers the jobs left.)

@@ -146,6 +146,12 @@ pub struct CaseReport {
 /// How the message of a job the run never started begins ([`JobReport::not_run`]).
 pub const NOT_RUN: &str = "not run: ";
 
+/// Whether a job of this status and message is one the run never started
+/// ([`JobReport::not_run`]).
+pub fn never_started(status: Status, message: Option<&str>) -> bool {
+    status == Status::Skipped && message.is_some_and(|m| m.starts_with(NOT_RUN))
+}
+
 /// What a report keeps of each of a job's output streams (the checks saw all of it): a
 /// run's memory must not grow with what its jobs print. Past it, `*_truncated` is set.
 pub const REPORT_STREAM_CAP: usize = 256 << 10;
@@ -196,11 +202,7 @@ impl JobReport {
     /// A job the run never started (Ctrl-C, `--fail-fast`): skipped, its message
     /// [`NOT_RUN`]` why`.
     pub fn not_run(&self) -> bool {
-        self.status == Status::Skipped
-            && self
-                .message
-                .as_deref()
-                .is_some_and(|m| m.starts_with(NOT_RUN))
+        never_started(self.status, self.message.as_deref())
     }
 
     /// Whether the job's message already says what check `c` says (a failed job's message

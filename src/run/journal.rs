@@ -83,6 +83,33 @@ pub fn path_of(dir: &Path, job_set: &str) -> PathBuf {
     dir.join("journal").join(format!("{job_set}.jsonl"))
 }
 
+/// Journals of other job sets kept beside a run's own: the most recently written.
+pub const KEEP_OTHERS: usize = 16;
+
+/// Removes the journals in `current`'s folder but `current` and the [`KEEP_OTHERS`] most
+/// recently written others (each job set, and each shard, has its own: without this they
+/// would pile up). Returns how many it removed.
+pub fn prune(current: &Path) -> usize {
+    let Some(dir) = current.parent() else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut others: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && p != current)
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    others.sort_by(|a, b| b.0.cmp(&a.0));
+    others
+        .iter()
+        .skip(KEEP_OTHERS)
+        .filter(|(_, p)| std::fs::remove_file(p).is_ok())
+        .count()
+}
+
 /// Whether the file at `path` ends in the middle of a line.
 fn ends_torn(path: &Path) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
@@ -432,6 +459,30 @@ mod tests {
         assert_eq!(json::to_json(&streamed), json::to_json(&in_memory));
         assert_eq!(junit::to_junit(&streamed), junit::to_junit(&in_memory));
         assert_eq!(results.into_reports().unwrap(), reports);
+    }
+
+    #[test]
+    fn old_journals_of_other_job_sets_are_pruned() {
+        let d = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        for i in 0..KEEP_OTHERS + 3 {
+            let p = path_of(d.path(), &format!("set{i}"));
+            drop(Journal::open(&p, false).unwrap());
+            // set0 is the oldest.
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(now - std::time::Duration::from_secs(1000 - i as u64))
+                .unwrap();
+        }
+        std::fs::write(d.path().join("journal/notes.txt"), "mine").unwrap();
+        let current = path_of(d.path(), "set0");
+        // 18 others: the 2 oldest go.
+        assert_eq!(prune(&current), 2);
+        assert!(current.exists(), "the run's own journal stays, however old");
+        for gone in 1..=2 {
+            assert!(!path_of(d.path(), &format!("set{gone}")).exists());
+        }
+        assert!(path_of(d.path(), "set3").exists());
+        assert!(d.path().join("journal/notes.txt").exists());
     }
 
     #[test]
