@@ -102,7 +102,7 @@ pub fn prune(current: &Path) -> usize {
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && p != current)
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
-    others.sort_by(|a, b| b.0.cmp(&a.0));
+    others.sort_by_key(|o| std::cmp::Reverse(o.0));
     others
         .iter()
         .skip(KEEP_OTHERS)
