@@ -1,7 +1,7 @@
 //! The run's journal (README, "Long runs"): every finished job's result is appended, as
 //! it finishes, to `.llm-sandbox/journal/<job set>.jsonl` — one JSON line `{ key, report }`,
-//! written at once (a killed runner loses nothing the kernel has) and fsync'd every
-//! [`SYNC_EVERY`] lines and at the end. `--resume` reads it back: a job whose key (a hash of
+//! written at once (a killed runner loses nothing the kernel has) and fsync'd once a
+//! [`SYNC_EVERY`] at most, and at the end. `--resume` reads it back: a job whose key (a hash of
 //! everything that decides its outcome) has a result is not run again. A torn or corrupt
 //! line is skipped with a warning.
 
@@ -15,8 +15,10 @@ use std::io::{BufRead, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Lines between two fsyncs.
-const SYNC_EVERY: usize = 32;
+/// Time between two fsyncs (a line is written to the kernel at once: only a crash of the
+/// machine can lose what was not synced yet, and `--resume` runs those jobs again). An
+/// fsync per few lines would stall the runner on the disk job after job.
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Serialize, Deserialize)]
 struct Line<K, R> {
@@ -37,7 +39,7 @@ pub struct At {
 pub struct Journal {
     file: std::fs::File,
     end: u64,
-    unsynced: usize,
+    synced: std::time::Instant,
     pub path: PathBuf,
 }
 /// Jobs' keys: what identifies a job's outcome, its whole planned form (program, inputs'
@@ -145,7 +147,7 @@ impl Journal {
         Ok(Journal {
             file,
             end,
-            unsynced: 0,
+            synced: std::time::Instant::now(),
             path: path.to_path_buf(),
         })
     }
@@ -156,7 +158,7 @@ impl Journal {
         Ok(Journal {
             file: tempfile::tempfile()?,
             end: 0,
-            unsynced: 0,
+            synced: std::time::Instant::now(),
             path: PathBuf::from("(a temporary file)"),
         })
     }
@@ -173,8 +175,7 @@ impl Journal {
             len,
         };
         self.end += u64::from(len);
-        self.unsynced += 1;
-        if self.unsynced >= SYNC_EVERY {
+        if self.synced.elapsed() >= SYNC_EVERY {
             self.sync()?;
         }
         Ok(at)
@@ -233,7 +234,7 @@ impl Journal {
     }
 
     pub fn sync(&mut self) -> std::io::Result<()> {
-        self.unsynced = 0;
+        self.synced = std::time::Instant::now();
         self.file.sync_data()
     }
 }

@@ -621,10 +621,11 @@ fn read_etc() -> Vec<EtcEntry> {
         .into_iter()
         .map(|name| {
             let host = Path::new("/etc").join(&name);
-            // Small regular files are copied (cheaper than a bind mount each); the root is
-            // made read-only afterwards all the same.
+            // Small regular files are copied (cheaper than a bind mount each); larger ones
+            // (ld.so.cache, mime.types, services) are bound: copying them cost every
+            // sandbox more. The root is made read-only afterwards all the same.
             match std::fs::symlink_metadata(&host) {
-                Ok(m) if m.is_file() && m.len() <= 256 * 1024 => match std::fs::read(&host) {
+                Ok(m) if m.is_file() && m.len() <= 8 * 1024 => match std::fs::read(&host) {
                     Ok(data) => EtcEntry::File {
                         name,
                         data,

@@ -248,6 +248,9 @@ pub struct Engine {
     built: Mutex<Vec<String>>,
     /// One build/pull/prepare at a time per image key.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Images found present in this scope, by name: their id (a job does not ask the
+    /// engine again; an image this scope removes is forgotten).
+    present: Mutex<HashMap<String, String>>,
     /// Why this engine cannot enforce the sandbox limits (rootless Podman on cgroup v1):
     /// hardened containers are refused with this message.
     pub limits_unenforced: Option<String>,
@@ -476,6 +479,7 @@ impl Engine {
             scope,
             built: Mutex::new(Vec::new()),
             locks: Mutex::new(HashMap::new()),
+            present: Mutex::new(HashMap::new()),
             limits_unenforced: None,
         }
     }
@@ -643,6 +647,10 @@ impl Engine {
     }
 
     async fn remove_image(&self, id: &str) {
+        self.present
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, i| name != id && i != id);
         let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default()
             .force(true)
             .build();
@@ -678,13 +686,30 @@ impl Engine {
         }
     }
 
-    /// The image's id when it is present locally.
+    /// The image's id when it is present locally (asked once per scope: an inspection
+    /// per job cost a round trip to the engine each).
     pub async fn image_id(&self, name: &str) -> Option<String> {
-        self.docker
+        let known = |s: &Self| {
+            s.present
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned()
+        };
+        if let Some(id) = known(self) {
+            return Some(id);
+        }
+        let id = self
+            .docker
             .inspect_image(name)
             .await
             .ok()
-            .and_then(|i| i.id)
+            .and_then(|i| i.id)?;
+        self.present
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), id.clone());
+        Some(id)
     }
 
     /// Makes `image` available: present → used, absent → pulled.
