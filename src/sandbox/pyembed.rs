@@ -113,10 +113,11 @@ pub fn resolve_program(prog: &str, path: &[String]) -> PathBuf {
 }
 
 /// Whether a job of `lang` with its engine's `preload` setting asks for a preloaded Python
-/// (any backend; `LLM_SANDBOX_PRELOAD=0` switches it off for the whole run).
+/// (any backend): Python jobs do unless `preload = false`; `LLM_SANDBOX_PRELOAD=0`
+/// switches it off for the whole run.
 pub fn asked(lang: crate::spec::types::Lang, setting: Option<bool>) -> bool {
     lang == crate::spec::types::Lang::Python
-        && setting == Some(true)
+        && setting != Some(false)
         && std::env::var("LLM_SANDBOX_PRELOAD").as_deref() != Ok("0")
 }
 

@@ -86,7 +86,7 @@ pub struct DockerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after: Option<u32>,
     /// Python run steps in warm containers start from an interpreter the container's agent
-    /// initialised once (README, "Preloaded Python"); default false.
+    /// initialised once (README, "Preloaded Python"); default true (`false` starts python3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preload: Option<bool>,
 }
@@ -114,7 +114,7 @@ pub struct PodmanConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after: Option<u32>,
     /// Python run steps in warm containers start from an interpreter the container's agent
-    /// initialised once (README, "Preloaded Python"); default false.
+    /// initialised once (README, "Preloaded Python"); default true (`false` starts python3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preload: Option<bool>,
 }
@@ -156,7 +156,8 @@ pub struct NativeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<Vec<FileSpec>>,
     /// Python run steps start from an interpreter the sandbox server initialised once,
-    /// each in its own fresh sandbox (README, "Preloaded Python"); default false.
+    /// each in its own fresh sandbox (README, "Preloaded Python"); default true (`false`
+    /// starts python3 for each job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preload: Option<bool>,
 }
