@@ -711,18 +711,17 @@ fn clean(killed: Evidence, fresh: &[Root]) -> Result<(), String> {
     clean::verdict(&e, fresh)
 }
 
-/// The TCP and UDP sockets of this network namespace.
+/// The TCP, UDP and raw sockets of this network namespace, and TCP's in TIME_WAIT, as
+/// `/proc/net/sockstat{,6}` count them: per namespace and at a constant cost (listing
+/// `/proc/net/tcp` walks the host's whole connection table: 2.2 ms a job on a 24 GiB
+/// machine). The shell clean proof (`backend::clean`) counts the same. An unreadable
+/// `sockstat` is not a clean namespace.
 fn sockets() -> u32 {
-    ["tcp", "tcp6", "udp", "udp6"]
-        .iter()
-        .filter_map(|t| std::fs::read(format!("/proc/net/{t}")).ok())
-        .map(|b| {
-            b.split(|c| *c == b'\n')
-                .filter(|l| !l.is_empty())
-                .count()
-                .saturating_sub(1) as u32
-        })
-        .sum()
+    let Ok(v4) = std::fs::read_to_string("/proc/net/sockstat") else {
+        return 1;
+    };
+    let v6 = std::fs::read_to_string("/proc/net/sockstat6").unwrap_or_default();
+    crate::backend::clean::sockstat_sockets(&format!("{v4}{v6}"))
 }
 
 /// The writable places' roots as they are now: owner, group, mode, extended attributes
