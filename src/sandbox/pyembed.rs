@@ -263,6 +263,15 @@ fn init(req: &Request) -> Result<Preloaded, String> {
         if status.kind != 0 {
             return Err(status_text(&status));
         }
+        // Everything start-up made goes to the collector's permanent generation: a job's
+        // collections (and its finalisation's) then neither walk nor write those objects,
+        // whose pages its process shares with this one until it writes them
+        // (copy-on-write). `gc` is left out of `sys.modules` when start-up had not
+        // imported it, as a fresh python3 shows.
+        let freeze = c"import sys as _s\n_h = 'gc' in _s.modules\nimport gc as _g\n_g.freeze()\nif not _h:\n    del _s.modules['gc']\ndel _s, _h, _g\n";
+        if (api.run_string)(freeze.as_ptr(), std::ptr::null_mut()) != 0 {
+            return Err("gc.freeze() failed".into());
+        }
         let user_site = Path::new("lib").join(name).join("site-packages");
         Ok(Preloaded {
             api,
