@@ -63,7 +63,8 @@ pub const RUNTIME_DIR_ENV: &str = "LLM_SANDBOX_RUNTIME_DIR";
 /// Where the private root of this user's runs would be: `$LLM_SANDBOX_RUNTIME_DIR` when set;
 /// as root `/run/llm-sandbox` when `/run` is in memory (tmpfs); else
 /// `$XDG_RUNTIME_DIR/llm-sandbox` (a per-user directory nobody else can write); else
-/// `/dev/shm/llm-sandbox-<euid>` when that is in memory; else `/run/llm-sandbox` (root) or
+/// `/dev/shm/llm-sandbox-<euid>` when that is in memory and free or already ours (another
+/// user cannot make us fail by creating it first); else `/run/llm-sandbox` (root) or
 /// `$TMPDIR/llm-sandbox-<euid>`. In memory, because every job stages its inputs there and
 /// removes them: on a disk that cost each job a journal commit and a discard (a fifth of
 /// the runner's time on a machine whose `/run` is on ext4).
@@ -83,13 +84,28 @@ pub fn runs_root_path() -> PathBuf {
     {
         return xdg.join("llm-sandbox");
     }
-    if in_memory(Path::new("/dev/shm")) {
-        return PathBuf::from(format!("/dev/shm/llm-sandbox-{euid}"));
+    let shm = PathBuf::from(format!("/dev/shm/llm-sandbox-{euid}"));
+    if in_memory(Path::new("/dev/shm")) && free_or_ours(&shm) {
+        return shm;
     }
     if root_run {
         return PathBuf::from("/run/llm-sandbox");
     }
     std::env::temp_dir().join(format!("llm-sandbox-{euid}"))
+}
+
+/// Whether `dir` does not exist, or is a directory (not a link) of the effective user that
+/// nobody else may write: what [`private_dir`] accepts.
+fn free_or_ours(dir: &Path) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    match std::fs::symlink_metadata(dir) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(m) => {
+            m.is_dir()
+                && m.uid() == nix::unistd::geteuid().as_raw()
+                && m.permissions().mode() & 0o022 == 0
+        }
+    }
 }
 
 /// Whether `dir` is a directory of a memory file system (tmpfs).
@@ -327,6 +343,13 @@ mod tests {
         if std::env::var_os(RUNTIME_DIR_ENV).is_some() || !nix::unistd::geteuid().is_root() {
             return;
         }
-        assert_eq!(runs_root_path(), Path::new("/run/llm-sandbox"));
+        // /run, or (when /run is not in memory) root's own directory in /dev/shm: never
+        // the shared temporary directory.
+        let p = runs_root_path();
+        assert!(
+            p == Path::new("/run/llm-sandbox") || p == Path::new("/dev/shm/llm-sandbox-0"),
+            "{}",
+            p.display()
+        );
     }
 }
