@@ -86,6 +86,7 @@ fn config(dir: &Path, i: usize, argv: &[&str]) -> SandboxConfig {
         collect_paths: vec![],
         collect_cap: 0,
         preload: false,
+        preload_modules: vec![],
     }
 }
 

@@ -1203,6 +1203,7 @@ fn exec_config(st: &State, p: &Pod, name: &str, argv: Vec<String>) -> SandboxCon
         collect_paths: vec![],
         collect_cap: 0,
         preload: false,
+        preload_modules: vec![],
     }
 }
 

@@ -284,6 +284,7 @@ pub fn sandbox_config(
         collect_paths: vec![],
         collect_cap: 0,
         preload: false,
+        preload_modules: vec![],
     })
 }
 
@@ -520,10 +521,15 @@ pub fn prepare(
     cfg.collect_globs = crate::plots::artifact_globs(job);
     cfg.collect_paths = job.expect.files.iter().map(|f| f.path.clone()).collect();
     cfg.collect_cap = job.limits.disk;
-    cfg.preload = crate::sandbox::pyembed::asked(
-        job.lang,
-        job.backends.native.as_ref().and_then(|n| n.preload),
-    );
+    let preload = job
+        .backends
+        .native
+        .as_ref()
+        .and_then(|n| n.preload.as_ref());
+    cfg.preload = crate::sandbox::pyembed::asked(job.lang, preload.map(|p| p.on()));
+    if cfg.preload {
+        cfg.preload_modules = preload.map(|p| p.modules()).unwrap_or_default();
+    }
     Ok(cfg)
 }
 

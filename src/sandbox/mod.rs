@@ -126,6 +126,9 @@ pub struct SandboxConfig {
     /// Run `python3` steps in the server's preloaded interpreter ([`pyembed`]).
     #[serde(default)]
     pub preload: bool,
+    /// The modules that interpreter imports ahead (`backends.native.preload.modules`).
+    #[serde(default)]
+    pub preload_modules: Vec<String>,
 }
 
 /// `prog` looked up in `path` as an `execve` of it would be (a name with a `/` as it is),

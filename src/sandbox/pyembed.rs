@@ -69,6 +69,8 @@ struct Preloaded {
     user_site: PathBuf,
     /// The start-up variables it was initialised with.
     env: Vec<(String, String)>,
+    /// The modules it imported ahead (`preload = { modules = [...] }`).
+    modules: Vec<String>,
 }
 
 static PRELOADED: OnceLock<Option<Preloaded>> = OnceLock::new();
@@ -125,6 +127,7 @@ pub fn asked(lang: crate::spec::types::Lang, setting: Option<bool>) -> bool {
 pub struct Request {
     env: Vec<(String, String)>,
     path: Vec<String>,
+    modules: Vec<String>,
 }
 
 /// The preload a job asks for, when this server has not tried one yet and the job could use
@@ -133,12 +136,16 @@ pub fn request(cfg: &SandboxConfig) -> Option<Request> {
     if !cfg.preload || cfg.rootfs.is_some() {
         return None;
     }
-    request_for(&cfg.env, &cfg.path)
+    request_for(&cfg.env, &cfg.path, &cfg.preload_modules)
 }
 
 /// The preload a program environment asks for (any backend): none when this process has
 /// tried one already or the environment has PYTHON* variables of its own.
-pub fn request_for(env: &[(String, String)], path: &[String]) -> Option<Request> {
+pub fn request_for(
+    env: &[(String, String)],
+    path: &[String],
+    modules: &[String],
+) -> Option<Request> {
     (PRELOADED.get().is_none()
         && !env
             .iter()
@@ -146,6 +153,7 @@ pub fn request_for(env: &[(String, String)], path: &[String]) -> Option<Request>
     .then(|| Request {
         env: startup_env(env),
         path: path.to_vec(),
+        modules: modules.to_vec(),
     })
 }
 
@@ -263,6 +271,15 @@ fn init(req: &Request) -> Result<Preloaded, String> {
         if status.kind != 0 {
             return Err(status_text(&status));
         }
+        // The modules asked for, imported as a job's `import NAME` would (nothing bound
+        // in `__main__`); one that cannot be imported: no preload.
+        for m in &req.modules {
+            let code =
+                CString::new(format!("__import__({})\n", py_str(m))).map_err(|e| e.to_string())?;
+            if (api.run_string)(code.as_ptr(), std::ptr::null_mut()) != 0 {
+                return Err(format!("cannot import the module `{m}` (preload.modules)"));
+            }
+        }
         // Everything start-up made goes to the collector's permanent generation: a job's
         // collections (and its finalisation's) then neither walk nor write those objects,
         // whose pages its process shares with this one until it writes them
@@ -278,6 +295,7 @@ fn init(req: &Request) -> Result<Preloaded, String> {
             program,
             user_site,
             env,
+            modules: req.modules.clone(),
         })
     }
 }
@@ -394,10 +412,18 @@ def _llm_sandbox_prepare(argv, orig_argv, env, path0):
 /// the program started: closed, as execve would.
 pub fn run_if_preloaded(cfg: &SandboxConfig, step: &Step, program: &Path, exec_signal: RawFd) {
     if cfg.preload && cfg.rootfs.is_none() && step.kind == StepKind::Run {
-        run_preloaded(&step.argv, &cfg.env, program, Path::new("/sandbox"), || {
-            // SAFETY: our own fd, not used after this.
-            unsafe { libc::close(exec_signal) };
-        });
+        let modules = &cfg.preload_modules;
+        run_preloaded(
+            &step.argv,
+            &cfg.env,
+            modules,
+            program,
+            Path::new("/sandbox"),
+            || {
+                // SAFETY: our own fd, not used after this.
+                unsafe { libc::close(exec_signal) };
+            },
+        );
     }
 }
 
@@ -408,6 +434,7 @@ pub fn run_if_preloaded(cfg: &SandboxConfig, step: &Step, program: &Path, exec_s
 pub fn run_preloaded(
     argv: &[String],
     env: &[(String, String)],
+    modules: &[String],
     program: &Path,
     workdir: &Path,
     before: impl FnOnce(),
@@ -418,7 +445,7 @@ pub fn run_preloaded(
     let Some(script) = python_script(argv, program) else {
         return;
     };
-    if program != p.program || startup_env(env) != p.env {
+    if program != p.program || startup_env(env) != p.env || modules != p.modules {
         return;
     }
     // A fresh python3 would add the job's user site directory (and run its `.pth` files):
@@ -435,6 +462,17 @@ pub fn run_preloaded(
     } else {
         workdir.join(script)
     };
+    // A module imported ahead that the script's own directory would shadow (`NAME.py` or a
+    // package `NAME/` beside it): a fresh python3 would import the job's, so it starts one.
+    if let Some(dir) = file.parent() {
+        let shadowed = p.modules.iter().any(|m| {
+            let top = m.split('.').next().unwrap_or(m);
+            dir.join(format!("{top}.py")).exists() || dir.join(top).is_dir()
+        });
+        if shadowed {
+            return;
+        }
+    }
     let Ok(c_file) = CString::new(file.as_os_str().as_encoded_bytes()) else {
         return;
     };

@@ -157,9 +157,86 @@ pub struct NativeConfig {
     pub bind: Option<Vec<FileSpec>>,
     /// Python run steps start from an interpreter the sandbox server initialised once,
     /// each in its own fresh sandbox (README, "Preloaded Python"); default true (`false`
-    /// starts python3 for each job).
+    /// starts python3 for each job; `{ modules = ["typing", ...] }` also imports those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preload: Option<bool>,
+    pub preload: Option<Preload>,
+}
+
+/// `backends.native.preload`: on or off, or on with modules imported ahead.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Preload {
+    Switch(bool),
+    With(PreloadWith),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreloadWith {
+    /// Modules the preloaded interpreter imports before any job (standard library or
+    /// installed on the host, e.g. `typing`, `collections.abc`): a job finds them in
+    /// `sys.modules` already.
+    pub modules: Vec<PythonModule>,
+}
+
+/// A Python module name: dotted identifiers (`os.path`).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"))]
+pub struct PythonModule(pub String);
+
+impl<'de> Deserialize<'de> for PythonModule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ident = |p: &str| {
+            p.chars()
+                .next()
+                .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+                && p.chars().all(|c| c == '_' || c.is_ascii_alphanumeric())
+        };
+        if s.split('.').all(ident) {
+            Ok(PythonModule(s))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "`{s}` is not a Python module name (dotted identifiers, e.g. `typing` or `collections.abc`)"
+            )))
+        }
+    }
+}
+
+// By hand, not `untagged`: a wrong module name is then said as such, where it is.
+impl<'de> Deserialize<'de> for Preload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Preload;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or { modules = [\"typing\", ...] }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Preload, E> {
+                Ok(Preload::Switch(b))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Preload, A::Error> {
+                PreloadWith::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(Preload::With)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Preload {
+    /// Whether it is on.
+    pub fn on(&self) -> bool {
+        !matches!(self, Preload::Switch(false))
+    }
+
+    /// The modules to import ahead.
+    pub fn modules(&self) -> Vec<String> {
+        match self {
+            Preload::With(w) => w.modules.iter().map(|m| m.0.clone()).collect(),
+            Preload::Switch(_) => vec![],
+        }
+    }
 }
 
 /// A Pod manifest: a path to a YAML/JSON file, or the manifest inline.

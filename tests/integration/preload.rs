@@ -241,3 +241,55 @@ fn a_preloaded_job_finds_no_earlier_jobs_data_in_its_memory() {
         }
     }
 }
+
+/// `backends.native.preload = { modules = [...] }`: the modules are in `sys.modules` before
+/// a job imports them (`fractions`: no start-up imports it); a job whose directory has its
+/// own module of that name starts python3 (a fresh python3 would import the job's); a name
+/// that is not a module is an error naming it, before anything runs.
+#[test]
+fn preloaded_modules_are_imported_ahead_unless_the_job_shadows_them() {
+    let dir = Scratch::new();
+    let code = "import sys\nprint('fractions' in sys.modules)\nimport fractions, os\nprint(fractions.__file__.startswith('/sandbox'))\nprint(os.readlink('/proc/self/exe'), file=sys.stderr)\n";
+    let mut yaml = String::from(
+        "backends: { native: { preload: { modules: [fractions, collections.abc] } } }\njobs:\n",
+    );
+    for i in 0..4 {
+        yaml += &job(&format!("ahead{i}"), "", code);
+    }
+    yaml += &job("shadowed", "files: [fractions.py]\n", code);
+    dir.write("mods.yaml", &yaml);
+    dir.write("fractions.py", "");
+    let r = run(&dir, "mods.yaml", "native", "");
+    let jobs = r.jobs();
+    for i in 2..4 {
+        let j = &jobs[&format!("ahead{i}")];
+        assert!(preloaded(j), "ahead{i}: {}", r.pretty());
+        assert_eq!(
+            field(j, "stdout"),
+            "True\nFalse\n",
+            "ahead{i}: {}",
+            r.pretty()
+        );
+    }
+    // The first job of the slot is a fresh python3: no module is there before its import.
+    assert_eq!(field(&jobs["ahead0"], "stdout"), "False\nFalse\n");
+    let j = &jobs["shadowed"];
+    assert!(
+        !preloaded(j),
+        "the job's own fractions.py was shadowed: {}",
+        r.pretty()
+    );
+    assert_eq!(field(j, "stdout"), "False\nTrue\n", "{}", r.pretty());
+
+    dir.write(
+        "bad.yaml",
+        "backends: { native: { preload: { modules: [typing, 'not-a-module'] } } }\njobs:\n  - { name: x, lang: python, code: pass }\n",
+    );
+    let out = dir.cmd().args(["validate", "bad.yaml"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not-a-module") && err.contains("bad.yaml"),
+        "{err}"
+    );
+}

@@ -189,7 +189,7 @@ fn main() -> i32 {
         .and_then(|v| serde_json::from_str::<Vec<(String, String)>>(&v).ok())
     {
         let env = step_env(&vars);
-        if let Some(req) = crate::sandbox::pyembed::request_for(&env, &path_of(&env)) {
+        if let Some(req) = crate::sandbox::pyembed::request_for(&env, &path_of(&env), &[]) {
             crate::sandbox::pyembed::preload(req);
         }
     }
@@ -335,9 +335,11 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
             }
             crate::sandbox::set_rlimit(libc::RLIMIT_NOFILE, nofile, nofile);
             if let Some((argv, env, program)) = &preloaded {
+                // (preload.modules is native's: an agent imports none ahead)
                 crate::sandbox::pyembed::run_preloaded(
                     argv,
                     env,
+                    &[],
                     program,
                     Path::new("/sandbox"),
                     || {
