@@ -86,9 +86,10 @@ pub struct DockerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after: Option<u32>,
     /// Python run steps in warm containers start from an interpreter the container's agent
-    /// initialised once (README, "Preloaded Python"); default true (`false` starts python3).
+    /// initialised once (README, "Preloaded Python"); default true (`false` starts python3;
+    /// `{ modules = ["typing", ...] }` also imports those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preload: Option<bool>,
+    pub preload: Option<Preload>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -114,9 +115,10 @@ pub struct PodmanConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after: Option<u32>,
     /// Python run steps in warm containers start from an interpreter the container's agent
-    /// initialised once (README, "Preloaded Python"); default true (`false` starts python3).
+    /// initialised once (README, "Preloaded Python"); default true (`false` starts python3;
+    /// `{ modules = ["typing", ...] }` also imports those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preload: Option<bool>,
+    pub preload: Option<Preload>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -242,7 +242,7 @@ fn a_preloaded_job_finds_no_earlier_jobs_data_in_its_memory() {
     }
 }
 
-/// `backends.native.preload = { modules = [...] }`: the modules are in `sys.modules` before
+/// `preload = { modules = [...] }` (every backend): the modules are in `sys.modules` before
 /// a job imports them (`fractions`: no start-up imports it); a job whose directory has its
 /// own module of that name starts python3 (a fresh python3 would import the job's); a name
 /// that is not a module is an error naming it, before anything runs.
@@ -250,36 +250,45 @@ fn a_preloaded_job_finds_no_earlier_jobs_data_in_its_memory() {
 fn preloaded_modules_are_imported_ahead_unless_the_job_shadows_them() {
     let dir = Scratch::new();
     let code = "import sys\nprint('fractions' in sys.modules)\nimport fractions, os\nprint(fractions.__file__.startswith('/sandbox'))\nprint(os.readlink('/proc/self/exe'), file=sys.stderr)\n";
-    let mut yaml = String::from(
-        "backends: { native: { preload: { modules: [fractions, collections.abc] } } }\njobs:\n",
-    );
+    let with = "{ preload: { modules: [fractions, collections.abc] } }";
+    let mut yaml =
+        format!("backends: {{ native: {with}, docker: {with}, podman: {with} }}\njobs:\n");
     for i in 0..4 {
         yaml += &job(&format!("ahead{i}"), "", code);
     }
     yaml += &job("shadowed", "files: [fractions.py]\n", code);
     dir.write("mods.yaml", &yaml);
     dir.write("fractions.py", "");
-    let r = run(&dir, "mods.yaml", "native", "");
-    let jobs = r.jobs();
-    for i in 2..4 {
-        let j = &jobs[&format!("ahead{i}")];
-        assert!(preloaded(j), "ahead{i}: {}", r.pretty());
+    for backend in backends() {
+        let r = run(&dir, "mods.yaml", backend, "");
+        let jobs = r.jobs();
+        for i in 2..4 {
+            let j = &jobs[&format!("ahead{i}")];
+            assert!(preloaded(j), "{backend} ahead{i}: {}", r.pretty());
+            assert_eq!(
+                field(j, "stdout"),
+                "True\nFalse\n",
+                "{backend}: {}",
+                r.pretty()
+            );
+        }
+        if backend == "native" {
+            // The first job of a native slot is a fresh python3: nothing imported ahead.
+            assert_eq!(field(&jobs["ahead0"], "stdout"), "False\nFalse\n");
+        }
+        let j = &jobs["shadowed"];
+        assert!(
+            !preloaded(j),
+            "{backend}: the job's own fractions.py was shadowed: {}",
+            r.pretty()
+        );
         assert_eq!(
             field(j, "stdout"),
-            "True\nFalse\n",
-            "ahead{i}: {}",
+            "False\nTrue\n",
+            "{backend}: {}",
             r.pretty()
         );
     }
-    // The first job of the slot is a fresh python3: no module is there before its import.
-    assert_eq!(field(&jobs["ahead0"], "stdout"), "False\nFalse\n");
-    let j = &jobs["shadowed"];
-    assert!(
-        !preloaded(j),
-        "the job's own fractions.py was shadowed: {}",
-        r.pretty()
-    );
-    assert_eq!(field(j, "stdout"), "False\nTrue\n", "{}", r.pretty());
 
     dir.write(
         "bad.yaml",

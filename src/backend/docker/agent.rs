@@ -27,6 +27,15 @@ pub const READY: &str = "LLM-SANDBOX-AGENT-READY 1";
 const UID: u32 = crate::backend::tarball::SANDBOX_UID as u32;
 use crate::backend::clean::{self, Evidence, Root, WRITABLE};
 
+/// What a warm container's agent preloads ([`PRELOAD_ENV`]): the start-up variables of a
+/// Python job and the modules to import ahead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentPreload {
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentJob {
     /// A tar of the job's files (a blob).
@@ -42,6 +51,10 @@ pub struct AgentJob {
     /// started ([`PRELOAD_ENV`]; README, "Preloaded Python").
     #[serde(default)]
     pub preload: bool,
+    /// The modules the job's preload imports ahead (a job runs preloaded only in an
+    /// interpreter that imported exactly those).
+    #[serde(default)]
+    pub preload_modules: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,12 +197,12 @@ fn main() -> i32 {
     // start-up reads only the image's files (the root file system is read-only, the job's
     // variables never reach it, HOME is one nobody can create: pyembed), never a path a job
     // could have written, and it is never initialised again in this root process.
-    if let Some(vars) = std::env::var(PRELOAD_ENV)
+    if let Some(p) = std::env::var(PRELOAD_ENV)
         .ok()
-        .and_then(|v| serde_json::from_str::<Vec<(String, String)>>(&v).ok())
+        .and_then(|v| serde_json::from_str::<AgentPreload>(&v).ok())
     {
-        let env = step_env(&vars);
-        if let Some(req) = crate::sandbox::pyembed::request_for(&env, &path_of(&env), &[]) {
+        let env = step_env(&p.env);
+        if let Some(req) = crate::sandbox::pyembed::request_for(&env, &path_of(&env), &p.modules) {
             crate::sandbox::pyembed::preload(req);
         }
     }
@@ -258,7 +271,8 @@ fn run_job(job: &AgentJob, fresh: &[Root]) -> AgentResult {
     } else {
         let last = job.steps.len().saturating_sub(1);
         for (i, step) in job.steps.iter().enumerate() {
-            let s = run_step(step, job.preload && i == last);
+            let preload = (job.preload && i == last).then_some(&job.preload_modules[..]);
+            let s = run_step(step, preload);
             let stop = step.must_succeed && (s.exit_code != Some(0) || s.timed_out);
             let end = s.timed_out || s.output_limit_hit;
             r.steps.push(s);
@@ -298,7 +312,9 @@ fn unpack(data: &[u8]) -> Result<(), String> {
     ar.unpack("/sandbox").map_err(|e| e.to_string())
 }
 
-fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
+/// Runs one step; `preload`: the run step of a job asking for preloaded Python, with the
+/// modules its preload imports ahead.
+fn run_step(step: &AgentStep, preload: Option<&[String]>) -> AgentStepResult {
     let started = Instant::now();
     let mut res = AgentStepResult::default();
     let stdin_data = &step.stdin;
@@ -314,10 +330,12 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
     let cpu = step.cpu_seconds;
     let nofile = step.open_files;
     // A preloaded interpreter serves the run step when it can (checked in the child).
-    let preloaded = (preload && crate::sandbox::pyembed::loaded()).then(|| {
-        let program = crate::sandbox::pyembed::resolve_program(&step.argv[0], &path_of(&env));
-        (step.argv.clone(), env, program)
-    });
+    let preloaded = preload
+        .filter(|_| crate::sandbox::pyembed::loaded())
+        .map(|modules| {
+            let program = crate::sandbox::pyembed::resolve_program(&step.argv[0], &path_of(&env));
+            (step.argv.clone(), env, modules.to_vec(), program)
+        });
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -334,12 +352,11 @@ fn run_step(step: &AgentStep, preload: bool) -> AgentStepResult {
                 crate::sandbox::set_cpu_rlimit(c);
             }
             crate::sandbox::set_rlimit(libc::RLIMIT_NOFILE, nofile, nofile);
-            if let Some((argv, env, program)) = &preloaded {
-                // (preload.modules is native's: an agent imports none ahead)
+            if let Some((argv, env, modules, program)) = &preloaded {
                 crate::sandbox::pyembed::run_preloaded(
                     argv,
                     env,
-                    &[],
+                    modules,
                     program,
                     Path::new("/sandbox"),
                     || {

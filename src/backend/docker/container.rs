@@ -48,7 +48,7 @@ pub struct ContainerSpec {
     /// Preloaded Python (README, "Preloaded Python"): the start-up variables of a Python
     /// job, with which the agent initialises the image's CPython when it starts, before any
     /// job ran in the container.
-    pub preload: Option<Vec<(String, String)>>,
+    pub preload: Option<super::agent::AgentPreload>,
 }
 
 /// Where the agent binary appears inside a container.
@@ -317,7 +317,7 @@ impl Container {
                 ))
             })?;
         if spec.agent.is_some() {
-            if let Err(e) = c.start_agent(spec.preload.as_deref()).await {
+            if let Err(e) = c.start_agent(spec.preload.as_ref()).await {
                 // An image the binary cannot run in (another libc, say): one exec per step.
                 tracing::debug!("no agent in a container of {}: {e}", spec.image);
             }
@@ -346,7 +346,10 @@ impl Container {
         Ok(crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr)).roots)
     }
 
-    async fn start_agent(&mut self, preload: Option<&[(String, String)]>) -> Result<(), Error> {
+    async fn start_agent(
+        &mut self,
+        preload: Option<&super::agent::AgentPreload>,
+    ) -> Result<(), Error> {
         let opts = CreateExecOptions::<String> {
             cmd: Some(vec![AGENT_PATH.into(), super::agent::SUBCOMMAND.into()]),
             attach_stdin: Some(true),
@@ -355,11 +358,11 @@ impl Container {
             user: Some("0:0".into()),
             env: Some(
                 std::iter::once("LLM_SANDBOX_AGENT=1".to_string())
-                    .chain(preload.map(|env| {
+                    .chain(preload.map(|p| {
                         format!(
                             "{}={}",
                             super::agent::PRELOAD_ENV,
-                            serde_json::to_string(env).unwrap_or_default()
+                            serde_json::to_string(p).unwrap_or_default()
                         )
                     }))
                     .collect(),

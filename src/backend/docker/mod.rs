@@ -24,7 +24,7 @@ use crate::report::model::{JobReport, Phase};
 use crate::sandbox::host::Outcome;
 use crate::sandbox::proto::{LimitEvents, Msg};
 use crate::sandbox::StepKind;
-use crate::spec::types::{BackendKind, Lang};
+use crate::spec::types::{BackendKind, Lang, Preload};
 /// Inline inputs travel as standard, padded base64 (in an environment variable).
 pub(crate) use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -506,20 +506,27 @@ fn agent_binary() -> Option<std::path::PathBuf> {
 
 /// The job's `warm`, `recycle_after` and `preload` settings of its engine
 /// (`backends.docker` or `backends.podman`).
-fn warm_settings(job: &PlannedJob) -> (Option<bool>, Option<u32>, Option<bool>) {
+fn warm_settings(job: &PlannedJob) -> (Option<bool>, Option<u32>, Option<Preload>) {
     match job.backend {
         BackendKind::Podman => job
             .backends
             .podman
             .as_ref()
-            .map(|p| (p.warm, p.recycle_after, p.preload)),
+            .map(|p| (p.warm, p.recycle_after, p.preload.clone())),
         _ => job
             .backends
             .docker
             .as_ref()
-            .map(|d| (d.warm, d.recycle_after, d.preload)),
+            .map(|d| (d.warm, d.recycle_after, d.preload.clone())),
     }
     .unwrap_or_default()
+}
+
+/// Whether the job asks for preloaded Python on its engine, and the modules it imports ahead.
+fn preload_of(job: &PlannedJob) -> Option<Vec<String>> {
+    let p = warm_settings(job).2;
+    crate::sandbox::pyembed::asked(job.lang, p.as_ref().map(Preload::on))
+        .then(|| p.map(|p| p.modules()).unwrap_or_default())
 }
 
 fn warm_for(job: &PlannedJob, ctx: &RunCtx) -> bool {
@@ -534,10 +541,13 @@ fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
     spec.kind = "warm";
     spec.maintenance_caps = true;
     spec.agent = agent_binary();
-    if crate::sandbox::pyembed::asked(job.lang, warm_settings(job).2) {
+    if let Some(modules) = preload_of(job) {
         // What a Python job's steps start with (its own `env` may differ: such a job then
         // starts python3 itself).
-        spec.preload = Some(base_env(job.lang, &[], false));
+        spec.preload = Some(agent::AgentPreload {
+            env: base_env(job.lang, &[], false),
+            modules,
+        });
     }
     let recycle = warm_settings(job)
         .1
@@ -651,7 +661,8 @@ async fn run_steps_agent(
         collect_globs: crate::plots::artifact_globs(job),
         collect_paths: job.expect.files.iter().map(|f| f.path.clone()).collect(),
         collect_cap: job.limits.disk,
-        preload: crate::sandbox::pyembed::asked(job.lang, warm_settings(job).2),
+        preload: preload_of(job).is_some(),
+        preload_modules: preload_of(job).unwrap_or_default(),
     };
     let answer = c
         .agent_job(

@@ -95,7 +95,8 @@ pub struct Key {
     disk: u64,
     open_files: u64,
     network: bool,
-    preload: bool,
+    /// Preloaded: the modules imported ahead.
+    preload: Option<Vec<String>>,
 }
 
 /// A warm pool of a [`crate::backend::Scope`], by what its containers are made from.
@@ -117,7 +118,7 @@ pub fn pool(
         disk: l.disk,
         open_files: l.open_files,
         network: spec.network,
-        preload: spec.preload.is_some(),
+        preload: spec.preload.as_ref().map(|p| p.modules.clone()),
     };
     let mut all = scope.docker_pools.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {
