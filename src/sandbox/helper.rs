@@ -114,7 +114,7 @@ pub fn main() -> i32 {
     }
     // Read once here, inherited by every sandbox cloned from this server.
     super::init::snapshot_etc();
-    let _ = super::seccomp::programs();
+    let _ = super::seccomp::program();
     let warm_root = std::env::args_os()
         .nth(3)
         .map(PathBuf::from)

@@ -55,7 +55,7 @@ pub const ETC_ALLOW: &[&str] = &[
 struct State {
     out_dir: OwnedFd,
     sfd: SignalFd,
-    filters: Vec<seccompiler::BpfProgram>,
+    filter: &'static seccompiler::BpfProgram,
     rlimit_nproc: Option<u64>,
 }
 
@@ -372,12 +372,12 @@ fn etc_allowed(name: &str) -> bool {
 /// What the first, job-independent part of the setup leaves for the second.
 pub struct Base {
     sfd: SignalFd,
-    filters: Vec<seccompiler::BpfProgram>,
+    filter: &'static seccompiler::BpfProgram,
 }
 
 /// The job-independent part of the setup: signals, a private mount tree, the root tmpfs on
 /// `root` with the system directories and `/etc` (not yet read-only), a read-only `/dev`,
-/// `/proc`, hostname, loopback, the seccomp filters. A warm sandbox has done this before
+/// `/proc`, hostname, loopback, the seccomp filter. A warm sandbox has done this before
 /// its job arrives. With `rootfs`, that directory is the root instead.
 pub fn setup_base(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<Base, String> {
     nix::unistd::setsid().map_err(err("setsid"))?;
@@ -420,8 +420,10 @@ pub fn setup_base(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<B
     let _ = nix::unistd::sethostname("sandbox");
     loopback_up();
     limit_user_counts(&root.join("proc"))?;
-    let filters = seccomp::programs()?;
-    Ok(Base { sfd, filters })
+    Ok(Base {
+        sfd,
+        filter: seccomp::program(),
+    })
 }
 
 /// Per-user kernel counts a sandbox could use up for others. The counts of a user namespace
@@ -580,7 +582,7 @@ fn setup_job(
     Ok(State {
         out_dir,
         sfd: base.sfd,
-        filters: base.filters,
+        filter: base.filter,
         rlimit_nproc,
     })
 }
@@ -896,7 +898,7 @@ fn exec_child(
             libc::_exit(127);
         }
     }
-    if let Err(e) = seccomp::apply(&state.filters) {
+    if let Err(e) = seccomp::apply(state.filter) {
         // SAFETY: as above.
         unsafe {
             libc::write(err_pipe, e.as_ptr() as *const _, e.len());

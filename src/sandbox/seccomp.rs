@@ -84,11 +84,11 @@ const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
 
-/// The compiled filter, in a list of the programs to apply (compiled once per process: a
-/// sandbox server compiles it before its first sandbox, which inherit it).
-pub fn programs() -> Result<Vec<BpfProgram>, String> {
-    static PROGRAMS: std::sync::OnceLock<Vec<BpfProgram>> = std::sync::OnceLock::new();
-    Ok(PROGRAMS.get_or_init(|| vec![policy()]).clone())
+/// The compiled filter (compiled once per process: a sandbox server compiles it before its
+/// first sandbox, which inherit it).
+pub fn program() -> &'static BpfProgram {
+    static PROGRAM: std::sync::OnceLock<BpfProgram> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(policy)
 }
 
 /// Where a jump goes.
@@ -266,12 +266,9 @@ pub const SOCKET_FAMILIES: &[(&str, i32)] = &[
 /// and Java's network classes read).
 pub const NETLINK_PROTOCOLS: &[i32] = &[libc::NETLINK_ROUTE];
 
-/// Applies the filters to the calling thread (no_new_privs must be set already).
-pub fn apply(programs: &[BpfProgram]) -> Result<(), String> {
-    for p in programs {
-        seccompiler::apply_filter(p).map_err(|e| e.to_string())?;
-    }
-    Ok(())
+/// Applies the filter to the calling thread (no_new_privs must be set already).
+pub fn apply(program: &BpfProgram) -> Result<(), String> {
+    seccompiler::apply_filter(program).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -414,6 +411,5 @@ mod tests {
             run(&prog, libc::SYS_getpid as u32, 0x4000_0003, [0; 6]),
             RET_KILL_PROCESS
         );
-        assert_eq!(programs().unwrap().len(), 1);
     }
 }
