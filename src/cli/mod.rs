@@ -885,8 +885,7 @@ fn resume(
         );
         return None;
     }
-    let mut keys = llm_sandbox::run::journal::Keys::default();
-    let r = match results.resume(&plan.jobs, &mut keys) {
+    let r = match results.resume(&plan.jobs) {
         Ok(r) => r,
         Err(e) => {
             eprintln!(
@@ -903,7 +902,7 @@ fn resume(
             path.display()
         );
     }
-    let kept = r.kept.len();
+    let kept = r.tally.summary.total;
     let run = plan.jobs.len() - kept;
     let shown: Vec<&str> = r.changed.iter().take(10).map(String::as_str).collect();
     eprintln!(

@@ -264,20 +264,21 @@ pub struct Results {
     pub journal: Journal,
     at: Vec<Option<At>>,
     pub tally: Tally,
+    /// The jobs' keys (each input file hashed once, for `--resume` and the run alike).
+    keys: Keys,
 }
 
 /// What `--resume` found ([`Results::resume`]).
 #[derive(Debug, Default)]
 pub struct Resumed {
-    /// The jobs kept, by plan id.
-    pub kept: Vec<usize>,
     /// Jobs with a result under another key: changed since.
     pub changed: Vec<String>,
     /// Jobs not in the journal at all.
     pub new: usize,
     /// Lines that could not be read.
     pub bad: usize,
-    /// What the kept results count, and those of them that did not pass (without output).
+    /// What the kept results count (`summary.total`: how many), and those of them that did
+    /// not pass (without output).
     pub tally: Tally,
     pub not_passed: Vec<JobReport>,
 }
@@ -290,20 +291,22 @@ impl Results {
             journal,
             at: vec![None; jobs.len()],
             tally: Tally::with_groups(jobs.iter().filter_map(|j| j.group.as_deref())),
+            keys: Keys::default(),
         }
     }
 
     /// `--resume`: takes the results the journal already has for `jobs` (matched by key:
     /// [`Keys`]) as theirs; a kept result whose job moved in its file is appended again
     /// with its new line.
-    pub fn resume(&mut self, jobs: &[PlannedJob], keys: &mut Keys) -> std::io::Result<Resumed> {
+    pub fn resume(&mut self, jobs: &[PlannedJob]) -> std::io::Result<Resumed> {
         let idx = self.journal.index()?;
         let mut out = Resumed {
             bad: idx.bad,
             ..Resumed::default()
         };
         for j in jobs {
-            let Some(&at) = idx.at.get(&keys.of(j)) else {
+            let key = self.keys.of(j);
+            let Some(&at) = idx.at.get(&key) else {
                 if idx.names.contains(&j.name) {
                     out.changed.push(j.name.clone());
                 } else {
@@ -315,18 +318,17 @@ impl Results {
             let at = if r.line != j.line || r.name != j.name {
                 r.line = j.line;
                 r.name.clone_from(&j.name);
-                self.journal.append(&keys.of(j), &r)?
+                self.journal.append(&key, &r)?
             } else {
                 at
             };
             self.at[j.id] = Some(at);
             self.tally.add(&r);
-            out.tally.add(&r);
             if !r.status.is_ok() {
                 out.not_passed.push(r.summary_copy());
             }
-            out.kept.push(j.id);
         }
+        out.tally = self.tally.clone();
         Ok(out)
     }
 
@@ -335,10 +337,21 @@ impl Results {
         self.at.get(id).is_some_and(Option::is_some)
     }
 
-    /// Records job `id`'s result: `key` empty when the run did not finish it (see [`Line`]).
-    pub fn add(&mut self, id: usize, key: &str, report: &JobReport) -> std::io::Result<()> {
-        let at = self.journal.append(key, report)?;
-        self.at[id] = Some(at);
+    /// Records `job`'s result; one the run did not `finish` (interrupted, never started) is
+    /// journaled without a key (see [`Line`]): `--resume` runs it again.
+    pub fn add(
+        &mut self,
+        job: &PlannedJob,
+        finished: bool,
+        report: &JobReport,
+    ) -> std::io::Result<()> {
+        let key = if finished {
+            self.keys.of(job)
+        } else {
+            String::new()
+        };
+        let at = self.journal.append(&key, report)?;
+        self.at[job.id] = Some(at);
         self.tally.add(report);
         Ok(())
     }
@@ -448,10 +461,9 @@ mod tests {
             reports.push(r);
         }
         let mut results = Results::new(Journal::open(&d.path().join("j"), false).unwrap(), &plan);
-        let mut keys = Keys::default();
         // Finishing in another order than the plan's.
         for i in [3, 1, 0, 2] {
-            results.add(i, &keys.of(&plan[i]), &reports[i]).unwrap();
+            results.add(&plan[i], true, &reports[i]).unwrap();
         }
         let t = chrono::Utc::now();
         let written = results.jobs();

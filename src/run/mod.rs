@@ -158,18 +158,12 @@ pub async fn run_plan_into(
         schedulers.spawn(sched.run(jobs));
     }
     drop(done_tx);
-    let mut keys = journal::Keys::default();
     let mut lost = None;
     while let Some((id, mut r)) = done_rx.recv().await {
         r.bound();
         // What did not run, or was stopped by the interruption, runs again on --resume.
         let unfinished = r.not_run() || (r.status == Status::Error && cancel.is_cancelled());
-        let key = if unfinished {
-            String::new()
-        } else {
-            keys.of(&plan.jobs[id])
-        };
-        if let Err(e) = results.add(id, &key, &r) {
+        if let Err(e) = results.add(&plan.jobs[id], !unfinished, &r) {
             tracing::error!(
                 "cannot write the journal {}: {e}",
                 results.journal.path.display()
