@@ -1,17 +1,12 @@
 //! The JSON report (README, "Reports", `schemas/report.schema.json`).
 
-use super::model::{JobReport, Report, Summary};
+use super::model::{JobReport, Report};
 use super::passk::Tally;
 use super::Jobs;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Report format version.
 pub const REPORT_VERSION: u32 = 1;
-
-/// Counts jobs by status.
-pub fn summarize(jobs: &[JobReport]) -> Summary {
-    Tally::of(jobs).summary
-}
 
 /// Builds the whole report. `groups` and the top-level `pass_at` are present only when
 /// some job has a group; `pass_at` (the `--pass-at` list) defaults to
@@ -48,8 +43,8 @@ pub fn report_of<J>(
     }
 }
 
-/// `like` with other jobs (the latest of a watch, a resumed run's with the journal's): its
-/// time, job set and shard kept; summary, groups and pass@k made from `jobs`.
+/// `like` with other jobs (the latest result of every job a watch has): its time, job set
+/// and shard kept; summary, groups and pass@k made from `jobs`.
 pub fn with_jobs(like: &Report, jobs: Vec<JobReport>, pass_at: Option<&[usize]>) -> Report {
     let started = DateTime::parse_from_rfc3339(&like.started_at)
         .map(|t| t.with_timezone(&Utc))
@@ -87,7 +82,7 @@ pub fn write_json<J: Jobs + serde::Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::model::{CheckResult, Phase, Status};
+    use crate::report::model::{CheckResult, Phase, Status, Summary};
     use crate::report::test_support::{check, job};
     use chrono::TimeZone;
 

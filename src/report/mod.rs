@@ -19,7 +19,7 @@ pub mod terminal;
 
 pub use json::{build_report, write_json};
 pub use junit::{to_junit, write_junit};
-pub use passk::{default_ks, group_reports, pass_at_k, Tally};
+pub use passk::{pass_at_k, Tally};
 pub use terminal::{TerminalOptions, TerminalReporter};
 
 use model::JobReport;

