@@ -54,15 +54,8 @@ struct RunArgs {
     /// Parallel jobs (default: the number of cores).
     #[arg(short = 'j', long = "jobs")]
     jobs: Option<usize>,
-    /// Write the JSON report to FILE (- for stdout).
-    #[arg(long, value_name = "FILE")]
-    json: Option<String>,
-    /// Write the JUnit XML report to FILE (- for stdout).
-    #[arg(long, value_name = "FILE")]
-    junit: Option<String>,
-    /// Write a self-contained HTML report to FILE (- for stdout).
-    #[arg(long, value_name = "FILE")]
-    html: Option<String>,
+    #[command(flatten)]
+    reports: Dests,
     /// Artifacts directory (default .llm-sandbox/artifacts).
     #[arg(long, value_name = "DIR")]
     artifacts: Option<PathBuf>,
@@ -102,15 +95,7 @@ struct RunArgs {
 impl RunArgs {
     /// What clap cannot check: one report at most on stdout.
     fn check(&self) -> Result<(), String> {
-        self.dests().one_on_stdout()
-    }
-
-    fn dests(&self) -> Dests<'_> {
-        Dests {
-            json: self.json.as_deref(),
-            junit: self.junit.as_deref(),
-            html: self.html.as_deref(),
-        }
+        self.reports.one_on_stdout()
     }
 
     fn run_options(&self) -> RunOptions {
@@ -200,15 +185,9 @@ enum Command {
         /// The shards' JSON reports (`run --shard I/N --json FILE`).
         #[arg(required = true)]
         reports: Vec<PathBuf>,
-        /// Write the merged JSON report to FILE (- for stdout).
-        #[arg(long, value_name = "FILE")]
-        json: Option<String>,
-        /// Write the merged JUnit XML report to FILE (- for stdout).
-        #[arg(long, value_name = "FILE")]
-        junit: Option<String>,
-        /// Write the merged report as one self-contained HTML page to FILE (- for stdout).
-        #[arg(long, value_name = "FILE")]
-        html: Option<String>,
+        /// Where the merged report goes.
+        #[command(flatten)]
+        to: Dests,
         /// pass@k values (default: those of the merged reports).
         #[arg(long = "pass-at", value_delimiter = ',', value_parser = parse_k)]
         pass_at: Option<Vec<usize>>,
@@ -453,19 +432,9 @@ async fn dispatch(cmd: Command) -> i32 {
         } => exec(lang, backend, code, file, timeout, network, args).await,
         Command::Merge {
             reports,
-            json,
-            junit,
-            html,
+            to,
             pass_at,
-        } => merge(
-            &reports,
-            Dests {
-                json: json.as_deref(),
-                junit: junit.as_deref(),
-                html: html.as_deref(),
-            },
-            pass_at,
-        ),
+        } => merge(&reports, &to, pass_at),
         Command::Schema { kind } => {
             let v = match kind {
                 SchemaKind::Job => llm_sandbox::schema::job_schema(),
@@ -778,7 +747,7 @@ async fn run(plan: Plan, args: &RunArgs) -> i32 {
     } else {
         exit_codes::JOBS_FAILED
     };
-    if !write_reports(&report, args.dests()) {
+    if !write_reports(&report, &args.reports) {
         code = exit_codes::JOBS_FAILED;
     }
     if interrupted {
@@ -988,7 +957,7 @@ fn only_failed(plan: &mut Plan, from: &str) -> Result<usize, String> {
 
 /// `llm-sandbox merge`: reads the shards' reports, checks that they are of one job set and
 /// one report version and that no job is in two of them, and writes one report.
-fn merge(paths: &[PathBuf], dests: Dests, pass_at: Option<Vec<usize>>) -> i32 {
+fn merge(paths: &[PathBuf], dests: &Dests, pass_at: Option<Vec<usize>>) -> i32 {
     use llm_sandbox::report::json::REPORT_VERSION;
     if let Err(e) = dests.one_on_stdout() {
         eprintln!("error: {e}");
@@ -1098,24 +1067,31 @@ fn merge(paths: &[PathBuf], dests: Dests, pass_at: Option<Vec<usize>>) -> i32 {
     }
 }
 
-/// Where the reports go: `--json`, `--junit`, `--html` (a file, `-` for stdout).
-#[derive(Clone, Copy)]
-struct Dests<'a> {
-    json: Option<&'a str>,
-    junit: Option<&'a str>,
-    html: Option<&'a str>,
+/// Where the reports go: `--json`, `--junit`, `--html` (a file, `-` for stdout), on `run`,
+/// `watch` and `merge`.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct Dests {
+    /// Write the JSON report to FILE (- for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<String>,
+    /// Write the JUnit XML report to FILE (- for stdout).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<String>,
+    /// Write a self-contained HTML report to FILE (- for stdout).
+    #[arg(long, value_name = "FILE")]
+    html: Option<String>,
 }
 
-impl Dests<'_> {
+impl Dests {
     /// At most one report on stdout.
     fn one_on_stdout(&self) -> Result<(), String> {
         let on_stdout: Vec<&str> = [
-            ("--json -", self.json),
-            ("--junit -", self.junit),
-            ("--html -", self.html),
+            ("--json -", &self.json),
+            ("--junit -", &self.junit),
+            ("--html -", &self.html),
         ]
         .into_iter()
-        .filter(|(_, d)| *d == Some("-"))
+        .filter(|(_, d)| d.as_deref() == Some("-"))
         .map(|(flag, _)| flag)
         .collect();
         if on_stdout.len() > 1 {
@@ -1132,7 +1108,7 @@ impl Dests<'_> {
 /// written.
 fn write_reports<J: Jobs + serde::Serialize>(
     report: &llm_sandbox::Report<J>,
-    dests: Dests,
+    dests: &Dests,
 ) -> bool {
     use llm_sandbox::report::{html, json, junit};
     let mut ok = true;
@@ -1144,9 +1120,15 @@ fn write_reports<J: Jobs + serde::Serialize>(
             }
         }
     };
-    write("JSON", dests.json, &|d| json::write_json(report, d));
-    write("JUnit", dests.junit, &|d| junit::write_junit(report, d));
-    write("HTML", dests.html, &|d| html::write_html(report, d));
+    write("JSON", dests.json.as_deref(), &|d| {
+        json::write_json(report, d)
+    });
+    write("JUnit", dests.junit.as_deref(), &|d| {
+        junit::write_junit(report, d)
+    });
+    write("HTML", dests.html.as_deref(), &|d| {
+        html::write_html(report, d)
+    });
     ok
 }
 

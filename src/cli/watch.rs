@@ -168,7 +168,7 @@ pub(super) async fn watch(select: SelectArgs, args: RunArgs, w: WatchArgs) -> i3
                         // The reports hold the latest result of every watched job, not
                         // only this round's.
                         let latest = state.latest(&report, args.pass_at.as_deref());
-                        write_reports(&latest, args.dests());
+                        write_reports(&latest, &args.reports);
                     }
                     Err(e) => eprintln!("error: {e}"),
                 }
@@ -293,7 +293,7 @@ struct State {
 impl State {
     fn new(args: Vec<PathBuf>, opts: PlanOptions, run: &RunArgs) -> State {
         let cwd = deps::canonical(Path::new("."));
-        let own_files = [&run.json, &run.junit, &run.html]
+        let own_files = [&run.reports.json, &run.reports.junit, &run.reports.html]
             .into_iter()
             .flatten()
             .filter(|d| *d != "-")
