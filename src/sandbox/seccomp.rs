@@ -137,14 +137,12 @@ impl Asm {
     /// A binary search of the sorted `nrs` (the number loaded): EPERM when found, `no` when
     /// not.
     fn search(&mut self, nrs: &[u32], no: To) {
+        // (Halves of a non-empty list are not empty; the deny list is not.)
+        assert!(!nrs.is_empty(), "an empty seccomp deny list");
         if nrs.len() <= 3 {
             for (i, n) in nrs.iter().enumerate() {
                 let miss = if i + 1 == nrs.len() { no } else { To::Next };
                 self.jump(JEQ, *n, To::Eperm, miss);
-            }
-            if nrs.is_empty() {
-                // (never: the deny list is not empty) an always-true test to `no`.
-                self.jump(JGE, 0, no, no);
             }
             return;
         }
