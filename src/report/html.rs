@@ -27,20 +27,9 @@ const STATUSES: [Status; 5] = [
     Status::Skipped,
 ];
 
-/// `s` with the five characters HTML gives meaning to escaped.
+/// `s` with the five characters HTML gives meaning to escaped (the JUnit writer's escaper).
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    quick_xml::escape::escape(s).into_owned()
 }
 
 /// At most [`TEXT_CAP`] of `s`, escaped, with a note when cut.
