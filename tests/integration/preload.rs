@@ -243,13 +243,14 @@ fn a_preloaded_job_finds_no_earlier_jobs_data_in_its_memory() {
 }
 
 /// `preload = { modules = [...] }` (every backend): the modules are in `sys.modules` before
-/// a job imports them (`fractions`: no start-up imports it); a job whose directory has its
+/// a job imports them (`fractions`: no start-up imports it), the standard library's even
+/// though the runner's working directory has a `fractions.py`; a job whose directory has its
 /// own module of that name starts python3 (a fresh python3 would import the job's); a name
 /// that is not a module is an error naming it, before anything runs.
 #[test]
 fn preloaded_modules_are_imported_ahead_unless_the_job_shadows_them() {
     let dir = Scratch::new();
-    let code = "import sys\nprint('fractions' in sys.modules)\nimport fractions, os\nprint(fractions.__file__.startswith('/sandbox'))\nprint(os.readlink('/proc/self/exe'), file=sys.stderr)\n";
+    let code = "import sys\nprint('fractions' in sys.modules)\nimport fractions, os\nprint(fractions.__file__.startswith('/sandbox'))\nprint(hasattr(fractions, 'Fraction'))\nprint(os.readlink('/proc/self/exe'), file=sys.stderr)\n";
     let with = "{ preload: { modules: [fractions, collections.abc] } }";
     let mut yaml =
         format!("backends: {{ native: {with}, docker: {with}, podman: {with} }}\njobs:\n");
@@ -267,14 +268,14 @@ fn preloaded_modules_are_imported_ahead_unless_the_job_shadows_them() {
             assert!(preloaded(j), "{backend} ahead{i}: {}", r.pretty());
             assert_eq!(
                 field(j, "stdout"),
-                "True\nFalse\n",
+                "True\nFalse\nTrue\n",
                 "{backend}: {}",
                 r.pretty()
             );
         }
         if backend == "native" {
             // The first job of a native slot is a fresh python3: nothing imported ahead.
-            assert_eq!(field(&jobs["ahead0"], "stdout"), "False\nFalse\n");
+            assert_eq!(field(&jobs["ahead0"], "stdout"), "False\nFalse\nTrue\n");
         }
         let j = &jobs["shadowed"];
         assert!(
@@ -284,7 +285,7 @@ fn preloaded_modules_are_imported_ahead_unless_the_job_shadows_them() {
         );
         assert_eq!(
             field(j, "stdout"),
-            "False\nTrue\n",
+            "False\nTrue\nFalse\n",
             "{backend}: {}",
             r.pretty()
         );
