@@ -53,10 +53,18 @@ fn config(dir: &Path, i: usize, argv: &[&str]) -> SandboxConfig {
     let d = dir.join(format!("s{i}"));
     std::fs::create_dir_all(d.join("root")).unwrap();
     std::fs::create_dir_all(d.join("out")).unwrap();
+    // `python3 -B main.py` is the preloaded form of a Python job (README, "Preloaded
+    // Python"): the file is an input, and the server preloads after the first such job.
+    let preload = argv.get(2) == Some(&"main.py");
+    let inputs = dir.join("inputs");
+    if preload && !inputs.join("main.py").exists() {
+        std::fs::create_dir_all(&inputs).unwrap();
+        std::fs::write(inputs.join("main.py"), "pass\n").unwrap();
+    }
     SandboxConfig {
         id: format!("{}-bench-{i}", llm_sandbox::owner::prefix()),
         root_mount: d.join("root"),
-        inputs_dir: None,
+        inputs_dir: preload.then_some(inputs),
         out_dir: d.join("out"),
         persistent_workdir: None,
         binds: vec![],
@@ -85,7 +93,7 @@ fn config(dir: &Path, i: usize, argv: &[&str]) -> SandboxConfig {
         collect_globs: vec![],
         collect_paths: vec![],
         collect_cap: 0,
-        preload: false,
+        preload,
         preload_modules: vec![],
     }
 }
@@ -94,6 +102,10 @@ fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) 
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     // The benchmark's sandbox servers, kept from one sample to the next as a run keeps them.
     static SERVERS: std::sync::LazyLock<host::Servers> =
+        std::sync::LazyLock::new(host::Servers::new);
+    // Preloaded jobs have their own: a server preloads only when the first job it serves
+    // asks for it (it then scrubs the memory it frees from its start).
+    static PRELOAD_SERVERS: std::sync::LazyLock<host::Servers> =
         std::sync::LazyLock::new(host::Servers::new);
     let cancel = CancellationToken::new();
     let mut v = Vec::new();
@@ -108,7 +120,13 @@ fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) 
         }
         let t = Instant::now();
         let o = rt
-            .block_on(host::run(&SERVERS, &cfg, None, 1 << 20, &cancel))
+            .block_on(host::run(
+                if cfg.preload { &PRELOAD_SERVERS } else { &SERVERS },
+                &cfg,
+                None,
+                1 << 20,
+                &cancel,
+            ))
             .expect("sandbox");
         v.push(t.elapsed());
         if std::env::var_os("BENCH_VERBOSE").is_some() {
@@ -164,6 +182,8 @@ fn main() {
             &custom
         } else if which == "python" {
             &[python, "-c", "pass"]
+        } else if which == "preload" {
+            &[python, "-B", "main.py"]
         } else {
             &["/bin/true"]
         };
@@ -185,17 +205,22 @@ fn main() {
     bare(&["/bin/true"], 3);
     bare(&[python, "-c", "pass"], 3);
     sandboxed(&rt, dir.path(), &["/bin/true"], 3);
+    let preloaded: &[&str] = &[python, "-B", "main.py"];
+    sandboxed(&rt, dir.path(), preloaded, 3);
     // Interleaved, one run of each per round, so that drift of the machine (frequency,
     // other load) affects bare and sandboxed runs alike.
-    let (mut bt, mut bp, mut st, mut sp) = (vec![], vec![], vec![], vec![]);
+    let (mut bt, mut bp, mut st, mut sp, mut pp) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..n {
         bt.extend(bare(&["/bin/true"], 1));
         st.extend(sandboxed(&rt, dir.path(), &["/bin/true"], 1));
         bp.extend(bare(&[python, "-c", "pass"], 1));
         sp.extend(sandboxed(&rt, dir.path(), &[python, "-c", "pass"], 1));
+        pp.extend(sandboxed(&rt, dir.path(), preloaded, 1));
     }
     let (bare_true, sb_true, bare_py, sb_py) = (median(bt), median(st), median(bp), median(sp));
+    let pre_py = median(pp);
     println!("native sandbox start-up, median of {n} interleaved rounds (ms)");
-    println!("  /bin/true        bare {bare_true:7.2}   sandboxed {sb_true:7.2}   (target: sandboxed <= 5.00 ms)   {}", if sb_true <= 5.0 { "MET" } else { "NOT MET" });
+    println!("  /bin/true        bare {bare_true:7.2}   sandboxed {sb_true:7.2}   (target: sandboxed <= 3.00 ms)   {}", if sb_true <= 3.0 { "MET" } else { "NOT MET" });
     println!("  python3 -c pass  bare {bare_py:7.2}   sandboxed {sb_py:7.2}   ratio {:.2}x   (target <= 1.20x)   {}", sb_py / bare_py, if sb_py / bare_py <= 1.2 { "MET" } else { "NOT MET" });
+    println!("  python, preloaded                  sandboxed {pre_py:7.2}   ratio {:.2}x   (target <= 0.60x)   {}", pre_py / bare_py, if pre_py / bare_py <= 0.6 { "MET" } else { "NOT MET" });
 }
