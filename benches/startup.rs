@@ -121,7 +121,11 @@ fn sandboxed(rt: &tokio::runtime::Runtime, dir: &Path, argv: &[&str], n: usize) 
         let t = Instant::now();
         let o = rt
             .block_on(host::run(
-                if cfg.preload { &PRELOAD_SERVERS } else { &SERVERS },
+                if cfg.preload {
+                    &PRELOAD_SERVERS
+                } else {
+                    &SERVERS
+                },
                 &cfg,
                 None,
                 1 << 20,

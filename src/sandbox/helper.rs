@@ -108,13 +108,23 @@ pub fn main() -> i32 {
     // A server that may preload Python (started after a job asked for it) overwrites the
     // heap memory it frees from now on (M_PERTURB): a sandbox cloned from it keeps no earlier
     // job's configuration in its memory, which matters when its step does not execve.
-    let preload_ok = std::env::var(PRELOAD_ENV).as_deref() == Ok("1");
+    let preload_env = std::env::var(PRELOAD_ENV).ok().filter(|v| !v.is_empty());
+    let preload_ok = preload_env.is_some();
     if preload_ok {
         super::pyembed::scrub_freed_memory(true);
     }
     // Read once here, inherited by every sandbox cloned from this server.
     super::init::snapshot_etc();
     let _ = super::seccomp::program();
+    // What the job that asked needs (its start-up variables, PATH, modules), when it could
+    // use a preloaded interpreter: initialised now, before this server's first sandbox, so
+    // that its first jobs do not start python3 (else it preloads after the first job).
+    if let Some(req) = preload_env
+        .as_deref()
+        .and_then(|v| serde_json::from_str::<super::pyembed::Request>(v).ok())
+    {
+        super::pyembed::preload(req);
+    }
     let warm_root = std::env::args_os()
         .nth(3)
         .map(PathBuf::from)
@@ -223,7 +233,8 @@ pub fn main() -> i32 {
     code
 }
 
-/// Set (to 1) in the environment of a server that may preload Python.
+/// Set in the environment of a server that may preload Python: `1`, or the JSON of the
+/// [`super::pyembed::Request`] to preload when it starts.
 pub const PRELOAD_ENV: &str = "LLM_SANDBOX_SERVER_PRELOAD";
 
 /// A sandbox set up ahead of its job (see [`super::init::run_warm`]).

@@ -178,8 +178,9 @@ pub struct Servers {
     name: String,
     /// Set once a sandbox asks for preloaded Python: servers started from then on may
     /// preload (they scrub the memory they free from their start, which costs a little,
-    /// so only then).
-    preload: std::sync::atomic::AtomicBool,
+    /// so only then). The value of their [`super::helper::PRELOAD_ENV`]: the JSON of the
+    /// last request a job could use (they preload it when they start), else `1`.
+    preload: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for Servers {
@@ -248,8 +249,21 @@ impl Servers {
     }
 
     fn spawn(&self) -> std::io::Result<Server> {
-        let preload = self.preload.load(std::sync::atomic::Ordering::Relaxed);
+        let preload = self.preload.lock().ok().and_then(|p| p.clone());
         spawn_server(self.warm_root(), preload)
+    }
+
+    /// A sandbox asks for preloaded Python: servers started from now on may preload, and
+    /// preload its interpreter when they start if it could use one.
+    fn ask_preload(&self, cfg: &SandboxConfig) {
+        let request = super::pyembed::request(cfg).and_then(|r| serde_json::to_string(&r).ok());
+        if let Ok(mut p) = self.preload.lock() {
+            match request {
+                Some(r) => *p = Some(r),
+                None if p.is_none() => *p = Some("1".into()),
+                None => {}
+            }
+        }
     }
 
     fn give_back(&self, mut s: Server) {
@@ -319,7 +333,7 @@ async fn stop(servers: Vec<Server>) {
     }
 }
 
-fn spawn_server(warm_root: Option<PathBuf>, preload: bool) -> std::io::Result<Server> {
+fn spawn_server(warm_root: Option<PathBuf>, preload: Option<String>) -> std::io::Result<Server> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -333,7 +347,7 @@ fn spawn_server(warm_root: Option<PathBuf>, preload: bool) -> std::io::Result<Se
         .arg(crate::owner::prefix())
         .arg(warm_root.unwrap_or_default())
         .env_clear()
-        .envs(preload.then_some((super::helper::PRELOAD_ENV, "1")))
+        .envs(preload.map(|p| (super::helper::PRELOAD_ENV, p)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -454,9 +468,7 @@ pub async fn run_with(
 
     let cfg_fd = config_fd(cfg)?;
     if cfg.preload {
-        servers
-            .preload
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        servers.ask_preload(cfg);
     }
     let mut server = servers.take()?;
     let fds = [

@@ -2,8 +2,9 @@
 //! a warm container's agent): the process that forks the jobs' processes -- a native
 //! sandbox server, or the agent in a warm container -- initialises CPython once (its
 //! `libpython`, loaded with `dlopen`, configured exactly as `python3 -B -c ...` would be:
-//! same program, environment, `site`, `.pth` hooks), after the first job that asks, and
-//! every process forked after that carries the initialised interpreter in its memory. A run
+//! same program, environment, `site`, `.pth` hooks) when it starts if a job asked before
+//! (else after the first job that asks), and every process forked after that carries the
+//! initialised interpreter in its memory. A run
 //! step `python3 -B main.py ARGS` then does not `execve` a new interpreter: after the whole
 //! confinement of a program step (native: namespaces, pivot, rlimits, capabilities dropped,
 //! uid 1000, Landlock, seccomp, [`super::init`]'s `exec_child` unchanged; agent: its
@@ -123,7 +124,9 @@ pub fn asked(lang: crate::spec::types::Lang, setting: Option<bool>) -> bool {
         && std::env::var("LLM_SANDBOX_PRELOAD").as_deref() != Ok("0")
 }
 
-/// What a server needs to preload the interpreter a job asked for.
+/// What a server needs to preload the interpreter a job asked for (JSON in the environment
+/// of a server started after a job asked: it preloads before its first job).
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Request {
     env: Vec<(String, String)>,
     path: Vec<String>,
@@ -280,6 +283,13 @@ fn init(req: &Request) -> Result<Preloaded, String> {
                 return Err(format!("cannot import the module `{m}` (preload.modules)"));
             }
         }
+        // The preparation is compiled here, once, not in every job (about 1.5 ms of each
+        // job's CPU): a function in `__main__` that each job's call deletes before its file
+        // runs.
+        let prepare = CString::new(PREPARE).map_err(|e| e.to_string())?;
+        if (api.run_string)(prepare.as_ptr(), std::ptr::null_mut()) != 0 {
+            return Err("defining the job preparation failed".into());
+        }
         // Everything start-up made goes to the collector's permanent generation: a job's
         // collections (and its finalisation's) then neither walk nor write those objects,
         // whose pages its process shares with this one until it writes them
@@ -359,8 +369,12 @@ def _llm_sandbox_prepare(argv, orig_argv, env, path0):
     import sys
     before = set(sys.modules)
     import io, os, _signal
-    os.environ.clear()
-    os.environ.update(env)
+    # The C environment is the job's already (set with libc before this runs): only the
+    # mapping os.environ reads changes, as os builds it at start-up (no putenv again).
+    data = os.environ._data
+    data.clear()
+    for key, value in env.items():
+        data[os.environ.encodekey(key)] = os.environ.encodevalue(value)
     # The user site directory of the job's HOME, as a fresh start-up computes it (the
     # interpreter was initialised with one nobody can create).
     import site
@@ -504,7 +518,7 @@ pub fn run_preloaded(
         .map(|(k, v)| format!("({}, {})", py_str(k), py_str(v)))
         .collect();
     let call = format!(
-        "{PREPARE}\n_llm_sandbox_prepare({}, {}, dict([{}]), {})\ndel _llm_sandbox_prepare\n",
+        "_llm_sandbox_prepare({}, {}, dict([{}]), {})\ndel _llm_sandbox_prepare\n",
         py_list(&argv[2..]),
         py_list(argv),
         py_env.join(", "),
