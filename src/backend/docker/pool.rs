@@ -139,7 +139,5 @@ pub async fn drain_all(scope: &crate::backend::Scope) {
         .lock()
         .map(|mut all| all.drain(..).map(|(_, p)| p).collect())
         .unwrap_or_default();
-    for p in pools {
-        p.drain().await;
-    }
+    futures_util::future::join_all(pools.iter().map(|p| p.drain())).await;
 }
