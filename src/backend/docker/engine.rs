@@ -707,21 +707,32 @@ impl Engine {
         let _ = self.docker.remove_image(id, Some(opts), None).await;
     }
 
-    /// The end of its scope (a run): removes every container of the scope still there and
-    /// the images it built without `keep_template`.
+    /// The end of its scope (a run): removes every container of the scope still there, and
+    /// again those of runs that are gone ([`Engine::sweep_stale`] did at the start): an
+    /// engine may still have been creating containers for a run killed just before this one
+    /// started (its requests were in flight) after that sweep. Then the images it built
+    /// without `keep_template`.
     pub async fn finish_run(&self) {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_SCOPE}={}", self.scope)])]);
+        let ours_or_stale = |labels: &HashMap<String, String>, created: i64| {
+            labels.get(LABEL_SCOPE) == Some(&self.scope) || self.is_stale(labels, created)
+        };
+        let filters = HashMap::from([("label", vec![LABEL])]);
         let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
             .build();
         if let Ok(list) = self.docker.list_containers(Some(opts)).await {
-            for c in list.into_iter().filter_map(|c| c.id) {
-                self.remove_container(&c).await;
+            for c in list {
+                let labels = c.labels.unwrap_or_default();
+                if ours_or_stale(&labels, c.created.unwrap_or(0)) {
+                    if let Some(id) = c.id {
+                        self.remove_container(&id).await;
+                    }
+                }
             }
         }
         if self.kind == BackendKind::Podman {
-            self.remove_volumes_where(|l, _| l.get(LABEL_SCOPE) != Some(&self.scope))
+            self.remove_volumes_where(|l, created| !ours_or_stale(l, created))
                 .await;
         }
         self.finish_session().await;
