@@ -274,7 +274,9 @@ pub async fn delete_pod(c: &Cluster, ns: &str, name: &str) {
     let _ = with_timeout("deleting a pod", pods_api(c, ns).delete(name, &dp)).await;
 }
 
-/// The end of a scope (a run): deletes every pod of it on every cluster it used.
+/// The end of a scope (a run): deletes every pod of it on every cluster it used, and again
+/// those that runners which are gone left (the cluster may have created a pod a killed
+/// runner asked for after this run's sweep at its start).
 pub async fn finish(scope: &crate::backend::Scope) {
     let pools: Vec<Arc<PodPool>> = scope
         .pod_pools
@@ -287,6 +289,7 @@ pub async fn finish(scope: &crate::backend::Scope) {
     let clusters: Vec<Arc<Cluster>> = scope.clusters.lock().await.clone();
     for c in clusters {
         delete_owned(&c).await;
+        sweep_stale(&c).await;
     }
 }
 
