@@ -379,9 +379,16 @@ async fn ping_api_version(path: &str) -> Option<bollard::ClientVersion> {
         s.write_all(b"GET /_ping HTTP/1.0\r\nHost: engine\r\n\r\n")
             .await
             .ok()?;
-        // HTTP/1.0: the engine closes the connection after its answer (a few hundred bytes).
+        // The headers are enough (HTTP/1.0: the engine closes the connection after them
+        // and a two-byte body; one that keeps it open is not waited for).
         let mut answer = Vec::new();
-        s.take(64 * 1024).read_to_end(&mut answer).await.ok()?;
+        let mut chunk = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.len() < 64 * 1024 {
+            match s.read(&mut chunk).await.ok()? {
+                0 => break,
+                n => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
         api_version_header(&String::from_utf8_lossy(&answer))
     };
     tokio::time::timeout(Duration::from_secs(5), ask)
@@ -957,6 +964,51 @@ fn context_tar(dir: &Path, dockerfile: &Path) -> std::io::Result<(Vec<u8>, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local engine's version comes from `/_ping` on its socket, also when the engine
+    /// keeps the connection open after answering; no answer gives None (bollard then asks).
+    #[tokio::test]
+    async fn a_local_engine_is_pinged_for_its_version() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            for close in [true, false] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut req = vec![0u8; 1024];
+                let n = s.read(&mut req).await.unwrap();
+                // Only the ping is answered with a version.
+                let answer: &[u8] = if req[..n].starts_with(b"GET /_ping HTTP/1.") {
+                    b"HTTP/1.1 200 OK\r\nApi-Version: 1.43\r\nContent-Length: 2\r\n\r\nOK"
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                };
+                s.write_all(answer).await.unwrap();
+                if !close {
+                    // Held open well past the test's bound.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
+        });
+        let p = path.to_str().unwrap();
+        let v = ping_api_version(p)
+            .await
+            .map(|v| (v.major_version, v.minor_version));
+        assert_eq!(v, Some((1, 43)));
+        let t = std::time::Instant::now();
+        let v = ping_api_version(p)
+            .await
+            .map(|v| (v.major_version, v.minor_version));
+        assert_eq!(v, Some((1, 43)));
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "waited for the connection to close"
+        );
+        server.abort();
+        let missing = d.path().join("none.sock");
+        assert!(ping_api_version(missing.to_str().unwrap()).await.is_none());
+    }
 
     #[test]
     fn the_api_version_of_a_ping_answer() {
