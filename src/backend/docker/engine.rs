@@ -254,6 +254,8 @@ pub struct Engine {
     /// Why this engine cannot enforce the sandbox limits (rootless Podman on cgroup v1):
     /// hardened containers are refused with this message.
     pub limits_unenforced: Option<String>,
+    /// The removal of what runs which are gone left, started when the scope connected.
+    sweeping: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 type Slot = Arc<tokio::sync::OnceCell<Result<Arc<Engine>, Error>>>;
@@ -281,9 +283,15 @@ pub async fn connect(
         }
     };
     slot.get_or_init(|| async {
-        let e = open(ep, kind, &scope.id).await?;
-        e.sweep_stale().await;
-        Ok(Arc::new(e))
+        let e = Arc::new(open(ep, kind, &scope.id).await?);
+        // Images first and waited for (this run may be about to use a template a killed
+        // run built); the containers in the background, while this run starts its own (the
+        // end of the run waits for it: [`Engine::finish_run`]).
+        e.sweep_stale_images().await;
+        let bg = e.clone();
+        let sweep = tokio::spawn(async move { bg.sweep_stale_containers().await });
+        *e.sweeping.lock().unwrap_or_else(|p| p.into_inner()) = Some(sweep);
+        Ok(e)
     })
     .await
     .clone()
@@ -538,6 +546,7 @@ impl Engine {
             locks: Mutex::new(HashMap::new()),
             present: Mutex::new(HashMap::new()),
             limits_unenforced: None,
+            sweeping: Mutex::new(None),
         }
     }
 
@@ -573,9 +582,9 @@ impl Engine {
         now - created > FOREIGN_AGE.as_secs() as i64
     }
 
-    /// Removes containers and unkept images that runs which are gone left behind: ours by
-    /// label only, never anything else.
-    pub async fn sweep_stale(&self) {
+    /// Removes containers (and Podman's volumes of them) that runs which are gone left
+    /// behind: ours by label only, never anything else.
+    async fn sweep_stale_containers(&self) {
         let filters = HashMap::from([("label", vec![LABEL])]);
         let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
             .all(true)
@@ -597,6 +606,10 @@ impl Engine {
             self.remove_volumes_where(|l, created| !self.is_stale(l, created))
                 .await;
         }
+    }
+
+    /// Removes the images without `keep_template` that runs which are gone built.
+    async fn sweep_stale_images(&self) {
         let filters = HashMap::from([("label", vec![format!("{LABEL_KEEP}=false")])]);
         let opts = bollard::query_parameters::ListImagesOptionsBuilder::default()
             .filters(&filters)
@@ -715,11 +728,19 @@ impl Engine {
     }
 
     /// The end of its scope (a run): removes every container of the scope still there, and
-    /// again those of runs that are gone ([`Engine::sweep_stale`] did at the start): an
+    /// again those of runs that are gone (swept when the scope connected): an
     /// engine may still have been creating containers for a run killed just before this one
     /// started (its requests were in flight) after that sweep. Then the images it built
     /// without `keep_template`.
     pub async fn finish_run(&self) {
+        let sweep = self
+            .sweeping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(sweep) = sweep {
+            let _ = sweep.await;
+        }
         let ours_or_stale = |labels: &HashMap<String, String>, created: i64| {
             labels.get(LABEL_SCOPE) == Some(&self.scope) || self.is_stale(labels, created)
         };
