@@ -37,6 +37,21 @@ pub struct Pool<T: Warm> {
     /// Background starts not finished yet (waited for at the end of the run, so that no
     /// sandbox comes up after the last cleanup).
     starting: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// How many background starts are under way, how many jobs wait for one, and the
+    /// signal that one ended (its sandbox idle, or failed).
+    in_flight: AtomicUsize,
+    waiting: AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+/// Counts a job waiting for a background start while it waits (also when the wait is
+/// cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<T: Warm> Pool<T> {
@@ -46,6 +61,9 @@ impl<T: Warm> Pool<T> {
             idle: Mutex::new(Vec::new()),
             live: AtomicUsize::new(0),
             starting: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            ended: tokio::sync::Notify::new(),
         })
     }
 
@@ -68,6 +86,28 @@ impl<T: Warm> Pool<T> {
                     c.remove().await;
                 }
                 None => {
+                    // Sandboxes starting in the background (a run's first ones, started
+                    // ahead of its jobs): wait for one of them rather than start another
+                    // beside it, as long as there are fewer waiting jobs than starts.
+                    let ended = self.ended.notified();
+                    tokio::pin!(ended);
+                    ended.as_mut().enable();
+                    let waiters = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+                    let waiting = Waiting(&self.waiting);
+                    if waiters <= self.in_flight.load(Ordering::SeqCst) {
+                        let none_idle = self
+                            .idle
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_empty();
+                        if none_idle {
+                            // Looked at again every second (a start has its own bounds).
+                            let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+                        }
+                        drop(waiting);
+                        continue;
+                    }
+                    drop(waiting);
                     self.live.fetch_add(1, Ordering::SeqCst);
                     match T::start(&self.spec).await {
                         Ok(c) => break c,
@@ -90,6 +130,7 @@ impl<T: Warm> Pool<T> {
         };
         while self.live.load(Ordering::SeqCst) < want {
             self.live.fetch_add(1, Ordering::SeqCst);
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
             let me = self.clone();
             let task = h.spawn(async move {
                 match T::start(&me.spec).await {
@@ -103,6 +144,8 @@ impl<T: Warm> Pool<T> {
                         me.live.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
+                me.in_flight.fetch_sub(1, Ordering::SeqCst);
+                me.ended.notify_waiters();
             });
             let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
             starting.retain(|t| !t.is_finished());
@@ -152,5 +195,52 @@ impl<T: Warm> Pool<T> {
             c.remove()
         }))
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sandbox that takes a while to start and counts its starts.
+    struct Slow;
+
+    impl Warm for Slow {
+        type Spec = Arc<AtomicUsize>;
+        async fn start(starts: &Arc<AtomicUsize>) -> Result<Slow, Error> {
+            starts.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(Slow)
+        }
+        fn can_reuse(&self, _: u32) -> bool {
+            true
+        }
+        async fn remove(self) {}
+    }
+
+    /// The jobs that come while the sandboxes started ahead of them are still starting
+    /// take those (a run's start: no second set beside them); more jobs than starts start
+    /// their own.
+    #[tokio::test]
+    async fn jobs_take_the_sandboxes_started_ahead() {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let pool = Pool::<Slow>::new(starts.clone());
+        pool.prewarm(2);
+        let (a, b) = tokio::join!(pool.acquire(2), pool.acquire(2));
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            2,
+            "started beside the prewarmed"
+        );
+        assert_eq!(pool.live(), 2);
+
+        let starts = Arc::new(AtomicUsize::new(0));
+        let pool = Pool::<Slow>::new(starts.clone());
+        pool.prewarm(1);
+        let (a, b, c) = tokio::join!(pool.acquire(1), pool.acquire(1), pool.acquire(1));
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+        pool.drain().await;
     }
 }
