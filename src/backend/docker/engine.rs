@@ -585,6 +585,16 @@ impl Engine {
     /// Removes containers (and Podman's volumes of them) that runs which are gone left
     /// behind: ours by label only, never anything else.
     async fn sweep_stale_containers(&self) {
+        self.remove_containers_where(|l, created| self.is_stale(l, created))
+            .await;
+    }
+
+    /// Our containers that `remove` picks, by their labels and creation time (Unix
+    /// seconds), then on Podman their tmpfs volumes (once the containers are gone).
+    async fn remove_containers_where(
+        &self,
+        remove: impl Fn(&HashMap<String, String>, i64) -> bool,
+    ) {
         let filters = HashMap::from([("label", vec![LABEL])]);
         let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
             .all(true)
@@ -593,17 +603,16 @@ impl Engine {
         if let Ok(list) = self.docker.list_containers(Some(opts)).await {
             for c in list {
                 let labels = c.labels.unwrap_or_default();
-                if self.is_stale(&labels, c.created.unwrap_or(0)) {
+                if remove(&labels, c.created.unwrap_or(0)) {
                     if let Some(id) = c.id {
-                        tracing::info!("removing container {id} left by a run that is gone");
+                        tracing::info!("removing container {id}");
                         self.remove_container(&id).await;
                     }
                 }
             }
         }
         if self.kind == BackendKind::Podman {
-            // Their tmpfs volumes, once the containers are gone.
-            self.remove_volumes_where(|l, created| !self.is_stale(l, created))
+            self.remove_volumes_where(|l, created| !remove(l, created))
                 .await;
         }
     }
@@ -741,28 +750,10 @@ impl Engine {
         if let Some(sweep) = sweep {
             let _ = sweep.await;
         }
-        let ours_or_stale = |labels: &HashMap<String, String>, created: i64| {
+        self.remove_containers_where(|labels, created| {
             labels.get(LABEL_SCOPE) == Some(&self.scope) || self.is_stale(labels, created)
-        };
-        let filters = HashMap::from([("label", vec![LABEL])]);
-        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        if let Ok(list) = self.docker.list_containers(Some(opts)).await {
-            for c in list {
-                let labels = c.labels.unwrap_or_default();
-                if ours_or_stale(&labels, c.created.unwrap_or(0)) {
-                    if let Some(id) = c.id {
-                        self.remove_container(&id).await;
-                    }
-                }
-            }
-        }
-        if self.kind == BackendKind::Podman {
-            self.remove_volumes_where(|l, created| !ours_or_stale(l, created))
-                .await;
-        }
+        })
+        .await;
         self.finish_session().await;
     }
 
