@@ -42,6 +42,19 @@ pub struct Pool<T: Warm> {
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
     ended: tokio::sync::Notify,
+    /// How many sandboxes the jobs want ready (the last `ahead` of [`Pool::acquire`]): a
+    /// sandbox that leaves the pool is replaced up to this many.
+    want: AtomicUsize,
+    /// Removals under way in the background (waited for by [`Pool::drain`]).
+    removing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// What [`Pool::acquire`] knows of the sandbox it hands out, for [`Pool::release`].
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    /// This is the sandbox's last job (`recycle_after` reached with it): it no longer
+    /// counts as one of the pool's, and its replacement started when the job got it.
+    retiring: bool,
 }
 
 /// Counts a job waiting for a background start while it waits (also when the wait is
@@ -51,6 +64,25 @@ struct Waiting<'a>(&'a AtomicUsize);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A background start of a pool's sandbox: when it ends (done, failed, panicked or
+/// aborted) it is no longer in flight, a failed one no longer live, and waiting jobs look
+/// again.
+struct Starting<'a, T: Warm> {
+    pool: &'a Pool<T>,
+    /// The sandbox is in the pool's idle list.
+    ok: bool,
+}
+
+impl<T: Warm> Drop for Starting<'_, T> {
+    fn drop(&mut self) {
+        if !self.ok {
+            self.pool.live.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.pool.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.pool.ended.notify_waiters();
     }
 }
 
@@ -64,12 +96,21 @@ impl<T: Warm> Pool<T> {
             in_flight: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             ended: tokio::sync::Notify::new(),
+            want: AtomicUsize::new(0),
+            removing: Mutex::new(Vec::new()),
         })
     }
 
     /// A clean sandbox: an idle one, else a new one. Starts more in the background so
-    /// that `ahead` sandboxes are there when the next jobs come.
-    pub async fn acquire(self: &Arc<Self>, ahead: usize) -> Result<T, Error> {
+    /// that `ahead` sandboxes are there when the next jobs come. A sandbox whose job will be
+    /// its last (`recycle_after`, [`Warm::can_reuse`]) is replaced now, while that job runs,
+    /// not when the next job finds the pool short of one.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        ahead: usize,
+        recycle_after: u32,
+    ) -> Result<(T, Lease), Error> {
+        self.want.store(ahead, Ordering::SeqCst);
         let c = loop {
             let got = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match got {
@@ -119,8 +160,14 @@ impl<T: Warm> Pool<T> {
                 }
             }
         };
+        // After this job it will have run one more: reusable then only if it could run
+        // one more than that now.
+        let retiring = !c.can_reuse(recycle_after.saturating_sub(1));
+        if retiring {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
         self.prewarm(ahead);
-        Ok(c)
+        Ok((c, Lease { retiring }))
     }
 
     /// Starts sandboxes in the background until `want` exist.
@@ -133,19 +180,26 @@ impl<T: Warm> Pool<T> {
             self.in_flight.fetch_add(1, Ordering::SeqCst);
             let me = self.clone();
             let task = h.spawn(async move {
-                match T::start(&me.spec).await {
-                    Ok(c) => me
-                        .idle
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((c, None)),
+                // Counted out however the start ends (a panic or an abort too): jobs wait
+                // for starts in flight, and would wait for ever for one that is gone.
+                let mut start = Starting {
+                    pool: &me,
+                    ok: false,
+                };
+                start.ok = match T::start(&me.spec).await {
+                    Ok(c) => {
+                        me.idle
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((c, None));
+                        true
+                    }
                     Err(e) => {
                         tracing::debug!("starting a warm sandbox failed: {e}");
-                        me.live.fetch_sub(1, Ordering::SeqCst);
+                        false
                     }
-                }
-                me.in_flight.fetch_sub(1, Ordering::SeqCst);
-                me.ended.notify_waiters();
+                };
+                drop(start);
             });
             let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
             starting.retain(|t| !t.is_finished());
@@ -153,17 +207,30 @@ impl<T: Warm> Pool<T> {
         }
     }
 
-    /// Back to the pool when it was proven clean and has uses left; else removed.
-    pub async fn release(&self, c: T, reusable: bool, recycle_after: u32) {
-        if reusable && c.can_reuse(recycle_after) {
+    /// Back to the pool when it was proven clean and has uses left; else removed in the
+    /// background (the job's slot does not wait for the engine; [`Pool::drain`] does) and
+    /// replaced.
+    pub async fn release(self: &Arc<Self>, c: T, lease: Lease, reusable: bool, recycle_after: u32) {
+        if !lease.retiring && reusable && c.can_reuse(recycle_after) {
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((c, Some(Instant::now())));
-        } else {
-            self.live.fetch_sub(1, Ordering::SeqCst);
-            c.remove().await;
+            return;
         }
+        if !lease.retiring {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                let task = h.spawn(c.remove());
+                let mut removing = self.removing.lock().unwrap_or_else(|e| e.into_inner());
+                removing.retain(|t| !t.is_finished());
+                removing.push(task);
+            }
+            Err(_) => c.remove().await,
+        }
+        self.prewarm(self.want.load(Ordering::SeqCst));
     }
 
     /// How many sandboxes of this pool exist (idle, busy or starting).
@@ -186,6 +253,11 @@ impl<T: Warm> Pool<T> {
         let starting: Vec<_> =
             std::mem::take(&mut *self.starting.lock().unwrap_or_else(|e| e.into_inner()));
         for t in starting {
+            let _ = t.await;
+        }
+        let removing: Vec<_> =
+            std::mem::take(&mut *self.removing.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in removing {
             let _ = t.await;
         }
         let idle: Vec<(T, Option<Instant>)> =
@@ -226,7 +298,7 @@ mod tests {
         let starts = Arc::new(AtomicUsize::new(0));
         let pool = Pool::<Slow>::new(starts.clone());
         pool.prewarm(2);
-        let (a, b) = tokio::join!(pool.acquire(2), pool.acquire(2));
+        let (a, b) = tokio::join!(pool.acquire(2, 50), pool.acquire(2, 50));
         assert!(a.is_ok() && b.is_ok());
         assert_eq!(
             starts.load(Ordering::SeqCst),
@@ -238,9 +310,101 @@ mod tests {
         let starts = Arc::new(AtomicUsize::new(0));
         let pool = Pool::<Slow>::new(starts.clone());
         pool.prewarm(1);
-        let (a, b, c) = tokio::join!(pool.acquire(1), pool.acquire(1), pool.acquire(1));
+        let (a, b, c) = tokio::join!(
+            pool.acquire(1, 50),
+            pool.acquire(1, 50),
+            pool.acquire(1, 50)
+        );
         assert!(a.is_ok() && b.is_ok() && c.is_ok());
         assert_eq!(starts.load(Ordering::SeqCst), 3);
         pool.drain().await;
+    }
+
+    /// A sandbox that counts its jobs, and the pool's starts and finished removals.
+    struct Counted {
+        uses: u32,
+        log: Arc<Log>,
+    }
+
+    #[derive(Default)]
+    struct Log {
+        starts: AtomicUsize,
+        removed: AtomicUsize,
+    }
+
+    impl Warm for Counted {
+        type Spec = Arc<Log>;
+        async fn start(log: &Arc<Log>) -> Result<Counted, Error> {
+            log.starts.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Counted {
+                uses: 0,
+                log: log.clone(),
+            })
+        }
+        fn can_reuse(&self, recycle_after: u32) -> bool {
+            self.uses < recycle_after
+        }
+        async fn remove(self) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.log.removed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A sandbox handed out for its last job (`recycle_after`) is replaced while that job
+    /// runs, and its removal does not hold up the job's release; the end of the scope
+    /// waits for both.
+    #[tokio::test]
+    async fn a_sandbox_on_its_last_job_is_replaced_while_the_job_runs() {
+        let log = Arc::new(Log::default());
+        let pool = Pool::<Counted>::new(log.clone());
+        // Two jobs per sandbox, one sandbox wanted.
+        let (mut c, lease) = pool.acquire(1, 2).await.unwrap();
+        c.uses += 1;
+        pool.release(c, lease, true, 2).await;
+        assert_eq!(log.starts.load(Ordering::SeqCst), 1);
+        let (mut c, lease) = pool.acquire(1, 2).await.unwrap();
+        tokio::task::yield_now().await;
+        // Its second job is its last: the replacement is starting already.
+        assert_eq!(
+            log.starts.load(Ordering::SeqCst),
+            2,
+            "no replacement started"
+        );
+        c.uses += 1;
+        pool.release(c, lease, true, 2).await;
+        assert_eq!(
+            log.removed.load(Ordering::SeqCst),
+            0,
+            "the release waited for the removal"
+        );
+        // The next job takes the replacement: no third start, none beside it.
+        let (c, lease) = pool.acquire(1, 2).await.unwrap();
+        assert_eq!(c.uses, 0);
+        assert_eq!(log.starts.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.live(), 1);
+        pool.release(c, lease, true, 2).await;
+        pool.drain().await;
+        assert_eq!(log.removed.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.live(), 0);
+    }
+
+    /// A sandbox that was not proven clean is removed and replaced at once.
+    #[tokio::test]
+    async fn a_sandbox_not_proven_clean_is_replaced() {
+        let log = Arc::new(Log::default());
+        let pool = Pool::<Counted>::new(log.clone());
+        let (c, lease) = pool.acquire(1, 50).await.unwrap();
+        pool.release(c, lease, false, 50).await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            log.starts.load(Ordering::SeqCst),
+            2,
+            "no replacement started"
+        );
+        assert_eq!(pool.live(), 1);
+        pool.drain().await;
+        assert_eq!(log.removed.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.live(), 0);
     }
 }

@@ -606,7 +606,7 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
         spec.agent = None;
     }
     let pool = pool::pool(&ctx.scope, engine, &spec);
-    let mut c = match pool.acquire(ctx.parallelism).await {
+    let (mut c, lease) = match pool.acquire(ctx.parallelism, recycle).await {
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
@@ -616,7 +616,7 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
     } else {
         crate::backend::container_job::run(&mut c, job, ctx, image, true, &mut reusable).await
     };
-    pool.release(c, reusable && !ctx.cancel.is_cancelled(), recycle)
+    pool.release(c, lease, reusable && !ctx.cancel.is_cancelled(), recycle)
         .await;
     report
 }

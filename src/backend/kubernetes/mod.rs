@@ -1041,18 +1041,18 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         template["metadata"]["name"] = Value::from("warm");
         let pool = pool(&ctx.scope, &cluster, &ns, template, start_timeout);
         let ahead = make_room(&ctx.scope, &pool, ctx.parallelism).await;
-        let mut p = match pool.acquire(ahead).await {
+        let recycle = kcfg
+            .and_then(|k| k.recycle_after)
+            .unwrap_or(DEFAULT_RECYCLE_AFTER)
+            .max(1);
+        let (mut p, lease) = match pool.acquire(ahead, recycle).await {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
         let mut reusable = false;
         let report =
             crate::backend::container_job::run(&mut p, job, ctx, &image, true, &mut reusable).await;
-        let recycle = kcfg
-            .and_then(|k| k.recycle_after)
-            .unwrap_or(DEFAULT_RECYCLE_AFTER)
-            .max(1);
-        pool.release(p, reusable && !ctx.cancel.is_cancelled(), recycle)
+        pool.release(p, lease, reusable && !ctx.cancel.is_cancelled(), recycle)
             .await;
         report
     } else {
