@@ -1,6 +1,43 @@
 //! clap definitions and the commands. The only place that knows about terminals and exit
 //! codes.
 
+// The print macros of this module and its children ignore a closed stream: after
+// `llm-sandbox run ... 2>&1 | head` ends `head`, the run still finishes (reports written,
+// sandboxes removed) and exits with its own code; std's macros panic on the failed write.
+// `plan`, `schema` and `doctor` end quietly on SIGPIPE instead (`quiet_on_closed_stdout`).
+macro_rules! eprintln {
+    () => {{
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\n");
+    }};
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!($($arg)*));
+    }};
+}
+macro_rules! println {
+    () => {{
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), b"\n");
+    }};
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stdout(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
+}
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!($($arg)*));
+    }};
+}
+
 mod doctor;
 mod watch;
 
@@ -308,6 +345,9 @@ fn install_logging() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(f))
             .with_writer(std::io::stderr)
+            // A closed stderr (`2>&1 | head`) must not panic the task that logged: the
+            // subscriber would report its failed write with `eprint!`, which panics.
+            .log_internal_errors(false)
             .try_init();
     }
 }

@@ -171,7 +171,11 @@ pub fn preload(req: Request) {
     PRELOADED.get_or_init(|| match init(&req) {
         Ok(p) => Some(p),
         Err(e) => {
-            eprintln!("llm-sandbox: Python not preloaded ({e}); python3 starts per job");
+            // Not eprintln!: a closed stderr must not end the server.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("llm-sandbox: Python not preloaded ({e}); python3 starts per job\n"),
+            );
             None
         }
     });

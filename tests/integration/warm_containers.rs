@@ -96,3 +96,75 @@ fn warm_container_is_clean(engine: &str) {
         "--fresh-containers gives every job a new container"
     );
 }
+
+/// `llm-sandbox run ... 2>&1 | head` with debug logs on: once the pipe is closed every log
+/// write fails. The run still finishes every job and removes its containers, including
+/// the warm containers started in the background to replace those that reached
+/// `recycle_after` (a failed log write once panicked such a start, and the jobs waiting for
+/// it waited for ever).
+#[test]
+fn docker_run_survives_a_closed_stderr() {
+    run_survives_a_closed_stderr("docker");
+}
+
+#[test]
+fn podman_run_survives_a_closed_stderr() {
+    run_survives_a_closed_stderr("podman");
+}
+
+fn run_survives_a_closed_stderr(engine: &str) {
+    if !common::backend_selected(engine) {
+        return;
+    }
+    let dir = Scratch::new();
+    dir.write(
+        "closed.toml",
+        &format!(
+            "[backends.{engine}]\nrecycle_after = 2\n\n[defaults]\nlang = \"bash\"\n\n\
+             [[jobs]]\nname = \"j-{{{{ matrix.i }}}}\"\nmatrix.i = [1, 2, 3, 4, 5, 6, 7, 8]\n\
+             code = \"echo ok\"\nexpect.stdout = \"ok\"\n"
+        ),
+    );
+    let mut child = dir
+        .cmd()
+        .args(["run", "-j", "2", "--backend", engine, "--no-progress"])
+        .args(["--json", "report.json", "closed.toml"])
+        .env("LLM_SANDBOX_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the llm-sandbox binary runs");
+    // Both read ends closed before the run writes anything: every write fails (EPIPE).
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not end within 3 minutes with its stderr closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report.json")).expect("report.json"),
+    )
+    .expect("a JSON report");
+    assert_eq!(report["summary"]["passed"], 8, "{report:#}");
+    // Nothing of this run is left on the engine (its containers are named after the
+    // runner's pid: `ls-<pid>-<start>-<n>`).
+    let names = std::process::Command::new(engine)
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .expect("the engine's CLI");
+    let names = String::from_utf8_lossy(&names.stdout);
+    let left: Vec<&str> = names
+        .lines()
+        .filter(|n| n.starts_with(&format!("ls-{pid}-")))
+        .collect();
+    assert!(left.is_empty(), "containers of the run left: {left:?}");
+}
