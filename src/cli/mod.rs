@@ -5,37 +5,24 @@
 // `llm-sandbox run ... 2>&1 | head` ends `head`, the run still finishes (reports written,
 // sandboxes removed) and exits with its own code; std's macros panic on the failed write.
 // `plan`, `schema` and `doctor` end quietly on SIGPIPE instead (`quiet_on_closed_stdout`).
+macro_rules! write_or_drop {
+    ($stream:expr, $($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(&mut $stream, format_args!($($arg)*));
+    }};
+}
 macro_rules! eprintln {
-    () => {{
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"\n");
-    }};
-    ($($arg:tt)*) => {{
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("{}\n", format_args!($($arg)*)),
-        );
-    }};
+    () => { write_or_drop!(std::io::stderr(), "\n") };
+    ($($arg:tt)*) => { write_or_drop!(std::io::stderr(), "{}\n", format_args!($($arg)*)) };
 }
 macro_rules! eprint {
-    ($($arg:tt)*) => {{
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!($($arg)*));
-    }};
+    ($($arg:tt)*) => { write_or_drop!(std::io::stderr(), $($arg)*) };
 }
 macro_rules! println {
-    () => {{
-        let _ = std::io::Write::write_all(&mut std::io::stdout(), b"\n");
-    }};
-    ($($arg:tt)*) => {{
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stdout(),
-            format_args!("{}\n", format_args!($($arg)*)),
-        );
-    }};
+    () => { write_or_drop!(std::io::stdout(), "\n") };
+    ($($arg:tt)*) => { write_or_drop!(std::io::stdout(), "{}\n", format_args!($($arg)*)) };
 }
 macro_rules! print {
-    ($($arg:tt)*) => {{
-        let _ = std::io::Write::write_fmt(&mut std::io::stdout(), format_args!($($arg)*));
-    }};
+    ($($arg:tt)*) => { write_or_drop!(std::io::stdout(), $($arg)*) };
 }
 
 mod doctor;
