@@ -1358,7 +1358,6 @@ async fn run_exec<S>(
     };
     let _ = out_task.await;
     let _ = err_task.await;
-    stdin_task.abort();
     if let Ok(o) = &outcome {
         let ev = o.msgs.iter().find_map(|m| match m {
             Msg::Limits(l) => Some(l.clone()),
@@ -1443,5 +1442,16 @@ async fn run_exec<S>(
     }
     drop(out_tx);
     let _ = writer.await;
+    // The close handshake: the status and our Close frame are out; the connection stays
+    // open until the client answers with its own Close (a client may still be sending the
+    // end of its stdin: cut off, it can fail on that send before it reads the status, as
+    // kube-rs's exec loop does). Bounded, for a client that never answers.
+    let mut stdin_task = stdin_task;
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut stdin_task)
+        .await
+        .is_err()
+    {
+        stdin_task.abort();
+    }
     let _ = std::fs::remove_dir_all(&exec_dir);
 }
