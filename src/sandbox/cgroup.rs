@@ -173,33 +173,46 @@ impl Cgroup {
             Mode::V2 { .. } => "memory.peak",
         };
         let _ = fs::write(self.mem_dir.join(peak), "0");
-        if self.written.get() == Some((memory, pids, quota)) {
-            return Ok(());
-        }
-        self.written.set(None);
+        // Only what changed is written: the pids limit follows the inits still exiting
+        // (see the server's `own_pids`) and changes often, and a v1 memory limit write is
+        // the slow one (a few hundred microseconds here).
+        let last = self.written.take();
+        let changed = |f: fn(&(u64, u64, u64)) -> u64, v: u64| last.as_ref().map(f) != Some(v);
         match self.mode {
             Mode::V1 { .. } => {
-                let _ = fs::write(self.mem_dir.join("memory.memsw.limit_in_bytes"), "-1");
-                fs::write(
-                    self.mem_dir.join("memory.limit_in_bytes"),
-                    memory.to_string(),
-                )?;
-                let _ = fs::write(
-                    self.mem_dir.join("memory.memsw.limit_in_bytes"),
-                    memory.to_string(),
-                );
-                let _ = fs::write(self.mem_dir.join("memory.swappiness"), "0");
-                fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
-                if let Some(d) = &self.cpu_dir {
-                    let _ = fs::write(d.join("cpu.cfs_period_us"), period.to_string());
-                    let _ = fs::write(d.join("cpu.cfs_quota_us"), quota.to_string());
+                if changed(|w| w.0, memory) {
+                    let _ = fs::write(self.mem_dir.join("memory.memsw.limit_in_bytes"), "-1");
+                    fs::write(
+                        self.mem_dir.join("memory.limit_in_bytes"),
+                        memory.to_string(),
+                    )?;
+                    let _ = fs::write(
+                        self.mem_dir.join("memory.memsw.limit_in_bytes"),
+                        memory.to_string(),
+                    );
+                    let _ = fs::write(self.mem_dir.join("memory.swappiness"), "0");
+                }
+                if changed(|w| w.1, pids) {
+                    fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
+                }
+                if changed(|w| w.2, quota) {
+                    if let Some(d) = &self.cpu_dir {
+                        let _ = fs::write(d.join("cpu.cfs_period_us"), period.to_string());
+                        let _ = fs::write(d.join("cpu.cfs_quota_us"), quota.to_string());
+                    }
                 }
             }
             Mode::V2 { .. } => {
-                fs::write(self.mem_dir.join("memory.max"), memory.to_string())?;
-                let _ = fs::write(self.mem_dir.join("memory.swap.max"), "0");
-                fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
-                let _ = fs::write(self.mem_dir.join("cpu.max"), format!("{quota} {period}"));
+                if changed(|w| w.0, memory) {
+                    fs::write(self.mem_dir.join("memory.max"), memory.to_string())?;
+                    let _ = fs::write(self.mem_dir.join("memory.swap.max"), "0");
+                }
+                if changed(|w| w.1, pids) {
+                    fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
+                }
+                if changed(|w| w.2, quota) {
+                    let _ = fs::write(self.mem_dir.join("cpu.max"), format!("{quota} {period}"));
+                }
             }
         }
         self.written.set(Some((memory, pids, quota)));
