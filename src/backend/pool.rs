@@ -34,9 +34,9 @@ pub struct Pool<T: Warm> {
     idle: Mutex<Vec<(T, Option<Instant>)>>,
     /// Sandboxes of this pool that exist (idle, busy or starting).
     live: AtomicUsize,
-    /// Background starts not finished yet (waited for at the end of the run, so that no
-    /// sandbox comes up after the last cleanup).
-    starting: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Background starts and removals not finished yet (waited for at the end of the run,
+    /// so that no sandbox comes up or stays after the last cleanup).
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// How many background starts are under way, how many jobs wait for one, and the
     /// signal that one ended (its sandbox idle, or failed).
     in_flight: AtomicUsize,
@@ -45,8 +45,6 @@ pub struct Pool<T: Warm> {
     /// How many sandboxes the jobs want ready (the last `ahead` of [`Pool::acquire`]): a
     /// sandbox that leaves the pool is replaced up to this many.
     want: AtomicUsize,
-    /// Removals under way in the background (waited for by [`Pool::drain`]).
-    removing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// What [`Pool::acquire`] knows of the sandbox it hands out, for [`Pool::release`].
@@ -92,12 +90,11 @@ impl<T: Warm> Pool<T> {
             spec,
             idle: Mutex::new(Vec::new()),
             live: AtomicUsize::new(0),
-            starting: Mutex::new(Vec::new()),
+            background: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             ended: tokio::sync::Notify::new(),
             want: AtomicUsize::new(0),
-            removing: Mutex::new(Vec::new()),
         })
     }
 
@@ -201,9 +198,7 @@ impl<T: Warm> Pool<T> {
                 };
                 drop(start);
             });
-            let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
-            starting.retain(|t| !t.is_finished());
-            starting.push(task);
+            self.track(task);
         }
     }
 
@@ -222,15 +217,17 @@ impl<T: Warm> Pool<T> {
             self.live.fetch_sub(1, Ordering::SeqCst);
         }
         match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                let task = h.spawn(c.remove());
-                let mut removing = self.removing.lock().unwrap_or_else(|e| e.into_inner());
-                removing.retain(|t| !t.is_finished());
-                removing.push(task);
-            }
+            Ok(h) => self.track(h.spawn(c.remove())),
             Err(_) => c.remove().await,
         }
         self.prewarm(self.want.load(Ordering::SeqCst));
+    }
+
+    /// Keeps a background start or removal for [`Pool::drain`] (dropping finished ones).
+    fn track(&self, task: tokio::task::JoinHandle<()>) {
+        let mut tasks = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     /// How many sandboxes of this pool exist (idle, busy or starting).
@@ -250,14 +247,9 @@ impl<T: Warm> Pool<T> {
     /// Removes the idle sandboxes (the end of a run), all at once: an engine takes about
     /// 100 ms to remove a running container, and the run waits for the last.
     pub async fn drain(&self) {
-        let starting: Vec<_> =
-            std::mem::take(&mut *self.starting.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in starting {
-            let _ = t.await;
-        }
-        let removing: Vec<_> =
-            std::mem::take(&mut *self.removing.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in removing {
+        let background: Vec<_> =
+            std::mem::take(&mut *self.background.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in background {
             let _ = t.await;
         }
         let idle: Vec<(T, Option<Instant>)> =

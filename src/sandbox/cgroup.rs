@@ -174,10 +174,12 @@ impl Cgroup {
         };
         let _ = fs::write(self.mem_dir.join(peak), "0");
         // Only what changed is written: the pids limit follows the inits still exiting
-        // (see the server's `own_pids`) and changes often, and a v1 memory limit write is
-        // the slow one (a few hundred microseconds here).
+        // (see the server's `own_pids`) and changes often; memory and CPU mostly do not.
         let last = self.written.take();
         let changed = |f: fn(&(u64, u64, u64)) -> u64, v: u64| last.as_ref().map(f) != Some(v);
+        if changed(|w| w.1, pids) {
+            fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
+        }
         match self.mode {
             Mode::V1 { .. } => {
                 if changed(|w| w.0, memory) {
@@ -192,9 +194,6 @@ impl Cgroup {
                     );
                     let _ = fs::write(self.mem_dir.join("memory.swappiness"), "0");
                 }
-                if changed(|w| w.1, pids) {
-                    fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
-                }
                 if changed(|w| w.2, quota) {
                     if let Some(d) = &self.cpu_dir {
                         let _ = fs::write(d.join("cpu.cfs_period_us"), period.to_string());
@@ -206,9 +205,6 @@ impl Cgroup {
                 if changed(|w| w.0, memory) {
                     fs::write(self.mem_dir.join("memory.max"), memory.to_string())?;
                     let _ = fs::write(self.mem_dir.join("memory.swap.max"), "0");
-                }
-                if changed(|w| w.1, pids) {
-                    fs::write(self.pids_dir.join("pids.max"), pids.to_string())?;
                 }
                 if changed(|w| w.2, quota) {
                     let _ = fs::write(self.mem_dir.join("cpu.max"), format!("{quota} {period}"));

@@ -172,9 +172,10 @@ pub fn preload(req: Request) {
         Ok(p) => Some(p),
         Err(e) => {
             // Not eprintln!: a closed stderr must not end the server.
-            let _ = std::io::Write::write_fmt(
-                &mut std::io::stderr(),
-                format_args!("llm-sandbox: Python not preloaded ({e}); python3 starts per job\n"),
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "llm-sandbox: Python not preloaded ({e}); python3 starts per job"
             );
             None
         }
