@@ -140,7 +140,7 @@ pub fn main() -> i32 {
                 super::pyembed::scrub_stack();
             }
             if let Some(root) = &warm_root {
-                warm = spawn_warm(root, &sock, &sfd);
+                warm = spawn_warm(root);
             }
         }
         let mut cmsg = nix::cmsg_space!([RawFd; super::REQUEST_FDS]);
@@ -292,7 +292,7 @@ fn send_job(
 
 /// Clones the next sandbox before its job arrives: namespaces, id maps and the
 /// job-independent setup happen while the server would otherwise wait.
-fn spawn_warm(root: &std::path::Path, sock: &OwnedFd, sfd: &SignalFd) -> Option<Warm> {
+fn spawn_warm(root: &std::path::Path) -> Option<Warm> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (job_ours, job_theirs) = socketpair(
         AddressFamily::Unix,
@@ -304,22 +304,16 @@ fn spawn_warm(root: &std::path::Path, sock: &OwnedFd, sfd: &SignalFd) -> Option<
     let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
     let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
     let raws = (
-        sfd.as_fd().as_raw_fd(),
-        sock.as_raw_fd(),
-        job_ours.as_raw_fd(),
         job_theirs.as_raw_fd(),
-        done_r.as_raw_fd(),
         done_w.as_raw_fd(),
         sync_r.as_raw_fd(),
-        sync_w.as_raw_fd(),
     );
     let root = root.to_path_buf();
     let cb = Box::new(move || -> isize {
-        let (sfd, sock, job_ours, job_theirs, done_r, done_w, sync_r, sync_w) = raws;
+        let (job_theirs, done_w, sync_r) = raws;
         // SAFETY: in the child of a single-threaded process; these fds are ours.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            let _ = (sfd, sock, job_ours, done_r, sync_w);
             // Keep only our three fds: this sandbox is cloned while another job runs, whose
             // stdio and control pipes must not stay open here.
             close_all_except(&[sync_r, job_theirs, done_w]);
@@ -471,7 +465,7 @@ fn serve_one(
             // The next job's sandbox is set up while this one runs (not with a preloaded
             // interpreter: it would be cloned with this job's configuration in memory, and
             // its step does not execve; the serving loop clones it after this job instead).
-            *warm_slot = spawn_warm(root, sock, sfd);
+            *warm_slot = spawn_warm(root);
         }
         x
     } else {

@@ -564,6 +564,25 @@ pub async fn run_with(
         None => Default::default(),
     };
     outcome.msgs = proto::parse_all(&ctl_bytes);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        // Where a sandbox's time went (`LLM_SANDBOX_LOG=debug`): the server's phases (µs
+        // since it took the request), the init's setup and each step, and the runner's
+        // whole round trip.
+        for m in &outcome.msgs {
+            match m {
+                Msg::Timing { phases } => tracing::debug!(?phases, "sandbox server phases (us)"),
+                Msg::Ready { setup_us } => tracing::debug!(setup_us, "sandbox set up"),
+                Msg::Step(s) => {
+                    tracing::debug!(kind = ?s.kind, duration_ms = s.duration_ms, "sandbox step")
+                }
+                _ => {}
+            }
+        }
+        tracing::debug!(
+            round_trip_us = started.elapsed().as_micros() as u64,
+            "sandbox done"
+        );
+    }
     if !outcome.msgs.iter().any(|m| matches!(m, Msg::Timing { .. })) {
         // The server died mid-job.
         healthy = false;
