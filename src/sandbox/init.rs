@@ -387,14 +387,7 @@ pub fn setup_base(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<B
     mask.thread_block().map_err(err("sigprocmask"))?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(err("signalfd"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(err("make / private"))?;
+    make_mounts_private().map_err(err("make / private"))?;
     DEFER_RO.store(have_mount_setattr(), std::sync::atomic::Ordering::Relaxed);
     match rootfs {
         Some(rootfs) => bind_ro(rootfs, root, false)?,
@@ -1071,6 +1064,18 @@ fn drain(r: &mut std::fs::File, out: &mut Vec<u8>, buf: &mut [u8], cap: u64, tru
 
 /// Copies the requested files of `/sandbox` to the host's out dir. Every process of the
 /// sandbox is dead by now; symlinks are never followed, only regular files are copied.
+/// Makes every mount of this process's mount namespace private: nothing mounted or unmounted
+/// here propagates to the host's.
+fn make_mounts_private() -> nix::Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+}
+
 /// Frees what a job left in one of its tmpfs mounts (every process of the job is dead):
 /// nothing to do when it holds nothing but its root; a handful of files directly in it
 /// (the job's own code and inputs, typically) are removed; anything else goes with the
@@ -1296,14 +1301,7 @@ mod tests {
                     let ok = (|| -> Option<bool> {
                         use nix::mount::{mount, MsFlags};
                         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).ok()?;
-                        mount(
-                            None::<&str>,
-                            "/",
-                            None::<&str>,
-                            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                            None::<&str>,
-                        )
-                        .ok()?;
+                        super::make_mounts_private().ok()?;
                         mount(
                             Some("tmpfs"),
                             m.as_str(),
