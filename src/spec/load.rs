@@ -203,10 +203,14 @@ fn locate(tree: &SpanNode, text: &str, msg: &str) -> Option<std::ops::Range<usiz
     } else if let Some(rest) = msg.strip_prefix("unknown variant ") {
         (backticked(rest).into_iter().next()?, false)
     } else {
-        // The first "quoted" value of the message (units errors quote the value).
+        // The first "quoted" value of the message (units errors quote the value), else the
+        // first `backticked` one (the value a custom check names first, e.g. a module name).
         let mut parts = msg.split('"');
-        parts.next()?;
-        (parts.next()?.to_string(), false)
+        parts.next();
+        match parts.next() {
+            Some(quoted) => (quoted.to_string(), false),
+            None => (backticked(msg).into_iter().next()?, false),
+        }
     };
     if token.is_empty() {
         return None;
@@ -221,10 +225,11 @@ fn find_node(n: &SpanNode, text: &str, token: &str, key: bool) -> Option<std::op
             if key {
                 return None;
             }
-            let rest = text.get(n.span.start..)?;
-            let rest = rest.strip_prefix(['"', '\'']).unwrap_or(rest);
-            rest.starts_with(token)
-                .then(|| n.span.start..n.span.start + token.len())
+            let all = text.get(n.span.start..)?;
+            let rest = all.strip_prefix(['"', '\'']).unwrap_or(all);
+            // (past the opening quote of a quoted value)
+            let start = n.span.start + (all.len() - rest.len());
+            rest.starts_with(token).then(|| start..start + token.len())
         }
         Children::Map(m) => m.iter().find_map(|(k, v)| {
             if key && k == token {
@@ -439,6 +444,20 @@ mod tests {
         let out = err("d.yaml", "jobs:\n  - name: x\n    name: y\n");
         assert!(out.contains("duplicate key `name`"), "{out}");
         assert!(out.contains("d.yaml:3:"), "{out}");
+    }
+
+    #[test]
+    fn yaml_bad_module_name_is_located() {
+        let out = err(
+            "m.yaml",
+            "backends:\n  native:\n    preload:\n      modules: [typing, bad-name]\njobs: []\n",
+        );
+        assert!(out.contains("m.yaml:4:"), "{out}");
+        assert!(out.contains("backends.native.preload.modules"), "{out}");
+        assert!(
+            out.contains("`bad-name` is not a Python module name"),
+            "{out}"
+        );
     }
 
     #[test]
