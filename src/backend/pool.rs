@@ -102,10 +102,12 @@ impl<T: Warm> Pool<T> {
     /// that `ahead` sandboxes are there when the next jobs come. A sandbox whose job will be
     /// its last (`recycle_after`, [`Warm::can_reuse`]) is replaced now, while that job runs,
     /// not when the next job finds the pool short of one.
+    /// A cancelled run (`cancel`) stops waiting for a start in flight: `Error::Interrupted`.
     pub async fn acquire(
         self: &Arc<Self>,
         ahead: usize,
         recycle_after: u32,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<(T, Lease), Error> {
         self.want.store(ahead, Ordering::SeqCst);
         let c = loop {
@@ -139,8 +141,12 @@ impl<T: Warm> Pool<T> {
                             .unwrap_or_else(|e| e.into_inner())
                             .is_empty();
                         if none_idle {
-                            // Looked at again every second (a start has its own bounds).
-                            let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+                            // Looked at again every second (a start has its own bounds);
+                            // a cancelled run stops waiting (this holds nothing yet).
+                            tokio::select! {
+                                _ = tokio::time::timeout(Duration::from_secs(1), ended) => {}
+                                _ = cancel.cancelled() => return Err(Error::Interrupted),
+                            }
                         }
                         drop(waiting);
                         continue;
@@ -266,6 +272,48 @@ impl<T: Warm> Pool<T> {
 mod tests {
     use super::*;
 
+    /// A cancel token nobody cancels.
+    fn never() -> &'static tokio_util::sync::CancellationToken {
+        static NEVER: std::sync::OnceLock<tokio_util::sync::CancellationToken> =
+            std::sync::OnceLock::new();
+        NEVER.get_or_init(tokio_util::sync::CancellationToken::new)
+    }
+
+    /// A sandbox whose start never ends.
+    struct Stuck;
+
+    impl Warm for Stuck {
+        type Spec = ();
+        async fn start(_: &()) -> Result<Stuck, Error> {
+            std::future::pending().await
+        }
+        fn can_reuse(&self, _: u32) -> bool {
+            true
+        }
+        async fn remove(self) {}
+    }
+
+    /// A job waiting for a start in flight stops waiting when the run is cancelled (Ctrl-C,
+    /// `--fail-fast`), instead of until the start's own timeouts.
+    #[tokio::test]
+    async fn a_cancelled_run_stops_waiting_for_a_start() {
+        let pool = Pool::<Stuck>::new(());
+        pool.prewarm(1);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let canceller = {
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.cancel();
+            })
+        };
+        let got = tokio::time::timeout(Duration::from_secs(5), pool.acquire(1, 50, &cancel))
+            .await
+            .expect("still waiting 5 s after the cancel");
+        assert!(matches!(got, Err(Error::Interrupted)), "{:?}", got.err());
+        canceller.await.unwrap();
+    }
+
     /// A sandbox that takes a while to start and counts its starts.
     struct Slow;
 
@@ -290,7 +338,7 @@ mod tests {
         let starts = Arc::new(AtomicUsize::new(0));
         let pool = Pool::<Slow>::new(starts.clone());
         pool.prewarm(2);
-        let (a, b) = tokio::join!(pool.acquire(2, 50), pool.acquire(2, 50));
+        let (a, b) = tokio::join!(pool.acquire(2, 50, never()), pool.acquire(2, 50, never()));
         assert!(a.is_ok() && b.is_ok());
         assert_eq!(
             starts.load(Ordering::SeqCst),
@@ -303,9 +351,9 @@ mod tests {
         let pool = Pool::<Slow>::new(starts.clone());
         pool.prewarm(1);
         let (a, b, c) = tokio::join!(
-            pool.acquire(1, 50),
-            pool.acquire(1, 50),
-            pool.acquire(1, 50)
+            pool.acquire(1, 50, never()),
+            pool.acquire(1, 50, never()),
+            pool.acquire(1, 50, never())
         );
         assert!(a.is_ok() && b.is_ok() && c.is_ok());
         assert_eq!(starts.load(Ordering::SeqCst), 3);
@@ -351,11 +399,11 @@ mod tests {
         let log = Arc::new(Log::default());
         let pool = Pool::<Counted>::new(log.clone());
         // Two jobs per sandbox, one sandbox wanted.
-        let (mut c, lease) = pool.acquire(1, 2).await.unwrap();
+        let (mut c, lease) = pool.acquire(1, 2, never()).await.unwrap();
         c.uses += 1;
         pool.release(c, lease, true, 2).await;
         assert_eq!(log.starts.load(Ordering::SeqCst), 1);
-        let (mut c, lease) = pool.acquire(1, 2).await.unwrap();
+        let (mut c, lease) = pool.acquire(1, 2, never()).await.unwrap();
         tokio::task::yield_now().await;
         // Its second job is its last: the replacement is starting already.
         assert_eq!(
@@ -371,7 +419,7 @@ mod tests {
             "the release waited for the removal"
         );
         // The next job takes the replacement: no third start, none beside it.
-        let (c, lease) = pool.acquire(1, 2).await.unwrap();
+        let (c, lease) = pool.acquire(1, 2, never()).await.unwrap();
         assert_eq!(c.uses, 0);
         assert_eq!(log.starts.load(Ordering::SeqCst), 2);
         assert_eq!(pool.live(), 1);
@@ -386,7 +434,7 @@ mod tests {
     async fn a_sandbox_not_proven_clean_is_replaced() {
         let log = Arc::new(Log::default());
         let pool = Pool::<Counted>::new(log.clone());
-        let (c, lease) = pool.acquire(1, 50).await.unwrap();
+        let (c, lease) = pool.acquire(1, 50, never()).await.unwrap();
         pool.release(c, lease, false, 50).await;
         tokio::task::yield_now().await;
         assert_eq!(

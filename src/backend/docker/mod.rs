@@ -606,8 +606,9 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
         spec.agent = None;
     }
     let pool = pool::pool(&ctx.scope, engine, &spec);
-    let (mut c, lease) = match pool.acquire(ctx.parallelism, recycle).await {
+    let (mut c, lease) = match pool.acquire(ctx.parallelism, recycle, &ctx.cancel).await {
         Ok(c) => c,
+        Err(Error::Interrupted) => return interrupted(job),
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
     let mut reusable = false;

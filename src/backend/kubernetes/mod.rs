@@ -1045,7 +1045,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
             .and_then(|k| k.recycle_after)
             .unwrap_or(DEFAULT_RECYCLE_AFTER)
             .max(1);
-        let (mut p, lease) = match pool.acquire(ahead, recycle).await {
+        let (mut p, lease) = match pool.acquire(ahead, recycle, &ctx.cancel).await {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
