@@ -1062,8 +1062,6 @@ fn drain(r: &mut std::fs::File, out: &mut Vec<u8>, buf: &mut [u8], cap: u64, tru
     }
 }
 
-/// Copies the requested files of `/sandbox` to the host's out dir. Every process of the
-/// sandbox is dead by now; symlinks are never followed, only regular files are copied.
 /// Makes every mount of this process's mount namespace private: nothing mounted or unmounted
 /// here propagates to the host's.
 fn make_mounts_private() -> nix::Result<()> {
@@ -1112,6 +1110,8 @@ fn remove_flat(dir: &str, max: usize) -> bool {
     paths.iter().all(|p| std::fs::remove_file(p).is_ok())
 }
 
+/// Copies the requested files of `/sandbox` to the host's out dir. Every process of the
+/// sandbox is dead by now; symlinks are never followed, only regular files are copied.
 fn collect(cfg: &SandboxConfig, state: &State) -> (Vec<String>, Vec<(String, String)>) {
     let mut files = Vec::new();
     let wanted = super::collect::select(
