@@ -53,6 +53,8 @@ pub struct Lease {
     /// This is the sandbox's last job (`recycle_after` reached with it): it no longer
     /// counts as one of the pool's, and its replacement started when the job got it.
     retiring: bool,
+    /// The jobs a sandbox of this pool may run (the `recycle_after` it was acquired with).
+    recycle_after: u32,
 }
 
 /// Counts a job waiting for a background start while it waits (also when the wait is
@@ -170,7 +172,13 @@ impl<T: Warm> Pool<T> {
             self.live.fetch_sub(1, Ordering::SeqCst);
         }
         self.prewarm(ahead);
-        Ok((c, Lease { retiring }))
+        Ok((
+            c,
+            Lease {
+                retiring,
+                recycle_after,
+            },
+        ))
     }
 
     /// Starts sandboxes in the background until `want` exist.
@@ -211,8 +219,9 @@ impl<T: Warm> Pool<T> {
     /// Back to the pool when it was proven clean and has uses left; else removed in the
     /// background (the job's slot does not wait for the engine; [`Pool::drain`] does) and
     /// replaced.
-    pub async fn release(self: &Arc<Self>, c: T, lease: Lease, reusable: bool, recycle_after: u32) {
-        if !lease.retiring && reusable && c.can_reuse(recycle_after) {
+    pub async fn release(self: &Arc<Self>, c: T, lease: Lease, reusable: bool) {
+        // (`can_reuse` again: the sandbox may have died or aged during the job)
+        if !lease.retiring && reusable && c.can_reuse(lease.recycle_after) {
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -401,7 +410,7 @@ mod tests {
         // Two jobs per sandbox, one sandbox wanted.
         let (mut c, lease) = pool.acquire(1, 2, never()).await.unwrap();
         c.uses += 1;
-        pool.release(c, lease, true, 2).await;
+        pool.release(c, lease, true).await;
         assert_eq!(log.starts.load(Ordering::SeqCst), 1);
         let (mut c, lease) = pool.acquire(1, 2, never()).await.unwrap();
         tokio::task::yield_now().await;
@@ -412,7 +421,7 @@ mod tests {
             "no replacement started"
         );
         c.uses += 1;
-        pool.release(c, lease, true, 2).await;
+        pool.release(c, lease, true).await;
         assert_eq!(
             log.removed.load(Ordering::SeqCst),
             0,
@@ -423,7 +432,7 @@ mod tests {
         assert_eq!(c.uses, 0);
         assert_eq!(log.starts.load(Ordering::SeqCst), 2);
         assert_eq!(pool.live(), 1);
-        pool.release(c, lease, true, 2).await;
+        pool.release(c, lease, true).await;
         pool.drain().await;
         assert_eq!(log.removed.load(Ordering::SeqCst), 2);
         assert_eq!(pool.live(), 0);
@@ -435,7 +444,7 @@ mod tests {
         let log = Arc::new(Log::default());
         let pool = Pool::<Counted>::new(log.clone());
         let (c, lease) = pool.acquire(1, 50, never()).await.unwrap();
-        pool.release(c, lease, false, 50).await;
+        pool.release(c, lease, false).await;
         tokio::task::yield_now().await;
         assert_eq!(
             log.starts.load(Ordering::SeqCst),

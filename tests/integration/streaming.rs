@@ -12,7 +12,7 @@ use llm_sandbox::plan::job::ResolvedLimits;
 use llm_sandbox::session::{ExecOutput, OutputEvent};
 use llm_sandbox::{BackendKind, Lang, OutputChunk, Session, StdStream};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Skips the test (returns) when docker is not usable; panics under `CI=true`.
@@ -396,23 +396,7 @@ fn timed_lines(r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<(In
 
 /// The containers a process (by pid) left on docker.
 fn containers_of(pid: u32) -> String {
-    containers_on("docker", pid)
-}
-
-/// The containers a process (by pid) left on an engine.
-fn containers_on(engine: &str, pid: u32) -> String {
-    let out = Command::new(engine)
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("name=ls-{pid}-"),
-            "--format",
-            "{{.Names}}",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::containers_on("docker", pid)
 }
 
 #[test]
@@ -571,7 +555,7 @@ fn exec_podman_streams_exits_and_cleans_up() {
     assert!(err.iter().any(|(_, l)| l == "warn"), "{err:?}");
     assert!(ended.duration_since(out[0].0) >= Duration::from_millis(2000));
     assert_eq!(status.code(), Some(3));
-    assert_eq!(containers_on("podman", child.id()), "");
+    assert_eq!(common::containers_on("podman", child.id()), "");
 
     // Ctrl-C: exit 130, the container is gone.
     let mut child = exec_on("podman", "bash", "echo up; sleep 60", &[]);
@@ -586,5 +570,5 @@ fn exec_podman_streams_exits_and_cleans_up() {
     )
     .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(130));
-    assert_eq!(containers_on("podman", pid), "");
+    assert_eq!(common::containers_on("podman", pid), "");
 }

@@ -155,16 +155,7 @@ fn run_survives_a_closed_stderr(engine: &str) {
     )
     .expect("a JSON report");
     assert_eq!(report["summary"]["passed"], 8, "{report:#}");
-    // Nothing of this run is left on the engine (its containers are named after the
-    // runner's pid: `ls-<pid>-<start>-<n>`).
-    let names = std::process::Command::new(engine)
-        .args(["ps", "-a", "--format", "{{.Names}}"])
-        .output()
-        .expect("the engine's CLI");
-    let names = String::from_utf8_lossy(&names.stdout);
-    let left: Vec<&str> = names
-        .lines()
-        .filter(|n| n.starts_with(&format!("ls-{pid}-")))
-        .collect();
-    assert!(left.is_empty(), "containers of the run left: {left:?}");
+    // Nothing of this run is left on the engine.
+    let left = common::containers_on(engine, pid);
+    assert!(left.is_empty(), "containers of the run left: {left}");
 }

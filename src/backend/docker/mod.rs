@@ -617,7 +617,7 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
     } else {
         crate::backend::container_job::run(&mut c, job, ctx, image, true, &mut reusable).await
     };
-    pool.release(c, lease, reusable && !ctx.cancel.is_cancelled(), recycle)
+    pool.release(c, lease, reusable && !ctx.cancel.is_cancelled())
         .await;
     report
 }

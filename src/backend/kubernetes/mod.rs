@@ -1052,7 +1052,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         let mut reusable = false;
         let report =
             crate::backend::container_job::run(&mut p, job, ctx, &image, true, &mut reusable).await;
-        pool.release(p, lease, reusable && !ctx.cancel.is_cancelled(), recycle)
+        pool.release(p, lease, reusable && !ctx.cancel.is_cancelled())
             .await;
         report
     } else {

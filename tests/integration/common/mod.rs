@@ -681,6 +681,23 @@ pub fn engine_cli(engine: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The containers a runner process (by pid) left on an engine, any state (they are named
+/// after it: `ls-<pid>-...`), one name per line.
+pub fn containers_on(engine: &str, pid: u32) -> String {
+    let out = Command::new(engine)
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name=ls-{pid}-"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Containers, images or volumes of llm-sandbox on `engine`:
 /// `(name or id, owner label, kind label, keep label)` of every labelled object of a kind
 /// (`container`, `image`, `volume`), read with `<engine> <kind> inspect`.
