@@ -82,7 +82,7 @@ pub struct DockerConfig {
     /// its next job; `false`: one new container per job (also `run --fresh-containers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<bool>,
-    /// Jobs a warm container runs before it is replaced (default 50).
+    /// Jobs a warm container runs before it is replaced (default 500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after: Option<u32>,
     /// Python run steps in warm containers start from an interpreter the container's agent
@@ -111,7 +111,7 @@ pub struct PodmanConfig {
     /// Warm containers (default true), as `backends.docker.warm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<bool>,
-    /// Jobs a warm container runs before it is replaced (default 50).
+    /// Jobs a warm container runs before it is replaced (default 500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after: Option<u32>,
     /// Python run steps in warm containers start from an interpreter the container's agent
@@ -143,7 +143,7 @@ pub struct KubernetesConfig {
     /// `run --fresh-containers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<bool>,
-    /// Jobs a warm pod runs before it is replaced (default 50).
+    /// Jobs a warm pod runs before it is replaced (default 500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after: Option<u32>,
 }

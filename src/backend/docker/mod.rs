@@ -551,7 +551,7 @@ fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
     }
     let recycle = warm_settings(job)
         .1
-        .unwrap_or(pool::DEFAULT_RECYCLE_AFTER)
+        .unwrap_or(crate::backend::pool::DEFAULT_RECYCLE_AFTER)
         .max(1);
     (spec, recycle)
 }

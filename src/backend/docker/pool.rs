@@ -81,9 +81,6 @@ async fn is_running(engine: &Engine, id: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Jobs a warm container runs before it is replaced, unless `recycle_after` says otherwise.
-pub const DEFAULT_RECYCLE_AFTER: u32 = 50;
-
 /// What makes two jobs' containers interchangeable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Key {

@@ -649,8 +649,6 @@ impl SandboxPod {
     }
 }
 
-/// Jobs a warm pod runs before it is replaced, unless `recycle_after` says otherwise.
-pub const DEFAULT_RECYCLE_AFTER: u32 = 50;
 /// The cluster stops a warm pod after this (`activeDeadlineSeconds`) even when the runner
 /// is gone; the pool stops using it at half of it.
 const WARM_DEADLINE: Duration = Duration::from_secs(2 * 3600);
@@ -1043,7 +1041,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         let ahead = make_room(&ctx.scope, &pool, ctx.parallelism).await;
         let recycle = kcfg
             .and_then(|k| k.recycle_after)
-            .unwrap_or(DEFAULT_RECYCLE_AFTER)
+            .unwrap_or(crate::backend::pool::DEFAULT_RECYCLE_AFTER)
             .max(1);
         let (mut p, lease) = match pool.acquire(ahead, recycle, &ctx.cancel).await {
             Ok(p) => p,
