@@ -116,6 +116,14 @@ pub fn main() -> i32 {
     // Read once here, inherited by every sandbox cloned from this server.
     super::init::snapshot_etc();
     let _ = super::seccomp::program();
+    let warm_root = std::env::args_os()
+        .nth(3)
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir());
+    // The warm sandboxes' root, built once (still single-threaded here: unshare needs it).
+    if let Some(root) = &warm_root {
+        super::init::prepare_template(root);
+    }
     // What the job that asked needs (its start-up variables, PATH, modules), when it could
     // use a preloaded interpreter: initialised now, before this server's first sandbox, so
     // that its first jobs do not start python3 (else it preloads after the first job).
@@ -125,10 +133,6 @@ pub fn main() -> i32 {
     {
         super::pyembed::preload(req);
     }
-    let warm_root = std::env::args_os()
-        .nth(3)
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir());
     let mut warm: Option<Warm> = None;
     let mut code = 0;
     // A request's data is one byte; its fds carry the rest.
@@ -438,21 +442,22 @@ fn serve_one(
     } else {
         None
     };
-    // A warm sandbox takes the job when it can (no network, the host's system directories).
+    // A warm sandbox takes the job when it can (no network, the host's system directories,
+    // and with a template root every bind's mount point in it: `init::warm_fits`).
+    let fits = warm_root.is_some_and(|root| super::init::warm_fits(&cfg, root));
     let warm_used = match warm {
-        Some(w) if !cfg.network && cfg.rootfs.is_none() => {
-            match send_job(&w, &cfg, rlimit_nproc, fds) {
-                Ok(()) => Some((w.pid, w.done)),
-                Err(_) => {
-                    let _ = signal::kill(w.pid, Signal::SIGKILL);
-                    let _ = waitpid(w.pid, None);
-                    None
-                }
+        Some(w) if fits => match send_job(&w, &cfg, rlimit_nproc, fds) {
+            Ok(()) => Some((w.pid, w.done)),
+            Err(_) => {
+                let _ = signal::kill(w.pid, Signal::SIGKILL);
+                let _ = waitpid(w.pid, None);
+                None
             }
-        }
+        },
         Some(w) => {
-            let _ = signal::kill(w.pid, Signal::SIGKILL);
-            let _ = waitpid(w.pid, None);
+            // Kept for the next job that fits (it was set up before this job arrived, so it
+            // holds nothing of it).
+            *warm_slot = Some(w);
             None
         }
         None => None,

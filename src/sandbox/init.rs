@@ -170,7 +170,11 @@ pub fn run_warm(root: &Path, sync: OwnedFd, job: OwnedFd, done: OwnedFd) -> isiz
     if !wait_sync(sync) {
         return 1;
     }
-    let base = setup_base(root, None, false);
+    let base = if TEMPLATE.load(std::sync::atomic::Ordering::Relaxed) {
+        setup_from_template(root)
+    } else {
+        setup_base(root, None, false)
+    };
     // The job message's size first (a zeroed 1 MiB buffer cost page faults every time).
     let size = nix::sys::socket::recv(
         job.as_raw_fd(),
@@ -381,14 +385,114 @@ pub struct Base {
 /// `/proc`, hostname, loopback, the seccomp filter. A warm sandbox has done this before
 /// its job arrives. With `rootfs`, that directory is the root instead.
 pub fn setup_base(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<Base, String> {
+    let sfd = own_session()?;
+    make_mounts_private().map_err(err("make / private"))?;
+    DEFER_RO.store(have_mount_setattr(), std::sync::atomic::Ordering::Relaxed);
+    build_root(root, rootfs, network)?;
+    finish_base(root, sfd)
+}
+
+/// Set in a sandbox server that built its warm sandboxes' root once ([`prepare_template`]);
+/// every warm sandbox it clones inherits it and starts from that root.
+static TEMPLATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// In a sandbox server (as root, with `mount_setattr`): builds, once, the job-independent
+/// root of its warm sandboxes on `root`, read-only, in a mount namespace of its own (so
+/// nothing of it is seen on the host). Each warm sandbox is cloned with a copy of it
+/// instead of building its own (about 200 system calls and a tmpfs per job): its mounts are
+/// locked read-only in the sandbox's user namespace (and its tmpfs belongs to the host's),
+/// so no sandbox can change what the next one starts from; a sandbox's writable places
+/// (`/sandbox`, `/tmp`, `/dev/shm`) and `/proc` are its own mounts, made per job as before.
+/// False (and nothing changed but this server's mount namespace) when it cannot be built:
+/// the warm sandboxes then build their own root.
+pub fn prepare_template(root: &Path) -> bool {
+    if !nix::unistd::geteuid().is_root() || !have_mount_setattr() {
+        return false;
+    }
+    if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_err() {
+        return false;
+    }
+    let built = make_mounts_private()
+        .map_err(err("make / private"))
+        .and_then(|()| build_root(root, None, false))
+        .and_then(|()| mount_setattr_ro(root).map_err(err("make it read-only")));
+    match built {
+        Ok(()) => {
+            DEFER_RO.store(true, std::sync::atomic::Ordering::Relaxed);
+            TEMPLATE.store(true, std::sync::atomic::Ordering::Relaxed);
+            true
+        }
+        Err(e) => {
+            let _ = umount2(root, MntFlags::MNT_DETACH);
+            eprintln!("llm-sandbox: warm sandboxes build their own root ({e})");
+            false
+        }
+    }
+}
+
+/// Whether a warm sandbox of this server can take `cfg`: with a template root
+/// ([`prepare_template`]) every bind must find its mount point there already (nothing can
+/// be created in the read-only template); without one, any job without network or
+/// `rootfs` can.
+pub fn warm_fits(cfg: &SandboxConfig, root: &Path) -> bool {
+    if cfg.network || cfg.rootfs.is_some() {
+        return false;
+    }
+    if !TEMPLATE.load(std::sync::atomic::Ordering::Relaxed) {
+        return true;
+    }
+    cfg.binds.iter().filter(|b| b.src.exists()).all(|b| {
+        let under_system = SYSTEM_DIRS
+            .iter()
+            .chain(["/etc"].iter())
+            .any(|d| b.dest.starts_with(d));
+        if under_system {
+            // Skipped, or refused the same way by any sandbox (setup_job).
+            return true;
+        }
+        let target = root.join(b.dest.strip_prefix("/").unwrap_or(&b.dest));
+        match (
+            std::fs::symlink_metadata(&target),
+            std::fs::metadata(&b.src),
+        ) {
+            (Ok(t), Ok(s)) => t.is_dir() == s.is_dir() && !t.file_type().is_symlink(),
+            _ => false,
+        }
+    })
+}
+
+/// A warm sandbox of a server with a template root: a bind of its copy of the template
+/// (the copy itself is locked in this user namespace, and `pivot_root` refuses a locked
+/// mount; the bind keeps the template's read-only flags, locked too), then what every
+/// sandbox does for itself.
+fn setup_from_template(root: &Path) -> Result<Base, String> {
+    let sfd = own_session()?;
+    mount(
+        Some(root),
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err("bind the template root"))?;
+    finish_base(root, sfd)
+}
+
+/// A new session whose SIGCHLD the init reads from a signalfd.
+fn own_session() -> Result<SignalFd, String> {
     nix::unistd::setsid().map_err(err("setsid"))?;
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block().map_err(err("sigprocmask"))?;
-    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(err("signalfd"))?;
-    make_mounts_private().map_err(err("make / private"))?;
-    DEFER_RO.store(have_mount_setattr(), std::sync::atomic::Ordering::Relaxed);
+    SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(err("signalfd"))
+}
+
+/// The job-independent root on `root`: a tmpfs with the system directories and the allowed
+/// part of `/etc` (or the job's `rootfs`), the mount points of the writable places and
+/// `/proc`, and a read-only `/dev`. Shared by a sandbox building its own root and a server
+/// building its template ([`prepare_template`]).
+fn build_root(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<(), String> {
     match rootfs {
         Some(rootfs) => bind_ro(rootfs, root, false)?,
         None => {
@@ -402,7 +506,12 @@ pub fn setup_base(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<B
     for d in ["sandbox", "tmp", "dev", "proc"] {
         std::fs::create_dir_all(root.join(d)).map_err(err(format!("mkdir /{d}")))?;
     }
-    build_dev(root)?;
+    build_dev(root)
+}
+
+/// What every sandbox does for itself on its root: its own `/proc` (of its pid namespace),
+/// hostname, loopback, the per-user counts of its user namespace.
+fn finish_base(root: &Path, sfd: SignalFd) -> Result<Base, String> {
     mount(
         Some("proc"),
         &root.join("proc"),

@@ -648,6 +648,78 @@ jobs:
     }
 }
 
+/// One job after another in the same slot (`-j 1`): whatever a job tries on the root that
+/// sandboxes share read-only (a native server builds it once and every warm sandbox starts
+/// from a copy of it; a warm container keeps its image's root), the next job finds that
+/// root as the job before the attack did.
+#[test]
+fn the_shared_root_is_the_same_for_every_job() {
+    // Names, owners, modes, sizes and link counts of the root, /etc and /dev (not /proc's
+    // link count: the number of processes), and the contents of /etc's files that exist:
+    // what a later job could read. On native also their access and change times, first
+    // (before this job reads anything): a read that updated one would tell the next job
+    // what this one read. (A warm container's /dev is Docker's own tmpfs, whose access time
+    // a read does update: named among the known limits in the README, *Security*.)
+    let listing = "ls -lAn --time-style=+ / /etc /dev | grep -v ' proc$' | md5sum; cat /etc/hostname /etc/passwd /etc/hosts 2>/dev/null | md5sum";
+    let times = "stat -c '%n %a %u %X %Y %Z' / /etc /dev /etc/passwd";
+    for backend in backends() {
+        let fingerprint = if backend == "native" {
+            format!("{times}; {listing}")
+        } else {
+            listing.to_string()
+        };
+        let dir = Scratch::new();
+        let yaml = format!(
+            r#"
+defaults:
+  timeout: 10s
+  lang: bash
+jobs:
+  - name: before
+    code: "{fingerprint}"
+  - name: attack
+    code: |
+      try() {{ "$@" 2>/dev/null && echo "CHANGED: $*"; }}
+      for p in /x /etc/x /dev/x /usr/x /sandbox/../x; do try touch "$p"; done
+      try mkdir /y; try mkdir /etc/y; try mkdir /dev/y
+      try chmod 777 /; try chmod 777 /etc; try chmod 777 /dev
+      try mv /etc/hostname /etc/h2; try rm -f /etc/hosts; try ln -s / /etc/l
+      try sh -c 'echo x >> /etc/passwd'; try sh -c 'echo x > /etc/hostname'
+      try touch -d 2001-01-01 /etc /dev /
+      try mount -o remount,rw /; try mount -t tmpfs none /etc
+      cat /etc/passwd /etc/hosts > /dev/null; ls -R /etc /dev > /dev/null 2>&1
+      python3 -c 'import os; os.chmod("/etc", 0o777)' 2>/dev/null && echo "CHANGED: chmod via python"
+      echo done
+  - name: after
+    code: "{fingerprint}"
+"#
+        );
+        dir.write("root.yaml", &yaml);
+        let r = common::run_report(
+            dir.cmd()
+                .args(["run", "--no-progress", "-j", "1", "--backend", backend])
+                .args(["--json", "-", "root.yaml"]),
+        );
+        let jobs = r.jobs();
+        let out = |n: &str| -> String {
+            let j = &jobs[n];
+            assert_eq!(status(j), "passed", "{backend} {n}: {j}");
+            common::field(j, "stdout").trim().to_string()
+        };
+        let attack = out("attack");
+        assert!(attack.ends_with("done"), "{backend}: {attack}");
+        assert!(
+            !attack.contains("CHANGED"),
+            "{backend}: a job changed the shared root:\n{attack}"
+        );
+        assert_eq!(
+            out("before"),
+            out("after"),
+            "{backend}: the root the next job saw differs"
+        );
+    }
+}
+
 /// Every native sandbox has a network namespace of its own, never the host's: consecutive
 /// jobs of one slot see different ones.
 #[test]
