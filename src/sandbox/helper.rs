@@ -683,45 +683,16 @@ fn serve_one(
 }
 
 /// The sandboxes' stack: the init runs on it, and so do the processes it forks for the
-/// steps (a preloaded Python step runs the program on it). Mapped once per server, lazily
-/// (pages cost only when touched), with an inaccessible guard page below it: a stack
-/// overflow is a clean SIGSEGV, never a write into other memory.
-const CLONE_STACK: usize = 8 << 20;
+/// steps (a preloaded Python step runs the program on it). 8 MiB, mapped once per server
+/// ([`super::CloneStack`]).
+static SANDBOX_STACK: super::CloneStack = super::CloneStack::new(8 << 20);
 
 /// `clone(2)` on one stack kept for the server's life: a fresh one per sandbox cost a
 /// zeroing and its page faults each time (the child has its own copy of it anyway).
 fn clone_with_stack(cb: nix::sched::CloneCb<'_>, flags: CloneFlags) -> nix::Result<Pid> {
-    struct Stack(usize);
-    static STACK: std::sync::Mutex<Stack> = std::sync::Mutex::new(Stack(0));
-    let mut stack = STACK.lock().unwrap_or_else(|e| e.into_inner());
-    let page = 4096;
-    if stack.0 == 0 {
-        // SAFETY: a new private anonymous mapping; its lowest page is made inaccessible.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                CLONE_STACK + page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(nix::Error::last());
-        }
-        // SAFETY: the first page of the mapping made above.
-        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
-            return Err(nix::Error::last());
-        }
-        stack.0 = base as usize + page;
-    }
-    // SAFETY: the mapping above lives for the whole process (never unmapped); the server is
-    // single-threaded, and the child gets a copy of this address space.
-    unsafe {
-        let s = std::slice::from_raw_parts_mut(stack.0 as *mut u8, CLONE_STACK);
-        nix::sched::clone(cb, s, flags, Some(libc::SIGCHLD))
-    }
+    // SAFETY: the server is single-threaded, and the child gets a copy of this address
+    // space (no CLONE_VM): the stack is the child's own from then on.
+    unsafe { SANDBOX_STACK.clone(cb, flags) }
 }
 
 fn write_id_maps(child: Pid, euid: u32, egid: u32) -> Result<(), String> {

@@ -868,6 +868,10 @@ pub(crate) fn loopback_up() {
 }
 
 /// In the forked child: become the sandbox user and exec. Never returns.
+/// The stack of a step's process until its execve ([`run_step`]): with CLONE_VM it cannot
+/// be the one the init runs on.
+static STEP_STACK: super::CloneStack = super::CloneStack::new(1 << 20);
+
 fn exec_child(
     cfg: &SandboxConfig,
     step: &Step,
@@ -1059,13 +1063,38 @@ fn run_step(cfg: &SandboxConfig, step: &Step, state: &mut State) -> StepResult {
     let usage_before = super::usage::children();
     let mut own_usage = None;
     let start = Instant::now();
-    // SAFETY: init is single-threaded.
-    let child = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            let out = pipe.as_ref().map(|(_, w)| w.as_raw_fd());
-            exec_child(cfg, step, state, out, err_w.as_raw_fd())
+    let out = pipe.as_ref().map(|(_, w)| w.as_raw_fd());
+    let err_fd = err_w.as_raw_fd();
+    // A step that execs (every one but a preloaded interpreter's, which runs the program in
+    // the child itself) borrows this process's memory until its execve, this process
+    // waiting meanwhile (CLONE_VM | CLONE_VFORK, as posix_spawn does): no copy of the page
+    // tables, no copy-on-write faults, nothing to tear down at the execve. What it changes
+    // before that (signal dispositions, fds, limits, credentials, Landlock, seccomp) is its
+    // own: none of those is shared without further flags.
+    let execs = !(cfg.preload
+        && cfg.rootfs.is_none()
+        && step.kind == StepKind::Run
+        && super::pyembed::loaded());
+    let spawned = if execs {
+        let cb = Box::new(|| -> isize { exec_child(cfg, step, state, out, err_fd) });
+        // SAFETY: the child runs on STEP_STACK, which this process never runs on, and this
+        // process is suspended until the child's execve or exit (CLONE_VFORK).
+        unsafe {
+            STEP_STACK.clone(
+                cb,
+                nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK,
+            )
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+    } else {
+        // SAFETY: init is single-threaded.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => exec_child(cfg, step, state, out, err_fd),
+            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child),
+            Err(e) => Err(e),
+        }
+    };
+    let child = match spawned {
+        Ok(child) => child,
         Err(e) => {
             res.spawn_error = Some(format!("fork: {e}"));
             return res;

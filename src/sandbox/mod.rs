@@ -167,6 +167,65 @@ pub fn oom_first() {
     }
 }
 
+/// A stack for `clone(2)` children, mapped on first use and kept for the process's life
+/// (pages cost only when touched), with an inaccessible guard page below it: a stack
+/// overflow is a clean SIGSEGV, never a write into other memory.
+pub(crate) struct CloneStack {
+    size: usize,
+    base: std::sync::Mutex<usize>,
+}
+
+impl CloneStack {
+    pub(crate) const fn new(size: usize) -> CloneStack {
+        CloneStack {
+            size,
+            base: std::sync::Mutex::new(0),
+        }
+    }
+
+    /// `clone(2)` of `cb` on this stack, SIGCHLD to the parent when the child ends.
+    ///
+    /// # Safety
+    /// Nothing else may run on this stack while the child does: with `CLONE_VM` that
+    /// includes this process (use another `CloneStack` than the one it runs on), without
+    /// it the child has its own copy.
+    pub(crate) unsafe fn clone(
+        &self,
+        cb: nix::sched::CloneCb<'_>,
+        flags: nix::sched::CloneFlags,
+    ) -> nix::Result<nix::unistd::Pid> {
+        let page = 4096;
+        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        if *base == 0 {
+            // SAFETY: a new private anonymous mapping; its lowest page is made inaccessible.
+            let m = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    self.size + page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                    -1,
+                    0,
+                )
+            };
+            if m == libc::MAP_FAILED {
+                return Err(nix::Error::last());
+            }
+            // SAFETY: the first page of the mapping made above.
+            if unsafe { libc::mprotect(m, page, libc::PROT_NONE) } != 0 {
+                return Err(nix::Error::last());
+            }
+            *base = m as usize + page;
+        }
+        // SAFETY: the mapping above lives for the whole process (never unmapped); what
+        // runs on it is the caller's promise.
+        unsafe {
+            let s = std::slice::from_raw_parts_mut(*base as *mut u8, self.size);
+            nix::sched::clone(cb, s, flags, Some(libc::SIGCHLD))
+        }
+    }
+}
+
 /// Sets a resource limit of the calling process (a step between fork and exec).
 /// Async-signal-safe.
 pub fn set_rlimit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) {

@@ -1344,3 +1344,28 @@ fn resume_after_a_killed_run() {
     assert_eq!(common::field(&r.jobs()["quick-1"], "stdout"), "ONE\n");
     assert_eq!(r.jobs().len(), 4);
 }
+
+/// A program that cannot start (here: a `rootfs` without bash) is its job's `error`, saying
+/// why: the step's process reports its failed execve to the init before it exits (it shares
+/// the init's memory until then: src/sandbox/init.rs, `run_step`).
+#[test]
+fn a_program_that_cannot_start_is_an_error_saying_why() {
+    let dir = Scratch::new();
+    std::fs::create_dir_all(dir.path().join("emptyroot")).unwrap();
+    dir.write(
+        "f.toml",
+        "[backends.native]\nrootfs = \"emptyroot\"\n\n[[jobs]]\nname = \"no-program\"\nlang = \"bash\"\ncode = \"echo hi\"\n",
+    );
+    let r = common::run_report(
+        dir.cmd()
+            .args(["run", "--no-progress", "--backend", "native"])
+            .args(["--json", "-", "f.toml"]),
+    );
+    let j = &r.jobs()["no-program"];
+    assert_eq!(common::status(j), "error", "{j}");
+    let message = common::field(j, "message");
+    assert!(
+        message.contains("cannot execute") && message.contains("No such file"),
+        "{message}"
+    );
+}
