@@ -349,6 +349,36 @@ jobs:
     }
 }
 
+/// The OOM killer's choice is the job's process (oom_score_adj 1000), never the native
+/// sandbox's init (pid 1 of the job's namespace), whether the step execs (it shares the
+/// init's memory until its execve, and the kernel keeps a vfork child's score apart) or is a
+/// preloaded interpreter's.
+#[test]
+fn the_oom_killers_choice_is_the_job_not_the_init() {
+    let dir = Scratch::new();
+    let yaml = r#"
+jobs:
+  - name: bash
+    lang: bash
+    code: echo "$(cat /proc/self/oom_score_adj) $(cat /proc/1/oom_score_adj)"
+  - name: python
+    lang: python
+    code: print(open("/proc/self/oom_score_adj").read().strip(), open("/proc/1/oom_score_adj").read().strip())
+"#;
+    let r = run_one_slot("native", yaml, &dir, &[]);
+    for name in ["bash", "python"] {
+        let j = r.job(name);
+        assert_eq!(status(j), "passed", "{j}");
+        let out = field(j, "stdout").trim().to_string();
+        let (job, init) = out.split_once(' ').unwrap_or_default();
+        assert_eq!(job, "1000", "{name}: {out}");
+        assert_ne!(
+            init, "1000",
+            "{name}: the init became the OOM killer's choice: {out}"
+        );
+    }
+}
+
 /// Review item 7: What the runner keeps of a job is bounded: a job printing megabytes with a wrong
 /// `expect.stdout` leaves at most 256 KiB of each stream and 64 KiB of each checked text in
 /// the report (the checks saw everything). The runner's memory over 60 such jobs is a
