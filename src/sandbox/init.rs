@@ -467,14 +467,8 @@ pub fn warm_fits(cfg: &SandboxConfig, root: &Path) -> bool {
 /// sandbox does for itself.
 fn setup_from_template(root: &Path) -> Result<Base, String> {
     let sfd = own_session()?;
-    mount(
-        Some(root),
-        root,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(err("bind the template root"))?;
+    // No remount: the copy's read-only flags are locked and carried over by the bind.
+    bind_ro(root, root, true)?;
     finish_base(root, sfd)
 }
 
