@@ -35,6 +35,11 @@ pub struct Root {
     pub acl: Option<bool>,
     /// Its extended attributes (name, hex value), sorted; None: not known (no `getfattr`).
     pub xattrs: Option<Vec<(String, String)>>,
+    /// Its access and modification times (seconds and nanoseconds of each): a job that
+    /// changes a file in it at a chosen moment (or, where access times move on reads, reads
+    /// it) would leave the next job that moment. The agent puts them back; None: not known
+    /// (the shell collector leaves them: README, *Security*).
+    pub times: Option<[i64; 4]>,
 }
 
 /// What a collector found after cleaning.
@@ -94,6 +99,11 @@ pub fn verdict(e: &Evidence, fresh: &[Root]) -> Result<(), String> {
         if let (Some(a), Some(b)) = (&now.xattrs, &f.xattrs) {
             if a != b {
                 return Err(format!("{}'s extended attributes changed", f.path));
+            }
+        }
+        if let (Some(a), Some(b)) = (now.times, f.times) {
+            if a != b {
+                return Err(format!("{}'s access or modification time changed", f.path));
             }
         }
     }
@@ -328,6 +338,7 @@ pub fn parse(stderr: &str) -> ScriptOutput {
                             _ => None,
                         },
                         xattrs: None,
+                        times: None,
                     });
                 }
             }
@@ -393,6 +404,7 @@ mod tests {
             mode,
             acl: Some(false),
             xattrs: Some(vec![]),
+            times: Some([1, 2, 3, 4]),
         }
     }
 
@@ -424,6 +436,9 @@ mod tests {
         e.roots[1].xattrs = Some(vec![("user.x".into(), "0x31".into())]);
         cases.push((e, "extended attributes"));
         let mut e = clean.clone();
+        e.roots[1].times = Some([1, 2, 3, 5]);
+        cases.push((e, "modification time"));
+        let mut e = clean.clone();
         e.roots.pop();
         cases.push((e, "not examined"));
         let mut e = clean.clone();
@@ -440,6 +455,7 @@ mod tests {
         let mut e = clean.clone();
         e.roots[1].xattrs = None;
         e.roots[1].acl = None;
+        e.roots[1].times = None;
         assert_eq!(verdict(&e, &fresh), Ok(()));
     }
 

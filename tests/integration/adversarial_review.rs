@@ -349,6 +349,39 @@ jobs:
     }
 }
 
+/// In a warm container the next job finds the access and modification times of `/tmp`,
+/// `/dev/shm` and `/dev` as the job before the attack did: a job that changes them at a
+/// chosen moment (a file made and removed, a read of the engine's strictatime `/dev`) would
+/// otherwise leave the next one that moment. (Native jobs get fresh mounts each.)
+#[test]
+fn a_warm_containers_times_do_not_carry_over() {
+    for backend in containers() {
+        let dir = Scratch::new();
+        let yaml = r#"
+defaults:
+  lang: bash
+jobs:
+  - name: before
+    code: stat -c '%n %x %y' /tmp /dev/shm /dev
+  - name: attack
+    code: |
+      sleep 0.2; touch /tmp/x; rm /tmp/x; touch /dev/shm/y; rm /dev/shm/y; ls -R /dev > /dev/null 2>&1
+      touch -a -d @1234567890 /tmp /dev/shm 2>/dev/null; echo done
+  - name: after
+    code: stat -c '%n %x %y' /tmp /dev/shm /dev
+"#;
+        let r = run_one_slot(backend, yaml, &dir, &[]);
+        r.assert_status("attack", "passed");
+        let before = field(r.job("before"), "stdout").to_string();
+        let after = field(r.job("after"), "stdout").to_string();
+        assert!(before.contains("/dev/shm"), "{backend}: {before}");
+        assert_eq!(
+            before, after,
+            "{backend}: times carried over to the next job"
+        );
+    }
+}
+
 /// The OOM killer's choice is the job's process (oom_score_adj 1000), never the native
 /// sandbox's init (pid 1 of the job's namespace), whether the step execs (it shares the
 /// init's memory until its execve, and the kernel keeps a vfork child's score apart) or is a

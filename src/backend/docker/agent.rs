@@ -193,6 +193,7 @@ fn main() -> i32 {
     }
     // The writable places' roots as the container was made: what every job must find.
     let fresh = snapshot_roots();
+    let _ = DEV_TIMES.set(times_of("/dev"));
     // Preloaded Python: initialised now, while the container is as its image made it. Its
     // start-up reads only the image's files (the root file system is read-only, the job's
     // variables never reach it, HOME is one nobody can create: pyembed), never a path a job
@@ -690,6 +691,9 @@ fn pack(
 /// Empties the writable places, puts their roots back as the container was made
 /// (`fresh`: owner, mode, extended attributes, ACLs included), removes System V objects,
 /// then collects the evidence and asks [`clean::verdict`].
+/// `/dev`'s access and modification times as the container was made (set in `main`).
+static DEV_TIMES: std::sync::OnceLock<Option<[i64; 4]>> = std::sync::OnceLock::new();
+
 fn clean(killed: Evidence, fresh: &[Root]) -> Result<(), String> {
     for d in WRITABLE {
         if let Ok(rd) = std::fs::read_dir(d) {
@@ -702,9 +706,6 @@ fn clean(killed: Evidence, fresh: &[Root]) -> Result<(), String> {
             }
         }
     }
-    for f in fresh {
-        repair(f);
-    }
     remove_ipc();
     let mut e = killed;
     for d in WRITABLE {
@@ -715,6 +716,14 @@ fn clean(killed: Evidence, fresh: &[Root]) -> Result<(), String> {
                     .unwrap_or_else(|err| format!("{d}: {err}")),
             );
         }
+    }
+    // After the last listing of the roots (a listing moves an access time): their times as
+    // made, and `/dev`'s (the engine's tmpfs, whose access time every read of it moves).
+    for f in fresh {
+        repair(f);
+    }
+    if let Some(t) = DEV_TIMES.get().copied().flatten() {
+        set_times("/dev", t);
     }
     e.roots = snapshot_roots();
     e.ipc_objects = ipc_ids().iter().map(|v| v.len() as u32).sum();
@@ -761,6 +770,7 @@ fn snapshot_roots() -> Vec<Root> {
                     .as_ref()
                     .map(|x| x.iter().any(|(n, _)| n.starts_with("system.posix_acl_"))),
                 xattrs,
+                times: times_of(d),
             })
         })
         .collect()
@@ -852,6 +862,43 @@ fn repair(fresh: &Root) {
         libc::lchown(p.as_ptr(), fresh.uid, fresh.gid);
         libc::chmod(p.as_ptr(), fresh.mode);
     }
+    if let Some(t) = fresh.times {
+        set_times(&fresh.path, t);
+    }
+}
+
+/// Access and modification times of `path` as [`times_of`] gave them (FOWNER: any owner's).
+fn set_times(path: &str, t: [i64; 4]) {
+    let Ok(p) = std::ffi::CString::new(path) else {
+        return;
+    };
+    let ts = [
+        libc::timespec {
+            tv_sec: t[0],
+            tv_nsec: t[1],
+        },
+        libc::timespec {
+            tv_sec: t[2],
+            tv_nsec: t[3],
+        },
+    ];
+    // SAFETY: a NUL-terminated path and two timespecs.
+    unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+}
+
+/// Access and modification times of `path` (seconds and nanoseconds of each), not
+/// following a link.
+fn times_of(path: &str) -> Option<[i64; 4]> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some([m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec()])
 }
 
 /// System V ids in /proc/sysvipc (shm, msg, sem).
