@@ -444,9 +444,9 @@ fn serve_one(
     };
     // A warm sandbox takes the job when it can (no network, the host's system directories,
     // and with a template root every bind's mount point in it: `init::warm_fits`).
-    let fits = warm_root.is_some_and(|root| super::init::warm_fits(&cfg, root));
+    let fits = || warm_root.is_some_and(|root| super::init::warm_fits(&cfg, root));
     let warm_used = match warm {
-        Some(w) if fits => match send_job(&w, &cfg, rlimit_nproc, fds) {
+        Some(w) if fits() => match send_job(&w, &cfg, rlimit_nproc, fds) {
             Ok(()) => Some((w.pid, w.done)),
             Err(_) => {
                 let _ = signal::kill(w.pid, Signal::SIGKILL);

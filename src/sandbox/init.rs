@@ -318,9 +318,23 @@ fn bind_ro(src: &Path, dest: &Path, writable: bool) -> Result<(), String> {
         .map_err(err(format!("remount {} read-only", dest.display())))
 }
 
+/// Whether `dest` is below a system directory or `/etc`: binds of the host's own directories
+/// there, where no mount point of a job's bind may be made (it would be on the host).
+fn under_system_dir(dest: &Path) -> bool {
+    SYSTEM_DIRS
+        .iter()
+        .chain(["/etc"].iter())
+        .any(|d| dest.starts_with(d))
+}
+
+/// `dest` (a path inside the sandbox) below the root being built at `root`.
+fn in_root(root: &Path, dest: &Path) -> std::path::PathBuf {
+    root.join(dest.strip_prefix("/").unwrap_or(dest))
+}
+
 /// Recreates `host` (a directory, file or symlink) at `root/host` and binds it.
 fn replicate(root: &Path, host: &Path, dest: &Path, writable: bool) -> Result<(), String> {
-    let target = root.join(dest.strip_prefix("/").unwrap_or(dest));
+    let target = in_root(root, dest);
     let Ok(meta) = std::fs::symlink_metadata(host) else {
         return Ok(());
     };
@@ -442,17 +456,12 @@ pub fn warm_fits(cfg: &SandboxConfig, root: &Path) -> bool {
         return true;
     }
     cfg.binds.iter().filter(|b| b.src.exists()).all(|b| {
-        let under_system = SYSTEM_DIRS
-            .iter()
-            .chain(["/etc"].iter())
-            .any(|d| b.dest.starts_with(d));
-        if under_system {
+        if under_system_dir(&b.dest) {
             // Skipped, or refused the same way by any sandbox (setup_job).
             return true;
         }
-        let target = root.join(b.dest.strip_prefix("/").unwrap_or(&b.dest));
         match (
-            std::fs::symlink_metadata(&target),
+            std::fs::symlink_metadata(in_root(root, &b.dest)),
             std::fs::metadata(&b.src),
         ) {
             (Ok(t), Ok(s)) => t.is_dir() == s.is_dir() && !t.file_type().is_symlink(),
@@ -593,11 +602,7 @@ fn setup_job(
         // Below a system directory or /etc a mount point would have to be created inside
         // a bind of the host's own directory, i.e. on the host: refuse (or skip, when the
         // path is the host's own and so already visible).
-        if SYSTEM_DIRS
-            .iter()
-            .chain(["/etc"].iter())
-            .any(|d| b.dest.starts_with(d))
-        {
+        if under_system_dir(&b.dest) {
             if b.src == b.dest && !b.writable {
                 continue;
             }
@@ -609,19 +614,13 @@ fn setup_job(
             ));
         }
     }
-    let bindable = |b: &&crate::sandbox::Bind| {
-        b.src.exists()
-            && !SYSTEM_DIRS
-                .iter()
-                .chain(["/etc"].iter())
-                .any(|d| b.dest.starts_with(d))
-    };
+    let bindable = |b: &&crate::sandbox::Bind| b.src.exists() && !under_system_dir(&b.dest);
     for b in cfg.binds.iter().filter(|b| !b.writable).filter(bindable) {
         replicate(root, &b.src, &b.dest, false)?;
     }
     // Mount points of the writable binds, while the root can still be written.
     for b in cfg.binds.iter().filter(|b| b.writable && b.src.is_dir()) {
-        let target = root.join(b.dest.strip_prefix("/").unwrap_or(&b.dest));
+        let target = in_root(root, &b.dest);
         std::fs::create_dir_all(&target).map_err(err(format!("mkdir {}", b.dest.display())))?;
     }
     if DEFER_RO.load(std::sync::atomic::Ordering::Relaxed) {

@@ -626,12 +626,7 @@ jobs:
           print("refused")
 "#,
         );
-        dir.write("net.yaml", &yaml);
-        let r = common::run_report(
-            dir.cmd()
-                .args(["run", "--no-progress", "-j", "1", "--backend", backend])
-                .args(["--json", "-", "net.yaml"]),
-        );
+        let r = common::run_one_slot(backend, &yaml, &dir, &[]);
         let jobs = r.jobs();
         let out = |n: &str| -> String {
             let j = &jobs[n];
@@ -694,12 +689,7 @@ jobs:
     code: "{fingerprint}"
 "#
         );
-        dir.write("root.yaml", &yaml);
-        let r = common::run_report(
-            dir.cmd()
-                .args(["run", "--no-progress", "-j", "1", "--backend", backend])
-                .args(["--json", "-", "root.yaml"]),
-        );
+        let r = common::run_one_slot(backend, &yaml, &dir, &[]);
         let jobs = r.jobs();
         let out = |n: &str| -> String {
             let j = &jobs[n];

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{backends, field, status, text, Scratch};
+use common::{backends, field, run_one_slot, status, text, Scratch};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -14,16 +14,6 @@ use std::time::Duration;
 
 /// Runs `yaml` on `backend` with `-j 1` (one slot: consecutive jobs share a warm container
 /// or a sandbox server) and returns the run.
-fn run_one_slot(backend: &str, yaml: &str, dir: &Scratch, extra: &[&str]) -> common::Run {
-    dir.write("jobs.yaml", yaml);
-    common::run_report(
-        dir.cmd()
-            .args(["run", "--no-progress", "-j", "1", "--backend", backend])
-            .args(extra)
-            .args(["--json", "-", "jobs.yaml"]),
-    )
-}
-
 fn containers() -> Vec<&'static str> {
     backends().into_iter().filter(|b| *b != "native").collect()
 }

@@ -688,12 +688,12 @@ fn pack(
     b.into_inner()
 }
 
-/// Empties the writable places, puts their roots back as the container was made
-/// (`fresh`: owner, mode, extended attributes, ACLs included), removes System V objects,
-/// then collects the evidence and asks [`clean::verdict`].
 /// `/dev`'s access and modification times as the container was made (set in `main`).
 static DEV_TIMES: std::sync::OnceLock<Option<[i64; 4]>> = std::sync::OnceLock::new();
 
+/// Empties the writable places, removes System V objects, puts the roots back as the
+/// container was made (`fresh`: owner, mode, extended attributes, ACLs, times included)
+/// and `/dev`'s times, then collects the evidence and asks [`clean::verdict`].
 fn clean(killed: Evidence, fresh: &[Root]) -> Result<(), String> {
     for d in WRITABLE {
         if let Ok(rd) = std::fs::read_dir(d) {

@@ -177,6 +177,19 @@ pub struct Run {
     pub wall: Duration,
 }
 
+/// Runs `yaml` (written as `jobs.yaml` in `dir`) on `backend` one job after another in one
+/// concurrency slot (`-j 1`, so each job follows the one before in the same sandbox server
+/// or warm container), with `extra` arguments; the JSON report.
+pub fn run_one_slot(backend: &str, yaml: &str, dir: &Scratch, extra: &[&str]) -> Run {
+    dir.write("jobs.yaml", yaml);
+    run_report(
+        dir.cmd()
+            .args(["run", "--no-progress", "-j", "1", "--backend", backend])
+            .args(extra)
+            .args(["--json", "-", "jobs.yaml"]),
+    )
+}
+
 /// Runs `cmd` (a `run ... --json -` command line) and parses the report on its stdout.
 /// Panics, with stdout and stderr, when stdout is not one JSON report.
 pub fn run_report(cmd: &mut Command) -> Run {
