@@ -215,6 +215,24 @@ echo "sockets $(socks)" >&2
 echo "examined" >&2
 exit 0"##;
 
+/// `/proc/net/sockstat` with the figures that count the whole machine, not the namespace it
+/// is read in, blanked: TCP's orphans and allocated sockets, and each protocol's memory.
+pub fn sockstat_of_namespace(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut machine_wide = false;
+        for (i, word) in line.split(' ').enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(if machine_wide { "-" } else { word });
+            machine_wide = matches!(word, "orphan" | "alloc" | "mem");
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The sockets `/proc/net/sockstat` and `sockstat6` (their text, one after the other) count
 /// in their network namespace: TCP, UDP, UDP-Lite and raw ones in use, and TCP's in
 /// TIME_WAIT (the shell proof's `socks` counts the same).
@@ -373,6 +391,30 @@ pub fn parse(stderr: &str) -> ScriptOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockstat_of_the_namespace_leaves_out_machine_wide_figures() {
+        let a = "sockets: used 3\nTCP: inuse 1 orphan 0 tw 2 alloc 1 mem 0\nUDP: inuse 0 mem 4\nFRAG: inuse 0 memory 0\n";
+        let b = "sockets: used 3\nTCP: inuse 1 orphan 7 tw 2 alloc 90 mem 12\nUDP: inuse 0 mem 9\nFRAG: inuse 0 memory 0\n";
+        assert_eq!(sockstat_of_namespace(a), sockstat_of_namespace(b));
+        assert_eq!(
+            sockstat_of_namespace(a),
+            "sockets: used 3\nTCP: inuse 1 orphan - tw 2 alloc - mem -\nUDP: inuse 0 mem -\nFRAG: inuse 0 memory 0\n"
+        );
+        // What the namespace itself holds still counts.
+        for (from, to) in [
+            ("used 3", "used 4"),
+            ("inuse 1", "inuse 2"),
+            ("tw 2", "tw 3"),
+            ("memory 0", "memory 8"),
+        ] {
+            assert_ne!(
+                sockstat_of_namespace(a),
+                sockstat_of_namespace(&a.replace(from, to)),
+                "{from}"
+            );
+        }
+    }
 
     #[test]
     fn sockets_are_counted_from_sockstat() {

@@ -124,6 +124,9 @@ pub fn main() -> i32 {
     if let Some(root) = &warm_root {
         super::init::prepare_template(root);
     }
+    // As root: one network namespace for the slot's sandboxes without network, checked
+    // after every job (see `slotnet`); else each sandbox gets its own.
+    let mut slot_net = super::slotnet::SlotNet::new();
     // What the job that asked needs (its start-up variables, PATH, modules), when it could
     // use a preloaded interpreter: initialised now, before this server's first sandbox, so
     // that its first jobs do not start python3 (else it preloads after the first job).
@@ -144,7 +147,7 @@ pub fn main() -> i32 {
                 super::pyembed::scrub_stack();
             }
             if let Some(root) = &warm_root {
-                warm = spawn_warm(root);
+                warm = spawn_warm(root, slot_net.as_ref());
             }
         }
         let mut cmsg = nix::cmsg_space!([RawFd; super::REQUEST_FDS]);
@@ -199,10 +202,24 @@ pub fn main() -> i32 {
             warm_root: warm_root.as_deref(),
             exiting: exiting.len() as u64,
             preload_ok,
+            net: slot_net.as_ref(),
         };
         let mut preload = None;
         let (stop, reap) = serve_one(config, &fds, &server, &mut warm, &mut preload);
         drop(fds);
+        // No process of the job is left: the next job gets the slot's network namespace
+        // only as it was when new (else a new one, and the warm sandbox cloned into the old
+        // one goes).
+        let touched = slot_net.as_mut().is_some_and(|n| !n.untouched());
+        if touched {
+            if !slot_net.as_mut().is_some_and(|n| n.renew()) {
+                slot_net = None;
+            }
+            if let Some(w) = warm.take() {
+                let _ = signal::kill(w.pid, Signal::SIGKILL);
+                let _ = waitpid(w.pid, None);
+            }
+        }
         if let Some(req) = preload {
             // After the job that asked (which ran as usual): every sandbox cloned from now on
             // carries the interpreter.
@@ -248,9 +265,10 @@ struct Warm {
     done: OwnedFd,
 }
 
-/// Every sandbox gets new namespaces of every kind, its network namespace included: no
-/// socket state (a listener, a TIME_WAIT) of one job is seen by the next, and a job with
-/// network gets it through [`super::usernet`], never the host's namespace.
+/// Every sandbox gets new namespaces of every kind. The network namespace is its own too, or
+/// (as root, without network) its slot's, which no job leaves changed for the next
+/// ([`super::slotnet`]); a job with network gets it through [`super::usernet`], never the
+/// host's namespace.
 const CLONE_FLAGS: CloneFlags = CloneFlags::CLONE_NEWUSER
     .union(CloneFlags::CLONE_NEWNS)
     .union(CloneFlags::CLONE_NEWPID)
@@ -296,7 +314,7 @@ fn send_job(
 
 /// Clones the next sandbox before its job arrives: namespaces, id maps and the
 /// job-independent setup happen while the server would otherwise wait.
-fn spawn_warm(root: &std::path::Path) -> Option<Warm> {
+fn spawn_warm(root: &std::path::Path, net: Option<&super::slotnet::SlotNet>) -> Option<Warm> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (job_ours, job_theirs) = socketpair(
         AddressFamily::Unix,
@@ -340,7 +358,7 @@ fn spawn_warm(root: &std::path::Path) -> Option<Warm> {
             super::init::run_warm(&root, sync, job, done)
         }
     });
-    let pid = clone_with_stack(cb, CLONE_FLAGS).ok()?;
+    let pid = clone_sandbox(cb, net).ok()?;
     drop((job_theirs, done_w, sync_r));
     let euid = nix::unistd::geteuid().as_raw();
     let egid = nix::unistd::getegid().as_raw();
@@ -369,6 +387,8 @@ struct ServerState<'a> {
     exiting: u64,
     /// This server may preload Python (it scrubs freed memory).
     preload_ok: bool,
+    /// The slot's network namespace, for sandboxes without network.
+    net: Option<&'a super::slotnet::SlotNet>,
 }
 
 /// Runs one sandbox. Returns whether the server must stop (runner gone), and the init to
@@ -387,6 +407,7 @@ fn serve_one(
         warm_root,
         exiting,
         preload_ok,
+        net,
     } = *server;
     let warm = warm_slot.take();
     let t0 = Instant::now();
@@ -470,7 +491,7 @@ fn serve_one(
             // The next job's sandbox is set up while this one runs (not with a preloaded
             // interpreter: it would be cloned with this job's configuration in memory, and
             // its step does not execve; the serving loop clones it after this job instead).
-            *warm_slot = spawn_warm(root);
+            *warm_slot = spawn_warm(root, net);
         }
         x
     } else {
@@ -528,7 +549,7 @@ fn serve_one(
             let done = unsafe { OwnedFd::from_raw_fd(done_w_raw) };
             super::init::run(&child_cfg, sync, done, rlimit_nproc)
         });
-        let cloned = clone_with_stack(cb, CLONE_FLAGS);
+        let cloned = clone_sandbox(cb, net.filter(|_| !cfg.network));
         let child = match cloned {
             Ok(pid) => pid,
             Err(e) => {
@@ -693,6 +714,25 @@ fn clone_with_stack(cb: nix::sched::CloneCb<'_>, flags: CloneFlags) -> nix::Resu
     // SAFETY: the server is single-threaded, and the child gets a copy of this address
     // space (no CLONE_VM): the stack is the child's own from then on.
     unsafe { SANDBOX_STACK.clone(cb, flags) }
+}
+
+/// Clones a sandbox's init into new namespaces of every kind, or, given the slot's network
+/// namespace, into that one and new ones of every other kind.
+fn clone_sandbox(
+    cb: nix::sched::CloneCb<'_>,
+    net: Option<&super::slotnet::SlotNet>,
+) -> nix::Result<Pid> {
+    use std::sync::atomic::Ordering;
+    match net.filter(|n| n.enter()) {
+        Some(n) => {
+            super::init::IN_SLOT_NET.store(true, Ordering::Relaxed);
+            let r = clone_with_stack(cb, CLONE_FLAGS.difference(CloneFlags::CLONE_NEWNET));
+            n.leave();
+            super::init::IN_SLOT_NET.store(false, Ordering::Relaxed);
+            r
+        }
+        None => clone_with_stack(cb, CLONE_FLAGS),
+    }
 }
 
 fn write_id_maps(child: Pid, euid: u32, egid: u32) -> Result<(), String> {

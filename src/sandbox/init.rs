@@ -406,6 +406,11 @@ pub fn setup_base(root: &Path, rootfs: Option<&Path>, network: bool) -> Result<B
     finish_base(root, sfd)
 }
 
+/// Set in a sandbox server right before it clones a sandbox into its slot's network
+/// namespace ([`super::slotnet`]), whose loopback is up already (and where the sandbox has
+/// no capability): the clone's copy of this says so to its init.
+pub static IN_SLOT_NET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Set in a sandbox server that built its warm sandboxes' root once ([`prepare_template`]);
 /// every warm sandbox it clones inherits it and starts from that root.
 static TEMPLATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -524,7 +529,9 @@ fn finish_base(root: &Path, sfd: SignalFd) -> Result<Base, String> {
     )
     .map_err(err("mount /proc"))?;
     let _ = nix::unistd::sethostname("sandbox");
-    loopback_up();
+    if !IN_SLOT_NET.load(std::sync::atomic::Ordering::Relaxed) {
+        loopback_up();
+    }
     limit_user_counts(&root.join("proc"))?;
     Ok(Base {
         sfd,

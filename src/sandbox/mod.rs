@@ -3,7 +3,8 @@
 //! The tokio process never forks a sandbox itself. [`host::run`] spawns this same binary
 //! with the hidden subcommand `__sandbox CONFIG` (see [`helper`]): a single-threaded helper
 //! that clones the sandbox's init into new user, mount, pid, net, ipc, uts and cgroup
-//! namespaces, writes its id maps, puts it in a cgroup, and waits. The init ([`init`])
+//! namespaces (as root, without network, its slot's network namespace instead of a new
+//! one: [`slotnet`]), writes its id maps, puts it in a cgroup, and waits. The init ([`init`])
 //! builds a minimal root (toolchain directories read-only, fresh tmpfs `/sandbox`, `/tmp`,
 //! `/dev/shm`), pivots into it, runs each step (compile, run) as an unprivileged user with a
 //! seccomp filter and rlimits, kills every process of the namespace after each step,
@@ -21,6 +22,7 @@ pub mod landlock;
 pub mod proto;
 pub mod pyembed;
 pub mod seccomp;
+pub mod slotnet;
 pub mod usage;
 pub mod usernet;
 

@@ -710,16 +710,21 @@ jobs:
     }
 }
 
-/// Every native sandbox has a network namespace of its own, never the host's: consecutive
-/// jobs of one slot see different ones.
+/// A native sandbox is never in the host's network namespace. As root, the sandboxes of a
+/// slot share one (src/sandbox/slotnet.rs) for as long as no job changes anything in it:
+/// after a job that used the network the next job gets a new one. Otherwise each sandbox
+/// has its own.
 #[test]
 fn native_network_namespace_per_sandbox() {
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
     let host = host.to_string_lossy();
     let dir = Scratch::new();
+    let ns = "readlink /proc/self/ns/net";
     dir.write(
         "ns.yaml",
-        "jobs:\n  - { name: a, lang: bash, code: 'readlink /proc/self/ns/net' }\n  - { name: b, lang: bash, code: 'readlink /proc/self/ns/net' }\n",
+        &format!(
+            "jobs:\n  - {{ name: a, lang: bash, code: '{ns}' }}\n  - {{ name: b, lang: bash, code: '{ns}' }}\n  - {{ name: c, lang: python, code: \"import os, socket\\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))\\nprint(os.readlink('/proc/self/ns/net'))\" }}\n  - {{ name: d, lang: bash, code: '{ns}' }}\n"
+        ),
     );
     let r = common::run_report(
         dir.cmd()
@@ -728,9 +733,121 @@ fn native_network_namespace_per_sandbox() {
     );
     let jobs = r.jobs();
     let ns = |n: &str| common::field(&jobs[n], "stdout").trim().to_string();
-    let (a, b) = (ns("a"), ns("b"));
-    assert!(a.starts_with("net:[") && b.starts_with("net:["), "{a} {b}");
-    assert_ne!(a, host, "a sandbox is in the host's network namespace");
-    assert_ne!(b, host, "a sandbox is in the host's network namespace");
-    assert_ne!(a, b, "two sandboxes shared a network namespace");
+    let (a, b, c, d) = (ns("a"), ns("b"), ns("c"), ns("d"));
+    for n in [&a, &b, &c, &d] {
+        assert!(n.starts_with("net:["), "{a} {b} {c} {d}");
+        assert_ne!(n, &host, "a sandbox is in the host's network namespace");
+    }
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(
+            a, b,
+            "the slot's namespace was replaced after a job that left it as it was"
+        );
+        assert_eq!(
+            b, c,
+            "the slot's namespace was replaced after a job that left it as it was"
+        );
+    } else {
+        assert_ne!(a, b, "two sandboxes shared a network namespace");
+    }
+    assert_ne!(
+        c, d,
+        "a job got the namespace of a job that sent a packet in it"
+    );
+}
+
+/// What a job can leave in its network namespace without a socket outliving it, each
+/// followed by a job that looks for it (`-j 1`: one slot, whose sandboxes share their
+/// namespace as root): a flow label lingering after its socket, the counters of a send that
+/// found no route, the IPv6 route cache of a UDP `connect` (no packet sent), a unix socket
+/// kept alive in flight by a reference cycle (with its abstract name), a listener, a
+/// TIME_WAIT. Each attack shows that it changed what the namespace shows; each next job sees
+/// what the first job of the run saw.
+#[test]
+fn no_network_state_reaches_the_next_native_job() {
+    // What a job sees of its namespace (the per-namespace files the slot's check compares,
+    // less the figures of the whole machine), as one line of digests.
+    const LOOK: &str = r#"
+def look():
+    import hashlib, re
+    out = []
+    for f in ["ip6_flowlabel", "snmp", "snmp6", "netstat", "ipv6_route", "rt6_stats", "unix", "sockstat", "sockstat6", "dev"]:
+        t = open("/proc/net/" + f).read()
+        if f == "sockstat":
+            t = re.sub(r"(orphan|alloc|mem) \d+", "", t)
+        out.append(f + "=" + hashlib.sha256(t.encode()).hexdigest()[:12])
+    return " ".join(out)
+"#;
+    let attacks: &[(&str, &str)] = &[
+        (
+            "flowlabel",
+            "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\nreq = socket.inet_pton(socket.AF_INET6, '::1') + struct.pack('!I', 0x12345) + struct.pack('=BBHHHI', 0, 1, 1, 0, 60, 0)\ns.setsockopt(socket.IPPROTO_IPV6, 32, req)\ns.close()",
+        ),
+        (
+            "no-route",
+            "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    u.sendto(b'x', ('10.9.9.9', 9))\nexcept OSError:\n    pass\nu.close()",
+        ),
+        (
+            "route-cache",
+            "u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\nu.connect(('::1', 9))\nu.close()",
+        ),
+        (
+            "unix-cycle",
+            "import array\nx, y = socket.socketpair()\nz = socket.socket(socket.AF_UNIX)\nz.bind('\\0llm-sandbox-cycle')\nx.sendmsg([b'a'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [x.fileno(), y.fileno(), z.fileno()]))])",
+        ),
+        (
+            "listener",
+            "s = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', 47623))\ns.listen()",
+        ),
+        (
+            "time-wait",
+            "s = socket.socket(); s.bind(('127.0.0.1', 47624)); s.listen()\nc = socket.create_connection(('127.0.0.1', 47624))\nconn, _ = s.accept(); conn.close(); c.recv(1); c.close(); s.close()",
+        ),
+    ];
+    let job = |name: &str, body: &str| {
+        let code = format!("import os, socket, struct\n{LOOK}\n{body}\n");
+        format!(
+            "  - name: {name}\n    lang: python\n    code: {}\n",
+            serde_json::to_string(&code).unwrap()
+        )
+    };
+    let mut seen = Vec::new();
+    // One run (one sandbox server) per attack: what one attack leaves cannot hide another's.
+    for (name, attack) in attacks {
+        let yaml = format!(
+            "jobs:\n{}{}{}",
+            job("first", "print(look())"),
+            job(
+                name,
+                &format!("before = look()\n{attack}\nprint('changed' if look() != before else 'UNCHANGED')"),
+            ),
+            job(
+                "after",
+                "import socket\ntry:\n    socket.socket(socket.AF_UNIX).bind('\\0llm-sandbox-cycle')\nexcept OSError:\n    print('ABSTRACT NAME TAKEN')\nprint(look())",
+            )
+        );
+        let dir = Scratch::new();
+        let r = common::run_one_slot("native", &yaml, &dir, &[]);
+        let out = |n: &str| {
+            common::field(r.assert_status(n, "passed"), "stdout")
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            out(name),
+            "changed",
+            "the attack {name} changed nothing it could be seen by"
+        );
+        let (first, after) = (out("first"), out("after"));
+        if after != first {
+            seen.push(format!(
+                "after {name}: {after}\n  a fresh namespace: {first}"
+            ));
+        }
+    }
+    assert!(
+        seen.is_empty(),
+        "jobs saw what an earlier job left in the network namespace:\n{}",
+        seen.join("\n")
+    );
 }
