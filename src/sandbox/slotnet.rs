@@ -5,15 +5,17 @@
 //! of a HumanEval sample's whole cost.
 //!
 //! Only one job at a time ever runs in it (a server serves one sandbox at a time; the slots'
-//! namespaces are distinct), and a job leaves nothing in it for the next one: after every job
-//! the server reads everything the namespace shows in `/proc/net` ([`SlotNet::untouched`]:
-//! the counters of every protocol, the socket lists and counts, routes and their caches,
-//! flow labels, multicast memberships) and compares it with what it showed when it was new.
-//! A job that sent or tried to send a packet, left a socket, looked up an IPv6 route or made
-//! a flow label has changed some of it, and the slot gets a new namespace before its next
-//! job. What no file there shows is out of a job's reach: the namespace belongs to the
+//! namespaces are distinct), and the next job finds it as it was made: after every job the
+//! server reads everything the namespace shows in `/proc/net` ([`SlotNet::untouched`]: the
+//! counters of every protocol, the socket lists and counts, routes and the IPv6 route
+//! cache, flow labels, multicast memberships) and compares it with what it showed when it
+//! was new. A job that sent or tried to send a packet, left a socket, looked up an IPv6
+//! route or made a flow label has changed some of it, and the slot gets a new namespace
+//! before its next job. No job can change its configuration: the namespace belongs to the
 //! host's user namespace, so no job (nor its sandbox's init) has any capability in it, and
-//! `/proc/sys` is read-only to the steps (Landlock).
+//! `/proc/sys` is read-only to the steps (Landlock). What a job can change that no file
+//! shows (the IPv4 route cache a UDP `connect` fills: only the whole machine's statistics
+//! count it) the next job could tell only by timing (README, "Security").
 //!
 //! The server itself stays in the host's namespace (`slirp4netns` for jobs with network
 //! starts from there): it enters the slot's only to clone a sandbox ([`SlotNet::enter`]).
@@ -25,8 +27,9 @@ use std::path::{Path, PathBuf};
 
 /// Files of `/proc/net` not compared:
 /// - what shows the whole machine, not the namespace it is read in: every core's packet
-///   counts, the IPv4 route cache's statistics, the packet handlers (a host `tcpdump` is
-///   listed in every namespace), the protocols' memory, the loaded netfilter extensions;
+///   counts, the IPv4 route cache's statistics and route realms' accounting, the packet
+///   handlers (a host `tcpdump` is listed in every namespace), the protocols' memory, the
+///   loaded netfilter extensions;
 /// - the socket lists whose reading walks the whole machine's table (0.6 ms each for TCP
 ///   here): the sockets in them are counted per namespace in `sockstat` and `sockstat6`
 ///   (TCP's in TIME_WAIT too), and connection tracking's entries come only from packets,
@@ -34,6 +37,7 @@ use std::path::{Path, PathBuf};
 const NOT_COMPARED: &[&str] = &[
     "softnet_stat",
     "stat/rt_cache",
+    "rt_acct",
     "ptype",
     "protocols",
     "ip_tables_matches",
