@@ -55,6 +55,16 @@ struct Api {
     run_string: unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int,
     run_file: unsafe extern "C" fn(*mut libc::FILE, *const c_char, c_int, *mut c_void) -> c_int,
     finalize: unsafe extern "C" fn() -> c_int,
+    /// `PyImport_AddModule` (a borrowed reference).
+    add_module: unsafe extern "C" fn(*const c_char) -> *mut c_void,
+    /// `PyObject_GetAttrString` (a new reference).
+    get_attr: unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void,
+    /// `PyBytes_FromStringAndSize` (a new reference).
+    bytes: unsafe extern "C" fn(*const c_char, isize) -> *mut c_void,
+    /// `PyObject_CallOneArg` (a new reference; NULL with an exception set).
+    call_one: unsafe extern "C" fn(*mut c_void, *mut c_void) -> *mut c_void,
+    /// `PyErr_Print`.
+    err_print: unsafe extern "C" fn(),
 }
 
 /// The HOME the interpreter is initialised with: below `/proc`, where no directory can be
@@ -235,6 +245,25 @@ fn init(req: &Request) -> Result<Preloaded, String> {
             finalize: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(sym!(
                 "Py_FinalizeEx"
             )),
+            add_module: std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(*const c_char) -> *mut c_void,
+            >(sym!("PyImport_AddModule")),
+            get_attr: std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void,
+            >(sym!("PyObject_GetAttrString")),
+            bytes: std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(*const c_char, isize) -> *mut c_void,
+            >(sym!("PyBytes_FromStringAndSize")),
+            call_one: std::mem::transmute::<
+                *mut c_void,
+                unsafe extern "C" fn(*mut c_void, *mut c_void) -> *mut c_void,
+            >(sym!("PyObject_CallOneArg")),
+            err_print: std::mem::transmute::<*mut c_void, unsafe extern "C" fn()>(sym!(
+                "PyErr_Print"
+            )),
         };
         // The environment start-up reads: only the variables that shape it (this process's
         // own is put back afterwards), with a HOME nobody can create: `site` then adds no
@@ -294,6 +323,20 @@ fn init(req: &Request) -> Result<Preloaded, String> {
         let prepare = CString::new(PREPARE).map_err(|e| e.to_string())?;
         if (api.run_string)(prepare.as_ptr(), std::ptr::null_mut()) != 0 {
             return Err("defining the job preparation failed".into());
+        }
+        let var = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map_or("None".to_string(), |(_, v)| py_str(v))
+        };
+        let settle = CString::new(format!(
+            "{SETTLE}\n_llm_sandbox_settle({}, {})\ndel _llm_sandbox_settle\n",
+            var("HOME"),
+            var("PYTHONUSERBASE")
+        ))
+        .map_err(|e| e.to_string())?;
+        if (api.run_string)(settle.as_ptr(), std::ptr::null_mut()) != 0 {
+            return Err("settling the jobs' start-up state failed".into());
         }
         // Everything start-up made goes to the collector's permanent generation: a job's
         // collections (and its finalisation's) then neither walk nor write those objects,
@@ -363,16 +406,22 @@ fn py_str(s: &str) -> String {
     out
 }
 
-fn py_list(items: &[String]) -> String {
-    let v: Vec<String> = items.iter().map(|s| py_str(s)).collect();
-    format!("[{}]", v.join(", "))
-}
-
 /// Makes the process look like a fresh `python3` started for this job (module doc).
 const PREPARE: &str = r#"
-def _llm_sandbox_prepare(argv, orig_argv, env, path0):
+def _llm_sandbox_prepare(blob):
     import sys
-    before = set(sys.modules)
+    # What this imports is dropped at the end; counted, not listed: a listing would write
+    # to (and so copy) every page holding a module's name.
+    before = len(sys.modules)
+    del sys.modules["__main__"]._llm_sandbox_prepare
+    # "N_ARGV N_ORIG_ARGV N_ENV", then the items: each NUL-terminated (see `job_blob`).
+    head, *items = blob.decode().split("\0")
+    na, no, ne = map(int, head.split())
+    argv = items[:na]
+    orig_argv = items[na:na + no]
+    pairs = items[na + no:na + no + 2 * ne]
+    env = dict(zip(pairs[0::2], pairs[1::2]))
+    path0 = items[na + no + 2 * ne]
     import io, os, _signal
     # The C environment is the job's already (set with libc before this runs): only the
     # mapping os.environ reads changes, as os builds it at start-up (no putenv again).
@@ -381,11 +430,12 @@ def _llm_sandbox_prepare(argv, orig_argv, env, path0):
     for key, value in env.items():
         data[os.environ.encodekey(key)] = os.environ.encodevalue(value)
     # The user site directory of the job's HOME, as a fresh start-up computes it (the
-    # interpreter was initialised with one nobody can create).
+    # interpreter was initialised with one nobody can create): worked out once by the
+    # server (SETTLE) when the job's start-up variables have a HOME.
     import site
-    site.USER_BASE = None
-    site.USER_SITE = None
-    site.getusersitepackages()
+    if site.USER_SITE is None:
+        site.USER_BASE = None
+        site.getusersitepackages()
     sys.argv = argv
     sys.orig_argv = orig_argv
     sys.path[0] = path0
@@ -394,12 +444,6 @@ def _llm_sandbox_prepare(argv, orig_argv, env, path0):
     zip_path = "%s/lib/python%d%d.zip" % (sys.prefix, sys.version_info[0], sys.version_info[1])
     if zip_path not in sys.path:
         sys.path.insert(1, zip_path)
-    # Finders of directories stay (a finder re-lists its directory when its mtime changes;
-    # the sandbox shows the host's own system directories); those of paths that were not
-    # directories at start-up, or relative to the server's working directory, go.
-    cache = sys.path_importer_cache
-    for key in [k for k, v in cache.items() if v is None or not k.startswith("/")]:
-        del cache[key]
     unbuffered = sys.__stdout__.write_through
 
     def stream(fd, name, write, old):
@@ -422,8 +466,51 @@ def _llm_sandbox_prepare(argv, orig_argv, env, path0):
     _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
     _signal.signal(_signal.SIGINT, _signal.default_int_handler)
-    for name in set(sys.modules) - before:
-        del sys.modules[name]
+    if len(sys.modules) != before:
+        # New entries come last (a dict keeps insertion order).
+        for name in list(sys.modules)[before:]:
+            del sys.modules[name]
+"#;
+
+/// Run once by the server after start-up, for every job it will serve: what [`PREPARE`]
+/// would otherwise do in each job's process (each write there copies a page shared with the
+/// server).
+const SETTLE: &str = r#"
+def _llm_sandbox_settle(home, user_base):
+    import sys
+    before = len(sys.modules)
+    import os, site
+    # Finders of directories stay (a finder re-lists its directory when its mtime changes;
+    # the sandbox shows the host's own system directories); those of paths that were not
+    # directories at start-up, or relative to the server's working directory, go.
+    cache = sys.path_importer_cache
+    for key in [k for k, v in cache.items() if v is None or not k.startswith("/")]:
+        del cache[key]
+    # The jobs' user site directory: what a fresh start-up computes from their HOME and
+    # PYTHONUSERBASE (the job's own, which every job served here shares; without a HOME it
+    # is computed in the job, from its user's entry in /etc/passwd).
+    site.USER_BASE = None
+    site.USER_SITE = None
+    if home is not None:
+        data = os.environ._data
+        keys = {b"HOME": home, b"PYTHONUSERBASE": user_base}
+        saved = {k: data.get(k) for k in keys}
+        for k, v in keys.items():
+            if v is None:
+                data.pop(k, None)
+            else:
+                data[k] = os.fsencode(v)
+        try:
+            site.getusersitepackages()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    data.pop(k, None)
+                else:
+                    data[k] = v
+    if len(sys.modules) != before:
+        for name in list(sys.modules)[before:]:
+            del sys.modules[name]
 "#;
 
 /// In the confined step process of the native backend, instead of `execve` (see
@@ -495,6 +582,11 @@ pub fn run_preloaded(
     let Ok(c_file) = CString::new(file.as_os_str().as_encoded_bytes()) else {
         return;
     };
+    // What execve could not pass either: it handles the job (see `job_blob`).
+    let strings = argv.iter().chain(env.iter().flat_map(|(k, v)| [k, v]));
+    if strings.clone().any(|s| s.contains('\0')) {
+        return;
+    }
     before();
     // SAFETY: fopen of a path; the handle goes to CPython, which closes it (closeit = 1).
     let fp = unsafe { libc::fopen(c_file.as_ptr(), c"r".as_ptr()) };
@@ -518,18 +610,7 @@ pub fn run_preloaded(
         .ok()
         .and_then(|f| f.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| workdir.to_path_buf());
-    let py_env: Vec<String> = env
-        .iter()
-        .map(|(k, v)| format!("({}, {})", py_str(k), py_str(v)))
-        .collect();
-    let call = format!(
-        "_llm_sandbox_prepare({}, {}, dict([{}]), {})\ndel _llm_sandbox_prepare\n",
-        py_list(&argv[2..]),
-        py_list(argv),
-        py_env.join(", "),
-        py_str(&dir.to_string_lossy()),
-    );
-    let call = CString::new(call).unwrap_or_default();
+    let blob = job_blob(argv, env, &dir.to_string_lossy());
     let api = &p.api;
     // The job's own memory from here on: no scrubbing cost for its allocations.
     scrub_freed_memory(false);
@@ -550,7 +631,17 @@ pub fn run_preloaded(
         libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         present_as(argv, env, program);
         (api.after_fork_child)();
-        if (api.run_string)(call.as_ptr(), std::ptr::null_mut()) != 0 {
+        // A call, not a string to run: compiling one costs a job a few hundred pages of the
+        // server's memory copied (the compiler's state).
+        let main = (api.add_module)(c"__main__".as_ptr());
+        let prepare = if main.is_null() {
+            main
+        } else {
+            (api.get_attr)(main, c"_llm_sandbox_prepare".as_ptr())
+        };
+        let arg = (api.bytes)(blob.as_ptr() as *const c_char, blob.len() as isize);
+        if prepare.is_null() || arg.is_null() || (api.call_one)(prepare, arg).is_null() {
+            (api.err_print)();
             libc::_exit(127);
         }
         // As Py_RunMain: 1 after an uncaught exception (SystemExit exits inside, with its
@@ -567,6 +658,25 @@ pub fn run_preloaded(
     };
     // SAFETY: ends this process; CPython has flushed its streams in Py_FinalizeEx.
     unsafe { libc::_exit(code) }
+}
+
+/// The arguments of [`PREPARE`]'s function as one byte string: the counts of `argv[2..]`,
+/// `argv` and `env` ("N N N"), then those items, each variable's name and value, and the
+/// script's directory, each followed by a NUL (none of them holds one: they came as
+/// C strings or are refused earlier).
+fn job_blob(argv: &[String], env: &[(String, String)], path0: &str) -> Vec<u8> {
+    let mut b = format!("{} {} {}\0", argv.len() - 2, argv.len(), env.len()).into_bytes();
+    let items = argv[2..]
+        .iter()
+        .chain(argv)
+        .map(String::as_str)
+        .chain(env.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]))
+        .chain([path0]);
+    for item in items {
+        b.extend_from_slice(item.as_bytes());
+        b.push(0);
+    }
+    b
 }
 
 /// Makes `/proc/self/cmdline`, `/proc/self/environ` and the process name (`comm`) what an
@@ -706,7 +816,19 @@ mod tests {
         assert_eq!(py_str("main.py"), "'main.py'");
         assert_eq!(py_str("a'b"), "'a\\U00000027b'");
         assert_eq!(py_str("é\n"), "'\\U000000e9\\U0000000a'");
-        assert_eq!(py_list(&["a".into(), "b c".into()]), "['a', 'b c']");
+    }
+
+    #[test]
+    fn the_job_blob_counts_its_items() {
+        let argv: Vec<String> = ["python3", "-B", "main.py", "", "a b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let env = vec![("K".to_string(), "v=1\n'x'".to_string())];
+        assert_eq!(
+            job_blob(&argv, &env, "/sandbox"),
+            b"3 5 1\0main.py\0\0a b\0python3\0-B\0main.py\0\0a b\0K\0v=1\n'x'\0/sandbox\0"
+        );
     }
 
     #[test]

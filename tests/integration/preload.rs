@@ -70,7 +70,11 @@ fn a_preloaded_job_looks_like_a_fresh_python3() {
         for i in 0..5 {
             yaml += &job(
                 &format!("p{i}"),
-                &format!("args: [a, 'b c']\nenv: {{ EXTRA: x{i} }}\n"),
+                // Arguments and variables as the preparation receives them (NUL-separated,
+                // counted): an empty one, quotes, a backslash, a newline, non-ASCII.
+                &format!(
+                    "args: [a, 'b c', '', \"é'\\\"\\\\\"]\nenv: {{ EXTRA: x{i}, TRICKY: \"a = b\\n'c' \\\"d\\\" é\" }}\n"
+                ),
                 PROBE,
             );
         }
@@ -90,7 +94,11 @@ fn a_preloaded_job_looks_like_a_fresh_python3() {
             );
         }
         let fresh = probe(&r, 0);
-        assert_eq!(fresh["argv"], serde_json::json!(["main.py", "a", "b c"]));
+        assert_eq!(
+            fresh["argv"],
+            serde_json::json!(["main.py", "a", "b c", "", "é'\"\\"])
+        );
+        assert_eq!(fresh["env"]["TRICKY"], "a = b\n'c' \"d\" é");
         assert_eq!(fresh["fds"], serde_json::json!(["0", "1", "2", "3"]));
 
         let r = run(&dir, "probe.yaml", backend, "");
