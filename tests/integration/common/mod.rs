@@ -715,13 +715,29 @@ pub fn containers_on(engine: &str, pid: u32) -> String {
 /// `(name or id, owner label, kind label, keep label)` of every labelled object of a kind
 /// (`container`, `image`, `volume`), read with `<engine> <kind> inspect`.
 pub fn engine_objects(engine: &str, what: &str) -> Vec<(String, String, String, String)> {
-    let ids = match what {
-        "container" => engine_cli(engine, &["ps", "-a", "-q", "--filter", "label=llm-sandbox"]),
-        "image" => engine_cli(engine, &["images", "-q", "--filter", "label=llm-sandbox"]),
-        _ => engine_cli(
-            engine,
-            &["volume", "ls", "-q", "--filter", "label=llm-sandbox"],
-        ),
+    let list: &[&str] = match what {
+        "container" => &["ps", "-a", "-q", "--filter", "label=llm-sandbox"],
+        "image" => &["images", "-q", "--filter", "label=llm-sandbox"],
+        _ => &["volume", "ls", "-q", "--filter", "label=llm-sandbox"],
+    };
+    // Podman's filtered listing fails when an object it is filtering is removed meanwhile
+    // (by a concurrent test): "no such volume". Listed again then.
+    let mut tries = 0;
+    let ids = loop {
+        let out = Command::new(engine)
+            .args(list)
+            .output()
+            .unwrap_or_else(|e| panic!("{engine} {list:?}: {e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        tries += 1;
+        assert!(
+            tries < 5 && err.contains("no such"),
+            "{engine} {list:?}: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let ids: Vec<&str> = ids.split_whitespace().collect();
     if ids.is_empty() {
