@@ -66,14 +66,15 @@ struct AgentConn {
 pub struct Container {
     pub engine: Arc<Engine>,
     pub id: String,
-    /// Holding it keeps the container alive; dropping it stops the container.
+    /// Holding it keeps the container alive; dropping it stops the container (the agent's
+    /// input does the same when the agent is the container's process).
     keepalive: Option<Pin<Box<dyn AsyncWrite + Send>>>,
     removed: bool,
     /// The container was killed (timeout, output limit, cancel): nothing more runs in it.
     pub dead: bool,
     /// Its pids limit (processes and threads).
     pub pids_limit: i64,
-    /// The job agent's exec, when the container has one.
+    /// The job agent (the container's own process), when the container has one.
     agent: Option<AgentConn>,
     /// What it keeps between jobs (warm containers).
     pub reuse: crate::backend::container_job::Reuse,
@@ -218,8 +219,9 @@ impl Container {
             host.memory = Some(l.memory as i64);
             host.memory_swap = Some(l.memory as i64);
             host.nano_cpus = Some((l.cpus * 1e9) as i64);
-            // The init and the keep-alive process count too, and the agent when there is one.
-            host.pids_limit = Some(l.pids as i64 + 2 + i64::from(spec.agent.is_some()));
+            // The init and the container's own process (the keep-alive or the agent) count
+            // too.
+            host.pids_limit = Some(l.pids as i64 + 2);
             let mut ul = vec![ulimit("nofile", l.open_files)];
             if podman {
                 // Podman's default process rlimit is above the hard limit its service may
@@ -242,11 +244,34 @@ impl Container {
                 ]);
             }
         }
+        // With an agent, it is the container's own process (the init's child, as root, the
+        // container's capabilities): no exec to start it (an exec costs this engine 30–50 ms).
+        // Without, `cat` keeps the container alive until its stdin closes.
+        let agent = spec.agent.is_some();
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if agent {
+            env.push("LLM_SANDBOX_AGENT=1".into());
+            if let Some(p) = &spec.preload {
+                env.push(format!(
+                    "{}={}",
+                    super::agent::PRELOAD_ENV,
+                    serde_json::to_string(p).unwrap_or_default()
+                ));
+            }
+        }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            user: Some(spec.user.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            entrypoint: Some(vec!["cat".into()]),
+            user: Some(if agent {
+                "0:0".into()
+            } else {
+                spec.user.clone()
+            }),
+            env: Some(env),
+            entrypoint: Some(if agent {
+                vec![AGENT_PATH.into(), super::agent::SUBCOMMAND.into()]
+            } else {
+                vec!["cat".into()]
+            }),
             cmd: Some(vec![]),
             working_dir: Some(if spec.hardened { WORKDIR } else { "/" }.into()),
             hostname: Some("sandbox".into()),
@@ -287,6 +312,8 @@ impl Container {
         };
         let attach = bollard::query_parameters::AttachContainerOptionsBuilder::default()
             .stdin(true)
+            .stdout(agent)
+            .stderr(agent)
             .stream(true)
             .build();
         let a = engine
@@ -300,8 +327,17 @@ impl Container {
                     error_chain(&e)
                 ))
             })?;
-        c.keepalive = Some(a.input);
-        drop(a.output);
+        let mut conn = None;
+        if agent {
+            conn = Some(AgentConn {
+                input: a.input,
+                output: a.output,
+                buf: Vec::new(),
+            });
+        } else {
+            c.keepalive = Some(a.input);
+            drop(a.output);
+        }
         engine
             .docker
             .start_container(
@@ -316,10 +352,19 @@ impl Container {
                     error_chain(&e)
                 ))
             })?;
-        if spec.agent.is_some() {
-            if let Err(e) = c.start_agent(spec.preload.as_ref()).await {
-                // An image the binary cannot run in (another libc, say): one exec per step.
-                tracing::debug!("no agent in a container of {}: {e}", spec.image);
+        if let Some(mut conn) = conn {
+            match ready(&mut conn).await {
+                Ok(()) => c.agent = Some(conn),
+                Err(e) => {
+                    // An image the binary cannot run in (another libc, say): a container
+                    // without an agent instead, one exec per step.
+                    tracing::debug!("no agent in a container of {}: {e}", spec.image);
+                    drop(conn);
+                    c.remove().await;
+                    let mut plain = spec.clone();
+                    plain.agent = None;
+                    return Box::pin(Container::start(engine, &plain)).await;
+                }
             }
         }
         Ok(c)
@@ -344,65 +389,6 @@ impl Container {
             )
             .await?;
         Ok(crate::backend::clean::parse(&String::from_utf8_lossy(&r.stderr)).roots)
-    }
-
-    async fn start_agent(
-        &mut self,
-        preload: Option<&super::agent::AgentPreload>,
-    ) -> Result<(), Error> {
-        let opts = CreateExecOptions::<String> {
-            cmd: Some(vec![AGENT_PATH.into(), super::agent::SUBCOMMAND.into()]),
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            user: Some("0:0".into()),
-            env: Some(
-                std::iter::once("LLM_SANDBOX_AGENT=1".to_string())
-                    .chain(preload.map(|p| {
-                        format!(
-                            "{}={}",
-                            super::agent::PRELOAD_ENV,
-                            serde_json::to_string(p).unwrap_or_default()
-                        )
-                    }))
-                    .collect(),
-            ),
-            working_dir: Some("/".into()),
-            ..Default::default()
-        };
-        let docker = &self.engine.docker;
-        let exec = docker
-            .create_exec(&self.id, opts)
-            .await
-            .map_err(|e| Error::Engine(error_chain(&e)))?;
-        let StartExecResults::Attached { output, input } = docker
-            .start_exec(&exec.id, None)
-            .await
-            .map_err(|e| Error::Engine(error_chain(&e)))?
-        else {
-            return Err(Error::Protocol("the agent started detached".into()));
-        };
-        let mut conn = AgentConn {
-            input,
-            output,
-            buf: Vec::new(),
-        };
-        let ready = format!("{}\n", super::agent::READY);
-        let said = tokio::time::timeout(
-            Duration::from_secs(10),
-            super::frame::Source::exact(&mut conn, ready.len()),
-        )
-        .await
-        .map_err(|_| Error::Protocol("the agent did not answer within 10s".into()))??
-        .unwrap_or_default();
-        if said != ready.as_bytes() {
-            return Err(Error::Protocol(format!(
-                "the agent said {:?}",
-                String::from_utf8_lossy(&said)
-            )));
-        }
-        self.agent = Some(conn);
-        Ok(())
     }
 
     /// Runs one job through the agent. On a timeout of the whole exchange, or on cancel,
@@ -664,6 +650,7 @@ impl Container {
     /// Removes the container (and whatever still runs in it).
     pub async fn remove(mut self) {
         self.keepalive.take();
+        self.agent.take();
         self.removed = true;
         self.engine.remove_container(&self.id).await;
         self.engine.remove_volumes(&self.volumes).await;
@@ -678,6 +665,7 @@ impl Drop for Container {
         // Dropped mid-way (cancelled future, panic): closing stdin stops the container;
         // remove it in the background too (the end of the run sweeps what is left).
         self.keepalive.take();
+        self.agent.take();
         let engine = self.engine.clone();
         let id = self.id.clone();
         let volumes = std::mem::take(&mut self.volumes);
@@ -688,6 +676,26 @@ impl Drop for Container {
             });
         }
     }
+}
+
+/// Waits for the agent's first line ([`super::agent::READY`]): it has initialised (and
+/// preloaded what it was asked to) and reads jobs.
+async fn ready(conn: &mut AgentConn) -> Result<(), Error> {
+    let ready = format!("{}\n", super::agent::READY);
+    let said = tokio::time::timeout(
+        Duration::from_secs(10),
+        super::frame::Source::exact(conn, ready.len()),
+    )
+    .await
+    .map_err(|_| Error::Protocol("the agent did not answer within 10s".into()))??
+    .unwrap_or_default();
+    if said != ready.as_bytes() {
+        return Err(Error::Protocol(format!(
+            "the agent said {:?}",
+            String::from_utf8_lossy(&said)
+        )));
+    }
+    Ok(())
 }
 
 impl super::frame::Source for AgentConn {
