@@ -54,7 +54,7 @@ pub struct ContainerSpec {
 /// Where the agent binary appears inside a container.
 pub const AGENT_PATH: &str = "/.llm-sandbox/agent";
 
-/// The open exec of a container's agent.
+/// The runner's end of a container's agent: the container's attach stream.
 struct AgentConn {
     input: Pin<Box<dyn AsyncWrite + Send>>,
     output:

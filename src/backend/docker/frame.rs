@@ -39,7 +39,7 @@ pub fn encode<T: Framed>(mut msg: T) -> Result<Vec<u8>, Error> {
 }
 
 /// Where a frame is read from: the agent's stdin (blocking) or the runner's end of the
-/// agent's exec (async).
+/// container's attach stream (async).
 pub trait Source {
     /// Exactly `n` bytes; Ok(None) when the source ended before the first of them.
     fn exact(
