@@ -57,14 +57,18 @@ const NOT_COMPARED: &[&str] = &[
     "nf_conntrack",
 ];
 
+/// A `/proc/net` file of a namespace (its path below `/proc/net`, opened in it) and its text
+/// when the namespace was new.
+type Watched = Vec<(PathBuf, File, Vec<u8>)>;
+
 /// The network namespace a slot's sandboxes share, and what it showed when it was new.
 pub struct SlotNet {
     /// The host's network namespace (the server's own).
     host: OwnedFd,
     ns: OwnedFd,
     /// Every per-namespace file of its `/proc/net`, opened in it (a `/proc/net` file shows
-    /// the namespace it was opened in), with its text when the namespace was new.
-    files: Vec<(PathBuf, File, Vec<u8>)>,
+    /// the namespace it was opened in).
+    files: Watched,
     buf: Vec<u8>,
 }
 
@@ -86,8 +90,7 @@ impl SlotNet {
     }
 
     /// Makes a namespace, reads what it shows, and goes back to the host's.
-    #[allow(clippy::type_complexity)]
-    fn make(host: &OwnedFd) -> Option<(OwnedFd, Vec<(PathBuf, File, Vec<u8>)>)> {
+    fn make(host: &OwnedFd) -> Option<(OwnedFd, Watched)> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
         super::init::loopback_up();
         let ns: Option<OwnedFd> = File::open("/proc/thread-self/ns/net").ok().map(Into::into);
