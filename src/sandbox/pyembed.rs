@@ -583,8 +583,11 @@ pub fn run_preloaded(
         return;
     };
     // What execve could not pass either: it handles the job (see `job_blob`).
-    let strings = argv.iter().chain(env.iter().flat_map(|(k, v)| [k, v]));
-    if strings.clone().any(|s| s.contains('\0')) {
+    if argv
+        .iter()
+        .chain(env.iter().flat_map(|(k, v)| [k, v]))
+        .any(|s| s.contains('\0'))
+    {
         return;
     }
     before();

@@ -100,13 +100,7 @@ impl SlotNet {
             let base = Path::new("/proc/thread-self/net");
             open_all(base, base, &mut files);
         }
-        let back = nix::sched::setns(host.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
-        if back.is_err() {
-            // This server's own sockets would be made in the slot's namespace: it must not
-            // go on (the runner reports the slot's jobs as errors).
-            eprintln!("llm-sandbox: cannot return to the host's network namespace");
-            std::process::exit(1);
-        }
+        back_to(host);
         let mut with_text = Vec::with_capacity(files.len());
         for (rel, mut f) in files {
             if read_masked(&rel, &mut f, &mut buf) {
@@ -125,13 +119,9 @@ impl SlotNet {
         nix::sched::setns(self.ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
     }
 
-    /// Back to the host's namespace after [`SlotNet::enter`]. A server that cannot return
-    /// exits rather than make its own sockets (and `slirp4netns`) in the slot's namespace.
+    /// Back to the host's namespace after [`SlotNet::enter`].
     pub fn leave(&self) {
-        if nix::sched::setns(self.host.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
-            eprintln!("llm-sandbox: cannot return to the host's network namespace");
-            std::process::exit(1);
-        }
+        back_to(&self.host);
     }
 
     /// Whether the namespace shows exactly what it showed when it was new (call it when no
@@ -154,6 +144,16 @@ impl SlotNet {
             }
             None => false,
         }
+    }
+}
+
+/// Puts the calling thread back in the host's network namespace `host`. A server that
+/// cannot return exits rather than make its own sockets (and `slirp4netns`) in the slot's
+/// namespace (the runner reports the slot's jobs as errors).
+fn back_to(host: &OwnedFd) {
+    if nix::sched::setns(host.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+        eprintln!("llm-sandbox: cannot return to the host's network namespace");
+        std::process::exit(1);
     }
 }
 

@@ -1,9 +1,9 @@
 //! The agent inside a warm container: the container's own process (`llm-sandbox __agent`
 //! under the engine's init, root, holding only the capabilities it needs; its stdin and
 //! stdout are the container's attach stream) that runs job after job without a
-//! `docker exec` each. Per job: unpack the inputs into `/sandbox`, run each step as the sandbox user
-//! (uid 1000, no capabilities, no-new-privileges, its own session, CPU and open-file
-//! rlimits) with capped output and a wall-clock timeout, then kill every process of the
+//! `docker exec` each. Per job: unpack the inputs into `/sandbox`, run each step as the
+//! sandbox user (uid 1000, no capabilities, no-new-privileges, its own session, CPU and
+//! open-file rlimits) with capped output and a wall-clock timeout, then kill every process of the
 //! sandbox user, read the cgroup's counters, pack the workdir when asked, empty every
 //! writable place, remove System V IPC objects, and prove all of that before answering.
 //!

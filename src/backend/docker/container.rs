@@ -119,6 +119,9 @@ impl Container {
         if let Some(why) = engine.limits_unenforced.as_ref().filter(|_| spec.hardened) {
             return Err(Error::Unavailable(why.clone()));
         }
+        // The job's processes, the init and the container's own process (the keep-alive or
+        // the agent).
+        let pids_limit = l.pids as i64 + 2;
         let mut host = HostConfig {
             init: Some(true),
             network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),
@@ -219,9 +222,7 @@ impl Container {
             host.memory = Some(l.memory as i64);
             host.memory_swap = Some(l.memory as i64);
             host.nano_cpus = Some((l.cpus * 1e9) as i64);
-            // The init and the container's own process (the keep-alive or the agent) count
-            // too.
-            host.pids_limit = Some(l.pids as i64 + 2);
+            host.pids_limit = Some(pids_limit);
             let mut ul = vec![ulimit("nofile", l.open_files)];
             if podman {
                 // Podman's default process rlimit is above the hard limit its service may
@@ -304,7 +305,7 @@ impl Container {
             keepalive: None,
             removed: false,
             dead: false,
-            pids_limit: spec.limits.pids as i64 + 2,
+            pids_limit,
             agent: None,
             reuse: Default::default(),
             keep_on_timeout: false,
@@ -327,17 +328,17 @@ impl Container {
                     error_chain(&e)
                 ))
             })?;
-        let mut conn = None;
-        if agent {
-            conn = Some(AgentConn {
+        let conn = if agent {
+            Some(AgentConn {
                 input: a.input,
                 output: a.output,
                 buf: Vec::new(),
-            });
+            })
         } else {
             c.keepalive = Some(a.input);
             drop(a.output);
-        }
+            None
+        };
         engine
             .docker
             .start_container(
