@@ -108,8 +108,14 @@ pub trait Backend: Sync {
         None
     }
 
-    /// Makes that environment (failures are left to the jobs to report).
-    fn prepare_ahead<'a>(&'a self, _job: &'a PlannedJob, _ctx: &'a RunCtx) -> BoxFuture<'a, ()> {
+    /// Makes that environment (failures are left to the jobs to report). `demand`: how many
+    /// jobs will use it, one sandbox each (None: some may use more, e.g. test cases).
+    fn prepare_ahead<'a>(
+        &'a self,
+        _job: &'a PlannedJob,
+        _demand: Option<usize>,
+        _ctx: &'a RunCtx,
+    ) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
 
@@ -149,8 +155,13 @@ impl Backend for Container {
     fn prepare_key(&self, job: &PlannedJob) -> Option<String> {
         Some(docker::prepare_key(job))
     }
-    fn prepare_ahead<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, ()> {
-        Box::pin(docker::prepare_ahead(job, ctx))
+    fn prepare_ahead<'a>(
+        &'a self,
+        job: &'a PlannedJob,
+        demand: Option<usize>,
+        ctx: &'a RunCtx,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(docker::prepare_ahead(job, demand, ctx))
     }
     fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
         // Docker's and Podman's pools and engines end together.
@@ -206,29 +217,36 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
 /// Starts preparing the environments of jobs ([`Backend::prepare_ahead`]: image pulls and
 /// builds, templates, warm containers) in the background, once per distinct environment,
 /// so that it overlaps with jobs already running. Failures are left to the jobs to report.
-/// `parallelism` says how many jobs of a backend run at once (warm pools start that many).
+/// `parallelism` says how many jobs of a backend run at once (warm pools start that many);
+/// each environment is told how many jobs will use it, unless a job may use it more than
+/// once (test cases; `retries` above 0).
 pub fn prepare_ahead<'a>(
     jobs: impl IntoIterator<Item = &'a PlannedJob>,
     ctx: &RunCtx,
     parallelism: impl Fn(BackendKind) -> usize,
+    retries: u32,
 ) -> tokio::task::JoinSet<()> {
-    let mut set = tokio::task::JoinSet::new();
-    let mut seen: Vec<String> = Vec::new();
+    // Per environment: its first job, and how many jobs use it (None: no bound).
+    let mut envs: Vec<(String, &PlannedJob, Option<usize>)> = Vec::new();
     for job in jobs.into_iter().filter(|j| j.skip.is_none()) {
-        let backend = of(job.backend);
-        let Some(key) = backend.prepare_key(job) else {
+        let Some(key) = of(job.backend).prepare_key(job) else {
             continue;
         };
-        if seen.contains(&key) {
-            continue;
+        let once = (job.cases.is_empty() && retries == 0).then_some(1);
+        match envs.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, _, n)) => *n = n.zip(once).map(|(a, b)| a + b),
+            None => envs.push((key, job, once)),
         }
-        seen.push(key);
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (_, job, demand) in envs {
+        let backend = of(job.backend);
         let ctx = RunCtx {
             parallelism: parallelism(job.backend),
             ..ctx.clone()
         };
         let job = job.clone();
-        set.spawn(async move { backend.prepare_ahead(&job, &ctx).await });
+        set.spawn(async move { backend.prepare_ahead(&job, demand, &ctx).await });
     }
     set
 }

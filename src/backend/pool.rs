@@ -54,6 +54,32 @@ pub struct Pool<T: Warm> {
     /// How many sandboxes the jobs want ready (the last `ahead` of [`Pool::acquire`]): a
     /// sandbox that leaves the pool is replaced up to this many.
     want: AtomicUsize,
+    /// The jobs the run announced for this pool, and how many have taken a sandbox.
+    demand: Mutex<Demand>,
+}
+
+/// What a run said of the jobs that will take sandboxes from a pool ([`Pool::expect`]).
+/// With it, a pool starts no more sandboxes than jobs are left to take them, and removes
+/// a sandbox as soon as no job is left for it, while the other slots still run their last
+/// jobs (the end of a run then waits for one removal, not for all of them at once). It is
+/// a hint only: a job beyond it starts a sandbox as when nothing was announced.
+#[derive(Debug, Default)]
+struct Demand {
+    /// Jobs announced (0: nothing announced, e.g. a library session or the MCP server).
+    announced: usize,
+    /// Jobs that took a sandbox so far (counted before any announcement too: the
+    /// announcement may come after the first jobs).
+    taken: usize,
+    /// A job that may take more than one sandbox (test cases, retries) was announced:
+    /// no bound.
+    unbounded: bool,
+}
+
+impl Demand {
+    /// How many jobs are still to take a sandbox, when that is known.
+    fn left(&self) -> Option<usize> {
+        (self.announced > 0 && !self.unbounded).then(|| self.announced.saturating_sub(self.taken))
+    }
 }
 
 /// What [`Pool::acquire`] knows of the sandbox it hands out, for [`Pool::release`].
@@ -106,7 +132,23 @@ impl<T: Warm> Pool<T> {
             waiting: AtomicUsize::new(0),
             ended: tokio::sync::Notify::new(),
             want: AtomicUsize::new(0),
+            demand: Mutex::new(Demand::default()),
         })
+    }
+
+    /// Announces `jobs` more jobs that will each take one sandbox of this pool (None: jobs
+    /// that may take more than one each; the pool then keeps its sandboxes to the end).
+    pub fn expect(&self, jobs: Option<usize>) {
+        let mut d = self.demand.lock().unwrap_or_else(|e| e.into_inner());
+        match jobs {
+            Some(n) => d.announced += n,
+            None => d.unbounded = true,
+        }
+    }
+
+    /// Jobs still to take a sandbox, when the run said.
+    fn left(&self) -> Option<usize> {
+        self.demand.lock().unwrap_or_else(|e| e.into_inner()).left()
     }
 
     /// A clean sandbox: an idle one, else a new one. Starts more in the background so
@@ -121,6 +163,7 @@ impl<T: Warm> Pool<T> {
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<(T, Lease), Error> {
         self.want.store(ahead, Ordering::SeqCst);
+        self.demand.lock().unwrap_or_else(|e| e.into_inner()).taken += 1;
         let c = loop {
             let got = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match got {
@@ -190,10 +233,15 @@ impl<T: Warm> Pool<T> {
         ))
     }
 
-    /// Starts sandboxes in the background until `want` exist.
+    /// Starts sandboxes in the background until `want` exist, or as many as the jobs left
+    /// (announced, [`Pool::expect`]) and the busy ones can use.
     pub fn prewarm(self: &Arc<Self>, want: usize) {
         let Ok(h) = tokio::runtime::Handle::try_current() else {
             return;
+        };
+        let want = match self.left() {
+            Some(left) => want.min(left + self.busy()),
+            None => want,
         };
         while self.live.load(Ordering::SeqCst) < want {
             self.live.fetch_add(1, Ordering::SeqCst);
@@ -229,8 +277,11 @@ impl<T: Warm> Pool<T> {
     /// background (the job's slot does not wait for the engine; [`Pool::drain`] does) and
     /// replaced.
     pub async fn release(self: &Arc<Self>, c: T, lease: Lease, reusable: bool) {
-        // (`can_reuse` again: the sandbox may have died or aged during the job)
-        if !lease.retiring && reusable && c.can_reuse(lease.recycle_after) {
+        // (`can_reuse` again: the sandbox may have died or aged during the job.) One no job
+        // is left to take (and none waits for) is removed now, while the other slots run
+        // their last jobs.
+        let wanted = self.left() != Some(0) || self.waiting.load(Ordering::SeqCst) > 0;
+        if !lease.retiring && reusable && c.can_reuse(lease.recycle_after) && wanted {
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -257,6 +308,14 @@ impl<T: Warm> Pool<T> {
     /// How many sandboxes of this pool exist (idle, busy or starting).
     pub fn live(&self) -> usize {
         self.live.load(Ordering::SeqCst)
+    }
+
+    /// How many of them run a job (and will be back for another).
+    fn busy(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
+        self.live
+            .load(Ordering::SeqCst)
+            .saturating_sub(idle + self.in_flight.load(Ordering::SeqCst))
     }
 
     /// Takes an idle sandbox out of the pool (to remove it: room for another pool's).
@@ -387,6 +446,8 @@ mod tests {
     #[derive(Default)]
     struct Log {
         starts: AtomicUsize,
+        /// Removals begun, and finished.
+        removing: AtomicUsize,
         removed: AtomicUsize,
     }
 
@@ -404,6 +465,7 @@ mod tests {
             self.uses < recycle_after
         }
         async fn remove(self) {
+            self.log.removing.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(200)).await;
             self.log.removed.fetch_add(1, Ordering::SeqCst);
         }
@@ -464,5 +526,72 @@ mod tests {
         pool.drain().await;
         assert_eq!(log.removed.load(Ordering::SeqCst), 2);
         assert_eq!(pool.live(), 0);
+    }
+
+    /// Told of one job, a pool starts one sandbox however many slots there are, and
+    /// removes it when the job is done, not at the end of the run.
+    #[tokio::test]
+    async fn a_pool_told_of_one_job_starts_one_sandbox_and_frees_it_after() {
+        let log = Arc::new(Log::default());
+        let pool = Pool::<Counted>::new(log.clone());
+        pool.expect(Some(1));
+        pool.prewarm(2);
+        let (c, lease) = pool.acquire(2, 50, never()).await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            log.starts.load(Ordering::SeqCst),
+            1,
+            "a sandbox no job takes"
+        );
+        pool.release(c, lease, true).await;
+        tokio::task::yield_now().await;
+        assert_eq!(log.removing.load(Ordering::SeqCst), 1, "kept for no job");
+        assert_eq!(pool.live(), 0);
+        pool.drain().await;
+        assert_eq!(log.removed.load(Ordering::SeqCst), 1);
+    }
+
+    /// Three jobs on two slots: the first sandbox goes back to the pool for the third job;
+    /// the second is removed as its job ends (no job is left for it) while the third runs.
+    #[tokio::test]
+    async fn a_sandbox_no_job_is_left_for_is_removed_while_the_last_jobs_run() {
+        let log = Arc::new(Log::default());
+        let pool = Pool::<Counted>::new(log.clone());
+        pool.expect(Some(3));
+        pool.prewarm(2);
+        let (a, la) = pool.acquire(2, 50, never()).await.unwrap();
+        let (b, lb) = pool.acquire(2, 50, never()).await.unwrap();
+        pool.release(a, la, true).await;
+        let (c, lc) = pool.acquire(2, 50, never()).await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(log.removing.load(Ordering::SeqCst), 0, "one left for job 3");
+        pool.release(b, lb, true).await;
+        tokio::task::yield_now().await;
+        assert_eq!(log.removing.load(Ordering::SeqCst), 1, "kept for no job");
+        pool.release(c, lc, true).await;
+        tokio::task::yield_now().await;
+        assert_eq!(log.removing.load(Ordering::SeqCst), 2);
+        assert_eq!(log.starts.load(Ordering::SeqCst), 2);
+        pool.drain().await;
+        assert_eq!(log.removed.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.live(), 0);
+    }
+
+    /// Jobs that may take more than one sandbox each (None) leave the pool as without an
+    /// announcement: `ahead` started, kept to the end of the run.
+    #[tokio::test]
+    async fn a_pool_told_of_unbounded_jobs_keeps_its_sandboxes() {
+        let log = Arc::new(Log::default());
+        let pool = Pool::<Counted>::new(log.clone());
+        pool.expect(Some(1));
+        pool.expect(None);
+        pool.prewarm(2);
+        let (c, lease) = pool.acquire(2, 50, never()).await.unwrap();
+        pool.release(c, lease, true).await;
+        tokio::task::yield_now().await;
+        assert_eq!(log.starts.load(Ordering::SeqCst), 2);
+        assert_eq!(log.removing.load(Ordering::SeqCst), 0);
+        pool.drain().await;
+        assert_eq!(log.removed.load(Ordering::SeqCst), 2);
     }
 }

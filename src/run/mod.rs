@@ -139,6 +139,7 @@ pub async fn run_plan_into(
         per_backend.iter().flat_map(|(_, js)| js.iter()),
         &ctx,
         |b| opts.jobs_for(b),
+        opts.retries,
     );
     drop(todo);
     let mut schedulers = tokio::task::JoinSet::new();

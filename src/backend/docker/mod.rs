@@ -469,8 +469,9 @@ pub fn prepare_key(job: &PlannedJob) -> String {
 }
 
 /// Prepares a job's environment ahead of the job: its image (pull, build, template) and,
-/// for warm containers, the pool's first containers.
-pub async fn prepare_ahead(job: &PlannedJob, ctx: &RunCtx) {
+/// for warm containers, the pool's first containers (no more than the `demand`, the jobs
+/// announced for it).
+pub async fn prepare_ahead(job: &PlannedJob, demand: Option<usize>, ctx: &RunCtx) {
     let Ok(ep) = endpoint(job) else { return };
     let Ok(engine) = engine::connect(&ctx.scope, &ep, job.backend).await else {
         return;
@@ -483,7 +484,9 @@ pub async fn prepare_ahead(job: &PlannedJob, ctx: &RunCtx) {
         if !engine.local {
             spec.agent = None;
         }
-        pool::pool(&ctx.scope, &engine, &spec).prewarm(ctx.parallelism);
+        let pool = pool::pool(&ctx.scope, &engine, &spec);
+        pool.expect(demand);
+        pool.prewarm(ctx.parallelism);
     }
 }
 

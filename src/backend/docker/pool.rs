@@ -3,8 +3,9 @@
 //! each job every process of the sandbox user is killed, `/sandbox`, `/tmp`, `/dev/shm`
 //! and `/dev/mqueue` are emptied and System V IPC objects removed, and the container goes
 //! back to the pool only when a check proves all of that (else it is destroyed). It is
-//! replaced after `recycle_after` jobs, and every container is removed at the end of the
-//! run (on Ctrl-C too; after a SIGKILL of the runner they stop by themselves).
+//! replaced after `recycle_after` jobs, removed as soon as no job of the run is left for it
+//! ([`Pool::expect`]), and every container is removed by the end of the run (on Ctrl-C too;
+//! after a SIGKILL of the runner they stop by themselves).
 //!
 //! The pool itself is generic ([`crate::backend::pool`]): the kubernetes backend keeps its
 //! warm pods in the same kind of pool.
