@@ -181,6 +181,17 @@ impl Backend for Kubernetes {
     fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
         Box::pin(kubernetes::run_job(job, ctx))
     }
+    fn prepare_key(&self, job: &PlannedJob) -> Option<String> {
+        Some(kubernetes::prepare_key(job))
+    }
+    fn prepare_ahead<'a>(
+        &'a self,
+        job: &'a PlannedJob,
+        demand: Option<usize>,
+        ctx: &'a RunCtx,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(kubernetes::prepare_ahead(job, demand, ctx))
+    }
     fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
         Box::pin(kubernetes::finish(scope))
     }

@@ -536,6 +536,22 @@ expect.stdout = ""
     assert!(fake.pod_names().is_empty());
 }
 
+/// A run starts no more warm pods than it has jobs for, whatever `-j` says: one job, one
+/// pod (before, `-j 3` started three and deleted two unused at the end).
+#[test]
+fn a_run_starts_no_more_warm_pods_than_it_has_jobs() {
+    let fake = FakeCluster::start();
+    let s = scratch_with_kubeconfig(&fake);
+    let jobs = format!(
+        "{HEADER}\n[[jobs]]\nname = \"one\"\nlang = \"bash\"\ncode = \"sleep 0.5; echo ok\"\nexpect.stdout = \"ok\\n\"\n"
+    );
+    s.write("jobs.toml", &jobs);
+    let (warm, report) = pods_seen_during(&fake, &s, &["-j", "3", "jobs.toml"]);
+    assert_eq!(report["summary"]["passed"], 1, "{report:#}");
+    assert_eq!(warm.len(), 1, "one job, pods {warm:?}");
+    assert!(fake.pod_names().is_empty());
+}
+
 /// A kube client of the fake cluster, built by the caller (the library API takes it).
 async fn client_of(fake: &FakeCluster) -> kube::Client {
     let kc = kube::config::Kubeconfig::read_from(&fake.kubeconfig).unwrap();

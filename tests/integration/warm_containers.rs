@@ -159,3 +159,61 @@ fn run_survives_a_closed_stderr(engine: &str) {
     let left = common::containers_on(engine, pid);
     assert!(left.is_empty(), "containers of the run left: {left}");
 }
+
+#[test]
+fn docker_run_starts_no_more_containers_than_it_has_jobs() {
+    starts_no_more_containers_than_jobs("docker");
+}
+
+#[test]
+fn podman_run_starts_no_more_containers_than_it_has_jobs() {
+    starts_no_more_containers_than_jobs("podman");
+}
+
+/// One job with `-j 3`: one warm container, not three (the pool is told how many jobs
+/// will take its containers). Watched through the engine while the run lasts, by the
+/// names the runner gives its containers (`ls-<its pid>-…`).
+fn starts_no_more_containers_than_jobs(engine: &str) {
+    if !common::backend_selected(engine) {
+        return;
+    }
+    let dir = Scratch::new();
+    dir.write(
+        "one.toml",
+        "[[jobs]]\nname = \"one\"\nlang = \"bash\"\ncode = \"sleep 1; echo ok\"\nexpect.stdout = \"ok\\n\"\n",
+    );
+    let mut child = dir
+        .cmd()
+        .args([
+            "run",
+            "--no-progress",
+            "-j",
+            "3",
+            "--backend",
+            engine,
+            "one.toml",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let name = format!("name=ls-{}-", child.id());
+    let mut seen: Vec<String> = Vec::new();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let out = std::process::Command::new(engine)
+            .args(["ps", "-a", "-q", "--no-trunc", "--filter", &name])
+            .output()
+            .unwrap();
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if !seen.iter().any(|s| s == id) {
+                seen.push(id.to_string());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{engine}: the job failed");
+    assert_eq!(seen.len(), 1, "{engine}: one job, containers {seen:?}");
+}

@@ -708,14 +708,9 @@ type PodPool = crate::backend::pool::Pool<SandboxPod>;
 /// A pod pool of a [`crate::backend::Scope`], by its cluster, namespace and template.
 pub type KeyedPodPool = (String, Arc<PodPool>);
 
-/// The scope's pool of pods made from `template` in `ns`.
-fn pool(
-    scope: &crate::backend::Scope,
-    cluster: &Arc<Cluster>,
-    ns: &str,
-    template: Value,
-    start_timeout: Duration,
-) -> Arc<PodPool> {
+/// The scope's pool of the pods of a (warm) plan: its template, in its namespace.
+fn pool(scope: &crate::backend::Scope, plan: &PodPlan) -> Arc<PodPool> {
+    let (cluster, ns, template) = (&plan.cluster, &plan.namespace, &plan.spec);
     let key = format!("{}|{ns}|{template}", cluster.key);
     let mut all = scope.pod_pools.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {
@@ -724,8 +719,8 @@ fn pool(
     let p = crate::backend::pool::Pool::new(WarmPod {
         cluster: cluster.clone(),
         namespace: ns.to_string(),
-        template,
-        start_timeout,
+        template: template.clone(),
+        start_timeout: plan.start_timeout,
     });
     all.push((key, p.clone()));
     p
@@ -978,24 +973,28 @@ fn namespace_of(job: &PlannedJob, cluster: &Cluster, manifest: Option<&Value>) -
         .unwrap_or_else(|| cluster.namespace.clone())
 }
 
-/// Runs one job in a new pod.
-pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
-    let started = Instant::now();
+/// What a job's pod is made from.
+struct PodPlan {
+    cluster: Arc<Cluster>,
+    namespace: String,
+    image: String,
+    /// The pod (a warm one: its template, named "warm").
+    spec: Value,
+    start_timeout: Duration,
+    warm: bool,
+}
+
+/// The cluster, namespace, image and pod of a job (errors: what it cannot run with).
+async fn plan_pod(job: &PlannedJob, ctx: &RunCtx) -> Result<PodPlan, Error> {
     if let Some(why) = unsupported(job) {
-        return error_report(job, Phase::Prepare, why);
+        return Err(Error::Unavailable(why));
     }
-    let manifest = match manifest_of(job) {
-        Ok(m) => m,
-        Err(e) => return error_report(job, Phase::Prepare, e),
-    };
+    let manifest = manifest_of(job)?;
     let kcfg = job.backends.kubernetes.as_ref();
     let base = job.file.parent().unwrap_or(Path::new("."));
-    let cluster = match connect(&ctx.scope, kcfg, base).await {
-        Ok(c) => c,
-        Err(e) => return error_report(job, Phase::Prepare, e),
-    };
+    let cluster = connect(&ctx.scope, kcfg, base).await?;
     let image = image_of(job, manifest.as_ref());
-    let ns = namespace_of(job, &cluster, manifest.as_ref());
+    let namespace = namespace_of(job, &cluster, manifest.as_ref());
     let warm = warm_for(job, ctx);
     let name = super::native::sandbox_id();
     let owner = owner_labels(&cluster);
@@ -1005,7 +1004,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     } else {
         (job.timeout.as_secs() + 1) * 2 + 600
     };
-    let spec = pod::build(&pod::PodParams {
+    let mut spec = pod::build(&pod::PodParams {
         name: &name,
         image: &image,
         limits: &job.limits,
@@ -1015,15 +1014,52 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         deadline_secs: Some(deadline),
         owner: &owner,
         manifest: manifest.as_ref(),
-    });
-    let spec = match spec {
-        Ok(s) => s,
-        Err(e) => return error_report(job, Phase::Prepare, e),
-    };
+    })?;
+    if warm {
+        // Each pod of the pool gets its own name.
+        spec["metadata"]["name"] = Value::from("warm");
+    }
     let start_timeout = kcfg
         .and_then(|k| k.start_timeout)
         .map(|d| d.0)
         .unwrap_or(DEFAULT_START_TIMEOUT);
+    Ok(PodPlan {
+        cluster,
+        namespace,
+        image,
+        spec,
+        start_timeout,
+        warm,
+    })
+}
+
+/// The pools' key of a job's pods, without asking the cluster (jobs with the same key
+/// share a pool; two keys may name one pool: their demands add up).
+pub fn prepare_key(job: &PlannedJob) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{}|{:?}|{}",
+        job.backends.kubernetes, job.pod_manifest, job.image, job.lang, job.limits, job.network
+    )
+}
+
+/// Tells the warm pool of a job's pods how many jobs will take one (`demand`): it then
+/// starts no pod no job takes, and deletes one as soon as no job is left for it.
+pub async fn prepare_ahead(job: &PlannedJob, demand: Option<usize>, ctx: &RunCtx) {
+    if let Ok(plan) = plan_pod(job, ctx).await {
+        if plan.warm {
+            pool(&ctx.scope, &plan).expect(demand);
+        }
+    }
+}
+
+/// Runs one job in a pod: a warm one of its pool, or a new one.
+pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+    let started = Instant::now();
+    let plan = match plan_pod(job, ctx).await {
+        Ok(p) => p,
+        Err(e) => return error_report(job, Phase::Prepare, e),
+    };
+    let image = plan.image.clone();
     let failed = |e: Error| {
         let mut r = match e {
             Error::Interrupted => crate::backend::container_job::interrupted(job),
@@ -1033,13 +1069,13 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         r.duration_ms = started.elapsed().as_millis() as u64;
         r
     };
-    let mut report = if warm {
-        // Each pod of the pool gets its own name.
-        let mut template = spec;
-        template["metadata"]["name"] = Value::from("warm");
-        let pool = pool(&ctx.scope, &cluster, &ns, template, start_timeout);
+    let mut report = if plan.warm {
+        let pool = pool(&ctx.scope, &plan);
         let ahead = make_room(&ctx.scope, &pool, ctx.parallelism).await;
-        let recycle = kcfg
+        let recycle = job
+            .backends
+            .kubernetes
+            .as_ref()
             .and_then(|k| k.recycle_after)
             .unwrap_or(crate::backend::pool::DEFAULT_RECYCLE_AFTER)
             .max(1);
@@ -1054,7 +1090,15 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
             .await;
         report
     } else {
-        let mut p = match SandboxPod::start(cluster, &ns, spec, start_timeout, &ctx.cancel).await {
+        let started_pod = SandboxPod::start(
+            plan.cluster,
+            &plan.namespace,
+            plan.spec,
+            plan.start_timeout,
+            &ctx.cancel,
+        )
+        .await;
+        let mut p = match started_pod {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
