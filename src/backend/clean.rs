@@ -57,6 +57,10 @@ pub struct Evidence {
     pub ipc_objects: u32,
     /// TCP and UDP sockets left in the sandbox's network namespace.
     pub sockets: u32,
+    /// The first `/proc/net` file of the sandbox's network namespace that shows something
+    /// else than when the sandbox was made (`sandbox::netview`; the agent's proof only).
+    #[serde(default)]
+    pub network_changed: Option<String>,
 }
 
 /// Whether `e` proves the sandbox clean, against its roots as made (`fresh`); `Err` says
@@ -112,6 +116,11 @@ pub fn verdict(e: &Evidence, fresh: &[Root]) -> Result<(), String> {
     }
     if e.sockets > 0 {
         return Err(format!("{} socket(s) left", e.sockets));
+    }
+    if let Some(f) = &e.network_changed {
+        return Err(format!(
+            "the network namespace changed (/proc/net/{f}: a packet, a route looked up, a flow label...)"
+        ));
     }
     Ok(())
 }

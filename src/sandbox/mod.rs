@@ -19,6 +19,7 @@ pub mod helper;
 pub mod host;
 pub mod init;
 pub mod landlock;
+pub mod netview;
 pub mod proto;
 pub mod pyembed;
 pub mod seccomp;

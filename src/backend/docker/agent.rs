@@ -27,6 +27,7 @@ pub const PRELOAD_ENV: &str = "LLM_SANDBOX_AGENT_PRELOAD";
 pub const READY: &str = "LLM-SANDBOX-AGENT-READY 1";
 const UID: u32 = crate::backend::tarball::SANDBOX_UID as u32;
 use crate::backend::clean::{self, Evidence, Root, WRITABLE};
+use crate::sandbox::netview::NetView;
 
 /// What a warm container's agent preloads ([`PRELOAD_ENV`]): the start-up variables of a
 /// Python job and the modules to import ahead.
@@ -208,6 +209,10 @@ fn main() -> i32 {
             crate::sandbox::pyembed::preload(req);
         }
     }
+    // What the container's network namespace shows when nothing ran in it yet: every job
+    // must leave it so (a container with a network interface gets packets from outside,
+    // so only its sockets are counted).
+    let mut net = NetView::of(NetView::open()).filter(NetView::loopback_only);
     let mut out = std::mem::ManuallyDrop::new(unsafe_fd_file(1));
     if out.write_all(format!("{READY}\n").as_bytes()).is_err() {
         return 1;
@@ -221,7 +226,7 @@ fn main() -> i32 {
         // Each part is read into a buffer of its own size, freed (and so overwritten)
         // after use.
         let result = match frame::block_on(frame::read::<AgentJob, _>(&mut input, REQUEST_MAX)) {
-            Ok(Some(job)) => run_job(&job, &fresh),
+            Ok(Some(job)) => run_job(&job, &fresh, net.as_mut()),
             Ok(None) => return 0,
             Err(e) => AgentResult {
                 error: Some(format!("bad request: {e}")),
@@ -266,7 +271,7 @@ fn path_of(env: &[(String, String)]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn run_job(job: &AgentJob, fresh: &[Root]) -> AgentResult {
+fn run_job(job: &AgentJob, fresh: &[Root], net: Option<&mut NetView>) -> AgentResult {
     let mut r = AgentResult::default();
     if let Err(e) = unpack(&job.inputs) {
         r.error = Some(format!("cannot unpack the job's files: {e}"));
@@ -299,7 +304,7 @@ fn run_job(job: &AgentJob, fresh: &[Root]) -> AgentResult {
         }
         r.refused.extend(wanted.refused);
     }
-    let verdict = clean(killed, fresh);
+    let verdict = clean(killed, fresh, net);
     r.clean = verdict.is_ok();
     r.unclean = verdict.err();
     r
@@ -694,8 +699,9 @@ static DEV_TIMES: std::sync::OnceLock<Option<[i64; 4]>> = std::sync::OnceLock::n
 
 /// Empties the writable places, removes System V objects, puts the roots back as the
 /// container was made (`fresh`: owner, mode, extended attributes, ACLs, times included)
-/// and `/dev`'s times, then collects the evidence and asks [`clean::verdict`].
-fn clean(killed: Evidence, fresh: &[Root]) -> Result<(), String> {
+/// and `/dev`'s times, then collects the evidence (with `net`, what the network namespace
+/// shows against what it showed when new) and asks [`clean::verdict`].
+fn clean(killed: Evidence, fresh: &[Root], net: Option<&mut NetView>) -> Result<(), String> {
     for d in WRITABLE {
         if let Ok(rd) = std::fs::read_dir(d) {
             for e in rd.flatten() {
@@ -737,6 +743,7 @@ fn clean(killed: Evidence, fresh: &[Root]) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(4));
     }
+    e.network_changed = net.and_then(|v| v.changed().map(|f| f.display().to_string()));
     clean::verdict(&e, fresh)
 }
 
