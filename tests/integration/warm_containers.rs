@@ -217,3 +217,76 @@ fn starts_no_more_containers_than_jobs(engine: &str) {
     assert!(status.success(), "{engine}: the job failed");
     assert_eq!(seen.len(), 1, "{engine}: one job, containers {seen:?}");
 }
+
+#[test]
+fn docker_image_the_agent_cannot_run_in_gets_warm_containers_without_it() {
+    agent_cannot_run("docker");
+}
+
+#[test]
+fn podman_image_the_agent_cannot_run_in_gets_warm_containers_without_it() {
+    agent_cannot_run("podman");
+}
+
+/// An image the agent (this binary, bind-mounted) cannot start in: here one without the
+/// TLS libraries it links (as with an image of another libc). Its warm containers run
+/// without an agent instead (one exec per step, the shell proof between jobs): the jobs
+/// pass, the second in the first one's container, nothing of the first reaches it. (Less
+/// the System V segment: the shell cleanup, root without CAP_SYS_ADMIN, cannot remove the
+/// job user's, so such a job costs its container, which is replaced.)
+fn agent_cannot_run(engine: &str) {
+    if !common::backend_selected(engine) {
+        return;
+    }
+    let dir = Scratch::new();
+    let nonce = format!("{}-{}", std::process::id(), engine);
+    dir.write(
+        "img/Dockerfile",
+        &format!(
+            "FROM llm-sandbox/base:latest\nLABEL test.nonce={nonce}\n\
+             RUN rm -f /usr/lib/x86_64-linux-gnu/libssl.so.3 /usr/lib/x86_64-linux-gnu/libcrypto.so.3\n"
+        ),
+    );
+    dir.write(
+        "warm.toml",
+        &JOBS
+            .replacen(
+                "[defaults]\n",
+                "[defaults]\ndockerfile = \"img/Dockerfile\"\n",
+                1,
+            )
+            .replace("ipcmk -M 4096", "true"),
+    );
+    let run = common::run_report(
+        dir.cmd()
+            .env("LLM_SANDBOX_LOG", "llm_sandbox=debug")
+            .args(["run", "--no-progress", "-j", "1", "--backend", engine])
+            .args(["--json", "-", "warm.toml"]),
+    );
+    assert!(
+        run.stderr.contains("no agent in a container"),
+        "{engine}: the agent started after all (the test proves nothing):\n{}",
+        run.stderr
+    );
+    let a = common::field(run.assert_status("a-litter", "passed"), "stdout").to_string();
+    let b = common::field(run.assert_status("b-looks", "passed"), "stdout").to_string();
+    let id = |s: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("id="))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(!id(&a).is_empty(), "{a}");
+    assert_eq!(
+        id(&a),
+        id(&b),
+        "{engine}: both jobs ran in one warm container"
+    );
+    for trace in ["a.txt", "locked", ".hidden", "sleep"] {
+        assert!(
+            !b.contains(trace),
+            "{engine}: `{trace}` survived into the next job:\n{b}"
+        );
+    }
+    assert!(b.contains("shm=0") && b.contains("end"), "{b}");
+}
