@@ -50,28 +50,7 @@ fn warm_container_is_clean(engine: &str) {
     let dir = Scratch::new();
     dir.write("warm.toml", JOBS);
     let run = dir.run_json(&["-j", "1", "--backend", engine, "warm.toml"]);
-    let a = run.assert_status("a-litter", "passed");
-    let b = run.assert_status("b-looks", "passed");
-    let out_a = common::field(a, "stdout").to_string();
-    let out_b = common::field(b, "stdout").to_string();
-    let id = |s: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("id="))
-            .unwrap_or("")
-            .to_string()
-    };
-    assert!(!id(&out_a).is_empty(), "{out_a}");
-    assert_eq!(
-        id(&out_a),
-        id(&out_b),
-        "{engine}: both jobs ran in the same warm container"
-    );
-    for trace in ["a.txt", "locked", ".hidden", "sleep"] {
-        assert!(
-            !out_b.contains(trace),
-            "{engine}: `{trace}` survived into the next job:\n{out_b}"
-        );
-    }
+    let (out_a, out_b) = same_container_nothing_left(engine, &run);
     assert!(out_a.contains("shm made: 1"), "{out_a}");
     assert!(
         out_b.contains("shm=0"),
@@ -91,10 +70,38 @@ fn warm_container_is_clean(engine: &str) {
     let a = run.assert_status("a-litter", "passed");
     let b = run.assert_status("b-looks", "passed");
     assert_ne!(
-        id(common::field(a, "stdout")),
-        id(common::field(b, "stdout")),
+        pid1_started(common::field(a, "stdout")),
+        pid1_started(common::field(b, "stdout")),
         "--fresh-containers gives every job a new container"
     );
+}
+
+/// What a JOBS job printed of its container's pid 1 (`id=`: its start time).
+fn pid1_started(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("id="))
+        .unwrap_or("")
+}
+
+/// The stdout of JOBS' two jobs, after checking that both passed in the same container
+/// (the start time of its pid 1) and that the second found none of the first's traces.
+fn same_container_nothing_left(engine: &str, run: &common::Run) -> (String, String) {
+    let out_a = common::field(run.assert_status("a-litter", "passed"), "stdout").to_string();
+    let out_b = common::field(run.assert_status("b-looks", "passed"), "stdout").to_string();
+    assert!(!pid1_started(&out_a).is_empty(), "{out_a}");
+    assert_eq!(
+        pid1_started(&out_a),
+        pid1_started(&out_b),
+        "{engine}: both jobs ran in the same warm container"
+    );
+    for trace in ["a.txt", "locked", ".hidden", "sleep"] {
+        assert!(
+            !out_b.contains(trace),
+            "{engine}: `{trace}` survived into the next job:\n{out_b}"
+        );
+    }
+    (out_a, out_b)
 }
 
 /// `llm-sandbox run ... 2>&1 | head` with debug logs on: once the pipe is closed every log
@@ -268,25 +275,6 @@ fn agent_cannot_run(engine: &str) {
         "{engine}: the agent started after all (the test proves nothing):\n{}",
         run.stderr
     );
-    let a = common::field(run.assert_status("a-litter", "passed"), "stdout").to_string();
-    let b = common::field(run.assert_status("b-looks", "passed"), "stdout").to_string();
-    let id = |s: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("id="))
-            .unwrap_or("")
-            .to_string()
-    };
-    assert!(!id(&a).is_empty(), "{a}");
-    assert_eq!(
-        id(&a),
-        id(&b),
-        "{engine}: both jobs ran in one warm container"
-    );
-    for trace in ["a.txt", "locked", ".hidden", "sleep"] {
-        assert!(
-            !b.contains(trace),
-            "{engine}: `{trace}` survived into the next job:\n{b}"
-        );
-    }
+    let (_, b) = same_container_nothing_left(engine, &run);
     assert!(b.contains("shm=0") && b.contains("end"), "{b}");
 }
