@@ -594,4 +594,34 @@ mod tests {
         pool.drain().await;
         assert_eq!(log.removed.load(Ordering::SeqCst), 2);
     }
+
+    /// A sandbox on its last job (`recycle_after`) is replaced only when a job is left to
+    /// take the replacement: the run's last job starts none.
+    #[tokio::test]
+    async fn the_last_job_starts_no_replacement() {
+        let log = Arc::new(Log::default());
+        let pool = Pool::<Counted>::new(log.clone());
+        pool.expect(Some(2));
+        let (mut c, lease) = pool.acquire(1, 1, never()).await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            log.starts.load(Ordering::SeqCst),
+            2,
+            "one job left: replaced"
+        );
+        c.uses += 1;
+        pool.release(c, lease, true).await;
+        let (mut c, lease) = pool.acquire(1, 1, never()).await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            log.starts.load(Ordering::SeqCst),
+            2,
+            "a replacement no job takes"
+        );
+        c.uses += 1;
+        pool.release(c, lease, true).await;
+        pool.drain().await;
+        assert_eq!(log.removed.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.live(), 0);
+    }
 }
