@@ -67,7 +67,7 @@ pub struct Pool<T: Warm> {
 struct Demand {
     /// Jobs announced (0: nothing announced, e.g. a library session or the MCP server).
     announced: usize,
-    /// Jobs that took a sandbox so far (counted before any announcement too: the
+    /// Jobs that were handed a sandbox so far (counted before any announcement too: the
     /// announcement may come after the first jobs).
     taken: usize,
     /// A job that may take more than one sandbox (test cases, retries) was announced:
@@ -163,7 +163,6 @@ impl<T: Warm> Pool<T> {
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<(T, Lease), Error> {
         self.want.store(ahead, Ordering::SeqCst);
-        self.demand.lock().unwrap_or_else(|e| e.into_inner()).taken += 1;
         let c = loop {
             let got = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match got {
@@ -217,6 +216,9 @@ impl<T: Warm> Pool<T> {
                 }
             }
         };
+        // Counted when served, not when asked for: a sandbox released while this job was
+        // still looking stays for it.
+        self.demand.lock().unwrap_or_else(|e| e.into_inner()).taken += 1;
         // After this job it will have run one more: reusable then only if it could run
         // one more than that now.
         let retiring = !c.can_reuse(recycle_after.saturating_sub(1));
