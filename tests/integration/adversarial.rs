@@ -711,9 +711,10 @@ jobs:
 }
 
 /// A native sandbox is never in the host's network namespace. As root, the sandboxes of a
-/// slot share one (src/sandbox/slotnet.rs) for as long as no job changes anything in it:
-/// after a job that used the network the next job gets a new one. Otherwise each sandbox
-/// has its own.
+/// slot share one (src/sandbox/slotnet.rs) for as long as no job changes anything in it
+/// (job b's routing netlink sockets, closed as it ends and freed by the kernel only after an
+/// RCU grace period, are no change): after a job that used the network the next job gets a
+/// new one. Otherwise each sandbox has its own.
 #[test]
 fn native_network_namespace_per_sandbox() {
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
@@ -723,7 +724,7 @@ fn native_network_namespace_per_sandbox() {
     dir.write(
         "ns.yaml",
         &format!(
-            "jobs:\n  - {{ name: a, lang: bash, code: '{ns}' }}\n  - {{ name: b, lang: bash, code: '{ns}' }}\n  - {{ name: c, lang: python, code: \"import os, socket\\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))\\nprint(os.readlink('/proc/self/ns/net'))\" }}\n  - {{ name: d, lang: bash, code: '{ns}' }}\n"
+            "jobs:\n  - {{ name: a, lang: bash, code: '{ns}' }}\n  - {{ name: b, lang: python, code: \"import os, socket\\nfor _ in range(20):\\n    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()\\nprint(os.readlink('/proc/self/ns/net'))\" }}\n  - {{ name: c, lang: python, code: \"import os, socket\\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))\\nprint(os.readlink('/proc/self/ns/net'))\" }}\n  - {{ name: d, lang: bash, code: '{ns}' }}\n"
         ),
     );
     let r = common::run_report(

@@ -278,3 +278,37 @@ fn agent_cannot_run(engine: &str) {
     let (_, b) = same_container_nothing_left(engine, &run);
     assert!(b.contains("shm=0") && b.contains("end"), "{b}");
 }
+
+#[test]
+fn docker_job_that_closed_a_netlink_socket_keeps_its_container() {
+    netlink_closed_keeps_container("docker");
+}
+
+#[test]
+fn podman_job_that_closed_a_netlink_socket_keeps_its_container() {
+    netlink_closed_keeps_container("podman");
+}
+
+/// A routing netlink socket closed as the job ends is freed by the kernel only after an RCU
+/// grace period, when the agent may already be comparing the network namespace with what
+/// it showed when new: it must not count (the socket is gone from `/proc/net/netlink` at
+/// once), or every such job would cost its container.
+fn netlink_closed_keeps_container(engine: &str) {
+    if !common::backend_selected(engine) {
+        return;
+    }
+    let dir = Scratch::new();
+    dir.write(
+        "nl.toml",
+        "[defaults]\nlang = \"python\"\n\n[[jobs]]\nname = \"a\"\ncode = '''\nimport socket\nprint('id=' + open('/proc/1/stat').read().split()[21])\nfor _ in range(20):\n    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()\n'''\n\n[[jobs]]\nname = \"b\"\ncode = \"print('id=' + open('/proc/1/stat').read().split()[21])\"\n",
+    );
+    let run = dir.run_json(&["-j", "1", "--backend", engine, "nl.toml"]);
+    let a = common::field(run.assert_status("a", "passed"), "stdout").to_string();
+    let b = common::field(run.assert_status("b", "passed"), "stdout").to_string();
+    assert!(!pid1_started(&a).is_empty(), "{a}");
+    assert_eq!(
+        pid1_started(&a),
+        pid1_started(&b),
+        "{engine}: a job that closed netlink sockets cost its container"
+    );
+}
