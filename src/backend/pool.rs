@@ -51,6 +51,8 @@ pub struct Pool<T: Warm> {
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
     ended: tokio::sync::Notify,
+    /// How many jobs start a sandbox of their own (none idle, none starting for them).
+    starting_own: AtomicUsize,
     /// How many sandboxes the jobs want ready (the last `ahead` of [`Pool::acquire`]): a
     /// sandbox that leaves the pool is replaced up to this many.
     want: AtomicUsize,
@@ -92,11 +94,11 @@ pub struct Lease {
     recycle_after: u32,
 }
 
-/// Counts a job waiting for a background start while it waits (also when the wait is
-/// cancelled).
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts a job in a counter while it waits for a background start, or starts a sandbox
+/// of its own (also when that is cancelled).
+struct Counting<'a>(&'a AtomicUsize);
 
-impl Drop for Waiting<'_> {
+impl Drop for Counting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -131,6 +133,7 @@ impl<T: Warm> Pool<T> {
             in_flight: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             ended: tokio::sync::Notify::new(),
+            starting_own: AtomicUsize::new(0),
             want: AtomicUsize::new(0),
             demand: Mutex::new(Demand::default()),
         })
@@ -186,7 +189,7 @@ impl<T: Warm> Pool<T> {
                     tokio::pin!(ended);
                     ended.as_mut().enable();
                     let waiters = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
-                    let waiting = Waiting(&self.waiting);
+                    let waiting = Counting(&self.waiting);
                     if waiters <= self.in_flight.load(Ordering::SeqCst) {
                         let none_idle = self
                             .idle
@@ -206,6 +209,8 @@ impl<T: Warm> Pool<T> {
                     }
                     drop(waiting);
                     self.live.fetch_add(1, Ordering::SeqCst);
+                    self.starting_own.fetch_add(1, Ordering::SeqCst);
+                    let _own = Counting(&self.starting_own);
                     match T::start(&self.spec).await {
                         Ok(c) => break c,
                         Err(e) => {
@@ -312,12 +317,13 @@ impl<T: Warm> Pool<T> {
         self.live.load(Ordering::SeqCst)
     }
 
-    /// How many of them run a job (and will be back for another).
+    /// How many of them run a job (and will be back for another). A sandbox a job starts
+    /// for itself is not one yet: that job still counts among those left to be served.
     fn busy(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
-        self.live
-            .load(Ordering::SeqCst)
-            .saturating_sub(idle + self.in_flight.load(Ordering::SeqCst))
+        self.live.load(Ordering::SeqCst).saturating_sub(
+            idle + self.in_flight.load(Ordering::SeqCst) + self.starting_own.load(Ordering::SeqCst),
+        )
     }
 
     /// Takes an idle sandbox out of the pool (to remove it: room for another pool's).
@@ -625,5 +631,29 @@ mod tests {
         pool.drain().await;
         assert_eq!(log.removed.load(Ordering::SeqCst), 2);
         assert_eq!(pool.live(), 0);
+    }
+
+    /// The run's announcement may come while its first job starts a sandbox of its own:
+    /// that job is not counted twice (as busy and as left), so no second sandbox starts.
+    #[tokio::test]
+    async fn a_job_starting_its_own_sandbox_is_counted_once() {
+        let log = Arc::new(Log::default());
+        let pool = Pool::<Counted>::new(log.clone());
+        let p = pool.clone();
+        let job = tokio::spawn(async move { p.acquire(3, 50, never()).await });
+        tokio::task::yield_now().await;
+        assert_eq!(log.starts.load(Ordering::SeqCst), 1, "the job's own start");
+        pool.expect(Some(1));
+        pool.prewarm(3);
+        let (c, lease) = job.await.unwrap().unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            log.starts.load(Ordering::SeqCst),
+            1,
+            "a sandbox no job takes"
+        );
+        pool.release(c, lease, true).await;
+        pool.drain().await;
+        assert_eq!(log.removed.load(Ordering::SeqCst), 1);
     }
 }
