@@ -8,9 +8,10 @@
 //! namespaces are distinct), and the next job finds it as it was made: after every job the
 //! server reads everything the namespace shows in `/proc/net` ([`SlotNet::untouched`],
 //! [`NetView`]) and compares it with what it showed when it was new. A job that changed
-//! any of it gives the slot a new namespace before its next job. No job can change its configuration: the namespace belongs to the
-//! host's user namespace, so no job (nor its sandbox's init) has any capability in it, and
-//! `/proc/sys` is read-only to the steps (Landlock). What a job can change that no file
+//! any of it gives the slot a new namespace before its next job. No job can change its
+//! configuration: the namespace belongs to the host's user namespace, so no job (nor its
+//! sandbox's init) has any capability in it, and `/proc/sys` is read-only to the steps
+//! (Landlock). What a job can change that no file
 //! shows (the IPv4 route cache a UDP `connect` fills: only the whole machine's statistics
 //! count it) the next job could tell only by timing (README, "Security").
 //!

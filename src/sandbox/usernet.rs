@@ -1,11 +1,10 @@
 //! User-mode networking for native sandboxes with `network = true`: such a sandbox has a
 //! network namespace of its own (never its slot's: [`super::slotnet`]), with a
 //! `slirp4netns` attached to it (started by the sandbox server once the sandbox is
-//! cloned, stopped with it). The
-//! sandbox sees a `tap0` with 10.0.2.100/24, a default route through 10.0.2.2 and a DNS
-//! forwarder at 10.0.2.3; its connections leave through the host's stack as the runner's,
-//! but the host's loopback is not reachable (`--disable-host-loopback`): a job with network
-//! reaches the outside (package indexes), never a service listening on the host's
+//! cloned, stopped with it). The sandbox sees a `tap0` with 10.0.2.100/24, a default route
+//! through 10.0.2.2 and a DNS forwarder at 10.0.2.3; its connections leave through the
+//! host's stack as the runner's, but the host's loopback is not reachable
+//! (`--disable-host-loopback`): a job with network reaches the outside (package indexes), never a service listening on the host's
 //! 127.0.0.1. Where `slirp4netns` is missing such jobs are `error` with the fix, never put
 //! in the host's namespace.
 

@@ -84,17 +84,22 @@ fn pid1_started(stdout: &str) -> &str {
         .unwrap_or("")
 }
 
+/// That two jobs' outputs name the same pid 1 (`id=`): they ran in one warm container.
+fn assert_same_container(engine: &str, a: &str, b: &str) {
+    assert!(!pid1_started(a).is_empty(), "{a}");
+    assert_eq!(
+        pid1_started(a),
+        pid1_started(b),
+        "{engine}: both jobs ran in the same warm container"
+    );
+}
+
 /// The stdout of JOBS' two jobs, after checking that both passed in the same container
 /// (the start time of its pid 1) and that the second found none of the first's traces.
 fn same_container_nothing_left(engine: &str, run: &common::Run) -> (String, String) {
     let out_a = common::field(run.assert_status("a-litter", "passed"), "stdout").to_string();
     let out_b = common::field(run.assert_status("b-looks", "passed"), "stdout").to_string();
-    assert!(!pid1_started(&out_a).is_empty(), "{out_a}");
-    assert_eq!(
-        pid1_started(&out_a),
-        pid1_started(&out_b),
-        "{engine}: both jobs ran in the same warm container"
-    );
+    assert_same_container(engine, &out_a, &out_b);
     for trace in ["a.txt", "locked", ".hidden", "sleep"] {
         assert!(
             !out_b.contains(trace),
@@ -204,19 +209,15 @@ fn starts_no_more_containers_than_jobs(engine: &str) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let name = format!("name=ls-{}-", child.id());
+    let pid = child.id();
     let mut seen: Vec<String> = Vec::new();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        let out = std::process::Command::new(engine)
-            .args(["ps", "-a", "-q", "--no-trunc", "--filter", &name])
-            .output()
-            .unwrap();
-        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            if !seen.iter().any(|s| s == id) {
-                seen.push(id.to_string());
+        for name in common::containers_on(engine, pid).lines() {
+            if !seen.iter().any(|s| s == name) {
+                seen.push(name.to_string());
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -305,10 +306,6 @@ fn netlink_closed_keeps_container(engine: &str) {
     let run = dir.run_json(&["-j", "1", "--backend", engine, "nl.toml"]);
     let a = common::field(run.assert_status("a", "passed"), "stdout").to_string();
     let b = common::field(run.assert_status("b", "passed"), "stdout").to_string();
-    assert!(!pid1_started(&a).is_empty(), "{a}");
-    assert_eq!(
-        pid1_started(&a),
-        pid1_started(&b),
-        "{engine}: a job that closed netlink sockets cost its container"
-    );
+    // Else the job that closed netlink sockets cost its container.
+    assert_same_container(engine, &a, &b);
 }
