@@ -167,7 +167,8 @@ pub trait ContainerSandbox: Send + Sized {
 const TAR_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `job` in `s` and makes its report. With `warm`, the sandbox is cleaned afterwards
-/// and `reusable` says whether that was proven. `image` names the image in messages.
+/// and `reusable` says whether that was proven. `image` names the image in messages. With
+/// `wire`, the run step's stdin and stdout are connected through it ([`super::Wire`]).
 pub async fn run<S: ContainerSandbox>(
     s: &mut S,
     job: &PlannedJob,
@@ -175,6 +176,7 @@ pub async fn run<S: ContainerSandbox>(
     image: &str,
     warm: bool,
     reusable: &mut bool,
+    mut wire: Option<super::Wire>,
 ) -> JobReport {
     s.reuse().uses = s.reuse().uses.saturating_add(1);
     let cancel = &ctx.cancel;
@@ -208,7 +210,14 @@ pub async fn run<S: ContainerSandbox>(
             stdin: run.then(|| job.stdin.as_deref().unwrap_or("").as_bytes()),
             inputs: &mut inputs,
             measure: measure.as_ref(),
-            live: Live::default(),
+            live: match if run { wire.take() } else { None } {
+                Some(w) => Live {
+                    tx: Some(w.output),
+                    discard: false,
+                    stdin: Some(w.stdin),
+                },
+                None => Live::default(),
+            },
         };
         let mut r = match s.run_step(&step, io, cancel).await {
             Ok(r) => r,
@@ -713,6 +722,7 @@ mod tests {
             "img",
             false,
             &mut false,
+            None,
         )
         .await;
         assert_eq!(r.status, Status::Passed, "{r:?}");
@@ -742,6 +752,7 @@ mod tests {
             "img",
             false,
             &mut false,
+            None,
         )
         .await;
         assert_eq!(r.phase, Some(Phase::Compile), "{r:?}");
@@ -766,6 +777,7 @@ mod tests {
             "img",
             true,
             &mut reusable,
+            None,
         )
         .await;
         assert_eq!(r.status, Status::Passed, "{r:?}");

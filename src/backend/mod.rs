@@ -101,6 +101,24 @@ pub trait Backend: Sync {
     /// becomes status `error` with a message that says how to fix it).
     fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport>;
 
+    /// Like [`Backend::run_job`], the run step's stdin and stdout connected through
+    /// `wire`. A backend whose steps cannot stream says so (status `error`).
+    fn run_wired<'a>(
+        &'a self,
+        job: &'a PlannedJob,
+        _ctx: &'a RunCtx,
+        wire: Wire,
+    ) -> BoxFuture<'a, JobReport> {
+        drop(wire);
+        Box::pin(async move {
+            error_report(
+                job,
+                Phase::Prepare,
+                format!("the {} backend cannot connect a program to an interactor (its steps' output comes only at their end): use native, docker or podman", job.backend),
+            )
+        })
+    }
+
     /// The environment `job` needs made before it runs (an image, a template, warm
     /// sandboxes), as a key (jobs with the same key share it); None when there is nothing
     /// to prepare ahead.
@@ -128,6 +146,15 @@ pub trait Backend: Sync {
     fn doctor(&self) -> BoxFuture<'_, Result<String, Error>>;
 }
 
+/// A program's standard input and output connected to another program's, both running
+/// (an interactor and the program of a test case: README, "Test cases"): its run step's
+/// stdin is fed from `stdin` as chunks come (the channel's end closes it), and its stdout
+/// and stderr go to `output` as they come (and into its report, up to the output limit).
+pub struct Wire {
+    pub stdin: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub output: crate::stream::ChunkSender,
+}
+
 /// A boxed future of a [`Backend`] method.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -137,7 +164,15 @@ struct Kubernetes;
 
 impl Backend for Native {
     fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
-        Box::pin(native::run_job(job, ctx))
+        Box::pin(native::run_job(job, ctx, None))
+    }
+    fn run_wired<'a>(
+        &'a self,
+        job: &'a PlannedJob,
+        ctx: &'a RunCtx,
+        wire: Wire,
+    ) -> BoxFuture<'a, JobReport> {
+        Box::pin(native::run_job(job, ctx, Some(wire)))
     }
     fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
         Box::pin(scope.servers.shutdown())
@@ -151,6 +186,14 @@ impl Backend for Native {
 impl Backend for Container {
     fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
         Box::pin(docker::run_job(job, ctx, self.0))
+    }
+    fn run_wired<'a>(
+        &'a self,
+        job: &'a PlannedJob,
+        ctx: &'a RunCtx,
+        wire: Wire,
+    ) -> BoxFuture<'a, JobReport> {
+        Box::pin(docker::run_wired(job, ctx, self.0, wire))
     }
     fn prepare_key(&self, job: &PlannedJob) -> Option<String> {
         Some(docker::prepare_key(job))

@@ -370,7 +370,9 @@ pub fn stage_inputs(job: &PlannedJob, in_dir: &Path, source: &str) -> std::io::R
     Ok(())
 }
 
-pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+/// Runs `job` in a fresh sandbox; with `wire`, its run step's stdin and stdout are
+/// connected through it ([`super::Wire`]).
+pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, wire: Option<super::Wire>) -> JobReport {
     let tc = match lang::probe_cached(job.lang) {
         Ok(tc) => tc,
         Err(e) => return error_report(job, Phase::Prepare, e),
@@ -389,7 +391,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
     }
     let id = sandbox_id();
     let dir = ctx.run_dir.join(&id);
-    let report = run_in(job, ctx, &tc, &id, &dir).await;
+    let report = run_in(job, ctx, &tc, &id, &dir, wire).await;
     let _ = std::fs::remove_dir_all(&dir);
     report
 }
@@ -539,6 +541,7 @@ async fn run_in(
     tc: &HostToolchain,
     id: &str,
     dir: &Path,
+    wire: Option<super::Wire>,
 ) -> JobReport {
     let cfg = match prepare(job, tc, id, dir) {
         Ok(c) => c,
@@ -547,7 +550,12 @@ async fn run_in(
     let out_dir = cfg.out_dir.clone();
     let cap = job.limits.output;
     let stdin = job.stdin.as_ref().map(|s| s.as_bytes().to_vec());
-    let outcome = match host::run(&ctx.scope.servers, &cfg, stdin, cap, &ctx.cancel).await {
+    let servers = &ctx.scope.servers;
+    let ran = match wire {
+        None => host::run(servers, &cfg, stdin, cap, &ctx.cancel).await,
+        Some(w) => host::run_wired(servers, &cfg, w.stdin, cap, w.output, &ctx.cancel).await,
+    };
+    let outcome = match ran {
         Ok(o) => o,
         Err(e) => return error_report(job, Phase::Prepare, helper_failed(e)),
     };

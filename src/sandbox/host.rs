@@ -106,6 +106,14 @@ pub enum Io {
         cap: u64,
         live: Option<ChunkSender>,
     },
+    /// stdin as it comes from `stdin` (its end closes it), stdout and stderr captured up to
+    /// `cap` each and sent to `live` as they come (a program talking with an interactor:
+    /// README, "Test cases").
+    Wired {
+        stdin: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        cap: u64,
+        live: ChunkSender,
+    },
     /// The runner's own stdin, stdout and stderr (`exec`: output streams as it comes).
     Inherit,
     /// The caller's own pipes (stdin, stdout, stderr), read and written by the caller as
@@ -158,6 +166,30 @@ pub async fn run_streaming(
         cancel,
     )
     .await
+}
+
+/// Like [`run`], the run step's stdin fed from `stdin` as it comes and its stdout and
+/// stderr sent to `live` as they come ([`Io::Wired`]).
+pub async fn run_wired(
+    servers: &Servers,
+    cfg: &SandboxConfig,
+    stdin: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    output_cap: u64,
+    live: ChunkSender,
+    cancel: &CancellationToken,
+) -> std::io::Result<Outcome> {
+    let io = Io::Wired {
+        stdin,
+        cap: output_cap,
+        live,
+    };
+    run_with(servers, cfg, io, cancel).await
+}
+
+/// What is written to a sandbox's stdin: bytes, or chunks as they come.
+enum Feed {
+    Bytes(Vec<u8>),
+    Stream(tokio::sync::mpsc::Receiver<Vec<u8>>),
 }
 
 /// A sandbox server (see [`super::helper`]): one per concurrency slot, reused job after
@@ -418,7 +450,7 @@ pub async fn run_with(
         OwnedFd,
         Option<OwnedFd>,
         Option<OwnedFd>,
-        Option<(OwnedFd, Vec<u8>)>,
+        Option<(OwnedFd, Feed)>,
         u64,
     );
     let mut live = None;
@@ -434,7 +466,15 @@ pub async fn run_with(
             match stdin {
                 Some(data) => {
                     let (sr, sw) = nix::unistd::pipe2(cloexec)?;
-                    (sr, ow, ew, Some(or), Some(er), Some((sw, data)), cap)
+                    (
+                        sr,
+                        ow,
+                        ew,
+                        Some(or),
+                        Some(er),
+                        Some((sw, Feed::Bytes(data))),
+                        cap,
+                    )
                 }
                 None => (
                     std::fs::File::open("/dev/null")?.into(),
@@ -446,6 +486,25 @@ pub async fn run_with(
                     cap,
                 ),
             }
+        }
+        Io::Wired {
+            stdin,
+            cap,
+            live: l,
+        } => {
+            live = Some(l);
+            let (or, ow) = nix::unistd::pipe2(cloexec)?;
+            let (er, ew) = nix::unistd::pipe2(cloexec)?;
+            let (sr, sw) = nix::unistd::pipe2(cloexec)?;
+            (
+                sr,
+                ow,
+                ew,
+                Some(or),
+                Some(er),
+                Some((sw, Feed::Stream(stdin))),
+                cap,
+            )
         }
         Io::Inherit => {
             let dup = |fd: i32| -> std::io::Result<OwnedFd> {
@@ -488,10 +547,21 @@ pub async fn run_with(
     drop((stdin_fd, stdout_fd, stderr_fd, ctl_w, cfg_fd));
 
     let stdin_task = match stdin_writer {
-        Some((w, data)) => {
+        Some((w, feed)) => {
             let mut w = pipe::Sender::from_owned_fd(w)?;
             Some(tokio::spawn(async move {
-                let _ = w.write_all(&data).await;
+                match feed {
+                    Feed::Bytes(data) => {
+                        let _ = w.write_all(&data).await;
+                    }
+                    Feed::Stream(mut rx) => {
+                        while let Some(data) = rx.recv().await {
+                            if w.write_all(&data).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
             }))
         }
         None => None,

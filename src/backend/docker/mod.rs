@@ -559,8 +559,28 @@ fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
     (spec, recycle)
 }
 
-/// Runs one job in a fresh container.
+/// Runs one job (in a warm container, or a fresh one).
 pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobReport {
+    run(job, ctx, kind, None).await
+}
+
+/// Runs one job in a fresh container, its run step's stdin and stdout connected through
+/// `wire` (an exec streams them; the agent's one request and one answer could not).
+pub async fn run_wired(
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    kind: BackendKind,
+    wire: crate::backend::Wire,
+) -> JobReport {
+    run(job, ctx, kind, Some(wire)).await
+}
+
+async fn run(
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    kind: BackendKind,
+    wire: Option<crate::backend::Wire>,
+) -> JobReport {
     let started = Instant::now();
     let ep = match endpoint(job) {
         Ok(e) => e,
@@ -574,10 +594,10 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobRe
         Ok(i) => i,
         Err(e) => return prepare_error_report(job, e),
     };
-    let mut report = if warm_for(job, ctx) {
+    let mut report = if wire.is_none() && warm_for(job, ctx) {
         run_warm(&engine, job, ctx, &image).await
     } else {
-        run_in(&engine, job, ctx, &image).await
+        run_in(&engine, job, ctx, &image, wire).await
     };
     report.image = Some(
         job.dockerfile
@@ -590,14 +610,20 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobRe
     report
 }
 
-async fn run_in(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &str) -> JobReport {
+async fn run_in(
+    engine: &Arc<Engine>,
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    image: &str,
+    wire: Option<crate::backend::Wire>,
+) -> JobReport {
     let env = base_env(job.lang, &job.env, crate::plots::wanted(job));
     let mut c = match Container::start(engine.clone(), &run_spec(job, image, env)).await {
         Ok(c) => c,
         Err(e) => return error_report(job, Phase::Prepare, e),
     };
     let report =
-        crate::backend::container_job::run(&mut c, job, ctx, image, false, &mut false).await;
+        crate::backend::container_job::run(&mut c, job, ctx, image, false, &mut false, wire).await;
     c.remove().await;
     report
 }
@@ -618,7 +644,7 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
     let report = if c.has_agent() {
         run_steps_agent(&mut c, job, ctx, &mut reusable).await
     } else {
-        crate::backend::container_job::run(&mut c, job, ctx, image, true, &mut reusable).await
+        crate::backend::container_job::run(&mut c, job, ctx, image, true, &mut reusable, None).await
     };
     pool.release(c, lease, reusable && !ctx.cancel.is_cancelled())
         .await;

@@ -1085,7 +1085,8 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         };
         let mut reusable = false;
         let report =
-            crate::backend::container_job::run(&mut p, job, ctx, &image, true, &mut reusable).await;
+            crate::backend::container_job::run(&mut p, job, ctx, &image, true, &mut reusable, None)
+                .await;
         pool.release(p, lease, reusable && !ctx.cancel.is_cancelled())
             .await;
         report
@@ -1103,7 +1104,8 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
             Err(e) => return failed(e),
         };
         let report =
-            crate::backend::container_job::run(&mut p, job, ctx, &image, false, &mut false).await;
+            crate::backend::container_job::run(&mut p, job, ctx, &image, false, &mut false, None)
+                .await;
         p.delete().await;
         report
     };
