@@ -2,7 +2,7 @@
 //!
 //! Expansion records each job's [`Dep`]s ([`PlannedJob::deps`](super::PlannedJob::deps))
 //! from its spec alone, without touching the disk: the job file, `code_file` or
-//! `template_file`, `dataset`, every input `files` entry (a glob stays a glob, so a new
+//! `template_file`, the checker's or interactor's `code_file`, `dataset`, every input `files` entry (a glob stays a glob, so a new
 //! match counts), the Dockerfile and its build context, a Pod manifest file.
 //! [`resolve`] turns them into [`WatchDep`]s (canonical folders, symlink targets,
 //! compiled globs, `.dockerignore`) that match the paths of file-system events.
@@ -53,8 +53,13 @@ pub fn job_deps(file: &Path, dir: &Path, spec: &JobSpec) -> Vec<Dep> {
             out.push(d);
         }
     };
+    let judges = [&spec.checker, &spec.interactor]
+        .into_iter()
+        .flatten()
+        .map(|c| &c.code_file);
     for p in [&spec.code_file, &spec.template_file, &spec.dataset]
         .into_iter()
+        .chain(judges)
         .flatten()
     {
         push(Dep::Path(resolve_in(dir, p)));
@@ -397,6 +402,18 @@ name = "b-{{ index }}"
 template_file = "tpl/b.j2"
 dataset = "rows.jsonl"
 dockerfile = "docker/Dockerfile"
+
+[[jobs]]
+name = "c"
+code = "true"
+cases = [{ stdin = "1" }]
+checker = { lang = "cpp", code_file = "judge/check.cpp" }
+
+[[jobs]]
+name = "d"
+code = "true"
+cases = [{ stdin = "1" }]
+interactor = { lang = "python", code_file = "judge/interact.py" }
 "#,
         );
         let want = vec![
@@ -409,6 +426,8 @@ dockerfile = "docker/Dockerfile"
             Dep::Path(dir.join("shared.txt")),
             Dep::Context(dir.join("docker")),
             Dep::Path(dir.join("docker/Dockerfile")),
+            Dep::Path(dir.join("judge/check.cpp")),
+            Dep::Path(dir.join("judge/interact.py")),
         ];
         assert_eq!(deps, want);
     }

@@ -558,6 +558,7 @@ pub fn merge(d: &JobSpec, j: &JobSpec) -> JobSpec {
         compare: pick!(compare),
         cases_stop: pick!(cases_stop),
         checker: pick!(checker),
+        interactor: pick!(interactor),
     }
 }
 
@@ -1134,16 +1135,23 @@ impl<'a> FileCx<'a> {
         let checker = spec
             .checker
             .as_ref()
-            .and_then(|c| self.resolve_checker(job, c, errors));
+            .and_then(|c| self.resolve_checker(job, "checker", c, errors));
         if checker.is_some() && spec.cases.is_none() {
             errors.push(
                 self.err(job, &[key("checker")], "a `checker` judges test cases, and this job has none", "no `cases`")
                     .with_help("add `cases` (a glob of inputs, a list, or a template): the checker runs after each case as `checker INPUT OUTPUT ANSWER`"),
             );
         }
+        let interactor = spec
+            .interactor
+            .as_ref()
+            .and_then(|c| self.resolve_checker(job, "interactor", c, errors));
+        if spec.interactor.is_some() {
+            self.check_interactor(job, spec, backend, errors);
+        }
         let cases = match &spec.cases {
             Some(CasesSpec::Pattern(p)) if !is_template(p) => {
-                self.resolve_cases_glob(job, p, errors)
+                self.resolve_cases_glob(job, p, spec.interactor.is_some(), errors)
             }
             Some(CasesSpec::List(l)) if l.is_empty() => {
                 errors.push(
@@ -1194,6 +1202,7 @@ impl<'a> FileCx<'a> {
             cases,
             cases_stop: spec.cases_stop.unwrap_or_default(),
             checker,
+            interactor,
             part: Default::default(),
             backends: self.backends.clone(),
             deps: Arc::new(super::deps::job_deps(&self.lf.path, &self.lf.dir, spec)),

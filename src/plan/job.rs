@@ -238,6 +238,9 @@ pub struct PlannedJob {
     pub cases_stop: crate::spec::types::CasesStop,
     /// Judges each case's output (`checker INPUT OUTPUT ANSWER`).
     pub checker: Option<Checker>,
+    /// Talks with the program of each case and decides it (`interactor INPUT OUTPUT
+    /// [ANSWER]`, README "Test cases").
+    pub interactor: Option<Checker>,
     /// Which of its steps run (a job with cases is run as its build, then its cases).
     pub part: Part,
     #[serde(skip)]
@@ -286,6 +289,7 @@ impl PlannedJob {
             cases: vec![],
             cases_stop: Default::default(),
             checker: None,
+            interactor: None,
             part: Part::All,
             backends: Arc::new(Default::default()),
             deps: Arc::new(vec![]),

@@ -338,9 +338,11 @@ pub struct FloatCompare {
     pub float: f64,
 }
 
-/// A checker program (README, "Test cases"): run as `checker INPUT OUTPUT ANSWER` (three
-/// files) after each case; exit 0 accepted, 1 wrong answer, 2 presentation error (testlib's
-/// convention), anything else an error of the checker.
+/// A judge's own program (README, "Test cases"): a `checker`, run as `checker INPUT OUTPUT
+/// ANSWER` (three files) after each case, or an `interactor`, run as `interactor INPUT
+/// OUTPUT [ANSWER]` beside each case with its stdin and stdout connected to the program's;
+/// exit 0 accepted, 1 wrong answer, 2 presentation error (testlib's convention), anything
+/// else an error of the checker or interactor.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckerSpec {
@@ -530,6 +532,10 @@ pub struct JobSpec {
     /// Judges each case's output instead of comparing it with the expected one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checker: Option<CheckerSpec>,
+    /// Interactive problems: a program that talks with the solution (its stdout is the
+    /// solution's stdin and the other way round) and decides each case by its exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactor: Option<CheckerSpec>,
 }
 
 impl BackendKind {

@@ -296,6 +296,32 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["`cases[0].stdin_file`: `stdin` and `stdin_file` are both set"],
     ),
     (
+        "interactor_no_cases.toml",
+        "interactor_no_cases.toml:5:14",
+        &[
+            "`interactor`: an `interactor` talks with the program of each test case, and this job has none",
+            "each case's input is the interactor's INPUT file",
+        ],
+    ),
+    (
+        "interactor_and_checker.toml",
+        "interactor_and_checker.toml:6:11",
+        &["`checker`: a job has a `checker` or an `interactor`, not both", "remove `checker`"],
+    ),
+    (
+        "interactor_kubernetes.toml",
+        "interactor_kubernetes.toml:7:14",
+        &[
+            "an `interactor` cannot run on kubernetes",
+            "run interactive problems on native, docker or podman",
+        ],
+    ),
+    (
+        "interactor_no_program.toml",
+        "interactor_no_program.toml:6:14",
+        &["the interactor has no program", "interactor INPUT OUTPUT [ANSWER]"],
+    ),
+    (
         "compare_unknown.yaml",
         "compare_unknown.yaml:5:14",
         &[

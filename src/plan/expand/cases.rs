@@ -5,7 +5,7 @@ use super::{key, FileCx, JobRef};
 use crate::plan::job::{Case, CaseExpect, Checker, Compare};
 use crate::spec::error::SpecError;
 use crate::spec::span::Seg;
-use crate::spec::types::{CaseSpec, CheckerSpec, CompareSpec, Expect};
+use crate::spec::types::{BackendKind, CaseSpec, CheckerSpec, CompareSpec, Expect, JobSpec};
 use std::path::{Path, PathBuf};
 
 /// The valid values of `compare`, for messages.
@@ -56,32 +56,76 @@ impl FileCx<'_> {
         }
     }
 
-    /// `checker`: its program, from `code` or `code_file`.
+    /// `checker` or `interactor` (`field`): its program, from `code` or `code_file`.
     pub(super) fn resolve_checker(
         &self,
         job: &JobRef,
+        field: &str,
         c: &CheckerSpec,
         errors: &mut Vec<SpecError>,
     ) -> Option<Checker> {
+        let usage = if field == "interactor" {
+            "run beside each case as `interactor INPUT OUTPUT [ANSWER]`, its stdout the program's stdin and the program's stdout its stdin; exit 0 accepted, 1 wrong answer, 2 presentation error"
+        } else {
+            "run as `checker INPUT OUTPUT ANSWER`, exit 0 accepted, 1 wrong answer, 2 presentation error"
+        };
         let code = match (&c.code, &c.code_file) {
             (Some(code), None) => Some(code.clone()),
-            (None, Some(f)) => self.read_named(job, &[key("checker"), key("code_file")], f, errors),
+            (None, Some(f)) => self.read_named(job, &[key(field), key("code_file")], f, errors),
             (Some(_), Some(_)) => {
                 errors.push(
-                    self.err(job, &[key("checker"), key("code_file")], "`code` and `code_file` are both set", "second program")
-                        .with_help("give the checker's program inline (`code`) or in a file (`code_file`), not both"),
+                    self.err(job, &[key(field), key("code_file")], "`code` and `code_file` are both set", "second program")
+                        .with_help(format!("give the {field}'s program inline (`code`) or in a file (`code_file`), not both")),
                 );
                 None
             }
             (None, None) => {
                 errors.push(
-                    self.err(job, &[key("checker")], "the checker has no program", "no `code` or `code_file`")
-                        .with_help("e.g. checker = { lang = \"cpp\", code_file = \"check.cpp\" }: run as `checker INPUT OUTPUT ANSWER`, exit 0 accepted, 1 wrong answer, 2 presentation error"),
+                    self.err(
+                        job,
+                        &[key(field)],
+                        format!("the {field} has no program"),
+                        "no `code` or `code_file`",
+                    )
+                    .with_help(format!(
+                        "e.g. {field} = {{ lang = \"cpp\", code_file = \"{}.cpp\" }}: {usage}",
+                        &field[..field.len().min(5)]
+                    )),
                 );
                 None
             }
         }?;
         Some(Checker { lang: c.lang, code })
+    }
+
+    /// What an `interactor` needs: test cases (each case's input is its INPUT file), no
+    /// `checker` (the interactor decides), and a backend whose steps stream their standard
+    /// streams (not Kubernetes: a pod's exec gives its output at the end).
+    pub(super) fn check_interactor(
+        &self,
+        job: &JobRef,
+        spec: &JobSpec,
+        backend: BackendKind,
+        errors: &mut Vec<SpecError>,
+    ) {
+        if spec.cases.is_none() {
+            errors.push(
+                self.err(job, &[key("interactor")], "an `interactor` talks with the program of each test case, and this job has none", "no `cases`")
+                    .with_help("add `cases` (a glob of inputs, a list, or a template): each case's input is the interactor's INPUT file"),
+            );
+        }
+        if spec.checker.is_some() {
+            errors.push(
+                self.err(job, &[key("checker")], "a job has a `checker` or an `interactor`, not both", "second judge")
+                    .with_help("the interactor decides each case by its exit code (0 accepted, 1 wrong answer, 2 presentation error): remove `checker`"),
+            );
+        }
+        if backend == BackendKind::Kubernetes {
+            errors.push(
+                self.err(job, &[key("interactor")], "an `interactor` cannot run on kubernetes", "needs streamed stdin and stdout")
+                    .with_help("a pod's exec gives the program's output only when it ends, so it cannot talk with an interactor: run interactive problems on native, docker or podman"),
+            );
+        }
     }
 
     /// A file named by a job field (relative to the job file), read as text.
@@ -143,6 +187,7 @@ impl FileCx<'_> {
         &self,
         job: &JobRef,
         pattern: &str,
+        answers_optional: bool,
         errors: &mut Vec<SpecError>,
     ) -> Vec<Case> {
         let sub = [key("cases")];
@@ -175,7 +220,8 @@ impl FileCx<'_> {
                 .map(|ext| input.with_extension(ext))
                 .find(|p| p.is_file() && *p != input);
             let shown = shown_path(&input, &base);
-            let Some(answer) = answer else {
+            // An interactor's case needs no answer file (it gets one when there is).
+            if answer.is_none() && !answers_optional {
                 errors.push(
                     self.err(
                         job,
@@ -190,7 +236,7 @@ impl FileCx<'_> {
                     .with_help("every input matched by `cases` needs its expected output in a file of the same name ending in .out or .ans"),
                 );
                 continue;
-            };
+            }
             let read = |p: &Path, errors: &mut Vec<SpecError>| match std::fs::read_to_string(p) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -203,8 +249,15 @@ impl FileCx<'_> {
                     None
                 }
             };
-            let (Some(stdin), Some(out)) = (read(&input, errors), read(&answer, errors)) else {
+            let Some(stdin) = read(&input, errors) else {
                 continue;
+            };
+            let out = match &answer {
+                Some(a) => match read(a, errors) {
+                    Some(o) => Some(o),
+                    None => continue,
+                },
+                None => None,
             };
             cases.push(Case {
                 name: input
@@ -215,7 +268,7 @@ impl FileCx<'_> {
                 stdin: Some(stdin),
                 args: None,
                 expect: CaseExpect {
-                    stdout: Some(out),
+                    stdout: out,
                     ..Default::default()
                 },
             });
