@@ -40,9 +40,12 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
             }
         }
     }
-    let checker = match &job.checker {
-        Some(ch) => match checker_files(backend, job, ch, ctx).await {
-            Ok(files) => Some((ch, files)),
+    // The job's checker or interactor (never both: the plan refuses it), built once.
+    let helper = (job.checker.as_ref().map(|c| (c, "checker")))
+        .or_else(|| job.interactor.as_ref().map(|c| (c, "interactor")));
+    let helper = match helper {
+        Some((ch, role)) => match checker_files(backend, job, ch, role, ctx).await {
+            Ok(files) => Some((ch, role, files)),
             Err(why) => {
                 let mut r = super::error_report(job, Phase::Prepare, why);
                 r.cases_total = Some(job.cases.len());
@@ -71,27 +74,37 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
             };
             let (i, c) = (next, &job.cases[next]);
             next += 1;
-            let case_job = case_job(job, c, part, &files, checker.is_some());
-            let checker = &checker;
+            let case_job = case_job(job, c, part, &files, helper.is_some());
+            let helper = &helper;
             running.push(async move {
                 let (cj, answer) = case_job;
-                let mut r = backend.run_job(&cj, ctx).await;
-                if let (Some((ch, files)), Status::Passed) = (checker, r.status) {
-                    let dir = ctx.run_dir.join(format!("check-{}-{i}", job.id));
-                    judge(
-                        backend,
-                        job,
-                        ch,
-                        files,
-                        c,
-                        answer.as_deref(),
-                        &dir,
-                        &mut r,
-                        ctx,
-                    )
-                    .await;
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
+                let dir = ctx.run_dir.join(format!("check-{}-{i}", job.id));
+                let r = match helper {
+                    Some((it, "interactor", files)) => {
+                        interact(
+                            backend,
+                            job,
+                            it,
+                            files,
+                            c,
+                            &cj,
+                            answer.as_deref(),
+                            &dir,
+                            ctx,
+                        )
+                        .await
+                    }
+                    Some((ch, _, files)) => {
+                        let mut r = backend.run_job(&cj, ctx).await;
+                        if r.status == Status::Passed {
+                            let answer = answer.as_deref();
+                            judge(backend, job, ch, files, c, answer, &dir, &mut r, ctx).await;
+                        }
+                        r
+                    }
+                    None => backend.run_job(&cj, ctx).await,
+                };
+                let _ = std::fs::remove_dir_all(&dir);
                 drop(extra);
                 (i, r)
             });
@@ -255,16 +268,17 @@ fn report(job: &PlannedJob, ran: Vec<JobReport>, started: Instant) -> JobReport 
     r
 }
 
-/// The checker's files, built once per scope (a compiled checker: its build; an
-/// interpreted one: its source).
+/// The files of the checker or interactor (`role`), built once per scope (compiled: its
+/// build; interpreted: its source).
 async fn checker_files(
     backend: &dyn Backend,
     job: &PlannedJob,
     ch: &Checker,
+    role: &str,
     ctx: &RunCtx,
 ) -> Result<Vec<InputFile>, String> {
     use sha2::Digest;
-    let cj = checker_job(job, ch);
+    let cj = checker_job(job, ch, role);
     let key = format!(
         "{}|{:?}|{}|{:x}",
         job.backend,
@@ -282,11 +296,11 @@ async fn checker_files(
         .clone();
     cell.get_or_init(|| async {
         if !needs_build(&cj) {
-            let dir = ctx.run_dir.join(format!("checker-{}", job.id));
+            let dir = ctx.run_dir.join(format!("{role}-{}", job.id));
             let src = dir.join("source");
             std::fs::create_dir_all(&dir)
                 .and_then(|_| std::fs::write(&src, &ch.code))
-                .map_err(|e| format!("cannot write the checker's program: {e}"))?;
+                .map_err(|e| format!("cannot write the {role}'s program: {e}"))?;
             return Ok(vec![InputFile {
                 src,
                 dest: crate::lang::source_file(ch.lang, &ch.code),
@@ -294,7 +308,7 @@ async fn checker_files(
         }
         build(backend, &cj, ctx).await.map_err(|r| {
             format!(
-                "the checker ({}) could not be built: {}{}",
+                "the {role} ({}) could not be built: {}{}",
                 ch.lang,
                 r.message.unwrap_or_default(),
                 if r.stderr.is_empty() {
@@ -309,17 +323,181 @@ async fn checker_files(
     .clone()
 }
 
-/// The checker as a job of `job`'s backend: its own language (and default image), the
-/// job's limits and timeout.
-fn checker_job(job: &PlannedJob, ch: &Checker) -> PlannedJob {
+/// The checker or interactor (`role`) as a job of `job`'s backend: its own language (and
+/// default image), the job's limits and timeout.
+fn checker_job(job: &PlannedJob, ch: &Checker, role: &str) -> PlannedJob {
     let mut cj = PlannedJob::adhoc(ch.lang, ch.code.clone(), vec![], job.timeout, false);
     cj.id = job.id;
-    cj.name = format!("{}/checker", job.name);
+    cj.name = format!("{}/{role}", job.name);
     cj.file = job.file.clone();
     cj.backend = job.backend;
     cj.backends = job.backends.clone();
     cj.limits = job.limits.clone();
     cj
+}
+
+/// One case of an interactive problem: the program (`cj`) and `interactor INPUT OUTPUT
+/// [ANSWER]` (INPUT the case's input, ANSWER its expected output when it has one) run at
+/// once, each in a sandbox of its own, the program's stdout the interactor's stdin and the
+/// interactor's stdout the program's stdin (the runner carries the bytes as they come).
+/// The interactor's exit code decides (testlib's convention, as a checker's): 1 wrong
+/// answer and 2 presentation error: `failed` (a program that exited with an error after the
+/// interactor stopped talking to it too), unless the program was killed (its timeout, memory
+/// limit or a signal: that stays its verdict); 0: the program's own result (its exit code,
+/// time and memory); anything else, or no end in time while the program ended: `error`,
+/// the interactor failed.
+#[allow(clippy::too_many_arguments)]
+async fn interact(
+    backend: &dyn Backend,
+    job: &PlannedJob,
+    it: &Checker,
+    files: &[InputFile],
+    case: &Case,
+    cj: &PlannedJob,
+    answer: Option<&str>,
+    dir: &Path,
+    ctx: &RunCtx,
+) -> JobReport {
+    let mut ij = checker_job(job, it, "interactor");
+    ij.name = format!("{}/{}/interactor", job.name, case.name);
+    ij.part = if needs_build(&ij) {
+        Part::Run
+    } else {
+        Part::All
+    };
+    // Time to decide after the program's own timeout ended it.
+    ij.timeout = job.timeout + std::time::Duration::from_secs(1);
+    ij.files = files.to_vec();
+    let input = case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or("");
+    let mut named = vec![("input.txt", input)];
+    if let Some(a) = answer {
+        named.push(("answer.txt", a));
+    }
+    for (name, text) in &named {
+        let src = dir.join(name);
+        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&src, text)) {
+            let why = format!("cannot write the interactor's {name}: {e}");
+            return super::error_report(cj, Phase::Prepare, why);
+        }
+        ij.files.push(InputFile {
+            src,
+            dest: name.to_string(),
+        });
+    }
+    ij.args = vec!["input.txt".into(), "output.txt".into()];
+    if answer.is_some() {
+        ij.args.push("answer.txt".into());
+    }
+    let mut pj = cj.clone();
+    pj.stdin = None;
+    let (to_program, program_in) = tokio::sync::mpsc::channel(crate::stream::CHANNEL_DEPTH);
+    let (to_interactor, interactor_in) = tokio::sync::mpsc::channel(crate::stream::CHANNEL_DEPTH);
+    let (program_out, from_program) = crate::stream::channel();
+    let (interactor_out, from_interactor) = crate::stream::channel();
+    let (mut r, i, carried, _) = tokio::join!(
+        backend.run_wired(
+            &pj,
+            ctx,
+            super::Wire {
+                stdin: program_in,
+                output: program_out
+            }
+        ),
+        backend.run_wired(
+            &ij,
+            ctx,
+            super::Wire {
+                stdin: interactor_in,
+                output: interactor_out
+            }
+        ),
+        carry(from_program, to_interactor),
+        carry(from_interactor, to_program),
+    );
+    r.name = cj.name.clone();
+    if r.status == Status::Error {
+        return r;
+    }
+    let said = i.stderr.trim().to_string();
+    let verdict = match (i.status, i.exit_code) {
+        (Status::Passed | Status::Failed, Some(0)) => Ok(if said.is_empty() {
+            "the interactor accepted".to_string()
+        } else {
+            format!("the interactor accepted: {said}")
+        }),
+        (Status::Failed, Some(1)) => Err(format!("wrong answer (interactor): {said}")),
+        (Status::Failed, Some(2)) => Err(format!("presentation error (interactor): {said}")),
+        // Both waited for the other (or the program was too slow): the program's timeout.
+        (Status::Timeout, _) if r.status == Status::Timeout => return flush_hint(r, carried),
+        _ => {
+            r.status = Status::Error;
+            r.message = Some(format!(
+                "the interactor failed ({}): {}",
+                i.exit_code
+                    .map(|e| format!("exit code {e}"))
+                    .unwrap_or_else(|| i.status.as_str().to_string()),
+                i.message
+                    .clone()
+                    .filter(|_| said.is_empty())
+                    .unwrap_or(said)
+            ));
+            return r;
+        }
+    };
+    let (passed, message) = match verdict {
+        Ok(m) => (true, m),
+        Err(m) => (false, m),
+    };
+    r.checks.push(CheckResult {
+        kind: "interactor".into(),
+        passed,
+        message: message.clone(),
+        expected: None,
+        actual: None,
+    });
+    // A program killed (time, memory, a signal) keeps its own verdict: what the
+    // interactor said of the output it cut short is a consequence.
+    let killed = r.status == Status::Timeout || r.signal.is_some();
+    if !passed && !killed {
+        r.status = Status::Failed;
+        r.message = Some(message);
+    }
+    flush_hint(r, carried)
+}
+
+/// A program of an interactive case that timed out having written nothing the interactor
+/// got: most likely its output waited in a buffer (its stdout is a pipe), which it says.
+fn flush_hint(mut r: JobReport, carried: u64) -> JobReport {
+    if r.status == Status::Timeout && carried == 0 {
+        let m = r.message.take().unwrap_or_default();
+        r.message = Some(format!("{m}; the interactor got nothing from the program: an interactive program must flush its output after each line (its stdout is a pipe, not a terminal)"));
+    }
+    r
+}
+
+/// Carries one program's stdout, as it comes, to the other's stdin; the end of the one
+/// is the end of the other. Reads on after the other stopped reading (so that the
+/// writer is never blocked by a reader that is gone). Returns how many bytes it carried.
+async fn carry(
+    mut from: tokio::sync::mpsc::Receiver<crate::stream::OutputChunk>,
+    to: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> u64 {
+    let mut to = Some(to);
+    let mut carried = 0;
+    while let Some(c) = from.recv().await {
+        if c.stream != crate::stream::StdStream::Stdout {
+            continue;
+        }
+        if let Some(t) = &to {
+            let n = c.data.len() as u64;
+            if t.send(c.data).await.is_err() {
+                to = None;
+            } else {
+                carried += n;
+            }
+        }
+    }
+    carried
 }
 
 /// Runs the checker on one case that ran (`r`, passed so far): `checker INPUT OUTPUT
@@ -339,7 +517,7 @@ async fn judge(
     ctx: &RunCtx,
 ) {
     const NAMES: [&str; 3] = ["input.txt", "output.txt", "answer.txt"];
-    let mut cj = checker_job(job, ch);
+    let mut cj = checker_job(job, ch, "checker");
     cj.name = format!("{}/{}/checker", job.name, case.name);
     cj.part = if needs_build(&cj) {
         Part::Run

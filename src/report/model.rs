@@ -45,7 +45,8 @@ pub enum Phase {
 /// One `expect` check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CheckResult {
-    /// e.g. `exit_code`, `stdout`, `stdout_contains`, `file:out.json:json`.
+    /// e.g. `exit_code`, `stdout`, `stdout_contains`, `file:out.json:json`, `checker`,
+    /// `interactor`.
     pub kind: String,
     pub passed: bool,
     pub message: String,

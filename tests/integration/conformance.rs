@@ -658,6 +658,109 @@ int main(int argc, char **argv) {
             );
         },
     ));
+    // An interactor (README, "Test cases"): `interactor INPUT OUTPUT`, its stdout the
+    // program's stdin and the other way round, in sandboxes of their own at once; its exit
+    // code decides, and nothing but the program's stdout reaches it. Not on kubernetes (a
+    // pod's exec streams nothing: the plan refuses it).
+    if backend != "kubernetes" {
+        const INTERACTOR: &str = r#"interactor = { lang = "python", code = """
+import sys
+secret = int(open(sys.argv[1]).read())
+for q in range(1, 32):
+    op, g = sys.stdin.readline().split()
+    if op == "!":
+        if int(g) != secret:
+            sys.exit(print(f"answered {g}, the secret was {secret}", file=sys.stderr) or 1)
+        print(f"found {secret} in {q}", file=sys.stderr)
+        sys.exit(0)
+    print("<" if secret < int(g) else ">" if secret > int(g) else "=", flush=True)
+sys.exit(print("more than 31 lines", file=sys.stderr) or 1)
+""" }
+cases = [{ name = "small", stdin = "7" }, { name = "large", stdin = "999999999" }]
+cases_stop = "never""#;
+        v.push(case(
+            "cases-interactor",
+            "c",
+            "passed",
+            &format!(
+                r#"
+code = """
+#include <stdio.h>
+#include <string.h>
+int main(void) {{
+    long lo = 1, hi = 1000000000; char a[4];
+    for (;;) {{
+        long mid = (lo + hi) / 2;
+        printf("? %ld\\n", mid); fflush(stdout);
+        if (scanf("%3s", a) != 1) return 1;
+        if (!strcmp(a, "=")) {{ printf("! %ld\\n", mid); return 0; }}
+        if (!strcmp(a, "<")) hi = mid - 1; else lo = mid + 1;
+    }}
+}}
+"""
+{INTERACTOR}
+"#
+            ),
+            |v| {
+                let cases = v.job["cases"].as_array().cloned().unwrap_or_default();
+                let said: Vec<String> = cases
+                    .iter()
+                    .map(|c| {
+                        c["checks"]
+                            .as_array()
+                            .and_then(|a| a.iter().find(|k| k["kind"] == "interactor"))
+                            .and_then(|k| k["message"].as_str())
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .collect();
+                v.ensure(
+                    said.len() == 2
+                        && said[0].starts_with("the interactor accepted: found 7 in ")
+                        && said[1].starts_with("the interactor accepted: found 999999999 in "),
+                    format!("the interactor's words per case: {said:?}"),
+                );
+            },
+        ));
+        v.push(case(
+            "cases-interactor-wrong",
+            "python",
+            "failed",
+            &format!(
+                r#"
+code = """
+import os, sys
+# As an attacker would: its stderr never reaches the interactor, and the interactor's
+# files (the secret) are in another sandbox.
+print("! 7", file=sys.stderr, flush=True)
+for p in ("input.txt", "/sandbox/input.txt", "answer.txt", "../input.txt"):
+    if os.path.exists(p):
+        print("!", open(p).read().strip(), flush=True)
+        sys.exit(0)
+print("? 5", flush=True)
+input()
+print("! 5", flush=True)
+"""
+{INTERACTOR}
+"#
+            ),
+            |v| {
+                v.ensure(
+                    v.message()
+                        == "case small: wrong answer (interactor): answered 5, the secret was 7",
+                    format!("the job's message: {:?}", v.message()),
+                );
+                let first = &v.job["cases"][0];
+                v.ensure(
+                    first["stdout"].as_str().unwrap_or("").contains("? 5\n! 5"),
+                    format!(
+                        "the case's report keeps what the program wrote: {}",
+                        first["stdout"]
+                    ),
+                );
+            },
+        ));
+    }
     v.push(case(
         "cases-float",
         "python",

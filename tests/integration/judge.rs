@@ -134,6 +134,10 @@ fn the_example_judge_gives_the_verdicts_of_its_readme() {
         ("circle/rough-python", "failed", 0, 2),
         ("pair/accepted-python", "passed", 2, 2),
         ("pair/wrong-python", "failed", 0, 2),
+        ("guess/accepted-cpp", "passed", 3, 3),
+        ("guess/accepted-python", "passed", 3, 3),
+        ("guess/linear-python", "failed", 1, 3),
+        ("guess/no-flush-cpp", "timeout", 0, 3),
     ];
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/judge/judge.toml");
@@ -170,5 +174,15 @@ fn the_example_judge_gives_the_verdicts_of_its_readme() {
     assert!(
         memory.as_str().unwrap_or("").contains("memory limit"),
         "{memory}"
+    );
+    let linear = &jobs["guess/linear-python"]["message"];
+    assert_eq!(
+        linear, "case 02: wrong answer (interactor): more than 31 lines",
+        "{linear}"
+    );
+    let no_flush = jobs["guess/no-flush-cpp"]["message"].as_str().unwrap_or("");
+    assert!(
+        no_flush.contains("must flush its output after each line"),
+        "{no_flush}"
     );
 }
