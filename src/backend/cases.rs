@@ -358,36 +358,19 @@ async fn interact(
     dir: &Path,
     ctx: &RunCtx,
 ) -> JobReport {
-    let mut ij = checker_job(job, it, "interactor");
-    ij.name = format!("{}/{}/interactor", job.name, case.name);
-    ij.part = if needs_build(&ij) {
-        Part::Run
-    } else {
-        Part::All
+    let input = case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or("");
+    let mut named = vec![("input.txt", input)];
+    let mut args = vec!["input.txt", "output.txt"];
+    if let Some(a) = answer {
+        named.push(("answer.txt", a));
+        args.push("answer.txt");
+    }
+    let mut ij = match helper_job(job, it, "interactor", files, case, &named, &args, dir) {
+        Ok(j) => j,
+        Err(why) => return super::error_report(cj, Phase::Prepare, why),
     };
     // Time to decide after the program's own timeout ended it.
     ij.timeout = job.timeout + std::time::Duration::from_secs(1);
-    ij.files = files.to_vec();
-    let input = case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or("");
-    let mut named = vec![("input.txt", input)];
-    if let Some(a) = answer {
-        named.push(("answer.txt", a));
-    }
-    for (name, text) in &named {
-        let src = dir.join(name);
-        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&src, text)) {
-            let why = format!("cannot write the interactor's {name}: {e}");
-            return super::error_report(cj, Phase::Prepare, why);
-        }
-        ij.files.push(InputFile {
-            src,
-            dest: name.to_string(),
-        });
-    }
-    ij.args = vec!["input.txt".into(), "output.txt".into()];
-    if answer.is_some() {
-        ij.args.push("answer.txt".into());
-    }
     let mut pj = cj.clone();
     pj.stdin = None;
     let (to_program, program_in) = tokio::sync::mpsc::channel(crate::stream::CHANNEL_DEPTH);
@@ -418,51 +401,108 @@ async fn interact(
     if r.status == Status::Error {
         return r;
     }
-    let said = i.stderr.trim().to_string();
-    let verdict = match (i.status, i.exit_code) {
-        (Status::Passed | Status::Failed, Some(0)) => Ok(if said.is_empty() {
-            "the interactor accepted".to_string()
-        } else {
-            format!("the interactor accepted: {said}")
-        }),
-        (Status::Failed, Some(1)) => Err(format!("wrong answer (interactor): {said}")),
-        (Status::Failed, Some(2)) => Err(format!("presentation error (interactor): {said}")),
-        // Both waited for the other (or the program was too slow): the program's timeout.
-        (Status::Timeout, _) if r.status == Status::Timeout => return flush_hint(r, carried),
-        _ => {
+    // Both waited for the other (or the program was too slow): the program's timeout.
+    if i.status == Status::Timeout && r.status == Status::Timeout {
+        return flush_hint(r, carried);
+    }
+    // A program killed (time, memory, a signal) keeps its own verdict: what the
+    // interactor said of the output it cut short is a consequence.
+    let killed = r.status == Status::Timeout || r.signal.is_some();
+    match said(&i, "interactor", "the interactor accepted", " (interactor)") {
+        Ok(verdict) => record(&mut r, "interactor", verdict, !killed),
+        Err(why) => {
             r.status = Status::Error;
-            r.message = Some(format!(
-                "the interactor failed ({}): {}",
-                i.exit_code
-                    .map(|e| format!("exit code {e}"))
-                    .unwrap_or_else(|| i.status.as_str().to_string()),
-                i.message
-                    .clone()
-                    .filter(|_| said.is_empty())
-                    .unwrap_or(said)
-            ));
-            return r;
+            r.message = Some(why);
         }
-    };
+    }
+    flush_hint(r, carried)
+}
+
+/// What the checker or interactor (`role`; `h`, its report) said, testlib's convention:
+/// exit 0 accepted (`accepted`, and its stderr), 1 wrong answer and 2 presentation error
+/// (its stderr the reason, `tag` after the kind). Err: it failed (another exit, a timeout,
+/// an error), the message saying how.
+fn said(
+    h: &JobReport,
+    role: &str,
+    accepted: &str,
+    tag: &str,
+) -> Result<Result<String, String>, String> {
+    let words = h.stderr.trim().to_string();
+    match (h.status, h.exit_code) {
+        (Status::Passed | Status::Failed, Some(0)) if words.is_empty() => {
+            Ok(Ok(accepted.to_string()))
+        }
+        (Status::Passed | Status::Failed, Some(0)) => Ok(Ok(format!("{accepted}: {words}"))),
+        (Status::Failed, Some(1)) => Ok(Err(format!("wrong answer{tag}: {words}"))),
+        (Status::Failed, Some(2)) => Ok(Err(format!("presentation error{tag}: {words}"))),
+        _ => Err(format!(
+            "the {role} failed ({}): {}",
+            h.exit_code
+                .map(|e| format!("exit code {e}"))
+                .unwrap_or_else(|| h.status.as_str().to_string()),
+            h.message
+                .clone()
+                .filter(|_| words.is_empty())
+                .unwrap_or(words)
+        )),
+    }
+}
+
+/// A checker's or interactor's (`kind`) verdict as a check of the case; a rejection
+/// fails the case when it `decides`.
+fn record(r: &mut JobReport, kind: &str, verdict: Result<String, String>, decides: bool) {
     let (passed, message) = match verdict {
         Ok(m) => (true, m),
         Err(m) => (false, m),
     };
     r.checks.push(CheckResult {
-        kind: "interactor".into(),
+        kind: kind.into(),
         passed,
         message: message.clone(),
         expected: None,
         actual: None,
     });
-    // A program killed (time, memory, a signal) keeps its own verdict: what the
-    // interactor said of the output it cut short is a consequence.
-    let killed = r.status == Status::Timeout || r.signal.is_some();
-    if !passed && !killed {
+    if !passed && decides {
         r.status = Status::Failed;
         r.message = Some(message);
     }
-    flush_hint(r, carried)
+}
+
+/// The checker's or interactor's (`role`) job for one case: its built `files`, the
+/// `named` files (written into `dir`) beside them, run with `args`. Err: a file could not
+/// be written.
+#[allow(clippy::too_many_arguments)]
+fn helper_job(
+    job: &PlannedJob,
+    ch: &Checker,
+    role: &str,
+    files: &[InputFile],
+    case: &Case,
+    named: &[(&str, &str)],
+    args: &[&str],
+    dir: &Path,
+) -> Result<PlannedJob, String> {
+    let mut hj = checker_job(job, ch, role);
+    hj.name = format!("{}/{}/{role}", job.name, case.name);
+    hj.part = if needs_build(&hj) {
+        Part::Run
+    } else {
+        Part::All
+    };
+    hj.files = files.to_vec();
+    for (name, text) in named {
+        let src = dir.join(name);
+        std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&src, text))
+            .map_err(|e| format!("cannot write the {role}'s {name}: {e}"))?;
+        hj.files.push(InputFile {
+            src,
+            dest: name.to_string(),
+        });
+    }
+    hj.args = args.iter().map(|a| a.to_string()).collect();
+    Ok(hj)
 }
 
 /// A program of an interactive case that timed out having written nothing the interactor
@@ -517,67 +557,26 @@ async fn judge(
     ctx: &RunCtx,
 ) {
     const NAMES: [&str; 3] = ["input.txt", "output.txt", "answer.txt"];
-    let mut cj = checker_job(job, ch, "checker");
-    cj.name = format!("{}/{}/checker", job.name, case.name);
-    cj.part = if needs_build(&cj) {
-        Part::Run
-    } else {
-        Part::All
-    };
-    cj.files = files.to_vec();
-    cj.args = NAMES.iter().map(|n| n.to_string()).collect();
     let texts = [
         case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or(""),
         r.stdout.as_str(),
         answer.unwrap_or(""),
     ];
-    for (name, text) in NAMES.iter().zip(texts) {
-        let src = dir.join(name);
-        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&src, text)) {
+    let named: Vec<(&str, &str)> = NAMES.into_iter().zip(texts).collect();
+    let cj = match helper_job(job, ch, "checker", files, case, &named, &NAMES, dir) {
+        Ok(j) => j,
+        Err(why) => {
             r.status = Status::Error;
-            r.message = Some(format!("cannot write the checker's {name}: {e}"));
+            r.message = Some(why);
             return;
         }
-        cj.files.push(InputFile {
-            src,
-            dest: name.to_string(),
-        });
-    }
+    };
     let c = backend.run_job(&cj, ctx).await;
-    let said = c.stderr.trim().to_string();
-    let verdict = match (c.status, c.exit_code) {
-        (Status::Passed | Status::Failed, Some(0)) => Ok(if said.is_empty() {
-            "the checker accepted the output".to_string()
-        } else {
-            format!("the checker accepted the output: {said}")
-        }),
-        (Status::Failed, Some(1)) => Err(format!("wrong answer: {said}")),
-        (Status::Failed, Some(2)) => Err(format!("presentation error: {said}")),
-        _ => {
+    match said(&c, "checker", "the checker accepted the output", "") {
+        Ok(verdict) => record(r, "checker", verdict, true),
+        Err(why) => {
             r.status = Status::Error;
-            r.message = Some(format!(
-                "the checker failed ({}): {}",
-                c.exit_code
-                    .map(|e| format!("exit code {e}"))
-                    .unwrap_or_else(|| c.status.as_str().to_string()),
-                c.message.clone().unwrap_or(said)
-            ));
-            return;
+            r.message = Some(why);
         }
-    };
-    let (passed, message) = match verdict {
-        Ok(m) => (true, m),
-        Err(m) => (false, m),
-    };
-    r.checks.push(CheckResult {
-        kind: "checker".into(),
-        passed,
-        message: message.clone(),
-        expected: None,
-        actual: None,
-    });
-    if !passed {
-        r.status = Status::Failed;
-        r.message = Some(message);
     }
 }

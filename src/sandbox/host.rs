@@ -453,6 +453,19 @@ pub async fn run_with(
         Option<(OwnedFd, Feed)>,
         u64,
     );
+    // Captured output (and stdin from `feed`, or /dev/null).
+    let captured = |feed: Option<Feed>, cap: u64| -> std::io::Result<Fds> {
+        let (or, ow) = nix::unistd::pipe2(cloexec)?;
+        let (er, ew) = nix::unistd::pipe2(cloexec)?;
+        let (stdin, writer) = match feed {
+            Some(f) => {
+                let (sr, sw) = nix::unistd::pipe2(cloexec)?;
+                (sr, Some((sw, f)))
+            }
+            None => (std::fs::File::open("/dev/null")?.into(), None),
+        };
+        Ok((stdin, ow, ew, Some(or), Some(er), writer, cap))
+    };
     let mut live = None;
     let (stdin_fd, stdout_fd, stderr_fd, out_r, err_r, stdin_writer, output_cap): Fds = match io {
         Io::Capture {
@@ -461,31 +474,7 @@ pub async fn run_with(
             live: l,
         } => {
             live = l;
-            let (or, ow) = nix::unistd::pipe2(cloexec)?;
-            let (er, ew) = nix::unistd::pipe2(cloexec)?;
-            match stdin {
-                Some(data) => {
-                    let (sr, sw) = nix::unistd::pipe2(cloexec)?;
-                    (
-                        sr,
-                        ow,
-                        ew,
-                        Some(or),
-                        Some(er),
-                        Some((sw, Feed::Bytes(data))),
-                        cap,
-                    )
-                }
-                None => (
-                    std::fs::File::open("/dev/null")?.into(),
-                    ow,
-                    ew,
-                    Some(or),
-                    Some(er),
-                    None,
-                    cap,
-                ),
-            }
+            captured(stdin.map(Feed::Bytes), cap)?
         }
         Io::Wired {
             stdin,
@@ -493,18 +482,7 @@ pub async fn run_with(
             live: l,
         } => {
             live = Some(l);
-            let (or, ow) = nix::unistd::pipe2(cloexec)?;
-            let (er, ew) = nix::unistd::pipe2(cloexec)?;
-            let (sr, sw) = nix::unistd::pipe2(cloexec)?;
-            (
-                sr,
-                ow,
-                ew,
-                Some(or),
-                Some(er),
-                Some((sw, Feed::Stream(stdin))),
-                cap,
-            )
+            captured(Some(Feed::Stream(stdin)), cap)?
         }
         Io::Inherit => {
             let dup = |fd: i32| -> std::io::Result<OwnedFd> {

@@ -186,3 +186,77 @@ fn the_example_judge_gives_the_verdicts_of_its_readme() {
         "{no_flush}"
     );
 }
+
+/// An interactor's verdicts beyond accepted and wrong answer, on native: it gets the
+/// case's expected output as its ANSWER file when there is one; a program that ends with
+/// an error fails even when the interactor accepts; an interactor that exits otherwise
+/// (3: testlib's "fail") is an error of the interactor, not a verdict on the program; and
+/// a program killed by a signal keeps that verdict whatever the interactor then says.
+#[test]
+fn an_interactor_gets_the_answer_and_its_failures_are_errors() {
+    common::use_binary_as_helper();
+    let s = Scratch::new();
+    s.write(
+        "jobs.toml",
+        r#"
+[defaults]
+lang = "python"
+timeout = "10s"
+cases = [{ name = "one", stdin = "4", expect.stdout = "16" }]
+# Sends the input, expects its square, which the answer file holds.
+interactor = { lang = "python", code = """
+import sys
+n, want = open(sys.argv[1]).read().strip(), open(sys.argv[3]).read().strip()
+if n == "fail":
+    sys.exit(print("broken test", file=sys.stderr) or 3)
+print(n, flush=True)
+got = sys.stdin.readline().strip()
+if got != want:
+    sys.exit(print(f"{got} is not {want}", file=sys.stderr) or 1)
+print("square ok", file=sys.stderr)
+""" }
+
+[[jobs]]
+name = "square"
+code = "n = int(input()); print(n * n, flush=True)"
+
+[[jobs]]
+name = "square-then-exit-3"
+code = "import sys; n = int(input()); print(n * n, flush=True); sys.exit(3)"
+
+[[jobs]]
+name = "square-then-killed"
+code = "import os, signal; n = int(input()); print(n + 1, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+
+[[jobs]]
+name = "broken-test"
+code = "print(input())"
+cases = [{ name = "two", stdin = "fail", expect.stdout = "x" }]
+"#,
+    );
+    let r = s.run_json(&["--backend", "native", "jobs.toml"]);
+    let jobs = r.jobs();
+    let square = &jobs["square"];
+    assert_eq!(status(square), "passed", "{square}");
+    let said = &square["cases"][0]["checks"];
+    assert!(
+        said.to_string()
+            .contains("the interactor accepted: square ok"),
+        "{said}"
+    );
+    let exit3 = &jobs["square-then-exit-3"];
+    assert_eq!(status(exit3), "failed", "{exit3}");
+    assert_eq!(exit3["exit_code"], 3, "{exit3}");
+    let killed = &jobs["square-then-killed"];
+    assert_eq!(status(killed), "failed", "{killed}");
+    assert!(
+        killed["message"].as_str().unwrap_or("").contains("SIGKILL"),
+        "a killed program keeps its own verdict, not the interactor's wrong answer: {killed}"
+    );
+    let broken = &jobs["broken-test"];
+    assert_eq!(status(broken), "error", "{broken}");
+    assert_eq!(
+        broken["message"], "case two: the interactor failed (exit code 3): broken test",
+        "{broken}"
+    );
+}
