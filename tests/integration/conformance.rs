@@ -730,8 +730,13 @@ int main(void) {{
                 r#"
 code = """
 import os, sys
-# As an attacker would: its stderr never reaches the interactor, and the interactor's
-# files (the secret) are in another sandbox.
+# As an attacker would: its stderr never reaches the interactor, the interactor's files
+# (the secret) are in another sandbox, and nothing of an earlier case (a warm container's
+# /tmp) reaches this one.
+if os.path.exists("/tmp/secret"):
+    print("!", open("/tmp/secret").read(), flush=True)
+    sys.exit(0)
+open("/tmp/secret", "w").write("999999999")
 print("! 7", file=sys.stderr, flush=True)
 for p in ("input.txt", "/sandbox/input.txt", "answer.txt", "../input.txt"):
     if os.path.exists(p):
@@ -749,6 +754,10 @@ print("! 5", flush=True)
                     v.message()
                         == "case small: wrong answer (interactor): answered 5, the secret was 7",
                     format!("the job's message: {:?}", v.message()),
+                );
+                v.ensure(
+                    v.job["cases_passed"] == 0,
+                    format!("no case passes: {}", v.job["cases_passed"]),
                 );
                 let first = &v.job["cases"][0];
                 v.ensure(

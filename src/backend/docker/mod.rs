@@ -480,10 +480,8 @@ pub async fn prepare_ahead(job: &PlannedJob, demand: Option<usize>, ctx: &RunCtx
         return;
     };
     if warm_for(job, ctx) {
-        let (mut spec, _) = warm_spec(job, &image);
-        if !engine.local {
-            spec.agent = None;
-        }
+        // A job with an interactor runs each case wired ([`run_wired`]).
+        let (spec, _) = pool_spec(job, &image, &engine, job.interactor.is_some());
         let pool = pool::pool(&ctx.scope, &engine, &spec);
         pool.expect(demand);
         pool.prewarm(ctx.parallelism);
@@ -564,8 +562,9 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobRe
     run(job, ctx, kind, None).await
 }
 
-/// Runs one job in a fresh container, its run step's stdin and stdout connected through
-/// `wire` (an exec streams them; the agent's one request and one answer could not).
+/// Runs one job, its run step's stdin and stdout connected through `wire`: in a warm
+/// container without the agent (an exec streams them; the agent's one request and one
+/// answer could not), or a fresh one.
 pub async fn run_wired(
     job: &PlannedJob,
     ctx: &RunCtx,
@@ -594,8 +593,8 @@ async fn run(
         Ok(i) => i,
         Err(e) => return prepare_error_report(job, e),
     };
-    let mut report = if wire.is_none() && warm_for(job, ctx) {
-        run_warm(&engine, job, ctx, &image).await
+    let mut report = if warm_for(job, ctx) {
+        run_warm(&engine, job, ctx, &image, wire).await
     } else {
         run_in(&engine, job, ctx, &image, wire).await
     };
@@ -628,12 +627,28 @@ async fn run_in(
     report
 }
 
-/// A job in a warm container of the pool of its prepared environment.
-async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &str) -> JobReport {
+/// The container of `job`'s warm pool on `engine` and its recycling count: with the agent
+/// on a local engine, unless the job's run step is `wired` (the agent answers a job at
+/// once; an exec streams).
+fn pool_spec(job: &PlannedJob, image: &str, engine: &Engine, wired: bool) -> (ContainerSpec, u32) {
     let (mut spec, recycle) = warm_spec(job, image);
-    if !engine.local {
+    if !engine.local || wired {
         spec.agent = None;
+        spec.preload = None;
     }
+    (spec, recycle)
+}
+
+/// A job in a warm container of the pool of its prepared environment. A wired job
+/// ([`run_wired`]) takes one without the agent (its run step is an exec, which streams).
+async fn run_warm(
+    engine: &Arc<Engine>,
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    image: &str,
+    wire: Option<crate::backend::Wire>,
+) -> JobReport {
+    let (spec, recycle) = pool_spec(job, image, engine, wire.is_some());
     let pool = pool::pool(&ctx.scope, engine, &spec);
     let (mut c, lease) = match pool.acquire(ctx.parallelism, recycle, &ctx.cancel).await {
         Ok(c) => c,
@@ -644,7 +659,7 @@ async fn run_warm(engine: &Arc<Engine>, job: &PlannedJob, ctx: &RunCtx, image: &
     let report = if c.has_agent() {
         run_steps_agent(&mut c, job, ctx, &mut reusable).await
     } else {
-        crate::backend::container_job::run(&mut c, job, ctx, image, true, &mut reusable, None).await
+        crate::backend::container_job::run(&mut c, job, ctx, image, true, &mut reusable, wire).await
     };
     pool.release(c, lease, reusable && !ctx.cancel.is_cancelled())
         .await;

@@ -95,6 +95,8 @@ pub struct Key {
     network: bool,
     /// Preloaded: the modules imported ahead.
     preload: Option<Vec<String>>,
+    /// Its jobs go through the agent (else one exec per step).
+    agent: bool,
 }
 
 /// A warm pool of a [`crate::backend::Scope`], by what its containers are made from.
@@ -117,6 +119,7 @@ pub fn pool(
         open_files: l.open_files,
         network: spec.network,
         preload: spec.preload.as_ref().map(|p| p.modules.clone()),
+        agent: spec.agent.is_some(),
     };
     let mut all = scope.docker_pools.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = all.iter().find(|(k, _)| *k == key) {
