@@ -17,7 +17,7 @@ use crate::sandbox::host::Outcome;
 use crate::sandbox::proto::{LimitEvents, Msg, StepResult};
 use crate::sandbox::{Step, StepKind};
 use crate::spec::types::Lang;
-use crate::stream::ChunkSender;
+use crate::stream::{ChunkSender, StdStream};
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -48,8 +48,7 @@ pub struct StepIo<'a> {
     /// The step's figures are to be appended to its stderr (the exec captures up to
     /// [`step_shell::TRAILER_MAX`] more of it).
     pub measure: Option<&'a step_shell::Measure>,
-    /// Output as it comes, stdin as it comes (containers; a pod gives its output at the
-    /// end of the step, see [`ContainerSandbox::streams`]).
+    /// Output as it comes, stdin as it comes.
     pub live: Live,
 }
 
@@ -70,8 +69,6 @@ pub trait ContainerSandbox: Send + Sized {
     fn inline_inputs_max(&self) -> usize {
         0
     }
-    /// Its execs hand their output over as it comes ([`StepIo::live`]).
-    fn streams(&self) -> bool;
     /// Runs `argv` as the sandbox user in `/sandbox`, as it is (no step shell): stdin from
     /// `stdin`, each stream captured up to `cap` bytes. Past the cap, past `timeout` or on
     /// `cancel` its processes are killed. `Err` when it cannot run at all.
@@ -577,6 +574,83 @@ pub struct ExecResult {
     pub duration: Duration,
 }
 
+/// What an exec keeps of its output, the same for containers and pods: up to `cap` bytes
+/// per stream (in the [`ExecResult`] unless `discard`, the kept bytes also for a live
+/// reader).
+pub(crate) struct OutputTap {
+    cap: u64,
+    discard: bool,
+    kept: [u64; 2],
+}
+
+impl OutputTap {
+    pub(crate) fn new(cap: u64, discard: bool) -> OutputTap {
+        OutputTap {
+            cap,
+            discard,
+            kept: [0, 0],
+        }
+    }
+
+    /// Takes one piece of `stream`: returns the part kept (to hand to a live reader) and
+    /// whether the piece went past the cap (then the stream is truncated and the output
+    /// limit hit: the exec is to stop).
+    pub(crate) fn take<'d>(
+        &mut self,
+        r: &mut ExecResult,
+        stream: StdStream,
+        data: &'d [u8],
+    ) -> (&'d [u8], bool) {
+        let i = usize::from(stream == StdStream::Stderr);
+        let room = self.cap.saturating_sub(self.kept[i]);
+        let over = data.len() as u64 > room;
+        let part = &data[..(data.len() as u64).min(room) as usize];
+        self.kept[i] += part.len() as u64;
+        let (buf, truncated) = match stream {
+            StdStream::Stdout => (&mut r.stdout, &mut r.stdout_truncated),
+            StdStream::Stderr => (&mut r.stderr, &mut r.stderr_truncated),
+        };
+        if !self.discard {
+            buf.extend_from_slice(part);
+        }
+        if over {
+            *truncated = true;
+            r.output_limit_hit = true;
+        }
+        (part, over)
+    }
+}
+
+/// Writes an exec's stdin in the background: the chunks of `live` as they come (each
+/// flushed), else `bytes`; then closes it.
+pub(crate) fn feed_stdin<W>(
+    mut w: W,
+    bytes: Option<&[u8]>,
+    live: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+) -> tokio::task::JoinHandle<()>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let bytes = bytes.map(<[u8]>::to_vec);
+    tokio::spawn(async move {
+        match (live, bytes) {
+            (Some(mut rx), _) => {
+                while let Some(data) = rx.recv().await {
+                    if w.write_all(&data).await.is_err() || w.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            (None, Some(data)) => {
+                let _ = w.write_all(&data).await;
+            }
+            (None, None) => {}
+        }
+        let _ = w.shutdown().await;
+    })
+}
+
 /// Streaming options of an exec (the default: none, everything buffered).
 #[derive(Default)]
 pub struct Live {
@@ -639,9 +713,6 @@ mod tests {
         }
         fn inline_inputs_max(&self) -> usize {
             1 << 20
-        }
-        fn streams(&self) -> bool {
-            false
         }
         async fn exec(
             &mut self,

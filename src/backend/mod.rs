@@ -101,23 +101,14 @@ pub trait Backend: Sync {
     /// becomes status `error` with a message that says how to fix it).
     fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport>;
 
-    /// Like [`Backend::run_job`], the run step's stdin and stdout connected through
-    /// `wire`. A backend whose steps cannot stream says so (status `error`).
+    /// Like [`Backend::run_job`], the run step's stdin and stdout connected through `wire`
+    /// (an interactor and its program: README, "Test cases").
     fn run_wired<'a>(
         &'a self,
         job: &'a PlannedJob,
-        _ctx: &'a RunCtx,
+        ctx: &'a RunCtx,
         wire: Wire,
-    ) -> BoxFuture<'a, JobReport> {
-        drop(wire);
-        Box::pin(async move {
-            error_report(
-                job,
-                Phase::Prepare,
-                format!("the {} backend cannot connect a program to an interactor (its steps' output comes only at their end): use native, docker or podman", job.backend),
-            )
-        })
-    }
+    ) -> BoxFuture<'a, JobReport>;
 
     /// The environment `job` needs made before it runs (an image, a template, warm
     /// sandboxes), as a key (jobs with the same key share it); None when there is nothing
@@ -222,7 +213,15 @@ impl Backend for Container {
 
 impl Backend for Kubernetes {
     fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
-        Box::pin(kubernetes::run_job(job, ctx))
+        Box::pin(kubernetes::run_job(job, ctx, None))
+    }
+    fn run_wired<'a>(
+        &'a self,
+        job: &'a PlannedJob,
+        ctx: &'a RunCtx,
+        wire: Wire,
+    ) -> BoxFuture<'a, JobReport> {
+        Box::pin(kubernetes::run_job(job, ctx, Some(wire)))
     }
     fn prepare_key(&self, job: &PlannedJob) -> Option<String> {
         Some(kubernetes::prepare_key(job))

@@ -1212,12 +1212,7 @@ async fn exec(
         // Containers and pods: through a library session of the backend.
         let mut job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
         job.backend = backend;
-        // A pod's exec does not stream: its stdin is read to the end first, so a terminal
-        // is not read at all.
-        let forward_stdin = !program_on_stdin
-            && (backend != BackendKind::Kubernetes
-                || !std::io::IsTerminal::is_terminal(&std::io::stdin()));
-        return exec_engine(&job, forward_stdin).await;
+        return exec_engine(&job, !program_on_stdin).await;
     }
     let job = llm_sandbox::plan::job::PlannedJob::adhoc(lang, code, args, timeout, network);
     let dir = match RunDir::create() {

@@ -1147,7 +1147,7 @@ impl<'a> FileCx<'a> {
             .as_ref()
             .and_then(|c| self.resolve_checker(job, "interactor", c, errors));
         if spec.interactor.is_some() {
-            self.check_interactor(job, spec, backend, errors);
+            self.check_interactor(job, spec, errors);
         }
         let cases = match &spec.cases {
             Some(CasesSpec::Pattern(p)) if !is_template(p) => {

@@ -13,7 +13,7 @@ use crate::backend::ExecOutput;
 use crate::lang;
 use crate::sandbox::{Step, StepKind};
 use crate::spec::types::BackendKind;
-use crate::stream::{ChunkSender, OutputChunk, StdStream};
+use crate::stream::ChunkSender;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -104,24 +104,21 @@ impl<S: SessionContainer> ContainerSession<S> {
     ) -> Result<ExecOutput, SessionError> {
         let env = crate::backend::container_job::base_env(b.lang, &b.env, true);
         let s = self.sandbox()?;
-        let streams = s.streams();
         let mut stdin = Some(stdin);
         let mut out = ExecOutput::default();
         for step in steps {
             let run = step.kind == StepKind::Run;
             // A streamed step is not measured: the figures' trailer would reach the reader.
-            let measure = (run && !(streams && live.is_some())).then(Measure::new);
+            let measure = (run && live.is_none()).then(Measure::new);
             let mut io_live = Live::default();
             let mut bytes = None;
             if run {
                 match stdin.take().unwrap_or(Input::None) {
-                    Input::Stream(rx) if streams => io_live.stdin = Some(rx),
+                    Input::Stream(rx) => io_live.stdin = Some(rx),
                     other => bytes = Some(other.all().await.unwrap_or_default()),
                 }
-                if streams {
-                    io_live.tx = live.clone();
-                    io_live.discard = discard;
-                }
+                io_live.tx = live.clone();
+                io_live.discard = discard;
             }
             let io = StepIo {
                 lang: b.lang,
@@ -139,11 +136,6 @@ impl<S: SessionContainer> ContainerSession<S> {
             if let Some(m) = &measure {
                 out.cpu_ms = m.take(&mut r.stderr).map(|u| u.cpu_ms);
                 cap_again(&mut r, step.capture_cap);
-            }
-            if run && !streams {
-                if let Some(tx) = &live {
-                    send_all(tx, &r).await;
-                }
             }
             if run && discard {
                 r.stdout.clear();
@@ -202,19 +194,6 @@ impl<S: SessionContainer> ContainerSession<S> {
         s.exec(&rm, None, 1 << 12, Duration::from_secs(30), cancel)
             .await?;
         Ok(plots)
-    }
-}
-
-/// A sandbox that does not stream: its run step's output goes to `tx` when it ends.
-async fn send_all(tx: &ChunkSender, r: &ExecResult) {
-    for (stream, data) in [
-        (StdStream::Stdout, &r.stdout),
-        (StdStream::Stderr, &r.stderr),
-    ] {
-        if !data.is_empty() {
-            let data = data.clone();
-            let _ = tx.send(OutputChunk { stream, data }).await;
-        }
     }
 }
 

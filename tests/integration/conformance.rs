@@ -660,9 +660,8 @@ int main(int argc, char **argv) {
     ));
     // An interactor (README, "Test cases"): `interactor INPUT OUTPUT`, its stdout the
     // program's stdin and the other way round, in sandboxes of their own at once; its exit
-    // code decides, and nothing but the program's stdout reaches it. Not on kubernetes (a
-    // pod's exec streams nothing: the plan refuses it).
-    if backend != "kubernetes" {
+    // code decides, and nothing but the program's stdout reaches it.
+    {
         const INTERACTOR: &str = r#"interactor = { lang = "python", code = """
 import sys
 secret = int(open(sys.argv[1]).read())

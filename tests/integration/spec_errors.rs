@@ -309,14 +309,6 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["`checker`: a job has a `checker` or an `interactor`, not both", "remove `checker`"],
     ),
     (
-        "interactor_kubernetes.toml",
-        "interactor_kubernetes.toml:7:14",
-        &[
-            "an `interactor` cannot run on kubernetes",
-            "run interactive problems on native, docker or podman",
-        ],
-    ),
-    (
         "interactor_no_program.toml",
         "interactor_no_program.toml:6:14",
         &["the interactor has no program", "interactor INPUT OUTPUT [ANSWER]"],

@@ -1,5 +1,6 @@
-//! Streaming output: the library's streaming calls (native always, docker with the engine
-//! rule of tests/integration/common) and `llm-sandbox exec --backend docker` streaming to the terminal.
+//! Streaming output: the library's streaming calls (native always, docker and podman with
+//! the engine rule of tests/integration/common, kubernetes on the fake API server) and
+//! `llm-sandbox exec --backend docker` streaming to the terminal.
 //!
 //! Docker needs a running daemon and the local images `llm-sandbox/{python,bash}`
 //! (`scripts/engines docker && scripts/build-images docker`); without them the docker
@@ -363,6 +364,41 @@ async fn podman_output_cap() {
 async fn podman_run_program() {
     require_podman!();
     run_program(BackendKind::Podman).await;
+}
+
+// ---- kubernetes: the fake API server (its pods are native sandboxes, each exec a
+// WebSocket that streams as the real API server's does) ----------------------------------
+
+/// A fake cluster for this test (its own process under nextest), found through
+/// $KUBECONFIG as a session finds a real one.
+fn fake_cluster() -> common::FakeCluster {
+    let fake = common::FakeCluster::start();
+    std::env::set_var("KUBECONFIG", &fake.kubeconfig);
+    fake
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_chunks_come_as_produced() {
+    let _cluster = fake_cluster();
+    chunks_come_as_produced(BackendKind::Kubernetes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_exit_status_signal_timeout_stdin() {
+    let _cluster = fake_cluster();
+    exit_status_signal_timeout_stdin(BackendKind::Kubernetes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_output_cap() {
+    let _cluster = fake_cluster();
+    output_cap(BackendKind::Kubernetes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_run_program() {
+    let _cluster = fake_cluster();
+    run_program(BackendKind::Kubernetes).await;
 }
 
 // ---- the `exec` command on docker ------------------------------------------------------

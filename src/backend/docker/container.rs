@@ -513,39 +513,24 @@ impl Container {
         let exec = docker.create_exec(&self.id, opts).await.map_err(|e| {
             Error::Engine(format!("cannot exec in the container: {}", error_chain(&e)))
         })?;
-        let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = docker
+        let StartExecResults::Attached { mut output, input } = docker
             .start_exec(&exec.id, None)
             .await
             .map_err(|e| Error::Engine(format!("cannot start the exec: {}", error_chain(&e))))?
         else {
             return Err(Error::Engine("the exec started detached".into()));
         };
-        let writer = match (stdin_live, stdin) {
-            (Some(mut rx), _) => Some(tokio::spawn(async move {
-                while let Some(data) = rx.recv().await {
-                    if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
-                        break;
-                    }
-                }
-                let _ = input.shutdown().await;
-            })),
-            (None, Some(data)) => {
-                let data = data.to_vec();
-                Some(tokio::spawn(async move {
-                    let _ = input.write_all(&data).await;
-                    let _ = input.shutdown().await;
-                }))
-            }
-            (None, None) => None,
+        // (Without stdin, its half of the connection is kept, untouched, to the end.)
+        let (writer, _input) = if stdin.is_some() || stdin_live.is_some() {
+            let w = crate::backend::container_job::feed_stdin(input, stdin, stdin_live);
+            (Some(w), None)
+        } else {
+            (None, Some(input))
         };
         let mut r = ExecResult::default();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        // Bytes kept so far per stream (the buffers stay empty with `discard`).
-        let mut kept = [0u64; 2];
+        let mut tap = crate::backend::container_job::OutputTap::new(cap, discard);
         loop {
             let (stream, message) = tokio::select! {
                 item = output.next() => match item {
@@ -558,17 +543,7 @@ impl Container {
                 _ = &mut deadline => { r.timed_out = true; break; }
                 _ = cancel.cancelled() => { r.cancelled = true; break; }
             };
-            let i = usize::from(stream == StdStream::Stderr);
-            let room = cap.saturating_sub(kept[i]);
-            let over = message.len() as u64 > room;
-            let part = &message[..(message.len() as u64).min(room) as usize];
-            kept[i] += part.len() as u64;
-            if !discard {
-                match stream {
-                    StdStream::Stdout => r.stdout.extend_from_slice(part),
-                    StdStream::Stderr => r.stderr.extend_from_slice(part),
-                }
-            }
+            let (part, over) = tap.take(&mut r, stream, &message);
             if let (Some(tx), false) = (&tx, part.is_empty()) {
                 let chunk = OutputChunk {
                     stream,
@@ -582,11 +557,6 @@ impl Container {
                 }
             }
             if over {
-                match stream {
-                    StdStream::Stdout => r.stdout_truncated = true,
-                    StdStream::Stderr => r.stderr_truncated = true,
-                }
-                r.output_limit_hit = true;
                 break;
             }
         }

@@ -329,10 +329,6 @@ impl crate::backend::container_job::ContainerSandbox for Container {
         step_shell::INLINE_INPUT_MAX
     }
 
-    fn streams(&self) -> bool {
-        true
-    }
-
     async fn exec(
         &mut self,
         argv: &[String],

@@ -15,7 +15,7 @@
 
 pub mod pod;
 
-use super::container_job::ExecResult;
+use super::container_job::{ExecResult, Live};
 use super::step_shell::StepShell;
 use super::{error_report, RunCtx};
 use crate::backend::Error;
@@ -24,6 +24,7 @@ use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase};
 use crate::sandbox::StepKind;
 use crate::spec::types::KubernetesConfig;
+use crate::stream::{OutputChunk, StdStream};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams};
 use serde_json::Value;
@@ -31,7 +32,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 /// How long a pod may take to become ready unless `start_timeout` says otherwise.
@@ -529,7 +530,24 @@ impl SandboxPod {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<ExecResult, Error> {
-        let r = self.exec_inner(argv, stdin, cap, timeout, cancel).await?;
+        let live = Live::default();
+        self.exec_live(argv, stdin, cap, timeout, cancel, live)
+            .await
+    }
+
+    /// Like [`SandboxPod::exec`], the output (and maybe stdin) streaming as `live` says.
+    pub async fn exec_live(
+        &mut self,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        cap: u64,
+        timeout: Duration,
+        cancel: &CancellationToken,
+        live: Live,
+    ) -> Result<ExecResult, Error> {
+        let r = self
+            .exec_inner(argv, stdin, cap, timeout, cancel, live)
+            .await?;
         if (r.timed_out || r.output_limit_hit) && !r.cancelled {
             self.kill_processes(cancel).await;
         }
@@ -543,12 +561,18 @@ impl SandboxPod {
         cap: u64,
         timeout: Duration,
         cancel: &CancellationToken,
+        live: Live,
     ) -> Result<ExecResult, Error> {
         let started = Instant::now();
         let mut r = ExecResult::default();
+        let Live {
+            tx,
+            discard,
+            stdin: stdin_live,
+        } = live;
         let ap = AttachParams::default()
             .container(pod::CONTAINER)
-            .stdin(stdin.is_some())
+            .stdin(stdin.is_some() || stdin_live.is_some())
             .stdout(true)
             .stderr(true);
         let api = self.api();
@@ -564,14 +588,10 @@ impl SandboxPod {
                 return Ok(r);
             }
         };
-        let writer = match (stdin, proc.stdin()) {
-            (Some(data), Some(mut w)) => {
-                let data = data.to_vec();
-                Some(tokio::spawn(async move {
-                    let _ = w.write_all(&data).await;
-                    let _ = w.shutdown().await;
-                }))
-            }
+        let writer = match proc.stdin() {
+            Some(w) if stdin.is_some() || stdin_live.is_some() => Some(
+                crate::backend::container_job::feed_stdin(w, stdin, stdin_live),
+            ),
             _ => None,
         };
         let (Some(mut out), Some(mut err)) = (proc.stdout(), proc.stderr()) else {
@@ -583,26 +603,35 @@ impl SandboxPod {
         tokio::pin!(deadline);
         let (mut ob, mut eb) = (vec![0u8; 32 << 10], vec![0u8; 32 << 10]);
         let (mut out_done, mut err_done) = (false, false);
+        let mut tap = crate::backend::container_job::OutputTap::new(cap, discard);
         while !(out_done && err_done) {
-            tokio::select! {
+            let (stream, data) = tokio::select! {
                 n = out.read(&mut ob), if !out_done => match n {
-                    Ok(0) | Err(_) => out_done = true,
-                    Ok(n) => if push_capped(&mut r.stdout, &ob[..n], cap) {
-                        r.stdout_truncated = true;
-                        r.output_limit_hit = true;
-                        break;
-                    },
+                    Ok(0) | Err(_) => { out_done = true; continue; }
+                    Ok(n) => (StdStream::Stdout, &ob[..n]),
                 },
                 n = err.read(&mut eb), if !err_done => match n {
-                    Ok(0) | Err(_) => err_done = true,
-                    Ok(n) => if push_capped(&mut r.stderr, &eb[..n], cap) {
-                        r.stderr_truncated = true;
-                        r.output_limit_hit = true;
-                        break;
-                    },
+                    Ok(0) | Err(_) => { err_done = true; continue; }
+                    Ok(n) => (StdStream::Stderr, &eb[..n]),
                 },
                 _ = &mut deadline => { r.timed_out = true; break; }
                 _ = cancel.cancelled() => { r.cancelled = true; break; }
+            };
+            let (part, over) = tap.take(&mut r, stream, data);
+            if let (Some(tx), false) = (&tx, part.is_empty()) {
+                let chunk = OutputChunk {
+                    stream,
+                    data: part.to_vec(),
+                };
+                // A slow consumer slows the program down; the deadline still holds.
+                tokio::select! {
+                    _ = tx.send(chunk) => {}
+                    _ = &mut deadline => { r.timed_out = true; break; }
+                    _ = cancel.cancelled() => { r.cancelled = true; break; }
+                }
+            }
+            if over {
+                break;
             }
         }
         if let Some(w) = writer {
@@ -639,7 +668,14 @@ impl SandboxPod {
             .map(|s| s.to_string())
             .collect();
         let ok = self
-            .exec_inner(&argv, None, 1 << 12, Duration::from_secs(20), cancel)
+            .exec_inner(
+                &argv,
+                None,
+                1 << 12,
+                Duration::from_secs(20),
+                cancel,
+                Live::default(),
+            )
             .await
             .is_ok_and(|r| r.exit_code == Some(0));
         if !ok {
@@ -796,12 +832,6 @@ pub fn exit_code_of(
         "the exec failed: {}",
         s.message.as_deref().unwrap_or("no message")
     ))
-}
-
-fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: u64) -> bool {
-    let room = (cap as usize).saturating_sub(buf.len());
-    buf.extend_from_slice(&data[..data.len().min(room)]);
-    data.len() > room
 }
 
 enum Ready {
@@ -1053,7 +1083,13 @@ pub async fn prepare_ahead(job: &PlannedJob, demand: Option<usize>, ctx: &RunCtx
 }
 
 /// Runs one job in a pod: a warm one of its pool, or a new one.
-pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
+/// Runs one job in a pod (warm, or its own); with `wire`, its run step's stdin and stdout
+/// are connected through it ([`crate::backend::Wire`]: the exec streams both).
+pub async fn run_job(
+    job: &PlannedJob,
+    ctx: &RunCtx,
+    wire: Option<crate::backend::Wire>,
+) -> JobReport {
     let started = Instant::now();
     let plan = match plan_pod(job, ctx).await {
         Ok(p) => p,
@@ -1085,7 +1121,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         };
         let mut reusable = false;
         let report =
-            crate::backend::container_job::run(&mut p, job, ctx, &image, true, &mut reusable, None)
+            crate::backend::container_job::run(&mut p, job, ctx, &image, true, &mut reusable, wire)
                 .await;
         pool.release(p, lease, reusable && !ctx.cancel.is_cancelled())
             .await;
@@ -1104,7 +1140,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
             Err(e) => return failed(e),
         };
         let report =
-            crate::backend::container_job::run(&mut p, job, ctx, &image, false, &mut false, None)
+            crate::backend::container_job::run(&mut p, job, ctx, &image, false, &mut false, wire)
                 .await;
         p.delete().await;
         report
@@ -1131,10 +1167,6 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
         "pod cgroup"
     }
 
-    fn streams(&self) -> bool {
-        false
-    }
-
     async fn exec(
         &mut self,
         argv: &[String],
@@ -1151,8 +1183,8 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
     }
 
     /// As the pod's user (its security context), with the job's environment only, the
-    /// workdir and the limits set by [`step_argv`]'s prologue. Nothing streams: the
-    /// output comes when the step ends.
+    /// workdir and the limits set by [`step_argv`]'s prologue; output and stdin streamed
+    /// as `io.live` says.
     async fn run_step(
         &mut self,
         step: &crate::sandbox::Step,
@@ -1168,7 +1200,7 @@ impl crate::backend::container_job::ContainerSandbox for SandboxPod {
                 .map_or(0, |_| crate::backend::step_shell::TRAILER_MAX),
         );
         let timeout = Duration::from_millis(step.timeout_ms);
-        SandboxPod::exec(self, &argv, io.stdin, cap, timeout, cancel).await
+        SandboxPod::exec_live(self, &argv, io.stdin, cap, timeout, cancel, io.live).await
     }
 
     async fn end_exec(

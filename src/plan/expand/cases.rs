@@ -5,7 +5,7 @@ use super::{key, FileCx, JobRef};
 use crate::plan::job::{Case, CaseExpect, Checker, Compare};
 use crate::spec::error::SpecError;
 use crate::spec::span::Seg;
-use crate::spec::types::{BackendKind, CaseSpec, CheckerSpec, CompareSpec, Expect, JobSpec};
+use crate::spec::types::{CaseSpec, CheckerSpec, CompareSpec, Expect, JobSpec};
 use std::path::{Path, PathBuf};
 
 /// The valid values of `compare`, for messages.
@@ -98,14 +98,12 @@ impl FileCx<'_> {
         Some(Checker { lang: c.lang, code })
     }
 
-    /// What an `interactor` needs: test cases (each case's input is its INPUT file), no
-    /// `checker` (the interactor decides), and a backend whose steps stream their standard
-    /// streams (not Kubernetes: a pod's exec gives its output at the end).
+    /// What an `interactor` needs: test cases (each case's input is its INPUT file) and
+    /// no `checker` (the interactor decides).
     pub(super) fn check_interactor(
         &self,
         job: &JobRef,
         spec: &JobSpec,
-        backend: BackendKind,
         errors: &mut Vec<SpecError>,
     ) {
         if spec.cases.is_none() {
@@ -118,12 +116,6 @@ impl FileCx<'_> {
             errors.push(
                 self.err(job, &[key("checker")], "a job has a `checker` or an `interactor`, not both", "second judge")
                     .with_help("the interactor decides each case by its exit code (0 accepted, 1 wrong answer, 2 presentation error): remove `checker`"),
-            );
-        }
-        if backend == BackendKind::Kubernetes {
-            errors.push(
-                self.err(job, &[key("interactor")], "an `interactor` cannot run on kubernetes", "needs streamed stdin and stdout")
-                    .with_help("a pod's exec gives the program's output only when it ends, so it cannot talk with an interactor: run interactive problems on native, docker or podman"),
             );
         }
     }
