@@ -40,12 +40,12 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
             }
         }
     }
-    // The job's checker or interactor (never both: the plan refuses it), built once.
-    let helper = (job.checker.as_ref().map(|c| (c, "checker")))
-        .or_else(|| job.interactor.as_ref().map(|c| (c, "interactor")));
-    let helper = match helper {
-        Some((ch, role)) => match checker_files(backend, job, ch, role, ctx).await {
-            Ok(files) => Some((ch, role, files)),
+    // The job's checker and interactor, each built once.
+    let mut helpers = Vec::new();
+    for (role, h) in [("checker", &job.checker), ("interactor", &job.interactor)] {
+        let Some(h) = h else { continue };
+        match checker_files(backend, job, h, role, ctx).await {
+            Ok(files) => helpers.push((role, h, files)),
             Err(why) => {
                 let mut r = super::error_report(job, Phase::Prepare, why);
                 r.cases_total = Some(job.cases.len());
@@ -53,9 +53,15 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
                 r.duration_ms = started.elapsed().as_millis() as u64;
                 return r;
             }
-        },
-        None => None,
+        }
+    }
+    let of = |role: &str| {
+        helpers
+            .iter()
+            .find(|(r, _, _)| *r == role)
+            .map(|(_, h, files)| (*h, files.as_slice()))
     };
+    let (checker, interactor) = (of("checker"), of("interactor"));
     // The cases, in order; as many at once as the backend has free job slots (this job's
     // own, and any other job does not use right now).
     let mut results: Vec<Option<JobReport>> = vec![None; job.cases.len()];
@@ -74,36 +80,28 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
             };
             let (i, c) = (next, &job.cases[next]);
             next += 1;
-            let case_job = case_job(job, c, part, &files, helper.is_some());
-            let helper = &helper;
+            let judged = checker.is_some() || interactor.is_some();
+            let case_job = case_job(job, c, part, &files, judged);
             running.push(async move {
                 let (cj, answer) = case_job;
+                let answer = answer.as_deref();
                 let dir = ctx.run_dir.join(format!("check-{}-{i}", job.id));
-                let r = match helper {
-                    Some((it, "interactor", files)) => {
-                        interact(
-                            backend,
-                            job,
-                            it,
-                            files,
-                            c,
-                            &cj,
-                            answer.as_deref(),
-                            &dir,
-                            ctx,
-                        )
-                        .await
+                // The program (with its interactor), then the checker of what it wrote
+                // (with an interactor: of what the interactor wrote to its OUTPUT file).
+                let (mut r, output) = match interactor {
+                    Some((it, files)) => {
+                        let keep = checker.is_some();
+                        interact(backend, job, it, files, c, &cj, answer, keep, &dir, ctx).await
                     }
-                    Some((ch, _, files)) => {
-                        let mut r = backend.run_job(&cj, ctx).await;
-                        if r.status == Status::Passed {
-                            let answer = answer.as_deref();
-                            judge(backend, job, ch, files, c, answer, &dir, &mut r, ctx).await;
-                        }
-                        r
-                    }
-                    None => backend.run_job(&cj, ctx).await,
+                    None => (backend.run_job(&cj, ctx).await, None),
                 };
+                if let (Some((ch, files)), Status::Passed) = (checker, r.status) {
+                    let output = output.unwrap_or_else(|| r.stdout.clone());
+                    judge(
+                        backend, job, ch, files, c, &output, answer, &dir, &mut r, ctx,
+                    )
+                    .await;
+                }
                 let _ = std::fs::remove_dir_all(&dir);
                 drop(extra);
                 (i, r)
@@ -355,9 +353,10 @@ async fn interact(
     case: &Case,
     cj: &PlannedJob,
     answer: Option<&str>,
+    keep_output: bool,
     dir: &Path,
     ctx: &RunCtx,
-) -> JobReport {
+) -> (JobReport, Option<String>) {
     let input = case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or("");
     let mut named = vec![("input.txt", input)];
     let mut args = vec!["input.txt", "output.txt"];
@@ -367,10 +366,18 @@ async fn interact(
     }
     let mut ij = match helper_job(job, it, "interactor", files, case, &named, &args, dir) {
         Ok(j) => j,
-        Err(why) => return super::error_report(cj, Phase::Prepare, why),
+        Err(why) => return (super::error_report(cj, Phase::Prepare, why), None),
     };
     // Time to decide after the program's own timeout ended it.
     ij.timeout = job.timeout + std::time::Duration::from_secs(1);
+    // What it writes to OUTPUT, for the checker.
+    let ictx = RunCtx {
+        artifacts_root: dir.join("interactor"),
+        ..ctx.clone()
+    };
+    if keep_output {
+        ij.artifacts = vec!["output.txt".into()];
+    }
     let mut pj = cj.clone();
     pj.stdin = None;
     let (to_program, program_in) = tokio::sync::mpsc::channel(crate::stream::CHANNEL_DEPTH);
@@ -388,7 +395,7 @@ async fn interact(
         ),
         backend.run_wired(
             &ij,
-            ctx,
+            &ictx,
             super::Wire {
                 stdin: interactor_in,
                 output: interactor_out
@@ -398,12 +405,19 @@ async fn interact(
         carry(from_interactor, to_program),
     );
     r.name = cj.name.clone();
+    let output = keep_output.then(|| {
+        i.artifacts
+            .iter()
+            .find(|a| Path::new(a).file_name() == Some("output.txt".as_ref()))
+            .and_then(|a| std::fs::read_to_string(a).ok())
+            .unwrap_or_default()
+    });
     if r.status == Status::Error {
-        return r;
+        return (r, None);
     }
     // Both waited for the other (or the program was too slow): the program's timeout.
     if i.status == Status::Timeout && r.status == Status::Timeout {
-        return flush_hint(r, carried);
+        return (flush_hint(r, carried), None);
     }
     // A program killed (time, memory, a signal) keeps its own verdict: what the
     // interactor said of the output it cut short is a consequence.
@@ -415,7 +429,7 @@ async fn interact(
             r.message = Some(why);
         }
     }
-    flush_hint(r, carried)
+    (flush_hint(r, carried), output)
 }
 
 /// What the checker or interactor (`role`; `h`, its report) said, testlib's convention:
@@ -541,7 +555,8 @@ async fn carry(
 }
 
 /// Runs the checker on one case that ran (`r`, passed so far): `checker INPUT OUTPUT
-/// ANSWER` in a sandbox of its own; its verdict becomes a check of the case (exit 0
+/// ANSWER` in a sandbox of its own (OUTPUT: `output`, the program's stdout or what its
+/// interactor wrote); its verdict becomes a check of the case (exit 0
 /// accepted; 1 wrong answer and 2 presentation error: `failed`, the checker's stderr the
 /// message; anything else: `error`, the checker failed).
 #[allow(clippy::too_many_arguments)]
@@ -551,6 +566,7 @@ async fn judge(
     ch: &Checker,
     files: &[InputFile],
     case: &Case,
+    output: &str,
     answer: Option<&str>,
     dir: &Path,
     r: &mut JobReport,
@@ -559,7 +575,7 @@ async fn judge(
     const NAMES: [&str; 3] = ["input.txt", "output.txt", "answer.txt"];
     let texts = [
         case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or(""),
-        r.stdout.as_str(),
+        output,
         answer.unwrap_or(""),
     ];
     let named: Vec<(&str, &str)> = NAMES.into_iter().zip(texts).collect();

@@ -769,6 +769,54 @@ print("! 5", flush=True)
             },
         ));
     }
+    // An interactor and a checker (how Polygon packages interactive problems): the checker
+    // judges the file the interactor wrote to OUTPUT, collected from its sandbox.
+    v.push(case(
+        "cases-interactor-checker",
+        "python",
+        "failed",
+        r#"
+code = """
+g = 1
+while True:
+    print("?", g, flush=True)
+    if input() == "=":
+        print("!", g, flush=True)
+        break
+    g += 1
+"""
+cases = [{ name = "three", stdin = "3" }, { name = "nine", stdin = "9" }]
+cases_stop = "never"
+interactor = { lang = "python", code = """
+import sys
+secret, out, asked = int(open(sys.argv[1]).read()), open(sys.argv[2], "w"), 0
+while True:
+    op, g = sys.stdin.readline().split()
+    if op == "!":
+        out.write(f"{asked} questions\\n")
+        sys.exit(0 if int(g) == secret else 1)
+    asked += 1
+    print("<" if secret < int(g) else ">" if secret > int(g) else "=", flush=True)
+""" }
+checker = { lang = "python", code = """
+import sys
+asked = int(open(sys.argv[2]).read().split()[0])
+sys.exit(0 if asked <= 4 else print(f"{asked} questions, more than 4", file=sys.stderr) or 1)
+""" }
+"#,
+        |v| {
+            let cases = v.job["cases"].as_array().cloned().unwrap_or_default();
+            let seen: Vec<&str> = cases.iter().map(status).collect();
+            v.ensure(
+                seen == ["passed", "failed"],
+                format!("the checker's verdicts on the interactor's files: {seen:?}"),
+            );
+            v.ensure(
+                v.message() == "case nine: wrong answer: 9 questions, more than 4",
+                format!("the job's message: {:?}", v.message()),
+            );
+        },
+    ));
     v.push(case(
         "cases-float",
         "python",

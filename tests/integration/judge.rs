@@ -260,3 +260,74 @@ cases = [{ name = "two", stdin = "fail", expect.stdout = "x" }]
         "{broken}"
     );
 }
+
+/// An interactor and a checker together (how Polygon packages interactive problems): the
+/// interactor talks with the program and writes its OUTPUT file, and the checker judges
+/// that file (`checker INPUT OUTPUT ANSWER`, OUTPUT being what the interactor wrote).
+#[test]
+fn a_checker_judges_what_the_interactor_wrote() {
+    common::use_binary_as_helper();
+    let s = Scratch::new();
+    s.write(
+        "jobs.toml",
+        r#"
+[defaults]
+lang = "python"
+timeout = "10s"
+cases = [{ name = "ten", stdin = "10" }]
+# Answers questions about a secret; writes the number of questions to OUTPUT.
+interactor = { lang = "python", code = """
+import sys
+secret, out, asked = int(open(sys.argv[1]).read()), open(sys.argv[2], "w"), 0
+while True:
+    op, g = sys.stdin.readline().split()
+    if op == "!":
+        out.write(f"{asked}\\n")
+        sys.exit(0 if int(g) == secret else print("wrong number", file=sys.stderr) or 1)
+    asked += 1
+    print("<" if secret < int(g) else ">" if secret > int(g) else "=", flush=True)
+""" }
+# At most 5 questions, read from what the interactor wrote.
+checker = { lang = "python", code = """
+import sys
+asked = int(open(sys.argv[2]).read())
+sys.exit(0 if asked <= 5 else print(f"{asked} questions, more than 5", file=sys.stderr) or 1)
+""" }
+
+[[jobs]]
+name = "binary"
+code = '''
+lo, hi = 1, 16
+while True:
+    m = (lo + hi) // 2
+    print("?", m, flush=True)
+    a = input()
+    if a == "=":
+        print("!", m, flush=True)
+        break
+    lo, hi = (lo, m - 1) if a == "<" else (m + 1, hi)
+'''
+
+[[jobs]]
+name = "linear"
+code = '''
+g = 1
+while True:
+    print("?", g, flush=True)
+    if input() == "=":
+        print("!", g, flush=True)
+        break
+    g += 1
+'''
+"#,
+    );
+    let r = s.run_json(&["--backend", "native", "jobs.toml"]);
+    let jobs = r.jobs();
+    assert_eq!(status(&jobs["binary"]), "passed", "{}", jobs["binary"]);
+    let linear = &jobs["linear"];
+    assert_eq!(status(linear), "failed", "{linear}");
+    assert_eq!(
+        linear["message"], "case ten: wrong answer: 10 questions, more than 5",
+        "{linear}"
+    );
+}

@@ -304,11 +304,6 @@ const CASES: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
-        "interactor_and_checker.toml",
-        "interactor_and_checker.toml:6:11",
-        &["`checker`: a job has a `checker` or an `interactor`, not both", "remove `checker`"],
-    ),
-    (
         "interactor_no_program.toml",
         "interactor_no_program.toml:6:14",
         &["the interactor has no program", "interactor INPUT OUTPUT [ANSWER]"],

@@ -98,8 +98,7 @@ impl FileCx<'_> {
         Some(Checker { lang: c.lang, code })
     }
 
-    /// What an `interactor` needs: test cases (each case's input is its INPUT file) and
-    /// no `checker` (the interactor decides).
+    /// What an `interactor` needs: test cases (each case's input is its INPUT file).
     pub(super) fn check_interactor(
         &self,
         job: &JobRef,
@@ -110,12 +109,6 @@ impl FileCx<'_> {
             errors.push(
                 self.err(job, &[key("interactor")], "an `interactor` talks with the program of each test case, and this job has none", "no `cases`")
                     .with_help("add `cases` (a glob of inputs, a list, or a template): each case's input is the interactor's INPUT file"),
-            );
-        }
-        if spec.checker.is_some() {
-            errors.push(
-                self.err(job, &[key("checker")], "a job has a `checker` or an `interactor`, not both", "second judge")
-                    .with_help("the interactor decides each case by its exit code (0 accepted, 1 wrong answer, 2 presentation error): remove `checker`"),
             );
         }
     }
