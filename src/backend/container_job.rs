@@ -575,21 +575,49 @@ pub struct ExecResult {
 }
 
 /// What an exec keeps of its output, the same for containers and pods: up to `cap` bytes
-/// per stream (in the [`ExecResult`] unless `discard`, the kept bytes also for a live
-/// reader).
+/// per stream (in the [`ExecResult`] unless `discard`), the kept bytes also handed to the
+/// live reader `tx`.
 pub(crate) struct OutputTap {
     cap: u64,
     discard: bool,
     kept: [u64; 2],
+    tx: Option<ChunkSender>,
 }
 
 impl OutputTap {
-    pub(crate) fn new(cap: u64, discard: bool) -> OutputTap {
+    pub(crate) fn new(cap: u64, discard: bool, tx: Option<ChunkSender>) -> OutputTap {
         OutputTap {
             cap,
             discard,
             kept: [0, 0],
+            tx,
         }
+    }
+
+    /// Takes one piece of `stream` ([`OutputTap::take`]) and hands the part kept to the
+    /// live reader, waiting for it (a slow reader slows the program down) but not past
+    /// `deadline` or `cancel` (marked in `r`). True when the exec is to stop here.
+    pub(crate) async fn pass(
+        &mut self,
+        r: &mut ExecResult,
+        stream: StdStream,
+        data: &[u8],
+        deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let (part, over) = self.take(r, stream, data);
+        if let (Some(tx), false) = (&self.tx, part.is_empty()) {
+            let chunk = crate::stream::OutputChunk {
+                stream,
+                data: part.to_vec(),
+            };
+            tokio::select! {
+                _ = tx.send(chunk) => {}
+                _ = deadline => { r.timed_out = true; return true; }
+                _ = cancel.cancelled() => { r.cancelled = true; return true; }
+            }
+        }
+        over
     }
 
     /// Takes one piece of `stream`: returns the part kept (to hand to a live reader) and

@@ -8,7 +8,7 @@ use crate::backend::container_job::{ExecResult, Live};
 use crate::backend::error::error_chain;
 use crate::backend::Error;
 use crate::plan::job::ResolvedLimits;
-use crate::stream::{OutputChunk, StdStream};
+use crate::stream::StdStream;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
@@ -530,7 +530,7 @@ impl Container {
         let mut r = ExecResult::default();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut tap = crate::backend::container_job::OutputTap::new(cap, discard);
+        let mut tap = crate::backend::container_job::OutputTap::new(cap, discard, tx);
         loop {
             let (stream, message) = tokio::select! {
                 item = output.next() => match item {
@@ -543,20 +543,10 @@ impl Container {
                 _ = &mut deadline => { r.timed_out = true; break; }
                 _ = cancel.cancelled() => { r.cancelled = true; break; }
             };
-            let (part, over) = tap.take(&mut r, stream, &message);
-            if let (Some(tx), false) = (&tx, part.is_empty()) {
-                let chunk = OutputChunk {
-                    stream,
-                    data: part.to_vec(),
-                };
-                // A slow consumer slows the program down; the deadline still holds.
-                tokio::select! {
-                    _ = tx.send(chunk) => {}
-                    _ = &mut deadline => { r.timed_out = true; break; }
-                    _ = cancel.cancelled() => { r.cancelled = true; break; }
-                }
-            }
-            if over {
+            if tap
+                .pass(&mut r, stream, &message, deadline.as_mut(), cancel)
+                .await
+            {
                 break;
             }
         }

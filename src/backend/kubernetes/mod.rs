@@ -24,7 +24,7 @@ use crate::plan::PlannedJob;
 use crate::report::model::{JobReport, Phase};
 use crate::sandbox::StepKind;
 use crate::spec::types::KubernetesConfig;
-use crate::stream::{OutputChunk, StdStream};
+use crate::stream::StdStream;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams};
 use serde_json::Value;
@@ -603,7 +603,7 @@ impl SandboxPod {
         tokio::pin!(deadline);
         let (mut ob, mut eb) = (vec![0u8; 32 << 10], vec![0u8; 32 << 10]);
         let (mut out_done, mut err_done) = (false, false);
-        let mut tap = crate::backend::container_job::OutputTap::new(cap, discard);
+        let mut tap = crate::backend::container_job::OutputTap::new(cap, discard, tx);
         while !(out_done && err_done) {
             let (stream, data) = tokio::select! {
                 n = out.read(&mut ob), if !out_done => match n {
@@ -617,20 +617,10 @@ impl SandboxPod {
                 _ = &mut deadline => { r.timed_out = true; break; }
                 _ = cancel.cancelled() => { r.cancelled = true; break; }
             };
-            let (part, over) = tap.take(&mut r, stream, data);
-            if let (Some(tx), false) = (&tx, part.is_empty()) {
-                let chunk = OutputChunk {
-                    stream,
-                    data: part.to_vec(),
-                };
-                // A slow consumer slows the program down; the deadline still holds.
-                tokio::select! {
-                    _ = tx.send(chunk) => {}
-                    _ = &mut deadline => { r.timed_out = true; break; }
-                    _ = cancel.cancelled() => { r.cancelled = true; break; }
-                }
-            }
-            if over {
+            if tap
+                .pass(&mut r, stream, data, deadline.as_mut(), cancel)
+                .await
+            {
                 break;
             }
         }
