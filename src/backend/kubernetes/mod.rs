@@ -1072,8 +1072,7 @@ pub async fn prepare_ahead(job: &PlannedJob, demand: Option<usize>, ctx: &RunCtx
     }
 }
 
-/// Runs one job in a pod: a warm one of its pool, or a new one.
-/// Runs one job in a pod (warm, or its own); with `wire`, its run step's stdin and stdout
+/// Runs one job in a pod (a warm one of its pool, or its own); with `wire`, its run step's stdin and stdout
 /// are connected through it ([`crate::backend::Wire`]: the exec streams both).
 pub async fn run_job(
     job: &PlannedJob,
