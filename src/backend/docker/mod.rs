@@ -445,10 +445,12 @@ impl crate::backend::container_job::ContainerSandbox for Container {
     }
 }
 
-/// What makes two jobs share a prepared environment (for de-duplication).
+/// What makes two jobs share a prepared environment (for de-duplication): their image and
+/// everything that tells their warm pools apart (see [`pool::Key`]: limits, network,
+/// preload, and whether the agent serves them — not for interactive jobs).
 pub fn prepare_key(job: &PlannedJob) -> String {
     format!(
-        "{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{}",
+        "{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{}",
         job.backend,
         endpoint(job).ok(),
         job.dockerfile,
@@ -460,7 +462,10 @@ pub fn prepare_key(job: &PlannedJob) -> String {
         job.limits.pids,
         job.limits.disk,
         job.limits.cpus,
-        job.network
+        job.limits.open_files,
+        job.network,
+        preload_of(job),
+        job.interactor.is_some()
     )
 }
 
@@ -804,5 +809,45 @@ pub async fn finish(scope: &crate::backend::Scope) {
     pool::drain_all(scope).await;
     for e in engine::connected(scope) {
         e.finish_run().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jobs whose warm pools differ never share a prepared environment (nor the count of
+    /// jobs announced to it): open files, preload and interactive jobs (whose pool has no
+    /// agent) each tell them apart.
+    #[test]
+    fn jobs_of_different_warm_pools_have_different_prepare_keys() {
+        let mut job = PlannedJob::adhoc(
+            Lang::Python,
+            "print(1)".into(),
+            vec![],
+            Duration::from_secs(5),
+            false,
+        );
+        job.backend = BackendKind::Docker;
+        let key = prepare_key(&job);
+        assert_eq!(key, prepare_key(&job.clone()));
+        let mut files = job.clone();
+        files.limits.open_files += 1;
+        let mut no_preload = job.clone();
+        no_preload.backends = std::sync::Arc::new(crate::spec::types::BackendsConfig {
+            docker: Some(crate::spec::types::DockerConfig {
+                preload: Some(Preload::Switch(false)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut interactive = job.clone();
+        interactive.interactor = Some(crate::plan::job::Checker {
+            lang: Lang::Python,
+            code: "import sys".into(),
+        });
+        for other in [files, no_preload, interactive] {
+            assert_ne!(key, prepare_key(&other), "{other:?}");
+        }
     }
 }
