@@ -309,3 +309,77 @@ fn netlink_closed_keeps_container(engine: &str) {
     // Else the job that closed netlink sockets cost its container.
     assert_same_container(engine, &a, &b);
 }
+
+/// Interactive cases (README, "Test cases") run in warm containers without the agent, one
+/// exec per step and the shell's clean proof after each: run with `-j 1`, the second case
+/// reuses the first one's container (the same pid 1) and finds nothing of it. The program
+/// answers with what an earlier case left in `/tmp` when it finds it: the first case's
+/// number, wrong for the second.
+const INTERACTIVE: &str = r#"
+[[jobs]]
+name = "interactive"
+lang = "python"
+timeout = "20s"
+cases = [{ name = "one", stdin = "1" }, { name = "two", stdin = "2" }]
+cases_stop = "never"
+code = """
+import os
+want = input().split()[1]
+left = "/tmp/left"
+print(open(left).read() if os.path.exists(left) else want, flush=True)
+open(left, "w").write(want)
+print("id=" + open("/proc/1/stat").read().split()[21], flush=True)
+"""
+interactor = { lang = "c", code = """
+#include <stdio.h>
+int main(int argc, char **argv) {
+    long want, got; char id[64];
+    FILE *in = fopen(argv[1], "r");
+    if (!in || fscanf(in, "%ld", &want) != 1) return 3;
+    printf("go %ld\\n", want); fflush(stdout);
+    if (scanf("%ld %63s", &got, id) != 2) { fprintf(stderr, "no answer"); return 1; }
+    fprintf(stderr, "%s", id);
+    if (got != want) { fprintf(stderr, ": got %ld, want %ld", got, want); return 1; }
+    return 0;
+}
+""" }
+"#;
+
+#[test]
+fn docker_interactive_cases_reuse_clean_containers() {
+    interactive_cases_reuse_clean_containers("docker");
+}
+
+#[test]
+fn podman_interactive_cases_reuse_clean_containers() {
+    interactive_cases_reuse_clean_containers("podman");
+}
+
+fn interactive_cases_reuse_clean_containers(engine: &str) {
+    if !common::backend_selected(engine) {
+        return;
+    }
+    let dir = Scratch::new();
+    dir.write("interactive.toml", INTERACTIVE);
+    let run = dir.run_json(&["-j", "1", "--backend", engine, "interactive.toml"]);
+    let job = run.assert_status("interactive", "passed");
+    let said: Vec<String> = job["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["checks"].to_string())
+        .collect();
+    let id = |s: &str| {
+        s.split("the interactor accepted: ")
+            .nth(1)
+            .and_then(|t| t.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(id(&said[0]).starts_with("id="), "{said:?}");
+    assert_eq!(
+        id(&said[0]),
+        id(&said[1]),
+        "{engine}: both cases ran in one warm container: {said:?}"
+    );
+}
