@@ -41,3 +41,48 @@ pub const CHANNEL_DEPTH: usize = 64;
 pub fn channel() -> (ChunkSender, tokio::sync::mpsc::Receiver<OutputChunk>) {
     tokio::sync::mpsc::channel(CHANNEL_DEPTH)
 }
+
+/// What is written to a program's stdin: bytes, or chunks as they come (the channel's end
+/// closes it).
+pub(crate) enum Feed {
+    Bytes(Vec<u8>),
+    Stream(tokio::sync::mpsc::Receiver<Vec<u8>>),
+}
+
+impl Feed {
+    /// The `live` chunks when there are, else `bytes`; None: nothing to write.
+    pub(crate) fn of(
+        bytes: Option<&[u8]>,
+        live: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+    ) -> Option<Feed> {
+        match (live, bytes) {
+            (Some(rx), _) => Some(Feed::Stream(rx)),
+            (None, Some(b)) => Some(Feed::Bytes(b.to_vec())),
+            (None, None) => None,
+        }
+    }
+
+    /// Writes it to `w` in the background (each chunk flushed as it comes), then closes
+    /// `w`. A reader that went away ends it.
+    pub(crate) fn spawn<W>(self, mut w: W) -> tokio::task::JoinHandle<()>
+    where
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use tokio::io::AsyncWriteExt;
+        tokio::spawn(async move {
+            match self {
+                Feed::Stream(mut rx) => {
+                    while let Some(data) = rx.recv().await {
+                        if w.write_all(&data).await.is_err() || w.flush().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Feed::Bytes(data) => {
+                    let _ = w.write_all(&data).await;
+                }
+            }
+            let _ = w.shutdown().await;
+        })
+    }
+}

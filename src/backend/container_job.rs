@@ -649,36 +649,6 @@ impl OutputTap {
     }
 }
 
-/// Writes an exec's stdin in the background: the chunks of `live` as they come (each
-/// flushed), else `bytes`; then closes it.
-pub(crate) fn feed_stdin<W>(
-    mut w: W,
-    bytes: Option<&[u8]>,
-    live: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
-) -> tokio::task::JoinHandle<()>
-where
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    use tokio::io::AsyncWriteExt;
-    let bytes = bytes.map(<[u8]>::to_vec);
-    tokio::spawn(async move {
-        match (live, bytes) {
-            (Some(mut rx), _) => {
-                while let Some(data) = rx.recv().await {
-                    if w.write_all(&data).await.is_err() || w.flush().await.is_err() {
-                        break;
-                    }
-                }
-            }
-            (None, Some(data)) => {
-                let _ = w.write_all(&data).await;
-            }
-            (None, None) => {}
-        }
-        let _ = w.shutdown().await;
-    })
-}
-
 /// Streaming options of an exec (the default: none, everything buffered).
 #[derive(Default)]
 pub struct Live {

@@ -3,12 +3,12 @@
 
 use super::proto::{self, Msg};
 use super::{SandboxConfig, CONTROL_FD, HELPER_SUBCOMMAND};
-use crate::stream::{ChunkSender, OutputChunk, StdStream};
+use crate::stream::{ChunkSender, Feed, OutputChunk, StdStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 /// What a sandbox run produced.
@@ -184,12 +184,6 @@ pub async fn run_wired(
         live,
     };
     run_with(servers, cfg, io, cancel).await
-}
-
-/// What is written to a sandbox's stdin: bytes, or chunks as they come.
-enum Feed {
-    Bytes(Vec<u8>),
-    Stream(tokio::sync::mpsc::Receiver<Vec<u8>>),
 }
 
 /// A sandbox server (see [`super::helper`]): one per concurrency slot, reused job after
@@ -525,23 +519,7 @@ pub async fn run_with(
     drop((stdin_fd, stdout_fd, stderr_fd, ctl_w, cfg_fd));
 
     let stdin_task = match stdin_writer {
-        Some((w, feed)) => {
-            let mut w = pipe::Sender::from_owned_fd(w)?;
-            Some(tokio::spawn(async move {
-                match feed {
-                    Feed::Bytes(data) => {
-                        let _ = w.write_all(&data).await;
-                    }
-                    Feed::Stream(mut rx) => {
-                        while let Some(data) = rx.recv().await {
-                            if w.write_all(&data).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }))
-        }
+        Some((w, feed)) => Some(feed.spawn(pipe::Sender::from_owned_fd(w)?)),
         None => None,
     };
     let (over_tx, mut over_rx) = tokio::sync::mpsc::channel::<()>(2);

@@ -521,11 +521,9 @@ impl Container {
             return Err(Error::Engine("the exec started detached".into()));
         };
         // (Without stdin, its half of the connection is kept, untouched, to the end.)
-        let (writer, _input) = if stdin.is_some() || stdin_live.is_some() {
-            let w = crate::backend::container_job::feed_stdin(input, stdin, stdin_live);
-            (Some(w), None)
-        } else {
-            (None, Some(input))
+        let (writer, _input) = match crate::stream::Feed::of(stdin, stdin_live) {
+            Some(feed) => (Some(feed.spawn(input)), None),
+            None => (None, Some(input)),
         };
         let mut r = ExecResult::default();
         let deadline = tokio::time::sleep(timeout);

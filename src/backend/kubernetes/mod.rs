@@ -588,10 +588,8 @@ impl SandboxPod {
                 return Ok(r);
             }
         };
-        let writer = match proc.stdin() {
-            Some(w) if stdin.is_some() || stdin_live.is_some() => Some(
-                crate::backend::container_job::feed_stdin(w, stdin, stdin_live),
-            ),
+        let writer = match (proc.stdin(), crate::stream::Feed::of(stdin, stdin_live)) {
+            (Some(w), Some(feed)) => Some(feed.spawn(w)),
             _ => None,
         };
         let (Some(mut out), Some(mut err)) = (proc.stdout(), proc.stderr()) else {
