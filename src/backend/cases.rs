@@ -93,7 +93,7 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
                         let keep = checker.is_some();
                         interact(backend, job, it, files, c, &cj, answer, keep, &dir, ctx).await
                     }
-                    None => (backend.run_job(&cj, ctx).await, None),
+                    None => (backend.run_job(&cj, ctx, None).await, None),
                 };
                 if let (Some((ch, files)), Status::Passed) = (checker, r.status) {
                     let output = output.unwrap_or_else(|| r.stdout.clone());
@@ -181,7 +181,7 @@ async fn build(
         artifacts_root: root.clone(),
         ..ctx.clone()
     };
-    let r = backend.run_job(&b, &bctx).await;
+    let r = backend.run_job(&b, &bctx, None).await;
     if r.status != Status::Passed {
         return Err(r);
     }
@@ -385,21 +385,21 @@ async fn interact(
     let (program_out, from_program) = crate::stream::channel();
     let (interactor_out, from_interactor) = crate::stream::channel();
     let (mut r, i, carried, _) = tokio::join!(
-        backend.run_wired(
+        backend.run_job(
             &pj,
             ctx,
-            super::Wire {
+            Some(super::Wire {
                 stdin: program_in,
                 output: program_out
-            }
+            })
         ),
-        backend.run_wired(
+        backend.run_job(
             &ij,
             &ictx,
-            super::Wire {
+            Some(super::Wire {
                 stdin: interactor_in,
                 output: interactor_out
-            }
+            })
         ),
         carry(from_program, to_interactor),
         carry(from_interactor, to_program),
@@ -587,7 +587,7 @@ async fn judge(
             return;
         }
     };
-    let c = backend.run_job(&cj, ctx).await;
+    let c = backend.run_job(&cj, ctx, None).await;
     match said(&c, "checker", "the checker accepted the output", "") {
         Ok(verdict) => record(r, "checker", verdict, true),
         Err(why) => {

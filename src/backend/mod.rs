@@ -98,16 +98,14 @@ pub struct RunCtx {
 /// one more implementation and one more arm there.
 pub trait Backend: Sync {
     /// Runs one job and returns its report (never panics, never errs: what goes wrong
-    /// becomes status `error` with a message that says how to fix it).
-    fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport>;
-
-    /// Like [`Backend::run_job`], the run step's stdin and stdout connected through `wire`
-    /// (an interactor and its program: README, "Test cases").
-    fn run_wired<'a>(
+    /// becomes status `error` with a message that says how to fix it). With `wire`, the run
+    /// step's stdin and stdout are connected through it (an interactor and its program:
+    /// README, "Test cases").
+    fn run_job<'a>(
         &'a self,
         job: &'a PlannedJob,
         ctx: &'a RunCtx,
-        wire: Wire,
+        wire: Option<Wire>,
     ) -> BoxFuture<'a, JobReport>;
 
     /// The environment `job` needs made before it runs (an image, a template, warm
@@ -154,16 +152,13 @@ struct Container(BackendKind);
 struct Kubernetes;
 
 impl Backend for Native {
-    fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
-        Box::pin(native::run_job(job, ctx, None))
-    }
-    fn run_wired<'a>(
+    fn run_job<'a>(
         &'a self,
         job: &'a PlannedJob,
         ctx: &'a RunCtx,
-        wire: Wire,
+        wire: Option<Wire>,
     ) -> BoxFuture<'a, JobReport> {
-        Box::pin(native::run_job(job, ctx, Some(wire)))
+        Box::pin(native::run_job(job, ctx, wire))
     }
     fn finish<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, ()> {
         Box::pin(scope.servers.shutdown())
@@ -175,16 +170,13 @@ impl Backend for Native {
 
 /// Docker and Podman: one implementation, the engine told apart by the kind.
 impl Backend for Container {
-    fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
-        Box::pin(docker::run_job(job, ctx, self.0))
-    }
-    fn run_wired<'a>(
+    fn run_job<'a>(
         &'a self,
         job: &'a PlannedJob,
         ctx: &'a RunCtx,
-        wire: Wire,
+        wire: Option<Wire>,
     ) -> BoxFuture<'a, JobReport> {
-        Box::pin(docker::run_wired(job, ctx, self.0, wire))
+        Box::pin(docker::run_job(job, ctx, self.0, wire))
     }
     fn prepare_key(&self, job: &PlannedJob) -> Option<String> {
         Some(docker::prepare_key(job))
@@ -212,16 +204,13 @@ impl Backend for Container {
 }
 
 impl Backend for Kubernetes {
-    fn run_job<'a>(&'a self, job: &'a PlannedJob, ctx: &'a RunCtx) -> BoxFuture<'a, JobReport> {
-        Box::pin(kubernetes::run_job(job, ctx, None))
-    }
-    fn run_wired<'a>(
+    fn run_job<'a>(
         &'a self,
         job: &'a PlannedJob,
         ctx: &'a RunCtx,
-        wire: Wire,
+        wire: Option<Wire>,
     ) -> BoxFuture<'a, JobReport> {
-        Box::pin(kubernetes::run_job(job, ctx, Some(wire)))
+        Box::pin(kubernetes::run_job(job, ctx, wire))
     }
     fn prepare_key(&self, job: &PlannedJob) -> Option<String> {
         Some(kubernetes::prepare_key(job))
@@ -264,7 +253,7 @@ pub async fn run_job(job: &PlannedJob, ctx: &RunCtx) -> JobReport {
         // Built once, then a run per case: the same on every backend.
         return cases::run(backend, job, ctx).await;
     }
-    backend.run_job(job, ctx).await
+    backend.run_job(job, ctx, None).await
 }
 
 /// Starts preparing the environments of jobs ([`Backend::prepare_ahead`]: image pulls and

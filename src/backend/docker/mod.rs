@@ -481,7 +481,7 @@ pub async fn prepare_ahead(job: &PlannedJob, demand: Option<usize>, ctx: &RunCtx
         return;
     };
     if warm_for(job, ctx) {
-        // A job with an interactor runs each case wired ([`run_wired`]).
+        // A job with an interactor runs each case wired ([`run_job`] with a wire).
         let (spec, _) = pool_spec(job, &image, &engine, job.interactor.is_some());
         let pool = pool::pool(&ctx.scope, &engine, &spec);
         pool.expect(demand);
@@ -558,24 +558,10 @@ fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
     (spec, recycle)
 }
 
-/// Runs one job (in a warm container, or a fresh one).
-pub async fn run_job(job: &PlannedJob, ctx: &RunCtx, kind: BackendKind) -> JobReport {
-    run(job, ctx, kind, None).await
-}
-
-/// Runs one job, its run step's stdin and stdout connected through `wire`: in a warm
-/// container without the agent (an exec streams them; the agent's one request and one
-/// answer could not), or a fresh one.
-pub async fn run_wired(
-    job: &PlannedJob,
-    ctx: &RunCtx,
-    kind: BackendKind,
-    wire: crate::backend::Wire,
-) -> JobReport {
-    run(job, ctx, kind, Some(wire)).await
-}
-
-async fn run(
+/// Runs one job (in a warm container, or a fresh one). With `wire`, its run step's stdin
+/// and stdout are connected through it: a warm container then has no agent (an exec
+/// streams them; the agent's one request and one answer could not).
+pub async fn run_job(
     job: &PlannedJob,
     ctx: &RunCtx,
     kind: BackendKind,
@@ -641,7 +627,7 @@ fn pool_spec(job: &PlannedJob, image: &str, engine: &Engine, wired: bool) -> (Co
 }
 
 /// A job in a warm container of the pool of its prepared environment. A wired job
-/// ([`run_wired`]) takes one without the agent (its run step is an exec, which streams).
+/// ([`run_job`]) takes one without the agent (its run step is an exec, which streams).
 async fn run_warm(
     engine: &Arc<Engine>,
     job: &PlannedJob,
