@@ -102,7 +102,9 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
                     )
                     .await;
                 }
-                let _ = std::fs::remove_dir_all(&dir);
+                if judged {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 drop(extra);
                 (i, r)
             });
@@ -357,8 +359,7 @@ async fn interact(
     dir: &Path,
     ctx: &RunCtx,
 ) -> (JobReport, Option<String>) {
-    let input = case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or("");
-    let mut named = vec![("input.txt", input)];
+    let mut named = vec![("input.txt", input_of(job, case))];
     let mut args = vec!["input.txt", "output.txt"];
     if let Some(a) = answer {
         named.push(("answer.txt", a));
@@ -405,13 +406,6 @@ async fn interact(
         carry(from_interactor, to_program),
     );
     r.name = cj.name.clone();
-    let output = keep_output.then(|| {
-        i.artifacts
-            .iter()
-            .find(|a| Path::new(a).file_name() == Some("output.txt".as_ref()))
-            .and_then(|a| std::fs::read_to_string(a).ok())
-            .unwrap_or_default()
-    });
     if r.status == Status::Error {
         return (r, None);
     }
@@ -419,6 +413,13 @@ async fn interact(
     if i.status == Status::Timeout && r.status == Status::Timeout {
         return (flush_hint(r, carried), None);
     }
+    let output = keep_output.then(|| {
+        i.artifacts
+            .iter()
+            .find(|a| Path::new(a).file_name() == Some("output.txt".as_ref()))
+            .and_then(|a| std::fs::read_to_string(a).ok())
+            .unwrap_or_default()
+    });
     // A program killed (time, memory, a signal) keeps its own verdict: what the
     // interactor said of the output it cut short is a consequence.
     let killed = r.status == Status::Timeout || r.signal.is_some();
@@ -481,6 +482,12 @@ fn record(r: &mut JobReport, kind: &str, verdict: Result<String, String>, decide
         r.status = Status::Failed;
         r.message = Some(message);
     }
+}
+
+/// A case's input (its stdin, else the job's): the INPUT file of its checker or
+/// interactor.
+fn input_of<'a>(job: &'a PlannedJob, case: &'a Case) -> &'a str {
+    case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or("")
 }
 
 /// The checker's or interactor's (`role`) job for one case: its built `files`, the
@@ -573,11 +580,7 @@ async fn judge(
     ctx: &RunCtx,
 ) {
     const NAMES: [&str; 3] = ["input.txt", "output.txt", "answer.txt"];
-    let texts = [
-        case.stdin.as_deref().or(job.stdin.as_deref()).unwrap_or(""),
-        output,
-        answer.unwrap_or(""),
-    ];
+    let texts = [input_of(job, case), output, answer.unwrap_or("")];
     let named: Vec<(&str, &str)> = NAMES.into_iter().zip(texts).collect();
     let cj = match helper_job(job, ch, "checker", files, case, &named, &NAMES, dir) {
         Ok(j) => j,
