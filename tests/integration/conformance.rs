@@ -639,15 +639,10 @@ int main(int argc, char **argv) {
                 seen == ["passed", "failed"],
                 format!("the checker's verdicts: {seen:?}"),
             );
-            let checker_said = |c: &Value| {
-                c["checks"]
-                    .as_array()
-                    .and_then(|a| a.iter().find(|k| k["kind"] == "checker"))
-                    .and_then(|k| k["message"].as_str())
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let first = cases.first().map(checker_said).unwrap_or_default();
+            let first = cases
+                .first()
+                .map(|c| check_said(c, "checker"))
+                .unwrap_or_default();
             v.ensure(
                 first.contains("ok 3 + 7"),
                 format!("the first case's checker message: {first:?}"),
@@ -702,17 +697,7 @@ int main(void) {{
             ),
             |v| {
                 let cases = v.job["cases"].as_array().cloned().unwrap_or_default();
-                let said: Vec<String> = cases
-                    .iter()
-                    .map(|c| {
-                        c["checks"]
-                            .as_array()
-                            .and_then(|a| a.iter().find(|k| k["kind"] == "interactor"))
-                            .and_then(|k| k["message"].as_str())
-                            .unwrap_or("")
-                            .to_string()
-                    })
-                    .collect();
+                let said: Vec<String> = cases.iter().map(|c| check_said(c, "interactor")).collect();
                 v.ensure(
                     said.len() == 2
                         && said[0].starts_with("the interactor accepted: found 7 in ")
@@ -1145,6 +1130,16 @@ code = "id -u"
         },
     ));
     v
+}
+
+/// What a case's check of `kind` (`checker`, `interactor`) said ("" without one).
+fn check_said(case: &Value, kind: &str) -> String {
+    case["checks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["kind"] == kind))
+        .and_then(|k| k["message"].as_str())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// The job file of `cases`.
