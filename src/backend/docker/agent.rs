@@ -1,5 +1,5 @@
 //! The agent inside a warm container: the container's own process (`llm-sandbox __agent`
-//! under the engine's init, root, holding only the capabilities it needs; its stdin and
+//! the container's init (pid 1), root, holding only the capabilities it needs; its stdin and
 //! stdout are the container's attach stream) that runs job after job without a
 //! `docker exec` each. Per job: unpack the inputs into `/sandbox`, run each step as the
 //! sandbox user (uid 1000, no capabilities, no-new-privileges, its own session, CPU and
