@@ -73,7 +73,52 @@ pub struct AgentStep {
     pub open_files: u64,
     /// Stop after this step unless it exits 0 (compile steps).
     pub must_succeed: bool,
+    /// Its stdin comes, and its output goes, as [`LivePiece`]s while it runs (a wired run
+    /// step: an interactive case's program or interactor); `stdin` is then unused.
+    #[serde(default)]
+    pub live: bool,
 }
+
+/// A piece of a live step's traffic ([`AgentStep::live`]), framed between a job's request
+/// and its answer. The runner sends `Stdin` pieces and then exactly one `StdinEnd` (when its
+/// side closes, or once it got `End`); the agent sends the step's output as `Stdout` and
+/// `Stderr` pieces (within the step's cap) and exactly one `End` when the step is over (or
+/// did not run: an earlier step failed), then reads up to `StdinEnd` before it answers, so
+/// that nothing of a job is left in its input for the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LivePiece {
+    pub kind: LiveKind,
+    #[serde(skip)]
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveKind {
+    Stdin,
+    StdinEnd,
+    Stdout,
+    Stderr,
+    End,
+}
+
+impl Framed for LivePiece {
+    fn take_blobs(&mut self) -> Vec<Vec<u8>> {
+        vec![std::mem::take(&mut self.data)]
+    }
+
+    fn put_blobs(&mut self, blobs: Vec<Vec<u8>>) -> Result<(), crate::backend::Error> {
+        let [data]: [Vec<u8>; 1] = blobs
+            .try_into()
+            .map_err(|_| crate::backend::Error::Protocol("a live piece has one blob".into()))?;
+        self.data = data;
+        Ok(())
+    }
+}
+
+/// The largest live piece either side sends: a read of the program's output (64 KiB) or a
+/// chunk of the runner's, and its header.
+pub const LIVE_PIECE_MAX: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AgentStepResult {
@@ -273,13 +318,14 @@ fn path_of(env: &[(String, String)]) -> Vec<String> {
 
 fn run_job(job: &AgentJob, fresh: &[Root], net: Option<&mut NetView>) -> AgentResult {
     let mut r = AgentResult::default();
+    let mut live = job.steps.iter().any(|s| s.live).then(LiveIo::default);
     if let Err(e) = unpack(&job.inputs) {
         r.error = Some(format!("cannot unpack the job's files: {e}"));
     } else {
         let last = job.steps.len().saturating_sub(1);
         for (i, step) in job.steps.iter().enumerate() {
             let preload = (job.preload && i == last).then_some(&job.preload_modules[..]);
-            let s = run_step(step, preload);
+            let s = run_step(step, preload, live.as_mut().filter(|_| step.live));
             let stop = step.must_succeed && (s.exit_code != Some(0) || s.timed_out);
             let end = s.timed_out || s.output_limit_hit;
             r.steps.push(s);
@@ -287,6 +333,9 @@ fn run_job(job: &AgentJob, fresh: &[Root], net: Option<&mut NetView>) -> AgentRe
                 break;
             }
         }
+    }
+    if let Some(l) = &mut live {
+        l.finish();
     }
     let killed = kill_all();
     let (oom, pids) = counters();
@@ -310,6 +359,66 @@ fn run_job(job: &AgentJob, fresh: &[Root], net: Option<&mut NetView>) -> AgentRe
     r
 }
 
+/// The agent's side of a live step ([`LivePiece`]): its stdin (the runner's pieces) read
+/// raw from fd 0 between the job's request and its answer, its output written to fd 1.
+#[derive(Default)]
+struct LiveIo {
+    /// Bytes read that do not make a whole piece yet.
+    buf: Vec<u8>,
+    /// The runner's `StdinEnd` came (or its stream ended).
+    stdin_ended: bool,
+}
+
+impl LiveIo {
+    /// Sends a piece to the runner; false when it cannot be written (the runner is gone).
+    fn send(kind: LiveKind, data: &[u8]) -> bool {
+        let Ok(frame) = frame::encode(LivePiece {
+            kind,
+            data: data.to_vec(),
+        }) else {
+            return false;
+        };
+        let mut out = std::mem::ManuallyDrop::new(unsafe_fd_file(1));
+        out.write_all(&frame).is_ok()
+    }
+
+    /// One read of fd 0 (blocking: call it when there is something to read, or to wait);
+    /// the bytes of `Stdin` pieces go to `feed`.
+    fn read(&mut self, feed: &mut Vec<u8>) {
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut input = std::mem::ManuallyDrop::new(unsafe_fd_file(0));
+        match input.read(&mut chunk) {
+            Ok(0) | Err(_) => self.stdin_ended = true,
+            Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+        }
+        loop {
+            match frame::take::<LivePiece>(&mut self.buf, LIVE_PIECE_MAX) {
+                Ok(Some(p)) if p.kind == LiveKind::Stdin => feed.extend_from_slice(&p.data),
+                Ok(Some(p)) if p.kind == LiveKind::StdinEnd => self.stdin_ended = true,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    self.stdin_ended = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The step is over (or never ran): `End`, then the runner's pieces up to its
+    /// `StdinEnd` (thrown away), so that the next request starts clean.
+    fn finish(&mut self) {
+        if !Self::send(LiveKind::End, &[]) {
+            return;
+        }
+        let mut rest = Vec::new();
+        while !self.stdin_ended {
+            self.read(&mut rest);
+            rest.clear();
+        }
+    }
+}
+
 /// Unpacks the inputs (from the host, trusted) into the empty workdir, owned by the user.
 fn unpack(data: &[u8]) -> Result<(), String> {
     let mut ar = tar::Archive::new(data);
@@ -320,11 +429,15 @@ fn unpack(data: &[u8]) -> Result<(), String> {
 }
 
 /// Runs one step; `preload`: the run step of a job asking for preloaded Python, with the
-/// modules its preload imports ahead.
-fn run_step(step: &AgentStep, preload: Option<&[String]>) -> AgentStepResult {
+/// modules its preload imports ahead; `live`: its stdin and output go through the runner as
+/// they come ([`AgentStep::live`]).
+fn run_step(
+    step: &AgentStep,
+    preload: Option<&[String]>,
+    mut live: Option<&mut LiveIo>,
+) -> AgentStepResult {
     let started = Instant::now();
     let mut res = AgentStepResult::default();
-    let stdin_data = &step.stdin;
     let mut cmd = std::process::Command::new(&step.argv[0]);
     let env = step_env(&step.env);
     cmd.args(&step.argv[1..])
@@ -409,8 +522,15 @@ fn run_step(step: &AgentStep, preload: Option<&[String]>) -> AgentStepResult {
         }
     }
     let (mut obuf, mut ebuf) = (Vec::new(), Vec::new());
+    // What is to be written to the program's stdin (`written` of it is): the step's bytes,
+    // or a live step's pieces as they come.
+    let mut feed: Vec<u8> = if live.is_some() {
+        Vec::new()
+    } else {
+        step.stdin.clone()
+    };
     let mut written = 0usize;
-    if stdin_data.is_empty() {
+    if feed.is_empty() && live.is_none() {
         stdin = None;
     }
     let deadline = started + Duration::from_millis(step.timeout_ms);
@@ -456,10 +576,18 @@ fn run_step(step: &AgentStep, preload: Option<&[String]>) -> AgentStepResult {
                 revents: 0,
             });
         }
-        if let Some(f) = &stdin {
+        if let Some(f) = stdin.as_ref().filter(|_| written < feed.len()) {
             fds.push(libc::pollfd {
                 fd: f.as_raw_fd(),
                 events: libc::POLLOUT,
+                revents: 0,
+            });
+        }
+        let runner = live.as_ref().filter(|l| !l.stdin_ended).map(|_| fds.len());
+        if runner.is_some() {
+            fds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
                 revents: 0,
             });
         }
@@ -472,26 +600,59 @@ fn run_step(step: &AgentStep, preload: Option<&[String]>) -> AgentStepResult {
             }
             break;
         }
-        if let Some(f) = &mut stdin {
-            match f.write(&stdin_data[written..]) {
-                Ok(k) => written += k,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => written = stdin_data.len(),
-            }
-            if written >= stdin_data.len() {
-                stdin = None;
+        if let (Some(i), Some(l)) = (runner, live.as_mut()) {
+            if fds[i].revents != 0 {
+                let before = feed.len();
+                l.read(&mut feed);
+                if stdin.is_none() {
+                    // The program closed its stdin: what comes is thrown away.
+                    feed.truncate(before);
+                }
             }
         }
-        for (pipe, buf, truncated) in [
-            (&mut out, &mut obuf, &mut res.stdout_truncated),
-            (&mut err, &mut ebuf, &mut res.stderr_truncated),
+        if let Some(f) = &mut stdin {
+            if written < feed.len() {
+                match f.write(&feed[written..]) {
+                    Ok(k) => written += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        written = feed.len();
+                        stdin = None;
+                    }
+                }
+            }
+            if written >= feed.len() {
+                feed.clear();
+                written = 0;
+                if live.as_ref().is_none_or(|l| l.stdin_ended) {
+                    stdin = None;
+                }
+            }
+        }
+        for (pipe, buf, truncated, kind) in [
+            (
+                &mut out,
+                &mut obuf,
+                &mut res.stdout_truncated,
+                LiveKind::Stdout,
+            ),
+            (
+                &mut err,
+                &mut ebuf,
+                &mut res.stderr_truncated,
+                LiveKind::Stderr,
+            ),
         ] {
             if let Some(f) = pipe {
                 match f.read(&mut chunk) {
                     Ok(0) => *pipe = None,
                     Ok(k) => {
                         let room = (step.cap as usize).saturating_sub(buf.len());
-                        buf.extend_from_slice(&chunk[..k.min(room)]);
+                        let kept = &chunk[..k.min(room)];
+                        if live.is_some() && !kept.is_empty() {
+                            LiveIo::send(kind, kept);
+                        }
+                        buf.extend_from_slice(kept);
                         if k > room {
                             *truncated = true;
                             res.output_limit_hit = true;

@@ -57,7 +57,12 @@ pub const AGENT_PATH: &str = "/.llm-sandbox/agent";
 /// The runner's end of a container's agent: the container's attach stream.
 struct AgentConn {
     input: Pin<Box<dyn AsyncWrite + Send>>,
-    output:
+    output: AgentOutput,
+}
+
+/// What the agent writes (its stdout), read frame by frame ([`super::frame::Source`]).
+struct AgentOutput {
+    stream:
         Pin<Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
     buf: Vec<u8>,
 }
@@ -337,8 +342,10 @@ impl Container {
         let conn = if agent {
             Some(AgentConn {
                 input: a.input,
-                output: a.output,
-                buf: Vec::new(),
+                output: AgentOutput {
+                    stream: a.output,
+                    buf: Vec::new(),
+                },
             })
         } else {
             c.keepalive = Some(a.input);
@@ -399,12 +406,16 @@ impl Container {
     }
 
     /// Runs one job through the agent. On a timeout of the whole exchange, or on cancel,
-    /// the container is killed.
+    /// the container is killed. With `wire`, the job's live step (its run step) is fed
+    /// from it and its output goes to it as it comes, until `live_for` has passed (then
+    /// what the wire's reader does not take in time is dropped; the agent's own timeout
+    /// ends the step).
     pub async fn agent_job(
         &mut self,
         job: super::agent::AgentJob,
         timeout: Duration,
         cancel: &CancellationToken,
+        wire: Option<(crate::backend::Wire, Duration)>,
     ) -> Result<super::agent::AgentResult, Error> {
         let conn = self
             .agent
@@ -416,15 +427,11 @@ impl Container {
             job.steps.iter().map(|s| 2 * s.cap).sum::<u64>() + job.collect_cap + (1 << 20);
         let request = super::frame::encode(job)?;
         let exchange = async {
-            conn.input
-                .write_all(&request)
-                .await
-                .map_err(|e| Error::Sandbox(format!("cannot reach the agent: {e}")))?;
-            conn.input
-                .flush()
-                .await
-                .map_err(|e| Error::Sandbox(format!("cannot reach the agent: {e}")))?;
-            super::frame::read::<super::agent::AgentResult, _>(conn, max)
+            send(&mut conn.input, &request).await?;
+            if let Some((wire, live_for)) = wire {
+                live(conn, wire, live_for).await?;
+            }
+            super::frame::read::<super::agent::AgentResult, _>(&mut conn.output, max)
                 .await?
                 .ok_or_else(|| Error::Sandbox("the agent exited".into()))
         };
@@ -643,13 +650,92 @@ impl Drop for Container {
     }
 }
 
+/// Writes `bytes` to the agent.
+async fn send(input: &mut Pin<Box<dyn AsyncWrite + Send>>, bytes: &[u8]) -> Result<(), Error> {
+    let sent = async {
+        input.write_all(bytes).await?;
+        input.flush().await
+    };
+    sent.await
+        .map_err(|e| Error::Sandbox(format!("cannot reach the agent: {e}")))
+}
+
+/// A live step's traffic through the agent ([`super::agent::LivePiece`]): the wire's
+/// stdin goes to it in pieces (then one `StdinEnd`) while its output pieces go to the
+/// wire, up to the agent's `End`.
+async fn live(
+    conn: &mut AgentConn,
+    wire: crate::backend::Wire,
+    live_for: Duration,
+) -> Result<(), Error> {
+    use super::agent::{LiveKind, LivePiece};
+    let crate::backend::Wire { mut stdin, output } = wire;
+    let until = tokio::time::Instant::now() + live_for;
+    let ended = tokio_util::sync::CancellationToken::new();
+    let AgentConn {
+        input,
+        output: from,
+    } = conn;
+    let piece = |kind, data| super::frame::encode(LivePiece { kind, data });
+    // The wire's stdin, until it closes or the step is over; then `StdinEnd`, always.
+    let feed = async {
+        loop {
+            let chunk = tokio::select! {
+                c = stdin.recv() => c,
+                _ = ended.cancelled() => None,
+            };
+            let Some(chunk) = chunk else { break };
+            for part in chunk.chunks(64 << 10) {
+                send(input, &piece(LiveKind::Stdin, part.to_vec())?).await?;
+            }
+        }
+        send(input, &piece(LiveKind::StdinEnd, Vec::new())?).await
+    };
+    // The output pieces, to the wire while its reader takes them in time.
+    let forward = async {
+        let mut to = Some(output);
+        let result = loop {
+            let p = match super::frame::read::<LivePiece, _>(from, super::agent::LIVE_PIECE_MAX)
+                .await
+            {
+                Ok(Some(p)) => p,
+                Ok(None) => break Err(Error::Sandbox("the agent exited".into())),
+                Err(e) => break Err(e),
+            };
+            let stream = match p.kind {
+                LiveKind::Stdout => StdStream::Stdout,
+                LiveKind::Stderr => StdStream::Stderr,
+                LiveKind::End => break Ok(()),
+                LiveKind::Stdin | LiveKind::StdinEnd => {
+                    break Err(Error::Protocol("the agent sent a stdin piece".into()))
+                }
+            };
+            if let Some(tx) = &to {
+                let chunk = crate::stream::OutputChunk {
+                    stream,
+                    data: p.data,
+                };
+                match tokio::time::timeout_at(until, tx.send(chunk)).await {
+                    Ok(Ok(())) => {}
+                    // The reader is gone, or too slow: the rest is not handed over.
+                    Ok(Err(_)) | Err(_) => to = None,
+                }
+            }
+        };
+        ended.cancel();
+        result
+    };
+    let (fed, forwarded) = tokio::join!(feed, forward);
+    forwarded.and(fed)
+}
+
 /// Waits for the agent's first line ([`super::agent::READY`]): it has initialised (and
 /// preloaded what it was asked to) and reads jobs.
 async fn ready(conn: &mut AgentConn) -> Result<(), Error> {
     let ready = format!("{}\n", super::agent::READY);
     let said = tokio::time::timeout(
         Duration::from_secs(10),
-        super::frame::Source::exact(conn, ready.len()),
+        super::frame::Source::exact(&mut conn.output, ready.len()),
     )
     .await
     .map_err(|_| Error::Protocol("the agent did not answer within 10s".into()))??
@@ -663,11 +749,11 @@ async fn ready(conn: &mut AgentConn) -> Result<(), Error> {
     Ok(())
 }
 
-impl super::frame::Source for AgentConn {
+impl super::frame::Source for AgentOutput {
     /// From the agent's stdout (its stderr goes to the debug log).
     async fn exact(&mut self, n: usize) -> Result<Option<Vec<u8>>, Error> {
         while self.buf.len() < n {
-            match self.output.next().await {
+            match self.stream.next().await {
                 Some(Ok(LogOutput::StdOut { message })) => self.buf.extend_from_slice(&message),
                 Some(Ok(LogOutput::StdErr { message })) => {
                     tracing::debug!("agent: {}", String::from_utf8_lossy(&message).trim())

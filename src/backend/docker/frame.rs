@@ -73,6 +73,37 @@ pub async fn read<T: Framed, S: Source>(src: &mut S, max: u64) -> Result<Option<
     Ok(Some(msg))
 }
 
+/// The length of the first message in `buf` when all of it is there (None: not yet).
+pub fn complete(buf: &[u8]) -> Option<usize> {
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(buf.get(at..at + 8)?.try_into().ok()?))
+    };
+    let count = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
+    let mut end = 12usize.checked_add(usize::try_from(word(4)?).ok()?)?;
+    for _ in 0..count {
+        let len = usize::try_from(word(end)?).ok()?;
+        end = end.checked_add(8)?.checked_add(len)?;
+    }
+    (buf.len() >= end).then_some(end)
+}
+
+/// Takes the first message out of `buf` when all of it is there (Ok(None): not yet).
+pub fn take<T: Framed>(buf: &mut Vec<u8>, max: u64) -> Result<Option<T>, Error> {
+    let Some(n) = complete(buf) else {
+        if buf.len() as u64 > max {
+            return Err(Error::Protocol(
+                "the message is larger than the limits allow (the job's output and file limits)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let msg = block_on(read::<T, _>(&mut Blocking(&buf[..n]), max))?;
+    buf.drain(..n);
+    msg.map(Some)
+        .ok_or_else(|| Error::Protocol("an empty message".into()))
+}
+
 struct Budget {
     left: u64,
 }
@@ -177,6 +208,38 @@ mod tests {
         let mut bytes = encode(m1.clone()).unwrap();
         bytes.extend(encode(m2.clone()).unwrap());
         assert_eq!(read_all(&bytes, 1 << 20).unwrap(), vec![m1, m2]);
+    }
+
+    /// Bytes as they come, in pieces of any size: a message is taken once all of it is
+    /// there, and only then.
+    #[test]
+    fn messages_are_taken_from_a_buffer_once_complete() {
+        let m1 = Msg {
+            name: "one".into(),
+            a: vec![1; 300],
+            b: Some(vec![]),
+        };
+        let m2 = Msg {
+            name: "two".into(),
+            a: vec![2; 5],
+            b: None,
+        };
+        let mut bytes = encode(m1.clone()).unwrap();
+        bytes.extend(encode(m2.clone()).unwrap());
+        for piece in [1, 7, 13, 400, bytes.len()] {
+            let (mut buf, mut got) = (Vec::new(), Vec::new());
+            for chunk in bytes.chunks(piece) {
+                buf.extend_from_slice(chunk);
+                while let Some(m) = take::<Msg>(&mut buf, 1 << 20).unwrap() {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got, vec![m1.clone(), m2.clone()], "pieces of {piece}");
+            assert!(buf.is_empty());
+        }
+        // Bytes that never make a message within the budget are refused.
+        let mut buf = bytes[..bytes.len() - 1].to_vec();
+        assert!(take::<Msg>(&mut buf, 100).is_err());
     }
 
     #[test]

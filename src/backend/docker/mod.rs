@@ -447,10 +447,10 @@ impl crate::backend::container_job::ContainerSandbox for Container {
 
 /// What makes two jobs share a prepared environment (for de-duplication): their image and
 /// everything that tells their warm pools apart (see [`pool::Key`]: limits, network,
-/// preload, and whether the agent serves them — not for interactive jobs).
+/// preload).
 pub fn prepare_key(job: &PlannedJob) -> String {
     format!(
-        "{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}|{}",
+        "{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{}|{}|{}|{:?}",
         job.backend,
         endpoint(job).ok(),
         job.dockerfile,
@@ -464,8 +464,7 @@ pub fn prepare_key(job: &PlannedJob) -> String {
         job.limits.cpus,
         job.limits.open_files,
         job.network,
-        preload_of(job),
-        job.interactor.is_some()
+        preload_of(job)
     )
 }
 
@@ -481,8 +480,7 @@ pub async fn prepare_ahead(job: &PlannedJob, demand: Option<usize>, ctx: &RunCtx
         return;
     };
     if warm_for(job, ctx) {
-        // A job with an interactor runs each case wired ([`run_job`] with a wire).
-        let (spec, _) = pool_spec(job, &image, &engine, job.interactor.is_some());
+        let (spec, _) = pool_spec(job, &image, &engine);
         let pool = pool::pool(&ctx.scope, &engine, &spec);
         pool.expect(demand);
         pool.prewarm(ctx.parallelism);
@@ -615,19 +613,17 @@ async fn run_in(
 }
 
 /// The container of `job`'s warm pool on `engine` and its recycling count: with the agent
-/// on a local engine, unless the job's run step is `wired` (the agent answers a job at
-/// once; an exec streams).
-fn pool_spec(job: &PlannedJob, image: &str, engine: &Engine, wired: bool) -> (ContainerSpec, u32) {
+/// on a local engine (it is bind-mounted from this machine).
+fn pool_spec(job: &PlannedJob, image: &str, engine: &Engine) -> (ContainerSpec, u32) {
     let (mut spec, recycle) = warm_spec(job, image);
-    if !engine.local || wired {
+    if !engine.local {
         spec.agent = None;
         spec.preload = None;
     }
     (spec, recycle)
 }
 
-/// A job in a warm container of the pool of its prepared environment. A wired job
-/// ([`run_job`]) takes one without the agent (its run step is an exec, which streams).
+/// A job in a warm container of the pool of its prepared environment.
 async fn run_warm(
     engine: &Arc<Engine>,
     job: &PlannedJob,
@@ -635,7 +631,7 @@ async fn run_warm(
     image: &str,
     wire: Option<crate::backend::Wire>,
 ) -> JobReport {
-    let (spec, recycle) = pool_spec(job, image, engine, wire.is_some());
+    let (spec, recycle) = pool_spec(job, image, engine);
     let pool = pool::pool(&ctx.scope, engine, &spec);
     let (mut c, lease) = match pool.acquire(ctx.parallelism, recycle, &ctx.cancel).await {
         Ok(c) => c,
@@ -644,7 +640,7 @@ async fn run_warm(
     };
     let mut reusable = false;
     let report = if c.has_agent() {
-        run_steps_agent(&mut c, job, ctx, &mut reusable).await
+        run_steps_agent(&mut c, job, ctx, &mut reusable, wire).await
     } else {
         crate::backend::container_job::run(&mut c, job, ctx, image, true, &mut reusable, wire).await
     };
@@ -653,12 +649,14 @@ async fn run_warm(
     report
 }
 
-/// A job through the container's agent: one request, one answer, no exec.
+/// A job through the container's agent: one request, one answer, no exec (with `wire`,
+/// the run step's traffic between them).
 async fn run_steps_agent(
     c: &mut Container,
     job: &PlannedJob,
     ctx: &RunCtx,
     reusable: &mut bool,
+    wire: Option<crate::backend::Wire>,
 ) -> JobReport {
     c.reuse.uses = c.reuse.uses.saturating_add(1);
     let started = Instant::now();
@@ -688,6 +686,7 @@ async fn run_steps_agent(
                 cpu_seconds: s.cpu_seconds,
                 open_files: job.limits.open_files,
                 must_succeed: s.kind != StepKind::Run,
+                live: s.kind == StepKind::Run && wire.is_some(),
             })
             .collect(),
         collect_globs: crate::plots::artifact_globs(job),
@@ -701,6 +700,7 @@ async fn run_steps_agent(
             request,
             Duration::from_millis(total) + Duration::from_secs(30),
             &ctx.cancel,
+            wire.map(|w| (w, Duration::from_millis(total))),
         )
         .await;
     if ctx.cancel.is_cancelled() {
@@ -803,8 +803,7 @@ mod tests {
     use super::*;
 
     /// Jobs whose warm pools differ never share a prepared environment (nor the count of
-    /// jobs announced to it): open files, preload and interactive jobs (whose pool has no
-    /// agent) each tell them apart.
+    /// jobs announced to it): open files and preload each tell them apart.
     #[test]
     fn jobs_of_different_warm_pools_have_different_prepare_keys() {
         let mut job = PlannedJob::adhoc(
@@ -827,12 +826,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let mut interactive = job.clone();
-        interactive.interactor = Some(crate::plan::job::Checker {
-            lang: Lang::Python,
-            code: "import sys".into(),
-        });
-        for other in [files, no_preload, interactive] {
+        for other in [files, no_preload] {
             assert_ne!(key, prepare_key(&other), "{other:?}");
         }
     }
