@@ -754,6 +754,43 @@ print("! 5", flush=True)
             },
         ));
     }
+    // Volume both ways at once: the interactor sends 2 MiB before it reads the answer, to a
+    // program that takes none of it for half a second (the sandbox holds the sender back,
+    // as a full pipe would) and then must find every byte, in order.
+    v.push(case(
+        "cases-interactor-volume",
+        "python",
+        "passed",
+        r#"
+limits.output = "8MiB"
+code = """
+import hashlib, sys, time
+n = int(sys.stdin.buffer.readline())
+time.sleep(0.5)
+data = sys.stdin.buffer.read(n)
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+cases = [{ name = "two-mib", stdin = "" }]
+interactor = { lang = "python", code = """
+import hashlib, sys
+blob = bytes(range(256)) * 8192
+sys.stdout.buffer.write(b"%d\\n" % len(blob) + blob)
+sys.stdout.buffer.flush()
+got = sys.stdin.readline().split()
+want = [str(len(blob)), hashlib.sha256(blob).hexdigest()]
+if got != want:
+    sys.exit(print(f"got {got[:1]}, want {want[:1]}", file=sys.stderr) or 1)
+print(f"{got[0]} bytes", file=sys.stderr)
+""" }
+"#,
+        |v| {
+            let said = check_said(&v.job["cases"][0], "interactor");
+            v.ensure(
+                said == "the interactor accepted: 2097152 bytes",
+                format!("the interactor's words: {said:?}"),
+            );
+        },
+    ));
     // An interactor and a checker (how Polygon packages interactive problems): the checker
     // judges the file the interactor wrote to OUTPUT, collected from its sandbox.
     v.push(case(

@@ -454,8 +454,8 @@ fn pods_seen_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<Stri
     (seen, report)
 }
 
-/// The pods seen while `args` runs, the most that existed at once, and the report.
-fn pods_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<String>, usize, Value) {
+/// The pods seen while `args` runs, how many existed at each poll, and the report.
+fn pods_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<String>, Vec<usize>, Value) {
     let mut child = s
         .cmd()
         .args(["run", "--no-progress", "--json", "-"])
@@ -465,10 +465,10 @@ fn pods_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<String>, 
         .spawn()
         .unwrap();
     let mut seen: Vec<String> = Vec::new();
-    let mut most = 0;
+    let mut counts = Vec::new();
     while child.try_wait().unwrap().is_none() {
         let now = fake.pod_names();
-        most = most.max(now.len());
+        counts.push(now.len());
         for n in now {
             if !seen.contains(&n) {
                 seen.push(n);
@@ -477,7 +477,7 @@ fn pods_during(fake: &FakeCluster, s: &Scratch, args: &[&str]) -> (Vec<String>, 
         std::thread::sleep(Duration::from_millis(10));
     }
     let out = child.wait_with_output().unwrap();
-    (seen, most, serde_json::from_slice(&out.stdout).unwrap())
+    (seen, counts, serde_json::from_slice(&out.stdout).unwrap())
 }
 
 #[test]
@@ -496,10 +496,18 @@ fn warm_pods_of_other_images_make_room() {
         ));
     }
     s.write("jobs.toml", &jobs);
-    let (_, most, report) = pods_during(&fake, &s, &["-j", "2", "jobs.toml"]);
+    let (_, counts, report) = pods_during(&fake, &s, &["-j", "2", "jobs.toml"]);
     assert_eq!(report["summary"]["passed"], 8, "{report:#}");
-    // Two job slots, two images: about two warm pods at a time, not two per image.
-    assert!(most <= 3, "{most} pods at once");
+    // Two job slots, two images: about two warm pods at a time, not two per image (which
+    // keeps three or four for most of the run). Both pools start pods ahead at first, and a
+    // pod no job is left for is deleted in the background (the slot does not wait for it),
+    // so more than two exist at times, on a loaded machine up to four.
+    let live: Vec<usize> = counts.iter().copied().filter(|&n| n > 0).collect();
+    let over = live.iter().filter(|&&n| n > 2).count();
+    assert!(
+        over * 2 <= live.len() && live.iter().all(|&n| n <= 4),
+        "pods at once, poll by poll: {counts:?}"
+    );
     assert!(fake.pod_names().is_empty());
 }
 

@@ -116,6 +116,9 @@ impl Framed for LivePiece {
     }
 }
 
+/// How much of a live step's stdin the agent holds for the program at most.
+const LIVE_PENDING_MAX: usize = 1 << 20;
+
 /// The largest live piece either side sends: a read of the program's output (64 KiB) or a
 /// chunk of the runner's, and its header.
 pub const LIVE_PIECE_MAX: u64 = 1 << 20;
@@ -583,7 +586,13 @@ fn run_step(
                 revents: 0,
             });
         }
-        let runner = live.as_ref().filter(|l| !l.stdin_ended).map(|_| fds.len());
+        // The runner's pieces are read while the program takes what came (no more than
+        // LIVE_PENDING_MAX waits for it): a program that reads nothing holds the sender
+        // back, as a full pipe would, instead of filling this agent's memory.
+        let runner = live
+            .as_ref()
+            .filter(|l| !l.stdin_ended && feed.len() - written < LIVE_PENDING_MAX)
+            .map(|_| fds.len());
         if runner.is_some() {
             fds.push(libc::pollfd {
                 fd: 0,
