@@ -105,11 +105,33 @@ pub fn prune(current: &Path) -> usize {
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
     others.sort_by_key(|o| std::cmp::Reverse(o.0));
+    // A journal a running run holds (locked) stays: its run reads its results back.
+    let free = |p: &Path| {
+        std::fs::File::open(p)
+            .and_then(|f| lock(&f))
+            .unwrap_or(false)
+    };
     others
         .iter()
         .skip(KEEP_OTHERS)
-        .filter(|(_, p)| std::fs::remove_file(p).is_ok())
+        .filter(|(_, p)| free(p) && std::fs::remove_file(p).is_ok())
         .count()
+}
+
+/// Takes `file`'s exclusive lock (held while the file is open; a process that ends frees
+/// it). False when another open file holds it; a file system without locks lets it pass.
+fn lock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file this function borrows.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS) => Ok(true),
+        _ => Err(e),
+    }
 }
 
 /// Whether the file at `path` ends in the middle of a line.
@@ -137,6 +159,14 @@ impl Journal {
             .append(true)
             .truncate(false)
             .open(path)?;
+        // One run at a time per journal: another run of the same job set in the same
+        // folder would empty it under this one (which reads its results back from it).
+        if !lock(&file)? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                "another run of this job set in this folder is writing it",
+            ));
+        }
         if !resume {
             file.set_len(0)?;
         } else if ends_torn(path)? {
@@ -424,9 +454,37 @@ mod tests {
         let three = j.append("c", &job("three", Status::Passed)).unwrap();
         assert_eq!(j.read(three).unwrap().name, "three");
         assert_eq!(j.index().unwrap().at.len(), 3);
+        drop(j);
         // A new run starts empty.
         let j = Journal::open(&p, false).unwrap();
         assert!(j.index().unwrap().at.is_empty());
+    }
+
+    /// Two runs of one job set in one folder: the second cannot take (and empty) the
+    /// journal the first writes and reads back; once the first is over, it can.
+    #[test]
+    fn a_journal_in_use_is_neither_taken_nor_pruned() {
+        let d = tempfile::tempdir().unwrap();
+        let p = path_of(d.path(), "set");
+        let mut first = Journal::open(&p, false).unwrap();
+        let one = first.append("a", &job("one", Status::Passed)).unwrap();
+        let e = Journal::open(&p, false)
+            .err()
+            .expect("the journal is in use");
+        assert_eq!(e.kind(), std::io::ErrorKind::ResourceBusy, "{e}");
+        assert!(Journal::open(&p, true).is_err());
+        // Nor does another job set's run prune it, however many journals are newer.
+        for i in 0..KEEP_OTHERS + 2 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            drop(Journal::open(&path_of(d.path(), &format!("other-{i}")), false).unwrap());
+        }
+        let newest = path_of(d.path(), "newest");
+        assert_eq!(prune(&newest), 2, "the two oldest free journals go");
+        assert!(p.exists());
+        assert_eq!(first.read(one).unwrap().name, "one");
+        drop(first);
+        let j = Journal::open(&p, true).unwrap();
+        assert_eq!(j.index().unwrap().at.len(), 1);
     }
 
     #[test]

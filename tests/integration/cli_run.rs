@@ -1369,3 +1369,65 @@ fn a_program_that_cannot_start_is_an_error_saying_why() {
         "{message}"
     );
 }
+
+/// Two runs of one job set at once in one folder (the same job names; `--var` gives each
+/// its own output): each reports its own results. The journal is the first run's; the
+/// second says it cannot write it and keeps its results aside (it cannot be resumed).
+#[test]
+fn two_runs_of_one_job_set_at_once_keep_their_own_results() {
+    let s = common::Scratch::new();
+    s.write(
+        "jobs.toml",
+        "[vars]\ntag = \"none\"\n\n[[jobs]]\nname = \"first\"\nlang = \"bash\"\ntemplate = \"echo {{ tag }}\"\n\n[[jobs]]\nname = \"second\"\nlang = \"bash\"\ntemplate = \"sleep 2; echo {{ tag }}\"\n",
+    );
+    let first = s
+        .cmd()
+        .args([
+            "run",
+            "--no-progress",
+            "-j",
+            "1",
+            "--var",
+            "tag=A",
+            "--json",
+            "a.json",
+            "jobs.toml",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once `first` is in A's journal, B runs the same job set to its end meanwhile.
+    let journal_dir = s.path().join(".llm-sandbox/journal");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline
+        && std::fs::read_dir(&journal_dir)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .is_none_or(|t| t.lines().count() != 1)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let b = s.run_json(&["-j", "1", "--var", "tag=B", "jobs.toml"]);
+    assert!(
+        b.stderr
+            .contains("another run of this job set in this folder is writing it"),
+        "{}",
+        b.stderr
+    );
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path().join("a.json")).unwrap()).unwrap();
+    for (report, tag) in [(&a, "A"), (&b.report, "B")] {
+        let said: Vec<&str> = report["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["stdout"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(said, [format!("{tag}\n"), format!("{tag}\n")], "{report:#}");
+    }
+}
