@@ -74,7 +74,7 @@ pub async fn read<T: Framed, S: Source>(src: &mut S, max: u64) -> Result<Option<
 }
 
 /// The length of the first message in `buf` when all of it is there (None: not yet).
-pub fn complete(buf: &[u8]) -> Option<usize> {
+fn complete(buf: &[u8]) -> Option<usize> {
     let word = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(buf.get(at..at + 8)?.try_into().ok()?))
     };
@@ -90,12 +90,8 @@ pub fn complete(buf: &[u8]) -> Option<usize> {
 /// Takes the first message out of `buf` when all of it is there (Ok(None): not yet).
 pub fn take<T: Framed>(buf: &mut Vec<u8>, max: u64) -> Result<Option<T>, Error> {
     let Some(n) = complete(buf) else {
-        if buf.len() as u64 > max {
-            return Err(Error::Protocol(
-                "the message is larger than the limits allow (the job's output and file limits)"
-                    .into(),
-            ));
-        }
+        // Bytes past the budget that make no message yet never will within it.
+        Budget { left: max }.take(buf.len() as u64)?;
         return Ok(None);
     };
     let msg = block_on(read::<T, _>(&mut Blocking(&buf[..n]), max))?;

@@ -557,8 +557,8 @@ fn warm_spec(job: &PlannedJob, image: &str) -> (ContainerSpec, u32) {
 }
 
 /// Runs one job (in a warm container, or a fresh one). With `wire`, its run step's stdin
-/// and stdout are connected through it: a warm container then has no agent (an exec
-/// streams them; the agent's one request and one answer could not).
+/// and stdout are connected through it: the agent streams them as live pieces
+/// ([`agent::LivePiece`]), a container without the agent through its exec.
 pub async fn run_job(
     job: &PlannedJob,
     ctx: &RunCtx,
