@@ -41,11 +41,14 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
         }
     }
     // The job's checker and interactor, each built once.
-    let mut helpers = Vec::new();
-    for (role, h) in [("checker", &job.checker), ("interactor", &job.interactor)] {
+    let mut built = [None, None];
+    for (slot, (role, h)) in built
+        .iter_mut()
+        .zip([("checker", &job.checker), ("interactor", &job.interactor)])
+    {
         let Some(h) = h else { continue };
         match checker_files(backend, job, h, role, ctx).await {
-            Ok(files) => helpers.push((role, h, files)),
+            Ok(files) => *slot = Some((h, files)),
             Err(why) => {
                 let mut r = super::error_report(job, Phase::Prepare, why);
                 r.cases_total = Some(job.cases.len());
@@ -55,13 +58,9 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
             }
         }
     }
-    let of = |role: &str| {
-        helpers
-            .iter()
-            .find(|(r, _, _)| *r == role)
-            .map(|(_, h, files)| (*h, files.as_slice()))
-    };
-    let (checker, interactor) = (of("checker"), of("interactor"));
+    let [checker, interactor] = built
+        .each_ref()
+        .map(|b| b.as_ref().map(|(h, files)| (*h, files.as_slice())));
     // The cases, in order; as many at once as the backend has free job slots (this job's
     // own, and any other job does not use right now).
     let mut results: Vec<Option<JobReport>> = vec![None; job.cases.len()];
