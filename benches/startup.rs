@@ -224,7 +224,9 @@ fn main() {
     let (bare_true, sb_true, bare_py, sb_py) = (median(bt), median(st), median(bp), median(sp));
     let pre_py = median(pp);
     println!("native sandbox start-up, median of {n} interleaved rounds (ms)");
-    println!("  /bin/true        bare {bare_true:7.2}   sandboxed {sb_true:7.2}   (target: sandboxed <= 3.00 ms)   {}", if sb_true <= 3.0 { "MET" } else { "NOT MET" });
+    // The `true` target is absolute (set when a bare `/bin/true` took about 0.8 ms here): the
+    // ratio to bare says how much of a slower hour is the machine's.
+    println!("  /bin/true        bare {bare_true:7.2}   sandboxed {sb_true:7.2}   ratio {:.2}x   (target: sandboxed <= 3.00 ms)   {}", sb_true / bare_true, if sb_true <= 3.0 { "MET" } else { "NOT MET" });
     println!("  python3 -c pass  bare {bare_py:7.2}   sandboxed {sb_py:7.2}   ratio {:.2}x   (target <= 1.20x)   {}", sb_py / bare_py, if sb_py / bare_py <= 1.2 { "MET" } else { "NOT MET" });
     println!("  python, preloaded                  sandboxed {pre_py:7.2}   ratio {:.2}x   (target <= 0.60x)   {}", pre_py / bare_py, if pre_py / bare_py <= 0.6 { "MET" } else { "NOT MET" });
 }
