@@ -536,8 +536,9 @@ fn flush_hint(mut r: JobReport, carried: u64) -> JobReport {
 }
 
 /// Carries one program's stdout, as it comes, to the other's stdin; the end of the one
-/// is the end of the other. Reads on after the other stopped reading (so that the
-/// writer is never blocked by a reader that is gone). Returns how many bytes it carried.
+/// (its empty chunk: every process of it closed its stdout, or the job ended) is the end
+/// of the other. Reads on after the other stopped reading (so that the writer is never
+/// blocked by a reader that is gone). Returns how many bytes it carried.
 async fn carry(
     mut from: tokio::sync::mpsc::Receiver<crate::stream::OutputChunk>,
     to: tokio::sync::mpsc::Sender<Vec<u8>>,
@@ -547,6 +548,9 @@ async fn carry(
     while let Some(c) = from.recv().await {
         if c.stream != crate::stream::StdStream::Stdout {
             continue;
+        }
+        if c.data.is_empty() {
+            to = None;
         }
         if let Some(t) = &to {
             let n = c.data.len() as u64;

@@ -139,6 +139,12 @@ pub trait Backend: Sync {
 /// (an interactor and the program of a test case: README, "Test cases"): its run step's
 /// stdin is fed from `stdin` as chunks come (the channel's end closes it), and its stdout
 /// and stderr go to `output` as they come (and into its report, up to the output limit).
+/// An empty chunk on `output` is the end of its stream: every process holding it closed it
+/// (or ended), so the other program can be given an end of input while this one still
+/// runs. The native sandbox and the warm containers' agent tell it; steps run through an
+/// engine's exec (fresh containers, containers without the agent, Kubernetes pods) cannot
+/// (the exec's stream ends only with its process), and there the end of `output` is the
+/// only end.
 pub struct Wire {
     pub stdin: tokio::sync::mpsc::Receiver<Vec<u8>>,
     pub output: crate::stream::ChunkSender,

@@ -205,8 +205,7 @@ pub fn main() -> i32 {
             net: slot_net.as_ref(),
         };
         let mut preload = None;
-        let (stop, reap) = serve_one(config, &fds, &server, &mut warm, &mut preload);
-        drop(fds);
+        let (stop, reap) = serve_one(config, fds, &server, &mut warm, &mut preload);
         // No process of the job is left: the next job gets the slot's network namespace
         // only as it was when new (else a new one, and the warm sandbox cloned into the old
         // one goes).
@@ -395,7 +394,7 @@ struct ServerState<'a> {
 /// reap once the runner has its answer.
 fn serve_one(
     config: Option<std::fs::File>,
-    fds: &[OwnedFd],
+    mut fds: Vec<OwnedFd>,
     server: &ServerState<'_>,
     warm_slot: &mut Option<Warm>,
     preload: &mut Option<super::pyembed::Request>,
@@ -467,7 +466,7 @@ fn serve_one(
     // and with a template root every bind's mount point in it: `init::warm_fits`).
     let fits = || warm_root.is_some_and(|root| super::init::warm_fits(&cfg, root));
     let warm_used = match warm {
-        Some(w) if fits() => match send_job(&w, &cfg, rlimit_nproc, fds) {
+        Some(w) if fits() => match send_job(&w, &cfg, rlimit_nproc, &fds) {
             Ok(()) => Some((w.pid, w.done)),
             Err(_) => {
                 let _ = signal::kill(w.pid, Signal::SIGKILL);
@@ -610,6 +609,10 @@ fn serve_one(
 
         (child, done_r)
     };
+    // The init has the job's stdin, stdout and stderr: this server's copies go, so that
+    // their ends are the sandbox's (`init::release_stdio`); the control fd stays, for the
+    // answer.
+    drop(fds.drain(..3));
     // Wait for the init; a backstop beyond the steps' own timeouts.
     let total: u64 = cfg.steps.iter().map(|s| s.timeout_ms).sum();
     let backstop = Duration::from_millis(total + 15_000);

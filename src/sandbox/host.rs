@@ -58,12 +58,13 @@ pub fn helper_path() -> PathBuf {
 }
 
 /// Reads a stream to its end, keeping at most `cap` bytes; `live` also gets the kept bytes
-/// as they come (nothing more is sent past the cap).
+/// as they come (nothing more is sent past the cap) and, with its flag set (a wired step:
+/// [`crate::backend::Wire`]), an empty chunk when the stream ends.
 async fn read_capped<R: AsyncRead + Unpin>(
     mut r: R,
     cap: u64,
     over: tokio::sync::mpsc::Sender<()>,
-    live: Option<(ChunkSender, StdStream)>,
+    live: Option<(ChunkSender, StdStream, bool)>,
 ) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -74,7 +75,7 @@ async fn read_capped<R: AsyncRead + Unpin>(
             Ok(n) => {
                 let room = (cap as usize).saturating_sub(out.len());
                 let kept = &buf[..n.min(room)];
-                if let Some((tx, stream)) = &live {
+                if let Some((tx, stream, _)) = &live {
                     if !kept.is_empty() {
                         // A consumer that went away only stops the chunks, not the run.
                         let _ = tx
@@ -92,6 +93,14 @@ async fn read_capped<R: AsyncRead + Unpin>(
                 }
             }
         }
+    }
+    if let Some((tx, stream, true)) = &live {
+        let _ = tx
+            .send(OutputChunk {
+                stream: *stream,
+                data: Vec::new(),
+            })
+            .await;
     }
     (out, truncated)
 }
@@ -461,6 +470,8 @@ pub async fn run_with(
         Ok((stdin, ow, ew, Some(or), Some(er), writer, cap))
     };
     let mut live = None;
+    // A wired step's stream ends are told to its wire (an empty chunk each).
+    let mut ends = false;
     let (stdin_fd, stdout_fd, stderr_fd, out_r, err_r, stdin_writer, output_cap): Fds = match io {
         Io::Capture {
             stdin,
@@ -476,6 +487,7 @@ pub async fn run_with(
             live: l,
         } => {
             live = Some(l);
+            ends = true;
             captured(Some(Feed::Stream(stdin)), cap)?
         }
         Io::Inherit => {
@@ -528,7 +540,7 @@ pub async fn run_with(
             pipe::Receiver::from_owned_fd(fd)?,
             output_cap,
             over_tx.clone(),
-            live.clone().map(|tx| (tx, StdStream::Stdout)),
+            live.clone().map(|tx| (tx, StdStream::Stdout, ends)),
         ))),
         None => None,
     };
@@ -537,7 +549,7 @@ pub async fn run_with(
             pipe::Receiver::from_owned_fd(fd)?,
             output_cap,
             over_tx,
-            live.take().map(|tx| (tx, StdStream::Stderr)),
+            live.take().map(|tx| (tx, StdStream::Stderr, ends)),
         ))),
         None => None,
     };

@@ -274,6 +274,26 @@ fn run_steps(cfg: &SandboxConfig, mut state: State, t0: Instant, done: OwnedFd) 
     0
 }
 
+/// The job's stdio (fds 0-2, which the run step got as its own) is the run step's alone
+/// once it has started (the last step: nothing after it uses them): this process holds
+/// /dev/null there instead, so the ends of the job's stdin and stdout are its processes'
+/// (a program talking with an interactor that closes its stdout gives the other an end of
+/// input while it still runs: `backend::Wire`; a writer to its stdin is told at once that
+/// nobody reads any more).
+fn release_stdio() {
+    // SAFETY: plain fd calls on this process's own fds; the step's are its own copies.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
+            return;
+        }
+        for fd in 0..=2 {
+            libc::dup2(null, fd);
+        }
+        libc::close(null);
+    }
+}
+
 /// A sandbox's memory holds no other job's data after its job arrives: the server's
 /// scrubbing of freed memory (M_PERTURB) stops here, where it would only cost time.
 fn unperturb() {
@@ -1100,6 +1120,9 @@ fn run_step(cfg: &SandboxConfig, step: &Step, state: &mut State) -> StepResult {
             return res;
         }
     };
+    if step.kind == StepKind::Run && cfg.steps.last().is_some_and(|l| std::ptr::eq(l, step)) {
+        release_stdio();
+    }
     drop(err_w);
     let (mut out_r, out_w) = match pipe {
         Some((r, w)) => (Some(std::fs::File::from(r)), Some(w)),

@@ -791,6 +791,41 @@ print(f"{got[0]} bytes", file=sys.stderr)
             );
         },
     ));
+    // An interactor that closes its output (both streams) while it still runs: the program,
+    // which reads to the end of its input, must get that end then, and the interactor must
+    // still get the program's answer. Kubernetes runs steps through the API's exec, whose
+    // stream ends only with the process (README, "Test cases"): not there.
+    if backend != "kubernetes" {
+        v.push(case(
+            "cases-interactor-closes-output",
+            "python",
+            "passed",
+            r#"
+timeout = "10s"
+code = """
+import sys
+print(sum(int(line) for line in sys.stdin), flush=True)
+"""
+cases = [{ name = "four", stdin = "4" }]
+interactor = { lang = "python", code = """
+import os, sys
+n = int(open(sys.argv[1]).read())
+sys.stdout.write("".join(f"{i}\\n" for i in range(1, n + 1)))
+sys.stdout.flush()
+os.close(1)
+os.close(2)
+sys.exit(0 if sys.stdin.read().split() == [str(n * (n + 1) // 2)] else 1)
+""" }
+"#,
+            |v| {
+                let said = check_said(&v.job["cases"][0], "interactor");
+                v.ensure(
+                    said == "the interactor accepted",
+                    format!("the interactor's words: {said:?}"),
+                );
+            },
+        ));
+    }
     // An interactor and a checker (how Polygon packages interactive problems): the checker
     // judges the file the interactor wrote to OUTPUT, collected from its sandbox.
     v.push(case(

@@ -82,7 +82,8 @@ pub struct AgentStep {
 /// A piece of a live step's traffic ([`AgentStep::live`]), framed between a job's request
 /// and its answer. The runner sends `Stdin` pieces and then exactly one `StdinEnd` (when its
 /// side closes, or once it got `End`); the agent sends the step's output as `Stdout` and
-/// `Stderr` pieces (within the step's cap) and exactly one `End` when the step is over (or
+/// `Stderr` pieces (within the step's cap; an empty one when that stream ended: every
+/// process holding it closed it) and exactly one `End` when the step is over (or
 /// did not run: an earlier step failed), then reads up to `StdinEnd` before it answers, so
 /// that nothing of a job is left in its input for the next.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -552,7 +553,8 @@ fn run_step(
         }
         reaped.is_some()
     };
-    while out.is_some() || err.is_some() {
+    // (A live step that closed its output may still read: it is fed until it ends.)
+    while out.is_some() || err.is_some() || (live.is_some() && exited_at.is_none()) {
         let now = Instant::now();
         if now >= deadline {
             res.timed_out = true;
@@ -654,7 +656,13 @@ fn run_step(
         ] {
             if let Some(f) = pipe {
                 match f.read(&mut chunk) {
-                    Ok(0) => *pipe = None,
+                    Ok(0) => {
+                        *pipe = None;
+                        // Its end, for the other program of the wire (`backend::Wire`).
+                        if live.is_some() {
+                            LiveIo::send(kind, &[]);
+                        }
+                    }
                     Ok(k) => {
                         let room = (step.cap as usize).saturating_sub(buf.len());
                         let kept = &chunk[..k.min(room)];
