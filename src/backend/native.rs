@@ -577,6 +577,11 @@ async fn run_in(
 /// explains it), or, with `limits.cpu_time`, measured at or past it (a program of several
 /// processes each below the per-process rlimit).
 fn cpu_time_exceeded(job: &PlannedJob, last: &StepResult, oom_killed: bool) -> Option<String> {
+    // The limit is the program's: a build that ends a job (test cases build once, then run
+    // each case from its files) is bounded by the compile timeout alone.
+    if last.kind != Some(StepKind::Run) {
+        return None;
+    }
     let limit = job.limits.cpu_limit_ms(job.timeout);
     let used = last.usage.map(|u| u.cpu_ms);
     // RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL at the hard one (a second

@@ -117,6 +117,49 @@ fn a_compile_error_runs_no_case() {
     assert!(j["cases"].as_array().is_none_or(|c| c.is_empty()), "{j}");
 }
 
+/// `limits.cpu_time` bounds the program of each case, not the build made once before them
+/// (a slow `javac` took more than a second of CPU here, and every case of a correct Java
+/// program was a timeout). The build is a `setup` command burning 1.3 s of CPU; each case's
+/// program, 1 s at most.
+#[test]
+fn the_cpu_time_limit_is_the_programs_not_the_builds() {
+    common::use_binary_as_helper();
+    let s = Scratch::new();
+    s.write(
+        "jobs.toml",
+        r#"
+[[jobs]]
+name = "built-slowly"
+lang = "bash"
+setup = ["python3 -c 'import time\nwhile time.process_time() < 1.3: pass'"]
+code = "read a b; echo $((a + b))"
+limits.cpu_time = "1s"
+cases = [{ stdin = "1 2", expect.stdout = "3" }, { stdin = "40 2", expect.stdout = "42" }]
+[[jobs]]
+name = "slow-program"
+lang = "python"
+setup = ["true"]
+code = "import time\nwhile time.process_time() < 1.3: pass\nprint(3)"
+limits.cpu_time = "1s"
+cases = [{ stdin = "1 2", expect.stdout = "3" }]
+"#,
+    );
+    let r = s.run_json(&["--backend", "native", "jobs.toml"]);
+    let jobs = r.jobs();
+    let built = &jobs["built-slowly"];
+    assert_eq!(status(built), "passed", "{built}");
+    assert_eq!(built["cases_passed"].as_u64(), Some(2), "{built}");
+    let slow = &jobs["slow-program"];
+    assert_eq!(status(slow), "timeout", "{slow}");
+    assert!(
+        slow["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("CPU time limit exceeded"),
+        "{slow}"
+    );
+}
+
 /// examples/judge: every verdict of its README's table, on native.
 #[test]
 fn the_example_judge_gives_the_verdicts_of_its_readme() {
