@@ -263,6 +263,16 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     }
 }
 
+/// Whether `key` is one of `expect`'s keys, asked of its own deserializer (its keys are
+/// listed once, in `Expect`): only a key it does not know gives "unknown field".
+fn is_expect_key(key: &str) -> bool {
+    let one = serde_json::json!({ key: null });
+    match serde_json::from_value::<crate::spec::types::Expect>(one) {
+        Ok(_) => true,
+        Err(e) => !e.to_string().starts_with("unknown field"),
+    }
+}
+
 /// Words in backticks: "expected one of `a`, `b`" → [a, b].
 fn backticked(s: &str) -> Vec<String> {
     s.split('`')
@@ -333,6 +343,10 @@ fn data_error(
             _ => path,
         };
         let label = match did_you_mean(&unknown, known.iter().copied()) {
+            // A check written beside `expect` instead of in it (`stdout = "3"` in a case).
+            _ if known.contains(&"expect") && is_expect_key(&unknown) => {
+                format!("did you mean `expect.{unknown}`?")
+            }
             Some(s) => format!("did you mean `{s}`?"),
             None => "unknown key".into(),
         };

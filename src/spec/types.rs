@@ -293,11 +293,39 @@ pub enum Skip {
 /// `cases` (README, "Test cases"): a glob of input files (`"tests/*.in"`, each `X.in` with
 /// its expected output in `X.out` or `X.ans` beside it), a template rendering to a JSON
 /// list of `{ input, output }` objects, or a list of cases.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 #[serde(untagged)]
 pub enum CasesSpec {
     Pattern(String),
     List(Vec<CaseSpec>),
+}
+
+// By hand, not `untagged`: a case with a wrong key (`stdout = "3"` for
+// `expect.stdout = "3"`) is then said as such, where it is, with the valid keys.
+impl<'de> Deserialize<'de> for CasesSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CasesSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a glob of input files (\"tests/*.in\"), a template rendering to a JSON \
+                     list, or a list of cases ([{ stdin = \"...\", expect.stdout = \"...\" }])",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<CasesSpec, E> {
+                Ok(CasesSpec::Pattern(s.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<CasesSpec, E> {
+                Ok(CasesSpec::Pattern(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, s: A) -> Result<CasesSpec, A::Error> {
+                Vec::<CaseSpec>::deserialize(serde::de::value::SeqAccessDeserializer::new(s))
+                    .map(CasesSpec::List)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One test case of a job: its input and what its output must be; the job's program,

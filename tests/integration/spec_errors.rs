@@ -68,6 +68,15 @@ const CASES: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "cases_check_beside_expect.toml",
+        "cases_check_beside_expect.toml:6:27",
+        &[
+            "unknown key `stdout` in `jobs[0].cases[0]`",
+            "did you mean `expect.stdout`?",
+            "known keys: name, stdin, stdin_file, args, expect",
+        ],
+    ),
+    (
         "toml_unknown_top_key.toml",
         "toml_unknown_top_key.toml:1:",
         &[
