@@ -7,7 +7,7 @@
 //! containers' agent for its container's (`backend::docker::agent`).
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Files of `/proc/net` not compared:
@@ -151,38 +151,14 @@ fn read_masked(rel: &Path, f: &mut File, buf: &mut Vec<u8>) -> bool {
     true
 }
 
-/// Reads `f` from where it is to its end into `buf`: plain `read`s into the spare capacity,
-/// the system calls this check is made of (it runs after every job). `read_to_end` would
-/// also ask for the file's size and position first (`statx`, `lseek`: two more calls per
-/// file, and a `/proc` file's size is 0 anyway). The reads stay sequential: a `pread` at
-/// another offset makes a seq_file render the whole text again to find it.
+/// Reads `f` from where it is to its end into `buf` with plain `read`s, the system calls
+/// this check is made of (it runs after every job): `File::read_to_end` would also ask for
+/// the file's size and position first (`statx`, `lseek`: two more calls per file, and a
+/// `/proc` file's size is 0 anyway); through `Take` it has no size to ask for. The reads
+/// stay sequential: a `pread` at another offset makes a seq_file render its whole text
+/// again to find it.
 fn read_all(f: &mut File, buf: &mut Vec<u8>) -> bool {
-    loop {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 << 10);
-        }
-        let len = buf.len();
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: `read` writes at most `spare.len()` bytes into the spare capacity, and
-        // only the bytes it reports written are added to the length below.
-        let n = unsafe {
-            libc::read(
-                std::os::fd::AsRawFd::as_raw_fd(f),
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-            )
-        };
-        match n {
-            0 => return true,
-            n if n > 0 => {
-                // SAFETY: the kernel wrote `n` bytes (checked positive, at most the
-                // spare capacity) right after the initialised part.
-                unsafe { buf.set_len(len + n as usize) }
-            }
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
-            _ => return false,
-        }
-    }
+    f.take(u64::MAX).read_to_end(buf).is_ok()
 }
 
 #[cfg(test)]
