@@ -57,14 +57,22 @@ pub fn helper_path() -> PathBuf {
     crate::lang::which("llm-sandbox").unwrap_or(exe)
 }
 
+/// Where [`read_capped`] sends a stream's bytes as they come.
+struct LiveStream {
+    tx: ChunkSender,
+    stream: StdStream,
+    /// Also an empty chunk when the stream ends (a wired step: [`crate::backend::Wire`]);
+    /// the public streaming API's consumers never get one.
+    sends_end: bool,
+}
+
 /// Reads a stream to its end, keeping at most `cap` bytes; `live` also gets the kept bytes
-/// as they come (nothing more is sent past the cap) and, with its flag set (a wired step:
-/// [`crate::backend::Wire`]), an empty chunk when the stream ends.
+/// as they come (nothing more is sent past the cap).
 async fn read_capped<R: AsyncRead + Unpin>(
     mut r: R,
     cap: u64,
     over: tokio::sync::mpsc::Sender<()>,
-    live: Option<(ChunkSender, StdStream, bool)>,
+    live: Option<LiveStream>,
 ) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -75,12 +83,13 @@ async fn read_capped<R: AsyncRead + Unpin>(
             Ok(n) => {
                 let room = (cap as usize).saturating_sub(out.len());
                 let kept = &buf[..n.min(room)];
-                if let Some((tx, stream, _)) = &live {
+                if let Some(live) = &live {
                     if !kept.is_empty() {
                         // A consumer that went away only stops the chunks, not the run.
-                        let _ = tx
+                        let _ = live
+                            .tx
                             .send(OutputChunk {
-                                stream: *stream,
+                                stream: live.stream,
                                 data: kept.to_vec(),
                             })
                             .await;
@@ -94,10 +103,11 @@ async fn read_capped<R: AsyncRead + Unpin>(
             }
         }
     }
-    if let Some((tx, stream, true)) = &live {
-        let _ = tx
+    if let Some(live) = live.filter(|l| l.sends_end) {
+        let _ = live
+            .tx
             .send(OutputChunk {
-                stream: *stream,
+                stream: live.stream,
                 data: Vec::new(),
             })
             .await;
@@ -540,7 +550,11 @@ pub async fn run_with(
             pipe::Receiver::from_owned_fd(fd)?,
             output_cap,
             over_tx.clone(),
-            live.clone().map(|tx| (tx, StdStream::Stdout, ends)),
+            live.clone().map(|tx| LiveStream {
+                tx,
+                stream: StdStream::Stdout,
+                sends_end: ends,
+            }),
         ))),
         None => None,
     };
@@ -549,7 +563,11 @@ pub async fn run_with(
             pipe::Receiver::from_owned_fd(fd)?,
             output_cap,
             over_tx,
-            live.take().map(|tx| (tx, StdStream::Stderr, ends)),
+            live.take().map(|tx| LiveStream {
+                tx,
+                stream: StdStream::Stderr,
+                sends_end: ends,
+            }),
         ))),
         None => None,
     };
