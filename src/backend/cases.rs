@@ -72,7 +72,12 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
             let extra = if running.is_empty() {
                 None
             } else {
-                match ctx.slots.as_ref().map(|s| s.clone().try_acquire_owned()) {
+                let n = slots_of(job, ctx.parallelism);
+                match ctx
+                    .slots
+                    .as_ref()
+                    .map(|s| s.clone().try_acquire_many_owned(n))
+                {
                     Some(Ok(p)) => Some(p),
                     _ => break,
                 }
@@ -128,6 +133,19 @@ pub async fn run(backend: &dyn Backend, job: &PlannedJob, ctx: &RunCtx) -> JobRe
         }
     }
     report(job, ran, started)
+}
+
+/// How many of its backend's job slots (`-j`) a job holds while it runs: a case of an
+/// interactive job runs two sandboxes at once (the program and its interactor), any other
+/// job one at a time (a checker runs after its case's program ended). Never more than the
+/// backend has (`slots`): with `-j 1` an interactive job still runs, over by one.
+pub fn slots_of(job: &PlannedJob, slots: usize) -> u32 {
+    let at_once = if job.interactor.is_some() && !job.cases.is_empty() {
+        2
+    } else {
+        1
+    };
+    at_once.min(slots.max(1)) as u32
 }
 
 /// A case as a job of its own (built files as inputs, only its run step when built), and

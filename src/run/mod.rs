@@ -227,7 +227,8 @@ async fn run_with_retries(job: &PlannedJob, ctx: &RunCtx, retries: u32) -> JobRe
     r
 }
 
-/// The scheduler of one backend: a slot per running job.
+/// The scheduler of one backend: a slot per running job (two for an interactive one:
+/// [`backend::cases::slots_of`]).
 struct Scheduler {
     ctx: RunCtx,
     sem: Arc<Semaphore>,
@@ -244,8 +245,9 @@ impl Scheduler {
         for job in jobs {
             // Jobs start in plan order: a slot is taken before the job is spawned, so
             // --fail-fast never lets a later job overtake the one that fails.
+            let slots = backend::cases::slots_of(&job, self.ctx.parallelism);
             let permit = tokio::select! {
-                p = self.sem.clone().acquire_owned() => p.ok(),
+                p = self.sem.clone().acquire_many_owned(slots) => p.ok(),
                 _ = self.stop.cancelled() => None,
                 _ = self.ctx.cancel.cancelled() => None,
             };

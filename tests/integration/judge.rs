@@ -303,3 +303,56 @@ cases = [{ name = "two", stdin = "fail", expect.stdout = "x" }]
         "{broken}"
     );
 }
+
+/// An interactive job holds two of its backend's slots while it runs (its program and its
+/// interactor run at once): with `-j 2` the job after it starts only once it has finished,
+/// where a job of one sandbox leaves the second slot to the next job.
+#[test]
+fn an_interactive_job_holds_two_slots() {
+    common::use_binary_as_helper();
+    let s = Scratch::new();
+    let jobs = |interactor: &str| {
+        format!(
+            r#"
+[[jobs]]
+name = "slow"
+lang = "python"
+timeout = "20s"
+cases = [{{ name = "one", stdin = "4", expect.stdout = "16" }}]
+{interactor}
+code = "import time; time.sleep(1.5); n = int(input()); print(n * n, flush=True)"
+
+[[jobs]]
+name = "quick"
+lang = "bash"
+code = "true"
+"#
+        )
+    };
+    let interactor = r#"interactor = { lang = "python", code = """
+import sys
+print(open(sys.argv[1]).read().strip(), flush=True)
+sys.exit(0 if sys.stdin.readline().strip() == "16" else 1)
+""" }"#;
+    // The order of the terminal's result lines: the order the jobs ended in.
+    let ended = |r: &common::Run| -> Vec<String> {
+        r.stderr
+            .lines()
+            .filter(|l| l.contains("PASS"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| *w == "slow" || *w == "quick")
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    s.write("interactive.toml", &jobs(interactor));
+    let r = s.run_json(&["--backend", "native", "-j", "2", "interactive.toml"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.pretty(), r.stderr);
+    assert_eq!(ended(&r), ["slow", "quick"], "{}", r.stderr);
+    // The same jobs without the interactor: the quick job takes the free slot at once.
+    s.write("plain.toml", &jobs(""));
+    let r = s.run_json(&["--backend", "native", "-j", "2", "plain.toml"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.pretty(), r.stderr);
+    assert_eq!(ended(&r), ["quick", "slow"], "{}", r.stderr);
+}
