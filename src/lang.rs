@@ -131,6 +131,19 @@ pub struct LangSpec {
     /// Whether an address-space rlimit can stand in for a memory cgroup (false for
     /// runtimes that reserve huge virtual ranges: the JVM, Go, node).
     pub address_space_limit_ok: bool,
+    /// For a language whose uncaught errors exit 1 (testlib's "wrong answer"): how a
+    /// checker or interactor in it is run so that they exit 3 ("the checker failed").
+    pub judge_wrapper: Option<JudgeWrapper>,
+}
+
+/// A checker's or interactor's program (README, "Test cases") is written as `file`, and the
+/// language's source file (`LangSpec::file`) is `source`, which runs it and turns an
+/// uncaught error into a message on stderr and exit code 3; every other exit (the
+/// language's own `exit(n)`) is the program's.
+#[derive(Debug)]
+pub struct JudgeWrapper {
+    pub file: &'static str,
+    pub source: &'static str,
 }
 
 /// How `libraries` are installed on the container backends.
@@ -152,6 +165,24 @@ pub struct NativeInstall {
     pub env_value: &'static str,
 }
 
+/// Python's [`JudgeWrapper`]: `judged.py` run as `python3 main.py` would run it (`__main__`,
+/// the same `sys.argv`); an uncaught exception's traceback (from the program's own first
+/// frame) and exit 3.
+const PYTHON_JUDGE_WRAPPER: &str = r#"# llm-sandbox: runs the checker or interactor in judged.py; an uncaught error exits 3
+import os, runpy, sys, traceback
+path = os.path.abspath("judged.py")
+try:
+    runpy.run_path(path, run_name="__main__")
+except SystemExit:
+    raise
+except BaseException as e:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != path:
+        tb = tb.tb_next
+    traceback.print_exception(type(e), e, tb)
+    sys.exit(3)
+"#;
+
 pub static TABLE: &[LangSpec] = &[
     LangSpec {
         lang: Lang::Python,
@@ -168,6 +199,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/python:latest",
         env: &[("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1"), ("MPLBACKEND", "Agg")],
         address_space_limit_ok: true,
+        judge_wrapper: Some(JudgeWrapper { file: "judged.py", source: PYTHON_JUDGE_WRAPPER }),
     },
     LangSpec {
         lang: Lang::Javascript,
@@ -184,6 +216,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/node:latest",
         env: &[],
         address_space_limit_ok: false,
+        judge_wrapper: None,
     },
     LangSpec {
         lang: Lang::Typescript,
@@ -203,6 +236,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/node:latest",
         env: &[],
         address_space_limit_ok: false,
+        judge_wrapper: None,
     },
     LangSpec {
         lang: Lang::Java,
@@ -219,6 +253,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/java:latest",
         env: &[],
         address_space_limit_ok: false,
+        judge_wrapper: None,
     },
     LangSpec {
         lang: Lang::Cpp,
@@ -235,6 +270,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/cpp:latest",
         env: &[],
         address_space_limit_ok: true,
+        judge_wrapper: None,
     },
     LangSpec {
         lang: Lang::C,
@@ -251,6 +287,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/cpp:latest",
         env: &[],
         address_space_limit_ok: true,
+        judge_wrapper: None,
     },
     LangSpec {
         lang: Lang::Go,
@@ -267,6 +304,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/go:latest",
         env: &[("GOCACHE", "/tmp/.gocache"), ("GOPATH", "/tmp/.gopath"), ("GO111MODULE", "auto"), ("GOFLAGS", "-buildvcs=false"), ("GOTOOLCHAIN", "local"), ("CGO_ENABLED", "0")],
         address_space_limit_ok: false,
+        judge_wrapper: None,
     },
     LangSpec {
         lang: Lang::Ruby,
@@ -283,6 +321,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/ruby:latest",
         env: &[],
         address_space_limit_ok: true,
+        judge_wrapper: None,
     },
     LangSpec {
         lang: Lang::Rust,
@@ -299,6 +338,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/rust:latest",
         env: &[],
         address_space_limit_ok: true,
+        judge_wrapper: None,
     },
     LangSpec {
         lang: Lang::R,
@@ -315,6 +355,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/r:latest",
         env: &[],
         address_space_limit_ok: true,
+        judge_wrapper: None,
     },
     LangSpec {
         lang: Lang::Bash,
@@ -331,6 +372,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/bash:latest",
         env: &[],
         address_space_limit_ok: true,
+        judge_wrapper: None,
     },
 ];
 

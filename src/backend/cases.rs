@@ -318,10 +318,13 @@ async fn checker_files(
             std::fs::create_dir_all(&dir)
                 .and_then(|_| std::fs::write(&src, &ch.code))
                 .map_err(|e| format!("cannot write the {role}'s program: {e}"))?;
-            return Ok(vec![InputFile {
-                src,
-                dest: crate::lang::source_file(ch.lang, &ch.code),
-            }]);
+            // In a language with a judge wrapper, that is the source file (`checker_job`)
+            // and runs this one.
+            let dest = match &crate::lang::spec(ch.lang).judge_wrapper {
+                Some(w) => w.file.to_string(),
+                None => crate::lang::source_file(ch.lang, &ch.code),
+            };
+            return Ok(vec![InputFile { src, dest }]);
         }
         build(backend, &cj, ctx).await.map_err(|r| {
             format!(
@@ -343,7 +346,14 @@ async fn checker_files(
 /// The checker or interactor (`role`) as a job of `job`'s backend: its own language (and
 /// default image), the job's limits and timeout.
 fn checker_job(job: &PlannedJob, ch: &Checker, role: &str) -> PlannedJob {
-    let mut cj = PlannedJob::adhoc(ch.lang, ch.code.clone(), vec![], job.timeout, false);
+    // A language whose uncaught errors exit 1 runs its wrapper, which runs the program
+    // (written under the wrapper's name: `checker_files`): a crash is an `error` (the
+    // checker failed), not a wrong answer.
+    let code = match &crate::lang::spec(ch.lang).judge_wrapper {
+        Some(w) => w.source.to_string(),
+        None => ch.code.clone(),
+    };
+    let mut cj = PlannedJob::adhoc(ch.lang, code, vec![], job.timeout, false);
     cj.id = job.id;
     cj.name = format!("{}/{role}", job.name);
     cj.file = job.file.clone();

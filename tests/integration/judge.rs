@@ -356,3 +356,71 @@ sys.exit(0 if sys.stdin.readline().strip() == "16" else 1)
     assert_eq!(r.code, 0, "{}\n{}", r.pretty(), r.stderr);
     assert_eq!(ended(&r), ["quick", "slow"], "{}", r.stderr);
 }
+
+/// A Python checker that crashes (an uncaught exception, which exits 1 in Python) makes
+/// the case an `error`, "the checker failed", not a wrong answer; its own `sys.exit(1)` still
+/// is one, and it runs as `__main__` with its arguments as when run directly.
+#[test]
+fn a_python_checker_that_crashes_is_an_error_not_a_wrong_answer() {
+    common::use_binary_as_helper();
+    let s = Scratch::new();
+    s.write(
+        "jobs.toml",
+        r#"
+[defaults]
+lang = "python"
+timeout = "10s"
+cases = [{ name = "one", stdin = "4", expect.stdout = "16" }]
+checker = { lang = "python", code = """
+import sys
+
+def main():
+    inp, out, ans = (open(p).read().strip() for p in sys.argv[1:4])
+    if out == "crash":
+        raise ValueError("the checker's own bug")
+    if out != ans:
+        sys.exit(print(f"{out} is not {ans}", file=sys.stderr) or 1)
+
+if __name__ == "__main__":
+    main()
+""" }
+
+[[jobs]]
+name = "right"
+code = "print(16)"
+
+[[jobs]]
+name = "wrong"
+code = "print(15)"
+
+[[jobs]]
+name = "crashes-the-checker"
+code = "print('crash')"
+"#,
+    );
+    let r = s.run_json(&["--backend", "native", "jobs.toml"]);
+    let jobs = r.jobs();
+    assert_eq!(status(&jobs["right"]), "passed", "{}", jobs["right"]);
+    let wrong = &jobs["wrong"];
+    assert_eq!(status(wrong), "failed", "{wrong}");
+    assert!(
+        wrong["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("wrong answer: 15 is not 16"),
+        "{wrong}"
+    );
+    let crashed = &jobs["crashes-the-checker"];
+    assert_eq!(status(crashed), "error", "{crashed}");
+    let message = crashed["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("the checker failed (exit code 3)")
+            && message.contains("ValueError: the checker's own bug")
+            && message.contains("/sandbox/judged.py"),
+        "{crashed}"
+    );
+    assert!(
+        !message.contains("runpy"),
+        "the traceback starts at the checker's own code: {message}"
+    );
+}
