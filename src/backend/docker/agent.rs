@@ -371,6 +371,8 @@ struct LiveIo {
     buf: Vec<u8>,
     /// The runner's `StdinEnd` came (or its stream ended).
     stdin_ended: bool,
+    /// What one read of fd 0 fills (allocated at the first read, kept for the step).
+    chunk: Vec<u8>,
 }
 
 impl LiveIo {
@@ -389,11 +391,13 @@ impl LiveIo {
     /// One read of fd 0 (blocking: call it when there is something to read, or to wait);
     /// the bytes of `Stdin` pieces go to `feed`.
     fn read(&mut self, feed: &mut Vec<u8>) {
-        let mut chunk = vec![0u8; 64 << 10];
+        if self.chunk.is_empty() {
+            self.chunk = vec![0u8; 64 << 10];
+        }
         let mut input = std::mem::ManuallyDrop::new(unsafe_fd_file(0));
-        match input.read(&mut chunk) {
+        match input.read(&mut self.chunk) {
             Ok(0) | Err(_) => self.stdin_ended = true,
-            Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+            Ok(k) => self.buf.extend_from_slice(&self.chunk[..k]),
         }
         loop {
             match frame::take::<LivePiece>(&mut self.buf, LIVE_PIECE_MAX) {
