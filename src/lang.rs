@@ -136,14 +136,26 @@ pub struct LangSpec {
     pub judge_wrapper: Option<JudgeWrapper>,
 }
 
-/// A checker's or interactor's program (README, "Test cases") is written as `file`, and the
-/// language's source file (`LangSpec::file`) is `source`, which runs it and turns an
-/// uncaught error into a message on stderr and exit code 3; every other exit (the
-/// language's own `exit(n)`) is the program's.
+/// How a checker or interactor (README, "Test cases") turns an uncaught error into a
+/// message on stderr and exit code 3; every other exit (the language's own `exit(n)`)
+/// stays the program's.
 #[derive(Debug)]
-pub struct JudgeWrapper {
-    pub file: &'static str,
-    pub source: &'static str,
+pub enum JudgeWrapper {
+    /// The program is written as `program`, and the language's source file
+    /// (`LangSpec::file`) is `source`, which runs it.
+    Runs {
+        program: &'static str,
+        source: &'static str,
+    },
+    /// A file `name` holding `source` is written beside the program, which stays the
+    /// language's source file, and the runtime loads it first: the environment variable
+    /// `env` is set to `value`.
+    Preloads {
+        name: &'static str,
+        source: &'static str,
+        env: &'static str,
+        value: &'static str,
+    },
 }
 
 /// How `libraries` are installed on the container backends.
@@ -183,6 +195,16 @@ except BaseException as e:
     sys.exit(3)
 "#;
 
+/// JavaScript's [`JudgeWrapper`]: loaded before the checker (`node --require`), so that the
+/// checker stays the main module (`require.main === module`); an uncaught exception or
+/// unhandled rejection is printed, and exit 3.
+const JAVASCRIPT_JUDGE_HOOK: &str = r#"// llm-sandbox: a checker's or interactor's uncaught error exits 3
+process.on("uncaughtException", (e) => {
+  console.error(e);
+  process.exit(3);
+});
+"#;
+
 pub static TABLE: &[LangSpec] = &[
     LangSpec {
         lang: Lang::Python,
@@ -199,7 +221,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/python:latest",
         env: &[("PYTHONUNBUFFERED", "1"), ("PYTHONDONTWRITEBYTECODE", "1"), ("MPLBACKEND", "Agg")],
         address_space_limit_ok: true,
-        judge_wrapper: Some(JudgeWrapper { file: "judged.py", source: PYTHON_JUDGE_WRAPPER }),
+        judge_wrapper: Some(JudgeWrapper::Runs { program: "judged.py", source: PYTHON_JUDGE_WRAPPER }),
     },
     LangSpec {
         lang: Lang::Javascript,
@@ -216,7 +238,7 @@ pub static TABLE: &[LangSpec] = &[
         default_image: "llm-sandbox/node:latest",
         env: &[],
         address_space_limit_ok: false,
-        judge_wrapper: None,
+        judge_wrapper: Some(JudgeWrapper::Preloads { name: "judge_hook.js", source: JAVASCRIPT_JUDGE_HOOK, env: "NODE_OPTIONS", value: "--require=/sandbox/judge_hook.js" }),
     },
     LangSpec {
         lang: Lang::Typescript,

@@ -6,6 +6,7 @@
 //! native sandbox, a warm container proven clean) isolates one case from the next.
 
 use super::{sanitize_name, Backend, RunCtx};
+use crate::lang::JudgeWrapper;
 use crate::plan::job::{Case, Checker, InputFile, Part, PlannedJob, ResolvedExpect};
 use crate::report::model::{CaseReport, CheckResult, JobReport, Phase, Status};
 use crate::spec::types::{BackendKind, CasesStop};
@@ -318,13 +319,25 @@ async fn checker_files(
             std::fs::create_dir_all(&dir)
                 .and_then(|_| std::fs::write(&src, &ch.code))
                 .map_err(|e| format!("cannot write the {role}'s program: {e}"))?;
-            // In a language with a judge wrapper, that is the source file (`checker_job`)
-            // and runs this one.
+            // With a judge wrapper that runs it, the wrapper is the source file
+            // (`checker_job`); one that the runtime loads first goes beside it.
+            let mut files = Vec::new();
             let dest = match &crate::lang::spec(ch.lang).judge_wrapper {
-                Some(w) => w.file.to_string(),
+                Some(JudgeWrapper::Runs { program, .. }) => program.to_string(),
+                Some(JudgeWrapper::Preloads { name, source, .. }) => {
+                    let hook = dir.join(name);
+                    std::fs::write(&hook, source)
+                        .map_err(|e| format!("cannot write the {role}'s {name}: {e}"))?;
+                    files.push(InputFile {
+                        src: hook,
+                        dest: name.to_string(),
+                    });
+                    crate::lang::source_file(ch.lang, &ch.code)
+                }
                 None => crate::lang::source_file(ch.lang, &ch.code),
             };
-            return Ok(vec![InputFile { src, dest }]);
+            files.push(InputFile { src, dest });
+            return Ok(files);
         }
         build(backend, &cj, ctx).await.map_err(|r| {
             format!(
@@ -346,14 +359,18 @@ async fn checker_files(
 /// The checker or interactor (`role`) as a job of `job`'s backend: its own language (and
 /// default image), the job's limits and timeout.
 fn checker_job(job: &PlannedJob, ch: &Checker, role: &str) -> PlannedJob {
-    // A language whose uncaught errors exit 1 runs its wrapper, which runs the program
-    // (written under the wrapper's name: `checker_files`): a crash is an `error` (the
-    // checker failed), not a wrong answer.
-    let code = match &crate::lang::spec(ch.lang).judge_wrapper {
-        Some(w) => w.source.to_string(),
-        None => ch.code.clone(),
+    // In a language whose uncaught errors exit 1, a crash is made an `error` (the checker
+    // failed), not a wrong answer: its wrapper runs the program (written under another
+    // name: `checker_files`), or its runtime loads a hook first.
+    let wrapper = crate::lang::spec(ch.lang).judge_wrapper.as_ref();
+    let code = match wrapper {
+        Some(JudgeWrapper::Runs { source, .. }) => source.to_string(),
+        _ => ch.code.clone(),
     };
     let mut cj = PlannedJob::adhoc(ch.lang, code, vec![], job.timeout, false);
+    if let Some(JudgeWrapper::Preloads { env, value, .. }) = wrapper {
+        cj.env.push((env.to_string(), value.to_string()));
+    }
     cj.id = job.id;
     cj.name = format!("{}/{role}", job.name);
     cj.file = job.file.clone();

@@ -424,3 +424,76 @@ code = "print('crash')"
         "the traceback starts at the checker's own code: {message}"
     );
 }
+
+/// The same for a JavaScript checker (whose uncaught errors exit 1 too): a crash is an
+/// `error`, its own `process.exit(1)` a wrong answer, and it is still the main module.
+#[test]
+fn a_javascript_checker_that_crashes_is_an_error_not_a_wrong_answer() {
+    if !common::have("node") {
+        return common::skipped("node is not installed");
+    }
+    common::use_binary_as_helper();
+    let s = Scratch::new();
+    s.write(
+        "jobs.toml",
+        r#"
+[defaults]
+lang = "python"
+timeout = "10s"
+cases = [{ name = "one", stdin = "4", expect.stdout = "16" }]
+checker = { lang = "javascript", code = """
+const fs = require("fs");
+function main() {
+  const [inp, out, ans] = process.argv.slice(2, 5).map((p) => fs.readFileSync(p, "utf8").trim());
+  if (out === "crash") throw new Error("the checker's own bug");
+  if (out === "reject") return Promise.reject(new Error("an unhandled rejection"));
+  if (out !== ans) {
+    console.error(`${out} is not ${ans}`);
+    process.exit(1);
+  }
+}
+if (require.main === module) main();
+""" }
+
+[[jobs]]
+name = "right"
+code = "print(16)"
+
+[[jobs]]
+name = "wrong"
+code = "print(15)"
+
+[[jobs]]
+name = "crashes-the-checker"
+code = "print('crash')"
+
+[[jobs]]
+name = "rejects-in-the-checker"
+code = "print('reject')"
+"#,
+    );
+    let r = s.run_json(&["--backend", "native", "jobs.toml"]);
+    let jobs = r.jobs();
+    assert_eq!(status(&jobs["right"]), "passed", "{}", jobs["right"]);
+    let wrong = &jobs["wrong"];
+    assert_eq!(status(wrong), "failed", "{wrong}");
+    assert!(
+        wrong["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("wrong answer: 15 is not 16"),
+        "{wrong}"
+    );
+    for (name, said) in [
+        ("crashes-the-checker", "Error: the checker's own bug"),
+        ("rejects-in-the-checker", "Error: an unhandled rejection"),
+    ] {
+        let crashed = &jobs[name];
+        assert_eq!(status(crashed), "error", "{crashed}");
+        let message = crashed["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains("the checker failed (exit code 3)") && message.contains(said),
+            "{crashed}"
+        );
+    }
+}
