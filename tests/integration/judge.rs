@@ -357,21 +357,51 @@ sys.exit(0 if sys.stdin.readline().strip() == "16" else 1)
     assert_eq!(ended(&r), ["quick", "slow"], "{}", r.stderr);
 }
 
+/// Runs the programs `right` (prints 16), `wrong` (15) and each of `more` (name, what it
+/// prints) on one case whose answer is 16, judged by `checker` (language, code) that says
+/// "OUT is not ANS" and exits 1 on a wrong answer; asserts that `right` passes and `wrong`
+/// is a wrong answer, with those words. The reports, by name.
+fn judged_by(
+    lang: &str,
+    checker: &str,
+    more: &[(&str, &str)],
+) -> std::collections::HashMap<String, serde_json::Value> {
+    common::use_binary_as_helper();
+    let s = Scratch::new();
+    let mut jobs = format!(
+        r#"
+[defaults]
+lang = "python"
+timeout = "10s"
+cases = [{{ name = "one", stdin = "4", expect.stdout = "16" }}]
+checker = {{ lang = "{lang}", code = """{checker}""" }}
+"#
+    );
+    for (name, prints) in [("right", "16"), ("wrong", "15")].iter().chain(more) {
+        jobs += &format!("\n[[jobs]]\nname = \"{name}\"\ncode = \"print('{prints}')\"\n");
+    }
+    s.write("jobs.toml", &jobs);
+    let r = s.run_json(&["--backend", "native", "jobs.toml"]);
+    let reports = r.jobs();
+    assert_eq!(status(&reports["right"]), "passed", "{}", reports["right"]);
+    let wrong = &reports["wrong"];
+    assert_eq!(status(wrong), "failed", "{wrong}");
+    assert!(
+        wrong["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("wrong answer: 15 is not 16"),
+        "{wrong}"
+    );
+    reports
+}
+
 /// A Python checker that crashes (an uncaught exception, which exits 1 in Python) makes
 /// the case an `error`, "the checker failed", not a wrong answer; its own `sys.exit(1)` still
 /// is one, and it runs as `__main__` with its arguments as when run directly.
 #[test]
 fn a_python_checker_that_crashes_is_an_error_not_a_wrong_answer() {
-    common::use_binary_as_helper();
-    let s = Scratch::new();
-    s.write(
-        "jobs.toml",
-        r#"
-[defaults]
-lang = "python"
-timeout = "10s"
-cases = [{ name = "one", stdin = "4", expect.stdout = "16" }]
-checker = { lang = "python", code = """
+    let checker = r#"
 import sys
 
 def main():
@@ -383,33 +413,8 @@ def main():
 
 if __name__ == "__main__":
     main()
-""" }
-
-[[jobs]]
-name = "right"
-code = "print(16)"
-
-[[jobs]]
-name = "wrong"
-code = "print(15)"
-
-[[jobs]]
-name = "crashes-the-checker"
-code = "print('crash')"
-"#,
-    );
-    let r = s.run_json(&["--backend", "native", "jobs.toml"]);
-    let jobs = r.jobs();
-    assert_eq!(status(&jobs["right"]), "passed", "{}", jobs["right"]);
-    let wrong = &jobs["wrong"];
-    assert_eq!(status(wrong), "failed", "{wrong}");
-    assert!(
-        wrong["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("wrong answer: 15 is not 16"),
-        "{wrong}"
-    );
+"#;
+    let jobs = judged_by("python", checker, &[("crashes-the-checker", "crash")]);
     let crashed = &jobs["crashes-the-checker"];
     assert_eq!(status(crashed), "error", "{crashed}");
     let message = crashed["message"].as_str().unwrap_or("");
@@ -425,23 +430,15 @@ code = "print('crash')"
     );
 }
 
-/// The same for a JavaScript checker (whose uncaught errors exit 1 too): a crash is an
-/// `error`, its own `process.exit(1)` a wrong answer, and it is still the main module.
+/// The same for a JavaScript checker (whose uncaught errors exit 1 too): a crash or an
+/// unhandled rejection is an `error`, its own `process.exit(1)` a wrong answer, and it is
+/// still the main module.
 #[test]
 fn a_javascript_checker_that_crashes_is_an_error_not_a_wrong_answer() {
     if !common::have("node") {
         return common::skipped("node is not installed");
     }
-    common::use_binary_as_helper();
-    let s = Scratch::new();
-    s.write(
-        "jobs.toml",
-        r#"
-[defaults]
-lang = "python"
-timeout = "10s"
-cases = [{ name = "one", stdin = "4", expect.stdout = "16" }]
-checker = { lang = "javascript", code = """
+    let checker = r#"
 const fs = require("fs");
 function main() {
   const [inp, out, ans] = process.argv.slice(2, 5).map((p) => fs.readFileSync(p, "utf8").trim());
@@ -453,36 +450,14 @@ function main() {
   }
 }
 if (require.main === module) main();
-""" }
-
-[[jobs]]
-name = "right"
-code = "print(16)"
-
-[[jobs]]
-name = "wrong"
-code = "print(15)"
-
-[[jobs]]
-name = "crashes-the-checker"
-code = "print('crash')"
-
-[[jobs]]
-name = "rejects-in-the-checker"
-code = "print('reject')"
-"#,
-    );
-    let r = s.run_json(&["--backend", "native", "jobs.toml"]);
-    let jobs = r.jobs();
-    assert_eq!(status(&jobs["right"]), "passed", "{}", jobs["right"]);
-    let wrong = &jobs["wrong"];
-    assert_eq!(status(wrong), "failed", "{wrong}");
-    assert!(
-        wrong["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("wrong answer: 15 is not 16"),
-        "{wrong}"
+"#;
+    let jobs = judged_by(
+        "javascript",
+        checker,
+        &[
+            ("crashes-the-checker", "crash"),
+            ("rejects-in-the-checker", "reject"),
+        ],
     );
     for (name, said) in [
         ("crashes-the-checker", "Error: the checker's own bug"),
