@@ -138,7 +138,8 @@ pub struct LangSpec {
 
 /// How a checker or interactor (README, "Test cases") turns an uncaught error into a
 /// message on stderr and exit code 3; every other exit (the language's own `exit(n)`)
-/// stays the program's.
+/// stays the program's. Only for a language without a compile step: the checker's source is
+/// staged as it is (`backend::cases::checker_files`).
 #[derive(Debug)]
 pub enum JudgeWrapper {
     /// The program is written as `program`, and the language's source file
@@ -672,6 +673,13 @@ mod tests {
     fn every_language_has_one_entry() {
         for l in Lang::ALL {
             assert_eq!(TABLE.iter().filter(|s| s.lang == l).count(), 1, "{l}");
+        }
+    }
+
+    #[test]
+    fn judge_wrappers_are_for_languages_that_do_not_compile() {
+        for s in TABLE.iter().filter(|s| s.judge_wrapper.is_some()) {
+            assert!(s.compile.is_none(), "{}", s.lang);
         }
     }
 

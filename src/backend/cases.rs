@@ -321,22 +321,21 @@ async fn checker_files(
                 .map_err(|e| format!("cannot write the {role}'s program: {e}"))?;
             // With a judge wrapper that runs it, the wrapper is the source file
             // (`checker_job`); one that the runtime loads first goes beside it.
-            let mut files = Vec::new();
-            let dest = match &crate::lang::spec(ch.lang).judge_wrapper {
+            let wrapper = crate::lang::spec(ch.lang).judge_wrapper.as_ref();
+            let dest = match wrapper {
                 Some(JudgeWrapper::Runs { program, .. }) => program.to_string(),
-                Some(JudgeWrapper::Preloads { name, source, .. }) => {
-                    let hook = dir.join(name);
-                    std::fs::write(&hook, source)
-                        .map_err(|e| format!("cannot write the {role}'s {name}: {e}"))?;
-                    files.push(InputFile {
-                        src: hook,
-                        dest: name.to_string(),
-                    });
-                    crate::lang::source_file(ch.lang, &ch.code)
-                }
-                None => crate::lang::source_file(ch.lang, &ch.code),
+                _ => crate::lang::source_file(ch.lang, &ch.code),
             };
-            files.push(InputFile { src, dest });
+            let mut files = vec![InputFile { src, dest }];
+            if let Some(JudgeWrapper::Preloads { name, source, .. }) = wrapper {
+                let hook = dir.join(name);
+                std::fs::write(&hook, source)
+                    .map_err(|e| format!("cannot write the {role}'s {name}: {e}"))?;
+                files.push(InputFile {
+                    src: hook,
+                    dest: name.to_string(),
+                });
+            }
             return Ok(files);
         }
         build(backend, &cj, ctx).await.map_err(|r| {

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{status, Scratch};
+use common::{field, status, Scratch};
 
 /// A CodeContests-style dataset: one row per sample, its tests in the row. `wrong` gets the
 /// second case wrong, `right` passes all; both of one problem, one group.
@@ -152,10 +152,7 @@ cases = [{ stdin = "1 2", expect.stdout = "3" }]
     let slow = &jobs["slow-program"];
     assert_eq!(status(slow), "timeout", "{slow}");
     assert!(
-        slow["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("CPU time limit exceeded"),
+        field(slow, "message").contains("CPU time limit exceeded"),
         "{slow}"
     );
 }
@@ -223,7 +220,7 @@ fn the_example_judge_gives_the_verdicts_of_its_readme() {
         linear, "case 02: wrong answer (interactor): more than 31 lines",
         "{linear}"
     );
-    let no_flush = jobs["guess/no-flush-cpp"]["message"].as_str().unwrap_or("");
+    let no_flush = field(&jobs["guess/no-flush-cpp"], "message");
     assert!(
         no_flush.contains("must flush its output after each line"),
         "{no_flush}"
@@ -293,7 +290,7 @@ cases = [{ name = "two", stdin = "fail", expect.stdout = "x" }]
     let killed = &jobs["square-then-killed"];
     assert_eq!(status(killed), "failed", "{killed}");
     assert!(
-        killed["message"].as_str().unwrap_or("").contains("SIGKILL"),
+        field(killed, "message").contains("SIGKILL"),
         "a killed program keeps its own verdict, not the interactor's wrong answer: {killed}"
     );
     let broken = &jobs["broken-test"];
@@ -387,10 +384,7 @@ checker = {{ lang = "{lang}", code = """{checker}""" }}
     let wrong = &reports["wrong"];
     assert_eq!(status(wrong), "failed", "{wrong}");
     assert!(
-        wrong["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("wrong answer: 15 is not 16"),
+        field(wrong, "message").contains("wrong answer: 15 is not 16"),
         "{wrong}"
     );
     reports
@@ -417,7 +411,7 @@ if __name__ == "__main__":
     let jobs = judged_by("python", checker, &[("crashes-the-checker", "crash")]);
     let crashed = &jobs["crashes-the-checker"];
     assert_eq!(status(crashed), "error", "{crashed}");
-    let message = crashed["message"].as_str().unwrap_or("");
+    let message = field(crashed, "message");
     assert!(
         message.contains("the checker failed (exit code 3)")
             && message.contains("ValueError: the checker's own bug")
@@ -465,7 +459,7 @@ if (require.main === module) main();
     ] {
         let crashed = &jobs[name];
         assert_eq!(status(crashed), "error", "{crashed}");
-        let message = crashed["message"].as_str().unwrap_or("");
+        let message = field(crashed, "message");
         assert!(
             message.contains("the checker failed (exit code 3)") && message.contains(said),
             "{crashed}"
